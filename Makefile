@@ -1,0 +1,36 @@
+# Front door. `make demo` runs the main job, `make test` the test suite; each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+ARGS ?=
+PYTEST_ARGS ?=
+# Exact torch pair: both install from local files on the build machines; an unpinned torch
+# would download a multi-GB build, and a mismatched torchvision fails at import.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test test-slow loadtest bench clean-venv
+
+$(STAMP):
+	rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[cpu,serve,load,dev]"
+	# torchattacks pins requests~=2.25 (conflicts with locust); its real needs are declared above.
+	$(BIN)/python -m pip install -q --no-deps "torchattacks==3.5.1"
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/clipshield demo $(ARGS)
+
+test: venv
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: venv
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

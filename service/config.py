@@ -1,0 +1,87 @@
+"""Typed configuration records for models and preprocessing.
+
+A model is described by a `ModelRecord` (architecture + preprocessing + tokenizer), stored as JSON
+next to its safetensors weights. Training, evaluation, export and serving all read this one record,
+so the same pixels are preprocessed the same way everywhere.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+RECORD_SCHEMA_VERSION = 1
+
+
+class StrictModel(BaseModel):
+    """Base for configuration: unknown keys are errors, values are immutable after parsing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessConfig(StrictModel):
+    """How raw images become model input.
+
+    `image_size` is the encoder's input resolution. Decoding + resize + centre crop produce float
+    pixels in [0, 1] (see `service.preprocess`); the model wrapper normalises with `mean`/`std`
+    inside its forward so attacks always perturb [0, 1] pixels.
+    """
+
+    image_size: int = Field(gt=0)
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    resize_mode: Literal["shortest", "squash"] = "shortest"
+
+
+class TokenizerConfig(StrictModel):
+    """Tokenizer of the text tower.
+
+    `open_clip`: the standard CLIP BPE tokenizer. `compact`: the same BPE, with ids remapped to a
+    small vocabulary (`bpe_ids[i]` becomes id i + 2; 0 = padding, 1 = unknown; start and end of
+    text take the two highest ids, so the text tower's argmax pooling still finds the end token).
+    """
+
+    kind: Literal["open_clip", "compact"] = "open_clip"
+    context_length: int = Field(default=77, gt=2)
+    bpe_ids: Optional[list[int]] = None
+
+    @model_validator(mode="after")
+    def _compact_needs_ids(self) -> "TokenizerConfig":
+        if self.kind == "compact" and not self.bpe_ids:
+            raise ValueError("a compact tokenizer needs its bpe_ids list")
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (compact tokenizers only know theirs)."""
+        if self.kind == "compact":
+            return len(self.bpe_ids or []) + 4
+        return 49408
+
+
+class ModelRecord(StrictModel):
+    """Everything needed to rebuild a CLIP model besides its weights.
+
+    `arch` is an open_clip model config (the dict format of open_clip's `model_configs/*.json`),
+    or None when `open_clip_name` names a built-in open_clip architecture.
+    """
+
+    schema_version: int = RECORD_SCHEMA_VERSION
+    name: str
+    open_clip_name: Optional[str] = None
+    arch: Optional[dict[str, Any]] = None
+    preprocess: PreprocessConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_arch_source(self) -> "ModelRecord":
+        if (self.open_clip_name is None) == (self.arch is None):
+            raise ValueError("set exactly one of open_clip_name (built-in architecture) or arch (inline config)")
+        return self

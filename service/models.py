@@ -1,0 +1,208 @@
+"""One factory for every model source: shipped mini-world model, local checkpoint, open_clip tag.
+
+`load_model` never downloads implicitly when `offline` is set (or CLIPSHIELD_OFFLINE=1); online,
+open_clip's hub loading is used as real users expect, and a failure becomes one clear
+`ModelLoadError`. OpenAI weights need QuickGELU; the factory turns it on from the tag's own
+pretrained config instead of silently building the GELU variant (spec section 10).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .checkpoint import is_checkpoint_dir, load_record, load_weights
+from .config import ModelRecord, PreprocessConfig, TokenizerConfig
+from .errors import ModelLoadError
+from .pixel_model import PixelCLIP
+
+log = logging.getLogger(__name__)
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+SHIPPED_MODELS = {"miniworld": SHIPPED_DIR / "miniworld"}
+
+
+def offline_from_env() -> bool:
+    """The one place the offline switch is read from the environment."""
+    return os.environ.get("CLIPSHIELD_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def build_clip(record: ModelRecord) -> nn.Module:
+    """Randomly initialised open_clip model of a record's architecture (no weights, no network)."""
+    import open_clip
+
+    if record.arch is not None:
+        arch = dict(record.arch)
+        return open_clip.model.CLIP(
+            embed_dim=arch.pop("embed_dim"),
+            vision_cfg=arch.pop("vision_cfg"),
+            text_cfg=arch.pop("text_cfg"),
+            quick_gelu=arch.pop("quick_gelu", False),
+            **{k: v for k, v in arch.items() if k in ("init_logit_scale", "init_logit_bias")},
+        )
+    name = record.open_clip_name or ""
+    if name not in open_clip.list_models():
+        raise ModelLoadError(f"unknown open_clip architecture {name!r}; see open_clip.list_models()")
+    return open_clip.create_model(name, pretrained=None)
+
+
+def record_from_arch(name: str, arch: dict[str, Any], preprocess: Optional[PreprocessConfig] = None) -> ModelRecord:
+    """Record for an inline open_clip config (e.g. the goldens' tiny_clip.json)."""
+    image_size = int(arch["vision_cfg"].get("image_size", 224))
+    context = int(arch["text_cfg"].get("context_length", 77))
+    return ModelRecord(
+        name=name,
+        arch=arch,
+        preprocess=preprocess or PreprocessConfig(image_size=image_size),
+        tokenizer=TokenizerConfig(kind="open_clip", context_length=context),
+    )
+
+
+def from_record(record: ModelRecord, state_dict: Optional[dict[str, torch.Tensor]] = None) -> PixelCLIP:
+    """PixelCLIP built from a record, loading `state_dict` strictly when given."""
+    clip = build_clip(record)
+    if state_dict is not None:
+        missing, unexpected = clip.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.endswith("attn_mask")]
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"weights do not match architecture of {record.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+    return PixelCLIP(clip.float().eval(), record)
+
+
+def load_checkpoint_dir(folder: Path) -> PixelCLIP:
+    """Load a clipshield checkpoint folder (config.json + model.safetensors)."""
+    record = load_record(folder)
+    return from_record(record, load_weights(folder / "model.safetensors"))
+
+
+def _load_open_clip(name: str, tag: str, cache_dir: Optional[str], offline: bool) -> PixelCLIP:
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    if name not in open_clip.list_models():
+        raise ModelLoadError(f"unknown open_clip architecture {name!r}; see open_clip.list_models()")
+    local = Path(tag)
+    cfg = {} if local.is_file() else get_pretrained_cfg(name, tag)
+    if not local.is_file() and not cfg:
+        tags = ", ".join(list_pretrained_tags_by_model(name)) or "none"
+        raise ModelLoadError(f"unknown pretrained tag {tag!r} for {name}; known tags: {tags}")
+    quick_gelu = bool(cfg.get("quick_gelu", False)) and "quickgelu" not in name.lower()
+    if quick_gelu:
+        log.info("%s/%s was trained with QuickGELU: building the QuickGELU variant", name, tag)
+    if not local.is_file():
+        local = _fetch_weights(name, tag, cfg, cache_dir, offline)
+    try:
+        clip = open_clip.create_model(name, pretrained=str(local), force_quick_gelu=quick_gelu, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; all mean "could not load"
+        raise ModelLoadError(f"could not load {name} with weights {local}: {exc}") from exc
+    pcfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
+    size = pcfg.get("size", clip.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    record = ModelRecord(
+        name=f"{name}:{tag if not Path(tag).is_file() else Path(tag).name}",
+        open_clip_name=name if not quick_gelu else _quickgelu_name(name),
+        preprocess=PreprocessConfig(
+            image_size=int(size),
+            mean=tuple(pcfg.get("mean", cfg.get("mean"))),
+            std=tuple(pcfg.get("std", cfg.get("std"))),
+            interpolation=pcfg.get("interpolation", "bicubic") if pcfg.get("interpolation") in ("bicubic", "bilinear") else "bicubic",
+        ),
+        tokenizer=TokenizerConfig(kind="open_clip", context_length=int(clip.context_length)),
+    )
+    return PixelCLIP(clip.float().eval(), record)
+
+
+def _quickgelu_name(name: str) -> str:
+    import open_clip
+
+    candidate = f"{name}-quickgelu"
+    if candidate in open_clip.list_models():
+        return candidate
+    raise ModelLoadError(f"{name} needs QuickGELU but open_clip has no {candidate} config")
+
+
+def _fetch_weights(name: str, tag: str, cfg: dict, cache_dir: Optional[str], offline: bool) -> Path:
+    """Path of the weights for a tag: from the local cache, or downloaded when online."""
+    from open_clip.pretrained import download_pretrained
+
+    if offline:
+        cached = _cached_hf_file(cfg, cache_dir)
+        if cached is None:
+            raise ModelLoadError(
+                f"weights for {name}/{tag} are not in the local cache and offline mode is on "
+                f"(CLIPSHIELD_OFFLINE=1). Download them on a connected machine, or pass a local checkpoint path."
+            )
+        return cached
+    try:
+        path = download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(
+            f"could not download weights for {name}/{tag} ({type(exc).__name__}). Without network access, "
+            f"copy the weights file here and pass its path as the pretrained tag, or use a clipshield checkpoint."
+        ) from exc
+    if not path:
+        raise ModelLoadError(f"no weights found for {name}/{tag}")
+    return Path(path)
+
+
+def _cached_hf_file(cfg: dict, cache_dir: Optional[str]) -> Optional[Path]:
+    repo = (cfg.get("hf_hub") or "").rstrip("/")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def load_model(
+    name: str,
+    pretrained: Optional[str] = None,
+    weights: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    offline: Optional[bool] = None,
+) -> PixelCLIP:
+    """Load a model for evaluation, fine-tuning, export or serving.
+
+    `name` is one of: a shipped model ('miniworld'); a clipshield checkpoint folder; an open_clip
+    model-config JSON file (with `weights` = its state dict, e.g. the goldens' tiny CLIP); or an
+    open_clip architecture name with `pretrained` = a tag ('openai') or a local weights file.
+    """
+    offline = offline_from_env() if offline is None else offline
+    if name in SHIPPED_MODELS:
+        folder = SHIPPED_MODELS[name]
+        if not is_checkpoint_dir(folder):
+            raise ModelLoadError(f"shipped model {name!r} is missing from {folder}; run `clipshield pretrain` to rebuild it")
+        return load_checkpoint_dir(folder)
+    path = Path(name)
+    if path.is_dir():
+        if not is_checkpoint_dir(path):
+            raise ModelLoadError(f"{path} is not a checkpoint folder (needs config.json and model.safetensors)")
+        return load_checkpoint_dir(path)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ModelLoadError(f"model config not found: {path}")
+        arch = json.loads(path.read_text())
+        model = from_record(record_from_arch(path.stem, arch), load_weights(Path(weights)) if weights else None)
+        if weights is None:
+            log.warning("%s built with random weights (no weights file given)", path)
+        return model
+    if pretrained is None:
+        known = ", ".join(sorted(SHIPPED_MODELS))
+        raise ModelLoadError(
+            f"cannot resolve model {name!r}: not a shipped model ({known}), a checkpoint folder or a config JSON; "
+            f"for an open_clip architecture also give a pretrained tag (e.g. --pretrained openai)"
+        )
+    return _load_open_clip(name, pretrained, cache_dir, offline)

@@ -1,0 +1,97 @@
+"""A CLIP model that takes [0, 1] pixels: resizing and normalisation happen inside its forward.
+
+Attacks, purification, fine-tuning, ONNX export and serving all use this wrapper, so an epsilon is
+always measured in pixel units and the same pixels give the same embeddings everywhere
+(spec section 0.2).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelRecord
+from .tokenizer import Tokenizer, create_tokenizer
+
+
+class TokenMapsUnsupported(ValueError):
+    """The image tower cannot give per-patch tokens (needed for text-guided attention maps)."""
+
+
+class PixelCLIP(nn.Module):
+    """open_clip CLIP over [0, 1] pixels.
+
+    Tensor contract: images are float32 [B, 3, H, W] in [0, 1] on the model's device; any H, W
+    (resized bicubically to the record's `image_size` inside the forward when they differ).
+    """
+
+    def __init__(self, clip: nn.Module, record: ModelRecord) -> None:
+        super().__init__()
+        self.clip = clip
+        self.record = record
+        pre = record.preprocess
+        self.image_size = pre.image_size
+        self.interpolation = pre.interpolation
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.tokenizer: Tokenizer = create_tokenizer(record.tokenizer)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale) of the checkpoint (about 100 for OpenAI weights)."""
+        return float(self.clip.logit_scale.detach().exp())
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable resize (when needed) and normalisation of [0, 1] pixels."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode=self.interpolation, align_corners=False)
+        return (images - self.mean) / self.std
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image embeddings [B, E] (projected class token); unit-norm when `normalize`."""
+        feats = self.clip.visual(self.prepare(images))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_image_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding [B, E] and all tokens after `ln_post` times `proj` [B, 1+P, E] in one forward.
+
+        Token 0 is the class token (equal to the embedding); tokens 1.. are the patches in
+        row-major order. This is the feature map the text-guided attention of TGA-ZSR reads
+        (spec section 3.1 step 1 and section 10).
+        """
+        visual = self.clip.visual
+        _check_token_support(visual)
+        captured: list[torch.Tensor] = []
+        handle = visual.ln_post.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            pooled = visual(self.prepare(images))
+        finally:
+            handle.remove()
+        tokens = captured[0] @ visual.proj
+        return pooled, tokens
+
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings [N, E] for token ids [N, context_length]."""
+        feats = self.clip.encode_text(token_ids)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids for `texts` on the model's device."""
+        return self.tokenizer(texts).to(self.mean.device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image embeddings: the function exported to ONNX and served."""
+        return self.encode_image(images, normalize=True)
+
+
+def _check_token_support(visual: nn.Module) -> None:
+    if not hasattr(visual, "ln_post") or getattr(visual, "proj", None) is None:
+        raise TokenMapsUnsupported("text-guided attention maps need a ViT image tower with ln_post and proj")
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
+        raise TokenMapsUnsupported("text-guided attention maps need class-token pooling (no attentional pooling)")
+    if getattr(visual, "pool_type", "tok") != "tok":
+        raise TokenMapsUnsupported(f"text-guided attention maps need pool_type 'tok', not {visual.pool_type!r}")

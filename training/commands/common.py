@@ -1,0 +1,45 @@
+"""Options and helpers shared by several subcommands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from service.models import load_model
+from service.pixel_model import PixelCLIP
+
+
+def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "miniworld") -> None:
+    """--model / --pretrained / --weights / --offline, resolved by `service.models.load_model`."""
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=default,
+        help="'miniworld' (shipped), a clipshield checkpoint folder, an open_clip config JSON, "
+        "or an open_clip architecture such as ViT-B-32 (then give --pretrained). Default: %(default)s",
+    )
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file")
+    g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only)")
+    g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
+    g.add_argument("--offline", action="store_true", help="never download; fail clearly if weights are not cached")
+
+
+def model_from_args(args: argparse.Namespace) -> PixelCLIP:
+    return load_model(args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir, offline=args.offline or None)
+
+
+def not_available(name: str, issue: str):
+    """`run` for a subcommand whose implementation has not landed yet."""
+
+    def run(_args: argparse.Namespace) -> int:
+        print(f"clipshield {name}: not yet available ({issue})", file=sys.stderr)
+        return 3
+
+    return run
+
+
+def progress(total: Optional[int], desc: str, unit: str = "it", disable: Optional[bool] = None):
+    """A tqdm progress bar on stderr (hidden when stderr is not a terminal unless forced)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable, file=sys.stderr)

@@ -1,0 +1,64 @@
+"""`clipshield pretrain`: train the mini-world CLIP from scratch on CPU."""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from .common import progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="train the mini-world CLIP from scratch",
+        description="Train the tiny mini-world CLIP (ViT 32px/patch 8, 4 layers) on procedurally generated "
+        "image+caption data with a multi-positive contrastive loss, AdamW and warm-up + cosine. Writes resumable "
+        "state every --checkpoint-every steps and the final checkpoint to OUTPUT/final. The defaults reproduce "
+        "the shipped model (~5 min on 2 CPU cores).",
+    )
+    p.add_argument("--output", type=Path, default=Path("runs/pretrain"), help="run folder (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--pool-size", type=int, default=40_000, help="number of distinct training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", choices=["multi_positive", "clip"], default="multi_positive",
+                   help="multi_positive (default): a caption is positive for every image it describes; clip: open_clip ClipLoss")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/state if present")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (pin for bit-identical runs)")
+    p.add_argument("--install", action="store_true", help="copy the result over the shipped model (service/pretrained/miniworld)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.models import SHIPPED_MODELS
+    from training.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        pool_size=args.pool_size, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, threads=args.threads,
+    )
+    bar = progress(cfg.steps, "pretrain", "step")
+
+    def on_step(step: int, stats: dict) -> None:
+        bar.n = step + 1
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", refresh=False)
+        bar.refresh()
+
+    pretrain(cfg, on_step)
+    bar.close()
+    final = cfg.output / "final"
+    print(f"checkpoint: {final}")
+    if args.install:
+        from service.checkpoint import load_record, load_weights, save_checkpoint
+        import torch
+
+        target = SHIPPED_MODELS["miniworld"]
+        save_checkpoint(target, load_record(final), load_weights(final / "model.safetensors"), dtype=torch.float16)
+        shutil.copy(final / "pretrain_config.json", target / "pretrain_config.json")
+        print(f"installed as the shipped model: {target}")
+    return 0

@@ -1,0 +1,120 @@
+"""Deterministic renderer of mini-world images (32x32 RGB, one centred shape).
+
+Every image is a pure function of its attributes and a per-image seed, so data sets are
+reproducible without storing pixels. Shapes are drawn at 4x resolution with Pillow and box-filtered
+down, which gives anti-aliased edges at ~1 ms per image on one core.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .world import BACKGROUNDS, COLOR_RGB, COLORS, DOMAINS, IMAGE_SIZE, SHAPES, SIZES
+
+_SUPERSAMPLE = 4
+_RADIUS = {"small": 7.0, "large": 11.5}  # pixels at 32x32
+_JITTER = 1.5  # max centre offset, pixels
+_MAX_ROTATION = 15.0  # degrees
+_NOISE_STD = 0.08
+_OUTLINE_WIDTH = 2  # pixels at 32x32
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Attributes of one mini-world image (indices into the world's tuples)."""
+
+    shape: int
+    color: int
+    size: int
+    domain: int
+    background: int
+    seed: int
+
+
+def _unit_polygon(shape: str) -> list[tuple[float, float]]:
+    """Outline of a shape with circumradius ~1, centred on the origin, y pointing down."""
+    if shape == "circle":
+        return [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
+    if shape == "square":
+        s = 0.8
+        return [(-s, -s), (s, -s), (s, s), (-s, s)]
+    if shape == "triangle":
+        return [(math.cos(t), math.sin(t) + 0.15) for t in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    if shape == "diamond":
+        return [(0, -1), (0.75, 0), (0, 1), (-0.75, 0)]
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            r = 1.0 if k % 2 == 0 else 0.42
+            t = -math.pi / 2 + k * math.pi / 5
+            pts.append((r * math.cos(t), r * math.sin(t)))
+        return pts
+    if shape == "cross":
+        a, b = 0.3, 0.9
+        return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+    if shape == "hexagon":
+        return [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 6, endpoint=False)]
+    if shape == "crescent":
+        # Outer arc on the left, inner arc (circle offset to the right) back up.
+        outer = [(math.cos(t), math.sin(t)) for t in np.linspace(0.35 * math.pi, 1.65 * math.pi, 28)]
+        inner = [(0.45 + 0.8 * math.cos(t), 0.8 * math.sin(t)) for t in np.linspace(1.45 * math.pi, 0.55 * math.pi, 22)]
+        return outer + inner
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
+_UNIT_POLYGONS = {name: np.asarray(_unit_polygon(name), dtype=np.float64) for name in SHAPES}
+
+
+def _textured_background(rng: np.random.Generator, base: tuple[int, int, int], size: int) -> np.ndarray:
+    """Stripes or a checkerboard in two shades of the background grey."""
+    light = np.clip(np.asarray(base, dtype=np.float32) + 45.0, 0, 255)
+    dark = np.clip(np.asarray(base, dtype=np.float32) - 45.0, 0, 255)
+    period = int(rng.integers(2, 5))
+    yy, xx = np.mgrid[0:size, 0:size]
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        mask = (xx // period) % 2 == 0
+    elif kind == 1:
+        mask = (yy // period) % 2 == 0
+    else:
+        mask = ((xx // period) + (yy // period)) % 2 == 0
+    return np.where(mask[..., None], light, dark).astype(np.float32)
+
+
+def render(spec: ImageSpec) -> np.ndarray:
+    """Render one image as uint8 [32, 32, 3]; identical output for an identical spec."""
+    rng = np.random.default_rng(spec.seed)
+    shape, color = SHAPES[spec.shape], COLORS[spec.color]
+    domain = DOMAINS[spec.domain]
+    big = IMAGE_SIZE * _SUPERSAMPLE
+    bg = BACKGROUNDS[spec.background]
+
+    radius = _RADIUS[SIZES[spec.size]] * _SUPERSAMPLE
+    centre = (big / 2 + rng.uniform(-_JITTER, _JITTER) * _SUPERSAMPLE, big / 2 + rng.uniform(-_JITTER, _JITTER) * _SUPERSAMPLE)
+    angle = math.radians(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    pts = _UNIT_POLYGONS[shape] @ rot.T * radius + np.asarray(centre)
+    polygon = [tuple(p) for p in pts.tolist()]
+
+    mask_img = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask_img)
+    if domain == "outlined":
+        draw.line(polygon + [polygon[0]], fill=255, width=_OUTLINE_WIDTH * _SUPERSAMPLE, joint="curve")
+    else:
+        draw.polygon(polygon, fill=255)
+    mask = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32)[..., None] / 255.0
+
+    fg = np.broadcast_to(np.asarray(COLOR_RGB[color], dtype=np.float32), (IMAGE_SIZE, IMAGE_SIZE, 3))
+    if domain == "textured":
+        background = _textured_background(rng, bg, IMAGE_SIZE)
+        stripes = (np.arange(IMAGE_SIZE)[None, :] + np.arange(IMAGE_SIZE)[:, None]) // 2 % 2 == 0
+        fg = np.where(stripes[..., None], fg, fg * 0.65)
+    else:
+        background = np.broadcast_to(np.asarray(bg, dtype=np.float32), (IMAGE_SIZE, IMAGE_SIZE, 3))
+    out = mask * fg + (1.0 - mask) * background
+    if domain == "noisy":
+        out = out + rng.normal(0.0, _NOISE_STD * 255.0, size=out.shape)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,155 @@
+"""Pre-training of the mini-world CLIP from scratch (contrastive, AdamW, warm-up + cosine).
+
+The loss is CLIP's symmetric contrastive loss with multi-positive targets: in the mini world many
+captions in a batch describe several images ("a red object"), and treating them as negatives slows
+learning about 2x. `--loss clip` uses open_clip's plain `ClipLoss` instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from service.config import PreprocessConfig, StrictModel, TokenizerConfig, ModelRecord
+from service.checkpoint import save_checkpoint
+from service.models import from_record
+from service.pixel_model import PixelCLIP
+from service.tokenizer import build_compact_vocab
+
+from .miniworld.captions import caption_for, match_matrix, vocabulary_corpus
+from .miniworld.dataset import pretraining_specs, render_specs, spec_attributes
+from .schedule import warmup_cosine_lr
+from .train_state import has_train_state, load_train_state, save_train_state
+
+log = logging.getLogger(__name__)
+
+ARCH_FILE = Path(__file__).resolve().parents[1] / "service" / "model_configs" / "miniworld-vit-tiny.json"
+
+
+class PretrainConfig(StrictModel):
+    """Settings of `clipshield pretrain` (defaults reproduce the shipped model)."""
+
+    output: Path = Path("runs/pretrain")
+    steps: int = Field(default=1200, gt=0)
+    batch_size: int = Field(default=128, gt=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = 0.1
+    warmup: int = 100
+    pool_size: int = Field(default=40_000, gt=0)
+    seed: int = 0
+    world_seed: int = 0
+    loss: Literal["multi_positive", "clip"] = "multi_positive"
+    checkpoint_every: int = 200
+    resume: bool = False
+    threads: Optional[int] = None
+
+
+def miniworld_record(name: str = "miniworld-vit-tiny") -> ModelRecord:
+    """Record of the mini-world architecture with its compact vocabulary."""
+    arch = json.loads(ARCH_FILE.read_text())
+    bpe_ids = build_compact_vocab(vocabulary_corpus())
+    tok = TokenizerConfig(kind="compact", context_length=arch["text_cfg"]["context_length"], bpe_ids=bpe_ids)
+    arch["text_cfg"]["vocab_size"] = tok.vocab_size
+    return ModelRecord(
+        name=name,
+        arch=arch,
+        preprocess=PreprocessConfig(image_size=arch["vision_cfg"]["image_size"]),
+        tokenizer=tok,
+        description="Tiny ViT CLIP pre-trained on the procedurally generated mini world (CPU, minutes).",
+    )
+
+
+def multi_positive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss with soft targets spread over every matching pair.
+
+    `logits` [B_img, B_txt] scaled similarities; `match` bool [B_img, B_txt], diagonal True.
+    """
+    target = match.float()
+    i2t = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return 0.5 * (i2t + t2i)
+
+
+class CaptionBatcher:
+    """Draws (image indices, tokenised captions, match matrix) for a step, from (seed, step) only."""
+
+    def __init__(self, model: PixelCLIP, attrs: np.ndarray, batch_size: int, seed: int) -> None:
+        self.model, self.attrs, self.batch_size, self.seed = model, attrs, batch_size, seed
+        self._token_cache: dict[str, torch.Tensor] = {}
+
+    def _tokens(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
+        if missing:
+            for t, row in zip(missing, self.model.tokenizer(missing)):
+                self._token_cache[t] = row
+        return torch.stack([self._token_cache[t] for t in texts])
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.choice(len(self.attrs), size=self.batch_size, replace=False)
+        attrs = self.attrs[idx]
+        caps, mentions = zip(*(caption_for(int(a[0]), int(a[1]), int(a[2]), int(a[3]), rng) for a in attrs))
+        match = torch.from_numpy(match_matrix(attrs, np.stack(mentions)))
+        return torch.from_numpy(idx), self._tokens(list(caps)), match
+
+
+def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]] = None) -> PixelCLIP:
+    """Train the mini-world CLIP; writes resumable state and the final checkpoint to `cfg.output`."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    record = miniworld_record()
+    model = from_record(record)
+    model.train()
+    specs = pretraining_specs(cfg.pool_size, cfg.world_seed)
+    log.info("rendering %d pre-training images", len(specs))
+    images = render_specs(specs)
+    batcher = CaptionBatcher(model, spec_attributes(specs), cfg.batch_size, cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    clip_loss = None
+    if cfg.loss == "clip":
+        from open_clip.loss import ClipLoss
+
+        clip_loss = ClipLoss()
+    start = 0
+    state_dir = cfg.output / "state"
+    if cfg.resume and has_train_state(state_dir):
+        start, _ = load_train_state(state_dir, model, opt)
+        log.info("resumed at step %d", start)
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
+        idx, tokens, match = batcher.batch(step)
+        x = images[idx].float() / 255.0
+        img = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tokens, normalize=True)
+        scale = model.clip.logit_scale.exp()
+        if clip_loss is not None:
+            loss = clip_loss(img, txt, scale)
+        else:
+            loss = multi_positive_loss(scale * img @ txt.t(), match)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.clip.logit_scale.clamp_(0, np.log(100.0))
+        if progress is not None:
+            progress(step, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "scale": float(scale.detach())})
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            save_train_state(state_dir, model, opt, done, cfg.model_dump(mode="json"))
+    model.eval()
+    save_checkpoint(cfg.output / "final", record, model.clip.state_dict(), extra={"pretrain_config.json": cfg.model_dump(mode="json")})
+    save_train_state(state_dir, model, opt, cfg.steps, cfg.model_dump(mode="json"))
+    return model
