@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# clipshield serving images (docs/deploy.md). Two targets from one file:
+#   serve (default): TorchServe 0.12 + clipshield, non-root, read-only-root friendly
+#     docker build -t registry.example.com/clipshield/serve:0.1.0-cpu .
+#     docker build -t registry.example.com/clipshield/serve:0.1.0-gpu \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 --build-arg ORT_EXTRA=gpu .
+#   model: the model store (model_store/clipshield.mar) for the init container
+#     docker build --target model -t registry.example.com/clipshield/model:miniworld-0.1.0 .
+# Base images are pinned to exact versions; pin them by digest (@sha256:...) in your registry mirror.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+ARG BUSYBOX_IMAGE=busybox:1.36.1
+
+# ---- build: a virtual environment with the exact torch pair, clipshield and TorchServe ----
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG ORT_EXTRA=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install "pip>=24" \
+ && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1 torchvision==0.29.1
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY handlers ./handlers
+COPY training ./training
+RUN /opt/venv/bin/pip install ".[${ORT_EXTRA},serve]"
+
+# ---- model: only the model archive; the Deployment's init container copies it out ----
+FROM ${BUSYBOX_IMAGE} AS model
+COPY --chown=1000:1000 model_store/clipshield.mar /model-store/clipshield.mar
+USER 1000:1000
+
+# ---- serve: runtime image (no compilers, no pip cache, no source tree) ----
+FROM ${PYTHON_IMAGE} AS serve
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 1000 model-server \
+ && useradd --uid 1000 --gid 1000 --home-dir /home/model-server --create-home --shell /usr/sbin/nologin model-server \
+ && mkdir -p /home/model-server/model-store /home/model-server/work /home/model-server/logs /etc/clipshield \
+ && chown -R 1000:1000 /home/model-server
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CLIPSHIELD_OFFLINE=1 \
+    TEMP=/tmp \
+    LOG_LOCATION=/home/model-server/logs \
+    METRICS_LOCATION=/home/model-server/logs
+WORKDIR /home/model-server/work
+USER 1000:1000
+EXPOSE 8080 8081 8082
+# config.properties comes from the ConfigMap (or `-v $PWD/k8s/base/config.properties:/etc/clipshield/config.properties:ro`).
+ENTRYPOINT ["torchserve", "--foreground", "--no-config-snapshots"]
+CMD ["--ts-config", "/etc/clipshield/config.properties"]

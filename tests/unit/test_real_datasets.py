@@ -1,0 +1,279 @@
+"""Real data-set registry: fake folder layouts in tmp_path, class-name rules, prompts, missing folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.errors import ConfigError, DatasetNotFound
+from training.data import DatasetRequest, build_dataset, list_datasets
+from training.data.real import (
+    PCAM_PROMPTS,
+    REAL_DATASETS,
+    caltech256_name,
+    clean_name,
+    fgvc_name,
+    image_transform,
+    read_wnid_table,
+    stanford_cars_name,
+)
+
+
+def _jpg(path: Path, size: tuple[int, int] = (40, 30), value: int = 128, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((size[1], size[0], 3) if mode == "RGB" else (size[1], size[0]), value, dtype=np.uint8)
+    Image.fromarray(arr, mode=mode).save(path)
+
+
+def _check_items(ds, n_classes: int) -> None:
+    assert len(ds.classnames) == n_classes
+    for i in range(len(ds)):
+        image, label = ds[i]
+        assert image.dtype == torch.float32 and image.shape == (3, 224, 224)
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        assert isinstance(label, int) and 0 <= label < n_classes
+
+
+def test_every_real_dataset_is_registered():
+    names = list_datasets()
+    assert len(REAL_DATASETS) == 16
+    assert all(n in names for n in REAL_DATASETS)
+
+
+@pytest.mark.parametrize("name", REAL_DATASETS)
+def test_missing_root_is_a_one_line_dataset_not_found(name, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DatasetNotFound) as err:
+        build_dataset(name, DatasetRequest(root=missing))
+    msg = str(err.value)
+    assert str(missing) in msg and "expected layout" in msg and "\n" not in msg
+    with pytest.raises(DatasetNotFound, match="no data folder given"):
+        build_dataset(name, DatasetRequest(root=None))
+
+
+@pytest.mark.parametrize("name", REAL_DATASETS)
+def test_empty_root_names_the_missing_subfolder_and_creates_nothing(name, tmp_path):
+    with pytest.raises(DatasetNotFound) as err:
+        build_dataset(name, DatasetRequest(root=tmp_path))
+    assert str(tmp_path) in str(err.value) and "expected layout" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no folder created, nothing downloaded
+
+
+def test_unknown_split_lists_the_allowed_ones(tmp_path):
+    with pytest.raises(ConfigError, match="choose one of"):
+        build_dataset("caltech101", DatasetRequest(root=tmp_path, split="train"))
+
+
+def test_class_name_rules():
+    assert clean_name("aquarium_fish") == "aquarium fish"
+    assert clean_name("apartment_building/outdoor") == "apartment building outdoor"
+    assert clean_name("Faces_easy") == "faces easy"
+    assert caltech256_name("012.binoculars") == "binoculars"
+    assert caltech256_name("253.faces-easy-101") == "faces easy"
+    assert caltech256_name("060.duck") == "duck"
+    assert stanford_cars_name("AM General Hummer SUV 2000") == "am general hummer suv"
+    assert fgvc_name("707-320") == "boeing 707-320"
+    assert fgvc_name("A300B4") == "a300b4"
+    assert fgvc_name("DC-10") == "dc-10"  # reference replaces only `_` for aircraft
+
+
+def test_lowres_switch_defaults_to_tga224_and_records_choice():
+    img = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    tf, desc = image_transform(DatasetRequest())
+    assert "CenterCrop(224)" in desc and tf(Image.fromarray(np.zeros((30, 40, 3), np.uint8))).shape == (3, 224, 224)
+    tf, desc = image_transform(DatasetRequest(), lowres=True)
+    assert "tga224" in desc and tf(img).shape == (3, 224, 224)
+    tf, desc = image_transform(DatasetRequest(options={"lowres": "native"}), lowres=True)
+    assert "native" in desc and tf(img).shape == (3, 32, 32)
+    with pytest.raises(ConfigError, match="tga224"):
+        image_transform(DatasetRequest(options={"lowres": "96"}), lowres=True)
+
+
+def _tiny_imagenet(root: Path, arranged_val: bool) -> list[str]:
+    base = root / "tiny-imagenet-200"
+    wnids = ["n02124075", "n01443537", "n03902125"]  # deliberately unsorted in wnids.txt
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (base / "words.txt").write_text(
+        "n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\nn03902125\tpay-phone, pay-station\n"
+        "n00001740\tentity\n"
+    )
+    for w in wnids:
+        _jpg(base / "train" / w / "images" / f"{w}_0.JPEG", (64, 64))
+    rows = [("val_0.JPEG", "n03902125"), ("val_1.JPEG", "n01443537")]
+    for fname, w in rows:
+        if arranged_val:
+            _jpg(base / "val" / w / fname, (64, 64))
+        else:
+            _jpg(base / "val" / "images" / fname, (64, 64))
+    if not arranged_val:
+        (base / "val" / "val_annotations.txt").write_text("".join(f"{f}\t{w}\t0\t0\t63\t63\n" for f, w in rows))
+    return sorted(wnids)
+
+
+@pytest.mark.parametrize("arranged_val", [True, False])
+def test_tinyimagenet_val_layouts(tmp_path, arranged_val):
+    _tiny_imagenet(tmp_path, arranged_val)
+    ds = build_dataset("tinyimagenet", DatasetRequest(root=tmp_path))
+    assert ds.templates == ["This is a photo of a {}"]
+    assert ds.protocol["transform"] == "Resize(256)+CenterCrop(224)+ToTensor"
+    names_by_label = {ds.classnames[label] for _, label in (ds[i] for i in range(len(ds)))}
+    assert names_by_label == {"pay phone", "goldfish"}
+    if arranged_val:  # ImageFolder: only the class folders present
+        assert ds.classnames == ["goldfish", "pay phone"]
+        _check_items(ds, 2)
+    else:  # annotations: every wnid of wnids.txt, sorted
+        assert ds.classnames == ["goldfish", "egyptian cat", "pay phone"]
+        _check_items(ds, 3)
+        assert [ds[i][1] for i in range(2)] == [2, 0]
+
+
+def test_tinyimagenet_train_and_reference_table(tmp_path):
+    _tiny_imagenet(tmp_path, arranged_val=True)
+    table = tmp_path / "tinyimagenet_classes_name.txt"
+    table.write_text("n01443537\t1\tgoldfish\nn02124075\t34\tEgyptian_cat\nn03902125\t129\tpay-phone\n")
+    ds = build_dataset("tinyimagenet", DatasetRequest(root=tmp_path, split="train", options={"wnid_table": str(table)}))
+    assert ds.classnames == ["goldfish", "egyptian cat", "pay phone"]
+    _check_items(ds, 3)
+    assert read_wnid_table(table)["n02124075"] == "Egyptian_cat"
+
+
+def test_tinyimagenet_limit_is_a_seeded_subset(tmp_path):
+    _tiny_imagenet(tmp_path, arranged_val=True)
+    a = build_dataset("tinyimagenet", DatasetRequest(root=tmp_path, split="train", limit=2, seed=1))
+    b = build_dataset("tinyimagenet", DatasetRequest(root=tmp_path, split="train", limit=2, seed=1))
+    assert len(a) == 2 and [a[i][1] for i in range(2)] == [b[i][1] for i in range(2)]
+
+
+def test_tinyimagenet_wnid_without_name_is_reported(tmp_path):
+    _tiny_imagenet(tmp_path, arranged_val=True)
+    (tmp_path / "tiny-imagenet-200" / "words.txt").write_text("n01443537\tgoldfish\n")
+    with pytest.raises(DatasetNotFound, match="no class name for wnid n03902125"):
+        build_dataset("tinyimagenet", DatasetRequest(root=tmp_path))
+
+
+def test_caltech256_names_and_prompt(tmp_path):
+    cats = tmp_path / "caltech256" / "256_ObjectCategories"
+    for i, folder in enumerate(["001.ak47", "145.motorbikes-101", "253.faces-easy-101"], start=1):
+        _jpg(cats / folder / f"{i:03d}_0001.jpg", mode="L")  # grey image: must come out as 3 channels
+    ds = build_dataset("caltech256", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["ak47", "motorbikes", "faces easy"]
+    assert ds.templates == ["A photo of a {}."]
+    _check_items(ds, 3)
+    assert [ds[i][1] for i in range(3)] == [0, 1, 2]
+
+
+def test_caltech101_drops_background(tmp_path):
+    cats = tmp_path / "caltech101" / "101_ObjectCategories"
+    for folder in ["BACKGROUND_Google", "Faces_easy", "airplanes"]:
+        _jpg(cats / folder / "image_0001.jpg")
+    ds = build_dataset("caltech101", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["faces easy", "airplanes"] and ds.templates == ["This is a photo of a {}"]
+    _check_items(ds, 2)
+
+
+def test_eurosat_descriptive_names(tmp_path):
+    folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+               "PermanentCrop", "Residential", "River", "SeaLake"]
+    for f in folders:
+        _jpg(tmp_path / "eurosat" / "2750" / f / f"{f}_1.jpg", (64, 64))
+    ds = build_dataset("eurosat", DatasetRequest(root=tmp_path, limit=3))
+    assert ds.classnames[0] == "annual crop land" and ds.classnames[-1] == "a sea or a lake"
+    assert ds.templates == ["A centered satellite photo of {}."]
+    assert len(ds) == 3
+    _check_items(ds, 10)
+
+
+def test_food101_and_dtd_and_pets(tmp_path):
+    food = tmp_path / "food-101"
+    (food / "meta").mkdir(parents=True)
+    (food / "meta" / "test.json").write_text(json.dumps({"apple_pie": ["apple_pie/1"], "hot_dog": ["hot_dog/2"]}))
+    _jpg(food / "images" / "apple_pie" / "1.jpg")
+    _jpg(food / "images" / "hot_dog" / "2.jpg")
+    ds = build_dataset("food101", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["apple pie", "hot dog"] and ds.templates == ["A photo of {}, a type of food."]
+    _check_items(ds, 2)
+
+    dtd = tmp_path / "dtd" / "dtd"
+    (dtd / "labels").mkdir(parents=True)
+    (dtd / "labels" / "test1.txt").write_text("banded/banded_1.jpg\ncrystalline/c_1.jpg\n")
+    _jpg(dtd / "images" / "banded" / "banded_1.jpg")
+    _jpg(dtd / "images" / "crystalline" / "c_1.jpg")
+    ds = build_dataset("dtd", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["banded", "crystalline"] and ds.templates == ["A surface with a {} texture."]
+    _check_items(ds, 2)
+
+    pets = tmp_path / "oxford-iiit-pet"
+    (pets / "annotations").mkdir(parents=True)
+    (pets / "annotations" / "test.txt").write_text("Abyssinian_1 1 1 1\namerican_bulldog_2 2 2 1\n")
+    _jpg(pets / "images" / "Abyssinian_1.jpg")
+    _jpg(pets / "images" / "american_bulldog_2.jpg")
+    ds = build_dataset("oxford_pets", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["abyssinian", "american bulldog"] and ds.templates == ["A photo of a {}, a type of pet."]
+    _check_items(ds, 2)
+
+
+def test_sun397_and_fgvc(tmp_path):
+    sun = tmp_path / "SUN397"
+    sun.mkdir()
+    (sun / "ClassName.txt").write_text("/a/abbey\n/a/apartment_building/outdoor\n")
+    _jpg(sun / "a" / "abbey" / "sun_1.jpg")
+    _jpg(sun / "a" / "apartment_building" / "outdoor" / "sun_2.jpg")
+    ds = build_dataset("sun397", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["abbey", "apartment building outdoor"]
+    _check_items(ds, 2)
+
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    data.mkdir(parents=True)
+    (data / "variants.txt").write_text("707-320\nA300B4\n")
+    (data / "images_variant_test.txt").write_text("0001 707-320\n0002 A300B4\n")
+    _jpg(data / "images" / "0001.jpg")
+    _jpg(data / "images" / "0002.jpg")
+    ds = build_dataset("fgvc_aircraft", DatasetRequest(root=tmp_path))
+    assert ds.classnames == ["boeing 707-320", "a300b4"] and ds.templates == ["A photo of a {}, a type of aircraft."]
+    _check_items(ds, 2)
+
+
+def test_imagenet_folder(tmp_path):
+    val = tmp_path / "ImageNet" / "val"
+    for w in ["n01440764", "n01443537"]:
+        _jpg(val / w / "x.JPEG")
+    with pytest.raises(DatasetNotFound, match="has 2 class folders, expected 1000"):
+        build_dataset("imagenet", DatasetRequest(root=tmp_path))
+    table = tmp_path / "imagenet_classes_names.txt"
+    table.write_text("n01440764\t1\ttench\nn01443537\t2\tgoldfish\n")
+    ds = build_dataset("imagenet", DatasetRequest(root=tmp_path, options={"wnid_table": str(table)}))
+    assert ds.classnames == ["tench", "goldfish"] and ds.templates == ["This is a photo of a {}"]
+    _check_items(ds, 2)
+
+
+def test_pcam_prompts_keep_reference_typo():
+    assert PCAM_PROMPTS[0].startswith("Tthis is a photo of healthy")
+    assert PCAM_PROMPTS[1] == "This is a photo of lymph node tumor tissue."
+
+
+def test_pcam_without_h5py_is_a_one_line_config_error(tmp_path):
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("h5py installed: the missing-package path cannot be exercised")
+    pcam = tmp_path / "pcam"
+    pcam.mkdir()
+    for xy in "xy":
+        (pcam / f"camelyonpatch_level_2_split_test_{xy}.h5").write_bytes(b"")
+    with pytest.raises(ConfigError, match="h5py"):
+        build_dataset("pcam", DatasetRequest(root=tmp_path))
+
+
+def test_tinyimagenet_annotation_with_unknown_wnid_is_reported(tmp_path):
+    _tiny_imagenet(tmp_path, arranged_val=False)
+    ann = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    ann.write_text(ann.read_text() + "val_9.JPEG\tn09999999\t0\t0\t1\t1\n")
+    with pytest.raises(DatasetNotFound, match="n09999999"):
+        build_dataset("tinyimagenet", DatasetRequest(root=tmp_path))
