@@ -66,7 +66,8 @@ class Attack:
         module = self.model if isinstance(self.model, nn.Module) else None
         was_training = module.training if module is not None else False
         try:
-            adv = self.perturb(images.detach(), labels.detach())
+            with torch.enable_grad():  # attacks need input gradients even when called under no_grad
+                adv = self.perturb(images.detach(), labels.detach())
         finally:
             if module is not None:
                 module.train(was_training)
