@@ -1,11 +1,38 @@
-"""`clipshield archive`: TorchServe archive (placeholder until its issue lands)."""
+"""`clipshield archive`: a TorchServe model archive in the model store from an export bundle."""
 from __future__ import annotations
 
 import argparse
-
-from .common import not_available
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("archive", help="TorchServe archive (not yet available)", description="TorchServe archive. Not yet available in this version.")
-    p.set_defaults(run=not_available("archive", "TorchServe archive"))
+    p = sub.add_parser(
+        "archive",
+        help="build a TorchServe archive from an export",
+        description="Package an export bundle (clipshield export) with the handler, serving settings and a "
+        "sha256 manifest (verified at load) into model_store/<name>.mar, or a folder with --format no-archive.",
+    )
+    p.add_argument("--export", type=Path, default=Path("runs/export/miniworld"), help="export folder (default: %(default)s)")
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: %(default)s")
+    p.add_argument("--name", default="clipshield", help="model name in URLs (default: %(default)s)")
+    p.add_argument("--format", choices=("default", "zip-store", "no-archive"), default="default",
+                   help="default: deflated .mar; zip-store: stored .mar (fast for big models); no-archive: a folder")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per worker (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="server-side batch size (default: %(default)s)")
+    p.add_argument("--max-batch-delay-ms", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.settings import RuntimeConfig, ServingConfig
+    from training.export import build_archive
+    from training.export.archive import BatchingConfig
+
+    serving = ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads))
+    batching = BatchingConfig(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                              min_workers=args.workers, max_workers=args.workers)
+    path = build_archive(args.export, args.model_store, name=args.name, archive_format=args.format,
+                         serving=serving, batching=batching)
+    print(f"archive: {path}")
+    return 0

@@ -1,11 +1,60 @@
-"""`clipshield serve`: TorchServe serving (placeholder until its issue lands)."""
+"""`clipshield serve`: start / stop / probe TorchServe on the model store."""
 from __future__ import annotations
 
 import argparse
-
-from .common import not_available
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="TorchServe serving (not yet available)", description="TorchServe serving. Not yet available in this version.")
-    p.set_defaults(run=not_available("serve", "TorchServe serving"))
+    p = sub.add_parser(
+        "serve",
+        help="start TorchServe on the model store (--stop to stop it)",
+        description="Start TorchServe in the background with model_store/config.properties (inference on "
+        "--address; management and metrics on 127.0.0.1), wait until the model is ready, and print how to "
+        "call it. --stop stops it; --ping is a health probe (exit 0 when healthy) that reads the token itself.",
+    )
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: %(default)s")
+    p.add_argument("--name", default="clipshield", help="model to load (default: %(default)s)")
+    p.add_argument("--address", default="http://127.0.0.1:8080", help="inference address (default: %(default)s)")
+    p.add_argument("--management-address", default="http://127.0.0.1:8081")
+    p.add_argument("--metrics-address", default="http://127.0.0.1:8082")
+    p.add_argument("--grpc-ports", type=int, nargs=2, default=(7070, 7071), metavar=("INFERENCE", "MANAGEMENT"),
+                   help="TorchServe's gRPC listeners (always on, loopback only; default: 7070 7071)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-token-auth", action="store_true", help="turn TorchServe's token authorisation off (trusted networks only)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--stop", action="store_true", help="stop the server started on this model store")
+    g.add_argument("--ping", action="store_true", help="health probe: exit 0 when the server reports Healthy")
+    p.set_defaults(run=run)
+
+
+def _model_arg(store: Path, name: str) -> str:
+    if (store / name).is_dir():
+        return f"{name}={name}"
+    if (store / f"{name}.mar").is_file():
+        return f"{name}={name}.mar"
+    raise FileNotFoundError(f"no archive {name}.mar or folder {name} in {store}; run `clipshield archive` first")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.export.torchserve import STATE_DIR, ServeConfig, ping, read_keys, start_server, stop_server
+
+    store = args.model_store.resolve()
+    if args.stop:
+        print("TorchServe stopped." if stop_server(store) else "no TorchServe running on this model store.")
+        return 0
+    if args.ping:
+        return 0 if ping(args.address, store / STATE_DIR) else 1
+    cfg = ServeConfig(
+        inference_address=args.address, management_address=args.management_address, metrics_address=args.metrics_address,
+        grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
+        models=_model_arg(store, args.name), token_auth=not args.no_token_auth, workers=args.workers,
+    )
+    handle = start_server(store, cfg)
+    key = read_keys(handle.state_dir).get("inference")
+    auth = f'-H "Authorization: Bearer {key}" ' if key else ""
+    print(f"TorchServe is serving {args.name} on {args.address} (logs: {handle.state_dir / 'logs'})")
+    print(f"  curl {auth}-H 'Content-Type: image/png' --data-binary @image.png {args.address}/predictions/{args.name}")
+    print(f"  metrics: curl {args.metrics_address}/metrics | grep clipshield_")
+    print(f"  stop:    clipshield serve --stop --model-store {args.model_store}")
+    return 0

@@ -1,0 +1,176 @@
+"""Serving benchmark: ORT vs torch eager, raw ORT session vs end-to-end TorchServe, purification cost.
+
+Prints, in one run, for each model (`miniworld`: the shipped model; `vit-b-32`: open_clip's
+ViT-B/32 architecture with random weights, since real weights cannot be downloaded here):
+1. image-encoder latency, torch eager vs ONNX Runtime at batch 1 and 8, for each ORT graph
+   optimisation level and with/without IO binding (same thread count), and the best speed-up;
+2. raw ORT session throughput vs end-to-end TorchServe throughput (same model, batch, threads;
+   one worker, `batch` concurrent clients), as a ratio;
+3. request p50 through TorchServe with purification on vs off, and the overhead in percent.
+
+Usage: python benchmarks/bench_serving.py [--models miniworld,vit-b-32] [--threads 1] [--batch 8]
+Numbers depend on the host; run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service import bundle as B  # noqa: E402
+from service.runtime import image_encoder  # noqa: E402
+from service.settings import RuntimeConfig, ServingConfig  # noqa: E402
+
+
+def build(name: str):
+    from service.config import ModelRecord, PreprocessConfig
+    from service.models import from_record, load_model
+
+    if name == "miniworld":
+        return load_model("miniworld"), None
+    if name == "vit-b-32":
+        torch.manual_seed(0)
+        record = ModelRecord(name="ViT-B-32-random", open_clip_name="ViT-B-32", preprocess=PreprocessConfig(image_size=224))
+        labels = B.LabelSet(classnames=("cat", "dog", "car", "plane", "ship", "frog", "horse", "bird"), templates=("a photo of a {}.",))
+        return from_record(record), labels
+    raise SystemExit(f"unknown model {name!r}; known: miniworld, vit-b-32")
+
+
+def timed(fn, iters: int, warmup: int = 2) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def eager_vs_ort(model, bundle: Path, threads: int, iters: int) -> dict:
+    torch.set_num_threads(threads)
+    size = model.image_size
+    out = {}
+    for batch in (1, 8):
+        x = torch.rand(batch, 3, size, size)
+        with torch.inference_mode():
+            eager = timed(lambda: model(x), iters)
+        row = {"eager_ms": 1e3 * eager}
+        for level in ("disable", "basic", "all"):
+            for io in (False, True):
+                enc = image_encoder(bundle / B.IMAGE_ONNX, RuntimeConfig(intra_op_threads=threads, graph_optimization=level, io_binding=io))
+                xn = x.numpy()
+                row[f"ort_{level}{'_iobind' if io else ''}_ms"] = 1e3 * timed(lambda: enc(xn), iters)
+        best = min(v for k, v in row.items() if k.startswith("ort_"))
+        row["best_speedup"] = row["eager_ms"] / best
+        out[f"batch_{batch}"] = row
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_requests: int, iters: int) -> dict:
+    import requests
+
+    from service.preprocess import encode_png
+    from training.export import ServeConfig, build_archive, start_server, stop_server
+    from training.export.archive import BatchingConfig
+
+    size = model.image_size
+    enc = image_encoder(bundle / B.IMAGE_ONNX, RuntimeConfig(intra_op_threads=threads))
+    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    raw_tput = batch / timed(lambda: enc(x), iters)
+
+    store = work / "store"
+    build_archive(bundle, store, archive_format="no-archive", serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)),
+                  batching=BatchingConfig(batch_size=batch, max_batch_delay_ms=5, min_workers=1, max_workers=1))
+    ports = [_free_port() for _ in range(5)]
+    cfg = ServeConfig(inference_address=f"http://127.0.0.1:{ports[0]}", management_address=f"http://127.0.0.1:{ports[1]}",
+                      metrics_address=f"http://127.0.0.1:{ports[2]}", grpc_inference_port=ports[3], grpc_management_port=ports[4],
+                      models="clipshield=clipshield", workers=1, startup_timeout_s=300)
+    handle = start_server(store, cfg)
+    try:
+        url = cfg.inference_address + "/predictions/clipshield"
+        auth = {"Authorization": f"Bearer {handle.keys()['inference']}"}
+        png = encode_png(x[0])
+        session = requests.Session()
+
+        def post(purify: str) -> float:
+            t = time.perf_counter()
+            r = session.post(url, files={"image": ("x.png", png, "image/png")}, data={"purify": purify}, headers=auth, timeout=120)
+            r.raise_for_status()
+            return time.perf_counter() - t
+
+        for _ in range(3):
+            post("false")
+
+        def client(_i: int) -> None:
+            s = requests.Session()
+            for _ in range(max(1, n_requests // batch)):
+                s.post(url, files={"image": ("x.png", png, "image/png")}, data={"purify": "false"}, headers=auth, timeout=120).raise_for_status()
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(batch) as pool:
+            list(pool.map(client, range(batch)))
+        served_tput = batch * max(1, n_requests // batch) / (time.perf_counter() - t)
+        p50 = {}
+        for mode in ("false", "true"):
+            p50[mode] = statistics.median(post(mode) for _ in range(n_requests))
+    finally:
+        stop_server(store)
+    return {
+        "raw_ort_images_per_s": raw_tput, "torchserve_images_per_s": served_tput, "ratio": served_tput / raw_tput,
+        "p50_ms_purify_off": 1e3 * p50["false"], "p50_ms_purify_on": 1e3 * p50["true"],
+        "purify_overhead_pct": 100 * (p50["true"] / p50["false"] - 1),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="miniworld,vit-b-32")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--requests", type=int, default=48)
+    p.add_argument("--skip-torchserve", action="store_true")
+    p.add_argument("--skip-eager", action="store_true", help="only the serving part (split runs on small hosts)")
+    args = p.parse_args(argv)
+    from training.export import export_model
+
+    results = {}
+    for name in args.models.split(","):
+        model, labels = build(name)
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+            work = Path(tmp)
+            bundle = export_model(model, work / "export", labels=labels)
+            res = {} if args.skip_eager else {"eager_vs_ort": eager_vs_ort(model, bundle, args.threads, args.iters)}
+            if not args.skip_torchserve:
+                res["serving"] = serving(model, bundle, work, args.threads, args.batch, args.requests, args.iters)
+        results[name] = res
+        print(f"== {name} (threads={args.threads}, batch={args.batch})")
+        for b, row in res.get("eager_vs_ort", {}).items():
+            print(f"  {b}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items()))
+        if "serving" in res:
+            print("  serving: " + ", ".join(f"{k}={v:.3f}" for k, v in res["serving"].items()))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

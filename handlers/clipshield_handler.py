@@ -1,0 +1,60 @@
+"""TorchServe adapter over `service.inference` (thin: every decision lives in `service/`).
+
+`initialize` builds one `ClipshieldService` from the archive folder (`model_dir`, whose
+`clipshield_manifest.json` is verified: a modified file refuses to load with a clear log line) and
+its `serving.json`; `handle` turns TorchServe's per-request parts into `RawRequest`s, and maps each
+result to one JSON response with its own status code (`set_response_status(code, phrase, idx)`),
+so a bad item gets its own 4xx and never fails its batch mates. Metrics go to TorchServe's metrics
+cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from ts.torch_handler.base_handler import BaseHandler
+
+from service.api import ErrorResponse
+from service.errors import ClipshieldError
+from service.inference import ClipshieldService, RawRequest
+from service.settings import ServingConfig
+
+from handlers.torchserve_metrics import TorchServeSink
+
+log = logging.getLogger(__name__)
+
+def _content_type(context: Any, idx: int) -> Optional[str]:
+    headers = context.get_all_request_header(idx) or {}
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == "content-type" and isinstance(value, str):
+            return value
+    body = headers.get("body")
+    return body.get("content-type") if isinstance(body, dict) else None
+
+
+class ClipshieldHandler(BaseHandler):
+    """Zero-shot CLIP classification with optional CLIPure-Cos purification, per-item status codes."""
+
+    def initialize(self, context: Any) -> None:
+        model_dir = Path(context.system_properties["model_dir"])
+        serving_file = model_dir / "serving.json"
+        config = ServingConfig.model_validate_json(serving_file.read_text()) if serving_file.is_file() else ServingConfig()
+        sink = TorchServeSink(context.metrics, context.model_name)
+        self.service = ClipshieldService.from_folder(model_dir, config, sink)
+        self.initialized = True
+
+    def handle(self, data: list[dict], context: Any) -> list[str]:
+        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data)]
+        results = self.service.predict(requests)
+        out = []
+        for idx, result in enumerate(results):
+            context.set_response_content_type(idx, "application/json")
+            if isinstance(result, ClipshieldError):
+                code = result.http_status
+                message = str(result) if code < 500 else "internal error"
+                context.set_response_status(code, message, idx)
+                out.append(ErrorResponse(code=code, type=type(result).__name__, message=message).model_dump_json())
+            else:
+                out.append(result.model_dump_json())
+        return out

@@ -1,0 +1,42 @@
+"""`service.metrics.MetricsSink` over TorchServe's metrics cache (kept out of the handler module:
+TorchServe requires exactly one class in the handler file)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from ts.metrics.metric_type_enum import MetricTypes
+
+from service.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+_TYPES = {"histogram": MetricTypes.HISTOGRAM, "counter": MetricTypes.COUNTER, "gauge": MetricTypes.GAUGE}
+_UNITS = {"histogram": "seconds", "counter": "count", "gauge": "ratio"}
+
+
+class TorchServeSink:
+    """`service.metrics.MetricsSink` over TorchServe's metrics cache (dimensions: ModelName, Level, labels)."""
+
+    def __init__(self, metrics_cache: Any, model_name: str) -> None:
+        self.model_name = model_name
+        self._metrics = {}
+        for name, (kind, _help, labels) in METRICS.items():
+            unit = "ratio" if name in ("clipshield_embedding_shift", "clipshield_anchor_score") else _UNITS[kind]
+            self._metrics[name] = metrics_cache.add_metric_to_cache(
+                metric_name=name, unit=unit, dimension_names=["ModelName", "Level", *labels], metric_type=_TYPES[kind]
+            )
+
+    def _emit(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        label_names = METRICS[name][2]
+        values = [self.model_name, "Model", *[(labels or {})[k] for k in label_names]]
+        try:
+            self._metrics[name].add_or_update(float(value), values)
+        except Exception:  # noqa: BLE001 - a metrics failure must never fail a request
+            log.warning("could not record metric %s", name, exc_info=True)
+
+    observe = _emit
+    set_gauge = _emit
+
+    def increment(self, name: str, value: float = 1.0, labels: Optional[dict[str, str]] = None) -> None:
+        self._emit(name, value, labels)

@@ -1,0 +1,164 @@
+"""HTTP contract of the classifier, independent of the server: request parsing and response models.
+
+A request is either a raw PNG/JPEG body (`Content-Type: image/png|image/jpeg`), or
+`multipart/form-data` with an `image` file and optional `labels` (JSON list of strings),
+`purify` (`true`/`false`) and `top_k` fields. Servers hand the parts over as a dict; `parse_request`
+turns it into image bytes plus a validated `PredictOptions`, raising `service.errors` exceptions
+(400 / 413 / 415) for the item alone.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from pydantic import Field, ValidationError, field_validator
+
+from .config import StrictModel
+from .errors import BadInput, UnsupportedMediaType
+from .preprocess import ACCEPTED_CONTENT_TYPES
+from .settings import RequestLimits
+
+RAW_KEYS = ("body", "data")
+FORM_FIELDS = ("image", "labels", "purify", "top_k")
+
+
+class PredictOptions(StrictModel):
+    """Per-request options; None means "use the model's default"."""
+
+    labels: Optional[tuple[str, ...]] = None
+    purify: Optional[bool] = None
+    top_k: Optional[int] = Field(default=None, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_not_blank(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+        if v is not None:
+            if not v:
+                raise ValueError("labels must hold at least one label")
+            if any(not s.strip() for s in v):
+                raise ValueError("labels must not be blank")
+            if len(set(v)) != len(v):
+                raise ValueError("labels must be distinct")
+        return v
+
+
+class Prediction(StrictModel):
+    label: str
+    score: float
+
+
+class ModelInfo(StrictModel):
+    name: str
+    version: str
+
+
+class PredictResponse(StrictModel):
+    """Response body. `predictions` sorted by softmax score, highest first.
+
+    `anchor_score`: cosine of the image embedding with the blank anchor (before purification).
+    `embedding_shift`: L2 distance between the unit-norm embedding before and after purification
+    (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`: flipped, or
+    shift above the configured threshold (a hint that the input may be adversarial).
+    """
+
+    predictions: list[Prediction]
+    purified: bool
+    anchor_score: float
+    embedding_shift: float
+    flipped: bool
+    flagged: bool
+    model: ModelInfo
+
+
+class ErrorResponse(StrictModel):
+    code: int
+    type: str
+    message: str
+
+
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"field {name!r} is not UTF-8 text") from exc
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value, "purify").strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise BadInput(f"field 'purify' must be true or false, not {text[:20]!r}")
+
+
+def _parse_labels(value: Any, limits: RequestLimits) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        labels = value
+    else:
+        try:
+            labels = json.loads(_text(value, "labels"))
+        except json.JSONDecodeError as exc:
+            raise BadInput("field 'labels' must be a JSON list of strings") from exc
+    if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
+        raise BadInput("field 'labels' must be a JSON list of strings")
+    if len(labels) > limits.max_labels:
+        raise BadInput(f"{len(labels)} labels given; the limit is {limits.max_labels}")
+    if any(len(s) > limits.max_label_chars for s in labels):
+        raise BadInput(f"a label is longer than {limits.max_label_chars} characters")
+    return tuple(labels)
+
+
+def _parse_top_k(value: Any, limits: RequestLimits) -> int:
+    text = _text(value, "top_k").strip() if not isinstance(value, int) else str(value)
+    if not text.isdigit() or not 1 <= int(text) <= limits.max_top_k:
+        raise BadInput(f"field 'top_k' must be an integer in [1, {limits.max_top_k}]")
+    return int(text)
+
+
+def check_content_type(content_type: Optional[str]) -> None:
+    """415 for an explicit content type that is neither an image nor multipart."""
+    if not content_type:
+        return
+    base = content_type.split(";")[0].strip().lower()
+    if base.startswith("multipart/form-data") or base in ACCEPTED_CONTENT_TYPES:
+        return
+    raise UnsupportedMediaType(
+        f"content type {base!r} not accepted; send image/png, image/jpeg or multipart/form-data"
+    )
+
+
+def parse_request(
+    parts: Mapping[str, Any], content_type: Optional[str], limits: RequestLimits
+) -> tuple[bytes, PredictOptions]:
+    """Image bytes and options from one request's parts (raw body, or multipart form fields)."""
+    check_content_type(content_type)
+    unknown = sorted(k for k in parts if k not in FORM_FIELDS and k not in RAW_KEYS)
+    if unknown:
+        raise BadInput(f"unknown form field(s) {unknown}; accepted: {list(FORM_FIELDS)}")
+    image = parts.get("image")
+    if image is None:
+        image = next((parts[k] for k in RAW_KEYS if parts.get(k) is not None), None)
+    if image is None:
+        raise BadInput("no image: send a PNG/JPEG body or a multipart field 'image'")
+    if not isinstance(image, (bytes, bytearray)):
+        raise UnsupportedMediaType("image must be sent as binary PNG/JPEG data")
+    raw: dict[str, Any] = {}
+    if parts.get("labels") is not None:
+        raw["labels"] = _parse_labels(parts["labels"], limits)
+    if parts.get("purify") is not None:
+        raw["purify"] = _parse_bool(parts["purify"])
+    if parts.get("top_k") is not None:
+        raw["top_k"] = _parse_top_k(parts["top_k"], limits)
+    try:
+        return bytes(image), PredictOptions(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadInput(f"invalid request: {first.get('msg', 'invalid value')}") from exc

@@ -1,0 +1,230 @@
+"""The runtime-agnostic inference pipeline a server adapter calls (no server imports here).
+
+`ClipshieldService.from_folder(bundle)` loads a verified export bundle (see `service.bundle`);
+`predict(requests)` answers a server-side batch: each item is parsed and decoded on its own, so a
+bad item gets its own 4xx (as an exception object in its slot) and never fails its batch mates; the
+valid images go through the image encoder together, then each item gets its own zero-shot head,
+optional per-sample CLIPure-Cos purification and top-k softmax. A new server needs only a new
+adapter that builds `RawRequest`s and maps results to HTTP.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import bundle as B
+from . import purify_np
+from .api import ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
+from .config import ModelRecord
+from .errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
+from .metrics import MetricsSink, NullSink
+from .preprocess import load_pixels
+from .runtime import OnnxEncoder, image_encoder, text_encoder
+from .settings import ServingConfig
+from .zero_shot import head_key
+
+log = logging.getLogger(__name__)
+
+Result = Union[PredictResponse, ClipshieldError]
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """One request as a server hands it over: body parts by name, and its Content-Type header."""
+
+    parts: Mapping[str, Any]
+    content_type: Optional[str] = None
+
+
+@dataclass
+class _Item:
+    index: int
+    options: PredictOptions
+    pixels: np.ndarray
+    embedding: Optional[np.ndarray] = field(default=None)
+
+
+def outcome_of(error: Optional[ClipshieldError]) -> str:
+    """Label of `clipshield_requests_total` for a result."""
+    if error is None:
+        return "ok"
+    for cls, name in ((PayloadTooLarge, "too_large"), (UnsupportedMediaType, "unsupported_media"), (BadInput, "bad_input")):
+        if isinstance(error, cls):
+            return name
+    return "error"
+
+
+class LabelHeadCache:
+    """Thread-safe LRU of zero-shot heads [C, E] for caller-supplied label sets."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[np.ndarray]:
+        with self._lock:
+            head = self._items.get(key)
+            if head is not None:
+                self._items.move_to_end(key)
+            return head
+
+    def put(self, key: str, head: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = head
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ClipshieldService:
+    """Zero-shot classification with optional purification over an exported bundle."""
+
+    def __init__(self, folder: Path, config: ServingConfig, metrics: MetricsSink) -> None:
+        self.folder = folder
+        self.config = config
+        self.metrics = metrics
+        if config.verify_checksums:
+            B.verify_manifest(folder)
+            B.check_vocab(folder)
+        self.record = ModelRecord.model_validate_json((folder / B.RECORD).read_text())
+        self.card = B.read_card(folder)
+        self.labels = B.LabelSet.model_validate_json((folder / B.LABELS).read_text())
+        self.head = np.load(folder / B.TEXT_HEAD).astype(np.float32)
+        self.anchor = np.load(folder / B.ANCHOR).astype(np.float32)
+        self.image_encoder: OnnxEncoder = image_encoder(folder / B.IMAGE_ONNX, config.runtime)
+        self.text_encoder: OnnxEncoder = text_encoder(folder / B.TEXT_ONNX, config.runtime)
+        from .tokenizer import create_tokenizer
+
+        self.tokenizer = create_tokenizer(self.record.tokenizer)
+        self.heads = LabelHeadCache(config.label_cache_size)
+        self.info = ModelInfo(name=self.card.name, version=self.card.version)
+        for entry in self.card.accuracy:
+            labels = {"dataset": entry.dataset, "attack": entry.attack, "purified": str(entry.purified).lower()}
+            metrics.set_gauge("clipshield_model_accuracy", entry.value, labels)
+        log.info("loaded %s %s from %s (%d default labels)", self.info.name, self.info.version, folder, len(self.labels.classnames))
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, config: Optional[ServingConfig] = None, metrics: Optional[MetricsSink] = None
+    ) -> "ClipshieldService":
+        return cls(Path(folder), config or ServingConfig(), metrics or NullSink())
+
+    def encode_labels(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Unit-norm zero-shot head [C, E] for `classnames` (prompt ensemble over the default templates)."""
+        templates = list(templates or self.labels.templates)
+        prompts = [t.format(c) for c in classnames for t in templates]
+        tokens = self.tokenizer(prompts).numpy().astype(np.int64)
+        emb = np.concatenate([self.text_encoder(tokens[i : i + 256]) for i in range(0, len(tokens), 256)])
+        emb = purify_np.normalize(emb).reshape(len(classnames), len(templates), -1).mean(axis=1)
+        return purify_np.normalize(emb).astype(np.float32)
+
+    def head_for(self, labels: Optional[Sequence[str]]) -> tuple[tuple[str, ...], np.ndarray]:
+        """(class names, head) for a request: the precomputed default, or a cached custom head."""
+        if labels is None or tuple(labels) == self.labels.classnames:
+            return self.labels.classnames, self.head
+        key = head_key(self.info.name + ":" + self.info.version, labels, self.labels.templates)
+        head = self.heads.get(key)
+        if head is None:
+            head = self.encode_labels(labels)
+            self.heads.put(key, head)
+        return tuple(labels), head
+
+    def _decode(self, index: int, request: RawRequest) -> _Item:
+        start = time.perf_counter()
+        image, options = parse_request(request.parts, request.content_type, self.config.requests)
+        pixels = load_pixels(image, self.record.preprocess, self.config.decode)
+        self.metrics.observe("clipshield_decode_seconds", time.perf_counter() - start)
+        return _Item(index, options, pixels)
+
+    def _answer(self, item: _Item) -> PredictResponse:
+        opts = item.options
+        start = time.perf_counter()
+        classnames, head = self.head_for(opts.labels)
+        e = purify_np.normalize(item.embedding[None, :])
+        base = purify_np.logits(e, head, self.card.logit_scale)
+        self.metrics.observe("clipshield_head_seconds", time.perf_counter() - start)
+        anchor_score = float(purify_np.cosine(e, self.anchor)[0])
+        self.metrics.observe("clipshield_anchor_score", anchor_score)
+        defaults = self.card.purify
+        purified = defaults.enabled if opts.purify is None else opts.purify
+        final, shift = base, 0.0
+        if purified:
+            start = time.perf_counter()
+            p = purify_np.purify(e, self.anchor, defaults.steps, defaults.step_size)
+            final = purify_np.logits(p, head, self.card.logit_scale)
+            shift = float(np.linalg.norm(p - e))
+            self.metrics.observe("clipshield_purify_seconds", time.perf_counter() - start)
+            self.metrics.observe("clipshield_embedding_shift", shift)
+        flipped = bool(np.argmax(base[0]) != np.argmax(final[0]))
+        flagged = flipped or shift > self.config.flag_shift
+        if flipped:
+            self.metrics.increment("clipshield_flipped_total")
+        if flagged:
+            self.metrics.increment("clipshield_flagged_total")
+        probs = purify_np.softmax(final)[0]
+        k = min(opts.top_k or self.config.requests.default_top_k, len(classnames))
+        order = np.argsort(-probs, kind="stable")[:k]
+        return PredictResponse(
+            predictions=[Prediction(label=classnames[i], score=float(probs[i])) for i in order],
+            purified=purified,
+            anchor_score=anchor_score,
+            embedding_shift=shift,
+            flipped=flipped,
+            flagged=flagged,
+            model=self.info,
+        )
+
+    def predict(self, requests: Sequence[RawRequest]) -> list[Result]:
+        """One result per request, in order: a response, or the ClipshieldError for that item alone."""
+        results: list[Optional[Result]] = [None] * len(requests)
+        items: list[_Item] = []
+        for i, req in enumerate(requests):
+            try:
+                items.append(self._decode(i, req))
+            except ClipshieldError as exc:
+                results[i] = exc
+            except Exception as exc:  # noqa: BLE001 - a bad item must never fail its batch mates
+                log.exception("unexpected error decoding request %d", i)
+                results[i] = ClipshieldError(f"internal error decoding the request ({type(exc).__name__})")
+        if items:
+            self._encode(items, results)
+        for item in items:
+            if results[item.index] is not None:
+                continue
+            try:
+                results[item.index] = self._answer(item)
+            except ClipshieldError as exc:
+                results[item.index] = exc
+            except Exception as exc:  # noqa: BLE001
+                log.exception("unexpected error answering request %d", item.index)
+                results[item.index] = ClipshieldError(f"internal error ({type(exc).__name__})")
+        final: list[Result] = [r if r is not None else ClipshieldError("internal error: request left unanswered") for r in results]
+        for r in final:
+            error = r if isinstance(r, ClipshieldError) else None
+            self.metrics.increment("clipshield_requests_total", labels={"outcome": outcome_of(error)})
+        return final
+
+    def _encode(self, items: list[_Item], results: list[Optional[Result]]) -> None:
+        start = time.perf_counter()
+        try:
+            emb = self.image_encoder(np.stack([it.pixels for it in items]).astype(np.float32))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("image encoder failed on a batch of %d", len(items))
+            for it in items:
+                results[it.index] = ClipshieldError(f"internal error in the image encoder ({type(exc).__name__})")
+            return
+        self.metrics.observe("clipshield_encode_seconds", time.perf_counter() - start)
+        for it, row in zip(items, emb):
+            it.embedding = row

@@ -1,0 +1,104 @@
+"""Metrics recording behind a small interface, so any server adapter can plug in its own backend.
+
+The inference core calls a `MetricsSink`; the TorchServe adapter forwards to TorchServe's metrics
+cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`), another server
+can use `PrometheusClientSink` (prometheus_client) directly, and tests use `RecordingSink`.
+All names start with `clipshield_`; latencies are in seconds.
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Optional, Protocol
+
+# name -> (kind, help, label names)
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "clipshield_decode_seconds": ("histogram", "Image decode + preprocess latency per request", ()),
+    "clipshield_encode_seconds": ("histogram", "Image encoder latency per batch", ()),
+    "clipshield_purify_seconds": ("histogram", "CLIPure-Cos purification latency per request", ()),
+    "clipshield_head_seconds": ("histogram", "Zero-shot head latency per request (label encoding included)", ()),
+    "clipshield_requests_total": ("counter", "Requests by outcome (ok, bad_input, too_large, unsupported_media, error)", ("outcome",)),
+    "clipshield_embedding_shift": ("histogram", "L2 shift of the unit-norm embedding by purification", ()),
+    "clipshield_anchor_score": ("histogram", "Cosine of the image embedding with the blank anchor", ()),
+    "clipshield_flipped_total": ("counter", "Requests whose top-1 purification changed", ()),
+    "clipshield_flagged_total": ("counter", "Requests flagged as possibly adversarial", ()),
+    "clipshield_model_accuracy": ("gauge", "Model-card accuracy per data set and attack", ("dataset", "attack", "purified")),
+}
+
+
+class MetricsSink(Protocol):
+    """What the inference core records; labels are small string dicts."""
+
+    def observe(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None: ...
+
+    def increment(self, name: str, value: float = 1.0, labels: Optional[dict[str, str]] = None) -> None: ...
+
+    def set_gauge(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None: ...
+
+
+def _key(name: str, labels: Optional[dict[str, str]]) -> tuple:
+    return (name, tuple(sorted((labels or {}).items())))
+
+
+class NullSink:
+    """Records nothing."""
+
+    def observe(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        pass
+
+    def increment(self, name: str, value: float = 1.0, labels: Optional[dict[str, str]] = None) -> None:
+        pass
+
+    def set_gauge(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        pass
+
+
+class RecordingSink:
+    """In-memory sink for tests and debugging: observations, counters and gauges by (name, labels)."""
+
+    def __init__(self) -> None:
+        self.observations: dict[tuple, list[float]] = defaultdict(list)
+        self.counters: dict[tuple, float] = defaultdict(float)
+        self.gauges: dict[tuple, float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        with self._lock:
+            self.observations[_key(name, labels)].append(float(value))
+
+    def increment(self, name: str, value: float = 1.0, labels: Optional[dict[str, str]] = None) -> None:
+        with self._lock:
+            self.counters[_key(name, labels)] += float(value)
+
+    def set_gauge(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        with self._lock:
+            self.gauges[_key(name, labels)] = float(value)
+
+    def count(self, name: str, labels: Optional[dict[str, str]] = None) -> float:
+        return self.counters.get(_key(name, labels), 0.0)
+
+
+class PrometheusClientSink:
+    """prometheus_client backend for adapters that expose /metrics themselves (not TorchServe)."""
+
+    def __init__(self, registry=None) -> None:
+        import prometheus_client as pc
+
+        kinds = {"histogram": pc.Histogram, "counter": pc.Counter, "gauge": pc.Gauge}
+        self._metrics = {}
+        for name, (kind, help_text, label_names) in METRICS.items():
+            short = name[: -len("_total")] if kind == "counter" else name
+            self._metrics[name] = kinds[kind](short, help_text, label_names, registry=registry)
+
+    def _get(self, name: str, labels: Optional[dict[str, str]]):
+        metric = self._metrics[name]
+        return metric.labels(**labels) if labels else metric
+
+    def observe(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        self._get(name, labels).observe(value)
+
+    def increment(self, name: str, value: float = 1.0, labels: Optional[dict[str, str]] = None) -> None:
+        self._get(name, labels).inc(value)
+
+    def set_gauge(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
+        self._get(name, labels).set(value)

@@ -1,0 +1,94 @@
+"""Image decoding with limits, and the one resize/crop path from raw images to [0, 1] pixels.
+
+Pipeline (same as open_clip's eval transform minus `Normalize`, which `PixelCLIP` and the exported
+ONNX encoder do inside): decode -> RGB -> resize shortest side to `image_size` (or squash) ->
+centre crop -> float32 CHW in [0, 1]. For the mini world's 32x32 images this is an identity.
+Resizing uses torchvision's PIL path, the one open_clip's training transforms use, so served
+pixels match training's bit for bit.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from .config import PreprocessConfig
+from .errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from .settings import DecodeLimits
+
+log = logging.getLogger(__name__)
+
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+ACCEPTED_CONTENT_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/octet-stream")
+
+
+def sniff_format(data: bytes) -> Optional[str]:
+    """'PNG' or 'JPEG' from the first bytes, None for anything else."""
+    for magic, name in _MAGIC.items():
+        if data[: len(magic)] == magic:
+            return name
+    return None
+
+
+def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Decode PNG/JPEG bytes into an RGB image, enforcing `limits` before decoding pixels.
+
+    Raises PayloadTooLarge (bytes or pixel count over the limit), UnsupportedMediaType (not an
+    accepted format) or BadInput (corrupt or truncated data).
+    """
+    if not data:
+        raise BadInput("empty image")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in limits.formats:
+        raise UnsupportedMediaType(f"image format not accepted; send one of {', '.join(limits.formats)}")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb guard is process-wide; ours is the per-config pixel limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = img.size
+            if width * height > limits.max_pixels:
+                raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+            img.load()
+    except (PayloadTooLarge, UnsupportedMediaType):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"could not decode {fmt} image: {exc}") from exc
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def to_pixels(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """float32 [3, S, S] in [0, 1] from an RGB image (S = cfg.image_size)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    size = cfg.image_size
+    mode = InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    if img.size != (size, size):
+        if cfg.resize_mode == "squash":
+            img = TF.resize(img, [size, size], interpolation=mode)
+        else:
+            img = TF.center_crop(TF.resize(img, size, interpolation=mode), [size, size])
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_pixels(data: bytes, cfg: PreprocessConfig, limits: DecodeLimits) -> np.ndarray:
+    """Bytes -> float32 [3, S, S] in [0, 1]: `decode_image` then `to_pixels`."""
+    return to_pixels(decode_image(data, limits), cfg)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of float [3, H, W] pixels in [0, 1] (rounded to 8 bits): for clients and tests."""
+    arr = np.clip(np.rint(np.asarray(pixels).transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,57 @@
+"""Serving settings: decode limits, ONNX Runtime threads, request defaults, as pydantic records.
+
+Read once when a serving adapter starts (from the archive's `serving.json` plus any overrides the
+adapter passes) and never mutated; every limit and default lives here, not in code.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .config import StrictModel
+
+
+class DecodeLimits(StrictModel):
+    """Limits checked before and while decoding an image (issue 7: reject early, never crash).
+
+    `max_pixels` is checked from the image header, before any pixel is decoded, so a
+    decompression bomb is refused without allocating its buffer.
+    """
+
+    max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=24_000_000, gt=0)
+    formats: tuple[Literal["PNG", "JPEG"], ...] = ("PNG", "JPEG")
+
+
+class RuntimeConfig(StrictModel):
+    """ONNX Runtime session options; thread counts come from here, never from the host's core count."""
+
+    intra_op_threads: int = Field(default=1, ge=1, le=256)
+    inter_op_threads: int = Field(default=1, ge=1, le=256)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    io_binding: bool = False
+
+
+class RequestLimits(StrictModel):
+    """Bounds on per-request options (custom label sets are encoded on the request path)."""
+
+    max_labels: int = Field(default=256, ge=1)
+    max_label_chars: int = Field(default=200, ge=1)
+    max_top_k: int = Field(default=100, ge=1)
+    default_top_k: int = Field(default=5, ge=1)
+
+
+class ServingConfig(StrictModel):
+    """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
+
+    `flag_shift`: a request is `flagged` when purification flips its top-1 or moves its embedding
+    by more than this L2 distance (unit-norm embeddings, range [0, 2]).
+    """
+
+    decode: DecodeLimits = DecodeLimits()
+    runtime: RuntimeConfig = RuntimeConfig()
+    requests: RequestLimits = RequestLimits()
+    label_cache_size: int = Field(default=64, ge=1)
+    flag_shift: float = Field(default=0.5, ge=0.0)
+    verify_checksums: bool = True

@@ -1,0 +1,82 @@
+"""The serving half of `clipshield demo`: export -> archive -> TorchServe -> classify over HTTP.
+
+Classifies a few mini-world images, clean and PGD-attacked (crafted on the un-purified zero-shot
+classifier, then sent as 8-bit PNGs), each with purification off and on, prints the answers and the
+`clipshield_` metric lines, then stops the server (`once`) or leaves it running with instructions.
+Output goes through `out` (the CLI passes `print`), so this module itself never prints.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from service.bundle import AccuracyEntry, PurifyDefaults
+from service.pixel_model import PixelCLIP
+from service.preprocess import encode_png
+
+from .archive import build_archive
+from .client import ServingClient
+from .exporter import DEFAULT_LABEL_DATASET, export_model
+from .torchserve import ServeConfig, start_server, stop_server
+
+METRIC_PREFIXES = ("clipshield_requests_total", "clipshield_flipped_total", "clipshield_flagged_total", "clipshield_model_accuracy")
+
+
+def attacked_images(model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, eps: float, seed: int) -> torch.Tensor:
+    """PGD-10 adversarial images [B, 3, H, W] in [0, 1] against the un-purified zero-shot classifier."""
+    from service.zero_shot import ZeroShotClassifier, build_text_head
+    from training.attacks.pgd import PGD
+
+    clf = ZeroShotClassifier(model, build_text_head(model, classnames, templates))
+    return PGD(clf, eps=eps, steps=10, generator=torch.Generator().manual_seed(seed))(images, labels)
+
+
+def serving_demo(
+    model: PixelCLIP,
+    work_dir: Path,
+    model_store: Path,
+    out: Callable[[str], None],
+    n_images: int = 4,
+    eps: float = 4 / 255,
+    once: bool = True,
+    serve: Optional[ServeConfig] = None,
+    purify: Optional[PurifyDefaults] = None,
+    accuracy: tuple[AccuracyEntry, ...] = (),
+    notes: tuple[str, ...] = (),
+) -> dict:
+    """Run the whole serving path; returns {"answers": [...], "metrics": [...]} for callers and tests."""
+    from training.data.registry import DatasetRequest, build_dataset
+
+    bundle = export_model(model, Path(work_dir) / "export", purify=purify, accuracy=accuracy, notes=notes)
+    archive = build_archive(bundle, model_store)
+    out(f"exported {bundle} and archived {archive}; starting TorchServe ...")
+    handle = start_server(model_store, serve or ServeConfig())
+    ds = build_dataset(DEFAULT_LABEL_DATASET, DatasetRequest(limit=n_images))
+    images, labels = ds.images(), torch.tensor(ds.labels)
+    adv = attacked_images(model, images, labels, ds.classnames, ds.templates, eps, seed=0)
+    client = ServingClient(handle)
+    answers = []
+    out(f"\n{'image':8s} {'true label':18s} {'input':8s} {'purify':6s} {'top-1':18s} {'score':>5s} flipped")
+    for i in range(len(labels)):
+        truth = ds.classnames[int(labels[i])]
+        for kind, batch in (("clean", images), ("attacked", adv)):
+            for purified in (False, True):
+                status, body = client.predict(encode_png(batch[i].detach().numpy()), purify=purified)
+                top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
+                answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
+                out(f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}")
+    metrics = [line for line in client.metrics() if line.startswith(METRIC_PREFIXES) or "_count{" in line]
+    out("\nmetrics (clipshield_*):")
+    for line in metrics:
+        out("  " + line)
+    if once:
+        stop_server(model_store)
+        out("\nTorchServe stopped (--once).")
+    else:
+        cfg = handle.config
+        out(f"\nTorchServe keeps running on {cfg.inference_address} (token in {handle.state_dir / 'key_file.json'}).")
+        out(f"Stop it with: clipshield serve --stop --model-store {model_store}")
+    return {"answers": answers, "metrics": metrics}

@@ -1,0 +1,221 @@
+"""Start and stop TorchServe on a model store (`clipshield serve`, the demo and the integration test).
+
+The checked-in `model_store/config.properties` is the base; each start writes a per-run copy into
+`<model_store>/.server/` with the given addresses and absolute paths (metrics config, model store).
+TorchServe's launcher keeps its pid file in the temp dir and `key_file.json` in its working
+directory, so each server runs with TMPDIR and cwd inside its own state folder: several servers
+(tests, agents) can run side by side and `stop_server(model_store)` stops exactly this one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from service.config import StrictModel
+from service.errors import ClipshieldError
+
+log = logging.getLogger(__name__)
+
+REPO_STORE = Path(__file__).resolve().parents[2] / "model_store"
+STATE_DIR = ".server"
+
+
+class ServeError(ClipshieldError):
+    """TorchServe could not be started, reached or stopped."""
+
+
+class ServeConfig(StrictModel):
+    """Where TorchServe listens and what it loads. Management and metrics stay on loopback by default."""
+
+    inference_address: str = "http://127.0.0.1:8080"
+    management_address: str = "http://127.0.0.1:8081"
+    metrics_address: str = "http://127.0.0.1:8082"
+    grpc_inference_port: int = Field(default=7070, gt=0, lt=65536)
+    grpc_management_port: int = Field(default=7071, gt=0, lt=65536)
+    models: str = "clipshield=clipshield.mar"
+    token_auth: bool = True
+    workers: int = Field(default=2, ge=1)
+    startup_timeout_s: float = Field(default=120.0, gt=0)
+
+
+@dataclass
+class ServerHandle:
+    """A running TorchServe: its launcher process, addresses and state folder."""
+
+    process: subprocess.Popen
+    config: ServeConfig
+    state_dir: Path
+
+    def keys(self) -> dict[str, str]:
+        """Inference/management keys from key_file.json ({} when token auth is off)."""
+        return read_keys(self.state_dir)
+
+
+def read_keys(state_dir: Path) -> dict[str, str]:
+    """Keys from TorchServe's key_file.json; {} while it is absent or still being written."""
+    path = state_dir / "key_file.json"
+    try:
+        data = json.loads(path.read_text())
+        return {kind: data[kind]["key"] for kind in ("inference", "management") if kind in data}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def render_properties(base: Path, model_store: Path, cfg: ServeConfig) -> str:
+    """The base config.properties with this run's addresses, paths and workers substituted."""
+    overrides = {
+        "inference_address": cfg.inference_address,
+        "management_address": cfg.management_address,
+        "metrics_address": cfg.metrics_address,
+        "grpc_inference_port": str(cfg.grpc_inference_port),
+        "grpc_management_port": str(cfg.grpc_management_port),
+        "model_store": str(model_store),
+        "load_models": cfg.models,
+        "metrics_config": str((base.parent / "metrics.yaml").resolve()),
+        "disable_token_authorization": "false" if cfg.token_auth else "true",
+        "default_workers_per_model": str(cfg.workers),
+    }
+    lines, seen = [], set()
+    for line in base.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and "=" in line and key in overrides:
+            lines.append(f"{key}={overrides[key]}")
+            seen.add(key)
+        else:
+            lines.append(line)
+    lines += [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def _launcher() -> str:
+    exe = Path(sys.executable).parent / "torchserve"
+    found = str(exe) if exe.is_file() else shutil.which("torchserve")
+    if found is None:
+        raise ServeError("torchserve not found; install the 'serve' extra (pip install -e '.[serve]')")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ServeError("TorchServe needs Java 17+ on PATH (or JAVA_HOME)")
+    return found
+
+
+def _env(state_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TMPDIR=str(state_dir / "tmp"), LOG_LOCATION=str(state_dir / "logs"), METRICS_LOCATION=str(state_dir / "logs"))
+    env.pop("TS_CONFIG_FILE", None)
+    return env
+
+
+def start_server(model_store: Path, cfg: Optional[ServeConfig] = None, base_config: Optional[Path] = None) -> ServerHandle:
+    """Start TorchServe in the background and wait until the model answers /ping; ServeError on failure."""
+    cfg = cfg or ServeConfig()
+    model_store = Path(model_store).resolve()
+    base = Path(base_config) if base_config else (model_store / "config.properties")
+    if not base.is_file():
+        base = REPO_STORE / "config.properties"
+    state_dir = model_store / STATE_DIR
+    (state_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    props = state_dir / "config.properties"
+    props.write_text(render_properties(base, model_store, cfg))
+    cmd = [_launcher(), "--start", "--foreground", "--ncs", "--ts-config", str(props), "--model-store", str(model_store)]
+    out = (state_dir / "logs" / "launcher.log").open("ab")
+    proc = subprocess.Popen(cmd, cwd=state_dir, env=_env(state_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    (state_dir / "server.json").write_text(json.dumps({"launcher_pid": proc.pid, **cfg.model_dump()}, indent=2))
+    handle = ServerHandle(proc, cfg, state_dir)
+    try:
+        wait_ready(handle)
+    except BaseException:  # never leave a half-started server behind (timeouts, Ctrl-C, anything)
+        stop_server(model_store)
+        raise
+    return handle
+
+
+def wait_ready(handle: ServerHandle) -> None:
+    """Poll /ping until it reports Healthy and the model has a worker; ServeError on timeout or exit."""
+    deadline = time.monotonic() + handle.config.startup_timeout_s
+    while time.monotonic() < deadline:
+        if handle.process.poll() is not None:
+            raise ServeError(f"TorchServe exited with status {handle.process.returncode}; see {handle.state_dir / 'logs'}")
+        if ping(handle.config.inference_address, handle.state_dir) and _model_ready(handle):
+            return
+        time.sleep(0.5)
+    raise ServeError(f"TorchServe did not become healthy within {handle.config.startup_timeout_s:.0f} s; see {handle.state_dir / 'logs'}")
+
+
+def ping(inference_address: str, state_dir: Path) -> bool:
+    """True when GET /ping reports Healthy. With token auth on, TorchServe wants the inference key
+    even for /ping, so the probe reads it from the server's key_file.json (an exec health probe
+    inside the container can do the same: `clipshield serve --ping`)."""
+    req = urllib.request.Request(inference_address.rstrip("/") + "/ping")
+    key = read_keys(state_dir).get("inference")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return json.loads(resp.read()).get("status") == "Healthy"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _model_ready(handle: ServerHandle) -> bool:
+    name = handle.config.models.split("=", 1)[0]
+    req = urllib.request.Request(handle.config.management_address.rstrip("/") + f"/models/{name}")
+    key = handle.keys().get("management")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            info = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    workers = info[0].get("workers", []) if info else []
+    return any(w.get("status") == "READY" for w in workers)
+
+
+def stop_server(model_store: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the TorchServe started on `model_store`; False when none was running."""
+    state_dir = Path(model_store).resolve() / STATE_DIR
+    info_file = state_dir / "server.json"
+    if not info_file.is_file():
+        return False
+    pid = int(json.loads(info_file.read_text())["launcher_pid"])
+    subprocess.run([_launcher(), "--stop", "--foreground"], cwd=state_dir, env=_env(state_dir), capture_output=True, check=False, timeout=timeout_s + 10)
+    stopped = _wait_gone(pid, timeout_s)
+    if not stopped:
+        log.warning("TorchServe launcher %d still running; sending SIGTERM to its process group", pid)
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        stopped = _wait_gone(pid, 5.0)
+    info_file.unlink(missing_ok=True)
+    (state_dir / "key_file.json").unlink(missing_ok=True)
+    return True
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return True
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.2)
+    return False
