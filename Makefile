@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # would download a multi-GB build, and a mismatched torchvision fails at import.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-slow loadtest bench clean-venv
+.PHONY: venv demo test test-slow loadtest bench k8s-render clean-venv
 
 $(STAMP):
 	rm -f $(VENV)/.installed-*
@@ -31,6 +31,17 @@ test: venv
 
 test-slow: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+loadtest: venv
+	OMP_NUM_THREADS=2 $(BIN)/python -m tests.load.run_loadtest $(ARGS)
+
+bench: venv
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_pgd.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_finetune.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_serving.py
+
+k8s-render:
+	for o in cpu gpu; do kubectl kustomize k8s/overlays/$$o > k8s/rendered/$$o.yaml; done
 
 clean-venv:
 	rm -rf $(VENV)
