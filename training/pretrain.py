@@ -36,7 +36,7 @@ class PretrainConfig(StrictModel):
     """Settings of `clipshield pretrain` (defaults reproduce the shipped model)."""
 
     output: Path = Path("runs/pretrain")
-    steps: int = Field(default=1200, gt=0)
+    steps: int = Field(default=3000, gt=0)
     batch_size: int = Field(default=128, gt=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = 0.1

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the shipped model (~5 min on 2 CPU cores).",
     )
     p.add_argument("--output", type=Path, default=Path("runs/pretrain"), help="run folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=2000, help="optimisation steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)

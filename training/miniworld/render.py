@@ -15,11 +15,11 @@ from PIL import Image, ImageDraw
 from .world import BACKGROUNDS, COLOR_RGB, COLORS, DOMAINS, IMAGE_SIZE, SHAPES, SIZES
 
 _SUPERSAMPLE = 4
-_RADIUS = {"small": 7.0, "large": 11.5}  # pixels at 32x32
+_RADIUS = {"small": 9.5, "large": 12.5}  # pixels at 32x32
 _JITTER = 1.5  # max centre offset, pixels
 _MAX_ROTATION = 15.0  # degrees
 _NOISE_STD = 0.08
-_OUTLINE_WIDTH = 2  # pixels at 32x32
+_OUTLINE_WIDTH = 1.5  # pixels at 32x32
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,9 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]]:
     if shape == "cross":
         a, b = 0.3, 0.9
         return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
-    if shape == "hexagon":
-        return [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 6, endpoint=False)]
+    if shape == "heart":
+        ts = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        return [(math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 16 - 0.15) for t in ts]
     if shape == "crescent":
         # Outer arc on the left, inner arc (circle offset to the right) back up.
         outer = [(math.cos(t), math.sin(t)) for t in np.linspace(0.35 * math.pi, 1.65 * math.pi, 28)]
@@ -102,7 +103,7 @@ def render(spec: ImageSpec) -> np.ndarray:
     mask_img = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask_img)
     if domain == "outlined":
-        draw.line(polygon + [polygon[0]], fill=255, width=_OUTLINE_WIDTH * _SUPERSAMPLE, joint="curve")
+        draw.line(polygon + [polygon[0]], fill=255, width=int(_OUTLINE_WIDTH * _SUPERSAMPLE), joint="curve")
     else:
         draw.polygon(polygon, fill=255)
     mask = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32)[..., None] / 255.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "crescent")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross", "heart", "crescent")
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),

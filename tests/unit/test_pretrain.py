@@ -1,0 +1,40 @@
+"""Pre-training is deterministic for a seed and thread count, and resume equals an uninterrupted run."""
+from __future__ import annotations
+
+import torch
+
+from training.pretrain import PretrainConfig, multi_positive_loss, pretrain
+
+SMALL = dict(batch_size=16, pool_size=256, warmup=2, lr=1e-3, threads=2)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.clip.state_dict().items()}
+
+
+def test_same_seed_same_weights_and_resume(tmp_path):
+    a = _weights(pretrain(PretrainConfig(output=tmp_path / "a", steps=6, **SMALL)))
+    b = _weights(pretrain(PretrainConfig(output=tmp_path / "b", steps=6, **SMALL)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # interrupted after 3 steps (state written at step 3), then resumed to 6
+    pretrain(PretrainConfig(output=tmp_path / "c", steps=3, **SMALL))
+    c = _weights(pretrain(PretrainConfig(output=tmp_path / "c", steps=6, resume=True, **SMALL)))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+    d = _weights(pretrain(PretrainConfig(output=tmp_path / "d", steps=6, seed=1, **SMALL)))
+    assert any(not torch.equal(a[k], d[k]) for k in a)
+
+
+def test_multi_positive_loss_reduces_to_clip_loss_without_shared_positives():
+    logits = torch.randn(5, 5)
+    eye = torch.eye(5, dtype=torch.bool)
+    expected = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(5)) + torch.nn.functional.cross_entropy(logits.t(), torch.arange(5)))
+    torch.testing.assert_close(multi_positive_loss(logits, eye), expected)
+
+
+def test_multi_positive_loss_does_not_punish_true_matches():
+    logits = torch.tensor([[5.0, 5.0], [-5.0, 5.0]])
+    both = torch.tensor([[True, True], [False, True]])
+    only_diag = torch.eye(2, dtype=torch.bool)
+    assert multi_positive_loss(logits, both) < multi_positive_loss(logits, only_diag)
