@@ -10,6 +10,7 @@ cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +25,7 @@ from handlers.torchserve_metrics import TorchServeSink
 
 log = logging.getLogger(__name__)
 
+
 def _content_type(context: Any, idx: int) -> Optional[str]:
     headers = context.get_all_request_header(idx) or {}
     for key, value in headers.items():
@@ -31,6 +33,13 @@ def _content_type(context: Any, idx: int) -> Optional[str]:
             return value
     body = headers.get("body")
     return body.get("content-type") if isinstance(body, dict) else None
+
+
+def _reason(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"
 
 
 class ClipshieldHandler(BaseHandler):
@@ -53,7 +62,10 @@ class ClipshieldHandler(BaseHandler):
             if isinstance(result, ClipshieldError):
                 code = result.http_status
                 message = str(result) if code < 500 else "internal error"
-                context.set_response_status(code, message, idx)
+                # The reason phrase is the standard ASCII one, never the message: TorchServe 0.12 frames
+                # the phrase by its length in characters but sends UTF-8 bytes, so a non-ASCII phrase
+                # (a message quoting a bad field) corrupts the worker protocol and kills the worker.
+                context.set_response_status(code, _reason(code), idx)
                 out.append(ErrorResponse(code=code, type=type(result).__name__, message=message).model_dump_json())
             else:
                 out.append(result.model_dump_json())

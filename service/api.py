@@ -9,6 +9,7 @@ turns it into image bytes plus a validated `PredictOptions`, raising `service.er
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -58,8 +59,9 @@ class PredictResponse(StrictModel):
 
     `anchor_score`: cosine of the image embedding with the blank anchor (before purification).
     `embedding_shift`: L2 distance between the unit-norm embedding before and after purification
-    (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`: flipped, or
-    shift above the configured threshold (a hint that the input may be adversarial).
+    (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`: flipped, shift
+    above the configured threshold, or anchor score below the model card's calibrated threshold (a
+    hint that the input may be adversarial, docs/security.md).
     """
 
     predictions: list[Prediction]
@@ -85,7 +87,10 @@ def _text(value: Any, name: str) -> str:
             raise BadInput(f"field {name!r} is not UTF-8 text") from exc
     if isinstance(value, str):
         return value
-    return json.dumps(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"field {name!r} has an unsupported value type") from exc
 
 
 def _parse_bool(value: Any) -> bool:
@@ -113,12 +118,26 @@ def _parse_labels(value: Any, limits: RequestLimits) -> tuple[str, ...]:
         raise BadInput(f"{len(labels)} labels given; the limit is {limits.max_labels}")
     if any(len(s) > limits.max_label_chars for s in labels):
         raise BadInput(f"a label is longer than {limits.max_label_chars} characters")
+    for s in labels:
+        _check_label_text(s)
     return tuple(labels)
+
+
+def _check_label_text(label: str) -> None:
+    """BadInput for text the tokenizer cannot take: lone surrogates (valid JSON escapes, invalid
+    Unicode) and control characters."""
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput("field 'labels' holds a string that is not valid Unicode (lone surrogate)") from exc
+    if any(unicodedata.category(ch) == "Cc" for ch in label):
+        raise BadInput("field 'labels' holds a control character")
 
 
 def _parse_top_k(value: Any, limits: RequestLimits) -> int:
     text = _text(value, "top_k").strip() if not isinstance(value, int) else str(value)
-    if not text.isdigit() or not 1 <= int(text) <= limits.max_top_k:
+    # ASCII digits only: str.isdigit() accepts superscripts and other scripts that int() rejects.
+    if not (0 < len(text) <= 6 and text.isascii() and text.isdigit()) or not 1 <= int(text) <= limits.max_top_k:
         raise BadInput(f"field 'top_k' must be an integer in [1, {limits.max_top_k}]")
     return int(text)
 

@@ -82,6 +82,31 @@ class AccuracyEntry(StrictModel):
     n: int = Field(ge=0)
 
 
+class FlagRate(StrictModel):
+    """Measured flag rate and AUROC (score vs clean images) for one input kind on held-out images."""
+
+    attack: str
+    flag_rate: float = Field(ge=0.0, le=1.0)
+    auroc: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    n: int = Field(ge=0)
+
+
+class FlagCalibration(StrictModel):
+    """Calibrated adversarial-input flag: `flagged` when `anchor_score < anchor_below`.
+
+    `anchor_below` is the `target_fpr` quantile of the anchor cosine of clean calibration images;
+    `rates` are measured on held-out images (clean first: its flag_rate is the false-positive rate).
+    """
+
+    score: Literal["anchor_score"] = "anchor_score"
+    anchor_below: float = Field(ge=-1.0, le=1.0)
+    target_fpr: float = Field(gt=0.0, lt=1.0)
+    dataset: str
+    n_calibration: int = Field(ge=1)
+    rates: tuple[FlagRate, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
 class ModelCard(StrictModel):
     name: str
     version: str
@@ -93,6 +118,7 @@ class ModelCard(StrictModel):
     parity: Optional[ParityReport] = None
     accuracy: tuple[AccuracyEntry, ...] = ()
     purify_sweep: tuple[PurifyMeasurement, ...] = ()
+    flag: Optional[FlagCalibration] = None
     notes: tuple[str, ...] = ()
     source: Literal["export"] = "export"
 

@@ -24,7 +24,7 @@ from . import bundle as B
 from . import purify_np
 from .api import ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
 from .config import ModelRecord
-from .errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadInput, ClipshieldError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
 from .metrics import MetricsSink, NullSink
 from .preprocess import load_pixels
 from .runtime import OnnxEncoder, image_encoder, text_encoder
@@ -60,6 +60,14 @@ def outcome_of(error: Optional[ClipshieldError]) -> str:
         if isinstance(error, cls):
             return name
     return "error"
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """float32 array from a bundle .npy; never unpickles (a pickled object array is refused)."""
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path.name} is not a plain numeric array (pickled objects are refused)") from exc
 
 
 class LabelHeadCache:
@@ -101,8 +109,8 @@ class ClipshieldService:
         self.record = ModelRecord.model_validate_json((folder / B.RECORD).read_text())
         self.card = B.read_card(folder)
         self.labels = B.LabelSet.model_validate_json((folder / B.LABELS).read_text())
-        self.head = np.load(folder / B.TEXT_HEAD).astype(np.float32)
-        self.anchor = np.load(folder / B.ANCHOR).astype(np.float32)
+        self.head = _load_array(folder / B.TEXT_HEAD)
+        self.anchor = _load_array(folder / B.ANCHOR)
         self.image_encoder: OnnxEncoder = image_encoder(folder / B.IMAGE_ONNX, config.runtime)
         self.text_encoder: OnnxEncoder = text_encoder(folder / B.TEXT_ONNX, config.runtime)
         from .tokenizer import create_tokenizer
@@ -110,6 +118,8 @@ class ClipshieldService:
         self.tokenizer = create_tokenizer(self.record.tokenizer)
         self.heads = LabelHeadCache(config.label_cache_size)
         self.info = ModelInfo(name=self.card.name, version=self.card.version)
+        # Calibrated adversarial-input flag (model card, training/export/flag_calibration.py); -inf: off.
+        self.anchor_below = self.card.flag.anchor_below if self.card.flag else float("-inf")
         for entry in self.card.accuracy:
             labels = {"dataset": entry.dataset, "attack": entry.attack, "purified": str(entry.purified).lower()}
             metrics.set_gauge("clipshield_model_accuracy", entry.value, labels)
@@ -168,7 +178,7 @@ class ClipshieldService:
             self.metrics.observe("clipshield_purify_seconds", time.perf_counter() - start)
             self.metrics.observe("clipshield_embedding_shift", shift)
         flipped = bool(np.argmax(base[0]) != np.argmax(final[0]))
-        flagged = flipped or shift > self.config.flag_shift
+        flagged = flipped or shift > self.config.flag_shift or anchor_score < self.anchor_below
         if flipped:
             self.metrics.increment("clipshield_flipped_total")
         if flagged:

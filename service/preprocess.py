@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -52,17 +54,42 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
             # Pillow's own bomb guard is process-wide; ours is the per-config pixel limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size
-            if width * height > limits.max_pixels:
-                raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+            check_geometry(img.size, limits)
             img.load()
-    except (PayloadTooLarge, UnsupportedMediaType):
+    except BadInput:
         raise
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadInput(f"could not decode {fmt} image: {exc}") from exc
-    return img.convert("RGB") if img.mode != "RGB" else img
+        raise PayloadTooLarge(f"image refused as a decompression bomb (over {limits.max_pixels} pixels)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
+        # Pillow's messages can carry object reprs; name the problem without them.
+        raise BadInput(f"could not decode {fmt} image: corrupt or truncated data ({type(exc).__name__})") from exc
+    return to_rgb(img)
+
+
+def check_geometry(size: tuple[int, int], limits: DecodeLimits) -> None:
+    """PayloadTooLarge over `max_pixels`, BadInput for an empty or over-elongated image (header only)."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise BadInput(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+    if max(width, height) / min(width, height) > limits.max_aspect_ratio:
+        raise BadInput(f"image aspect ratio {width}x{height} exceeds the limit of {limits.max_aspect_ratio:g}:1")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any decoded PNG/JPEG mode.
+
+    16-bit greyscale PNGs (modes I;16*, I) are scaled to 8 bits: Pillow's own conversion clips them
+    at 255, which would turn almost every 16-bit image white. Palette, alpha (dropped, as in
+    open_clip's `convert("RGB")`), CMYK and 1-bit images use Pillow's conversion.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def to_pixels(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:

@@ -21,6 +21,9 @@ class DecodeLimits(StrictModel):
 
     max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_pixels: int = Field(default=24_000_000, gt=0)
+    # Resizing the shortest side to the model's input first multiplies the pixel count by the aspect
+    # ratio (a 1 x 24 M strip would become 224 x 5.4 G), so extreme strips are refused up front.
+    max_aspect_ratio: float = Field(default=50.0, ge=1.0)
     formats: tuple[Literal["PNG", "JPEG"], ...] = ("PNG", "JPEG")
 
 
@@ -45,8 +48,9 @@ class RequestLimits(StrictModel):
 class ServingConfig(StrictModel):
     """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
 
-    `flag_shift`: a request is `flagged` when purification flips its top-1 or moves its embedding
-    by more than this L2 distance (unit-norm embeddings, range [0, 2]).
+    `flag_shift`: a request is `flagged` when purification flips its top-1, moves its embedding
+    by more than this L2 distance (unit-norm embeddings, range [0, 2]), or its anchor score is
+    below the threshold calibrated in the model card (`service.bundle.FlagCalibration`).
     """
 
     decode: DecodeLimits = DecodeLimits()

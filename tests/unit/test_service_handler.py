@@ -69,8 +69,8 @@ def test_handler_per_item_status_and_metrics(archive_dir):
     data = [{"body": bytearray(png)}, {"body": bytearray(b"not an image")}, {"image": png, "top_k": "2", "purify": "false"}]
     out = handler.handle(data, ctx)
     assert len(out) == 3
-    assert ctx.status == {1: (415, "image format not accepted; send one of PNG, JPEG")}
-    assert json.loads(out[1]) == {"code": 415, "type": "UnsupportedMediaType", "message": ctx.status[1][1]}
+    assert ctx.status == {1: (415, "Unsupported Media Type")}
+    assert json.loads(out[1]) == {"code": 415, "type": "UnsupportedMediaType", "message": "image format not accepted; send one of PNG, JPEG"}
     first, third = json.loads(out[0]), json.loads(out[2])
     assert len(first["predictions"]) == 5 and first["purified"] is True
     assert len(third["predictions"]) == 2 and third["purified"] is False
@@ -93,3 +93,17 @@ def test_handler_refuses_tampered_archive(archive_dir, tmp_path, caplog):
     with pytest.raises(ModelLoadError, match="sha256 mismatch for labels.json"):
         ClipshieldHandler().initialize(FakeContext(copy, []))
     assert "refusing to load" in caplog.text
+
+
+def test_reason_phrase_is_ascii_whatever_the_message(archive_dir):
+    """TorchServe 0.12 frames the reason phrase by character count but sends UTF-8 bytes: a
+    non-ASCII phrase corrupted the worker protocol and killed the worker (found by the HTTP fuzz)."""
+    from handlers.clipshield_handler import ClipshieldHandler
+
+    ctx = FakeContext(archive_dir, [{"Content-Type": "multipart/form-data; boundary=x"}])
+    handler = ClipshieldHandler()
+    handler.initialize(ctx)
+    out = handler.handle([{"image": b"\x89PNG", "purify": "\u00ff\u00ff\u2603"}], ctx)
+    code, phrase = ctx.status[0]
+    assert code == 400 and phrase == "Bad Request" and phrase.isascii()
+    assert "\u00ff\u00ff" in json.loads(out[0])["message"]

@@ -81,3 +81,22 @@ def test_decompression_bomb_refused_from_header():
         decode_image(bomb, LIMITS)
     with pytest.raises(PayloadTooLarge, match="decompression bomb"):  # Pillow's own guard, at open
         decode_image(_bomb_png(100_000, 100_000), LIMITS)
+
+
+def test_16bit_png_is_scaled_not_clipped():
+    """Pillow's own I;16 -> RGB conversion clips at 255 (a mid-grey 16-bit image turns white)."""
+    grey = np.full((4, 4), 32896, dtype=np.uint16)  # 128 * 257
+    out = load_pixels(_png(Image.fromarray(grey)), PreprocessConfig(image_size=4), LIMITS)
+    np.testing.assert_allclose(out, 128 / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(1, 51), (4000, 2)])
+def test_extreme_aspect_ratio_refused_before_decoding(size):
+    with pytest.raises(BadInput, match="aspect ratio"):
+        decode_image(_png(Image.new("L", size)), LIMITS)
+
+
+def test_corrupt_message_has_no_object_repr():
+    with pytest.raises(BadInput) as info:
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, LIMITS)
+    assert "0x" not in str(info.value) and "PNG" in str(info.value)

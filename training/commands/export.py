@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="choose the purification default by measurement on N mini-world images (0: use the "
                    "defaults recorded in service.bundle.PurifyDefaults)")
     p.add_argument("--no-purify", action="store_true", help="purification off by model default")
+    p.add_argument("--calibrate-flag", type=int, default=0, metavar="N",
+                   help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
+                   "the rates and AUROC written to the model card); 0: flag only on a purification flip")
+    p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(run=run)
 
@@ -64,8 +68,18 @@ def run(args: argparse.Namespace) -> int:
             print("note:", note)
     if args.no_purify:
         purify = purify.model_copy(update={"enabled": False})
+    flag = None
+    if args.calibrate_flag:
+        from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
+
+        flag = calibrate_flag(model, FlagCalibrationConfig(n_calibration=args.calibrate_flag, n_eval=args.calibrate_flag,
+                                                           target_fpr=args.flag_fpr))
+        print(f"flag: anchor_score < {flag.anchor_below:.4f}")
+        for rate in flag.rates:
+            auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
+            print(f"  {rate.attack:<48s} flagged {rate.flag_rate:6.1%}{auc}")
     out = export_model(model, args.out, labels=load_labels(args.labels), version=args.version,
-                       purify=purify, accuracy=accuracy, notes=notes, purify_sweep=sweep)
+                       purify=purify, accuracy=accuracy, notes=notes, purify_sweep=sweep, flag=flag)
     card = json.loads((out / "model_card.json").read_text())
     print(f"exported {card['name']} {card['version']} to {out}")
     print(f"ONNX parity (max abs diff): {json.dumps(card['parity'])}")

@@ -46,10 +46,12 @@ def export_model(
     accuracy: Sequence[B.AccuracyEntry] = (),
     notes: Sequence[str] = (),
     purify_sweep: Sequence[B.PurifyMeasurement] = (),
+    flag: Optional[B.FlagCalibration] = None,
 ) -> Path:
     """Export `model` into `out_dir` (created) and return it; raises ExportError on a parity failure.
 
-    `labels` defaults to the mini world's colour+shape label set.
+    `labels` defaults to the mini world's colour+shape label set; `flag` is the calibrated
+    adversarial-input flag (`training.export.flag_calibration.calibrate_flag`), off when None.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,7 @@ def export_model(
         parity=parity,
         accuracy=tuple(accuracy),
         purify_sweep=tuple(purify_sweep),
+        flag=flag,
         notes=tuple(notes),
     )
     B.write_card(out_dir, card)

@@ -48,6 +48,8 @@ class ServeConfig(StrictModel):
     models: str = "clipshield=clipshield.mar"
     token_auth: bool = True
     workers: int = Field(default=2, ge=1)
+    # Requests waiting beyond this many get an immediate 503 instead of unbounded latency (issue 7).
+    job_queue_size: int = Field(default=100, ge=1)
     startup_timeout_s: float = Field(default=120.0, gt=0)
 
 
@@ -87,6 +89,7 @@ def render_properties(base: Path, model_store: Path, cfg: ServeConfig) -> str:
         "metrics_config": str((base.parent / "metrics.yaml").resolve()),
         "disable_token_authorization": "false" if cfg.token_auth else "true",
         "default_workers_per_model": str(cfg.workers),
+        "job_queue_size": str(cfg.job_queue_size),
     }
     lines, seen = [], set()
     for line in base.read_text().splitlines():
