@@ -22,7 +22,10 @@ def test_top_level_help_lists_every_subcommand():
     assert all(c in text for c in SUBCOMMANDS)
 
 
-def test_demo_once_runs_offline(capsys):
-    assert main(["demo", "--once", "--n", "64"]) == 0
+def test_demo_model_half_runs_offline(capsys, tmp_path):
+    """The demo up to fine-tuning (the serving half is covered by tests/integration/test_torchserve.py)."""
+    args = ["demo", "--once", "--no-serve", "--n", "64", "--finetune-steps", "10", "--work-dir", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "zero-shot predictions" in out and "PGD-10" in out and "miniworld/outlined/shape/seen" in out
+    assert "zero-shot predictions" in out and "miniworld/outlined/shape/seen" in out
+    assert "fine-tuned" in out and (tmp_path / "finetune" / "final" / "model.safetensors").is_file()

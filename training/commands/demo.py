@@ -1,36 +1,61 @@
-"""`clipshield demo`: the offline main job on the mini world, end to end."""
+"""`clipshield demo`: the offline main job on the mini world, end to end.
+
+shipped mini-world CLIP -> zero-shot classification -> brief robust fine-tuning (TGA-ZSR) ->
+clean/robust accuracy before and after -> ONNX export -> TorchServe archive -> TorchServe ->
+classify clean and attacked images with and without purification over HTTP -> metrics.
+"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
+
+DEMO_EVAL = ("miniworld/plain/color_shape/seen", "miniworld/outlined/color_shape/seen")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the offline demo on the mini world",
-        description="Load the shipped mini-world CLIP, classify a few mini-world images zero-shot, "
-        "and print clean accuracy on every mini-world data set plus PGD robust accuracy on one. "
-        "Needs no network and no GPU.",
+        help="run the offline demo on the mini world, from model to HTTP",
+        description="The main job, offline and on CPU: load the shipped mini-world CLIP, classify mini-world images "
+        "zero-shot, fine-tune it briefly with TGA-ZSR, compare clean and PGD robust accuracy before and after, "
+        "export to ONNX, build a TorchServe archive, start TorchServe, classify clean and attacked images with and "
+        "without CLIPure purification over HTTP and print the clipshield_ metrics. Without --once the server keeps "
+        "running afterwards (stop it with `clipshield serve --stop`).",
     )
-    p.add_argument("--once", action="store_true", help="exit when done (for scripts and CI)")
-    p.add_argument("--n", type=int, default=256, help="images per data set (default: %(default)s)")
+    p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
+    p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
+    p.add_argument("--method", default="tga-zsr", help="fine-tuning method (default: %(default)s)")
+    p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default: %(default)s; 0 skips)")
+    p.add_argument("--no-serve", action="store_true", help="stop after fine-tuning and evaluation (no export/serving)")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where runs and exports go (default: %(default)s)")
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="TorchServe model store (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from service.models import load_model
+def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
     from service.zero_shot import ZeroShotClassifier, build_text_head
     from training.attacks.pgd import PGD
-    from training.data.miniworld import standard_eval_names
     from training.data.registry import DatasetRequest, build_dataset
     from training.eval.zeroshot import accuracy, batches
 
-    torch.set_num_threads(args.threads)
-    model = load_model("miniworld")
-    print(f"model: {model.record.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
+    out = {}
+    for name in names:
+        ds = build_dataset(name, DatasetRequest(limit=n))
+        clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
+        labels = torch.tensor(ds.labels)
+        clean, _ = accuracy(clf, batches(ds.images(), labels, 256))
+        attack = PGD(clf, eps=eps, steps=10, generator=torch.Generator().manual_seed(0))
+        robust, _ = accuracy(clf, batches(ds.images(), labels, 256), attack=attack)
+        out[name] = (clean, robust)
+    return out
+
+
+def _show_predictions(model) -> None:
+    from service.zero_shot import ZeroShotClassifier, build_text_head
+    from training.data.registry import DatasetRequest, build_dataset
 
     sample = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=6))
     clf = ZeroShotClassifier(model, build_text_head(model, sample.classnames, sample.templates))
@@ -41,19 +66,59 @@ def run(args: argparse.Namespace) -> int:
         top = int(probs[i].argmax())
         print(f"  true: {sample.classnames[label]:18s} predicted: {sample.classnames[top]:18s} p={float(probs[i, top]):.2f}")
 
-    print(f"\nclean zero-shot top-1 on {args.n} images per data set:")
-    for name in standard_eval_names() + ["miniworld/noisy/color_shape/heldout_image", "miniworld/outlined/color_shape/heldout_caption"]:
-        ds = build_dataset(name, DatasetRequest(limit=args.n))
-        clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-        acc, n = accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 256))
-        print(f"  {name:48s} {100 * acc:5.1f} %  (n={n}, chance {100 / len(ds.classnames):.1f} %)")
 
-    ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=args.n))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-    attack = PGD(clf, eps=4 / 255, steps=10, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor(ds.labels)
-    clean, _ = accuracy(clf, batches(ds.images(), labels, 256))
-    robust, _ = accuracy(clf, batches(ds.images(), labels, 256), attack=attack)
-    print(f"\nPGD-10 at eps=4/255 on plain/color_shape/seen: clean {100 * clean:.1f} % -> robust {100 * robust:.1f} %")
-    print("the base model is not robust: fine-tuning (clipshield finetune) is what fixes that.")
+def _clean_suite(model, n: int) -> None:
+    from service.zero_shot import ZeroShotClassifier, build_text_head
+    from training.data.miniworld import standard_eval_names
+    from training.data.registry import DatasetRequest, build_dataset
+    from training.eval.zeroshot import accuracy, batches
+
+    print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
+    for name in standard_eval_names():
+        ds = build_dataset(name, DatasetRequest(limit=n))
+        clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
+        acc, count = accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 256))
+        print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.bundle import AccuracyEntry
+    from service.models import load_model
+
+    torch.set_num_threads(args.threads)
+    eps = 4 / 255
+    base = load_model("miniworld")
+    print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
+    _show_predictions(base)
+    _clean_suite(base, args.n)
+
+    model = base
+    before = _accuracies(base, DEMO_EVAL, args.n, eps)
+    if args.finetune_steps > 0:
+        from training.finetune import FinetuneConfig, finetune
+
+        print(f"\nfine-tuning with {args.method} for {args.finetune_steps} steps (PGD-2 at eps=4/255 during training) ...")
+        cfg = FinetuneConfig(
+            method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps, eps=eps, warmup=None,
+            eval_datasets=[], threads=args.threads,
+        )
+        model, _ = finetune(cfg)
+    after = _accuracies(model, DEMO_EVAL, args.n, eps)
+    print(f"\nclean / PGD-10 robust top-1 at eps=4/255 ({args.n} images each):")
+    print(f"  {'data set':42s} {'base':>15s} {'fine-tuned':>15s}")
+    for name in DEMO_EVAL:
+        (c0, r0), (c1, r1) = before[name], after[name]
+        print(f"  {name:42s} {100 * c0:5.1f} / {100 * r0:5.1f}   {100 * c1:5.1f} / {100 * r1:5.1f}")
+    if args.no_serve:
+        return 0
+
+    from training.export.demo_serving import serving_demo
+
+    accuracy = tuple(
+        AccuracyEntry(dataset=name, attack=kind, purified=False, value=value, n=args.n)
+        for name, (clean, robust) in after.items()
+        for kind, value in (("clean", clean), ("pgd10-eps4", robust))
+    )
+    print("\nserving the fine-tuned model:")
+    serving_demo(model, args.work_dir, args.model_store, out=print, n_images=4, eps=eps, once=args.once, accuracy=accuracy)
     return 0
