@@ -39,10 +39,10 @@ def load_golden(goldens: Path, name: str) -> dict[str, torch.Tensor]:
 def stepped_copy(model, grads: dict[str, torch.Tensor], lr: float):
     """Copy of `model` after one plain SGD step (momentum buffers are empty at step 0).
 
-    The goldens' attention maps and image tokens of the *target* model were captured after the
-    reference's optimiser step (lr = lr_at_step0), while its losses, logits and gradients are from
-    before it: we measured the maps of the un-stepped target 1.9e-4 away from the golden maps and
-    those of the stepped copy 1e-6 away. Map tests therefore compare at the stepped weights.
+    The goldens' 7x7 target grids (`map7_*_target`) and `image_tokens_adv_target` were captured
+    after the reference's optimiser step (lr = lr_at_step0), while losses, logits, gradients and the
+    full-resolution maps are from before it (measured: un-stepped tokens 6e-4 off, stepped 1e-6).
+    Tests of those two golden kinds therefore compare at the stepped weights.
     """
     import copy
 

@@ -1,0 +1,60 @@
+"""`clipshield finetune` argument handling: method choices, mini-world defaults, --param parsing."""
+from __future__ import annotations
+
+import pytest
+
+from training.cli import build_parser
+from training.commands.finetune import config_from_args, parse_params
+
+
+def parse(*argv):
+    return build_parser().parse_args(["finetune", *argv])
+
+
+def test_miniworld_defaults():
+    cfg = config_from_args(parse("--method", "tga-zsr"))
+    assert cfg.data == "miniworld-train" and cfg.eps == pytest.approx(4 / 255)
+    assert cfg.steps == 100 and cfg.batch_size == 32 and cfg.lr == 0.005 and cfg.warmup is None and cfg.eval_datasets
+    resolved = cfg.resolved(batches_per_epoch=100)
+    assert resolved.steps == 100 and resolved.warmup == 10 and resolved.optimizer == "sgd"
+    assert config_from_args(parse("--method", "fare")).lr == 1e-4  # AdamW
+    assert config_from_args(parse("--method", "tecoa", "--lr", "0.1", "--epochs", "2")).steps is None
+    assert resolved.method_params == {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis"}
+
+
+def test_real_data_defaults_and_params():
+    cfg = config_from_args(parse("--method", "pmg-aft", "--data", "tinyimagenet", "--param", "normalization=model",
+                                 "--param", "general_weight=0.5"))
+    assert cfg.eps == pytest.approx(1 / 255) and cfg.epochs == 10 and cfg.warmup == 1000 and cfg.eval_datasets == []
+    resolved = cfg.resolved(batches_per_epoch=391)
+    assert resolved.batch_size == 256 and resolved.lr == 5e-5 and resolved.steps == 3910
+    assert resolved.method_params["normalization"] == "model" and resolved.method_params["general_weight"] == 0.5
+
+
+def test_bad_inputs():
+    with pytest.raises(SystemExit):
+        parse("--method", "trades")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_params(["alpha"])
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distance.*options: alpha, beta, distance, map_norm"):
+        config_from_args(parse("--method", "tga-zsr", "--param", "distance=kl"))
+
+
+def test_experiment_table_mean_and_std(tmp_path):
+    from training.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
+
+    def result(clean, robust):
+        return {name: {"clean": clean, "robust": robust, "n": 10} for name in EVAL_SETS}
+
+    table = summarise({"base": [result(0.9, 0.0), result(0.9, 0.0)], "tecoa": [result(0.6, 0.3), result(0.8, 0.5)]})
+    assert table["tecoa"]["seen robust"] == pytest.approx({"mean": 40.0, "std": pytest.approx(14.142, abs=1e-3)})
+    assert table["base"]["heldout_domains clean"]["mean"] == pytest.approx(90.0)
+    assert table["base"]["heldout_domains clean"]["std"] == pytest.approx(0.0)
+    assert len(HELDOUT_DOMAINS) == 3
+    args = build_parser().parse_args(["experiment", "miniworld", "--seeds", "0", "1"])
+    text = markdown(table, args)
+    assert "| tecoa | 70.0 ± 14.1 | 40.0 ± 14.1 |" in text
+    plot(table, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -1,0 +1,79 @@
+"""FARE: unsupervised adversarial fine-tuning of the image encoder (Schlarmann et al., ICML 2024; spec section 6).
+
+L = (1/B) sum_b ||f_theta(x_adv,b) - f_phi(x_b)||_2^2 on unnormalised embeddings; x_adv maximises the
+same loss with FARE's own momentum PGD (`fare_pgd`, RobustVLM train/pgd_train.py). No text, no labels.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from pydantic import Field
+
+from service.config import StrictModel
+from service.pixel_model import PixelCLIP
+
+from .common import require
+from .registry import LossOutput, TextHeads, register_method
+
+
+class FAREParams(StrictModel):
+    """FARE's PGD momentum (its 10 steps and step size eps/4 are the run's attack settings)."""
+
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+
+
+def embedding_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the squared L2 distance between embeddings [B, E]."""
+    return ((embeddings - reference) ** 2).sum(dim=1).mean()
+
+
+def fare_pgd(
+    model: PixelCLIP,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    init: torch.Tensor,
+    momentum: float = 0.9,
+) -> torch.Tensor:
+    """FARE's L-inf PGD: sign gradient, velocity v = sign(m*v + g), delta clipped to eps and to the box.
+
+    The random start `init` is NOT clipped to the image box before the first forward (reference,
+    PITFALL 10). Returns adversarial images [B,3,H,W] in [0,1]; `reference` [B, E] is f_phi(x).
+    """
+    delta = init.detach().clone()
+    velocity = torch.zeros_like(images)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = embedding_loss(model.encode_image(images + delta), reference)
+        (grad,) = torch.autograd.grad(loss, delta)
+        velocity = torch.sign(momentum * velocity + grad.sign())
+        delta = torch.clamp(delta.detach() + alpha * velocity, -eps, eps)
+        delta = torch.clamp(images + delta, 0, 1) - images
+    return (images + delta).detach()
+
+
+@register_method(
+    "fare", params=FAREParams, needs_frozen=True, attack="fare_pgd", lr=1e-5, batch_size=128, attack_steps=10,
+    optimizer="adamw", weight_decay=1e-4,
+    description="FARE: keep adversarial embeddings close to the original model's clean embeddings",
+)
+def fare_loss(
+    target: PixelCLIP,
+    frozen: Optional[PixelCLIP],
+    images: torch.Tensor,
+    adv: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    heads: TextHeads,
+    params: FAREParams,
+) -> LossOutput:
+    """FARE loss (labels and heads unused). Tensor contract: images/adv float [B,3,H,W] in [0,1]."""
+    frozen = require(frozen, "the frozen original model", "FARE")
+    adv = require(adv, "adversarial images", "FARE")
+    with torch.no_grad():
+        reference = frozen.encode_image(images)
+    emb_adv = target.encode_image(adv)
+    loss = embedding_loss(emb_adv, reference)
+    return LossOutput(loss, {"l2": loss}, {"embedding_adv_target": emb_adv.detach(), "embedding_orig_clean": reference})

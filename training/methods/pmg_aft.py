@@ -1,0 +1,75 @@
+"""PMG-AFT: pre-trained model guided adversarial fine-tuning (Wang et al., CVPR 2024; spec section 5).
+
+L = CE(c_theta(x_adv), y) + KL(P_phi(x_adv) || P_theta(x_adv)) + KL(P_theta(x) || P_theta(x_adv)) with
+c = raw cosine logits (no temperature) and, by default, ImageNet normalisation, as the reference
+code does (PITFALL 4); KL terms are summed over batch and classes (reference) unless
+`kl_reduction='batchmean'`. Gradients flow through both target distributions (no detach).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from service.config import StrictModel
+from service.pixel_model import PixelCLIP
+
+from .common import cosine_logits, imagenet_view, paired_forward, require
+from .registry import LossOutput, TextHeads, register_method
+
+
+class PMGParams(StrictModel):
+    """PMG-AFT options: normalisation ('imagenet' = reference, 'model' = the model's own constants),
+    KL reduction ('sum' = reference, 'batchmean') and the weights of the two KL terms (1 in the code)."""
+
+    normalization: Literal["imagenet", "model"] = "imagenet"
+    kl_reduction: Literal["sum", "batchmean"] = "sum"
+    general_weight: float = Field(default=1.0, ge=0)
+    clean_weight: float = Field(default=1.0, ge=0)
+
+
+def pmg_view(model: PixelCLIP, params: PMGParams) -> tuple[PixelCLIP, float]:
+    """(model as PMG-AFT sees it, logit scale 1.0): the classifier its PGD and loss use."""
+    return (imagenet_view(model) if params.normalization == "imagenet" else model), 1.0
+
+
+def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str) -> torch.Tensor:
+    """KL(softmax(ref) || softmax(logits)) summed over classes; summed or averaged over the batch."""
+    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1), reduction="sum", log_target=True)
+    return kl if reduction == "sum" else kl / logits.shape[0]
+
+
+@register_method(
+    "pmg-aft", params=PMGParams, needs_frozen=True, attack="pgd", lr=5e-5, batch_size=256, attack_view=pmg_view,
+    description="PMG-AFT: adversarial CE + KL to the frozen model's and the clean predictions",
+)
+def pmg_aft_loss(
+    target: PixelCLIP,
+    frozen: Optional[PixelCLIP],
+    images: torch.Tensor,
+    adv: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    heads: TextHeads,
+    params: PMGParams,
+) -> LossOutput:
+    """PMG-AFT loss terms (spec 5.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
+    frozen = require(frozen, "the frozen original model", "PMG-AFT")
+    adv = require(adv, "adversarial images", "PMG-AFT")
+    view, scale = pmg_view(target, params)
+    frozen_view, _ = pmg_view(frozen, params)
+    emb_cln, emb_adv, _, _ = paired_forward(view, images, adv, tokens=False)
+    logits_adv = cosine_logits(emb_adv, heads.classes, scale)
+    logits_cln = cosine_logits(emb_cln, heads.classes, scale)
+    with torch.no_grad():
+        logits_frozen = cosine_logits(frozen_view.encode_image(adv), heads.classes, scale)
+    ce = F.cross_entropy(logits_adv, labels)
+    general = kl_divergence(logits_frozen, logits_adv, params.kl_reduction)
+    clean = kl_divergence(logits_cln, logits_adv, params.kl_reduction)
+    total = ce + params.general_weight * general + params.clean_weight * clean
+    outputs = {
+        "logits_adv_target": logits_adv, "logits_clean_target": logits_cln, "logits_adv_frozen": logits_frozen,
+        "image_embed_adv_target": F.normalize(emb_adv, dim=-1),
+    }
+    return LossOutput(total, {"ce": ce, "kl_general": general, "kl_clean": clean}, {k: v.detach() for k, v in outputs.items()})
