@@ -71,7 +71,7 @@ def test_gradient_through_purification_vanishes(task):
     images, labels = task[3][:16], task[4][:16]
     through = input_gradient_norm(pc, images, labels)
     plain = input_gradient_norm(unpurified(pc), images, labels)
-    assert float(plain.median()) > 1e-2
+    assert float(plain.median()) > 1e-4  # a real, non-vanishing gradient without purification
     assert float(through.median()) < 1e-4 * float(plain.median())
 
 
