@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from .world import BACKGROUNDS, COLOR_RGB, COLORS, DOMAINS, IMAGE_SIZE, SHAPES, SIZES
 
 _SUPERSAMPLE = 4
-_RADIUS = {"small": 8.0, "large": 12.0}  # pixels at 32x32
+_RADIUS = {"small": 9.5, "large": 12.5}  # pixels at 32x32
 _JITTER = 1.5  # max centre offset, pixels
 _MAX_ROTATION = 15.0  # degrees
 _NOISE_STD = 0.08
