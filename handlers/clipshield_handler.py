@@ -10,6 +10,7 @@ cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
 from __future__ import annotations
 
 import logging
+import os
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +20,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from service.api import ErrorResponse
 from service.errors import ClipshieldError
 from service.inference import ClipshieldService, RawRequest
-from service.settings import ServingConfig
+from service.settings import load_serving_config
 
 from handlers.torchserve_metrics import TorchServeSink
 
@@ -47,8 +48,7 @@ class ClipshieldHandler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
-        serving_file = model_dir / "serving.json"
-        config = ServingConfig.model_validate_json(serving_file.read_text()) if serving_file.is_file() else ServingConfig()
+        config = load_serving_config(model_dir / "serving.json", os.environ)
         sink = TorchServeSink(context.metrics, context.model_name)
         self.service = ClipshieldService.from_folder(model_dir, config, sink)
         self.initialized = True

@@ -5,6 +5,8 @@ adapter passes) and never mutated; every limit and default lives here, not in co
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -59,3 +61,24 @@ class ServingConfig(StrictModel):
     label_cache_size: int = Field(default=64, ge=1)
     flag_shift: float = Field(default=0.5, ge=0.0)
     verify_checksums: bool = True
+
+
+THREADS_ENV = "CLIPSHIELD_ORT_THREADS"
+
+
+def load_serving_config(path: Path, environ: Mapping[str, str]) -> ServingConfig:
+    """Serving settings from `serving.json` (defaults if absent), with the deployment's thread override.
+
+    The one place serving reads the environment: `CLIPSHIELD_ORT_THREADS` (set from the container's
+    CPU limit in k8s/) replaces the archive's ONNX Runtime intra-op thread count.
+    """
+    config = ServingConfig.model_validate_json(path.read_text()) if path.is_file() else ServingConfig()
+    raw = environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return config
+    try:
+        threads = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from exc
+    runtime = config.runtime.model_copy(update={"intra_op_threads": threads})
+    return config.model_copy(update={"runtime": RuntimeConfig.model_validate(runtime.model_dump())})

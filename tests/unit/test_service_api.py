@@ -64,3 +64,20 @@ def test_wrong_media_types_are_415():
 def test_response_contract_fields():
     fields = set(PredictResponse.model_fields)
     assert fields == {"predictions", "purified", "anchor_score", "embedding_shift", "flipped", "flagged", "model"}
+
+
+def test_deployment_thread_override(tmp_path):
+    """k8s sets CLIPSHIELD_ORT_THREADS from the CPU limit; it replaces the archive's intra-op threads."""
+    import pytest
+
+    from service.settings import ServingConfig, load_serving_config
+
+    path = tmp_path / "serving.json"
+    path.write_text(ServingConfig().model_dump_json())
+    assert load_serving_config(path, {}).runtime.intra_op_threads == ServingConfig().runtime.intra_op_threads
+    assert load_serving_config(path, {"CLIPSHIELD_ORT_THREADS": "4"}).runtime.intra_op_threads == 4
+    assert load_serving_config(tmp_path / "absent.json", {"CLIPSHIELD_ORT_THREADS": "2"}).runtime.intra_op_threads == 2
+    with pytest.raises(ValueError, match="CLIPSHIELD_ORT_THREADS"):
+        load_serving_config(path, {"CLIPSHIELD_ORT_THREADS": "many"})
+    with pytest.raises(ValueError):
+        load_serving_config(path, {"CLIPSHIELD_ORT_THREADS": "0"})
