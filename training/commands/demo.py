@@ -35,17 +35,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
+def _task(model, name: str, n: int):
+    """(data set, zero-shot classifier, labels) for a registered data set: the one path every demo step uses."""
     from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.attacks.pgd import PGD
     from training.data.registry import DatasetRequest, build_dataset
+
+    ds = build_dataset(name, DatasetRequest(limit=n))
+    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
+    return ds, clf, torch.tensor(ds.labels)
+
+
+def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
+    """Clean and PGD-10 top-1 per data set."""
+    from training.attacks.pgd import PGD
     from training.eval.zeroshot import accuracy, batches
 
     out = {}
     for name in names:
-        ds = build_dataset(name, DatasetRequest(limit=n))
-        clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-        labels = torch.tensor(ds.labels)
+        ds, clf, labels = _task(model, name, n)
         clean, _ = accuracy(clf, batches(ds.images(), labels, 256))
         attack = PGD(clf, eps=eps, steps=10, generator=torch.Generator().manual_seed(0))
         robust, _ = accuracy(clf, batches(ds.images(), labels, 256), attack=attack)
@@ -54,30 +61,23 @@ def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, floa
 
 
 def _show_predictions(model) -> None:
-    from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.data.registry import DatasetRequest, build_dataset
-
-    sample = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=6))
-    clf = ZeroShotClassifier(model, build_text_head(model, sample.classnames, sample.templates))
+    ds, clf, labels = _task(model, "miniworld/plain/color_shape/seen", 6)
     with torch.no_grad():
-        probs = clf(sample.images()).softmax(-1)
+        probs = clf(ds.images()).softmax(-1)
     print("\nzero-shot predictions (plain domain, 64 colour+shape labels):")
-    for i, label in enumerate(sample.labels):
+    for i, label in enumerate(labels.tolist()):
         top = int(probs[i].argmax())
-        print(f"  true: {sample.classnames[label]:18s} predicted: {sample.classnames[top]:18s} p={float(probs[i, top]):.2f}")
+        print(f"  true: {ds.classnames[label]:18s} predicted: {ds.classnames[top]:18s} p={float(probs[i, top]):.2f}")
 
 
 def _clean_suite(model, n: int) -> None:
-    from service.zero_shot import ZeroShotClassifier, build_text_head
     from training.data.miniworld import standard_eval_names
-    from training.data.registry import DatasetRequest, build_dataset
     from training.eval.zeroshot import accuracy, batches
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names():
-        ds = build_dataset(name, DatasetRequest(limit=n))
-        clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-        acc, count = accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 256))
+        ds, clf, labels = _task(model, name, n)
+        acc, count = accuracy(clf, batches(ds.images(), labels, 256))
         print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
 
 
