@@ -33,7 +33,8 @@ from service.pixel_model import PixelCLIP
 from service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
-from .methods import LossOutput, Method, TextHeads, get_method, make_adversarial
+from .methods import FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
+from .methods.frozen_reference import FrozenModel
 from .schedule import warmup_cosine_lr
 from .train_state import has_train_state, load_train_state, save_train_state
 
@@ -74,6 +75,7 @@ class FinetuneConfig(StrictModel):
     method_params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
+    frozen_cache_mb: float = Field(default=1024.0, ge=0, description="memory for the frozen model's per-image clean outputs; 0: recompute every step")
     resume: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "cpu"
@@ -115,6 +117,20 @@ class FinetuneConfig(StrictModel):
 def step_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed derived from (seed, keys): independent streams per step and purpose."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """(image, label, index) items: the index keys the frozen model's remembered outputs."""
+
+    def __init__(self, data: torch.utils.data.Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, idx: int) -> tuple[Any, Any, int]:
+        image, label = self.data[idx]
+        return image, label, idx
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -228,7 +244,7 @@ Progress = Callable[[int, dict[str, float]], None]
 
 
 def train_step(
-    method: Method, target: PixelCLIP, frozen: Optional[PixelCLIP], images: torch.Tensor, labels: torch.Tensor,
+    method: Method, target: PixelCLIP, frozen: Optional[FrozenModel], images: torch.Tensor, labels: torch.Tensor,
     heads: TextHeads, params: StrictModel, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     cfg: FinetuneConfig, generator: torch.Generator, world: int = 1,
 ) -> LossOutput:
@@ -261,6 +277,7 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     template = cfg.template or _single_template(data.templates)
     target, frozen = prepare_models(cfg, method)
     base_record = target.record
+    reference = FrozenReference(frozen, len(data), cfg.frozen_cache_mb) if frozen is not None else None
     heads = build_heads(target, list(data.classnames), template, method, cfg.negative_template)
     params = method.params(**cfg.method_params)
     trainable = [p for p in target.visual.parameters() if p.requires_grad]
@@ -269,16 +286,16 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     state_dir = cfg.output / "state"
     start = 0
     if cfg.resume and has_train_state(state_dir):
-        start, saved = load_train_state(state_dir, target.visual, opt)
+        start, saved = load_train_state(state_dir, target.visual, opt, reference)
         _check_resumable(saved, cfg)
         log.info("resumed %s at step %d of %d", cfg.method, start, cfg.steps)
     cfg.output.mkdir(parents=True, exist_ok=True)
     sampler = StepBatches(len(data), cfg.batch_size, cfg.steps, cfg.seed, start, rank, world)
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.workers)
+    loader = torch.utils.data.DataLoader(IndexedDataset(data), batch_sampler=sampler, num_workers=cfg.workers)
     meta = cfg.model_dump(mode="json")
     t_start = time.perf_counter()
     with _metrics_writer(cfg.output / "metrics.csv", append=start > 0, enabled=rank == 0) as write_row:
-        for step, (images, labels) in enumerate(loader, start=start):
+        for step, (images, labels, indices) in enumerate(loader, start=start):
             t0 = time.perf_counter()
             lr = warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
             for g in opt.param_groups:
@@ -286,7 +303,9 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
             images = images.float().to(cfg.device)
             labels = torch.as_tensor(labels, dtype=torch.long).to(cfg.device)
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 2, rank))
-            out = train_step(method, target, frozen, images, labels, heads, params, opt, scaler, cfg, gen, world)
+            if reference is not None:
+                reference.bind(indices)
+            out = train_step(method, target, reference, images, labels, heads, params, opt, scaler, cfg, gen, world)
             stats = {"loss": float(out.total.detach()), **{k: float(v.detach()) for k, v in out.terms.items()}}
             stats.update(lr=lr, images_per_s=len(labels) / max(time.perf_counter() - t0, 1e-9))
             write_row(step, stats)
@@ -294,11 +313,13 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
                 progress(step, stats)
             done = step + 1
             if rank == 0 and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                save_train_state(state_dir, target.visual, opt, done, meta)
+                save_train_state(state_dir, target.visual, opt, done, meta, reference)
     target.eval()
     if rank != 0:  # rank 0 owns every file and the evaluation
         return target, {}
-    save_train_state(state_dir, target.visual, opt, cfg.steps, meta)
+    if reference is not None:
+        log.info("frozen model: %d clean outputs computed, %d read back", reference.computed, reference.hits)
+    save_train_state(state_dir, target.visual, opt, cfg.steps, meta, reference)
     card = model_card(cfg, target, base_record, data, template, evaluate_model(cfg, target), time.perf_counter() - t_start)
     record = base_record.model_copy(update={"name": f"{base_record.name}+{cfg.method}", "description": f"{cfg.method} fine-tuned from {cfg.model}"})
     save_checkpoint(cfg.output / "final", record, target.clip.state_dict(), extra={RUN_CONFIG: meta, MODEL_CARD: card})

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu")
     r.add_argument("--workers", type=int, default=0)
     r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--frozen-cache-mb", type=float, default=1024.0,
+                   help="memory for the frozen model's clean outputs per training image (TGA-ZSR, Comp-TGA, FARE), "
+                   "so they are computed once, not every epoch; 0 recomputes every step (default: %(default)s)")
     e = p.add_argument_group("evaluation (model card)")
     e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen")
     e.add_argument("--eval-limit", type=int, default=512)
@@ -96,7 +99,7 @@ def config_from_args(args: argparse.Namespace):
         eps=args.eps if args.eps is not None else (4 / 255 if mini else 1 / 255), attack_steps=args.attack_steps,
         attack_alpha=args.attack_alpha, method_params=parse_params(args.param), seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, precision=args.precision, device=args.device,
-        workers=args.workers, threads=args.threads, eval_limit=args.eval_limit, eval_steps=args.eval_steps, eval_eps=args.eval_eps,
+        workers=args.workers, threads=args.threads, frozen_cache_mb=args.frozen_cache_mb, eval_limit=args.eval_limit, eval_steps=args.eval_steps, eval_eps=args.eval_eps,
         eval_datasets=list(args.eval_datasets) if args.eval_datasets is not None else (list(MINIWORLD_EVAL) if mini else []),
     )
     values["warmup"] = args.warmup if args.warmup is not None else (None if mini else 1000)

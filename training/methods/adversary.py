@@ -14,14 +14,15 @@ from service.pixel_model import PixelCLIP
 from service.zero_shot import ZeroShotClassifier
 from training.attacks.pgd import pgd_delta, random_start
 
-from .fare import fare_pgd
+from .fare import clean_embedding, fare_pgd
+from .frozen_reference import FrozenModel
 from .registry import Method, TextHeads
 
 
 def make_adversarial(
     method: Method,
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     labels: torch.Tensor,
     heads: TextHeads,
@@ -42,9 +43,7 @@ def make_adversarial(
     if method.attack == "fare_pgd":
         if frozen is None:
             raise ValueError("FARE's attack needs the frozen original model")
-        with torch.no_grad():
-            reference = frozen.encode_image(images)
-        return fare_pgd(target, images, reference, eps, alpha, steps, init, getattr(params, "momentum", 0.9))
+        return fare_pgd(target, images, clean_embedding(frozen, images), eps, alpha, steps, init, getattr(params, "momentum", 0.9))
     view, scale = method.attack_view(target, params) if method.attack_view else (target, target.logit_scale)
     classifier = ZeroShotClassifier(view, heads.classes, logit_scale=scale)
     return images + pgd_delta(classifier, images, labels, eps, alpha, steps, init)

@@ -48,6 +48,12 @@ def text_guided_map(
     return upsample(grid, out_size), grid
 
 
+def fuse_complementary(pos_grid: torch.Tensor, neg_grid: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Comp-TGA's fused map A_pos * (1 - A_neg) [B, out_size**2] from grids min-max normalised
+    separately, fused after upsampling (spec 4)."""
+    return upsample(pos_grid, out_size) * (1 - upsample(neg_grid, out_size))
+
+
 def complementary_map(
     tokens: torch.Tensor, pos_text: torch.Tensor, neg_text: torch.Tensor, out_size: int, norm: TokenNorm = "token_axis"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -58,8 +64,7 @@ def complementary_map(
     """
     pos_grid = grid_scores(tokens, pos_text, norm)
     neg_grid = grid_scores(tokens, neg_text, norm)
-    fused = upsample(pos_grid, out_size) * (1 - upsample(neg_grid, out_size))
-    return fused, {"pos": pos_grid, "neg": neg_grid, "fused": pos_grid * (1 - neg_grid)}
+    return fuse_complementary(pos_grid, neg_grid, out_size), {"pos": pos_grid, "neg": neg_grid, "fused": pos_grid * (1 - neg_grid)}
 
 
 def map_distance(a: torch.Tensor, b: torch.Tensor, distance: Distance = "l2") -> torch.Tensor:

@@ -13,10 +13,11 @@ from pydantic import Field
 
 from service.pixel_model import PixelCLIP
 
-from .attention import complementary_map
+from .attention import fuse_complementary, grid_scores
 from .common import require
+from .frozen_reference import FrozenModel
 from .registry import LossOutput, TextHeads, register_method
-from .tga_zsr import TGAParams, attention_guided_loss
+from .tga_zsr import AttentionMap, TGAParams, attention_guided_loss
 
 
 class CompTGAParams(TGAParams):
@@ -26,13 +27,20 @@ class CompTGAParams(TGAParams):
     beta: float = Field(default=0.07, ge=0)
 
 
-def comp_map(
-    tokens: torch.Tensor, labels: torch.Tensor, heads: TextHeads, out_size: int, params: TGAParams
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Complementary map for the ground-truth positive and negative prompts."""
+def comp_grids(tokens: torch.Tensor, labels: torch.Tensor, heads: TextHeads, params: TGAParams) -> torch.Tensor:
+    """Positive and negative grids [B, 2, g, g], each min-max normalised on its own (spec 4)."""
     negatives = require(heads.negatives, "negative prompt embeddings (TextHeads.negatives)", "Comp-TGA")
-    flat, grids = complementary_map(tokens, heads.classes[labels], negatives[labels], out_size, params.map_norm)
-    return flat, {"": grids["fused"], "pos": grids["pos"], "neg": grids["neg"]}
+    pos = grid_scores(tokens, heads.classes[labels], params.map_norm)
+    neg = grid_scores(tokens, negatives[labels], params.map_norm)
+    return torch.stack([pos, neg], dim=1)
+
+
+COMP_MAP = AttentionMap(
+    name="comp_grids",
+    grids=comp_grids,
+    compose=lambda grids, out_size: fuse_complementary(grids[:, 0], grids[:, 1], out_size),
+    diagnostics=lambda grids: {"": grids[:, 0] * (1 - grids[:, 1]), "pos": grids[:, 0], "neg": grids[:, 1]},
+)
 
 
 @register_method(
@@ -41,7 +49,7 @@ def comp_map(
 )
 def comp_tga_loss(
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     adv: Optional[torch.Tensor],
     labels: torch.Tensor,
@@ -49,4 +57,4 @@ def comp_tga_loss(
     params: CompTGAParams,
 ) -> LossOutput:
     """Comp-TGA loss terms (spec 4). Tensor contract as TGA-ZSR; `heads.negatives` required."""
-    return attention_guided_loss(target, frozen, images, adv, labels, heads, params, comp_map)
+    return attention_guided_loss(target, frozen, images, adv, labels, heads, params, COMP_MAP)

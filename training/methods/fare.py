@@ -14,6 +14,7 @@ from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
 from .common import require
+from .frozen_reference import FrozenModel, frozen_clean
 from .registry import LossOutput, TextHeads, register_method
 
 
@@ -26,6 +27,12 @@ class FAREParams(StrictModel):
 def embedding_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the squared L2 distance between embeddings [B, E]."""
     return ((embeddings - reference) ** 2).sum(dim=1).mean()
+
+
+def clean_embedding(frozen: FrozenModel, images: torch.Tensor) -> torch.Tensor:
+    """f_phi(x) [B, E]: the frozen model's clean embedding, shared by FARE's attack and loss (and
+    remembered per training image across epochs)."""
+    return frozen_clean(frozen, "embedding", images, lambda model, rows: model.encode_image(images[rows]))
 
 
 def fare_pgd(
@@ -62,7 +69,7 @@ def fare_pgd(
 )
 def fare_loss(
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     adv: Optional[torch.Tensor],
     labels: torch.Tensor,
@@ -72,8 +79,7 @@ def fare_loss(
     """FARE loss (labels and heads unused). Tensor contract: images/adv float [B,3,H,W] in [0,1]."""
     frozen = require(frozen, "the frozen original model", "FARE")
     adv = require(adv, "adversarial images", "FARE")
-    with torch.no_grad():
-        reference = frozen.encode_image(images)
+    reference = clean_embedding(frozen, images)
     emb_adv = target.encode_image(adv)
     loss = embedding_loss(emb_adv, reference)
     return LossOutput(loss, {"l2": loss}, {"embedding_adv_target": emb_adv.detach(), "embedding_orig_clean": reference})

@@ -15,6 +15,7 @@ from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
 from .common import cosine_logits
+from .frozen_reference import FrozenModel
 from .registry import LossOutput, TextHeads, register_method
 
 
@@ -38,7 +39,7 @@ def batch_contrastive_loss(
     description="FT-Clean: batch-contrastive fine-tuning on clean images",
 )
 def ft_clean_loss(
-    target: PixelCLIP, frozen: Optional[PixelCLIP], images: torch.Tensor, adv: Optional[torch.Tensor],
+    target: PixelCLIP, frozen: Optional[FrozenModel], images: torch.Tensor, adv: Optional[torch.Tensor],
     labels: torch.Tensor, heads: TextHeads, params: FTParams,
 ) -> LossOutput:
     """FT-Clean loss on the clean images (`adv` ignored)."""
@@ -50,7 +51,7 @@ def ft_clean_loss(
     description="FT-Adv (FT-Standard): batch-contrastive fine-tuning on PGD images",
 )
 def ft_adv_loss(
-    target: PixelCLIP, frozen: Optional[PixelCLIP], images: torch.Tensor, adv: Optional[torch.Tensor],
+    target: PixelCLIP, frozen: Optional[FrozenModel], images: torch.Tensor, adv: Optional[torch.Tensor],
     labels: torch.Tensor, heads: TextHeads, params: FTParams,
 ) -> LossOutput:
     """FT-Adv loss on the adversarial images."""

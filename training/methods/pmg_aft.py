@@ -17,6 +17,7 @@ from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
 from .common import cosine_logits, imagenet_view, paired_forward, require
+from .frozen_reference import FrozenModel, frozen_model
 from .registry import LossOutput, TextHeads, register_method
 
 
@@ -47,7 +48,7 @@ def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str
 )
 def pmg_aft_loss(
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     adv: Optional[torch.Tensor],
     labels: torch.Tensor,
@@ -58,7 +59,7 @@ def pmg_aft_loss(
     frozen = require(frozen, "the frozen original model", "PMG-AFT")
     adv = require(adv, "adversarial images", "PMG-AFT")
     view, scale = pmg_view(target, params)
-    frozen_view, _ = pmg_view(frozen, params)
+    frozen_view, _ = pmg_view(frozen_model(frozen), params)
     emb_cln, emb_adv, _, _ = paired_forward(view, images, adv, tokens=False)
     logits_adv = cosine_logits(emb_adv, heads.classes, scale)
     logits_cln = cosine_logits(emb_cln, heads.classes, scale)

@@ -15,6 +15,8 @@ import torch
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
+from .frozen_reference import FrozenModel
+
 AttackKind = Literal["pgd", "fare_pgd", "none"]
 
 
@@ -41,7 +43,7 @@ class LossOutput:
 
 # loss(target, frozen, images, adv_images, labels, heads, params) -> LossOutput
 LossFn = Callable[
-    [PixelCLIP, Optional[PixelCLIP], torch.Tensor, Optional[torch.Tensor], torch.Tensor, TextHeads, StrictModel],
+    [PixelCLIP, Optional[FrozenModel], torch.Tensor, Optional[torch.Tensor], torch.Tensor, TextHeads, StrictModel],
     LossOutput,
 ]
 

@@ -14,6 +14,7 @@ from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
 from .common import cosine_logits, require
+from .frozen_reference import FrozenModel
 from .registry import LossOutput, TextHeads, register_method
 
 
@@ -27,7 +28,7 @@ class TeCoAParams(StrictModel):
 )
 def tecoa_loss(
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     adv: Optional[torch.Tensor],
     labels: torch.Tensor,

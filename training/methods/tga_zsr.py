@@ -3,12 +3,14 @@
 L = CE(s*cos(f_theta(x_adv), T), y) + alpha * L_AR + beta * L_AMC with
 L_AR = d(A_theta(x_adv), A_phi(x)) and L_AMC = d(A_theta(x), A_phi(x)), A the text-guided attention
 map queried with the ground-truth class embedding (section 3.1), d the unsquared L2 distance by
-default. Unlike the reference, the target model runs once over [clean; adversarial] and the
-adversarial forward is shared between the CE and the map (spec 3.2 compute note).
+default. Unlike the reference, the target model runs once over [clean; adversarial], the
+adversarial forward is shared between the CE and the map, and the frozen model's clean map is
+computed once per training image rather than every epoch (spec 3.2 compute note).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -18,12 +20,10 @@ from pydantic import Field
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
-from .attention import Distance, TokenNorm, map_distance, text_guided_map
+from .attention import Distance, TokenNorm, grid_scores, map_distance, upsample
 from .common import cosine_logits, paired_forward, require
+from .frozen_reference import FrozenModel, frozen_clean
 from .registry import LossOutput, TextHeads, register_method
-
-# map_fn(tokens [B,1+P,E], labels [B], heads, out_size, params) -> (flat map [B, out_size**2], grids)
-MapFn = Callable[[torch.Tensor, torch.Tensor, TextHeads, int, "TGAParams"], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class TGAParams(StrictModel):
@@ -36,43 +36,66 @@ class TGAParams(StrictModel):
     map_norm: TokenNorm = "token_axis"
 
 
-def tga_map(
-    tokens: torch.Tensor, labels: torch.Tensor, heads: TextHeads, out_size: int, params: TGAParams
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """TGA-ZSR map queried with each sample's ground-truth class embedding."""
-    flat, grid = text_guided_map(tokens, heads.classes[labels], out_size, params.map_norm)
-    return flat, {"": grid}
+@dataclass(frozen=True)
+class AttentionMap:
+    """How a TGA-family method builds its attention map, in two stages.
+
+    `grids(tokens [B,1+P,E], labels, heads, params)` -> min-max normalised patch grids [B, k, g, g]
+    (the model-dependent part; small, so the frozen model's are remembered across epochs);
+    `compose(grids, out_size)` -> flat map [B, out_size**2]; `diagnostics(grids)` -> named g x g grids
+    for the outputs (goldens' `map7_*`).
+    """
+
+    name: str
+    grids: Callable[[torch.Tensor, torch.Tensor, TextHeads, "TGAParams"], torch.Tensor]
+    compose: Callable[[torch.Tensor, int], torch.Tensor]
+    diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+TGA_MAP = AttentionMap(
+    name="tga_grids",
+    grids=lambda tokens, labels, heads, params: grid_scores(tokens, heads.classes[labels], params.map_norm)[:, None],
+    compose=lambda grids, out_size: upsample(grids[:, 0], out_size),
+    diagnostics=lambda grids: {"": grids[:, 0]},
+)
 
 
 def attention_guided_loss(
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     adv: Optional[torch.Tensor],
     labels: torch.Tensor,
     heads: TextHeads,
     params: TGAParams,
-    map_fn: MapFn,
+    attention: AttentionMap,
 ) -> LossOutput:
-    """The TGA-ZSR / Comp-TGA loss body for a given attention-map function (spec 3.2, 4)."""
+    """The TGA-ZSR / Comp-TGA loss body for a given attention map (spec 3.2, 4).
+
+    The frozen model's clean grids come from `frozen_clean` (remembered per image across epochs in
+    training); the target runs once over [clean; adversarial], sharing the adversarial forward
+    between the CE and the map.
+    """
     frozen = require(frozen, "the frozen original model", "TGA-ZSR")
     adv = require(adv, "adversarial images", "TGA-ZSR")
     size = target.image_size
     _, emb_adv, tok_cln, tok_adv = paired_forward(target, images, adv, tokens=True)
-    with torch.no_grad():
-        _, tok_ori = frozen.encode_image_with_tokens(images)
+    grids_ori = frozen_clean(
+        frozen, attention.name, images,
+        lambda model, rows: attention.grids(model.encode_image_with_tokens(images[rows])[1], labels[rows], heads, params),
+    )
     logits = cosine_logits(emb_adv, heads.classes, target.logit_scale)
     ce = F.cross_entropy(logits, labels)
-    map_adv, grids_adv = map_fn(tok_adv, labels, heads, size, params)
-    map_cln, grids_cln = map_fn(tok_cln, labels, heads, size, params)
-    map_ori, grids_ori = map_fn(tok_ori, labels, heads, size, params)
+    grids = {"adv_target": attention.grids(tok_adv, labels, heads, params),
+             "clean_target": attention.grids(tok_cln, labels, heads, params), "clean_frozen": grids_ori}
+    map_adv, map_cln, map_ori = (attention.compose(grids[k], size) for k in ("adv_target", "clean_target", "clean_frozen"))
     ar = map_distance(map_adv, map_ori, params.distance)
     amc = map_distance(map_cln, map_ori, params.distance)
     total = ce + params.alpha * ar + params.beta * amc
     outputs = {"logits_adv": logits, "map_adv_target": map_adv, "map_clean_target": map_cln, "map_clean_frozen": map_ori}
-    for suffix, grids in (("adv_target", grids_adv), ("clean_target", grids_cln), ("clean_frozen", grids_ori)):
-        for kind, grid in grids.items():
-            outputs[f"map7_{kind + '_' if kind else ''}{suffix}"] = grid
+    for suffix, grid in grids.items():
+        for kind, named in attention.diagnostics(grid).items():
+            outputs[f"map7_{kind + '_' if kind else ''}{suffix}"] = named
     terms = {"ce": ce, "ar": ar, "amc": amc, "ar_weighted": params.alpha * ar, "amc_weighted": params.beta * amc}
     return LossOutput(total, terms, {k: v.detach() for k, v in outputs.items()})
 
@@ -83,7 +106,7 @@ def attention_guided_loss(
 )
 def tga_zsr_loss(
     target: PixelCLIP,
-    frozen: Optional[PixelCLIP],
+    frozen: Optional[FrozenModel],
     images: torch.Tensor,
     adv: Optional[torch.Tensor],
     labels: torch.Tensor,
@@ -91,4 +114,4 @@ def tga_zsr_loss(
     params: TGAParams,
 ) -> LossOutput:
     """TGA-ZSR loss terms (spec 3.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
-    return attention_guided_loss(target, frozen, images, adv, labels, heads, params, tga_map)
+    return attention_guided_loss(target, frozen, images, adv, labels, heads, params, TGA_MAP)
