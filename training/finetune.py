@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import datetime as dt
-import hashlib
 import logging
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,13 +31,13 @@ from service.zero_shot import build_text_head
 from .data import DatasetRequest, build_dataset
 from .methods import FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
 from .methods.frozen_reference import FrozenModel
+from .distributed import average_gradients, init_distributed
+from .model_card import MODEL_CARD, evaluate_model, model_card
 from .schedule import warmup_cosine_lr
 from .train_state import has_train_state, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL_CARD = "model_card.json"
 RUN_CONFIG = "run_config.json"
 
 
@@ -155,40 +151,6 @@ class StepBatches(torch.utils.data.Sampler):
             yield perm[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world].tolist()
 
 
-def init_distributed(device: str) -> tuple[int, int, str]:
-    """(rank, world size, device) under `torchrun` (gloo on CPU, nccl on CUDA); (0, 1, device) otherwise."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, device
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """All-reduce (mean) the gradients of `params` across ranks in one flat buffer.
-
-    Explicit rather than `DistributedDataParallel` because the method losses call the image tower
-    several times per step through `PixelCLIP` (attack, paired forward), which a DDP wrapper's
-    one-forward-one-backward contract does not fit; the result is the same averaged gradient.
-    """
-    if world <= 1:
-        return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world
-    for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(avg)
-
-
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on CUDA only; CPU runs stay float32 (goldens and resume tests)."""
     if precision == "fp32" or not device.startswith("cuda"):
@@ -207,24 +169,6 @@ def make_optimizer(method: Method, params: list[torch.nn.Parameter], cfg: Finetu
     if (cfg.optimizer or method.optimizer) == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def code_version() -> str:
-    """`git rev-parse HEAD` of the checkout, or 'unknown'."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of a module's weights: the evaluation cache key of a fine-tuned model."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def prepare_models(cfg: FinetuneConfig, method: Method) -> tuple[PixelCLIP, Optional[PixelCLIP]]:
@@ -364,39 +308,3 @@ def _metrics_writer(path: Path, append: bool, enabled: bool = True) -> Iterator[
             writer.writerow(row)
 
         yield write
-
-
-def evaluate_model(cfg: FinetuneConfig, model: PixelCLIP) -> dict[str, dict[str, float]]:
-    """Clean and PGD accuracy on `cfg.eval_datasets` through the evaluation harness (`training.eval.runner`)."""
-    if not cfg.eval_datasets:
-        return {}
-    from .eval.runner import EvalConfig, Evaluator
-
-    ecfg = EvalConfig(
-        model_id=f"{cfg.method}:{weights_digest(model.visual)}", datasets=list(cfg.eval_datasets), attacks=["pgd"],
-        eps=cfg.eval_eps, steps=cfg.eval_steps, seed=cfg.seed, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
-        data_root=cfg.data_root, image_size=cfg.image_size, device=cfg.device, out_dir=cfg.output / "eval",
-    )
-    return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(model, ecfg).run()}
-
-
-def model_card(
-    cfg: FinetuneConfig, model: PixelCLIP, base_record: Any, data: Any, template: str, results: dict, seconds: float
-) -> dict[str, Any]:
-    """The JSON model card that export and serving carry along."""
-    return {
-        "schema_version": 1,
-        "method": cfg.method,
-        "method_description": get_method(cfg.method).description,
-        "hyperparameters": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("output", "resume", "threads", "workers")},
-        "base_model": {"model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights, "record": base_record.name},
-        "data": {"name": cfg.data, "images": len(data), "classes": len(data.classnames), "template": template},
-        "training_attack": {"kind": get_method(cfg.method).attack, "eps": cfg.eps, "alpha": cfg.attack_alpha, "steps": cfg.attack_steps},
-        "eval_attack": {"name": "pgd", "eps": cfg.eval_eps, "steps": cfg.eval_steps, "alpha": "eps/4", "restarts": 1, "limit": cfg.eval_limit},
-        "results": results,
-        "weights_digest": weights_digest(model.visual),
-        "train_seconds": round(seconds, 2),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-    }
-
