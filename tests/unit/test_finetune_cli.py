@@ -14,9 +14,9 @@ def parse(*argv):
 def test_miniworld_defaults():
     cfg = config_from_args(parse("--method", "tga-zsr"))
     assert cfg.data == "miniworld-train" and cfg.eps == pytest.approx(4 / 255)
-    assert cfg.steps == 100 and cfg.batch_size == 32 and cfg.lr == 0.005 and cfg.warmup is None and cfg.eval_datasets
+    assert cfg.steps == 200 and cfg.batch_size == 32 and cfg.lr == 0.005 and cfg.warmup is None and cfg.eval_datasets
     resolved = cfg.resolved(batches_per_epoch=100)
-    assert resolved.steps == 100 and resolved.warmup == 10 and resolved.optimizer == "sgd"
+    assert resolved.steps == 200 and resolved.warmup == 20 and resolved.optimizer == "sgd"
     assert config_from_args(parse("--method", "fare")).lr == 1e-4  # AdamW
     assert config_from_args(parse("--method", "tecoa", "--lr", "0.1", "--epochs", "2")).steps is None
     assert resolved.method_params == {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis"}
@@ -56,5 +56,19 @@ def test_experiment_table_mean_and_std(tmp_path):
     args = build_parser().parse_args(["experiment", "miniworld", "--seeds", "0", "1"])
     text = markdown(table, args)
     assert "| tecoa | 70.0 ± 14.1 | 40.0 ± 14.1 |" in text
+    assert "SGD lr 0.005 (FARE: AdamW lr 0.0001)" in text
     plot(table, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_path):
+    from training.commands.experiment import experiment_config
+
+    args = build_parser().parse_args(["experiment", "miniworld", "--output", str(tmp_path), "--lr", "0.01", "--adamw-lr", "3e-4"])
+    runs = {m: experiment_config(args, m, seed=1).resolved(batches_per_epoch=50) for m in ("tecoa", "tga-zsr", "pmg-aft", "fare")}
+    for cfg in runs.values():
+        assert (cfg.steps, cfg.batch_size, cfg.eps, cfg.seed) == (200, 32, pytest.approx(4 / 255), 1)
+    assert {m: (c.optimizer, c.lr) for m, c in runs.items()} == {
+        "tecoa": ("sgd", 0.01), "tga-zsr": ("sgd", 0.01), "pmg-aft": ("sgd", 0.01), "fare": ("adamw", 3e-4)}
+    assert runs["fare"].weight_decay == 1e-4 and runs["tecoa"].weight_decay == 0.0
+    assert runs["fare"].output == tmp_path / "fare" / "seed1"

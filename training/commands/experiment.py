@@ -1,7 +1,8 @@
 """`clipshield experiment miniworld`: the base model and every fine-tuning method, same budget, several seeds.
 
-Every method gets the same steps, batch size, optimiser (SGD, momentum 0.9; FARE too), learning
-rate and training epsilon (no per-method tuning); the comparison table (clean and PGD accuracy on seen, held-out combinations and held-out
+Every method gets the same steps, batch size, training epsilon and data, and its recipe's optimiser
+(SGD momentum 0.9; AdamW for FARE) at one learning rate per optimiser family, the mini-world
+defaults of `clipshield finetune` (no per-method tuning); the comparison table (clean and PGD accuracy on seen, held-out combinations and held-out
 domains, mean +- std over seeds) is written as Markdown, JSON and a PNG plot. Finished runs are
 skipped, so an interrupted experiment continues where it stopped.
 """
@@ -13,6 +14,8 @@ import logging
 import statistics
 from pathlib import Path
 from typing import Any
+
+from .finetune import MINIWORLD_BUDGET, MINIWORLD_LR
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("suite", choices=["miniworld"])
     p.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.005, help="one SGD learning rate for every method (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=MINIWORLD_LR["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
+    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_LR["adamw"],
+                   help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
     p.add_argument("--eps", type=float, default=4 / 255)
     p.add_argument("--eval-limit", type=int, default=256)
     p.add_argument("--eval-steps", type=int, default=10)
@@ -43,19 +48,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def experiment_config(args: argparse.Namespace, method: str, seed: int):
+    """The FinetuneConfig of one run: the shared budget, the method's recipe optimiser at its family's lr."""
+    from training.finetune import FinetuneConfig
+    from training.methods import get_method
+
+    lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
+    return FinetuneConfig(
+        method=method, output=args.output / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
+        eps=args.eps, warmup=None, seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
+        eval_datasets=list(EVAL_SETS), eval_limit=args.eval_limit, eval_steps=args.eval_steps,
+        data_limit=max(args.steps * args.batch_size // 2, 512),
+    )
+
+
 def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
     """Results {data set: {clean, robust, n}} of one fine-tuning run (read back when already finished)."""
-    from training.finetune import MODEL_CARD, FinetuneConfig, finetune
+    from training.finetune import finetune
+    from training.model_card import MODEL_CARD
 
-    out = args.output / method / f"seed{seed}"
-    card_path = out / "final" / MODEL_CARD
+    cfg = experiment_config(args, method, seed)
+    card_path = cfg.output / "final" / MODEL_CARD
     if card_path.is_file():
         return json.loads(card_path.read_text())["results"]
-    cfg = FinetuneConfig(
-        method=method, output=out, optimizer="sgd", steps=args.steps, batch_size=args.batch_size, lr=args.lr, eps=args.eps, warmup=None,
-        seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads, eval_datasets=list(EVAL_SETS),
-        eval_limit=args.eval_limit, eval_steps=args.eval_steps, data_limit=max(args.steps * args.batch_size // 2, 512),
-    )
     return finetune(cfg)[1]["results"]
 
 
@@ -93,7 +108,7 @@ def markdown(table: dict, args: argparse.Namespace) -> str:
     cols = [f"{g} {m}" for g in ("seen", "heldout_combos", "heldout_domains") for m in ("clean", "robust")]
     cols += [f"{n.split('/', 1)[1]} {m}" for n in HELDOUT_DOMAINS for m in ("clean", "robust")]
     lines = [
-        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (all methods), eps {args.eps * 255:.0f}/255, "
+        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (FARE: AdamW lr {args.adamw_lr}), eps {args.eps * 255:.0f}/255, "
         f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).", "",
         "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
     ]
@@ -138,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     table = summarise(per_seed)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps({"table": table, "runs": per_seed, "settings": {
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "eps": args.eps, "seeds": args.seeds,
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "adamw_lr": args.adamw_lr, "eps": args.eps, "seeds": args.seeds,
         "eval_limit": args.eval_limit, "eval_steps": args.eval_steps}}, indent=2))
     text = markdown(table, args)
     (args.output / "results.md").write_text(text)

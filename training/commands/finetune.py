@@ -7,7 +7,10 @@ from pathlib import Path
 
 from .common import progress
 
-MINIWORLD_BUDGET = {"steps": 100, "batch_size": 32, "data_limit": 3200}
+MINIWORLD_BUDGET = {"steps": 200, "batch_size": 32, "data_limit": 3200}
+# one learning rate per optimiser family on the mini world (each method keeps its recipe's optimiser:
+# SGD, or AdamW for FARE); shared by `clipshield finetune` and `clipshield experiment`
+MINIWORLD_LR = {"sgd": 0.005, "adamw": 1e-4}
 MINIWORLD_EVAL = ("miniworld/plain/color_shape/seen", "miniworld/plain/color_shape/heldout_image", "miniworld/outlined/color_shape/seen")
 
 
@@ -40,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--image-size", type=int, default=224, help="loader resolution for real data sets")
     d.add_argument("--template", default=None, help="training prompt (default: the data set's, e.g. 'This is a photo of a {}')")
     o = p.add_argument_group("optimisation (unset = method recipe default)")
-    o.add_argument("--epochs", type=int, default=None, help="default 10 (mini world: 100 steps of batch 32, SGD lr 0.005)")
+    o.add_argument("--epochs", type=int, default=None, help="default 10 (mini world: 200 steps of batch 32, SGD lr 0.005 / AdamW 1e-4)")
     o.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
     o.add_argument("--batch-size", type=int, default=None)
     o.add_argument("--lr", type=float, default=None)
@@ -108,7 +111,7 @@ def config_from_args(args: argparse.Namespace):
             if values[key] is None and not (key == "steps" and args.epochs):
                 values[key] = value
         if values["lr"] is None:
-            values["lr"] = 0.005 if (args.optimizer or get_method(args.method).optimizer) == "sgd" else 1e-4
+            values["lr"] = MINIWORLD_LR[args.optimizer or get_method(args.method).optimizer]
     return FinetuneConfig(**values)
 
 
