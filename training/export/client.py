@@ -6,6 +6,7 @@ few fields is short enough to build here.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -69,3 +70,18 @@ class ServingClient:
         with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
             text = resp.read().decode()
         return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    def metrics_after(self, counter: str, at_least: float, timeout_s: float = 10.0) -> list[str]:
+        """`metrics()` once the samples of `counter` add up to `at_least` (or after `timeout_s`).
+
+        TorchServe forwards a worker's metrics to its front end asynchronously, through the
+        worker's log stream, so a scrape right after the last answer can miss the last requests.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = self.metrics()
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(counter + "{") or line.startswith(counter + " "))
+            if total >= at_least or time.monotonic() >= deadline:
+                return lines
+            time.sleep(0.1)
+

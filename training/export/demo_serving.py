@@ -68,7 +68,8 @@ def serving_demo(
                 top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
                 answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
                 out(f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}")
-    metrics = [line for line in client.metrics() if line.startswith(METRIC_PREFIXES) or "_count{" in line]
+    scraped = client.metrics_after("clipshield_requests_total", len(answers))
+    metrics = [line for line in scraped if line.startswith(METRIC_PREFIXES) or "_count{" in line]
     out("\nmetrics (clipshield_*):")
     for line in metrics:
         out("  " + line)
