@@ -256,18 +256,39 @@ def test_pcam_prompts_keep_reference_typo():
     assert PCAM_PROMPTS[1] == "This is a photo of lymph node tumor tissue."
 
 
-def test_pcam_without_h5py_is_a_one_line_config_error(tmp_path):
-    try:
-        import h5py  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("h5py installed: the missing-package path cannot be exercised")
+def _pcam_files(root: Path, n: int = 3) -> np.ndarray:
+    """PatchCamelyon's test split as two tiny HDF5 files (x: [N,96,96,3] uint8, y: [N,1,1,1]); returns y."""
+    import h5py
+
+    pcam = root / "pcam"
+    pcam.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 1][:n], dtype=np.uint8).reshape(n, 1, 1, 1)
+    with h5py.File(pcam / "camelyonpatch_level_2_split_test_x.h5", "w") as fh:
+        fh.create_dataset("x", data=rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8))
+    with h5py.File(pcam / "camelyonpatch_level_2_split_test_y.h5", "w") as fh:
+        fh.create_dataset("y", data=labels)
+    return labels.reshape(-1)
+
+
+def test_pcam_reads_hdf5_with_the_reference_prompts(tmp_path):
+    pytest.importorskip("h5py")
+    labels = _pcam_files(tmp_path)
+    ds = build_dataset("pcam", DatasetRequest(root=tmp_path))
+    assert ds.classnames == list(PCAM_PROMPTS) and ds.templates == ["{}"]
+    _check_items(ds, 2)
+    assert [ds[i][1] for i in range(len(ds))] == labels.tolist()
+
+
+def test_pcam_without_h5py_is_a_one_line_config_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now raises ImportError
     pcam = tmp_path / "pcam"
     pcam.mkdir()
     for xy in "xy":
         (pcam / f"camelyonpatch_level_2_split_test_{xy}.h5").write_bytes(b"")
-    with pytest.raises(ConfigError, match="h5py"):
+    with pytest.raises(ConfigError, match=r"h5py.*clipshield\[data\]"):
         build_dataset("pcam", DatasetRequest(root=tmp_path))
 
 

@@ -294,7 +294,7 @@ def build_pcam(req: DatasetRequest) -> RealDataset:
     try:
         import h5py  # noqa: F401  (torchvision's PCAM needs it; checked here for a one-line message)
     except ImportError:
-        raise ConfigError("pcam: the h5py package is needed to read PCAM's .h5 files (pip install h5py)") from None
+        raise ConfigError("pcam: the h5py package is needed to read PCAM's .h5 files (pip install 'clipshield[data]')") from None
     tv_split = {"valid": "val"}.get(split, split)
     return _torchvision("pcam", req, layout, markers, tvd.PCAM, {"split": tv_split}, lambda _: list(PCAM_PROMPTS), ["{}"])
 
