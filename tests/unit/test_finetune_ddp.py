@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,22 +19,29 @@ REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-@pytest.mark.slow
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun not installed")
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("method", ["tecoa", "tga-zsr"])
+def test_two_gloo_ranks_match_one_process(tmp_path, method):
     torch.manual_seed(0)
     record = miniworld_record()
     save_checkpoint(tmp_path / "model", record, from_record(record).clip.state_dict())
     # eps 0 makes the attack a no-op, so the only difference is the split of each batch over ranks;
-    # TeCoA's batch-mean CE averaged over two equal halves equals the full-batch mean
-    args = ["--method", "tecoa", "--model", str(tmp_path / "model"), "--data-limit", "16", "--batch-size", "8",
+    # every loss term is a batch mean, so averaging two equal halves gives the full-batch gradient
+    # (TGA-ZSR also runs each rank's frozen-model memory over its own share of the data set indices)
+    args = ["--method", method, "--model", str(tmp_path / "model"), "--data-limit", "16", "--batch-size", "8",
             "--steps", "3", "--warmup", "1", "--lr", "0.01", "--eps", "0", "--eval-datasets", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29517", "-m", "training.cli", "finetune",
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", "finetune",
            *args, "--output", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    finetune(FinetuneConfig(method="tecoa", model=str(tmp_path / "model"), data_limit=16, batch_size=8, steps=3, warmup=1,
+    finetune(FinetuneConfig(method=method, model=str(tmp_path / "model"), data_limit=16, batch_size=8, steps=3, warmup=1,
                             lr=0.01, eps=0.0, eval_datasets=[], threads=1, output=tmp_path / "single"))
     ddp = load_weights(tmp_path / "ddp" / "final" / "model.safetensors")
     single = load_weights(tmp_path / "single" / "final" / "model.safetensors")
