@@ -1,7 +1,7 @@
 """Robust fine-tuning loop: one image tower trained with a registered method (spec sections 0.3-0.6).
 
 Text tower frozen; class text embeddings computed once per run; a frozen copy of the original model
-only for methods that need one; SGD (or the method's AdamW) with warm-up + cosine; resumable state
+only for methods that need one, its outputs on clean training images computed once per image; SGD (or the method's AdamW) with warm-up + cosine; resumable state
 every `checkpoint_every` steps; metrics CSV; a model card with zero-shot clean/robust accuracy at the
 end. All randomness (batch order, attack starts) is derived from (seed, step), so `resume` continues
 bit-for-bit like an uninterrupted run.
@@ -29,9 +29,8 @@ from service.pixel_model import PixelCLIP
 from service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
-from .methods import FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
-from .methods.frozen_reference import FrozenModel
 from .distributed import average_gradients, init_distributed
+from .methods import FrozenModel, FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
 from .model_card import MODEL_CARD, evaluate_model, model_card
 from .schedule import warmup_cosine_lr
 from .train_state import has_train_state, load_train_state, save_train_state

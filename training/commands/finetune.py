@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--frozen-cache-mb", type=float, default=1024.0,
                    help="memory for the frozen model's clean outputs per training image (TGA-ZSR, Comp-TGA, FARE), "
-                   "so they are computed once, not every epoch; 0 recomputes every step (default: %(default)s)")
+                   "so they are computed once, not every epoch (valid because the built-in data sets have no random "
+                   "augmentation); 0 recomputes every step (default: %(default)s)")
     e = p.add_argument_group("evaluation (model card)")
     e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen")
     e.add_argument("--eval-limit", type=int, default=512)

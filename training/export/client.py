@@ -84,4 +84,3 @@ class ServingClient:
             if total >= at_least or time.monotonic() >= deadline:
                 return lines
             time.sleep(0.1)
-
