@@ -298,3 +298,60 @@ def test_tinyimagenet_annotation_with_unknown_wnid_is_reported(tmp_path):
     ann.write_text(ann.read_text() + "val_9.JPEG\tn09999999\t0\t0\t1\t1\n")
     with pytest.raises(DatasetNotFound, match="n09999999"):
         build_dataset("tinyimagenet", DatasetRequest(root=tmp_path))
+
+
+def _class_tree(folder: Path, classes: dict[str, int]) -> None:
+    for i, (cls, n) in enumerate(classes.items()):
+        for k in range(n):
+            _jpg(folder / cls / f"{k}.jpg", value=40 * i + 10 * k)
+
+
+def test_folder_with_splits_and_a_name_table(tmp_path):
+    root = tmp_path / "pets"
+    _class_tree(root / "train", {"n01_tabby": 2, "n02_beagle": 3})
+    _class_tree(root / "val", {"n01_tabby": 1, "n02_beagle": 1})
+    (root / "classnames.txt").write_text("n02_beagle\tbeagle dog\nn01_tabby\ttabby cat\n")
+    train = build_dataset("folder/pets", DatasetRequest(root=tmp_path, split="train"))
+    assert train.classnames == ["tabby cat", "beagle dog"] and train.templates == ["This is a photo of a {}"]
+    assert len(train) == 5 and sorted(train[i][1] for i in range(5)) == [0, 0, 1, 1, 1]
+    _check_items(train, 2)
+    test = build_dataset("folder/pets", DatasetRequest(root=tmp_path, split="test", options={"templates": ["a {}"]}))
+    assert len(test) == 2 and test.templates == ["a {}"]  # no test/ folder: val/ serves the test split
+
+
+def test_folder_without_splits_uses_cleaned_folder_names(tmp_path):
+    _class_tree(tmp_path / "mine", {"golden_retriever": 1, "sea-lion": 2})
+    for split in ("train", "test"):
+        ds = build_dataset("folder/mine", DatasetRequest(root=tmp_path, split=split))
+        assert ds.classnames == ["golden retriever", "sea lion"] and len(ds) == 3
+
+
+def test_folder_errors_are_one_line(tmp_path):
+    with pytest.raises(DatasetNotFound, match="folder/absent: folder .*absent not found"):
+        build_dataset("folder/absent", DatasetRequest(root=tmp_path))
+    _class_tree(tmp_path / "only_train" / "train", {"a": 1})
+    with pytest.raises(DatasetNotFound, match="no test or val folder"):
+        build_dataset("folder/only_train", DatasetRequest(root=tmp_path, split="test"))
+    _class_tree(tmp_path / "named", {"a": 1, "b": 1})
+    (tmp_path / "named" / "classnames.txt").write_text("just one name\n")
+    with pytest.raises(DatasetNotFound, match="1 names for 2 class folders"):
+        build_dataset("folder/named", DatasetRequest(root=tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFound, match="folder/empty"):
+        build_dataset("folder/empty", DatasetRequest(root=tmp_path))
+
+
+def test_finetune_on_a_folder(tmp_path):
+    from service.checkpoint import save_checkpoint
+    from service.models import from_record
+    from training.finetune import FinetuneConfig, finetune
+    from training.pretrain import miniworld_record
+
+    _class_tree(tmp_path / "data" / "shapes" / "train", {"red_circle": 3, "blue_square": 3})
+    record = miniworld_record()
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model", record, from_record(record).clip.state_dict())
+    _, card = finetune(FinetuneConfig(method="tecoa", model=str(tmp_path / "model"), data="folder/shapes",
+                                      data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
+                                      steps=2, warmup=1, output=tmp_path / "run", threads=1))
+    assert card["data"] == {"name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}

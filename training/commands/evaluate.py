@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
     p.add_argument(
         "--datasets", nargs="+", default=[MINIWORLD_SUITE],
-        help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite, '{PAPER_SUITE}' = the papers' 16 real sets",
+        help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite, '{PAPER_SUITE}' = the papers' 16 real sets, "
+        "folder/<dir> = any class-folder tree under --data-root",
     )
     p.add_argument("--attacks", nargs="*", default=["pgd"], choices=["none", *list_attacks()], help="attacks (none = clean only)")
     p.add_argument("--eps", type=float, default=1.0, help="L-inf budget in units of 1/255 (default: %(default)s)")

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cache-dir", default=None)
     g.add_argument("--offline", action="store_true", help="never download weights")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="miniworld-train", help="training set: miniworld-train (default), tinyimagenet, imagenet, ...")
+    d.add_argument("--data", default="miniworld-train", help="training set: miniworld-train (default), tinyimagenet, imagenet, folder/<dir> (any class-folder tree under --data-root), ...")
     d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded)")
     d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images")
     d.add_argument("--image-size", type=int, default=224, help="loader resolution for real data sets")
