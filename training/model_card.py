@@ -5,41 +5,18 @@ Written next to the final checkpoint by `training.finetune`, carried along by ex
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from service.pixel_model import PixelCLIP
+from service.provenance import git_commit as code_version
+from service.provenance import weights_digest
 
 from .methods import get_method
 
 if TYPE_CHECKING:
     from .finetune import FinetuneConfig
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_CARD = "model_card.json"
-
-
-def code_version() -> str:
-    """`git rev-parse HEAD` of the checkout, or 'unknown'."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of a module's weights: the evaluation cache key of a fine-tuned model."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
 
 def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> dict[str, dict[str, float]]:
     """Clean and PGD accuracy on `cfg.eval_datasets` through the evaluation harness (`training.eval.runner`)."""
@@ -53,7 +30,6 @@ def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> dict[str, dict[st
         data_root=cfg.data_root, image_size=cfg.image_size, device=cfg.device, out_dir=cfg.output / "eval",
     )
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(model, ecfg).run()}
-
 
 def model_card(
     cfg: "FinetuneConfig", model: PixelCLIP, base_record: Any, data: Any, template: str, results: dict, seconds: float
