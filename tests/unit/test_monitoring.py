@@ -182,3 +182,11 @@ def test_generation_follows_service_metrics(monkeypatch):
     monkeypatch.delitem(service_metrics.METRICS, "clipshield_flagged_total")
     with pytest.raises(rules.MonitoringConfigError, match="clipshield_flagged_total"):
         rules.rule_groups()
+
+
+def test_missing_promtool_fails_with_install_hint(monkeypatch):
+    from tests.integration.prometheus_helpers import require_tool
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="make tools"):
+        require_tool("promtool")

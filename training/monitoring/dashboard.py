@@ -26,7 +26,8 @@ DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = f'job="{JOB}", namespace=~"$namespace", pod=~"$pod"'
 RATE = "$__rate_interval"
 QUANTILES = (0.5, 0.9, 0.99)
-TS_LATENCY = ("ts_inference_latency_microseconds", "ts_queue_latency_microseconds")
+# TorchServe frontend counters (k8s/base/metrics.yaml ts_metrics): cumulative microseconds -> legend name.
+TS_LATENCY = {"ts_inference_latency_microseconds": "inference", "ts_queue_latency_microseconds": "queue"}
 TS_REQUESTS = "ts_inference_requests_total"
 
 
@@ -77,8 +78,8 @@ def latency_panels() -> list[Any]:
         queries = [_q(f"histogram_quantile({q}, {_sum_rate(name + '_bucket', 'pod, le')})", f"p{round(q * 100)} {{{{pod}}}}",
                       chr(ord("A") + i)) for i, q in enumerate(QUANTILES)]
         panels.append(_ts(f"Latency: {_short(name)}", "s", queries, METRICS[name][1]))
-    ts_queries = [_q(f"{_sum_rate(m, 'pod')} / {_sum_rate(TS_REQUESTS, 'pod')} / 1e6", f"{_short(m.split('_')[1])} {{{{pod}}}}",
-                     chr(ord("A") + i)) for i, m in enumerate(TS_LATENCY)]
+    ts_queries = [_q(f"{_sum_rate(m, 'pod')} / {_sum_rate(TS_REQUESTS, 'pod')} / 1e6", f"{legend} {{{{pod}}}}", chr(ord("A") + i))
+                  for i, (m, legend) in enumerate(TS_LATENCY.items())]
     panels.append(_ts("TorchServe mean latency per request", "s", ts_queries,
                       "Mean of TorchServe's frontend counters (inference includes queueing); not percentiles."))
     return panels
