@@ -144,8 +144,11 @@ class TTCClassifier(nn.Module):
         init = random_init(images, self.cfg.eps, self.generator)
         return counterattack(self.model, images, init, self.cfg, self.tau_model)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        delta = self.defend(images).delta
+    def classify(self, images: torch.Tensor, counter: Counterattack) -> torch.Tensor:
+        """Logits [B, C] of `images` + `counter.delta` (step 5 of spec 11.2)."""
         with torch.no_grad():
-            embeddings = self.model.encode_image(images.detach() + delta)
+            embeddings = self.model.encode_image(images.detach() + counter.delta)
         return self.scale * F.normalize(embeddings, dim=-1) @ self.head.t()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classify(images, self.defend(images))
