@@ -39,7 +39,6 @@ def test_unreachable_hub_fails_at_once_naming_offline_and_local_file(online, mon
 
 
 def test_unreachable_hub_uses_cached_weights(online, monkeypatch, tmp_path):
-    from open_clip.pretrained import download_pretrained  # noqa: F401 - imported as _fetch_weights does
     import open_clip.pretrained
 
     cached = tmp_path / "open_clip_model.safetensors"
