@@ -29,6 +29,7 @@ from .metrics import MetricsSink, NullSink
 from .preprocess import load_pixels
 from .runtime import OnnxEncoder, image_encoder, text_encoder
 from .settings import ServingConfig
+from .tokenizer import check_known_words
 from .zero_shot import head_key
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,11 @@ class ClipshieldService:
         return cls(Path(folder), config or ServingConfig(), metrics or NullSink())
 
     def encode_labels(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
-        """Unit-norm zero-shot head [C, E] for `classnames` (prompt ensemble over the default templates)."""
+        """Unit-norm zero-shot head [C, E] for `classnames` (prompt ensemble over the default templates).
+
+        BadInput (400, per item) when a label has words the model's vocabulary cannot represent.
+        """
+        check_known_words(self.tokenizer, classnames)
         templates = list(templates or self.labels.templates)
         prompts = [t.format(c) for c in classnames for t in templates]
         tokens = self.tokenizer(prompts).numpy().astype(np.int64)
