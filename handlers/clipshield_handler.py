@@ -6,9 +6,15 @@ its `serving.json`; `handle` turns TorchServe's per-request parts into `RawReque
 result to one JSON response with its own status code (`set_response_status(code, phrase, idx)`),
 so a bad item gets its own 4xx and never fails its batch mates. Metrics go to TorchServe's metrics
 cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
+
+A bundle the service refuses (unreadable format, checksum mismatch, missing execution provider)
+fails `initialize` with one log line and a one-line error, without a chained traceback.
+`GET /models/<name>?customized=true` (TorchServe's describe API) answers `service.describe()`:
+model card, bundle versions, execution provider actually running, onnxruntime package.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from http import HTTPStatus
@@ -18,7 +24,7 @@ from typing import Any, Optional
 from ts.torch_handler.base_handler import BaseHandler
 
 from service.api import ErrorResponse
-from service.errors import ClipshieldError
+from service.errors import ClipshieldError, ModelLoadError
 from service.inference import ClipshieldService, RawRequest
 from service.settings import load_serving_config
 
@@ -36,6 +42,12 @@ def _content_type(context: Any, idx: int) -> Optional[str]:
     return body.get("content-type") if isinstance(body, dict) else None
 
 
+def _is_describe(context: Any) -> bool:
+    """TorchServe's describe API (`GET /models/<name>?customized=true`) sends one request with `describe: True`."""
+    headers = context.get_all_request_header(0) or {}
+    return headers.get("describe") == "True"
+
+
 def _reason(code: int) -> str:
     try:
         return HTTPStatus(code).phrase
@@ -48,12 +60,18 @@ class ClipshieldHandler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
-        config = load_serving_config(model_dir / "serving.json", os.environ)
-        sink = TorchServeSink(context.metrics, context.model_name)
-        self.service = ClipshieldService.from_folder(model_dir, config, sink)
+        try:
+            config = load_serving_config(model_dir / "serving.json", os.environ)
+            sink = TorchServeSink(context.metrics, context.model_name)
+            self.service = ClipshieldService.from_folder(model_dir, config, sink)
+        except ClipshieldError as exc:
+            log.error("clipshield: model %s not loaded: %s", context.model_name, exc)
+            raise ModelLoadError(f"model {context.model_name} not loaded: {exc}") from None
         self.initialized = True
 
     def handle(self, data: list[dict], context: Any) -> list[str]:
+        if _is_describe(context):
+            return [json.dumps(self.service.describe())]
         requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data)]
         results = self.service.predict(requests)
         out = []
