@@ -10,6 +10,7 @@ Formats: `default` (.mar, deflated), `zip-store` (.mar, stored: fast for big mod
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -103,7 +104,12 @@ def build_archive(
             "--extra-files", ",".join(str(p) for p in files), "--config-file", str(config),
             "--export-path", str(model_store), "--archive-format", archive_format, "--force",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # torch-model-archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps two builds of
+        # the same model name (parallel tests, several users) from deleting each other's files.
+        private_tmp = staging / "archiver-tmp"
+        private_tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(private_tmp)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0:
             raise ExportError(f"torch-model-archiver failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
     log.info("built TorchServe archive %s", target)
