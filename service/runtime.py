@@ -65,7 +65,8 @@ def select_providers(cfg: RuntimeConfig, available: Sequence[str]) -> list[str]:
         else:
             log.warning("%s; falling back to the next provider", _missing(name, cfg, available, "is not available"))
     if not chosen:
-        raise ModelLoadError(f"none of the requested execution providers {list(cfg.providers)} is available; available: {list(available)}; installed: {onnxruntime_package()}")
+        raise ModelLoadError(f"none of the requested execution providers {list(cfg.providers)} is available; "
+                             f"available: {list(available)}; installed: {onnxruntime_package()}")
     return chosen
 
 

@@ -53,6 +53,26 @@ def _answer(store, port):
     return r.json()["model"]
 
 
+def _check_runtime_reported(store, ports):
+    """The workers got serve's provider settings: describe and the runtime-info gauge name the provider running."""
+    import time
+
+    from training.export.torchserve import STATE_DIR, ServeConfig, ServerHandle, describe_model
+
+    cfg = ServeConfig(management_address=f"http://127.0.0.1:{ports[1]}")
+    runtime = describe_model(ServerHandle(None, cfg, store / STATE_DIR), "clipshield")["runtime"]
+    assert runtime["requested_providers"] == ["cuda", "cpu"] and runtime["provider_policy"] == "fallback"
+    assert runtime["image_encoder_provider"] == "CPUExecutionProvider"  # no CUDA on this host
+    deadline, lines = time.monotonic() + 15, []
+    while time.monotonic() < deadline and not lines:  # worker metrics reach the front end asynchronously
+        text = requests.get(f"http://127.0.0.1:{ports[2]}/metrics", timeout=10).text
+        lines = [ln for ln in text.splitlines() if ln.startswith("clipshield_runtime_info{")]
+        time.sleep(0.2)
+    assert lines and 'provider="CPUExecutionProvider"' in lines[0] and 'bundle_format="1"' in lines[0], lines
+    log = (store / STATE_DIR / "logs" / "model_log.log").read_text()
+    assert "'cuda' (CUDAExecutionProvider) is not available" in log and "falling back" in log
+
+
 def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
     from training.cli import main
     from training.export.torchserve import running_launcher, stop_server
@@ -67,12 +87,13 @@ def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
         assert _answer(store, ports[0])["version"] == "A"
         first = running_launcher(store)
 
-        _archive(bundles["B"], store)
-        assert main(_serve_args(store, ports)) == 0
+        _archive(bundles["B"], store)  # B is also served with CUDA requested: this host has none, policy fallback
+        assert main(_serve_args(store, ports, "--providers", "cuda,cpu", "--provider-policy", "fallback")) == 0
         out = capsys.readouterr().out
         assert f"launcher pid {first}) and restarted it" in out and "model:   miniworld-vit-tiny B" in out
         assert _answer(store, ports[0]) == {"name": "miniworld-vit-tiny", "version": "B"}
         assert running_launcher(store) not in (None, first)
+        _check_runtime_reported(store, ports)
 
         assert main(_serve_args(store, ports, "--if-running", "fail")) == 2
         assert "already running" in capsys.readouterr().err

@@ -152,19 +152,26 @@ def running_launcher(model_store: Path) -> Optional[int]:
     return pid
 
 
+def _accepts(host: Optional[str], port: int) -> bool:
+    """True when something accepts TCP connections on host:port (a wildcard bind is probed on loopback)."""
+    host = "127.0.0.1" if host in (None, "", "0.0.0.0", "::") else host
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def _ports_in_use(cfg: ServeConfig) -> list[str]:
     """Listener addresses of `cfg` that something already accepts connections on."""
-    hosts = {"http": cfg.inference_address, "management": cfg.management_address, "metrics": cfg.metrics_address}
-    targets = {name: urllib.parse.urlsplit(addr) for name, addr in hosts.items()}
-    checks = [(f"{name} {addr}", u.hostname, u.port or 80) for (name, u), addr in zip(targets.items(), hosts.values())]
-    checks += [(f"gRPC port {port}", "127.0.0.1", port) for port in (cfg.grpc_inference_port, cfg.grpc_management_port)]
     busy = []
-    for label, host, port in checks:
-        host = "127.0.0.1" if host in (None, "0.0.0.0", "::") else host
-        with socket.socket() as sock:
-            sock.settimeout(1.0)
-            if sock.connect_ex((host, port)) == 0:
-                busy.append(label)
+    for name, addr in (("inference", cfg.inference_address), ("management", cfg.management_address), ("metrics", cfg.metrics_address)):
+        u = urllib.parse.urlsplit(addr)
+        if _accepts(u.hostname, u.port or (443 if u.scheme == "https" else 80)):
+            busy.append(f"{name} {addr}")
+    for port in (cfg.grpc_inference_port, cfg.grpc_management_port):
+        if _accepts("127.0.0.1", port):
+            busy.append(f"gRPC port {port}")
     return busy
 
 
