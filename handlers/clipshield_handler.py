@@ -42,9 +42,12 @@ def _content_type(context: Any, idx: int) -> Optional[str]:
     return body.get("content-type") if isinstance(body, dict) else None
 
 
-def _is_describe(context: Any) -> bool:
-    """TorchServe's describe API (`GET /models/<name>?customized=true`) sends one request with `describe: True`."""
-    headers = context.get_all_request_header(0) or {}
+def _is_describe(context: Any, idx: int) -> bool:
+    """TorchServe's describe API (`GET /models/<name>?customized=true`) marks its request `describe: True`.
+
+    Decided per item, never from the first request of a batch alone.
+    """
+    headers = context.get_all_request_header(idx) or {}
     return headers.get("describe") == "True"
 
 
@@ -70,13 +73,18 @@ class ClipshieldHandler(BaseHandler):
         self.initialized = True
 
     def handle(self, data: list[dict], context: Any) -> list[str]:
-        if _is_describe(context):
-            return [json.dumps(self.service.describe())]
-        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data)]
-        results = self.service.predict(requests)
+        describe = [_is_describe(context, i) for i in range(len(data))]
+        predict = [i for i, d in enumerate(describe) if not d]
+        requests = [RawRequest(parts=data[i] or {}, content_type=_content_type(context, i)) for i in predict]
+        results: list[Any] = [None] * len(data)
+        for i, result in zip(predict, self.service.predict(requests) if requests else []):
+            results[i] = result
         out = []
         for idx, result in enumerate(results):
             context.set_response_content_type(idx, "application/json")
+            if describe[idx]:
+                out.append(json.dumps(self.service.describe()))
+                continue
             if isinstance(result, ClipshieldError):
                 code = result.http_status
                 message = str(result) if code < 500 else "internal error"

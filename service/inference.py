@@ -23,9 +23,9 @@ import numpy as np
 from . import bundle as B
 from . import purify_np
 from .api import ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
+from .bundle_info import read_bundle_info
 from .config import ModelRecord
 from .errors import BadInput, ClipshieldError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
-from .bundle_info import read_bundle_info
 from .metrics import MetricsSink, NullSink
 from .preprocess import load_pixels
 from .provenance import package_version

@@ -5,6 +5,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 
 from service import bundle as B
@@ -91,10 +92,14 @@ def test_handler_describe_and_clean_refusal(exported, tmp_path):
     from training.export import build_archive
 
     archive = build_archive(exported, tmp_path / "store", archive_format="no-archive")
-    ctx = FakeContext(archive, [{"describe": "True"}])
+    from service.preprocess import encode_png
+
+    png = encode_png(np.random.default_rng(0).random((3, 32, 32)))
+    ctx = FakeContext(archive, [{"Content-Type": "image/png"}, {"describe": "True"}])  # decided per item, not by item 0
     handler = ClipshieldHandler()
     handler.initialize(ctx)
-    described = json.loads(handler.handle([{}], ctx)[0])
+    answer, described = (json.loads(x) for x in handler.handle([{"body": bytearray(png)}, {}], ctx))
+    assert answer["model"] == {"name": B.read_card(exported).name, "version": "3.1"} and len(answer["predictions"]) == 5
     assert (described["model"]["name"], described["model"]["version"]) == (B.read_card(exported).name, "3.1")
     assert described["bundle"]["format_version"] == FORMAT_VERSION
     assert described["bundle"]["exported_by"]["git_commit"] == git_commit()
