@@ -112,3 +112,29 @@ def test_cuda_requested_without_cuda_fallback_policy(bundle, caplog):
     assert len(info) == 1 and dict(info[0])["provider"] == "CPUExecutionProvider"
     emb = service.image_encoder(np.zeros((2, 3, 32, 32), np.float32))
     assert emb.shape[0] == 2 and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+def test_gpu_overlay_and_image_select_cuda():
+    """The GPU deployment asks for CUDA then CPU with policy fail; the CPU one keeps the image's cpu default."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from service.settings import parse_policy
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def env(overlay: str) -> dict[str, str]:
+        docs = [d for d in yaml.safe_load_all((repo / "k8s" / "rendered" / f"{overlay}.yaml").read_text()) if d]
+        pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+        container = next(c for c in pod["containers"] if c["name"] == "torchserve")
+        return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+    gpu = env("gpu")
+    assert parse_providers(gpu["CLIPSHIELD_ORT_PROVIDERS"]) == ("cuda", "cpu")
+    assert parse_policy(gpu["CLIPSHIELD_ORT_PROVIDER_POLICY"]) == "fail"
+    assert "CLIPSHIELD_ORT_PROVIDERS" not in env("cpu")
+    dockerfile = (repo / "Dockerfile").read_text()
+    assert re.search(r"^ARG ORT_PROVIDERS=cpu$", dockerfile, flags=re.M)
+    assert "CLIPSHIELD_ORT_PROVIDERS=${ORT_PROVIDERS}" in dockerfile and "--build-arg ORT_PROVIDERS=cuda,cpu" in dockerfile
