@@ -138,3 +138,21 @@ def test_gpu_overlay_and_image_select_cuda():
     dockerfile = (repo / "Dockerfile").read_text()
     assert re.search(r"^ARG ORT_PROVIDERS=cpu$", dockerfile, flags=re.M)
     assert "CLIPSHIELD_ORT_PROVIDERS=${ORT_PROVIDERS}" in dockerfile and "--build-arg ORT_PROVIDERS=cuda,cpu" in dockerfile
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="needs an onnxruntime without CUDA to provoke ONNX Runtime's silent fallback")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
+def test_silent_fallback_of_onnxruntime_is_caught(bundle, monkeypatch, caplog):
+    """ONNX Runtime drops a provider it cannot initialise and runs on CPU without an error (as when the
+    CUDA libraries are missing): pretend CUDA is listed, and check the provider actually running is checked."""
+    from service.bundle import IMAGE_ONNX
+    from service.runtime import image_encoder
+
+    listed = ["CUDAExecutionProvider", *ort.get_available_providers()]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    with pytest.raises(ModelLoadError, match="could not be initialised for image_encoder.onnx, ONNX Runtime chose CPUExecutionProvider"):
+        image_encoder(bundle / IMAGE_ONNX, RuntimeConfig(providers=("cuda", "cpu")))
+    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+        encoder = image_encoder(bundle / IMAGE_ONNX, RuntimeConfig(providers=("cuda", "cpu"), provider_policy="fallback"))
+    assert encoder.provider == "CPUExecutionProvider"
+    assert any("could not be initialised" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
