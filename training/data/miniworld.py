@@ -1,16 +1,62 @@
-"""Mini-world data sets in the registry: `miniworld/<domain>/<label set>/<split>` and `miniworld-train`."""
+"""Mini-world data sets in the registry: `miniworld/<domain>/<label set>/<split>` and `miniworld-train`.
+
+The world renders 8-bit 32x32 images; like every data set's, they reach the model through
+`service.preprocess.to_pixels` with the request's resolved preprocessing (an identity for the
+shipped 32-pixel model under the `model` preset; a 224-pixel model gets them resized exactly as
+serving would resize the same images sent as PNG).
+"""
 from __future__ import annotations
 
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from service.config import PreprocessConfig
+from service.preprocess import to_pixels
 from training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
 from training.miniworld.world import DOMAINS, Split
 
 from .registry import DatasetRequest, register_dataset, register_dataset_family
+from .transforms import resolve_preprocess
 
 _SEED_SPLITS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
 
 
+def preprocess_pixels(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """float [N, 3, S, S] in [0, 1] from float [N, 3, H, W] 8-bit-valued pixels, image by image through `to_pixels`."""
+    arr = np.clip(np.rint(images.numpy() * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return torch.from_numpy(np.stack([to_pixels(Image.fromarray(a, "RGB"), cfg) for a in arr]))
+
+
+class PreprocessedMiniWorld(torch.utils.data.Dataset):
+    """A mini-world data set whose images went through the resolved preprocessing (computed once)."""
+
+    def __init__(self, base: Union[MiniWorldClassification, MiniWorldFinetune], cfg: PreprocessConfig, choice: str, name: str) -> None:
+        self.base = base
+        self.preprocess = cfg
+        self.classnames = base.classnames
+        self.templates = base.templates
+        self.labels = base.labels
+        self.protocol = {"dataset": name, "split": getattr(getattr(base, "task", None), "split", "train"),
+                         "preprocess": choice, "transform": cfg.describe()}
+        raw = base.images() if isinstance(base, MiniWorldClassification) else base._images.float() / 255.0
+        self._images = preprocess_pixels(raw, cfg)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def images(self) -> torch.Tensor:
+        """All images as float [N, 3, S, S] in [0, 1]."""
+        return self._images
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, Any]:
+        return self._images[idx], self.labels[idx]
+
+
 @register_dataset_family("miniworld")
-def build_miniworld(name: str, req: DatasetRequest) -> MiniWorldClassification:
+def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
     """Zero-shot task `miniworld/<domain>/<label set>/<split>`; `req.limit` images (default 512)."""
     parts = name.split("/")
     if len(parts) != 4:
@@ -20,13 +66,25 @@ def build_miniworld(name: str, req: DatasetRequest) -> MiniWorldClassification:
         )
     _, domain, label_set, split = parts
     task = MiniWorldTask(domain, label_set, split, n=req.limit or 512, world_seed=req.seed, seed_split=_SEED_SPLITS.get(req.split, Split.TEST))
-    return MiniWorldClassification(task)
+    cfg, choice = resolve_preprocess(_at_32(req))
+    return PreprocessedMiniWorld(MiniWorldClassification(task), cfg, choice, name)
 
 
 @register_dataset("miniworld-train")
-def build_miniworld_train(req: DatasetRequest) -> MiniWorldFinetune:
+def build_miniworld_train(req: DatasetRequest) -> PreprocessedMiniWorld:
     """Fine-tuning set (ImageNet stand-in): plain domain, 48 seen colour+shape classes."""
-    return MiniWorldFinetune(n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN))
+    base = MiniWorldFinetune(n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN))
+    cfg, choice = resolve_preprocess(_at_32(req))
+    return PreprocessedMiniWorld(base, cfg, choice, "miniworld-train")
+
+
+def _at_32(req: DatasetRequest) -> DatasetRequest:
+    """Without a model record the mini world is served at its own 32 pixels (not the real sets' 224 default)."""
+    if req.preprocess is not None:
+        return req
+    from dataclasses import replace
+
+    return replace(req, preprocess=PreprocessConfig(image_size=32))
 
 
 def standard_eval_names(label_sets: tuple[str, ...] = LABEL_SETS) -> list[str]:
