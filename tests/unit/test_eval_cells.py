@@ -110,3 +110,21 @@ def test_renaming_reuses_cells_new_weights_or_preset_recompute(miniworld_model, 
     assert len(paper.computed) == 1 and paper_cell.protocol["preprocess"] == "paper"
     assert paper_cell.key.preprocess.resize_to == 37  # round(32 * 256 / 224) then the 32-pixel crop
     assert len(load_all(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("command", ["evaluate", "finetune"])
+def test_preprocess_option_defaults_to_the_model_and_names_the_presets(command, capsys):
+    from training.cli import build_parser
+    from training.commands import evaluate, finetune
+
+    parser = build_parser()
+    extra = ["--method", "tecoa"] if command == "finetune" else []
+    to_config = evaluate.config_from_args if command == "evaluate" else finetune.config_from_args
+    assert to_config(parser.parse_args([command, *extra])).preprocess == "model"
+    assert to_config(parser.parse_args([command, *extra, "--preprocess", "paper"])).preprocess == "paper"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, *extra, "--preprocess", "imagenet"])
+    assert "model,paper,squash" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    assert "(default: model)" in " ".join(capsys.readouterr().out.split())

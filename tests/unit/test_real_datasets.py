@@ -371,3 +371,6 @@ def test_finetune_on_a_folder(tmp_path):
                                       data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
                                       steps=2, warmup=1, output=tmp_path / "run", threads=1))
     assert card["data"] == {"name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
+    # the folder's JPEGs went through the model's own record preprocessing (the `model` preset), recorded in the card
+    assert card["data_preprocess"]["preset"] == "model"
+    assert card["data_preprocess"]["config"] == record.preprocess.model_dump(mode="json")
