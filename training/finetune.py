@@ -30,6 +30,7 @@ from service.preprocess import Preset
 from service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
+from .data.transforms import at_size
 from .distributed import average_gradients, init_distributed
 from .methods import FrozenModel, FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
 from .model_card import MODEL_CARD, evaluate_model, model_card
@@ -190,9 +191,7 @@ Progress = Callable[[int, dict[str, float]], None]
 
 def training_request(cfg: FinetuneConfig, model: PixelCLIP) -> DatasetRequest:
     """The training set's request: the model's record preprocessing under `cfg.preprocess` (size override: `cfg.image_size`)."""
-    pre = model.record.preprocess
-    if cfg.image_size is not None and cfg.image_size != pre.image_size:
-        pre = pre.model_copy(update={"image_size": cfg.image_size})
+    pre = at_size(model.record.preprocess, cfg.image_size)
     return DatasetRequest(root=cfg.data_root, split="train", image_size=pre.image_size, limit=cfg.data_limit, seed=0,
                           preprocess=pre, preset=cfg.preprocess)
 

@@ -7,7 +7,8 @@ serving would resize the same images sent as PNG).
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from dataclasses import replace
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -31,7 +32,11 @@ def preprocess_pixels(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tens
 
 
 class PreprocessedMiniWorld(torch.utils.data.Dataset):
-    """A mini-world data set whose images went through the resolved preprocessing (computed once)."""
+    """A mini-world data set whose images go through the resolved preprocessing.
+
+    `images()` preprocesses every image once and keeps the result (evaluation); `__getitem__`
+    preprocesses one image on demand until then (fine-tuning at 224 px would not fit in memory at once).
+    """
 
     def __init__(self, base: Union[MiniWorldClassification, MiniWorldFinetune], cfg: PreprocessConfig, choice: str, name: str) -> None:
         self.base = base
@@ -41,18 +46,22 @@ class PreprocessedMiniWorld(torch.utils.data.Dataset):
         self.labels = base.labels
         self.protocol = {"dataset": name, "split": getattr(getattr(base, "task", None), "split", "train"),
                          "preprocess": choice, "transform": cfg.describe()}
-        raw = base.images() if isinstance(base, MiniWorldClassification) else base._images.float() / 255.0
-        self._images = preprocess_pixels(raw, cfg)
+        self._cache: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.base)
 
     def images(self) -> torch.Tensor:
-        """All images as float [N, 3, S, S] in [0, 1]."""
-        return self._images
+        """All images as float [N, 3, S, S] in [0, 1] (preprocessed once, then kept)."""
+        if self._cache is None:
+            self._cache = preprocess_pixels(self.base.images(), self.preprocess)
+        return self._cache
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, Any]:
-        return self._images[idx], self.labels[idx]
+        if self._cache is not None:
+            return self._cache[idx], self.labels[idx]
+        image, label = self.base[idx]
+        return preprocess_pixels(image[None], self.preprocess)[0], label
 
 
 @register_dataset_family("miniworld")
@@ -82,8 +91,6 @@ def _at_32(req: DatasetRequest) -> DatasetRequest:
     """Without a model record the mini world is served at its own 32 pixels (not the real sets' 224 default)."""
     if req.preprocess is not None:
         return req
-    from dataclasses import replace
-
     return replace(req, preprocess=PreprocessConfig(image_size=32))
 
 

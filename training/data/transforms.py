@@ -46,6 +46,13 @@ def model_preprocess(req: DatasetRequest) -> PreprocessConfig:
     return req.preprocess if req.preprocess is not None else PreprocessConfig(image_size=req.image_size)
 
 
+def at_size(pre: PreprocessConfig, image_size: Optional[int]) -> PreprocessConfig:
+    """`pre` with its size overridden by a loader resolution option (None: the model's own size)."""
+    if image_size is None or image_size == pre.image_size:
+        return pre
+    return pre.model_copy(update={"image_size": image_size})
+
+
 def resolve_preprocess(req: DatasetRequest, lowres: bool = False) -> tuple[PreprocessConfig, str]:
     """(resolved preprocessing, the name of the choice) for a data set built from `req`.
 

@@ -16,9 +16,8 @@ from typing import Optional, Protocol
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
+from service.config import PreprocessConfig, StrictModel
 from service.errors import ConfigError, DatasetNotFound
-from service.config import PreprocessConfig
 from service.pixel_model import PixelCLIP
 from service.preprocess import Preset
 from service.provenance import weights_digest
@@ -27,6 +26,7 @@ from service.zero_shot import TextHeadCache, ZeroShotClassifier
 from training.attacks import get_attack, list_attacks
 from training.attacks.adaptive import evaluate_adaptive
 from training.data import DatasetRequest, build_dataset
+from training.data.transforms import at_size
 
 from .schema import CLEAN, CellKey, CellResult, load_finished, write_cell
 from .zeroshot import accuracy, batches
@@ -133,9 +133,7 @@ class Evaluator:
 
     def _dataset(self, name: str):
         # the data seed stays 0: `--seed` drives the attacks only (the mini world's seed is its vocabulary)
-        pre = self.model.record.preprocess
-        if self.cfg.image_size is not None and self.cfg.image_size != pre.image_size:
-            pre = pre.model_copy(update={"image_size": self.cfg.image_size})
+        pre = at_size(self.model.record.preprocess, self.cfg.image_size)
         req = DatasetRequest(
             root=self.cfg.data_root, split=EVAL_SPLIT, image_size=pre.image_size, limit=self.cfg.limit,
             options=dict(self.cfg.data_options), preprocess=pre, preset=self.cfg.preprocess,
