@@ -354,4 +354,4 @@ def test_finetune_on_a_folder(tmp_path):
     _, card = finetune(FinetuneConfig(method="tecoa", model=str(tmp_path / "model"), data="folder/shapes",
                                       data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
                                       steps=2, warmup=1, output=tmp_path / "run", threads=1))
-    assert card["data"] == {"name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
+    assert card["training"]["data"] == {"name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
