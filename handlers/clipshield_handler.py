@@ -4,7 +4,8 @@
 `clipshield_manifest.json` is verified: a modified file refuses to load with a clear log line) and
 its `serving.json`; `handle` turns TorchServe's per-request parts into `RawRequest`s, and maps each
 result to one JSON response with its own status code (`set_response_status(code, phrase, idx)`),
-so a bad item gets its own 4xx and never fails its batch mates. Metrics go to TorchServe's metrics
+so a bad item gets its own 4xx and never fails its batch mates; an item marked as a customized
+describe (`GET /models/<name>?customized=true`) is answered with the served model card. Metrics go to TorchServe's metrics
 cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
 """
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _content_type(context: Any, idx: int) -> Optional[str]:
     return body.get("content-type") if isinstance(body, dict) else None
 
 
+def _is_describe(context: Any, idx: int) -> bool:
+    """TorchServe marks a customized-describe request (`GET /models/<name>?customized=true`) with this header."""
+    return (context.get_all_request_header(idx) or {}).get("describe") == "True"
+
+
 def _reason(code: int) -> str:
     try:
         return HTTPStatus(code).phrase
@@ -54,11 +60,16 @@ class ClipshieldHandler(BaseHandler):
         self.initialized = True
 
     def handle(self, data: list[dict], context: Any) -> list[str]:
-        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data)]
-        results = self.service.predict(requests)
+        describe = {i for i in range(len(data)) if _is_describe(context, i)}  # decided per item, never per batch
+        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data) if i not in describe]
+        results = iter(self.service.predict(requests) if requests else [])
         out = []
-        for idx, result in enumerate(results):
+        for idx in range(len(data)):
             context.set_response_content_type(idx, "application/json")
+            if idx in describe:  # the management API's customized describe: the served model card
+                out.append(self.service.describe())
+                continue
+            result = next(results)
             if isinstance(result, ClipshieldError):
                 code = result.http_status
                 message = str(result) if code < 500 else "internal error"
