@@ -22,7 +22,7 @@ class TorchServeSink:
         self.model_name = model_name
         self._metrics = {}
         for name, (kind, _help, labels) in METRICS.items():
-            unit = "ratio" if name in ("clipshield_embedding_shift", "clipshield_anchor_score") else _UNITS[kind]
+            unit = "ratio" if name in ("clipshield_prediction_shift", "clipshield_anchor_score") else _UNITS[kind]
             self._metrics[name] = metrics_cache.add_metric_to_cache(
                 metric_name=name, unit=unit, dimension_names=["ModelName", "Level", *labels], metric_type=_TYPES[kind]
             )
