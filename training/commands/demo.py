@@ -16,7 +16,7 @@ DEMO_STEPS = 10  # PGD steps of every "attacked" number and image in the demo
 
 HELDOUT_NOTE = (
     "  heldout_image colour+shape pairs were never rendered in pre-training: the model must compose a colour and a "
-    "shape\n  it only saw apart, so that row scores far lower. heldout_caption pairs were "
+    "shape\n  it only saw apart, so that row scores far lower. heldout_caption pairs were"
     "\n  rendered but never named together; new label combinations are almost as easy as seen ones."
 )
 OUTLINED_NOTE = (
