@@ -126,8 +126,8 @@ class ClipshieldService:
         log.info("loaded %s %s from %s (%d default labels)", self.info.name, self.info.version, folder, len(self.labels.classnames))
 
     def describe(self) -> str:
-        """The served model card as JSON (TorchServe's describe answer): what was measured is what is served."""
-        return self.card.model_dump_json()
+        """The served model card as JSON (TorchServe's describe answer); sections never measured are left out."""
+        return self.card.model_dump_json(exclude_none=True)
 
     @classmethod
     def from_folder(

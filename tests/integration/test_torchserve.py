@@ -159,3 +159,14 @@ def test_serving_demo_end_to_end(miniworld_model, tmp_path):
     assert any(line.startswith("clipshield_requests_total") and line.endswith(" 8.0") for line in result["metrics"])
     assert lines[-1].strip() == "TorchServe stopped (--once)."
     assert not (tmp_path / "store" / ".server" / "server.json").exists()
+
+
+def test_describe_answers_the_model_card(server):
+    """`GET /models/clipshield?customized=true` (management API) returns the served card, accuracies included."""
+    r = requests.get(server.config.management_address + "/models/clipshield?customized=true",
+                     headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    card = r.json()[0]["customizedMetadata"]  # TorchServe embeds the handler's JSON answer as an object
+    assert card["source"] == "export" and card["version"] == "0.9" and card["purify"]["chosen_by"] == "test: on by default"
+    assert [(a["dataset"], a["attack"], a["value"]) for a in card["accuracy"]] == [("miniworld/plain/color_shape/seen", "none", 0.75)]
+    assert not {"purify_sweep", "flag", "training"} & set(card) and card["provenance"]["git_commit"]  # unmeasured: absent

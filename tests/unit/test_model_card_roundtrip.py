@@ -58,18 +58,19 @@ def test_finetune_card_records_what_ran(finetuned):
 
 
 def test_served_card_and_gauges_carry_the_finetune_results(finetuned, archived):
-    from service.card import read_card_file
+    from service.card import ModelCard, read_card_file
 
     ft = read_card_file(finetuned / "model_card.json")
     assert {e.attack for e in ft.accuracy} == {"none", "pgd2-linf-4/255"} and all(e.n == 16 for e in ft.accuracy)
     served, ctx = _describe(archived[1])
     assert served["source"] == "export" and served["version"] == "3.1" and served["name"] == ft.name
-    assert served["training"] == json.loads(ft.training.model_dump_json())  # steps, epochs, image size as they ran
-    assert served["base_model"] == json.loads(ft.base_model.model_dump_json())
-    assert served["weights_digest"] == ft.weights_digest and served["finetune_provenance"] == json.loads(ft.provenance.model_dump_json())
+    card = ModelCard.model_validate(served)  # the describe answer is a valid card
+    assert card.training == ft.training and card.training.steps == STEPS  # steps, epochs, image size as they ran
+    assert card.base_model == ft.base_model and card.finetune_provenance == ft.provenance
+    assert card.weights_digest == ft.weights_digest
     assert [(a["dataset"], a["attack"], a["value"]) for a in served["accuracy"]] == [(e.dataset, e.attack, e.value) for e in ft.accuracy]
     assert served["parity"]["image_batch_1"] <= 1e-4
-    assert served["purify_sweep"] is None and served["flag"] is None and served["purify"]["enabled"] is False
+    assert not {"purify_sweep", "flag"} & set(served) and served["purify"]["enabled"] is False  # not measured: absent
     gauges = ctx.metrics.metrics["clipshield_model_accuracy"].values
     assert sorted((dims[2], dims[3], dims[4], v) for v, dims in gauges) == sorted(
         (e.dataset, e.attack, "false", e.value) for e in ft.accuracy)
