@@ -8,11 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from pydantic import ValidationError
+
 from service.card import (
-    CLEAN, AccuracyEntry, AttackSpec, BaseModelInfo, ModelCard, TrainingData, TrainingInfo, attack_label,
+    CLEAN, SCHEMA_VERSION, AccuracyEntry, AttackSpec, BaseModelInfo, ModelCard, TrainingData, TrainingInfo, attack_label,
     current_provenance, read_card_file,
 )
 from service.config import ModelRecord, PreprocessConfig
+from service.errors import ConfigError
 from service.pixel_model import PixelCLIP
 from service.provenance import weights_digest
 
@@ -97,9 +100,18 @@ def model_card(
 
 
 def read_finetune_card(folder: Path) -> Optional[ModelCard]:
-    """The card next to a fine-tuned checkpoint folder, or None when there is none."""
+    """The card next to a fine-tuned checkpoint folder, or None when there is none.
+
+    ConfigError for a card this version cannot read (e.g. one written before the typed card).
+    """
     path = Path(folder) / MODEL_CARD
-    return read_card_file(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return read_card_file(path)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a schema-{SCHEMA_VERSION} model card ({exc.error_count()} problems; written by an "
+                          "older clipshield?): re-run `clipshield finetune`, or move the file aside to export without it") from None
 
 
 def results_by_dataset(card: ModelCard) -> dict[str, dict[str, Any]]:

@@ -126,3 +126,13 @@ def test_describe_is_decided_per_item_not_per_batch(archived):
     handler.initialize(ctx)
     first, card, third = (json.loads(a) for a in handler.handle([{"body": bytearray(png)}, {}, {"body": bytearray(png)}], ctx))
     assert "predictions" in first and first == third and card["source"] == "export" and card["training"]["steps"] == STEPS
+
+
+def test_old_finetune_card_is_a_clear_error(tmp_path):
+    from service.errors import ConfigError
+    from training.model_card import read_finetune_card
+
+    assert read_finetune_card(tmp_path) is None
+    (tmp_path / "model_card.json").write_text(json.dumps({"schema_version": 1, "method": "tecoa", "results": {}}))
+    with pytest.raises(ConfigError, match="not a schema-2 model card"):
+        read_finetune_card(tmp_path)
