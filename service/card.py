@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .config import StrictModel
 
@@ -196,6 +196,20 @@ class ModelCard(StrictModel):
     provenance: Provenance
     finetune_provenance: Optional[Provenance] = None
     notes: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_accuracy_per_gauge(self) -> "ModelCard":
+        """Each (dataset, attack, purified) at most once: it is one `clipshield_model_accuracy` sample."""
+        keys = [accuracy_key(e) for e in self.accuracy]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"accuracy entries repeat (dataset, attack, purified) {dupes}: each is one gauge sample")
+        return self
+
+
+def accuracy_key(entry: AccuracyEntry) -> tuple[str, str, bool]:
+    """The gauge identity of an accuracy entry: (dataset, attack, purified)."""
+    return (entry.dataset, entry.attack, entry.purified)
 
 
 def read_card_file(path: Path) -> ModelCard:

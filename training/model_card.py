@@ -56,7 +56,7 @@ def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntr
     out = []
     for r in Evaluator(model, ecfg).run():
         out.append(AccuracyEntry(dataset=r.key.dataset, attack=CLEAN, purified=False, value=r.clean, n=r.n, preprocessing=pre))
-        if r.robust is not None:
+        if r.robust is not None and robust != CLEAN:  # eps or steps 0: the "attack" is the clean number again
             out.append(AccuracyEntry(dataset=r.key.dataset, attack=robust, purified=False, value=r.robust, n=r.n, preprocessing=pre))
     return out
 

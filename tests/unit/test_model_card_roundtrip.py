@@ -136,3 +136,21 @@ def test_old_finetune_card_is_a_clear_error(tmp_path):
     (tmp_path / "model_card.json").write_text(json.dumps({"schema_version": 1, "method": "tecoa", "results": {}}))
     with pytest.raises(ConfigError, match="not a schema-2 model card"):
         read_finetune_card(tmp_path)
+
+
+def test_export_measurement_replaces_the_same_finetune_gauge_and_cards_refuse_duplicates():
+    from pydantic import ValidationError
+
+    from service.card import AccuracyEntry, ModelCard
+    from training.export.exporter import merge_accuracy
+
+    ft = [AccuracyEntry(dataset=EVAL_SET, attack="none", purified=False, value=0.5, n=16),
+          AccuracyEntry(dataset=EVAL_SET, attack="pgd2-linf-4/255", purified=False, value=0.1, n=16)]
+    ex = [AccuracyEntry(dataset=EVAL_SET, attack="none", purified=False, value=0.6, n=256)]
+    merged, notes = merge_accuracy(ft, ex)
+    assert [(e.attack, e.value) for e in merged] == [("pgd2-linf-4/255", 0.1), ("none", 0.6)]
+    assert len(notes) == 1 and "60.0% (n=256) measured at export replaces 50.0% (n=16)" in notes[0]
+    base = dict(source="export", name="m", embed_dim=4, image_size=32, logit_scale=1.0, weights_digest="d",
+                provenance={"clipshield_version": "0", "git_commit": "c", "date": "t"})
+    with pytest.raises(ValidationError, match="repeat"):
+        ModelCard(**base, accuracy=(*ft, *ex))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from service import bundle as B
-from service.card import ModelCard, current_provenance
+from service.card import ModelCard, accuracy_key, current_provenance
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 from service.provenance import weights_digest
@@ -48,6 +49,21 @@ class ExportMeasurements(StrictModel):
     notes: tuple[str, ...] = ()
 
 
+def merge_accuracy(
+    finetuned: Sequence[B.AccuracyEntry], measured: Sequence[B.AccuracyEntry]
+) -> tuple[tuple[B.AccuracyEntry, ...], tuple[str, ...]]:
+    """Fine-tune accuracies plus export's; where both measured the same gauge, export's (on the exported
+    weights, just now) replaces the fine-tune one, and a note records both values."""
+    mine = {accuracy_key(e): e for e in measured}
+    notes = tuple(
+        f"{e.dataset} {e.attack} (purified={str(e.purified).lower()}): {mine[accuracy_key(e)].value:.1%} "
+        f"(n={mine[accuracy_key(e)].n}) measured at export replaces {e.value:.1%} (n={e.n}) from fine-tuning"
+        for e in finetuned if accuracy_key(e) in mine
+    )
+    kept = tuple(e for e in finetuned if accuracy_key(e) not in mine)
+    return (*kept, *measured), notes
+
+
 def bundle_card(
     model: PixelCLIP, version: str, embed_dim: int, parity: B.ParityReport, measured: ExportMeasurements,
     finetune_card: Optional[ModelCard] = None,
@@ -58,6 +74,7 @@ def bundle_card(
     """
     digest = weights_digest(model.visual)
     carried: dict = {}
+    accuracy, notes = merge_accuracy(finetune_card.accuracy if finetune_card else (), measured.accuracy)
     if finetune_card is not None:
         if finetune_card.weights_digest != digest:
             raise ExportError(f"the model card describes image-tower weights {finetune_card.weights_digest}, "
@@ -67,9 +84,8 @@ def bundle_card(
     return ModelCard(
         source="export", name=model.record.name, version=version, description=carried.pop("description", model.record.description),
         embed_dim=embed_dim, image_size=model.image_size, logit_scale=model.logit_scale, weights_digest=digest,
-        accuracy=(*(finetune_card.accuracy if finetune_card else ()), *measured.accuracy), purify=measured.purify,
-        purify_sweep=measured.purify_sweep, flag=measured.flag, parity=parity, provenance=current_provenance(),
-        notes=measured.notes, **carried,
+        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag, parity=parity,
+        provenance=current_provenance(), notes=(*measured.notes, *notes), **carried,
     )
 
 
