@@ -65,7 +65,8 @@ def training_info(cfg: "FinetuneConfig", data: Any, template: str, seconds: floa
     """What ran: method, resolved hyper-parameters, the training images' size, steps and epochs taken."""
     method = get_method(cfg.method)
     image = data[0][0]
-    hyper = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_HYPERPARAMETERS}
+    # unset (None) values are left out: JSON nulls do not survive TorchServe's describe answer
+    hyper = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_HYPERPARAMETERS and v is not None}
     attack = AttackSpec(kind=method.attack, eps=cfg.eps, alpha=cfg.attack_alpha, steps=cfg.attack_steps,
                         label=attack_label(method.attack, cfg.eps, cfg.attack_steps))
     return TrainingInfo(
