@@ -89,7 +89,9 @@ def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> S
         clean, robust = _accuracy(pc, StraightThroughPurified(pc), images, labels, cfg)
         rows.append(SweepRow(steps=steps, step_size=step_size, clean=clean, robust_bpda=robust))
         log.info("purify steps=%d step_size=%g: clean %.3f, BPDA-PGD %.3f", steps, step_size, clean, robust)
-    return _choose(cfg, base_clean, base_pgd, rows, len(labels))
+    from training.model_card import preprocessing
+
+    return _choose(cfg, base_clean, base_pgd, rows, len(labels), preprocessing(model.record.preprocess))
 
 
 def rotation_deg(steps: int, step_size: float) -> float:
@@ -103,7 +105,7 @@ def overshoots(steps: int, step_size: float) -> bool:
     return rotation_deg(steps, step_size) >= 90.0
 
 
-def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence[SweepRow], n: int) -> SweepResult:
+def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence[SweepRow], n: int, pre: str = "") -> SweepResult:
     """Default = best BPDA robust accuracy among eligible candidates, only if it beats no purification
     by `min_gain`; otherwise purification is off by default (the cheapest eligible setting is kept for
     requests that ask for it). Overshooting candidates and those losing clean accuracy are ineligible."""
@@ -134,13 +136,13 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
             f"setting under straight-through {attack} (gains under {cfg.min_gain:.0%} count as noise). It is off by default."
         )
     accuracy = [
-        B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=False, value=base_clean, n=n),
-        B.AccuracyEntry(dataset=cfg.dataset, attack=attack, purified=False, value=base_pgd, n=n),
+        B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=False, value=base_clean, n=n, preprocessing=pre),
+        B.AccuracyEntry(dataset=cfg.dataset, attack=attack, purified=False, value=base_pgd, n=n, preprocessing=pre),
     ]
     if gain:
         accuracy += [
-            B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=True, value=best.clean, n=n),
+            B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=True, value=best.clean, n=n, preprocessing=pre),
             B.AccuracyEntry(dataset=cfg.dataset, attack=attack_label("pgd", cfg.eps, cfg.steps, via="bpda"), purified=True,
-                            value=best.robust_bpda, n=n),
+                            value=best.robust_bpda, n=n, preprocessing=pre),
         ]
     return SweepResult(sweep=sweep, chosen=chosen, accuracy=tuple(accuracy), notes=tuple(notes))
