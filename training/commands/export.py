@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure-purify", type=int, default=0, metavar="N",
                    help="choose the purification default by measurement on N mini-world images: on only if it "
                    "beats no purification under a straight-through attack (0: not measured, off by default)")
-    p.add_argument("--no-purify", action="store_true", help="purification off by model default")
+    p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
     p.add_argument("--calibrate-flag", type=int, default=0, metavar="N",
                    help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
                    "the rates and AUROC written to the model card); 0: flag only on a purification flip")
