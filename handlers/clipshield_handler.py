@@ -5,8 +5,8 @@
 its `serving.json`; `handle` turns TorchServe's per-request parts into `RawRequest`s, and maps each
 result to one JSON response with its own status code (`set_response_status(code, phrase, idx)`),
 so a bad item gets its own 4xx and never fails its batch mates; an item marked as a customized
-describe (`GET /models/<name>?customized=true`) is answered with the served model card. Metrics go to TorchServe's metrics
-cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
+describe (`GET /models/<name>?customized=true`) is answered with the served model card. Metrics go
+to TorchServe's metrics cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ class ClipshieldHandler(BaseHandler):
 
     def handle(self, data: list[dict], context: Any) -> list[str]:
         describe = {i for i in range(len(data)) if _is_describe(context, i)}  # decided per item, never per batch
-        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data) if i not in describe]
+        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i))
+                    for i, item in enumerate(data) if i not in describe]
         results = iter(self.service.predict(requests) if requests else [])
         out = []
         for idx in range(len(data)):

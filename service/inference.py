@@ -173,16 +173,15 @@ class ClipshieldService:
         self.metrics.observe("clipshield_anchor_score", anchor_score)
         defaults = self.card.purify
         purified = defaults.enabled if opts.purify is None else opts.purify
-        final = base
+        final, shift = base, 0.0
         if purified:
             start = time.perf_counter()
             p = purify_np.purify(e, self.anchor, defaults.steps, defaults.step_size)
             final = purify_np.logits(p, head, self.card.logit_scale)
             self.metrics.observe("clipshield_purify_seconds", time.perf_counter() - start)
-        probs = purify_np.softmax(final)[0]
-        shift = purify_np.prediction_shift(purify_np.softmax(base)[0], probs) if purified else 0.0
-        if purified:
+            shift = purify_np.prediction_shift(purify_np.softmax(base)[0], purify_np.softmax(final)[0])
             self.metrics.observe("clipshield_prediction_shift", shift)
+        probs = purify_np.softmax(final)[0]
         flipped = bool(np.argmax(base[0]) != np.argmax(final[0]))
         # Only informative signals: a purification flip, or the anchor score below the card's calibrated threshold.
         flagged = flipped or anchor_score < self.anchor_below
