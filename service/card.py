@@ -55,7 +55,8 @@ class PurifyDefaults(StrictModel):
     enabled: bool = False
     steps: int = Field(default=1, ge=0, le=1000)
     step_size: float = Field(default=0.1, ge=0.0)
-    chosen_by: str = "not measured: off by default (requests may ask for it; see the purification sweep of `clipshield export --measure-purify`)"
+    chosen_by: str = ("not measured: off by default (requests may ask for it; "
+                      "`clipshield export --measure-purify N` measures it)")
 
 
 class PurifyMeasurement(StrictModel):
