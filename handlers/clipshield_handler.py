@@ -80,7 +80,7 @@ class ClipshieldHandler(BaseHandler):
         for i, result in zip(predict, self.service.predict(requests) if requests else []):
             results[i] = result
         out = []
-        for idx, result in enumerate(results):
+        for idx in range(len(data)):
             context.set_response_content_type(idx, "application/json")
             if describe[idx]:
                 out.append(json.dumps(self.service.describe()))

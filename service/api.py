@@ -98,16 +98,16 @@ class PredictResponse(StrictModel):
     """Response body. `predictions` sorted by softmax score, highest first.
 
     `anchor_score`: cosine of the image embedding with the blank anchor (before purification).
-    `embedding_shift`: L2 distance between the unit-norm embedding before and after purification
-    (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`: flipped, shift
-    above the configured threshold, or anchor score below the model card's calibrated threshold (a
-    hint that the input may be adversarial, docs/security.md).
+    `prediction_shift`: total-variation distance between the class probabilities without and with
+    purification (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`:
+    flipped, or anchor score below the model card's calibrated threshold (a hint that the input may
+    be adversarial, docs/security.md).
     """
 
     predictions: list[Prediction]
     purified: bool
     anchor_score: float
-    embedding_shift: float
+    prediction_shift: float
     flipped: bool
     flagged: bool
     model: ModelInfo

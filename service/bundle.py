@@ -14,10 +14,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Literal, Optional
 
 from pydantic import Field
 
+# The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here.
+from .card import (  # noqa: F401
+    CLEAN, AccuracyEntry, FlagCalibration, FlagRate, ModelCard, ParityReport, PurifyDefaults, PurifyMeasurement,
+    PurifySweep, attack_label, read_card_file, write_card_file,
+)
 from .config import StrictModel
 from .errors import ModelLoadError
 
@@ -39,88 +43,6 @@ class LabelSet(StrictModel):
 
     classnames: tuple[str, ...] = Field(min_length=1)
     templates: tuple[str, ...] = Field(min_length=1)
-
-
-class PurifyDefaults(StrictModel):
-    """Model-default CLIPure-Cos settings (per-sample steps; see `service.purify_np`)."""
-
-    enabled: bool = True
-    steps: int = Field(default=1, ge=0, le=1000)
-    step_size: float = Field(default=0.1, ge=0.0)
-    chosen_by: str = (
-        "mini-world measurement (clipshield export --measure-purify 256): no candidate beat the un-purified "
-        "robust accuracy under straight-through PGD-10 at 4/255 by 5 points, so the mildest setting is the default"
-    )
-
-
-class PurifyMeasurement(StrictModel):
-    """One measured purification candidate: clean and straight-through (BPDA) PGD robust accuracy."""
-
-    steps: int
-    step_size: float
-    clean: float
-    robust_bpda: float
-
-
-class ParityReport(StrictModel):
-    """Max abs difference of ONNX Runtime vs PyTorch embeddings per checked input."""
-
-    image_batch_1: float
-    image_batch_8: float
-    text: float
-    tolerance: float
-    opset: int
-
-
-class AccuracyEntry(StrictModel):
-    """One measured accuracy (fraction in [0, 1]) for the model card and its metrics gauges."""
-
-    dataset: str
-    attack: str
-    purified: bool
-    value: float = Field(ge=0.0, le=1.0)
-    n: int = Field(ge=0)
-
-
-class FlagRate(StrictModel):
-    """Measured flag rate and AUROC (score vs clean images) for one input kind on held-out images."""
-
-    attack: str
-    flag_rate: float = Field(ge=0.0, le=1.0)
-    auroc: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    n: int = Field(ge=0)
-
-
-class FlagCalibration(StrictModel):
-    """Calibrated adversarial-input flag: `flagged` when `anchor_score < anchor_below`.
-
-    `anchor_below` is the `target_fpr` quantile of the anchor cosine of clean calibration images;
-    `rates` are measured on held-out images (clean first: its flag_rate is the false-positive rate).
-    """
-
-    score: Literal["anchor_score"] = "anchor_score"
-    anchor_below: float = Field(ge=-1.0, le=1.0)
-    target_fpr: float = Field(gt=0.0, lt=1.0)
-    dataset: str
-    n_calibration: int = Field(ge=1)
-    rates: tuple[FlagRate, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-class ModelCard(StrictModel):
-    name: str
-    version: str
-    description: str = ""
-    embed_dim: int
-    image_size: int
-    logit_scale: float
-    purify: PurifyDefaults = PurifyDefaults()
-    parity: Optional[ParityReport] = None
-    accuracy: tuple[AccuracyEntry, ...] = ()
-    purify_sweep: tuple[PurifyMeasurement, ...] = ()
-    flag: Optional[FlagCalibration] = None
-    notes: tuple[str, ...] = ()
-    source: Literal["export"] = "export"
 
 
 def sha256_file(path: Path) -> str:
@@ -183,10 +105,10 @@ def check_vocab(folder: Path) -> None:
 
 
 def read_card(folder: Path) -> ModelCard:
-    return ModelCard.model_validate_json((folder / MODEL_CARD).read_text())
+    """The bundle's model card (`service.card.ModelCard`)."""
+    return read_card_file(folder / MODEL_CARD)
 
 
 def write_card(folder: Path, card: ModelCard) -> Path:
-    path = folder / MODEL_CARD
-    path.write_text(card.model_dump_json(indent=2) + "\n")
-    return path
+    """Write the bundle's model card."""
+    return write_card_file(folder / MODEL_CARD, card)

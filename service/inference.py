@@ -24,6 +24,7 @@ from . import bundle as B
 from . import purify_np
 from .api import ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
 from .bundle_info import read_bundle_info
+from .card import gauge_samples
 from .config import ModelRecord
 from .errors import BadInput, ClipshieldError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
 from .metrics import MetricsSink, NullSink
@@ -124,9 +125,8 @@ class ClipshieldService:
         self.info = ModelInfo(name=self.card.name, version=self.card.version)
         # Calibrated adversarial-input flag (model card, training/export/flag_calibration.py); -inf: off.
         self.anchor_below = self.card.flag.anchor_below if self.card.flag else float("-inf")
-        for entry in self.card.accuracy:
-            labels = {"dataset": entry.dataset, "attack": entry.attack, "purified": str(entry.purified).lower()}
-            metrics.set_gauge("clipshield_model_accuracy", entry.value, labels)
+        for value, labels in gauge_samples(self.card):
+            metrics.set_gauge("clipshield_model_accuracy", value, labels)
         metrics.set_gauge("clipshield_runtime_info", 1.0, self.runtime_labels())
         log.info("loaded %s %s from %s (%d default labels; bundle format %d, exported by clipshield %s; on %s)",
                  self.info.name, self.info.version, folder, len(self.labels.classnames), self.bundle_info.format_version,
@@ -145,7 +145,7 @@ class ClipshieldService:
         """What is served: model card, bundle versions, execution providers, server version (JSON-able)."""
         runtime = self.config.runtime
         return {
-            "model": self.card.model_dump(mode="json"),
+            "model": self.card.model_dump(mode="json", exclude_none=True),  # sections never measured are left out
             "bundle": self.bundle_info.model_dump(mode="json"),
             "runtime": {
                 "image_encoder_provider": self.image_encoder.provider,
@@ -210,23 +210,24 @@ class ClipshieldService:
             start = time.perf_counter()
             p = purify_np.purify(e, self.anchor, defaults.steps, defaults.step_size)
             final = purify_np.logits(p, head, self.card.logit_scale)
-            shift = float(np.linalg.norm(p - e))
             self.metrics.observe("clipshield_purify_seconds", time.perf_counter() - start)
-            self.metrics.observe("clipshield_embedding_shift", shift)
+            shift = purify_np.prediction_shift(purify_np.softmax(base)[0], purify_np.softmax(final)[0])
+            self.metrics.observe("clipshield_prediction_shift", shift)
+        probs = purify_np.softmax(final)[0]
         flipped = bool(np.argmax(base[0]) != np.argmax(final[0]))
-        flagged = flipped or shift > self.config.flag_shift or anchor_score < self.anchor_below
+        # Only informative signals: a purification flip, or the anchor score below the card's calibrated threshold.
+        flagged = flipped or anchor_score < self.anchor_below
         if flipped:
             self.metrics.increment("clipshield_flipped_total")
         if flagged:
             self.metrics.increment("clipshield_flagged_total")
-        probs = purify_np.softmax(final)[0]
         k = min(opts.top_k or self.config.requests.default_top_k, len(classnames))
         order = np.argsort(-probs, kind="stable")[:k]
         return PredictResponse(
             predictions=[Prediction(label=classnames[i], score=float(probs[i])) for i in order],
             purified=purified,
             anchor_score=anchor_score,
-            embedding_shift=shift,
+            prediction_shift=shift,
             flipped=flipped,
             flagged=flagged,
             model=self.info,

@@ -18,11 +18,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_purify_seconds": ("histogram", "CLIPure-Cos purification latency per request", ()),
     "clipshield_head_seconds": ("histogram", "Zero-shot head latency per request (label encoding included)", ()),
     "clipshield_requests_total": ("counter", "Requests by outcome (ok, bad_input, too_large, unsupported_media, error)", ("outcome",)),
-    "clipshield_embedding_shift": ("histogram", "L2 shift of the unit-norm embedding by purification", ()),
+    "clipshield_prediction_shift": ("histogram", "Total-variation distance of class probabilities moved by purification", ()),
     "clipshield_anchor_score": ("histogram", "Cosine of the image embedding with the blank anchor", ()),
     "clipshield_flipped_total": ("counter", "Requests whose top-1 purification changed", ()),
     "clipshield_flagged_total": ("counter", "Requests flagged as possibly adversarial", ()),
-    "clipshield_model_accuracy": ("gauge", "Model-card accuracy per data set and attack", ("dataset", "attack", "purified")),
+    "clipshield_model_accuracy": ("gauge", "Model-card accuracy per data set and attack (service.card.attack_label)", ("dataset", "attack", "purified")),
     "clipshield_runtime_info": ("gauge", "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
                                 "bundle format and the clipshield version that exported it", ("provider", "onnxruntime", "bundle_format", "built_by")),
 }

@@ -4,7 +4,9 @@ Same algebra as `service.purify.purify_embeddings(mode="per_sample")` (spec sect
 step normalised per sample, not over the batch), written with the analytic gradient of the cosine
 so serving needs no autograd. Every operation is row-wise, so a request's result never depends on
 which other requests share its batch: sample b moves by `step_size` times its own unit tangent
-direction towards the anchor, then is renormalised (a rotation by arctan(step_size) per step).
+direction towards the anchor, then is renormalised (a rotation by arctan(step_size) per step, so
+the L2 distance it moves a unit-norm embedding is the same for every input; `prediction_shift`
+measures what purification did to the answer instead).
 """
 from __future__ import annotations
 
@@ -57,6 +59,16 @@ def logits(embeddings: np.ndarray, head: np.ndarray, scale: float) -> np.ndarray
     """
     e = normalize(np.asarray(embeddings, dtype=np.float32))
     return np.stack([np.float32(scale) * (head @ row) for row in e]).astype(np.float32)
+
+
+def prediction_shift(before: np.ndarray, after: np.ndarray) -> float:
+    """Total-variation distance (in [0, 1]) between two class-probability vectors [C].
+
+    How much probability mass purification moved between labels: it depends on where the input
+    sits relative to the class embeddings, unlike the L2 shift of the embedding itself, which is the
+    same rotation for every input under per-sample purification.
+    """
+    return float(0.5 * np.abs(np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)).sum())
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

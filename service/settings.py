@@ -63,16 +63,14 @@ class RequestLimits(StrictModel):
 class ServingConfig(StrictModel):
     """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
 
-    `flag_shift`: a request is `flagged` when purification flips its top-1, moves its embedding
-    by more than this L2 distance (unit-norm embeddings, range [0, 2]), or its anchor score is
-    below the threshold calibrated in the model card (`service.bundle.FlagCalibration`).
+    `flagged` needs no setting here: it uses the threshold calibrated in the model card
+    (`service.card.FlagCalibration`) and purification flips.
     """
 
     decode: DecodeLimits = DecodeLimits()
     runtime: RuntimeConfig = RuntimeConfig()
     requests: RequestLimits = RequestLimits()
     label_cache_size: int = Field(default=64, ge=1)
-    flag_shift: float = Field(default=0.5, ge=0.0)
     verify_checksums: bool = True
 
 

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError, model_validator
 
+from service.card import write_card_file
 from service.checkpoint import save_checkpoint
 from service.config import StrictModel
 from service.errors import ConfigError
 from service.models import load_model
 from service.pixel_model import PixelCLIP
 from service.preprocess import Preset
+from service.provenance import weights_digest
 from service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
@@ -229,7 +231,7 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     batch = cfg.batch_size or method.batch_size
     cfg = cfg.resolved(-(-len(data) // batch))
     template = cfg.template or _single_template(data.templates)
-    base_record = target.record
+    base_record, base_digest = target.record, weights_digest(target.visual)
     reference = FrozenReference(frozen, len(data), cfg.frozen_cache_mb) if frozen is not None else None
     heads = build_heads(target, list(data.classnames), template, method, cfg.negative_template)
     params = method.params(**cfg.method_params)
@@ -273,10 +275,11 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     if reference is not None:
         log.info("frozen model: %d clean outputs computed, %d read back", reference.computed, reference.hits)
     save_train_state(state_dir, target.visual, opt, cfg.steps, meta, reference)
-    card = model_card(cfg, target, base_record, data, template, evaluate_model(cfg, target), time.perf_counter() - t_start)
-    record = base_record.model_copy(update={"name": f"{base_record.name}+{cfg.method}", "description": f"{cfg.method} fine-tuned from {cfg.model}"})
-    save_checkpoint(cfg.output / "final", record, target.clip.state_dict(), extra={RUN_CONFIG: meta, MODEL_CARD: card})
-    return target, card
+    card = model_card(cfg, target, base_record, base_digest, data, template, evaluate_model(cfg, target), time.perf_counter() - t_start)
+    record = base_record.model_copy(update={"name": card.name, "description": card.description})
+    save_checkpoint(cfg.output / "final", record, target.clip.state_dict(), extra={RUN_CONFIG: meta})
+    write_card_file(cfg.output / "final" / MODEL_CARD, card)
+    return target, card.model_dump(mode="json")
 
 
 RESUME_KEYS = ("method", "model", "pretrained", "weights", "data", "data_limit", "image_size", "preprocess", "batch_size",

@@ -1,14 +1,22 @@
-"""The fine-tuned model's card: hyper-parameters, base model, data, attacks and zero-shot results.
+"""The fine-tuned model's card (`service.card.ModelCard`, source "finetune") and its evaluation.
 
-Written next to the final checkpoint by `training.finetune`, carried along by export and serving.
+Written next to the final checkpoint by `training.finetune`; `clipshield export --model <final>`
+carries it into the serving bundle, so what was measured here is what the server reports.
 """
 from __future__ import annotations
 
-import datetime as dt
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
+from pydantic import ValidationError
+
+from service.card import (
+    CLEAN, SCHEMA_VERSION, AccuracyEntry, AttackSpec, BaseModelInfo, ModelCard, TrainingData, TrainingInfo, attack_label,
+    current_provenance, read_card_file,
+)
+from service.config import ModelRecord, PreprocessConfig
+from service.errors import ConfigError
 from service.pixel_model import PixelCLIP
-from service.provenance import git_commit as code_version
 from service.provenance import weights_digest
 
 from .methods import get_method
@@ -17,11 +25,25 @@ if TYPE_CHECKING:
     from .finetune import FinetuneConfig
 
 MODEL_CARD = "model_card.json"
+# Keys of the resolved FinetuneConfig that are not hyper-parameters, or are recorded as measured values.
+_NOT_HYPERPARAMETERS = ("output", "resume", "threads", "workers", "image_size", "epochs", "steps", "batch_size")
 
-def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> dict[str, dict[str, float]]:
+
+def preprocessing(pre: PreprocessConfig) -> str:
+    """How images reach the encoder, in words (for accuracy entries): the one preprocessing definition."""
+    return f"[0,1] pixels: {pre.describe()}; normalised inside the model (mean {pre.mean}, std {pre.std})"
+
+
+def eval_attack(cfg: "FinetuneConfig") -> AttackSpec:
+    """The evaluation attack of the card: PGD through `training.eval.runner` (alpha eps/4, one restart)."""
+    eps = cfg.eval_eps or 0.0
+    return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=cfg.eval_steps, label=attack_label("pgd", eps, cfg.eval_steps))
+
+
+def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntry]:
     """Clean and PGD accuracy on `cfg.eval_datasets` through the evaluation harness (`training.eval.runner`)."""
     if not cfg.eval_datasets:
-        return {}
+        return []
     from .eval.runner import EvalConfig, Evaluator
 
     ecfg = EvalConfig(
@@ -29,27 +51,78 @@ def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> dict[str, dict[st
         eps=cfg.eval_eps, steps=cfg.eval_steps, seed=cfg.seed, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
         data_root=cfg.data_root, image_size=cfg.image_size, device=cfg.device, out_dir=cfg.output / "eval",
     )
-    return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(model, ecfg).run()}
+    pre, robust = preprocessing(model.record.preprocess), eval_attack(cfg).label
+    out = []
+    for r in Evaluator(model, ecfg).run():
+        out.append(AccuracyEntry(dataset=r.key.dataset, attack=CLEAN, purified=False, value=r.clean, n=r.n, preprocessing=pre))
+        if r.robust is not None and robust != CLEAN:  # eps or steps 0: the "attack" is the clean number again
+            out.append(AccuracyEntry(dataset=r.key.dataset, attack=robust, purified=False, value=r.robust, n=r.n, preprocessing=pre))
+    return out
+
+
+def training_info(cfg: "FinetuneConfig", data: Any, template: str, seconds: float) -> TrainingInfo:
+    """What ran: method, resolved hyper-parameters, the training images' size, steps and epochs taken."""
+    method = get_method(cfg.method)
+    image = data[0][0]
+    # unset (None) values are left out: JSON nulls do not survive TorchServe's describe answer
+    hyper = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_HYPERPARAMETERS and v is not None}
+    attack = AttackSpec(kind=method.attack, eps=cfg.eps, alpha=cfg.attack_alpha, steps=cfg.attack_steps,
+                        label=attack_label(method.attack, cfg.eps, cfg.attack_steps))
+    return TrainingInfo(
+        method=cfg.method, method_description=method.description, image_size=int(image.shape[-1]), steps=cfg.steps,
+        epochs=round(cfg.steps * cfg.batch_size / max(len(data), 1), 4), batch_size=cfg.batch_size, hyperparameters=hyper,
+        data=TrainingData(name=cfg.data, images=len(data), classes=len(data.classnames), template=template,
+                          preprocess_preset=data.protocol.get("preprocess"), preprocess=data.preprocess.model_dump(mode="json")),
+        training_attack=attack, eval_attack=eval_attack(cfg) if cfg.eval_datasets else None, train_seconds=round(seconds, 2),
+    )
+
+
+def embed_dim(model: PixelCLIP) -> int:
+    """Width of the joint embedding (one text forward; works for every open_clip tower kind)."""
+    import torch
+
+    with torch.no_grad():
+        return int(model.encode_text(model.tokenize([""]).to(next(model.parameters()).device)).shape[-1])
+
 
 def model_card(
-    cfg: "FinetuneConfig", model: PixelCLIP, base_record: Any, data: Any, template: str, results: dict, seconds: float
-) -> dict[str, Any]:
-    """The JSON model card that export and serving carry along."""
-    return {
-        "schema_version": 1,
-        "method": cfg.method,
-        "method_description": get_method(cfg.method).description,
-        "hyperparameters": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("output", "resume", "threads", "workers")},
-        "base_model": {"model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights, "record": base_record.name},
-        "data": {"name": cfg.data, "images": len(data), "classes": len(data.classnames), "template": template},
-        "data_preprocess": {"preset": data.protocol["preprocess"], "description": data.preprocess.describe(),
-                            "config": data.preprocess.model_dump(mode="json")},
-        "training_attack": {"kind": get_method(cfg.method).attack, "eps": cfg.eps, "alpha": cfg.attack_alpha, "steps": cfg.attack_steps},
-        "eval_attack": {"name": "pgd", "eps": cfg.eval_eps, "steps": cfg.eval_steps, "alpha": "eps/4", "restarts": 1, "limit": cfg.eval_limit},
-        "results": results,
-        "weights_digest": weights_digest(model.visual),
-        "train_seconds": round(seconds, 2),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-    }
+    cfg: "FinetuneConfig", model: PixelCLIP, base_record: ModelRecord, base_digest: str, data: Any, template: str,
+    results: list[AccuracyEntry], seconds: float,
+) -> ModelCard:
+    """The card of a fine-tuned model (`cfg` resolved; `base_digest`: image tower digest before training)."""
+    return ModelCard(
+        source="finetune", name=f"{base_record.name}+{cfg.method}", description=f"{cfg.method} fine-tuned from {cfg.model}",
+        embed_dim=embed_dim(model), image_size=model.image_size, logit_scale=model.logit_scale,
+        weights_digest=weights_digest(model.visual),
+        base_model=BaseModelInfo(model=cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, record=base_record.name,
+                                 weights_digest=base_digest),
+        training=training_info(cfg, data, template, seconds), accuracy=tuple(results), provenance=current_provenance(),
+    )
 
+
+def read_finetune_card(folder: Path) -> Optional[ModelCard]:
+    """The card next to a fine-tuned checkpoint folder, or None when there is none.
+
+    ConfigError for a card this version cannot read (e.g. one written before the typed card).
+    """
+    path = Path(folder) / MODEL_CARD
+    if not path.is_file():
+        return None
+    try:
+        return read_card_file(path)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a schema-{SCHEMA_VERSION} model card ({exc.error_count()} problems; written by an "
+                          "older clipshield?): re-run `clipshield finetune`, or move the file aside to export without it") from None
+
+
+def results_by_dataset(card: ModelCard) -> dict[str, dict[str, Any]]:
+    """{data set: {clean, robust, n}} of the card's un-purified accuracies (robust: the first attack, or None)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in card.accuracy:
+        if e.purified:
+            continue
+        row = out.setdefault(e.dataset, {"clean": None, "robust": None, "n": e.n})
+        key = "clean" if e.attack == CLEAN else "robust"
+        if row[key] is None:
+            row[key] = e.value
+    return out

@@ -44,7 +44,11 @@ def server(miniworld_model, tmp_path_factory):
     from service.bundle import AccuracyEntry
 
     card_acc = [AccuracyEntry(dataset="miniworld/plain/color_shape/seen", attack="none", purified=False, value=0.75, n=8)]
-    bundle = export_model(miniworld_model, root / "export", version="0.9", accuracy=card_acc)
+    from service.card import PurifyDefaults
+    from training.export.exporter import ExportMeasurements
+
+    measured = ExportMeasurements(accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"))
+    bundle = export_model(miniworld_model, root / "export", version="0.9", measured=measured)
     store = root / "model_store"
     build_archive(bundle, store, batching=BatchingConfig(min_workers=1, max_workers=1, max_batch_delay_ms=50))
     handle = start_server(store, _serve_config())
@@ -74,11 +78,11 @@ def test_raw_png_contract(server, pngs):
     r = requests.post(_url(server), data=images[0], headers={"Content-Type": "image/png", **_auth(server)}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"predictions", "purified", "anchor_score", "embedding_shift", "flipped", "flagged", "model"}
+    assert set(body) == {"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model"}
     assert body["model"]["version"] == "0.9" and body["model"]["name"]
     scores = [p["score"] for p in body["predictions"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
-    assert body["purified"] is True and body["embedding_shift"] > 0
+    assert body["purified"] is True and 0 < body["prediction_shift"] <= 1
     assert isinstance(body["flipped"], bool) and isinstance(body["flagged"], bool) and -1 <= body["anchor_score"] <= 1
 
 
@@ -90,7 +94,7 @@ def test_multipart_with_labels(server, pngs):
     r = requests.post(_url(server), files=files, data=data, headers=_auth(server), timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["purified"] is False and body["embedding_shift"] == 0.0
+    assert body["purified"] is False and body["prediction_shift"] == 0.0
     assert len(body["predictions"]) == 2 and {p["label"] for p in body["predictions"]} <= set(labels)
 
 
@@ -121,7 +125,7 @@ def test_metrics_endpoint_has_clipshield_metrics(server, pngs):
     lines = [line for line in text.splitlines() if line.startswith("clipshield_")]
     names = {line.split("{")[0] for line in lines}
     for expected in ("clipshield_requests_total", "clipshield_decode_seconds_count", "clipshield_encode_seconds_count",
-                     "clipshield_purify_seconds_count", "clipshield_head_seconds_count", "clipshield_embedding_shift_count",
+                     "clipshield_purify_seconds_count", "clipshield_head_seconds_count", "clipshield_prediction_shift_count",
                      "clipshield_anchor_score_count"):
         assert expected in names, sorted(names)
     assert any('outcome="ok"' in line for line in lines if line.startswith("clipshield_requests_total"))
@@ -155,3 +159,14 @@ def test_serving_demo_end_to_end(miniworld_model, tmp_path):
     assert any(line.startswith("clipshield_requests_total") and line.endswith(" 8.0") for line in result["metrics"])
     assert lines[-1].strip() == "TorchServe stopped (--once)."
     assert not (tmp_path / "store" / ".server" / "server.json").exists()
+
+
+def test_describe_answers_the_model_card(server):
+    """`GET /models/clipshield?customized=true` (management API) returns the served card, accuracies included."""
+    r = requests.get(server.config.management_address + "/models/clipshield?customized=true",
+                     headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    card = r.json()[0]["customizedMetadata"]  # TorchServe embeds the handler's JSON answer as an object
+    assert card["source"] == "export" and card["version"] == "0.9" and card["purify"]["chosen_by"] == "test: on by default"
+    assert [(a["dataset"], a["attack"], a["value"]) for a in card["accuracy"]] == [("miniworld/plain/color_shape/seen", "none", 0.75)]
+    assert not {"purify_sweep", "flag", "training"} & set(card) and card["provenance"]["git_commit"]  # unmeasured: absent

@@ -118,8 +118,40 @@ def test_purify_default_choice_rule():
     assert (gained.chosen.steps, gained.chosen.step_size, gained.chosen.enabled) == (1, 0.1, True)
     assert not gained.notes  # the 0.60 row loses too much clean accuracy to be eligible
     assert {(a.attack, a.purified) for a in gained.accuracy} >= {("none", False), ("bpda-pgd10-linf-4/255", True)}
+    assert gained.sweep.gain and [r.eligible for r in gained.sweep.rows] == [True, False]
+
+
+def test_purify_no_gain_turns_purification_off_and_never_picks_the_overshoot():
+    from training.export.purify_calibration import SweepConfig, SweepRow, _choose, overshoots
+
+    cfg = SweepConfig()
+    rows = [SweepRow(steps=10, step_size=30.0, clean=0.96, robust_bpda=0.29),  # ~881 degrees: a near no-op
+            SweepRow(steps=2, step_size=0.2, clean=0.95, robust_bpda=0.31), SweepRow(steps=1, step_size=0.2, clean=0.95, robust_bpda=0.30),
+            SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60)]
     flat = _choose(cfg, 0.96, 0.29, rows, 256)
-    assert flat.notes and "buys no robustness" in flat.notes[0]
+    assert overshoots(10, 30.0) and not overshoots(2, 0.5)
+    assert flat.chosen.enabled is False and (flat.chosen.steps, flat.chosen.step_size) == (1, 0.2)  # cheapest eligible
+    assert "no robustness gain" in flat.chosen.chosen_by and "buys no robustness" in flat.notes[0]
+    assert [r.eligible for r in flat.sweep.rows] == [False, True, True, False] and not flat.sweep.gain
+    assert {(a.attack, a.purified) for a in flat.accuracy} == {("none", False), ("pgd10-linf-4/255", False)}
+    only_overshoot = _choose(cfg, 0.96, 0.10, rows[:1], 256)  # even a "gain" by the overshoot is not eligible
+    assert only_overshoot.chosen.enabled is False and only_overshoot.chosen.steps == 0
+
+
+def test_unmeasured_card_claims_no_measurement(exported):
+    card = B.read_card(exported)
+    assert card.purify.enabled is False and card.purify.chosen_by.startswith("not measured")
+    assert card.purify_sweep is None and card.flag is None and card.training is None and card.accuracy == ()
+    assert card.source == "export" and card.provenance.git_commit and card.weights_digest
+
+
+def test_attack_labels_are_one_spelling():
+    from service.card import CLEAN, attack_label
+
+    assert attack_label("pgd", 4 / 255, 10) == "pgd10-linf-4/255"
+    assert attack_label("pgd", 4 / 255, 10, via="bpda") == "bpda-pgd10-linf-4/255"
+    assert attack_label("pgd", 0.5 / 255, 100) == "pgd100-linf-0.5/255"
+    assert attack_label("pgd", 0.0, 10) == attack_label("pgd", 4 / 255, 0) == CLEAN == "none"
 
 
 def test_bundle_with_other_tokenizer_vocab_refused(exported, tmp_path):

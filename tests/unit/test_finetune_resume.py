@@ -72,11 +72,18 @@ def test_model_card_and_run_config(random_model_dir, tmp_path):
     _, card = finetune(cfg)
     on_disk = json.loads((tmp_path / "final" / "model_card.json").read_text())
     assert on_disk == card
-    assert card["method"] == "fare" and card["hyperparameters"]["lr"] == 1e-5
-    assert card["training_attack"]["steps"] == 10 and card["training_attack"]["alpha"] == pytest.approx(1 / 255)
-    assert set(card["results"]) == {"miniworld/plain/color_shape/seen"}
-    assert 0 <= card["results"]["miniworld/plain/color_shape/seen"]["clean"] <= 1
-    assert card["code_version"] and card["date"]
+    training = card["training"]
+    assert training["method"] == "fare" and training["hyperparameters"]["lr"] == 1e-5
+    assert training["training_attack"]["steps"] == 10 and training["training_attack"]["alpha"] == pytest.approx(1 / 255)
+    # the values that ran: 2 steps of batch 8 over 24 images at the mini world's 32 px, not the config's 224 px / 10 epochs
+    assert (training["steps"], training["batch_size"], training["image_size"]) == (2, 8, 32)
+    assert training["epochs"] == pytest.approx(2 * 8 / 24, abs=1e-4)
+    assert "epochs" not in training["hyperparameters"] and "image_size" not in training["hyperparameters"]
+    assert {(a["dataset"], a["attack"]) for a in card["accuracy"]} == {
+        ("miniworld/plain/color_shape/seen", "none"), ("miniworld/plain/color_shape/seen", "pgd1-linf-4/255")}
+    assert all(0 <= a["value"] <= 1 and a["n"] == 16 for a in card["accuracy"])
+    assert card["provenance"]["git_commit"] and card["provenance"]["clipshield_version"] and card["provenance"]["date"]
+    assert card["base_model"]["weights_digest"] != card["weights_digest"]  # fine-tuning changed the image tower
     run_cfg = json.loads((tmp_path / "final" / "run_config.json").read_text())
     assert run_cfg["steps"] == 2 and run_cfg["method"] == "fare"
 

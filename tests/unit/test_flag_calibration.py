@@ -37,7 +37,9 @@ def flagged_service(miniworld_model, tmp_path_factory):
 
     cfg = FlagCalibrationConfig(n_calibration=128, n_eval=48, attacks=((16, 10),), extra_clean=())
     flag = calibrate_flag(miniworld_model, cfg)
-    folder = export_model(miniworld_model, tmp_path_factory.mktemp("flag") / "export", flag=flag)
+    from training.export.exporter import ExportMeasurements
+
+    folder = export_model(miniworld_model, tmp_path_factory.mktemp("flag") / "export", measured=ExportMeasurements(flag=flag))
     return ClipshieldService.from_folder(folder), cfg
 
 

@@ -174,10 +174,10 @@ def test_dashboard_covers_stages_outcomes_signals_and_pods():
 
 
 def test_generation_follows_service_metrics(monkeypatch):
-    monkeypatch.delitem(service_metrics.METRICS, "clipshield_embedding_shift", raising=False)
+    monkeypatch.delitem(service_metrics.METRICS, "clipshield_prediction_shift", raising=False)
     monkeypatch.setitem(service_metrics.METRICS, "clipshield_extra_seconds", ("histogram", "A new stage", ()))
     text = dashboard.dashboard_json() + generate.to_yaml(rules.rule_groups())
-    assert "clipshield_embedding_shift" not in text
+    assert "clipshield_prediction_shift" not in text
     assert "clipshield_extra_seconds_bucket" in text and "clipshield:extra_seconds:p99_rate5m" in text
     monkeypatch.delitem(service_metrics.METRICS, "clipshield_flagged_total")
     with pytest.raises(rules.MonitoringConfigError, match="clipshield_flagged_total"):

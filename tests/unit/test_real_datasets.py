@@ -370,7 +370,9 @@ def test_finetune_on_a_folder(tmp_path):
     _, card = finetune(FinetuneConfig(method="tecoa", model=str(tmp_path / "model"), data="folder/shapes",
                                       data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
                                       steps=2, warmup=1, output=tmp_path / "run", threads=1))
-    assert card["data"] == {"name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
+    data = card["training"]["data"]
+    assert {k: data[k] for k in ("name", "images", "classes", "template")} == {
+        "name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
     # the folder's JPEGs went through the model's own record preprocessing (the `model` preset), recorded in the card
-    assert card["data_preprocess"]["preset"] == "model"
-    assert card["data_preprocess"]["config"] == record.preprocess.model_dump(mode="json")
+    assert data["preprocess_preset"] == "model"
+    assert data["preprocess"] == record.preprocess.model_dump(mode="json")

@@ -72,7 +72,7 @@ def test_handler_per_item_status_and_metrics(archive_dir):
     assert ctx.status == {1: (415, "Unsupported Media Type")}
     assert json.loads(out[1]) == {"code": 415, "type": "UnsupportedMediaType", "message": "image format not accepted; send one of PNG, JPEG"}
     first, third = json.loads(out[0]), json.loads(out[2])
-    assert len(first["predictions"]) == 5 and first["purified"] is True
+    assert len(first["predictions"]) == 5 and first["purified"] is False  # unmeasured card: purification off by default
     assert len(third["predictions"]) == 2 and third["purified"] is False
     assert set(ctx.content_types.values()) == {"application/json"}
     outcomes = [dims[-1] for _v, dims in ctx.metrics.metrics["clipshield_requests_total"].values]

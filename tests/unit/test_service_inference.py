@@ -39,7 +39,11 @@ def test_numpy_purify_and_head_are_batch_independent():
 def service(miniworld_model, tmp_path_factory):
     from training.export import export_model
 
-    folder = export_model(miniworld_model, tmp_path_factory.mktemp("bundle"))
+    from service.card import PurifyDefaults
+    from training.export.exporter import ExportMeasurements
+
+    on = ExportMeasurements(purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"))
+    folder = export_model(miniworld_model, tmp_path_factory.mktemp("bundle"), measured=on)
     return ClipshieldService.from_folder(folder, metrics=RecordingSink())
 
 
@@ -61,7 +65,7 @@ def test_batch_of_8_equals_one_at_a_time(service, pngs):
         assert [p.label for p in b.predictions] == [p.label for p in s.predictions]
         assert b.flipped == s.flipped and b.flagged == s.flagged
         np.testing.assert_allclose([p.score for p in b.predictions], [p.score for p in s.predictions], atol=1e-6)
-        assert b.embedding_shift == pytest.approx(s.embedding_shift, abs=1e-6)
+        assert b.prediction_shift == pytest.approx(s.prediction_shift, abs=1e-6)
 
 
 def test_bad_item_does_not_fail_batch_mates(service, pngs):
@@ -86,7 +90,7 @@ def test_purify_off_and_custom_labels(service, miniworld_model, pngs):
 
     labels = ["red circle", "blue square", "green star"]
     res = service.predict([RawRequest({"image": pngs[0], "labels": labels, "purify": b"false", "top_k": b"10"})])[0]
-    assert not res.purified and res.embedding_shift == 0.0 and not res.flipped
+    assert not res.purified and res.prediction_shift == 0.0 and not res.flipped
     assert sorted(p.label for p in res.predictions) == sorted(labels)
     scores = [p.score for p in res.predictions]
     assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-5)

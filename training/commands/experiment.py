@@ -64,14 +64,13 @@ def experiment_config(args: argparse.Namespace, method: str, seed: int):
 
 def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
     """Results {data set: {clean, robust, n}} of one fine-tuning run (read back when already finished)."""
+    from service.card import ModelCard
     from training.finetune import finetune
-    from training.model_card import MODEL_CARD
+    from training.model_card import read_finetune_card, results_by_dataset
 
     cfg = experiment_config(args, method, seed)
-    card_path = cfg.output / "final" / MODEL_CARD
-    if card_path.is_file():
-        return json.loads(card_path.read_text())["results"]
-    return finetune(cfg)[1]["results"]
+    card = read_finetune_card(cfg.output / "final")
+    return results_by_dataset(card or ModelCard.model_validate(finetune(cfg)[1]))
 
 
 def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:

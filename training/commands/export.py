@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from service.bundle import read_card
+
 from .common import add_model_args, model_from_args
 
 
@@ -26,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     p.add_argument("--version", default="1.0", help="model version reported in responses (default: %(default)s)")
     p.add_argument("--measure-purify", type=int, default=0, metavar="N",
-                   help="choose the purification default by measurement on N mini-world images (0: use the "
-                   "defaults recorded in service.bundle.PurifyDefaults)")
-    p.add_argument("--no-purify", action="store_true", help="purification off by model default")
+                   help="choose the purification default by measurement on N mini-world images: on only if it "
+                   "beats no purification under a straight-through attack (0: not measured, off by default)")
+    p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
     p.add_argument("--calibrate-flag", type=int, default=0, metavar="N",
                    help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
                    "the rates and AUROC written to the model card); 0: flag only on a purification flip")
@@ -50,38 +52,59 @@ def load_labels(spec: str):
     return labels_from_dataset(spec)
 
 
-def run(args: argparse.Namespace) -> int:
-    from service.bundle import PurifyDefaults
-    from training.export import export_model
+def _measure_purify(model, n: int):
+    """Purification sweep on n mini-world images, printed; returns its SweepResult."""
     from training.export.purify_calibration import SweepConfig, sweep_purification
+
+    result = sweep_purification(model, SweepConfig(n=n))
+    sweep = result.sweep
+    print(f"no purification: clean {sweep.baseline_clean:.1%}, {sweep.attack} {sweep.baseline_robust:.1%}")
+    for row in sweep.rows:
+        mark = "" if row.eligible else "  (ineligible)"
+        print(f"  steps={row.steps:<3d} step_size={row.step_size:<6g} clean {row.clean:6.1%}  BPDA {row.robust_bpda:6.1%}{mark}")
+    for note in result.notes:
+        print("note:", note)
+    return result
+
+
+def _calibrate_flag(model, n: int, fpr: float):
+    """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
+    from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
+
+    flag = calibrate_flag(model, FlagCalibrationConfig(n_calibration=n, n_eval=n, target_fpr=fpr))
+    print(f"flag: anchor_score < {flag.anchor_below:.4f}")
+    for rate in flag.rates:
+        auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
+        where = f" ({rate.dataset})" if rate.dataset else ""
+        print(f"  {rate.attack + where:<48s} flagged {rate.flag_rate:6.1%}{auc}")
+    return flag
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.export import export_model
+    from training.export.exporter import ExportMeasurements
+    from training.model_card import read_finetune_card
 
     torch.set_num_threads(args.threads)
     model = model_from_args(args)
-    purify, accuracy, notes, sweep = PurifyDefaults(), (), (), ()
+    finetune_card = read_finetune_card(Path(args.model)) if Path(args.model).is_dir() else None
+    measured = ExportMeasurements()
     if args.measure_purify:
-        result = sweep_purification(model, SweepConfig(n=args.measure_purify))
-        print(f"no purification: clean {result.baseline_clean:.1%}, PGD {result.baseline_pgd:.1%}")
-        for row in result.rows:
-            print(f"  steps={row.steps:<3d} step_size={row.step_size:<6g} clean {row.clean:6.1%}  BPDA-PGD {row.robust_bpda:6.1%}")
-        purify, accuracy, notes, sweep = result.chosen, result.accuracy, result.notes, result.rows
-        for note in notes:
-            print("note:", note)
+        result = _measure_purify(model, args.measure_purify)
+        measured = ExportMeasurements(purify=result.chosen, purify_sweep=result.sweep, accuracy=result.accuracy, notes=result.notes)
     if args.no_purify:
-        purify = purify.model_copy(update={"enabled": False})
-    flag = None
+        measured = measured.model_copy(update={"purify": measured.purify.model_copy(
+            update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"})})
     if args.calibrate_flag:
-        from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
-
-        flag = calibrate_flag(model, FlagCalibrationConfig(n_calibration=args.calibrate_flag, n_eval=args.calibrate_flag,
-                                                           target_fpr=args.flag_fpr))
-        print(f"flag: anchor_score < {flag.anchor_below:.4f}")
-        for rate in flag.rates:
-            auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
-            print(f"  {rate.attack:<48s} flagged {rate.flag_rate:6.1%}{auc}")
-    out = export_model(model, args.out, labels=load_labels(args.labels), version=args.version,
-                       purify=purify, accuracy=accuracy, notes=notes, purify_sweep=sweep, flag=flag)
-    card = json.loads((out / "model_card.json").read_text())
-    print(f"exported {card['name']} {card['version']} to {out}")
-    print(f"ONNX parity (max abs diff): {json.dumps(card['parity'])}")
-    print(f"purification default: {json.dumps(card['purify'])}")
+        measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
+    out = export_model(model, args.out, labels=load_labels(args.labels), version=args.version, measured=measured,
+                       finetune_card=finetune_card)
+    card = read_card(out)
+    print(f"exported {card.name} {card.version} to {out}")
+    if card.training is not None:
+        t = card.training
+        print(f"fine-tuned: {t.method}, {t.steps} steps ({t.epochs:g} epochs) at {t.image_size} px; "
+              f"{len(card.accuracy)} accuracies carried from its card")
+    print(f"ONNX parity (max abs diff): {card.parity.model_dump_json() if card.parity else None}")
+    print(f"purification default: {card.purify.model_dump_json()}")
     return 0

@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     final = cfg.output / "final"
     print(f"checkpoint and model card: {final}")
-    for name, res in card["results"].items():
+    from service.card import ModelCard
+    from training.model_card import results_by_dataset
+
+    for name, res in results_by_dataset(ModelCard.model_validate(card)).items():
         print(f"  {name:48s} clean {100 * res['clean']:5.1f} %  robust {100 * (res['robust'] or 0):5.1f} %  (n={res['n']})")
     return 0

@@ -13,13 +13,13 @@ from typing import Optional
 
 import torch
 
-from service.bundle import AccuracyEntry, PurifyDefaults
+from service.bundle import AccuracyEntry, ModelCard, PurifyDefaults
 from service.pixel_model import PixelCLIP
 from service.preprocess import encode_png
 
 from .archive import build_archive
 from .client import ServingClient
-from .exporter import DEFAULT_LABEL_DATASET, export_model
+from .exporter import DEFAULT_LABEL_DATASET, ExportMeasurements, export_model
 from .torchserve import ServeConfig, start_server, stop_server
 
 METRIC_PREFIXES = ("clipshield_requests_total", "clipshield_flipped_total", "clipshield_flagged_total", "clipshield_model_accuracy")
@@ -47,6 +47,7 @@ def serving_demo(
     accuracy: tuple[AccuracyEntry, ...] = (),
     notes: tuple[str, ...] = (),
     version: str = "1.0",
+    finetune_card: Optional[ModelCard] = None,
 ) -> dict:
     """Run the whole serving path; returns {"answers": [...], "metrics": [...]} for callers and tests.
 
@@ -55,7 +56,8 @@ def serving_demo(
     """
     from training.data.registry import DatasetRequest, build_dataset
 
-    bundle = export_model(model, Path(work_dir) / "export", version=version, purify=purify, accuracy=accuracy, notes=notes)
+    measured = ExportMeasurements(purify=purify or PurifyDefaults(), accuracy=accuracy, notes=notes)
+    bundle = export_model(model, Path(work_dir) / "export", version=version, measured=measured, finetune_card=finetune_card)
     archive = build_archive(bundle, model_store)
     out(f"exported {bundle} and archived {archive}; starting TorchServe ...")
     handle = start_server(model_store, serve or ServeConfig())

@@ -3,7 +3,7 @@
 Bundle layout and loading live in `service.bundle`; this module produces it: both ONNX encoders,
 the model record, the default label set with its precomputed zero-shot head, the CLIPure anchor
 (blank-template embedding), the tokenizer's BPE vocabulary, the model card (with ONNX parity
-numbers and any measured accuracy) and the sha256 manifest.
+numbers, the fine-tune card's provenance and results, and what export measured) and the sha256 manifest.
 """
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ import torch
 
 from service import bundle as B
 from service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
+from service.card import ModelCard, accuracy_key, current_provenance
+from service.config import StrictModel
 from service.pixel_model import PixelCLIP
+from service.provenance import weights_digest
 from service.purify import blank_anchor
 from service.zero_shot import build_text_head
 
-from .onnx_export import check_parity, export_image_encoder, export_text_encoder
+from .onnx_export import ExportError, check_parity, export_image_encoder, export_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +40,70 @@ def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
     return B.LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))
 
 
+class ExportMeasurements(StrictModel):
+    """What export measured or was told, for the card: purification default and sweep, flag, accuracies."""
+
+    purify: B.PurifyDefaults = B.PurifyDefaults()
+    purify_sweep: Optional[B.PurifySweep] = None
+    flag: Optional[B.FlagCalibration] = None
+    accuracy: tuple[B.AccuracyEntry, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def merge_accuracy(
+    finetuned: Sequence[B.AccuracyEntry], measured: Sequence[B.AccuracyEntry]
+) -> tuple[tuple[B.AccuracyEntry, ...], tuple[str, ...]]:
+    """Fine-tune accuracies plus export's; where both measured the same gauge, export's (on the exported
+    weights, just now) replaces the fine-tune one, and a note records both values."""
+    mine = {accuracy_key(e): e for e in measured}
+    notes = tuple(
+        f"{e.dataset} {e.attack} (purified={str(e.purified).lower()}): {mine[accuracy_key(e)].value:.1%} "
+        f"(n={mine[accuracy_key(e)].n}) measured at export replaces {e.value:.1%} (n={e.n}) from fine-tuning"
+        for e in finetuned if accuracy_key(e) in mine
+    )
+    kept = tuple(e for e in finetuned if accuracy_key(e) not in mine)
+    return (*kept, *measured), notes
+
+
+def bundle_card(
+    model: PixelCLIP, version: str, embed_dim: int, parity: B.ParityReport, measured: ExportMeasurements,
+    finetune_card: Optional[ModelCard] = None,
+) -> ModelCard:
+    """The bundle's card: the fine-tune card's provenance and results (when given) plus export's own.
+
+    ExportError when `finetune_card` describes other weights than `model`'s (digest mismatch).
+    """
+    digest = weights_digest(model.visual)
+    carried: dict = {}
+    accuracy, notes = merge_accuracy(finetune_card.accuracy if finetune_card else (), measured.accuracy)
+    if finetune_card is not None:
+        if finetune_card.weights_digest != digest:
+            raise ExportError(f"the model card describes image-tower weights {finetune_card.weights_digest}, "
+                              f"but the exported model's are {digest}: refusing to ship a card for other weights")
+        carried = {"base_model": finetune_card.base_model, "training": finetune_card.training,
+                   "finetune_provenance": finetune_card.provenance, "description": finetune_card.description}
+    return ModelCard(
+        source="export", name=model.record.name, version=version, description=carried.pop("description", model.record.description),
+        embed_dim=embed_dim, image_size=model.image_size, logit_scale=model.logit_scale, weights_digest=digest,
+        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag, parity=parity,
+        provenance=current_provenance(), notes=(*measured.notes, *notes), **carried,
+    )
+
+
 @torch.no_grad()
 def export_model(
     model: PixelCLIP,
     out_dir: Path,
     labels: Optional[B.LabelSet] = None,
     version: str = "1.0",
-    purify: Optional[B.PurifyDefaults] = None,
-    accuracy: Sequence[B.AccuracyEntry] = (),
-    notes: Sequence[str] = (),
-    purify_sweep: Sequence[B.PurifyMeasurement] = (),
-    flag: Optional[B.FlagCalibration] = None,
+    measured: Optional[ExportMeasurements] = None,
+    finetune_card: Optional[ModelCard] = None,
 ) -> Path:
     """Export `model` into `out_dir` (created) and return it; raises ExportError on a parity failure.
 
-    `labels` defaults to the mini world's colour+shape label set; `flag` is the calibrated
-    adversarial-input flag (`training.export.flag_calibration.calibrate_flag`), off when None.
+    `labels` defaults to the mini world's colour+shape label set; `measured` holds what export
+    measured (purification sweep, flag calibration); `finetune_card` (a fine-tuned checkpoint's
+    card) carries training provenance and accuracies into the bundle card.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,22 +121,9 @@ def export_model(
     (out_dir / B.RECORD).write_text(model.record.model_dump_json(indent=2) + "\n")
     (out_dir / B.LABELS).write_text(labels.model_dump_json(indent=2) + "\n")
     shutil.copyfile(B.runtime_vocab(), out_dir / B.TOKENIZER_VOCAB)
-    card = B.ModelCard(
-        name=model.record.name,
-        version=version,
-        description=model.record.description,
-        embed_dim=int(head.shape[1]),
-        image_size=model.image_size,
-        logit_scale=model.logit_scale,
-        purify=purify or B.PurifyDefaults(),
-        parity=parity,
-        accuracy=tuple(accuracy),
-        purify_sweep=tuple(purify_sweep),
-        flag=flag,
-        notes=tuple(notes),
-    )
+    card = bundle_card(model, version, int(head.shape[1]), parity, measured or ExportMeasurements(), finetune_card)
     B.write_card(out_dir, card)
     write_bundle_info(out_dir, BundleInfo(format_version=FORMAT_VERSION, exported_by=current_build()))
     B.write_manifest(out_dir)
-    log.info("exported %s %s to %s", card.name, version, out_dir)
+    log.info("exported %s %s to %s (%d accuracies on the card)", card.name, version, out_dir, len(card.accuracy))
     return out_dir

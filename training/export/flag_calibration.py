@@ -2,9 +2,10 @@
 
 Score: the anchor cosine the server already reports (`anchor_score`: cosine of the image embedding
 with the CLIPure blank-template anchor). L-inf PGD images of the mini world sit measurably further
-from the anchor than clean ones, increasingly so with epsilon; the per-sample purification shift
-is a constant rotation (docs/serving.md section 4) and carries no signal, and the `flipped` signal
-barely fires at the mild default. The threshold `anchor_below` is the `target_fpr` quantile of
+from the anchor than clean ones, increasingly so with epsilon. The served `flagged` uses only this
+calibrated score and `flipped` (purification changed the top-1); the L2 shift of the embedding by
+per-sample purification is the same rotation for every input (docs/serving.md section 4), so it is
+not a signal and is not served. The threshold `anchor_below` is the `target_fpr` quantile of
 clean calibration images, so about `target_fpr` of clean inputs are flagged; flag rates (false
 positives on held-out clean images, detection rates under each attack) and AUROC are measured on a
 disjoint held-out split and recorded in the model card.
@@ -22,6 +23,7 @@ import torch
 from pydantic import Field
 
 from service import bundle as B
+from service.card import attack_label
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 from service.purify import blank_anchor
@@ -97,19 +99,21 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
     cal, held, held_y = images[: cfg.n_calibration], images[cfg.n_calibration :], labels[cfg.n_calibration :]
     threshold = threshold_at_fpr(anchor_scores(model, anchor, cal, cfg.batch_size), cfg.target_fpr)
     clean = anchor_scores(model, anchor, held, cfg.batch_size)
-    rates = [B.FlagRate(attack="none", flag_rate=flag_rate(clean, threshold), n=len(held))]
+    rates = [B.FlagRate(attack=B.CLEAN, flag_rate=flag_rate(clean, threshold), n=len(held), dataset=cfg.dataset)]
     classifier = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
     for eps, steps in cfg.attacks:
         attack = PGD(classifier, eps=eps / 255, steps=steps, generator=torch.Generator().manual_seed(cfg.seed))
         adv = torch.cat([attack(held[i : i + cfg.batch_size], held_y[i : i + cfg.batch_size]) for i in range(0, len(held), cfg.batch_size)])
         scores = anchor_scores(model, anchor, adv, cfg.batch_size)
-        name = f"pgd{steps}-linf-{eps}/255"
+        name = attack_label("pgd", eps / 255, steps)
         # A lower anchor cosine is more suspicious, so AUROC ranks the negated scores.
-        rates.append(B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held)))
+        rates.append(B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held),
+                                dataset=cfg.dataset))
         log.info("flag %s: rate %.3f, AUROC %.3f", name, rates[-1].flag_rate, rates[-1].auroc)
     for name in cfg.extra_clean:
         other = build_dataset(name, DatasetRequest(limit=cfg.n_eval, preprocess=model.record.preprocess)).images()
-        rates.append(B.FlagRate(attack=f"none ({name})", flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold), n=len(other)))
+        rates.append(B.FlagRate(attack=B.CLEAN, flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold),
+                                n=len(other), dataset=name))
     notes = (
         f"flagged = anchor_score < {threshold:.4f} (the {cfg.target_fpr:.0%} quantile of {cfg.n_calibration} clean "
         f"{cfg.dataset} images), or purification flipped the top-1; rates measured on {cfg.n_eval} held-out images. "

@@ -1,0 +1,244 @@
+"""The one model card, from fine-tuning through export into the bundle, the archive and the server.
+
+`training.model_card` fills the training half (method, the hyper-parameters that actually ran,
+base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `training.export`
+copies that card into the bundle and adds ONNX parity, the purification default and, only when
+measured, the purification sweep and the flag calibration; `service.inference` serves it (the
+describe answer and the `clipshield_model_accuracy` gauges). Every accuracy names its attack with
+`attack_label`, the one spelling of an attack in cards, metric labels, the demo and the docs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from .config import StrictModel
+
+SCHEMA_VERSION = 2
+CLEAN = "none"  # the attack label of clean (un-attacked) inputs
+
+
+def attack_label(kind: str, eps: float, steps: int, norm: str = "linf", via: Optional[str] = None) -> str:
+    """Metric-label spelling of an attack: `pgd10-linf-4/255`, `bpda-pgd10-linf-4/255`; eps in [0, 1] pixels.
+
+    `eps == 0` or `steps == 0` is no attack (`CLEAN`). Used by the cards, the demo and serving gauges.
+    """
+    if eps <= 0 or steps <= 0:
+        return CLEAN
+    label = f"{kind}{steps}-{norm}-{round(eps * 255, 3):g}/255"
+    return f"{via}-{label}" if via else label
+
+
+class AccuracyEntry(StrictModel):
+    """One measured top-1 accuracy (fraction in [0, 1]) for the card and its metrics gauges.
+
+    `attack` is an `attack_label`; `preprocessing` says how the images reached the model.
+    """
+
+    dataset: str
+    attack: str
+    purified: bool
+    value: float = Field(ge=0.0, le=1.0)
+    n: int = Field(ge=0)
+    preprocessing: str = ""
+
+
+class PurifyDefaults(StrictModel):
+    """Model-default CLIPure-Cos settings (per-sample steps; see `service.purify_np`).
+
+    Off unless a measurement (`PurifySweep`) found a robustness gain; `steps`/`step_size` are what a
+    request asking for purification gets. `chosen_by` says how the default was set, never more.
+    """
+
+    enabled: bool = False
+    steps: int = Field(default=1, ge=0, le=1000)
+    step_size: float = Field(default=0.1, ge=0.0)
+    chosen_by: str = ("not measured: off by default (requests may ask for it; "
+                      "`clipshield export --measure-purify N` measures it)")
+
+
+class PurifyMeasurement(StrictModel):
+    """One measured purification candidate: clean and straight-through (BPDA) PGD robust accuracy."""
+
+    steps: int
+    step_size: float
+    clean: float
+    robust_bpda: float
+    eligible: bool = True
+
+
+class PurifySweep(StrictModel):
+    """The measured purification candidates and the un-purified baseline they were compared with."""
+
+    dataset: str
+    n: int = Field(ge=1)
+    attack: str
+    baseline_clean: float
+    baseline_robust: float
+    rule: str
+    rows: tuple[PurifyMeasurement, ...]
+    gain: bool
+
+
+class ParityReport(StrictModel):
+    """Max abs difference of ONNX Runtime vs PyTorch embeddings per checked input."""
+
+    image_batch_1: float
+    image_batch_8: float
+    text: float
+    tolerance: float
+    opset: int
+
+
+class FlagRate(StrictModel):
+    """Measured flag rate and AUROC (score vs clean images) for one input kind on held-out images."""
+
+    attack: str
+    flag_rate: float = Field(ge=0.0, le=1.0)
+    auroc: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    n: int = Field(ge=0)
+    dataset: Optional[str] = None
+
+
+class FlagCalibration(StrictModel):
+    """Calibrated adversarial-input flag: `flagged` when `anchor_score < anchor_below` (or top-1 flipped).
+
+    `anchor_below` is the `target_fpr` quantile of the anchor cosine of clean calibration images;
+    `rates` are measured on held-out images (clean first: its flag_rate is the false-positive rate).
+    """
+
+    score: Literal["anchor_score"] = "anchor_score"
+    anchor_below: float = Field(ge=-1.0, le=1.0)
+    target_fpr: float = Field(gt=0.0, lt=1.0)
+    dataset: str
+    n_calibration: int = Field(ge=1)
+    rates: tuple[FlagRate, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class BaseModelInfo(StrictModel):
+    """What a fine-tuning run started from: the `--model` spelling and the image tower's digest."""
+
+    model: str
+    pretrained: Optional[str] = None
+    weights: Optional[str] = None
+    record: str
+    weights_digest: str
+
+
+class TrainingData(StrictModel):
+    """The fine-tuning data: name, size, prompt, and the preprocessing preset and definition it went through."""
+
+    name: str
+    images: int = Field(ge=0)
+    classes: int = Field(ge=0)
+    template: str
+    preprocess_preset: Optional[str] = None
+    preprocess: Optional[dict[str, Any]] = None
+
+
+class AttackSpec(StrictModel):
+    """An attack as run: kind, norm, eps and step size in [0, 1] pixel units, steps, restarts."""
+
+    kind: str
+    norm: str = "linf"
+    eps: float
+    alpha: Optional[float] = None
+    steps: int
+    restarts: int = 1
+    label: str
+
+
+class TrainingInfo(StrictModel):
+    """How the weights were fine-tuned, with the values that actually ran (not the config defaults).
+
+    `image_size` is the model's input resolution, `steps` the optimiser steps taken, `epochs`
+    = steps x batch size / training images (passes over the data, fractional for short runs).
+    """
+
+    method: str
+    method_description: str
+    image_size: int = Field(gt=0)
+    steps: int = Field(ge=0)
+    epochs: float = Field(ge=0)
+    batch_size: int = Field(gt=0)
+    hyperparameters: dict[str, Any]
+    data: TrainingData
+    training_attack: AttackSpec
+    eval_attack: Optional[AttackSpec] = None
+    train_seconds: float = Field(ge=0)
+
+
+class Provenance(StrictModel):
+    """Which code wrote the card, and when."""
+
+    clipshield_version: str
+    git_commit: str
+    date: str
+
+
+class ModelCard(StrictModel):
+    """The model card: identity, training (fine-tuned weights only), measured numbers, serving defaults."""
+
+    schema_version: int = SCHEMA_VERSION
+    source: Literal["finetune", "export"]
+    name: str
+    version: str = ""
+    description: str = ""
+    embed_dim: int
+    image_size: int
+    logit_scale: float
+    weights_digest: str
+    base_model: Optional[BaseModelInfo] = None
+    training: Optional[TrainingInfo] = None
+    accuracy: tuple[AccuracyEntry, ...] = ()
+    purify: PurifyDefaults = PurifyDefaults()
+    purify_sweep: Optional[PurifySweep] = None
+    flag: Optional[FlagCalibration] = None
+    parity: Optional[ParityReport] = None
+    provenance: Provenance
+    finetune_provenance: Optional[Provenance] = None
+    notes: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_accuracy_per_gauge(self) -> "ModelCard":
+        """Each (dataset, attack, purified) at most once: it is one `clipshield_model_accuracy` sample."""
+        keys = [accuracy_key(e) for e in self.accuracy]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"accuracy entries repeat (dataset, attack, purified) {dupes}: each is one gauge sample")
+        return self
+
+
+def accuracy_key(entry: AccuracyEntry) -> tuple[str, str, bool]:
+    """The gauge identity of an accuracy entry: (dataset, attack, purified)."""
+    return (entry.dataset, entry.attack, entry.purified)
+
+
+def read_card_file(path: Path) -> ModelCard:
+    """Parse a `model_card.json` (pydantic validation error on a malformed or outdated card)."""
+    return ModelCard.model_validate_json(Path(path).read_text())
+
+
+def write_card_file(path: Path, card: ModelCard) -> Path:
+    """Write `card` as indented JSON to `path`."""
+    path = Path(path)
+    path.write_text(card.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def gauge_samples(card: ModelCard) -> list[tuple[float, dict[str, str]]]:
+    """(value, labels) of each `clipshield_model_accuracy` sample the card's accuracies give."""
+    return [(e.value, {"dataset": e.dataset, "attack": e.attack, "purified": str(e.purified).lower()}) for e in card.accuracy]
+
+
+def current_provenance() -> Provenance:
+    """Provenance of a card written now: installed clipshield version, source git commit, UTC date."""
+    import datetime as dt
+
+    from .provenance import git_commit, package_version
+
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return Provenance(clipshield_version=package_version(), git_commit=git_commit(), date=date)
