@@ -122,14 +122,15 @@ def config_from_args(args: argparse.Namespace, image_size: int, datasets: Option
     )
 
 
-def prepared(evaluators: list, skip_missing: bool) -> list:
+def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
     """Build every group's data sets before any attack runs; missing ones are judged over all groups
-    (one error listing what was looked for, and where), and groups left with no data set dropped."""
+    (one error listing what was looked for, and where). Returns the groups with data and the missing."""
     from training.eval.runner import check_missing
 
     found = sum(len(ev.prepare(strict=False)) for ev in evaluators)
-    check_missing([m for ev in evaluators for m in ev.missing], found, skip_missing)
-    return [ev for ev in evaluators if ev.prepare(strict=False)]
+    missing = [m for ev in evaluators for m in ev.missing]
+    check_missing(missing, found, skip_missing)
+    return [ev for ev in evaluators if ev.prepare(strict=False)], missing
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args).to(args.device)
     bars = lambda total, desc: progress(total, desc, unit="img", disable=False)  # noqa: E731
     evaluators = [Evaluator(model, config_from_args(args, model.image_size, names, eps), progress=bars) for eps, names in groups.items()]
-    evaluators = prepared(evaluators, args.skip_missing)
+    evaluators, missing = prepared(evaluators, args.skip_missing)
     results = [r for ev in evaluators for r in ev.run()]
     out = Path(args.out)
     ours = {r.key.digest() for r in results}  # this run's cells first (column order), then older ones
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         verdict = f"  [{r.adaptive.verdict}]" if r.adaptive is not None else ""
         budget = "" if r.key.attack == "none" else f" eps={as_255(r.key.eps)}"
         print(f"{r.key.dataset:40s} {r.key.attack:18s}{budget} n={r.n:5d} clean={100 * r.clean:6.2f} robust={robust}{verdict}")
-    for message in (m for ev in evaluators for m in ev.missing):
+    for message in missing:
         print(f"skipped missing data set: {message}")
     print(f"summary: {paths['summary']}\ntable:   {paths['markdown']}\nplot:    {paths['plot']}")
     return 0

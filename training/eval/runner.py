@@ -246,7 +246,7 @@ class Evaluator:
         All data sets are built before any attack runs, so a missing folder fails fast with
         `DatasetNotFound` (one line in the CLI) instead of after hours of work.
         """
-        datasets = self.prepare()
+        datasets = self.prepare(strict=self._datasets is None)  # prepared beforehand: already checked there
         results = []
         for name, dataset in datasets.items():
             if len(dataset) == 0:
