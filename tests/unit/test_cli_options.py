@@ -119,3 +119,21 @@ def test_cli_refuses_bad_budgets_in_one_line_before_any_work(argv, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "allowed:" in err and "units of 1/255" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_finetune_through_main_trains_at_the_budget_it_prints(tmp_path, capsys, monkeypatch):
+    """`finetune --method fare --eps 4` reaches the training loop as 4/255 and says so before training."""
+    import training.finetune
+
+    seen = []
+
+    def fake_finetune(cfg, on_step=None):
+        seen.append(cfg)
+        return None, {}  # what a non-zero torchrun rank gets: nothing to report
+
+    monkeypatch.setattr(training.finetune, "finetune", fake_finetune)
+    assert main(["finetune", "--method", "fare", "--eps", "4", "--eval-eps", "1", "--output", str(tmp_path)]) == 0
+    (cfg,) = seen
+    assert cfg.eps == pytest.approx(4 / 255) and cfg.eval_eps == pytest.approx(1 / 255)
+    out = capsys.readouterr().out
+    assert "training eps 4/255, model card at eval eps 1/255" in out

@@ -147,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods or list_methods()
+    print(f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
+          f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(EVAL_SETS)} sets; finished runs in "
+          f"{args.output} are reused", flush=True)
     per_seed: dict[str, list[dict]] = {"base": [run_base(args, s) for s in args.seeds]}
     for method in methods:
         per_seed[method] = []

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .budget import budget_help, to_pixels
+from .budget import as_255, budget_help, to_pixels
 from .common import progress
 
 MINIWORLD_BUDGET = {"steps": 200, "batch_size": 32, "data_limit": 3200}
@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     from training.finetune import finetune
 
     cfg = config_from_args(args)
+    length = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epochs"
+    print(f"finetune: {cfg.method} on {cfg.data}, {length}, training eps {as_255(cfg.eps)}, model card at eval eps "
+          f"{as_255(cfg.eps if cfg.eval_eps is None else cfg.eval_eps)}; output {cfg.output}", flush=True)
     bar = progress(None, f"finetune {cfg.method}", "step")
 
     def on_step(step: int, stats: dict) -> None:
