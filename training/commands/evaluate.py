@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="clean and robust zero-shot accuracy (PGD, CW, AutoAttack; adaptive attacks on purification)",
         description="Evaluate zero-shot clean and robust top-1 of a model on data sets under attacks. "
         "Results go to --out: one JSON per (data set, attack) cell (re-runs skip finished cells), "
-        "summary.json, results.md and robust_vs_clean.png.",
+        "summary.json, results.md and robust_vs_clean.png. --eps and --alpha are in units of 1/255 (--eps 4 means 4/255); "
+        "without --eps each data set is attacked at its registered reference (mini world 4/255, real data sets 1/255).",
     )
     add_model_args(p)
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")

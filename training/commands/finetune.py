@@ -28,17 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune the image tower of a CLIP model with a robust method (text tower frozen), then "
         "evaluate zero-shot clean and PGD accuracy and write a model card. Defaults follow each method's "
         "reference recipe (docs/finetuning.md); on the mini world (--data miniworld-train, the default) "
-        "eps defaults to 4/255 and the run is short enough for a laptop CPU.",
+        "eps defaults to 4/255 and the run is short enough for a laptop CPU. Budgets (--eps, --attack-alpha, "
+        "--eval-eps) are in units of 1/255: --eps 4 means 4/255.",
     )
     p.add_argument("--method", required=True, choices=_method_names(), help="fine-tuning method (required)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="miniworld", help="'miniworld', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) (default: %(default)s)")
+    g.add_argument("--model", default="miniworld",
+                   help="'miniworld', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) (default: %(default)s)")
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
     g.add_argument("--weights", default=None, help="state dict for a config-JSON model (default: none)")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
     g.add_argument("--offline", action="store_true", help="never download weights")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="miniworld-train", help="training set: miniworld-train, tinyimagenet, imagenet, folder/<dir> (any class-folder tree under --data-root), ... (default: %(default)s)")
+    d.add_argument("--data", default="miniworld-train",
+                   help="training set: miniworld-train, tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
+                   "--data-root), ... (default: %(default)s)")
     d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded; default: none)")
     d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images (default: all; mini world: 3200)")
     d.add_argument("--image-size", type=int, default=224, help="loader resolution for real data sets, in pixels (default: %(default)s)")
