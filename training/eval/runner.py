@@ -220,7 +220,7 @@ class Evaluator:
         n_total = len(dataset) * (1 if key.attack == CLEAN else 2)
         purified = isinstance(classifier, PurifiedClassifier)
         bar = self.progress(n_total, f"{key.dataset} | {key.attack}") if self.progress else None
-        ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar else None
+        ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
         step = ticker.batch_done if ticker is not None else None
         attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)  # noqa: E731
         data = lambda: _on_device(_tensors(dataset, self.cfg.batch_size, self.cfg.workers), self.cfg.device)  # noqa: E731
