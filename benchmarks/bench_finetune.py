@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=48, help="number of class prompts in the head")
     p.add_argument("--steps", type=int, default=5, help="timed steps per method")
     p.add_argument("--warmup-steps", type=int, default=2)
-    p.add_argument("--eps", type=float, default=1 / 255)
+    p.add_argument("--eps", type=float, default=1.0, help="training attack L-inf radius in units of 1/255 (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--threads", type=int, default=None)
@@ -71,7 +71,7 @@ class MethodRun:
     def __init__(self, name: str, base, args: argparse.Namespace, later_epoch: bool = False) -> None:
         self.name, self.args = name + (" epoch 2+" if later_epoch else ""), args
         self.method = method = get_method(name)
-        self.cfg = FinetuneConfig(method=name, eps=args.eps, device=args.device, precision=args.precision, steps=1,
+        self.cfg = FinetuneConfig(method=name, eps=args.eps / 255, device=args.device, precision=args.precision, steps=1,
                                   batch_size=args.batch_size, output=Path("unused")).resolved(1)
         self.target = copy.deepcopy(base).to(args.device)
         for p in self.target.parameters():

@@ -104,7 +104,7 @@ def test_missing_real_dataset_is_one_line_exit_2(tmp_path, capsys):
 
 def test_several_missing_sets_fail_in_one_line_or_are_skipped(tmp_path, capsys):
     root = tmp_path / "data"
-    assert main([*BASE, "--datasets", "cifar10", "dtd", "--data-root", str(root), "--out", str(tmp_path / "o")]) == 2
+    assert main([*BASE, "--datasets", SHAPE, "cifar10", "dtd", "--data-root", str(root), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "and 1 more missing" in err
     out = tmp_path / "o2"

@@ -18,9 +18,9 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
         help="'miniworld' (shipped), a clipshield checkpoint folder, an open_clip config JSON, "
         "or an open_clip architecture such as ViT-B-32 (then give --pretrained). Default: %(default)s",
     )
-    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file")
-    g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only)")
-    g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
+    g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only; default: none)")
+    g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
     g.add_argument("--offline", action="store_true", help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)")
 
 

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-serve", action="store_true", help="stop after fine-tuning and evaluation (no export/serving)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where runs and exports go (default: %(default)s)")
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="TorchServe model store (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads (default: %(default)s)")
     p.set_defaults(run=run)
 
 

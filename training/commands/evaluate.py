@@ -15,6 +15,7 @@ import torch
 from service.preprocess import PRESETS
 from service.purify import PurifyConfig
 
+from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, model_from_args, progress
 
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
@@ -33,36 +34,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="clean and robust zero-shot accuracy (PGD, CW, AutoAttack; adaptive attacks on purification)",
         description="Evaluate zero-shot clean and robust top-1 of a model on data sets under attacks. "
         "Results go to --out: one JSON per (data set, attack) cell (re-runs skip finished cells), "
-        "summary.json, results.md and robust_vs_clean.png.",
+        "summary.json, results.md and robust_vs_clean.png. --eps and --alpha are in units of 1/255 (--eps 4 means 4/255); "
+        "without --eps each data set is attacked at its registered reference (mini world 4/255, real data sets 1/255).",
     )
     add_model_args(p)
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
     p.add_argument(
         "--datasets", nargs="+", default=[MINIWORLD_SUITE],
         help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite, '{PAPER_SUITE}' = the papers' 16 real sets, "
-        "folder/<dir> = any class-folder tree under --data-root",
+        "folder/<dir> = any class-folder tree under --data-root (default: %(default)s)",
     )
-    p.add_argument("--attacks", nargs="*", default=["pgd"], choices=["none", *list_attacks()], help="attacks (none = clean only)")
-    p.add_argument("--eps", type=float, default=1.0, help="L-inf budget in units of 1/255 (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=None, help="step size in units of 1/255 (default: the attack's own)")
+    p.add_argument("--attacks", nargs="*", default=["pgd"], choices=["none", *list_attacks()],
+                   help="attacks, one cell each per data set (none = clean only; default: %(default)s)")
+    p.add_argument("--eps", type=float, default=None,
+                   help=budget_help("L-inf attack budget", "each data set's registered reference: 4 (4/255) for the mini world, "
+                                    "1 (1/255) for real data sets, recorded in every cell"))
+    p.add_argument("--alpha", type=float, default=None, help=budget_help("attack step size", "the attack's own (PGD: eps/4)"))
     p.add_argument("--steps", type=int, default=100, help="attack iterations (default: %(default)s)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts (PGD/CW; APGD restarts for AutoAttack)")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts (PGD/CW; APGD restarts for AutoAttack) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="attack randomness (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each data set")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each data set (default: all; mini world: 512)")
     p.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes for real data sets")
-    p.add_argument("--data-root", type=Path, default=None, help="parent folder of the real data sets' folders")
-    p.add_argument("--skip-missing", action="store_true", help="evaluate the data sets that exist, warn about missing ones")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes for real data sets (default: %(default)s)")
+    p.add_argument("--data-root", type=Path, default=None, help="parent folder of the real data sets' folders (default: none)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="evaluate the data sets that exist, warn about missing ones (still an error when none exists)")
     p.add_argument("--preprocess", choices=list(PRESETS), default="model",
                    help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
                    "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
     p.add_argument("--lowres", choices=["tga224", "native"], default=None,
                    help="CIFAR/STL resolution (spec 0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
     p.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
-    p.add_argument("--purify-steps", type=int, default=10)
-    p.add_argument("--purify-step-size", type=float, default=30.0)
-    p.add_argument("--purify-mode", choices=["per_sample", "batch"], default="per_sample")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--purify-steps", type=int, default=10, help="CLIPure-Cos purification steps (default: %(default)s)")
+    p.add_argument("--purify-step-size", type=float, default=30.0,
+                   help="CLIPure-Cos step size in embedding space, not pixels (default: %(default)s)")
+    p.add_argument("--purify-mode", choices=["per_sample", "batch"], default="per_sample",
+                   help="per_sample: as served; batch: the reference code's batch-coupled variant (default: %(default)s)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default: %(default)s)")
     p.set_defaults(run=run)
 
@@ -78,17 +87,57 @@ def expand_datasets(names: list[str]) -> list[str]:
     return out
 
 
-def config_from_args(args: argparse.Namespace, image_size: Optional[int] = None):
+def eps_groups(eps: Optional[float], datasets: list[str]) -> dict[float, list[str]]:
+    """Pixel-unit eps -> the data sets evaluated at it: `eps` (units of 1/255) for all of them when
+    given, else each data set's registered reference (mini world 4/255, real data sets 1/255)."""
+    from training.data import reference_eps
+
+    if eps is not None:
+        return {to_pixels(eps, "--eps"): list(datasets)}
+    groups: dict[float, list[str]] = {}
+    for name in datasets:
+        groups.setdefault(reference_eps(name), []).append(name)
+    return groups
+
+
+def describe(args: argparse.Namespace, groups: dict[float, list[str]], alpha: Optional[float]) -> str:
+    """The opening line: what will run, printed before anything slow is loaded."""
+    n_sets = sum(len(names) for names in groups.values())
+    attacks = [a for a in args.attacks if a != "none"]
+    images = f"up to {args.limit} images" if args.limit else "every image (mini world: 512)"
+    line = f"evaluate: {n_sets * max(1, len(args.attacks))} cell(s) = {n_sets} data set(s) x {', '.join(args.attacks) or 'none'}, {images} each"
+    if attacks:
+        step = as_255(alpha) if alpha is not None else "the attack's own (PGD: eps/4)"
+        source = "from --eps" if args.eps is not None else "the data sets' registered reference; --eps to choose"
+        budgets = ", ".join(as_255(eps) + (f" for {len(names)} set(s)" if len(groups) > 1 else "") for eps, names in groups.items())
+        line += f"; {args.steps} step(s) of size {step}, {args.restarts} restart(s); eps {budgets} ({source})"
+    return line + f"; device {args.device}; results in {args.out}"
+
+
+def config_from_args(args: argparse.Namespace, image_size: int, datasets: Optional[list[str]] = None, eps: Optional[float] = None):
+    """EvalConfig for `datasets` (default: all requested) at `eps` (pixel units; default: --eps)."""
     from training.eval.runner import EvalConfig
 
     model_id = args.model_id or (args.model if args.pretrained is None else f"{args.model}:{args.pretrained}")
     purify = PurifyConfig(steps=args.purify_steps, step_size=args.purify_step_size, mode=args.purify_mode) if args.purify else None
     return EvalConfig(
-        model_id=model_id, datasets=expand_datasets(args.datasets), attacks=args.attacks, eps=args.eps / 255,
-        steps=args.steps, restarts=args.restarts, alpha=None if args.alpha is None else args.alpha / 255, seed=args.seed, limit=args.limit,
+        model_id=model_id, datasets=datasets if datasets is not None else expand_datasets(args.datasets), attacks=args.attacks,
+        eps=eps if eps is not None else to_pixels(args.eps, "--eps"), steps=args.steps, restarts=args.restarts,
+        alpha=to_pixels(args.alpha, "--alpha", allow_zero=False), seed=args.seed, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, purification=purify, data_root=args.data_root, skip_missing=args.skip_missing,
         data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size, device=args.device, out_dir=args.out,
     )
+
+
+def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
+    """Build every group's data sets before any attack runs; missing ones are judged over all groups
+    (one error listing what was looked for, and where). Returns the groups with data and the missing."""
+    from training.eval.runner import check_missing
+
+    found = sum(len(ev.prepare(strict=False)) for ev in evaluators)
+    missing = [m for ev in evaluators for m in ev.missing]
+    check_missing(missing, found, skip_missing)
+    return [ev for ev in evaluators if ev.prepare(strict=False)], missing
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,20 +145,27 @@ def run(args: argparse.Namespace) -> int:
     from training.eval.runner import Evaluator, check_attacks
     from training.eval.schema import load_all
 
-    check_attacks(args.attacks)  # fail on a typo before loading any model
+    check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
+    groups = eps_groups(args.eps, expand_datasets(args.datasets))
+    alpha = to_pixels(args.alpha, "--alpha", allow_zero=False)
+    print(describe(args, groups, alpha), flush=True)
     torch.manual_seed(args.seed)  # CLI only: pins any library randomness not driven by our generators
     model = model_from_args(args).to(args.device)
-    cfg = config_from_args(args, model.image_size)
-    evaluator = Evaluator(model, cfg, progress=lambda total, desc: progress(total, desc, unit="img"))
-    results = evaluator.run()
+    bars = lambda total, desc: progress(total, desc, unit="img", disable=False)  # noqa: E731
+    evaluators = [Evaluator(model, config_from_args(args, model.image_size, names, eps), progress=bars) for eps, names in groups.items()]
+    evaluators, missing = prepared(evaluators, args.skip_missing)
+    results = [r for ev in evaluators for r in ev.run()]
+    out = Path(args.out)
     ours = {r.key.digest() for r in results}  # this run's cells first (column order), then older ones
-    paths = write_reports(results + [c for c in load_all(cfg.out_dir) if c.key.digest() not in ours], cfg.out_dir)
-    print(f"{len(evaluator.computed)} cell(s) computed, {len(evaluator.skipped)} reused from {cfg.out_dir / 'cells'}")
+    paths = write_reports(results + [c for c in load_all(out) if c.key.digest() not in ours], out)
+    computed, skipped = sum(len(ev.computed) for ev in evaluators), sum(len(ev.skipped) for ev in evaluators)
+    print(f"{computed} cell(s) computed, {skipped} reused from {out / 'cells'}")
     for r in results:
         robust = "-" if r.robust is None else f"{100 * r.robust:.2f}"
         verdict = f"  [{r.adaptive.verdict}]" if r.adaptive is not None else ""
-        print(f"{r.key.dataset:40s} {r.key.attack:18s} n={r.n:5d} clean={100 * r.clean:6.2f} robust={robust}{verdict}")
-    for message in evaluator.missing:
+        budget = "" if r.key.attack == "none" else f" eps={as_255(r.key.eps)}"
+        print(f"{r.key.dataset:40s} {r.key.attack:18s}{budget} n={r.n:5d} clean={100 * r.clean:6.2f} robust={robust}{verdict}")
+    for message in missing:
         print(f"skipped missing data set: {message}")
     print(f"summary: {paths['summary']}\ntable:   {paths['markdown']}\nplot:    {paths['plot']}")
     return 0

@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .budget import as_255, budget_help, to_pixels
 from .finetune import MINIWORLD_BUDGET, MINIWORLD_LR
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "seeds, evaluate clean and PGD accuracy (eps 4/255) on seen, held-out-combination and held-out-domain sets, "
         "and write OUTPUT/results.{md,json,png}. CPU only; well under a minute per run on 2 cores with the defaults.",
     )
-    p.add_argument("suite", choices=["miniworld"])
-    p.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
-    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("suite", choices=["miniworld"], help="the world to run on (only: miniworld)")
+    p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
+    p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"], help="optimisation steps per run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=MINIWORLD_LR["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
     p.add_argument("--adamw-lr", type=float, default=MINIWORLD_LR["adamw"],
                    help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
-    p.add_argument("--eps", type=float, default=4 / 255)
-    p.add_argument("--eval-limit", type=int, default=256)
-    p.add_argument("--eval-steps", type=int, default=10)
-    p.add_argument("--output", type=Path, default=Path("runs/experiment-miniworld"))
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--eps", type=float, default=4.0,
+                   help=budget_help("training and evaluation L-inf radius", "%(default)s (the mini world's reference, 4/255)"))
+    p.add_argument("--eval-limit", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
+    p.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
+    p.add_argument("--output", type=Path, default=Path("runs/experiment-miniworld"), help="output folder; finished runs in it are reused (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
     p.set_defaults(run=run)
 
 
@@ -56,7 +58,7 @@ def experiment_config(args: argparse.Namespace, method: str, seed: int):
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
     return FinetuneConfig(
         method=method, output=args.output / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
-        eps=args.eps, warmup=None, seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
+        eps=to_pixels(args.eps, "--eps"), warmup=None, seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
         eval_datasets=list(EVAL_SETS), eval_limit=args.eval_limit, eval_steps=args.eval_steps,
         data_limit=max(args.steps * args.batch_size // 2, 512),
     )
@@ -78,7 +80,7 @@ def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from service.models import load_model
     from training.eval.runner import EvalConfig, Evaluator
 
-    ecfg = EvalConfig(model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=args.eps, steps=args.eval_steps,
+    ecfg = EvalConfig(model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
                       seed=seed, limit=args.eval_limit, image_size=32, out_dir=args.output / "base" / "eval")
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(load_model("miniworld"), ecfg).run()}
 
@@ -107,7 +109,7 @@ def markdown(table: dict, args: argparse.Namespace) -> str:
     cols = [f"{g} {m}" for g in ("seen", "heldout_combos", "heldout_domains") for m in ("clean", "robust")]
     cols += [f"{n.split('/', 1)[1]} {m}" for n in HELDOUT_DOMAINS for m in ("clean", "robust")]
     lines = [
-        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (FARE: AdamW lr {args.adamw_lr}), eps {args.eps * 255:.0f}/255, "
+        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (FARE: AdamW lr {args.adamw_lr}), eps {as_255(to_pixels(args.eps, '--eps'))}, "
         f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).", "",
         "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
     ]
@@ -140,9 +142,13 @@ def run(args: argparse.Namespace) -> int:
 
     from training.methods import list_methods
 
+    eps = to_pixels(args.eps, "--eps")  # refuse a bad budget before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods or list_methods()
+    print(f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
+          f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(EVAL_SETS)} sets; finished runs in "
+          f"{args.output} are reused", flush=True)
     per_seed: dict[str, list[dict]] = {"base": [run_base(args, s) for s in args.seeds]}
     for method in methods:
         per_seed[method] = []
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     table = summarise(per_seed)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps({"table": table, "runs": per_seed, "settings": {
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "adamw_lr": args.adamw_lr, "eps": args.eps, "seeds": args.seeds,
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "adamw_lr": args.adamw_lr, "eps": eps, "seeds": args.seeds,
         "eval_limit": args.eval_limit, "eval_steps": args.eval_steps}}, indent=2))
     text = markdown(table, args)
     (args.output / "results.md").write_text(text)

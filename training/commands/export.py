@@ -33,9 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
     p.add_argument("--calibrate-flag", type=int, default=0, metavar="N",
                    help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
-                   "the rates and AUROC written to the model card); 0: flag only on a purification flip")
+                   "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)")
     p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
 
 

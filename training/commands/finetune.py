@@ -7,6 +7,7 @@ from pathlib import Path
 
 from service.preprocess import PRESETS
 
+from .budget import as_255, budget_help, to_pixels
 from .common import progress
 
 MINIWORLD_BUDGET = {"steps": 200, "batch_size": 32, "data_limit": 3200}
@@ -29,54 +30,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune the image tower of a CLIP model with a robust method (text tower frozen), then "
         "evaluate zero-shot clean and PGD accuracy and write a model card. Defaults follow each method's "
         "reference recipe (docs/finetuning.md); on the mini world (--data miniworld-train, the default) "
-        "eps defaults to 4/255 and the run is short enough for a laptop CPU.",
+        "eps defaults to 4/255 and the run is short enough for a laptop CPU. Budgets (--eps, --attack-alpha, "
+        "--eval-eps) are in units of 1/255: --eps 4 means 4/255.",
     )
-    p.add_argument("--method", required=True, choices=_method_names())
+    p.add_argument("--method", required=True, choices=_method_names(), help="fine-tuning method (required)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="miniworld", help="'miniworld', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained)")
-    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file")
-    g.add_argument("--weights", default=None, help="state dict for a config-JSON model")
-    g.add_argument("--cache-dir", default=None)
+    g.add_argument("--model", default="miniworld",
+                   help="'miniworld', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) (default: %(default)s)")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
+    g.add_argument("--weights", default=None, help="state dict for a config-JSON model (default: none)")
+    g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
     g.add_argument("--offline", action="store_true", help="never download weights")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="miniworld-train", help="training set: miniworld-train (default), tinyimagenet, imagenet, folder/<dir> (any class-folder tree under --data-root), ...")
-    d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded)")
-    d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images")
+    d.add_argument("--data", default="miniworld-train",
+                   help="training set: miniworld-train, tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
+                   "--data-root), ... (default: %(default)s)")
+    d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded; default: none)")
+    d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images (default: all; mini world: 3200)")
     d.add_argument("--image-size", type=int, default=None, help="loader resolution (default: the model's own input size)")
     d.add_argument("--preprocess", choices=list(PRESETS), default="model",
                    help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
                    "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
     d.add_argument("--template", default=None, help="training prompt (default: the data set's, e.g. 'This is a photo of a {}')")
     o = p.add_argument_group("optimisation (unset = method recipe default)")
-    o.add_argument("--epochs", type=int, default=None, help="default 10 (mini world: 200 steps of batch 32, SGD lr 0.005 / AdamW 1e-4)")
-    o.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
-    o.add_argument("--batch-size", type=int, default=None)
-    o.add_argument("--lr", type=float, default=None)
+    o.add_argument("--epochs", type=int, default=None, help="training epochs (default 10; mini world: 200 steps instead)")
+    o.add_argument("--steps", type=int, default=None, help="total optimisation steps, overrides --epochs (default: epochs x batches; mini world: 200)")
+    o.add_argument("--batch-size", type=int, default=None, help="images per step (default: the method's recipe, 128 or 256; mini world: 32)")
+    o.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe; mini world: SGD 0.005, AdamW 1e-4)")
     o.add_argument("--optimizer", choices=["sgd", "adamw"], default=None, help="default: the method's (SGD; FARE: AdamW)")
-    o.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 1000; mini world: 10%% of steps)")
-    o.add_argument("--eps", type=float, default=None, help="training L-inf radius in pixels (default 1/255; mini world 4/255)")
-    o.add_argument("--attack-steps", type=int, default=None)
-    o.add_argument("--attack-alpha", type=float, default=None)
+    o.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default 1000; mini world: 10%% of steps)")
+    o.add_argument("--eps", type=float, default=None,
+                   help=budget_help("training attack L-inf radius", "the data set's reference: 1 (1/255) on real data, 4 (4/255) on the mini world"))
+    o.add_argument("--attack-steps", type=int, default=None, help="training attack iterations (default: the method's, 2; FARE: 10)")
+    o.add_argument("--attack-alpha", type=float, default=None, help=budget_help("training attack step size", "--eps (FARE: --eps/4)"))
     o.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. alpha=0.08, distance=l2, normalization=model (repeatable; JSON values)")
+                   help="method option, e.g. alpha=0.08, distance=l2, normalization=model (repeatable; JSON values; default: the method's)")
     r = p.add_argument_group("run")
     r.add_argument("--output", type=Path, default=None, help="run folder (default runs/finetune/<method>)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--checkpoint-every", type=int, default=0, help="write resumable state every N steps (0: only at the end)")
+    r.add_argument("--seed", type=int, default=0, help="seed of data order, attack and initialisation (default: %(default)s)")
+    r.add_argument("--checkpoint-every", type=int, default=0, help="write resumable state every N steps (default: %(default)s = only at the end)")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/state")
-    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on CUDA")
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--workers", type=int, default=0)
-    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on CUDA (default: %(default)s)")
+    r.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default: %(default)s)")
+    r.add_argument("--workers", type=int, default=0, help="data loader worker processes (default: %(default)s)")
+    r.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
     r.add_argument("--frozen-cache-mb", type=float, default=1024.0,
-                   help="memory for the frozen model's clean outputs per training image (TGA-ZSR, Comp-TGA, FARE), "
+                   help="memory in MB for the frozen model's clean outputs per training image (TGA-ZSR, Comp-TGA, FARE), "
                    "so they are computed once, not every epoch (valid because the built-in data sets have no random "
                    "augmentation); 0 recomputes every step (default: %(default)s)")
     e = p.add_argument_group("evaluation (model card)")
-    e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen")
-    e.add_argument("--eval-limit", type=int, default=512)
-    e.add_argument("--eval-steps", type=int, default=10)
-    e.add_argument("--eval-eps", type=float, default=None, help="default: --eps")
+    e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen (none on real data)")
+    e.add_argument("--eval-limit", type=int, default=512, help="images per evaluation data set (default: %(default)s)")
+    e.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
+    e.add_argument("--eval-eps", type=float, default=None, help=budget_help("evaluation PGD L-inf radius", "--eps"))
     p.set_defaults(run=run)
 
 
@@ -96,19 +102,22 @@ def parse_params(items: list[str]) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """FinetuneConfig from parsed arguments, with the mini-world defaults when training on it."""
+    from training.data import reference_eps
     from training.finetune import FinetuneConfig
     from training.methods import get_method
 
     mini = args.data.startswith("miniworld")
+    eps = to_pixels(args.eps, "--eps")
     values = dict(
         method=args.method, model=args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir,
         offline=args.offline or None, data=args.data, data_root=args.data_root, data_limit=args.data_limit,
         image_size=args.image_size, preprocess=args.preprocess, template=args.template, output=args.output or Path("runs/finetune") / args.method,
         epochs=args.epochs or 10, steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        eps=args.eps if args.eps is not None else (4 / 255 if mini else 1 / 255), attack_steps=args.attack_steps,
-        attack_alpha=args.attack_alpha, method_params=parse_params(args.param), seed=args.seed,
+        eps=eps if eps is not None else reference_eps(args.data), attack_steps=args.attack_steps,
+        attack_alpha=to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False), method_params=parse_params(args.param), seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, precision=args.precision, device=args.device,
-        workers=args.workers, threads=args.threads, frozen_cache_mb=args.frozen_cache_mb, eval_limit=args.eval_limit, eval_steps=args.eval_steps, eval_eps=args.eval_eps,
+        workers=args.workers, threads=args.threads, frozen_cache_mb=args.frozen_cache_mb, eval_limit=args.eval_limit, eval_steps=args.eval_steps,
+        eval_eps=to_pixels(args.eval_eps, "--eval-eps"),
         eval_datasets=list(args.eval_datasets) if args.eval_datasets is not None else (list(MINIWORLD_EVAL) if mini else []),
     )
     values["warmup"] = args.warmup if args.warmup is not None else (None if mini else 1000)
@@ -125,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     from training.finetune import finetune
 
     cfg = config_from_args(args)
+    length = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epochs"
+    print(f"finetune: {cfg.method} on {cfg.data}, {length}, training eps {as_255(cfg.eps)}, model card at eval eps "
+          f"{as_255(cfg.eps if cfg.eval_eps is None else cfg.eval_eps)}; output {cfg.output}", flush=True)
     bar = progress(None, f"finetune {cfg.method}", "step")
 
     def on_step(step: int, stats: dict) -> None:

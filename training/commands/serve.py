@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: %(default)s")
     p.add_argument("--name", default="clipshield", help="model to load (default: %(default)s)")
     p.add_argument("--address", default="http://127.0.0.1:8080", help="inference address (default: %(default)s)")
-    p.add_argument("--management-address", default="http://127.0.0.1:8081")
-    p.add_argument("--metrics-address", default="http://127.0.0.1:8082")
+    p.add_argument("--management-address", default="http://127.0.0.1:8081", help="management API address (default: %(default)s)")
+    p.add_argument("--metrics-address", default="http://127.0.0.1:8082", help="metrics API address (default: %(default)s)")
     p.add_argument("--grpc-ports", type=int, nargs=2, default=(7070, 7071), metavar=("INFERENCE", "MANAGEMENT"),
                    help="TorchServe's gRPC listeners (always on, loopback only; default: 7070 7071)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="workers per model (default: %(default)s)")
     p.add_argument("--no-token-auth", action="store_true", help="turn TorchServe's token authorisation off (trusted networks only)")
     p.add_argument("--if-running", choices=("restart", "fail"), default="restart",
                    help="a TorchServe already running on this model store: restart it on the archive, or refuse (default: %(default)s)")

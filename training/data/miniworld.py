@@ -22,6 +22,8 @@ from training.miniworld.world import DOMAINS, Split
 from .registry import DatasetRequest, register_dataset, register_dataset_family
 from .transforms import resolve_preprocess
 
+# at 32x32 an L-inf budget of 4/255 plays the role 1/255 plays on 224x224 ImageNet (README, docs/evaluation.md)
+MINIWORLD_REFERENCE_EPS = 4 / 255
 _SEED_SPLITS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
 
 
@@ -64,7 +66,7 @@ class PreprocessedMiniWorld(torch.utils.data.Dataset):
         return preprocess_pixels(image[None], self.preprocess)[0], label
 
 
-@register_dataset_family("miniworld")
+@register_dataset_family("miniworld", reference_eps=MINIWORLD_REFERENCE_EPS)
 def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
     """Zero-shot task `miniworld/<domain>/<label set>/<split>`; `req.limit` images (default 512)."""
     parts = name.split("/")
@@ -79,7 +81,7 @@ def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
     return PreprocessedMiniWorld(MiniWorldClassification(task), cfg, choice, name)
 
 
-@register_dataset("miniworld-train")
+@register_dataset("miniworld-train", reference_eps=MINIWORLD_REFERENCE_EPS)
 def build_miniworld_train(req: DatasetRequest) -> PreprocessedMiniWorld:
     """Fine-tuning set (ImageNet stand-in): plain domain, 48 seen colour+shape classes."""
     base = MiniWorldFinetune(n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN))

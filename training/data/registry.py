@@ -3,7 +3,8 @@
 Every data set, real or mini-world, is a `ZeroShotDataset`: images as float [3, H, W] in [0, 1],
 integer labels, class names and prompt templates. Real data sets are read from torchvision-style
 folders with `download=False`; a missing folder raises `DatasetNotFound` naming the folder and the
-expected layout.
+expected layout. Each entry also carries its reference L-inf budget (`reference_eps`, pixel units):
+the strength `clipshield evaluate` uses when no `--eps` is given.
 """
 from __future__ import annotations
 
@@ -56,25 +57,31 @@ class DatasetRequest:
 Builder = Callable[[DatasetRequest], ZeroShotDataset]
 _BUILDERS: dict[str, Builder] = {}
 _PREFIX_BUILDERS: dict[str, Callable[[str, DatasetRequest], ZeroShotDataset]] = {}
+_REFERENCE_EPS: dict[str, float] = {}  # name or family prefix -> reference L-inf budget (pixel units)
+
+# the papers' evaluation budget on 224 px real images (TGA-ZSR, PMG-AFT: eps = 1/255)
+REAL_REFERENCE_EPS = 1 / 255
 
 
-def register_dataset(name: str) -> Callable[[Builder], Builder]:
-    """Function decorator registering a builder under `name`."""
+def register_dataset(name: str, reference_eps: float = REAL_REFERENCE_EPS) -> Callable[[Builder], Builder]:
+    """Function decorator registering a builder under `name`, with its reference eps (pixel units)."""
 
     def wrap(fn: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"data set {name!r} registered twice")
         _BUILDERS[name] = fn
+        _REFERENCE_EPS[name] = reference_eps
         return fn
 
     return wrap
 
 
-def register_dataset_family(prefix: str) -> Callable:
+def register_dataset_family(prefix: str, reference_eps: float = REAL_REFERENCE_EPS) -> Callable:
     """Register a builder for every name starting with `prefix/` (e.g. miniworld/<domain>/...)."""
 
     def wrap(fn: Callable[[str, DatasetRequest], ZeroShotDataset]) -> Callable:
         _PREFIX_BUILDERS[prefix] = fn
+        _REFERENCE_EPS[prefix] = reference_eps
         return fn
 
     return wrap
@@ -92,6 +99,16 @@ def build_dataset(name: str, request: DatasetRequest) -> ZeroShotDataset:
     prefix = name.split("/", 1)[0]
     if prefix in _PREFIX_BUILDERS and "/" in name:
         return _PREFIX_BUILDERS[prefix](name, request)
+    raise KeyError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
+
+
+def reference_eps(name: str) -> float:
+    """The registered reference L-inf budget of a data set (pixel units); unknown names list the known ones."""
+    if name in _BUILDERS:
+        return _REFERENCE_EPS[name]
+    prefix = name.split("/", 1)[0]
+    if prefix in _PREFIX_BUILDERS and "/" in name:
+        return _REFERENCE_EPS[prefix]
     raise KeyError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
 
 

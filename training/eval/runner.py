@@ -24,7 +24,7 @@ from service.provenance import weights_digest
 from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
 from service.zero_shot import TextHeadCache, ZeroShotClassifier
 from training.attacks import get_attack, list_attacks
-from training.attacks.adaptive import evaluate_adaptive
+from training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
 from training.data import DatasetRequest, build_dataset
 from training.data.transforms import at_size
 
@@ -42,6 +42,46 @@ class ProgressBar(Protocol):
 
 ProgressFactory = Callable[[int, str], ProgressBar]
 EVAL_SPLIT = "test"
+
+
+class _StepProgress:
+    """Moves a cell's progress bar (unit: images) during an attack, not only when a batch is done.
+
+    Every forward pass of the attacked classifier advances the bar by batch / `expected` images
+    (`expected`: forward passes an attack makes per batch), held below the batch's size until
+    `batch_done` settles the batch exactly; so the bar and its ETA move from the first attack step.
+    """
+
+    def __init__(self, bar: ProgressBar, expected: int) -> None:
+        self.bar, self.expected = bar, max(1, expected)
+        self.pending = 0.0  # fraction of an image not yet shown
+        self.shown = 0  # images shown for the batch under attack
+
+    def forward(self, batch: int) -> None:
+        self.pending += batch / self.expected
+        step = min(int(self.pending), max(0, batch - 1 - self.shown))
+        if step > 0:
+            self.bar.update(step)
+            self.shown += step
+            self.pending -= step
+
+    def batch_done(self, batch: int) -> None:
+        self.bar.update(batch - self.shown)
+        self.shown, self.pending = 0, 0.0
+
+
+class _Ticking(torch.nn.Module):
+    """The classifier as an attack sees it: same outputs, with a progress tick per forward pass."""
+
+    def __init__(self, classifier: torch.nn.Module, tick: Callable[[int], None]) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.tick = tick
+        self.train(classifier.training)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.tick(int(images.shape[0]))
+        return self.classifier(images)
 
 
 class EvalConfig(StrictModel):
@@ -97,6 +137,21 @@ def cell_keys(cfg: EvalConfig, dataset: str, weights: str, preprocess: Preproces
     ]
 
 
+def check_missing(missing: list[str], found: int, skip_missing: bool) -> None:
+    """Raise `DatasetNotFound` for missing data sets (each message names the folder looked in and its
+    layout) unless `skip_missing`, and always when none was found: an empty report is not a result."""
+    if not missing:
+        return
+    if found == 0:
+        raise DatasetNotFound(f"none of the {len(missing)} requested data set(s) was found, nothing to evaluate; "
+                              "looked for: " + " | ".join(missing))
+    if not skip_missing:
+        more = f" (and {len(missing) - 1} more missing data set(s); --skip-missing evaluates the others)" if len(missing) > 1 else ""
+        raise DatasetNotFound(missing[0] + more)
+    for message in missing:
+        log.warning("skipping missing data set: %s", message)
+
+
 def _tensors(dataset, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) batches; uses `dataset.images()` when the data set keeps its images in memory."""
     if hasattr(dataset, "images"):
@@ -130,6 +185,7 @@ class Evaluator:
         self.skipped: list[CellKey] = []
         self.computed: list[CellKey] = []
         self.missing: list[str] = []
+        self._datasets: Optional[dict] = None
 
     def _dataset(self, name: str):
         # the data seed stays 0: `--seed` drives the attacks only (the mini world's seed is its vocabulary)
@@ -153,38 +209,43 @@ class Evaluator:
             kwargs["alpha"] = key.alpha
         return get_attack(key.attack)(classifier, **kwargs)
 
-    def _build_all(self) -> dict:
-        """Build every data set; missing ones are all reported in one `DatasetNotFound` (or skipped)."""
-        datasets, missing = {}, []
-        for name in self.cfg.datasets:
-            try:
-                datasets[name] = self._dataset(name)
-            except DatasetNotFound as exc:
-                missing.append(str(exc))
-        if missing and not self.cfg.skip_missing:
-            more = f" (and {len(missing) - 1} more missing data set(s); --skip-missing evaluates the others)" if len(missing) > 1 else ""
-            raise DatasetNotFound(missing[0] + more)
-        for message in missing:
-            log.warning("skipping missing data set: %s", message)
-        self.missing = missing
-        return datasets
+    def prepare(self, strict: bool = True) -> dict:
+        """Build every data set once (cached); missing ones are recorded in `self.missing`.
+
+        With `strict`, `check_missing` then raises `DatasetNotFound` for a missing data set (unless
+        `skip_missing`) and whenever none exists; without it the caller checks (several evaluators).
+        """
+        if self._datasets is None:
+            datasets, missing = {}, []
+            for name in self.cfg.datasets:
+                try:
+                    datasets[name] = self._dataset(name)
+                except DatasetNotFound as exc:
+                    missing.append(str(exc))
+            self._datasets, self.missing = datasets, missing
+        if strict:
+            check_missing(self.missing, len(self._datasets), self.cfg.skip_missing)
+        return self._datasets
 
     def run_cell(self, key: CellKey, dataset) -> CellResult:
         """Compute one cell (clean and robust accuracy) and return it; does not write it."""
         start = time.perf_counter()
         classifier = self._classifier(dataset)
         n_total = len(dataset) * (1 if key.attack == CLEAN else 2)
+        purified = isinstance(classifier, PurifiedClassifier)
         bar = self.progress(n_total, f"{key.dataset} | {key.attack}") if self.progress else None
-        step = bar.update if bar is not None else None
+        ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
+        step = ticker.batch_done if ticker is not None else None
+        attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)  # noqa: E731
         data = lambda: _on_device(_tensors(dataset, self.cfg.batch_size, self.cfg.workers), self.cfg.device)  # noqa: E731
         try:
             clean, n = accuracy(classifier, data(), on_batch=step)
             robust, adaptive = None, None
-            if key.attack != CLEAN and isinstance(classifier, PurifiedClassifier):
-                adaptive = evaluate_adaptive(classifier, lambda surrogate: self._make_attack(key, surrogate), data(), on_batch=step)
+            if key.attack != CLEAN and purified:
+                adaptive = evaluate_adaptive(classifier, lambda surrogate: self._make_attack(key, attacked(surrogate)), data(), on_batch=step)
                 robust = adaptive.worst_case
             elif key.attack != CLEAN:
-                robust, _ = accuracy(classifier, data(), self._make_attack(key, classifier), on_batch=step)
+                robust, _ = accuracy(classifier, data(), self._make_attack(key, attacked(classifier)), on_batch=step)
         finally:
             if bar is not None:
                 bar.close()
@@ -199,7 +260,7 @@ class Evaluator:
         All data sets are built before any attack runs, so a missing folder fails fast with
         `DatasetNotFound` (one line in the CLI) instead of after hours of work.
         """
-        datasets = self._build_all()
+        datasets = self.prepare(strict=self._datasets is None)  # prepared beforehand: already checked there
         results = []
         for name, dataset in datasets.items():
             if len(dataset) == 0:
