@@ -1,0 +1,92 @@
+"""The KServe model server process for clipshield: `python -m handlers.kserve_app --bundle DIR ...`.
+
+Wires `handlers.kserve_model.ClipshieldKServeModel` into kserve's `ModelServer` (REST v2 on one port,
+Prometheus `/metrics` on the same port; gRPC v2 optional) and adds three things kserve's app lacks:
+`ClipshieldError` -> its own HTTP status in the protocol's error shape (kserve maps unknown exceptions
+to 500), a request body limit (TorchServe's frontend refuses bodies over `max_request_size`), and
+the model card in the model-metadata answer. Started and stopped by `training/export/kserve_server.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # as TorchServe's max_request_size in model_store/config.properties
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Options of the server process (distinct from kserve's own `--http_port` style flags)."""
+    p = argparse.ArgumentParser(prog="python -m handlers.kserve_app", description=__doc__)
+    p.add_argument("--bundle", type=Path, required=True, help="serving bundle folder (`clipshield export --out`)")
+    p.add_argument("--model-name", default="clipshield", help="name in /v2/models/<name> (default: %(default)s)")
+    p.add_argument("--host-port", type=int, default=8080, help="REST v2 + /metrics port (default: %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=0, help="gRPC v2 port; 0 = gRPC off (default)")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    return p.parse_args(argv)
+
+
+def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
+    """Error mapping, body limit and metadata-with-card on kserve's FastAPI app (before kserve's routes)."""
+    from fastapi import Request
+    from fastapi.responses import ORJSONResponse
+    from kserve.errors import ModelNotFound
+
+    from service.errors import ClipshieldError, PayloadTooLarge
+
+    from handlers.kserve_model import error_body
+
+    async def clipshield_error(_request: Request, exc: ClipshieldError) -> ORJSONResponse:
+        return ORJSONResponse(status_code=exc.http_status, content=error_body(exc))
+
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_body_bytes:
+            return await clipshield_error(request, PayloadTooLarge(f"request body of {length} bytes; the limit is {max_body_bytes} bytes"))
+        if "content-type" not in request.headers and "inference-header-content-length" not in request.headers:
+            # tritonclient sends a plain JSON body without Content-Type; FastAPI would then hand kserve bytes.
+            request.scope["headers"] = [*request.scope["headers"], (b"content-type", b"application/json")]
+        return await call_next(request)
+
+    async def metadata(model_name: str) -> dict:
+        if model_name != model.name or model.service is None:
+            raise ModelNotFound(model_name)
+        return model.metadata()
+
+    app.add_exception_handler(ClipshieldError, clipshield_error)
+    app.middleware("http")(limit_body)
+    app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Load the bundle, then serve until SIGTERM/SIGINT."""
+    args = parse_args(argv)
+    # kserve parses sys.argv when model_server is imported: hand it none of ours.
+    import sys
+
+    sys.argv = sys.argv[:1]
+    from kserve import ModelServer
+    from kserve.model_server import app
+
+    from prometheus_client import REGISTRY
+
+    from service.metrics import PrometheusClientSink
+    from service.settings import load_serving_config
+
+    from handlers.kserve_model import ClipshieldKServeModel
+
+    config = load_serving_config(args.bundle / "serving.json", os.environ)
+    model = ClipshieldKServeModel(args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY))  # kserve's /metrics serves REGISTRY
+    model.load()
+    install_routes(app, model, args.max_body_bytes)
+    server = ModelServer(http_port=args.host_port, grpc_port=args.grpc_port or 8081, enable_grpc=args.grpc_port > 0, workers=1)
+    server.start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
