@@ -33,15 +33,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     """Error mapping, body limit and metadata-with-card on kserve's FastAPI app (before kserve's routes)."""
     from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import ORJSONResponse
     from kserve.errors import ModelNotFound
 
-    from service.errors import ClipshieldError, PayloadTooLarge
+    from service.errors import BadInput, ClipshieldError, PayloadTooLarge
 
     from handlers.kserve_model import error_body
 
     async def clipshield_error(_request: Request, exc: ClipshieldError) -> ORJSONResponse:
         return ORJSONResponse(status_code=exc.http_status, content=error_body(exc))
+
+    async def invalid_request(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[1:3])
+        return await clipshield_error(request, BadInput(f"not a valid v2 inference request: {first.get('msg', 'invalid')} at {where or 'body'}"))
 
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length", "")
@@ -58,8 +64,33 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
         return model.metadata()
 
     app.add_exception_handler(ClipshieldError, clipshield_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.middleware("http")(limit_body)
     app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"])
+
+
+def decoding_dataplane(registry: Any) -> Any:
+    """kserve's DataPlane whose request decoding failures are the client's 400, not a 500.
+
+    kserve 0.21's REST decoder re-encodes binary-extension BYTES tensors as UTF-8 text and raises its
+    InferenceError (500) on image bytes; the model never raises it, so here it always means a bad request.
+    """
+    from kserve.errors import InferenceError
+    from kserve.protocol.dataplane import DataPlane
+
+    from service.errors import BadInput
+
+    class DecodingDataPlane(DataPlane):
+        def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().decode(body, headers, *args, **kwargs)
+            except InferenceError as exc:
+                log.info("request refused by kserve's decoder: %.200s", exc)
+                raise BadInput(
+                    "request could not be decoded: BYTES tensors must hold UTF-8 text over REST (send images base64-encoded)"
+                ) from exc
+
+    return DecodingDataPlane(model_registry=registry)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -84,6 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.load()
     install_routes(app, model, args.max_body_bytes)
     server = ModelServer(http_port=args.host_port, grpc_port=args.grpc_port or 8081, enable_grpc=args.grpc_port > 0, workers=1)
+    server.dataplane = decoding_dataplane(server.registered_models)
     server.start([model])
     return 0
 

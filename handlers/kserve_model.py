@@ -7,7 +7,7 @@ request into one `RawRequest` per image and maps the results to named output ten
 Request: input `image` BYTES `[N]` (or `[N, 1]`), one base64-encoded PNG/JPEG per element (JSON
 strings: kserve 0.21's REST decoder turns binary-extension BYTES into UTF-8 text and fails on image
 bytes; text that is not base64 is refused with 415 like a text form field). Options are the
-TorchServe form fields, as request parameters (`labels`: JSON list or JSON-list text, `purify`,
+TorchServe form fields, as request parameters (`labels`: JSON-list text, as OIP parameters are scalars; `purify`,
 `top_k`) or one-element named inputs of the same names; `content_type` (request parameter) plays the
 Content-Type header. Every value goes through `service.api.parse_request`, so limits and messages
 are the TorchServe path's.
