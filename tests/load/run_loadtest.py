@@ -104,8 +104,9 @@ def _prepare(cfg: LoadTestConfig, work: Path) -> tuple[Path, Path]:
     model = load_model(cfg.model)
     bundle = export_model(model, work / "export")
     store = work / "model_store"
-    batching = BatchingConfig(min_workers=cfg.server_workers, max_workers=cfg.server_workers)
-    build_archive(bundle, store, batching=batching)
+    if cfg.runtime == "torchserve":  # KServe serves the bundle itself
+        batching = BatchingConfig(min_workers=cfg.server_workers, max_workers=cfg.server_workers)
+        build_archive(bundle, store, batching=batching)
     return store, build_payloads(model, work / "payloads", cfg.payloads).parent
 
 
