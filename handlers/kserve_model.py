@@ -32,7 +32,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from service.api import ErrorResponse, PredictResponse
 from service.errors import BadInput, ClipshieldError
-from service.inference import ClipshieldService, RawRequest, Result
+from service.inference import ClipshieldService, RawRequest, Result, outcome_of
 from service.metrics import MetricsSink
 from service.settings import ServingConfig
 
@@ -88,6 +88,8 @@ def raw_requests(request: InferRequest) -> list[RawRequest]:
     images = [t for t in request.inputs if t.name == IMAGE_INPUT]
     if not images:
         return [RawRequest(parts=parts, content_type=content_type)]
+    if len(images) > 1:
+        raise BadInput(f"one {IMAGE_INPUT!r} input per request (a BYTES tensor of shape [N] for N images)")
     if images[0].datatype != "BYTES":
         raise BadInput(f"input {IMAGE_INPUT!r} must be BYTES (encoded PNG/JPEG), not {images[0].datatype}")
     elements = images[0].as_numpy().reshape(-1)
@@ -149,7 +151,12 @@ class ClipshieldKServeModel(Model):
 
     async def predict(self, payload: InferRequest, headers: Optional[dict[str, str]] = None) -> InferResponse:
         """Answer every image of the request; raises the item's error when no image was answered."""
-        results = await asyncio.get_running_loop().run_in_executor(None, self.service.predict, raw_requests(payload))
+        try:
+            requests = raw_requests(payload)
+        except ClipshieldError as exc:  # a malformed v2 request is counted like any refused request
+            self.metrics.increment("clipshield_requests_total", labels={"outcome": outcome_of(exc)})
+            raise
+        results = await asyncio.get_running_loop().run_in_executor(None, self.service.predict, requests)
         if not any(isinstance(r, PredictResponse) for r in results):
             raise results[0]
         info = self.service.info

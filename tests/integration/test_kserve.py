@@ -329,3 +329,41 @@ def test_metrics_on_the_prometheus_endpoint(server, client):
     assert total("clipshield_requests_total{", 'outcome="too_large"') >= 2
     assert total("clipshield_requests_total{", 'outcome="unsupported_media"') >= 5
     assert total("clipshield_decode_seconds_count") >= 1 and total("clipshield_encode_seconds_count") >= 1
+
+
+def test_load_test_translation_meets_the_torchserve_contract(server, local):
+    """tests/load/oip.py (used by locust and the runtime benchmark): a plain-JSON v2 round trip judged
+    by the load test's TorchServe contract, and equal to the in-process answer."""
+    from tests.load.contract import Expectation, check_response
+    from tests.load.oip import INFER_PATH, as_torchserve, infer_body
+
+    fields = {"labels": json.dumps(LABELS), "purify": "true", "top_k": "2"}
+    r = requests.post(server.url + INFER_PATH.format(name=MODEL), json=infer_body(GOOD[2], fields), timeout=H.TIMEOUT_S)
+    got = as_torchserve(r.json())
+    assert check_response(r.status_code, json.dumps(got), Expectation(labels=tuple(LABELS), purify=True, top_k=2)) is None
+    want = local({"image": GOOD[2], **fields})
+    assert same(got, want) and got["model"] == want["model"]
+
+
+def test_malformed_v2_requests_are_refused_and_counted(server, client):
+    """Protocol-level mistakes (two image inputs, a non-BYTES image, a multi-element option) are
+    400s in the protocol's error shape, and counted in clipshield_requests_total like any refusal."""
+    def bad_outcomes() -> float:
+        text = requests.get(f"{server.url}/metrics", timeout=H.TIMEOUT_S).text
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith('clipshield_requests_total{outcome="bad_input"}'))
+
+    before = bad_outcomes()
+    fp32 = http.InferInput("image", [1], "FP32")
+    fp32.set_data_from_numpy(np.array([1.0], dtype=np.float32), binary_data=False)
+    top_k = http.InferInput("top_k", [2], "INT32")
+    top_k.set_data_from_numpy(np.array([1, 2], dtype=np.int32), binary_data=False)
+    cases = [
+        ([bytes_input("image", [b64(GOOD[0])]), bytes_input("image", [b64(GOOD[1])])], "one 'image' input"),
+        ([fp32], "must be BYTES"),
+        ([bytes_input("image", [b64(GOOD[0])]), top_k], "exactly one element"),
+    ]
+    for inputs, words in cases:
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(MODEL, inputs)
+        assert err.value.status() == "400" and words in err.value.message(), err.value.message()
+    assert bad_outcomes() - before == len(cases)

@@ -78,8 +78,8 @@ def start_kserve(bundle: Path, state_dir: Path, cfg: Optional[KServeConfig] = No
     if not bundle.is_dir():
         raise KServeError(f"no serving bundle at {bundle}; run `clipshield export --out {bundle}` first")
     state_dir.mkdir(parents=True, exist_ok=True)
-    log_file = (state_dir / "server.log").open("ab")
-    proc = subprocess.Popen(_command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    with (state_dir / "server.log").open("ab") as log_file:  # the child keeps its own descriptor
+        proc = subprocess.Popen(_command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     (state_dir / "server.json").write_text(json.dumps({"pid": proc.pid, "bundle": str(bundle), **cfg.model_dump()}, indent=2))
     handle = KServeHandle(proc, cfg, state_dir)
     try:
