@@ -3,7 +3,10 @@
 #   serve (default): TorchServe 0.12 + clipshield, non-root, read-only-root friendly
 #     docker build -t registry.example.com/clipshield/serve:0.1.0-cpu .
 #     docker build -t registry.example.com/clipshield/serve:0.1.0-gpu \
-#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 --build-arg ORT_EXTRA=gpu .
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 --build-arg ORT_EXTRA=gpu \
+#       --build-arg ORT_PROVIDERS=cuda,cpu .
+#   ORT_PROVIDERS becomes CLIPSHIELD_ORT_PROVIDERS (ONNX Runtime execution providers, in order); with the
+#   policy `fail` a GPU image whose CUDA provider cannot load refuses the model instead of running on CPU.
 #   model: the model store (model_store/clipshield.mar) for the init container
 #     docker build --target model -t registry.example.com/clipshield/model:miniworld-0.1.0 .
 # Base images are pinned to exact versions; pin them by digest (@sha256:...) in your registry mirror.
@@ -32,6 +35,7 @@ USER 1000:1000
 
 # ---- serve: runtime image (no compilers, no pip cache, no source tree) ----
 FROM ${PYTHON_IMAGE} AS serve
+ARG ORT_PROVIDERS=cpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
  && rm -rf /var/lib/apt/lists/* \
@@ -44,6 +48,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     CLIPSHIELD_OFFLINE=1 \
+    CLIPSHIELD_ORT_PROVIDERS=${ORT_PROVIDERS} \
+    CLIPSHIELD_ORT_PROVIDER_POLICY=fail \
     TEMP=/tmp \
     LOG_LOCATION=/home/model-server/logs \
     METRICS_LOCATION=/home/model-server/logs

@@ -9,24 +9,28 @@ PYTEST_ARGS ?=
 # would download a multi-GB build, and a mismatched torchvision fails at import.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-slow loadtest bench k8s-render clean-venv
+.PHONY: venv tools demo test test-slow loadtest bench k8s-render monitoring clean-venv
 
 $(STAMP):
 	rm -f $(VENV)/.installed-*
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[cpu,serve,kserve,load,dev,data]"
+	$(BIN)/python -m pip install -q -e ".[cpu,serve,kserve,load,dev,data,monitoring]"
 	# torchattacks pins requests~=2.25 (conflicts with locust); its real needs are declared above.
 	$(BIN)/python -m pip install -q --no-deps "torchattacks==3.5.1"
 	touch $@
 
 venv: $(STAMP)
 
+# Prometheus + promtool for the monitoring tests (apt-get, only when missing and root).
+tools:
+	bash .ci/install-prometheus.sh
+
 demo: venv
 	$(BIN)/clipshield demo $(ARGS)
 
-test: venv
+test: venv tools
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: venv
@@ -42,6 +46,12 @@ bench: venv
 
 k8s-render:
 	for o in cpu gpu; do kubectl kustomize k8s/overlays/$$o > k8s/rendered/$$o.yaml; done
+	kubectl kustomize k8s/monitoring > k8s/rendered/monitoring.yaml
+
+# Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py.
+monitoring: venv
+	$(BIN)/python -m training.monitoring.generate
+	$(MAKE) k8s-render
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,9 +6,15 @@ its `serving.json`; `handle` turns TorchServe's per-request parts into `RawReque
 result to one JSON response with its own status code (`set_response_status(code, phrase, idx)`),
 so a bad item gets its own 4xx and never fails its batch mates. Metrics go to TorchServe's metrics
 cache under the `clipshield_*` names declared in `model_store/metrics.yaml`.
+
+A bundle the service refuses (unreadable format, checksum mismatch, missing execution provider)
+fails `initialize` with one log line and a one-line error, without a chained traceback.
+`GET /models/<name>?customized=true` (TorchServe's describe API) answers `service.describe()`:
+model card, bundle versions, execution provider actually running, onnxruntime package.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from http import HTTPStatus
@@ -18,7 +24,7 @@ from typing import Any, Optional
 from ts.torch_handler.base_handler import BaseHandler
 
 from service.api import ErrorResponse
-from service.errors import ClipshieldError
+from service.errors import ClipshieldError, ModelLoadError
 from service.inference import ClipshieldService, RawRequest
 from service.settings import load_serving_config
 
@@ -36,6 +42,15 @@ def _content_type(context: Any, idx: int) -> Optional[str]:
     return body.get("content-type") if isinstance(body, dict) else None
 
 
+def _is_describe(context: Any, idx: int) -> bool:
+    """TorchServe's describe API (`GET /models/<name>?customized=true`) marks its request `describe: True`.
+
+    Decided per item, never from the first request of a batch alone.
+    """
+    headers = context.get_all_request_header(idx) or {}
+    return headers.get("describe") == "True"
+
+
 def _reason(code: int) -> str:
     try:
         return HTTPStatus(code).phrase
@@ -48,17 +63,28 @@ class ClipshieldHandler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
-        config = load_serving_config(model_dir / "serving.json", os.environ)
-        sink = TorchServeSink(context.metrics, context.model_name)
-        self.service = ClipshieldService.from_folder(model_dir, config, sink)
+        try:
+            config = load_serving_config(model_dir / "serving.json", os.environ)
+            sink = TorchServeSink(context.metrics, context.model_name)
+            self.service = ClipshieldService.from_folder(model_dir, config, sink)
+        except ClipshieldError as exc:
+            log.error("clipshield: model %s not loaded: %s", context.model_name, exc)
+            raise ModelLoadError(f"model {context.model_name} not loaded: {exc}") from None
         self.initialized = True
 
     def handle(self, data: list[dict], context: Any) -> list[str]:
-        requests = [RawRequest(parts=item or {}, content_type=_content_type(context, i)) for i, item in enumerate(data)]
-        results = self.service.predict(requests)
+        describe = [_is_describe(context, i) for i in range(len(data))]
+        predict = [i for i, d in enumerate(describe) if not d]
+        requests = [RawRequest(parts=data[i] or {}, content_type=_content_type(context, i)) for i in predict]
+        results: list[Any] = [None] * len(data)
+        for i, result in zip(predict, self.service.predict(requests) if requests else []):
+            results[i] = result
         out = []
         for idx, result in enumerate(results):
             context.set_response_content_type(idx, "application/json")
+            if describe[idx]:
+                out.append(json.dumps(self.service.describe()))
+                continue
             if isinstance(result, ClipshieldError):
                 code = result.http_status
                 message = str(result) if code < 500 else "internal error"

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 
 _TYPES = {"histogram": MetricTypes.HISTOGRAM, "counter": MetricTypes.COUNTER, "gauge": MetricTypes.GAUGE}
 _UNITS = {"histogram": "seconds", "counter": "count", "gauge": "ratio"}
+_UNIT_OF = {"clipshield_embedding_shift": "ratio", "clipshield_anchor_score": "ratio", "clipshield_runtime_info": "info"}
 
 
 class TorchServeSink:
@@ -22,7 +23,7 @@ class TorchServeSink:
         self.model_name = model_name
         self._metrics = {}
         for name, (kind, _help, labels) in METRICS.items():
-            unit = "ratio" if name in ("clipshield_embedding_shift", "clipshield_anchor_score") else _UNITS[kind]
+            unit = _UNIT_OF.get(name, _UNITS[kind])
             self._metrics[name] = metrics_cache.add_metric_to_cache(
                 metric_name=name, unit=unit, dimension_names=["ModelName", "Level", *labels], metric_type=_TYPES[kind]
             )

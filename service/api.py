@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from pydantic import Field, ValidationError, field_validator
@@ -34,14 +35,53 @@ class PredictOptions(StrictModel):
     @field_validator("labels")
     @classmethod
     def _labels_not_blank(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
-        if v is not None:
-            if not v:
-                raise ValueError("labels must hold at least one label")
-            if any(not s.strip() for s in v):
-                raise ValueError("labels must not be blank")
-            if len(set(v)) != len(v):
-                raise ValueError("labels must be distinct")
+        problem = label_set_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
+
+
+def label_set_problem(labels: Sequence[str]) -> Optional[str]:
+    """Our message for a label set that is empty, has a blank label or repeats one; None when fine."""
+    if not labels:
+        return "field 'labels' must hold at least one label"
+    blank = [i for i, s in enumerate(labels) if not s.strip()]
+    if blank:
+        return f"labels must not be blank; got blank label(s) at position(s) {blank[:5]}"
+    dupes = [s for s, n in Counter(labels).items() if n > 1]
+    if dupes:
+        shown = ", ".join(repr(s) for s in dupes[:5])
+        return f"labels must be distinct; got duplicates: {shown}"
+    return None
+
+
+# pydantic error types -> our wording (a fallback: parse_request checks fields itself first).
+_TYPE_MESSAGES = {
+    "greater_than_equal": "must be at least {ge}",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "tuple_type": "must be a JSON list of strings",
+    "string_type": "must be a JSON list of strings",
+}
+
+
+def options_from(raw: Mapping[str, Any]) -> PredictOptions:
+    """`PredictOptions` from parsed fields; a pydantic ValidationError becomes `BadInput` in our words."""
+    try:
+        return PredictOptions(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first.get("loc", ("request",))[0])
+        ctx = first.get("ctx") or {}
+        if first.get("type") == "extra_forbidden":
+            raise BadInput(f"unknown field {field!r}; accepted: {list(FORM_FIELDS)}") from exc
+        if first.get("type") == "value_error" and isinstance(ctx.get("error"), ValueError):
+            raise BadInput(str(ctx["error"])) from exc
+        wording = _TYPE_MESSAGES.get(str(first.get("type")), "has an invalid value")
+        raise BadInput(f"field {field!r} {wording.format(**ctx)}") from exc
 
 
 class Prediction(StrictModel):
@@ -120,6 +160,9 @@ def _parse_labels(value: Any, limits: RequestLimits) -> tuple[str, ...]:
         raise BadInput(f"a label is longer than {limits.max_label_chars} characters")
     for s in labels:
         _check_label_text(s)
+    problem = label_set_problem(labels)
+    if problem:
+        raise BadInput(problem)
     return tuple(labels)
 
 
@@ -176,8 +219,4 @@ def parse_request(
         raw["purify"] = _parse_bool(parts["purify"])
     if parts.get("top_k") is not None:
         raw["top_k"] = _parse_top_k(parts["top_k"], limits)
-    try:
-        return bytes(image), PredictOptions(**raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise BadInput(f"invalid request: {first.get('msg', 'invalid value')}") from exc
+    return bytes(image), options_from(raw)

@@ -6,6 +6,7 @@ wrong, not hostile. Extra JSON documents (run config, model card) live beside th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,31 @@ from .errors import ModelLoadError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(mask)
+    return mask
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> None:
+    """Write `tensors` to `path` via a temporary file and a rename, with ordinary file permissions.
+
+    safetensors creates its files with mode 0600; this gives them 0666 minus the umask (0644 under
+    the usual 022), like every other file a run writes.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())
+    tmp.replace(path)
 
 
 def is_checkpoint_dir(path: Path) -> bool:
@@ -39,9 +65,7 @@ def save_checkpoint(
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / WEIGHTS_NAME)
+    write_safetensors(folder / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
     (folder / CONFIG_NAME).write_text(record.model_dump_json(indent=2))
     for name, doc in (extra or {}).items():
         (folder / name).write_text(json.dumps(doc, indent=2, sort_keys=True))

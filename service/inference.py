@@ -23,12 +23,15 @@ import numpy as np
 from . import bundle as B
 from . import purify_np
 from .api import ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
+from .bundle_info import read_bundle_info
 from .config import ModelRecord
 from .errors import BadInput, ClipshieldError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
 from .metrics import MetricsSink, NullSink
 from .preprocess import load_pixels
-from .runtime import OnnxEncoder, image_encoder, text_encoder
+from .provenance import package_version
+from .runtime import OnnxEncoder, image_encoder, onnxruntime_package, text_encoder
 from .settings import ServingConfig
+from .tokenizer import check_known_words
 from .zero_shot import head_key
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class ClipshieldService:
         self.folder = folder
         self.config = config
         self.metrics = metrics
+        self.bundle_info = read_bundle_info(folder)  # first: a bundle of another format is refused before anything else
         if config.verify_checksums:
             B.verify_manifest(folder)
             B.check_vocab(folder)
@@ -123,7 +127,35 @@ class ClipshieldService:
         for entry in self.card.accuracy:
             labels = {"dataset": entry.dataset, "attack": entry.attack, "purified": str(entry.purified).lower()}
             metrics.set_gauge("clipshield_model_accuracy", entry.value, labels)
-        log.info("loaded %s %s from %s (%d default labels)", self.info.name, self.info.version, folder, len(self.labels.classnames))
+        metrics.set_gauge("clipshield_runtime_info", 1.0, self.runtime_labels())
+        log.info("loaded %s %s from %s (%d default labels; bundle format %d, exported by clipshield %s; on %s)",
+                 self.info.name, self.info.version, folder, len(self.labels.classnames), self.bundle_info.format_version,
+                 self.bundle_info.exported_by.clipshield_version, self.image_encoder.provider)
+
+    def runtime_labels(self) -> dict[str, str]:
+        """Labels of the `clipshield_runtime_info` gauge: execution provider, onnxruntime, bundle versions."""
+        return {
+            "provider": self.image_encoder.provider,
+            "onnxruntime": onnxruntime_package(),
+            "bundle_format": str(self.bundle_info.format_version),
+            "built_by": self.bundle_info.exported_by.clipshield_version,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What is served: model card, bundle versions, execution providers, server version (JSON-able)."""
+        runtime = self.config.runtime
+        return {
+            "model": self.card.model_dump(mode="json"),
+            "bundle": self.bundle_info.model_dump(mode="json"),
+            "runtime": {
+                "image_encoder_provider": self.image_encoder.provider,
+                "text_encoder_provider": self.text_encoder.provider,
+                "requested_providers": list(runtime.providers),
+                "provider_policy": runtime.provider_policy,
+                "onnxruntime": onnxruntime_package(),
+            },
+            "server": {"clipshield_version": package_version()},
+        }
 
     @classmethod
     def from_folder(
@@ -132,7 +164,11 @@ class ClipshieldService:
         return cls(Path(folder), config or ServingConfig(), metrics or NullSink())
 
     def encode_labels(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
-        """Unit-norm zero-shot head [C, E] for `classnames` (prompt ensemble over the default templates)."""
+        """Unit-norm zero-shot head [C, E] for `classnames` (prompt ensemble over the default templates).
+
+        BadInput (400, per item) when a label has words the model's vocabulary cannot represent.
+        """
+        check_known_words(self.tokenizer, classnames)
         templates = list(templates or self.labels.templates)
         prompts = [t.format(c) for c in classnames for t in templates]
         tokens = self.tokenizer(prompts).numpy().astype(np.int64)

@@ -23,6 +23,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_flipped_total": ("counter", "Requests whose top-1 purification changed", ()),
     "clipshield_flagged_total": ("counter", "Requests flagged as possibly adversarial", ()),
     "clipshield_model_accuracy": ("gauge", "Model-card accuracy per data set and attack", ("dataset", "attack", "purified")),
+    "clipshield_runtime_info": ("gauge", "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
+                                "bundle format and the clipshield version that exported it", ("provider", "onnxruntime", "bundle_format", "built_by")),
 }
 
 

@@ -1,17 +1,25 @@
 """One factory for every model source: shipped mini-world model, local checkpoint, open_clip tag.
 
-`load_model` never downloads implicitly when `offline` is set (or CLIPSHIELD_OFFLINE=1); online,
-open_clip's hub loading is used as real users expect, and a failure becomes one clear
-`ModelLoadError`. OpenAI weights need QuickGELU; the factory turns it on from the tag's own
+`load_model` never downloads implicitly when `offline` is set (or CLIPSHIELD_OFFLINE=1 /
+HF_HUB_OFFLINE=1); online, one short probe of the weights host comes first (no network: cached
+weights or one clear `ModelLoadError` at once, not a minute of hub retries), then open_clip's hub
+loading is used as real users expect, and a failure becomes one clear `ModelLoadError`. OpenAI weights need QuickGELU; the factory turns it on from the tag's own
 pretrained config instead of silently building the GELU variant (spec section 10).
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import logging
 import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -25,11 +33,72 @@ log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
 SHIPPED_MODELS = {"miniworld": SHIPPED_DIR / "miniworld"}
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HUB_PROBE_TIMEOUT_S = 2.0
+# Loggers of the download clients: their retry chatter is replaced by one clear error of ours.
+NOISY_LOGGERS = ("huggingface_hub", "urllib3", "requests", "filelock")
 
 
 def offline_from_env() -> bool:
-    """The one place the offline switch is read from the environment."""
-    return os.environ.get("CLIPSHIELD_OFFLINE", "").lower() in ("1", "true", "yes")
+    """The one place the offline switch is read from the environment (ours, or the hub client's)."""
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("CLIPSHIELD_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def unknown_architecture(name: str) -> ModelLoadError:
+    """Error for an architecture open_clip does not know, naming up to five close matches."""
+    import open_clip
+
+    by_lower = {m.lower(): m for m in open_clip.list_models()}
+    close = [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=5, cutoff=0.6)]
+    hint = f"close matches: {', '.join(close)}" if close else "no close match; open_clip.list_models() lists them all"
+    return ModelLoadError(f"unknown open_clip architecture {name!r}; {hint}")
+
+
+def looks_like_path(value: str) -> bool:
+    """True for a --pretrained / --model value meant as a file: it has a path separator or a weights suffix."""
+    seps = [os.sep] + ([os.altsep] if os.altsep else [])
+    return any(sep in value for sep in seps) or Path(value).suffix.lower() in WEIGHT_SUFFIXES
+
+
+def hub_reachable(host: str, port: int, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One TCP connect to the weights host, bounded by `timeout` (name resolution included)."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)  # getaddrinfo ignores socket timeouts; a stuck lookup counts as unreachable
+    return bool(result and result[0])
+
+
+def _weights_host(cfg: dict) -> Optional[tuple[str, int]]:
+    """(host, port) open_clip would download a tag's weights from (the hub when the tag has one)."""
+    url = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co") if cfg.get("hf_hub") else cfg.get("url")
+    parsed = urlparse(url or "")
+    if not parsed.hostname:
+        return None
+    return parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+
+
+@contextlib.contextmanager
+def _quiet_download_clients() -> Iterator[None]:
+    """Silence the hub client's and urllib3's retry logging and warnings for the duration."""
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    try:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def build_clip(record: ModelRecord) -> nn.Module:
@@ -47,7 +116,7 @@ def build_clip(record: ModelRecord) -> nn.Module:
         )
     name = record.open_clip_name or ""
     if name not in open_clip.list_models():
-        raise ModelLoadError(f"unknown open_clip architecture {name!r}; see open_clip.list_models()")
+        raise unknown_architecture(name)
     return open_clip.create_model(name, pretrained=None)
 
 
@@ -87,17 +156,20 @@ def _load_open_clip(name: str, tag: str, cache_dir: Optional[str], offline: bool
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
     if name not in open_clip.list_models():
-        raise ModelLoadError(f"unknown open_clip architecture {name!r}; see open_clip.list_models()")
+        raise unknown_architecture(name)
     local = Path(tag)
+    if not local.is_file() and looks_like_path(tag):
+        what = "is a folder, not a weights file" if local.is_dir() else "not found"
+        raise ModelLoadError(f"weights file {what}: {tag} (--pretrained takes an open_clip tag such as openai, or a weights file)")
     cfg = {} if local.is_file() else get_pretrained_cfg(name, tag)
     if not local.is_file() and not cfg:
         tags = ", ".join(list_pretrained_tags_by_model(name)) or "none"
         raise ModelLoadError(f"unknown pretrained tag {tag!r} for {name}; known tags: {tags}")
     quick_gelu = bool(cfg.get("quick_gelu", False)) and "quickgelu" not in name.lower()
-    if quick_gelu:
-        log.info("%s/%s was trained with QuickGELU: building the QuickGELU variant", name, tag)
     if not local.is_file():
         local = _fetch_weights(name, tag, cfg, cache_dir, offline)
+    if quick_gelu:
+        log.info("%s/%s was trained with QuickGELU: building the QuickGELU variant", name, tag)
     try:
         clip = open_clip.create_model(name, pretrained=str(local), force_quick_gelu=quick_gelu, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; all mean "could not load"
@@ -129,23 +201,38 @@ def _quickgelu_name(name: str) -> str:
 
 
 def _fetch_weights(name: str, tag: str, cfg: dict, cache_dir: Optional[str], offline: bool) -> Path:
-    """Path of the weights for a tag: from the local cache, or downloaded when online."""
+    """Path of the weights for a tag: from the local cache, or downloaded when the host answers.
+
+    Without network a short probe fails fast (instead of the hub client's minute of retries): cached
+    weights are used, otherwise one `ModelLoadError` says how to go on.
+    """
     from open_clip.pretrained import download_pretrained
 
+    local_hint = "copy the weights file to this machine and pass its path as --pretrained"
+    cached = _cached_hf_file(cfg, cache_dir)
     if offline:
-        cached = _cached_hf_file(cfg, cache_dir)
         if cached is None:
             raise ModelLoadError(
                 f"weights for {name}/{tag} are not in the local cache and offline mode is on "
-                f"(CLIPSHIELD_OFFLINE=1). Download them on a connected machine, or pass a local checkpoint path."
+                f"(--offline, CLIPSHIELD_OFFLINE or HF_HUB_OFFLINE): {local_hint}, or use a clipshield checkpoint"
             )
         return cached
-    try:
-        path = download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception as exc:  # noqa: BLE001
+    host = _weights_host(cfg)
+    if host is not None and not hub_reachable(*host):
+        if cached is not None:
+            log.info("%s is unreachable: using the cached weights %s", host[0], cached)
+            return cached
         raise ModelLoadError(
-            f"could not download weights for {name}/{tag} ({type(exc).__name__}). Without network access, "
-            f"copy the weights file here and pass its path as the pretrained tag, or use a clipshield checkpoint."
+            f"cannot reach {host[0]} to download the weights of {name}/{tag} (no network?): {local_hint}, "
+            f"or use --offline (CLIPSHIELD_OFFLINE=1) with weights already in the cache to skip the network"
+        )
+    try:
+        with _quiet_download_clients():
+            path = download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many kinds; all mean "not downloaded"
+        raise ModelLoadError(
+            f"could not download weights for {name}/{tag} ({type(exc).__name__}): {local_hint}, "
+            f"or use --offline (CLIPSHIELD_OFFLINE=1) with weights already in the cache"
         ) from exc
     if not path:
         raise ModelLoadError(f"no weights found for {name}/{tag}")
@@ -200,9 +287,20 @@ def load_model(
             log.warning("%s built with random weights (no weights file given)", path)
         return model
     if pretrained is None:
-        known = ", ".join(sorted(SHIPPED_MODELS))
-        raise ModelLoadError(
-            f"cannot resolve model {name!r}: not a shipped model ({known}), a checkpoint folder or a config JSON; "
-            f"for an open_clip architecture also give a pretrained tag (e.g. --pretrained openai)"
-        )
+        raise _unresolved_model(name)
     return _load_open_clip(name, pretrained, cache_dir, offline)
+
+
+def _unresolved_model(name: str) -> ModelLoadError:
+    """Error for a --model that is no shipped model, checkpoint, config JSON, and has no pretrained tag."""
+    import open_clip
+    from open_clip.pretrained import list_pretrained_tags_by_model
+
+    kinds = f"a shipped model ({', '.join(sorted(SHIPPED_MODELS))}), a checkpoint folder, a config JSON"
+    if looks_like_path(name):
+        what = "not found" if not Path(name).exists() else "is neither a checkpoint folder nor a config JSON"
+        return ModelLoadError(f"model {what}: {name} (--model takes {kinds} or an open_clip architecture)")
+    if name not in open_clip.list_models():
+        return ModelLoadError(f"{unknown_architecture(name)} (--model takes {kinds} or an open_clip architecture)")
+    tags = ", ".join(list_pretrained_tags_by_model(name)) or "none"
+    return ModelLoadError(f"{name} is an open_clip architecture: give its weights with --pretrained (a tag: {tags}; or a weights file)")

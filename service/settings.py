@@ -12,6 +12,12 @@ from typing import Literal
 from pydantic import Field
 
 from .config import StrictModel
+from .errors import ConfigError
+
+Provider = Literal["cuda", "cpu"]
+ProviderPolicy = Literal["fail", "fallback"]
+PROVIDERS: tuple[str, ...] = ("cuda", "cpu")
+POLICIES: tuple[str, ...] = ("fail", "fallback")
 
 
 class DecodeLimits(StrictModel):
@@ -30,12 +36,19 @@ class DecodeLimits(StrictModel):
 
 
 class RuntimeConfig(StrictModel):
-    """ONNX Runtime session options; thread counts come from here, never from the host's core count."""
+    """ONNX Runtime session options; thread counts come from here, never from the host's core count.
+
+    `providers`: execution providers in order of preference (`cuda` = CUDAExecutionProvider,
+    `cpu` = CPUExecutionProvider). `provider_policy` when one is missing from the installed
+    onnxruntime: `fail` refuses to load, naming it; `fallback` warns and continues on the next.
+    """
 
     intra_op_threads: int = Field(default=1, ge=1, le=256)
     inter_op_threads: int = Field(default=1, ge=1, le=256)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     io_binding: bool = False
+    providers: tuple[Provider, ...] = Field(default=("cpu",), min_length=1)
+    provider_policy: ProviderPolicy = "fail"
 
 
 class RequestLimits(StrictModel):
@@ -64,21 +77,54 @@ class ServingConfig(StrictModel):
 
 
 THREADS_ENV = "CLIPSHIELD_ORT_THREADS"
+PROVIDERS_ENV = "CLIPSHIELD_ORT_PROVIDERS"
+POLICY_ENV = "CLIPSHIELD_ORT_PROVIDER_POLICY"
+
+
+def parse_providers(raw: str) -> tuple[str, ...]:
+    """`"cuda,cpu"` -> ("cuda", "cpu"); ConfigError naming the allowed values on anything else."""
+    names = tuple(p.strip().lower() for p in raw.split(",") if p.strip())
+    bad = [n for n in names if n not in PROVIDERS]
+    if not names or bad or len(set(names)) != len(names):
+        raise ConfigError(f"execution providers must be a comma-separated list of distinct values from {list(PROVIDERS)}, got {raw!r}")
+    return names
+
+
+def parse_policy(raw: str) -> str:
+    """`fail` or `fallback`; ConfigError naming the allowed values on anything else."""
+    value = raw.strip().lower()
+    if value not in POLICIES:
+        raise ConfigError(f"execution provider policy must be one of {list(POLICIES)}, got {raw!r}")
+    return value
+
+
+def _runtime_overrides(environ: Mapping[str, str]) -> dict:
+    """RuntimeConfig fields set by the deployment's environment (empty variables are ignored)."""
+    update: dict = {}
+    raw = environ.get(THREADS_ENV, "").strip()
+    if raw:
+        try:
+            update["intra_op_threads"] = int(raw)
+        except ValueError as exc:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from exc
+    if environ.get(PROVIDERS_ENV, "").strip():
+        update["providers"] = parse_providers(environ[PROVIDERS_ENV])
+    if environ.get(POLICY_ENV, "").strip():
+        update["provider_policy"] = parse_policy(environ[POLICY_ENV])
+    return update
 
 
 def load_serving_config(path: Path, environ: Mapping[str, str]) -> ServingConfig:
-    """Serving settings from `serving.json` (defaults if absent), with the deployment's thread override.
+    """Serving settings from `serving.json` (defaults if absent), with the deployment's overrides.
 
     The one place serving reads the environment: `CLIPSHIELD_ORT_THREADS` (set from the container's
-    CPU limit in k8s/) replaces the archive's ONNX Runtime intra-op thread count.
+    CPU limit in k8s/) replaces the archive's ONNX Runtime intra-op thread count;
+    `CLIPSHIELD_ORT_PROVIDERS` (e.g. `cuda,cpu`, set by the GPU image and overlay) and
+    `CLIPSHIELD_ORT_PROVIDER_POLICY` (`fail` or `fallback`) replace the archive's execution providers.
     """
     config = ServingConfig.model_validate_json(path.read_text()) if path.is_file() else ServingConfig()
-    raw = environ.get(THREADS_ENV, "").strip()
-    if not raw:
+    update = _runtime_overrides(environ)
+    if not update:
         return config
-    try:
-        threads = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from exc
-    runtime = config.runtime.model_copy(update={"intra_op_threads": threads})
+    runtime = config.runtime.model_copy(update=update)
     return config.model_copy(update={"runtime": RuntimeConfig.model_validate(runtime.model_dump())})

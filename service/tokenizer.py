@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from .config import TokenizerConfig
+from .errors import BadInput
 
 PAD_ID = 0
 UNK_ID = 1
@@ -23,6 +24,10 @@ class Tokenizer(Protocol):
     context_length: int
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]: ...
+
+    def known_words(self) -> list[str]: ...
 
 
 @lru_cache(maxsize=4)
@@ -41,6 +46,14 @@ class ClipBpeTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         return self._bpe(list(texts), context_length=self.context_length)
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """Always empty: byte-level BPE over the full vocabulary represents any text."""
+        return []
+
+    def known_words(self) -> list[str]:
+        """Empty: the vocabulary is open (any word), so there is nothing to list."""
+        return []
 
 
 class CompactTokenizer:
@@ -62,6 +75,34 @@ class CompactTokenizer:
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
+    def _word_ids(self, word: str) -> list[int]:
+        """BPE ids of one pre-tokenised word, as `SimpleTokenizer.encode` computes them."""
+        chars = "".join(self._bpe.byte_encoder[b] for b in word.encode("utf-8"))
+        return [self._bpe.encoder[piece] for piece in self._bpe.bpe(chars).split(" ")]
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """Words of `texts` (after CLIP's cleaning and lower-casing) with a BPE piece outside the vocabulary.
+
+        Such words would become `UNK_ID`, which the model never saw in training: unique, in order.
+        """
+        unknown: dict[str, None] = {}
+        for text in texts:
+            for word in self._bpe.pat.findall(self._bpe.clean_fn(text)):
+                if any(i not in self._map for i in self._word_ids(word)):
+                    unknown[word] = None
+        return list(unknown)
+
+    def known_words(self) -> list[str]:
+        """The vocabulary in readable form, sorted: whole-word pieces as words, word-start pieces with a
+        trailing '-' (e.g. 'cy-' in 'cyan'), exactly what the model can read."""
+        words = []
+        for b in self._map:
+            piece = self._bpe.decoder[b]
+            whole = piece.endswith("</w>")
+            text = bytes(self._bpe.byte_decoder[c] for c in (piece[: -len("</w>")] if whole else piece)).decode("utf-8", "replace")
+            words.append(text if whole else text + "-")
+        return sorted(words)
+
 
 def build_compact_vocab(corpus: Iterable[str]) -> list[int]:
     """Sorted BPE ids used by `corpus`: the vocabulary of a `CompactTokenizer`."""
@@ -70,6 +111,23 @@ def build_compact_vocab(corpus: Iterable[str]) -> list[int]:
     for text in corpus:
         used.update(bpe.encode(text))
     return sorted(used)
+
+
+def check_known_words(tokenizer: Tokenizer, labels: Sequence[str]) -> None:
+    """`BadInput` naming the words of `labels` the tokenizer cannot represent, and the words it can.
+
+    Only a compact vocabulary (the mini-world model's) has such words; their tokens would all become
+    one unknown id, so labels made of them would get confident but meaningless scores.
+    """
+    unknown = tokenizer.unknown_words(labels)
+    if not unknown:
+        return
+    offending = [label for label in labels if tokenizer.unknown_words([label])]
+    raise BadInput(
+        f"the model's vocabulary has no word(s) {', '.join(repr(w) for w in unknown[:10])} "
+        f"(in label(s) {', '.join(repr(label) for label in offending[:5])}); it knows only: "
+        f"{' '.join(tokenizer.known_words())} ('-' marks a word start; docs/serving.md lists the words)"
+    )
 
 
 def create_tokenizer(cfg: TokenizerConfig) -> Tokenizer:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .pixel_model import PixelCLIP
+from .tokenizer import check_known_words
 
 
 def format_prompts(classnames: Sequence[str], template: str) -> list[str]:
@@ -40,11 +41,15 @@ def encode_prompts(model: PixelCLIP, prompts: Sequence[str], batch_size: int = 2
 def build_text_head(
     model: PixelCLIP, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
-    """Class embeddings [C, E], unit-norm: mean over templates of unit-norm prompt embeddings."""
+    """Class embeddings [C, E], unit-norm: mean over templates of unit-norm prompt embeddings.
+
+    BadInput when a class name has words the model's (compact) vocabulary cannot represent.
+    """
     if not classnames:
         raise ValueError("a zero-shot head needs at least one class name")
     if not templates:
         raise ValueError("a zero-shot head needs at least one prompt template")
+    check_known_words(model.tokenizer, classnames)
     prompts = [t.format(c) for c in classnames for t in templates]
     emb = encode_prompts(model, prompts, batch_size).view(len(classnames), len(templates), -1)
     return F.normalize(emb.mean(dim=1), dim=-1)

@@ -11,18 +11,43 @@ torch.set_num_threads(2)
 os.environ.setdefault("CLIPSHIELD_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+GOLDENS_ENV = "CLIPSHIELD_GOLDENS"
+DEFAULT_GOLDENS = REPO / "tests" / "data" / "goldens"
+GOLDEN_FILES = ("inputs.npz", "inputs.json", "tiny_clip.json")
+GOLDEN_WEIGHTS = ("model_frozen", "model_target_visual")
+WEIGHT_SUFFIXES = (".safetensors", ".pt")
 
 
 def goldens_dir() -> Path:
-    """Goldens folder from CLIPSHIELD_GOLDENS (default ../shared/goldens beside the repo)."""
-    return Path(os.environ.get("CLIPSHIELD_GOLDENS", REPO.parent / "shared" / "goldens")).resolve()
+    """Goldens folder: `CLIPSHIELD_GOLDENS` when set, else the copy shipped in tests/data/goldens."""
+    return Path(os.environ.get(GOLDENS_ENV) or DEFAULT_GOLDENS).resolve()
+
+
+def golden_weights(folder: Path, stem: str) -> Path:
+    """The state dict `stem` of a goldens folder: `.safetensors` (shipped copy) or `.pt` (original format)."""
+    for suffix in WEIGHT_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    pytest.fail(
+        f"goldens folder {folder} has no {stem}{'|'.join(WEIGHT_SUFFIXES)}; "
+        f"set {GOLDENS_ENV} to a complete goldens folder (default {DEFAULT_GOLDENS})",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
 def goldens() -> Path:
+    """The goldens folder, checked complete. Missing goldens fail (never skip) every test that needs them."""
     path = goldens_dir()
-    if not (path / "inputs.npz").is_file():
-        pytest.skip(f"goldens not found at {path} (set CLIPSHIELD_GOLDENS)")
+    missing = [name for name in GOLDEN_FILES if not (path / name).is_file()]
+    missing += [f"{stem}{'|'.join(WEIGHT_SUFFIXES)}" for stem in GOLDEN_WEIGHTS
+                if not any((path / f"{stem}{s}").is_file() for s in WEIGHT_SUFFIXES)]
+    if missing:
+        pytest.fail(
+            f"parity goldens missing in {path}: {', '.join(missing)}. The repository ships them in "
+            f"{DEFAULT_GOLDENS}; {GOLDENS_ENV} overrides that folder.",
+            pytrace=False,
+        )
     return path
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from service.checkpoint import write_safetensors
 
 STATE_NAME = "train_state.safetensors"
 CACHE_PREFIX = "cache."
@@ -50,9 +52,7 @@ def save_train_state(
     tensors.update(opt_tensors)
     if extra is not None:
         tensors.update({CACHE_PREFIX + k: v for k, v in extra.state_dict().items()})
-    tmp = folder / (STATE_NAME + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / STATE_NAME)
+    write_safetensors(folder / STATE_NAME, tensors)
     (folder / META_NAME).write_text(json.dumps({"step": step, "optimizer": opt_meta, "meta": meta}, indent=1))
 
 

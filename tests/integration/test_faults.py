@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import threading
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 QUEUE = 4
 PNG = H.image(seed=5)
+VOCAB_LABELS = [f"{a} {c} {s}".strip() for a in ("", "small", "large", "striped", "noisy")
+                for c in ("red", "blue", "green", "yellow", "orange", "purple", "pink", "cyan")
+                for s in ("circle", "square", "triangle", "diamond", "star", "cross", "heart", "crescent")]
 CLIENT_TIMEOUT_S = 15
 
 
@@ -94,9 +98,13 @@ def test_killed_worker_is_restarted_and_no_request_hangs(server):
 
 
 def _send_labels(server, i: int) -> tuple[str, float]:
-    """An expensive request: 200 labels never seen before, so the worker must encode them all."""
+    """An expensive request: 200 labels never seen before, so the worker must encode them all.
+
+    Made of mini-world words (other words are refused at once with a 400); the order differs per
+    request, so no two requests share a cached head."""
     start = time.monotonic()
-    labels = json.dumps([f"shape {i} number {j}" for j in range(200)])
+    order = random.Random(i).sample(range(len(VOCAB_LABELS)), 200)
+    labels = json.dumps([VOCAB_LABELS[k] for k in order])
     try:
         r = H.post(server, files=H.form(PNG, labels=labels), timeout=CLIENT_TIMEOUT_S)
         outcome = str(r.status_code)

@@ -1,4 +1,4 @@
-"""Golden-model fixtures: the tiny CLIP of ../shared/goldens built through our loading path."""
+"""Golden-model fixtures: the goldens' tiny CLIP built through our loading path, and golden loading."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import torch
 
 from service.checkpoint import load_weights
 from service.models import from_record, load_model, record_from_arch
+from tests.conftest import GOLDENS_ENV, golden_weights
 
 
 @pytest.fixture(scope="session")
@@ -21,18 +22,21 @@ def golden_inputs(goldens: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def frozen_model(goldens: Path):
-    return load_model(str(goldens / "tiny_clip.json"), weights=str(goldens / "model_frozen.pt"))
+    return load_model(str(goldens / "tiny_clip.json"), weights=str(golden_weights(goldens, "model_frozen")))
 
 
 @pytest.fixture(scope="session")
 def target_model(goldens: Path):
-    sd = load_weights(goldens / "model_frozen.pt")
-    sd.update(load_weights(goldens / "model_target_visual.pt"))
+    sd = load_weights(golden_weights(goldens, "model_frozen"))
+    sd.update(load_weights(golden_weights(goldens, "model_target_visual")))
     arch = json.loads((goldens / "tiny_clip.json").read_text())
     return from_record(record_from_arch("tiny_clip_target", arch), sd)
 
 
 def load_golden(goldens: Path, name: str) -> dict[str, torch.Tensor]:
+    """All arrays of one golden `.npz` as tensors; a missing file fails naming the folder and the env var."""
+    if not (goldens / name).is_file():
+        pytest.fail(f"golden file {name} missing in {goldens} (folder from {GOLDENS_ENV})", pytrace=False)
     return {k: torch.from_numpy(v) for k, v in np.load(goldens / name).items()}
 
 
@@ -52,3 +56,23 @@ def stepped_copy(model, grads: dict[str, torch.Tensor], lr: float):
             if name in grads:
                 p -= lr * grads[name]
     return out
+
+
+ATTACK_EQUAL_ATOL = 1e-6  # "equal" for attack outputs (goldens README section 5)
+ATTACK_MIN_EQUAL_FRACTION = 0.9999
+ROUNDING_ATOL = 1e-6  # float32 rounding of values of order 1 (pixels, eps bounds)
+
+
+def assert_attack_matches(delta: torch.Tensor, golden_delta: torch.Tensor, images: torch.Tensor, eps: float) -> None:
+    """Attack perturbations vs the goldens (README sections 5 and 6).
+
+    At least 99.99 % of entries equal within 1e-6; the rest (a near-zero gradient whose sign flipped)
+    may lie anywhere in the eps-ball, so only the ball and the image box are checked for them, for
+    our perturbation and the golden one alike. Tensor contract: all [N,3,H,W] float32; images in [0,1].
+    """
+    close = ((delta - golden_delta).abs() <= ATTACK_EQUAL_ATOL).float().mean()
+    assert close >= ATTACK_MIN_EQUAL_FRACTION, f"only {float(close):.6f} of entries within {ATTACK_EQUAL_ATOL}"
+    for name, d in (("ours", delta), ("golden", golden_delta)):
+        assert float(d.abs().max()) <= eps + ROUNDING_ATOL, f"{name}: perturbation leaves the eps-ball"
+        adv = images + d
+        assert float(adv.min()) >= -ROUNDING_ATOL and float(adv.max()) <= 1 + ROUNDING_ATOL, f"{name}: leaves [0, 1]"

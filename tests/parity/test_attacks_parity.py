@@ -1,7 +1,8 @@
 """PGD and CW against TGA-ZSR's attacks.py (attacks_tga.npz, target model, fixed starts pgd_init_eps1).
 
-Tolerance (goldens README section 5): at least 99.99 % of delta entries equal within 1e-6; the rest
-may differ by a multiple of 1/255 (sign of a near-zero gradient). Sizes come from the goldens.
+Tolerance (goldens README sections 5 and 6): at least 99.99 % of delta entries equal within 1e-6; the
+rest may lie anywhere inside the eps-ball (the sign of a near-zero gradient flipped, then clamped to the
+ball and the box), and every entry stays within eps of the clean image. Sizes come from the goldens.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from service.zero_shot import ZeroShotClassifier, build_text_head
 from training.attacks import get_attack
 
-from .conftest import load_golden
+from .conftest import assert_attack_matches, load_golden
 
 CASES = [("pgd2", "pgd", 2), ("pgd100", "pgd", 100), ("cw100", "cw", 100)]
 
@@ -21,15 +22,6 @@ def setup(goldens, target_model, golden_inputs):
     head = build_text_head(target_model, golden_inputs["classnames"], [golden_inputs["template"]])
     clf = ZeroShotClassifier(target_model, head).eval()
     return clf, load_golden(goldens, "attacks_tga.npz")
-
-
-def _check_delta(delta: torch.Tensor, golden: torch.Tensor, eps: float) -> None:
-    diff = (delta - golden).abs()
-    close = diff <= 1e-6
-    assert close.float().mean() >= 0.9999, f"only {close.float().mean():.6f} of entries within 1e-6"
-    steps = diff[~close] * 255
-    assert torch.allclose(steps, steps.round(), atol=1e-3), "mismatches are not multiples of 1/255"
-    assert float(delta.abs().max()) <= eps + 1e-7
 
 
 def test_clean_logits_match(setup, golden_inputs):
@@ -45,8 +37,20 @@ def test_attack_matches_reference(setup, golden_inputs, key, attack_name, steps)
     images, labels = golden_inputs["images"], torch.as_tensor(golden_inputs["labels"], dtype=torch.int64)
     attack = get_attack(attack_name)(clf, eps=eps, alpha=eps, steps=steps)
     adv = attack.perturb(images, labels, init=golden_inputs["pgd_init_eps1"])  # the golden random start
-    delta = adv - images
-    _check_delta(delta, g[f"{key}_delta"], eps)
+    assert_attack_matches(adv - images, g[f"{key}_delta"], images, eps)
     with torch.no_grad():
         logits = clf(images + g[f"{key}_delta"])
     torch.testing.assert_close(logits, g[f"{key}_logits"], atol=1e-4, rtol=0)
+
+
+def test_attack_on_a_sub_batch_matches_the_same_rows(setup, golden_inputs):
+    """PGD is per-sample (a batch-mean loss only rescales each sample's gradient, not its sign), so
+    the goldens' rows reproduce on a sub-batch: nothing depends on the golden set's batch size."""
+    clf, g = setup
+    eps = float(golden_inputs["eps"])
+    rows = slice(1, None) if len(golden_inputs["images"]) > 1 else slice(None)
+    images = golden_inputs["images"][rows]
+    labels = torch.as_tensor(golden_inputs["labels"], dtype=torch.int64)[rows]
+    attack = get_attack("pgd")(clf, eps=eps, alpha=eps, steps=2)
+    adv = attack.perturb(images, labels, init=golden_inputs["pgd_init_eps1"][rows])
+    assert_attack_matches(adv - images, g["pgd2_delta"][rows], images, eps)

@@ -5,7 +5,7 @@ import torch
 
 from service.zero_shot import format_prompts, encode_prompts
 
-from .conftest import load_golden, stepped_copy
+from .conftest import ROUNDING_ATOL, load_golden, stepped_copy
 
 
 def test_text_embeddings_match_goldens(goldens, frozen_model, golden_inputs):
@@ -33,7 +33,8 @@ def test_target_tokens_match_goldens(goldens, target_model, golden_inputs):
     with torch.no_grad():
         pooled, tokens = target_model.encode_image_with_tokens(adv)
     torch.testing.assert_close(pooled, fare["embedding_adv_target"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(tokens[:, 0], pooled, atol=0, rtol=0)
+    # the class token computed two ways agrees to float32 rounding, not bit for bit (goldens README 6)
+    torch.testing.assert_close(tokens[:, 0], pooled, atol=ROUNDING_ATOL, rtol=ROUNDING_ATOL)
     # the goldens' tokens were captured after the reference's SGD step (see stepped_copy)
     grads = {k[len("grad/") :]: v for k, v in tga.items() if k.startswith("grad/")}
     stepped = stepped_copy(target_model, grads, float(tga["lr_at_step0"]))

@@ -10,6 +10,7 @@ from training.cli import main
 from training.eval.report import markdown
 from training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
 from training.eval.schema import SCHEMA_VERSION, CellKey, load_all
+from tests.conftest import golden_weights
 
 SHAPE = "miniworld/plain/shape/seen"
 COLOR = "miniworld/plain/color/seen"
@@ -129,7 +130,7 @@ def test_cell_keys_and_markdown_without_attacks(tmp_path):
 def test_any_open_clip_config_model_is_evaluated_through_the_same_path(goldens, tmp_path, capsys):
     """The goldens' tiny open_clip CLIP (224 px, config JSON + weights) on mini-world images resized inside."""
     out = tmp_path / "eval"
-    model = ["--model", str(goldens / "tiny_clip.json"), "--weights", str(goldens / "model_frozen.pt"), "--model-id", "tiny"]
+    model = ["--model", str(goldens / "tiny_clip.json"), "--weights", str(golden_weights(goldens, "model_frozen")), "--model-id", "tiny"]
     assert main([*BASE, *model, "--datasets", SHAPE, "--attacks", "pgd", "--limit", "8", "--out", str(out)]) == 0
     (cell,) = load_all(out)
     assert cell.key.model_id == "tiny" and cell.n == 8

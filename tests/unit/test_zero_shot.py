@@ -21,7 +21,7 @@ def test_cache_builds_once_per_label_set(miniworld_model):
     b = cache.get_or_build(miniworld_model, "m", ["red star"], ["a {}."])
     assert a is b and cache.hits == 1 and cache.misses == 1
     cache.get_or_build(miniworld_model, "m", ["x"], ["a {}."])
-    cache.get_or_build(miniworld_model, "m", ["y"], ["a {}."])
+    cache.get_or_build(miniworld_model, "m", ["blue circle"], ["a {}."])
     cache.get_or_build(miniworld_model, "m", ["red star"], ["a {}."])
     assert cache.misses == 4
 

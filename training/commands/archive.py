@@ -4,6 +4,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.errors import ConfigError
+from service.settings import POLICIES, parse_providers
+
+
+def _providers(raw: str) -> tuple[str, ...]:
+    try:
+        return parse_providers(raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_provider_args(p: argparse.ArgumentParser, default: "tuple[str, ...] | None", policy: "str | None") -> None:
+    """--providers (ordered ONNX Runtime execution providers, e.g. cuda,cpu) and --provider-policy."""
+    p.add_argument("--providers", type=_providers, default=default, metavar="LIST",
+                   help="ONNX Runtime execution providers in order, comma-separated, from cuda, cpu "
+                        f"(default: {','.join(default) if default else 'as in the archive'})")
+    p.add_argument("--provider-policy", choices=POLICIES, default=policy,
+                   help="a requested provider missing from the installed onnxruntime: fail (refuse to load, naming it) "
+                        f"or fallback (warn, use the next) (default: {policy or 'as in the archive'})")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="server-side batch size (default: %(default)s)")
     p.add_argument("--max-batch-delay-ms", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
+    add_provider_args(p, ("cpu",), "fail")
     p.set_defaults(run=run)
 
 
@@ -29,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from training.export import build_archive
     from training.export.archive import BatchingConfig
 
-    serving = ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads))
+    runtime = RuntimeConfig(intra_op_threads=args.threads, providers=args.providers, provider_policy=args.provider_policy)
+    serving = ServingConfig(runtime=runtime)
     batching = BatchingConfig(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                               min_workers=args.workers, max_workers=args.workers)
     path = build_archive(args.export, args.model_store, name=args.name, archive_format=args.format,

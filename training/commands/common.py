@@ -21,7 +21,7 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file")
     g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only)")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
-    g.add_argument("--offline", action="store_true", help="never download; fail clearly if weights are not cached")
+    g.add_argument("--offline", action="store_true", help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)")
 
 
 def model_from_args(args: argparse.Namespace) -> PixelCLIP:

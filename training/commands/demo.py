@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+BASE_VERSION = "1.0"  # the version export_model gives the shipped model
 DEMO_EVAL = ("miniworld/plain/color_shape/seen", "miniworld/outlined/color_shape/seen")
 
 
@@ -119,6 +120,22 @@ def run(args: argparse.Namespace) -> int:
         for name, (clean, robust) in after.items()
         for kind, value in (("clean", clean), ("pgd10-eps4", robust))
     )
+    version = _name_served(model, base, args.method, args.finetune_steps)
     print("\nserving the fine-tuned model:")
-    serving_demo(model, args.work_dir, args.model_store, out=print, n_images=4, eps=eps, once=args.once, accuracy=accuracy)
+    serving_demo(model, args.work_dir, args.model_store, out=print, n_images=4, eps=eps, once=args.once, accuracy=accuracy,
+                 version=version)
     return 0
+
+
+def _name_served(model, base, method: str, steps: int) -> str:
+    """Rename a fine-tuned model apart from the base model and return its served version (answers carry both).
+
+    The fine-tuned model becomes `<base name>+<method>` (as its checkpoint is named) at version
+    `ft<steps>-<weights digest>`, so two demo runs with different weights never share a version.
+    """
+    from service.provenance import weights_digest
+
+    if model is base:
+        return BASE_VERSION
+    model.record = model.record.model_copy(update={"name": f"{base.record.name}+{method}"})
+    return f"ft{steps}-{weights_digest(model)[:8]}"

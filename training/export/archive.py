@@ -10,6 +10,7 @@ Formats: `default` (.mar, deflated), `zip-store` (.mar, stored: fast for big mod
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from service import bundle as B
+from service.bundle_info import current_build, read_bundle_info, write_bundle_info
 from service.config import StrictModel
 from service.settings import ServingConfig
 
@@ -61,11 +63,16 @@ def _archiver() -> list[str]:
 
 
 def stage_bundle(export_dir: Path, staging: Path, serving: ServingConfig) -> list[Path]:
-    """Copy a verified export bundle plus serving.json into `staging`; rewrite the manifest; list the files."""
+    """Copy a verified export bundle plus serving.json into `staging`; rewrite the manifest; list the files.
+
+    The bundle's `bundle_info.json` must be of a format this clipshield reads; the archiving build is added to it.
+    """
     B.verify_manifest(export_dir)
+    info = read_bundle_info(export_dir)
     for src in sorted(export_dir.iterdir()):
         if src.is_file() and src.name != B.MANIFEST:
             shutil.copy2(src, staging / src.name)
+    write_bundle_info(staging, info.model_copy(update={"archived_by": current_build()}))
     (staging / SERVING_JSON).write_text(serving.model_dump_json(indent=2) + "\n")
     B.write_manifest(staging)
     return sorted(p for p in staging.iterdir() if p.is_file())
@@ -97,7 +104,12 @@ def build_archive(
             "--extra-files", ",".join(str(p) for p in files), "--config-file", str(config),
             "--export-path", str(model_store), "--archive-format", archive_format, "--force",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # torch-model-archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps two builds of
+        # the same model name (parallel tests, several users) from deleting each other's files.
+        private_tmp = staging / "archiver-tmp"
+        private_tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(private_tmp)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0:
             raise ExportError(f"torch-model-archiver failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
     log.info("built TorchServe archive %s", target)

@@ -46,11 +46,16 @@ def serving_demo(
     purify: Optional[PurifyDefaults] = None,
     accuracy: tuple[AccuracyEntry, ...] = (),
     notes: tuple[str, ...] = (),
+    version: str = "1.0",
 ) -> dict:
-    """Run the whole serving path; returns {"answers": [...], "metrics": [...]} for callers and tests."""
+    """Run the whole serving path; returns {"answers": [...], "metrics": [...]} for callers and tests.
+
+    The model is exported as `model.record.name` at `version` (the model card's name and version, which
+    every answer carries).
+    """
     from training.data.registry import DatasetRequest, build_dataset
 
-    bundle = export_model(model, Path(work_dir) / "export", purify=purify, accuracy=accuracy, notes=notes)
+    bundle = export_model(model, Path(work_dir) / "export", version=version, purify=purify, accuracy=accuracy, notes=notes)
     archive = build_archive(bundle, model_store)
     out(f"exported {bundle} and archived {archive}; starting TorchServe ...")
     handle = start_server(model_store, serve or ServeConfig())

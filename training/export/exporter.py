@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from service import bundle as B
+from service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
 from service.pixel_model import PixelCLIP
 from service.purify import blank_anchor
 from service.zero_shot import build_text_head
@@ -84,6 +85,7 @@ def export_model(
         notes=tuple(notes),
     )
     B.write_card(out_dir, card)
+    write_bundle_info(out_dir, BundleInfo(format_version=FORMAT_VERSION, exported_by=current_build()))
     B.write_manifest(out_dir)
     log.info("exported %s %s to %s", card.name, version, out_dir)
     return out_dir

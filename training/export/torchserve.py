@@ -5,6 +5,12 @@ The checked-in `model_store/config.properties` is the base; each start writes a 
 TorchServe's launcher keeps its pid file in the temp dir and `key_file.json` in its working
 directory, so each server runs with TMPDIR and cwd inside its own state folder: several servers
 (tests, agents) can run side by side and `stop_server(model_store)` stops exactly this one.
+
+Starting on a model store whose server is still running restarts it (`if_running="restart"`, the
+default: the new archive is what answers) or refuses (`"fail"`); TorchServe's model registration
+API stays off. A listener port taken by another process is refused before launching, so a
+readiness check can never be answered by someone else's server, and once ready the served model's
+describe answer must name the archive's model and version.
 """
 from __future__ import annotations
 
@@ -13,19 +19,24 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
 from service.config import StrictModel
 from service.errors import ClipshieldError
+from service.settings import POLICY_ENV, PROVIDERS_ENV, Provider, ProviderPolicy
+
+from .served_archive import archive_card, check_archives
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,11 @@ class ServeConfig(StrictModel):
     # Requests waiting beyond this many get an immediate 503 instead of unbounded latency (issue 7).
     job_queue_size: int = Field(default=100, ge=1)
     startup_timeout_s: float = Field(default=120.0, gt=0)
+    # Execution providers for the workers (CLIPSHIELD_ORT_PROVIDERS / _POLICY); None keeps serving.json's.
+    providers: Optional[tuple[Provider, ...]] = None
+    provider_policy: Optional[ProviderPolicy] = None
+    # A server already running on this model store: restart it on the new archive, or refuse.
+    if_running: Literal["restart", "fail"] = "restart"
 
 
 @dataclass
@@ -60,6 +76,7 @@ class ServerHandle:
     process: subprocess.Popen
     config: ServeConfig
     state_dir: Path
+    replaced_pid: Optional[int] = None  # launcher pid of the server this start stopped, if any
 
     def keys(self) -> dict[str, str]:
         """Inference/management keys from key_file.json ({} when token auth is off)."""
@@ -113,11 +130,65 @@ def _launcher() -> str:
     return found
 
 
-def _env(state_dir: Path) -> dict[str, str]:
+def _env(state_dir: Path, cfg: Optional[ServeConfig] = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(TMPDIR=str(state_dir / "tmp"), LOG_LOCATION=str(state_dir / "logs"), METRICS_LOCATION=str(state_dir / "logs"))
     env.pop("TS_CONFIG_FILE", None)
+    if cfg is not None and cfg.providers:
+        env[PROVIDERS_ENV] = ",".join(cfg.providers)
+    if cfg is not None and cfg.provider_policy:
+        env[POLICY_ENV] = cfg.provider_policy
     return env
+
+
+def running_launcher(model_store: Path) -> Optional[int]:
+    """Launcher pid of the TorchServe started on `model_store` while it is alive; None otherwise."""
+    info_file = Path(model_store).resolve() / STATE_DIR / "server.json"
+    try:
+        pid = int(json.loads(info_file.read_text())["launcher_pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def _accepts(host: Optional[str], port: int) -> bool:
+    """True when something accepts TCP connections on host:port (a wildcard bind is probed on loopback)."""
+    host = "127.0.0.1" if host in (None, "", "0.0.0.0", "::") else host
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _ports_in_use(cfg: ServeConfig) -> list[str]:
+    """Listener addresses of `cfg` that something already accepts connections on."""
+    busy = []
+    for name, addr in (("inference", cfg.inference_address), ("management", cfg.management_address), ("metrics", cfg.metrics_address)):
+        u = urllib.parse.urlsplit(addr)
+        if _accepts(u.hostname, u.port or (443 if u.scheme == "https" else 80)):
+            busy.append(f"{name} {addr}")
+    for port in (cfg.grpc_inference_port, cfg.grpc_management_port):
+        if _accepts("127.0.0.1", port):
+            busy.append(f"gRPC port {port}")
+    return busy
+
+
+def _prepare_start(model_store: Path, cfg: ServeConfig) -> Optional[int]:
+    """Refuse or stop a server already on this store, then refuse ports taken by anyone else; the stopped pid."""
+    pid = running_launcher(model_store)
+    if pid is not None and cfg.if_running == "fail":
+        raise ServeError(f"TorchServe is already running on {model_store} (launcher pid {pid}) and would keep serving its "
+                         f"old archive; stop it first (clipshield serve --stop --model-store {model_store}) or restart it")
+    if pid is not None:
+        log.warning("TorchServe already running on %s (launcher pid %d): stopping it to serve the new archive", model_store, pid)
+        stop_server(model_store)
+    busy = _ports_in_use(cfg)
+    if busy:
+        raise ServeError(f"already in use by another process: {', '.join(busy)}; another TorchServe (other model store?) "
+                         "would answer instead of this one: stop it or choose other addresses/ports")
+    return pid
 
 
 def start_server(model_store: Path, cfg: Optional[ServeConfig] = None, base_config: Optional[Path] = None) -> ServerHandle:
@@ -128,21 +199,52 @@ def start_server(model_store: Path, cfg: Optional[ServeConfig] = None, base_conf
     if not base.is_file():
         base = REPO_STORE / "config.properties"
     state_dir = model_store / STATE_DIR
+    check_archives(model_store, cfg.models)  # an unreadable bundle is refused here, before anything starts
+    replaced = _prepare_start(model_store, cfg)
     (state_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     props = state_dir / "config.properties"
     props.write_text(render_properties(base, model_store, cfg))
     cmd = [_launcher(), "--start", "--foreground", "--ncs", "--ts-config", str(props), "--model-store", str(model_store)]
     out = (state_dir / "logs" / "launcher.log").open("ab")
-    proc = subprocess.Popen(cmd, cwd=state_dir, env=_env(state_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=state_dir, env=_env(state_dir, cfg), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     (state_dir / "server.json").write_text(json.dumps({"launcher_pid": proc.pid, **cfg.model_dump()}, indent=2))
-    handle = ServerHandle(proc, cfg, state_dir)
+    handle = ServerHandle(proc, cfg, state_dir, replaced)
     try:
         wait_ready(handle)
+        _check_served(handle, model_store)
     except BaseException:  # never leave a half-started server behind (timeouts, Ctrl-C, anything)
         stop_server(model_store)
         raise
     return handle
+
+
+def _management_get(handle: ServerHandle, path: str, timeout_s: float = 30.0) -> Any:
+    req = urllib.request.Request(handle.config.management_address.rstrip("/") + path)
+    key = handle.keys().get("management")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def describe_model(handle: ServerHandle, name: str) -> dict[str, Any]:
+    """The handler's describe answer (model card, bundle versions, execution providers) of a served model."""
+    try:
+        meta = _management_get(handle, f"/models/{name}?customized=true")[0]["customizedMetadata"]
+        return json.loads(meta) if isinstance(meta, str) else dict(meta)  # TorchServe parses a JSON answer itself
+    except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ServeError(f"could not describe model {name} on {handle.config.management_address}: {exc}") from exc
+
+
+def _check_served(handle: ServerHandle, model_store: Path) -> None:
+    """ServeError unless each served model's describe answer names its archive's model name and version."""
+    for entry in handle.config.models.split(","):
+        name, _, file = entry.partition("=")
+        served = describe_model(handle, name.strip())["model"]
+        card = archive_card(model_store / file.strip())
+        if (served["name"], served["version"]) != (card.name, card.version):
+            raise ServeError(f"{name} answers as {served['name']} {served['version']}, but its archive holds {card.name} {card.version}")
 
 
 def wait_ready(handle: ServerHandle) -> None:
@@ -174,13 +276,8 @@ def ping(inference_address: str, state_dir: Path) -> bool:
 
 def _model_ready(handle: ServerHandle) -> bool:
     name = handle.config.models.split("=", 1)[0]
-    req = urllib.request.Request(handle.config.management_address.rstrip("/") + f"/models/{name}")
-    key = handle.keys().get("management")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(req, timeout=2) as resp:
-            info = json.loads(resp.read())
+        info = _management_get(handle, f"/models/{name}", timeout_s=2.0)
     except (urllib.error.URLError, OSError, ValueError):
         return False
     workers = info[0].get("workers", []) if info else []
