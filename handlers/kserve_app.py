@@ -105,6 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from prometheus_client import REGISTRY
 
+    from service.errors import ClipshieldError
     from service.metrics import PrometheusClientSink
     from service.settings import load_serving_config
 
@@ -112,7 +113,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     config = load_serving_config(args.bundle / "serving.json", os.environ)
     model = ClipshieldKServeModel(args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY))  # kserve's /metrics serves REGISTRY
-    model.load()
+    try:
+        model.load()
+    except ClipshieldError as exc:  # one line, no traceback: a refused bundle is an operator's error
+        log.error("clipshield: model %s not loaded: %s", args.model_name, exc)
+        return 1
     install_routes(app, model, args.max_body_bytes)
     server = ModelServer(http_port=args.host_port, grpc_port=args.grpc_port or 8081, enable_grpc=args.grpc_port > 0, workers=1)
     server.dataplane = decoding_dataplane(server.registered_models)

@@ -181,10 +181,9 @@ class ClipshieldKServeModel(Model):
         return [{"name": name, "datatype": dtype, "shape": shapes.get(name, [-1])} for name, dtype in OUTPUTS]
 
     def metadata(self) -> dict[str, Any]:
-        """The v2 model metadata plus the bundle's model name, version and card (`parameters`)."""
-        card = self.service.card
+        """The v2 model metadata; `parameters` is `service.describe()` (the TorchServe describe answer:
+        model card, bundle versions, execution providers, server version)."""
         return {
-            "name": self.name, "versions": [card.version], "platform": "clipshield-onnxruntime",
-            "inputs": self.get_input_types(), "outputs": self.get_output_types(),
-            "parameters": {"model": card.name, "model_version": card.version, "card": card.model_dump(mode="json")},
+            "name": self.name, "versions": [self.service.card.version], "platform": "clipshield-onnxruntime",
+            "inputs": self.get_input_types(), "outputs": self.get_output_types(), "parameters": self.service.describe(),
         }

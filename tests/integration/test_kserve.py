@@ -183,7 +183,9 @@ def test_health_and_metadata_with_tritonclient(client, bundle):
     assert not client.is_model_ready("no-such-model")
     meta = client.get_model_metadata(MODEL)
     assert meta["name"] == MODEL and meta["versions"] == [card.version]
-    assert meta["parameters"]["model"] == card.name and meta["parameters"]["card"]["name"] == card.name
+    described = meta["parameters"]  # service.describe(), as TorchServe's describe API answers it
+    assert described["model"] == card.model_dump(mode="json") and described["bundle"]["format_version"] >= 1
+    assert described["runtime"]["image_encoder_provider"]
     assert {t["name"] for t in meta["inputs"]} == {"image", "labels", "purify", "top_k"}
     assert {"labels", "scores", "flagged", "flipped", "status", "error"} <= {t["name"] for t in meta["outputs"]}
     with pytest.raises(InferenceServerException) as err:
@@ -367,3 +369,18 @@ def test_malformed_v2_requests_are_refused_and_counted(server, client):
             client.infer(MODEL, inputs)
         assert err.value.status() == "400" and words in err.value.message(), err.value.message()
     assert bad_outcomes() - before == len(cases)
+
+
+def test_a_changed_bundle_is_refused_with_one_log_line(bundle, tmp_path):
+    """The manifest check of `service/` refuses a modified bundle: the server exits, the start fails."""
+    import shutil
+
+    from training.export.kserve_server import KServeConfig, KServeError, start_kserve
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "labels.json").write_text((copy / "labels.json").read_text().replace("circle", "circles", 1))
+    with pytest.raises(KServeError, match="exited with status 1"):
+        start_kserve(copy, tmp_path / "state", KServeConfig(http_port=H.free_port()))
+    log = (tmp_path / "state" / "server.log").read_text()
+    assert "not loaded" in log and "sha256 mismatch for labels.json" in log and "Traceback" not in log

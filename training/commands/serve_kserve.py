@@ -34,7 +34,8 @@ def run_kserve(args: argparse.Namespace) -> int:
 
     state = args.model_store.resolve() / STATE_DIR
     address = urlparse(args.address)
-    cfg = KServeConfig(host=address.hostname or "127.0.0.1", http_port=address.port or 8080, model_name=args.name)
+    cfg = KServeConfig(host=address.hostname or "127.0.0.1", http_port=address.port or 8080, model_name=args.name,
+                       providers=getattr(args, "providers", None), provider_policy=getattr(args, "provider_policy", None))
     url = f"http://{cfg.host}:{cfg.http_port}"
     if args.stop:
         print("KServe model server stopped." if stop_kserve(state) else "no KServe model server running on this model store.")

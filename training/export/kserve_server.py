@@ -40,6 +40,8 @@ class KServeConfig(StrictModel):
     grpc_port: int = Field(default=0, ge=0, lt=65536)  # 0: gRPC off
     model_name: str = "clipshield"
     ort_threads: Optional[int] = Field(default=None, ge=1)  # CLIPSHIELD_ORT_THREADS for the server
+    providers: Optional[tuple[str, ...]] = None  # CLIPSHIELD_ORT_PROVIDERS, e.g. ("cuda", "cpu")
+    provider_policy: Optional[str] = None  # CLIPSHIELD_ORT_PROVIDER_POLICY: fail | fallback
     startup_timeout_s: float = Field(default=120.0, gt=0)
 
 
@@ -68,6 +70,10 @@ def _env(cfg: KServeConfig) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if cfg.ort_threads is not None:
         env["CLIPSHIELD_ORT_THREADS"] = str(cfg.ort_threads)
+    if cfg.providers:  # read by service.settings.load_serving_config, as in the TorchServe image
+        env["CLIPSHIELD_ORT_PROVIDERS"] = ",".join(cfg.providers)
+    if cfg.provider_policy:
+        env["CLIPSHIELD_ORT_PROVIDER_POLICY"] = cfg.provider_policy
     return env
 
 
