@@ -31,7 +31,7 @@ import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from service.api import ErrorResponse, PredictResponse
-from service.errors import BadInput, ClipshieldError
+from service.errors import BadInput, ClipshieldError, PayloadTooLarge
 from service.inference import ClipshieldService, RawRequest, Result, outcome_of
 from service.metrics import MetricsSink
 from service.settings import ServingConfig
@@ -39,6 +39,9 @@ from service.settings import ServingConfig
 log = logging.getLogger(__name__)
 
 IMAGE_INPUT = "image"
+# Images per request: TorchServe never batches more than its batch size (8); without a bound here a
+# 16 MiB body of tiny PNGs would be ~10^5 decodes and one multi-GB encoder batch.
+MAX_IMAGES_PER_REQUEST = 64
 CONTENT_TYPE_PARAM = "content_type"
 # Parameters the protocol and its clients set themselves; never treated as request fields.
 PROTOCOL_PARAMS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "priority", "timeout", "headers"})
@@ -95,6 +98,8 @@ def raw_requests(request: InferRequest) -> list[RawRequest]:
     elements = images[0].as_numpy().reshape(-1)
     if elements.size == 0:
         raise BadInput(f"input {IMAGE_INPUT!r} holds no image")
+    if elements.size > MAX_IMAGES_PER_REQUEST:
+        raise PayloadTooLarge(f"{elements.size} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
     return [RawRequest(parts={**parts, IMAGE_INPUT: _image_value(e)}, content_type=content_type) for e in elements]
 
 

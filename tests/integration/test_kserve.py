@@ -364,6 +364,11 @@ def test_malformed_v2_requests_are_refused_and_counted(server, client):
         ([fp32], "must be BYTES"),
         ([bytes_input("image", [b64(GOOD[0])]), top_k], "exactly one element"),
     ]
+    tiny = b64(H.image(size=(1, 1)))
+    with pytest.raises(InferenceServerException) as err:  # a bounded batch: 65 images of 1x1 pixel
+        client.infer(MODEL, [bytes_input("image", [tiny] * 65)])
+    assert err.value.status() == "413" and "the limit is 64" in err.value.message()
+    assert list(infer(client, [tiny] * 64).as_numpy("status")) == [200] * 64
     for inputs, words in cases:
         with pytest.raises(InferenceServerException) as err:
             client.infer(MODEL, inputs)
