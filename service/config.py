@@ -24,19 +24,46 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PreprocessConfig(StrictModel):
-    """How raw images become model input.
+ResizeMode = Literal["shortest", "squash", "none"]
+PAPER_RESIZE_RATIO = 256 / 224  # the papers' Resize(256) + CenterCrop(224), at any size S
 
-    `image_size` is the encoder's input resolution. Decoding + resize + centre crop produce float
-    pixels in [0, 1] (see `service.preprocess`); the model wrapper normalises with `mean`/`std`
-    inside its forward so attacks always perturb [0, 1] pixels.
+
+class PreprocessConfig(StrictModel):
+    """How a decoded image becomes model input pixels (`service.preprocess.to_pixels`, the one path).
+
+    `image_size` S is the encoder's input resolution. `resize_mode`: `shortest` resizes the shortest
+    side to round(S * `resize_ratio`) then centre-crops S x S (ratio 1: open_clip's eval transform;
+    256/224: the papers' Resize(256)+CenterCrop(224)); `squash` resizes to S x S ignoring the aspect
+    ratio (TGA-ZSR's CIFAR/STL loader); `none` keeps the decoded size (the `native` CIFAR/STL protocol:
+    `PixelCLIP` resizes inside its forward, spec 0.2) and is never a model record's choice.
+    `antialias` True resizes with Pillow (antialiased when downscaling, what torchvision does to PIL
+    images); False resizes the float tensor with `F.interpolate` without antialiasing. The model
+    wrapper normalises with `mean`/`std` inside its forward, so attacks perturb [0, 1] pixels.
+    Old records (image_size, mean, std, interpolation, resize_mode only) load with the defaults,
+    which are exactly the serving behaviour they were written with.
     """
 
     image_size: int = Field(gt=0)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    resize_mode: Literal["shortest", "squash"] = "shortest"
+    resize_mode: ResizeMode = "shortest"
+    resize_ratio: float = Field(default=1.0, ge=1.0, description="shortest side -> round(S * ratio) before the S x S crop")
+    antialias: bool = True
+
+    @property
+    def resize_to(self) -> int:
+        """Shortest-side length before the centre crop (`shortest` mode)."""
+        return round(self.image_size * self.resize_ratio)
+
+    def describe(self) -> str:
+        """One line naming every choice, e.g. for protocols and model cards."""
+        s, how = self.image_size, f"{self.interpolation}, {'antialias' if self.antialias else 'no antialias'}"
+        if self.resize_mode == "none":
+            return f"native resolution (no resize in the loader; the model resizes to {s}x{s} inside, {self.interpolation})"
+        if self.resize_mode == "squash":
+            return f"resize to {s}x{s} ignoring aspect ratio ({how})"
+        return f"resize shortest side to {self.resize_to} ({how}) + centre crop {s}x{s}"
 
 
 class TokenizerConfig(StrictModel):
@@ -81,7 +108,9 @@ class ModelRecord(StrictModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _one_arch_source(self) -> "ModelRecord":
+    def _consistent(self) -> "ModelRecord":
         if (self.open_clip_name is None) == (self.arch is None):
             raise ValueError("set exactly one of open_clip_name (built-in architecture) or arch (inline config)")
+        if self.preprocess.resize_mode == "none":
+            raise ValueError("a model record's preprocess.resize_mode must be 'shortest' or 'squash' (served inputs need a fixed size)")
         return self

@@ -21,8 +21,11 @@ class TokenMapsUnsupported(ValueError):
 class PixelCLIP(nn.Module):
     """open_clip CLIP over [0, 1] pixels.
 
-    Tensor contract: images are float32 [B, 3, H, W] in [0, 1] on the model's device; any H, W
-    (resized bicubically to the record's `image_size` inside the forward when they differ).
+    Tensor contract: images are float32 [B, 3, H, W] in [0, 1] on the model's device. Images that
+    came through `service.preprocess.to_pixels` are S x S (S = the record's `image_size`) and are
+    only normalised. Other sizes (the `native` CIFAR/STL protocol, or a loader size override) are
+    resized inside the forward by `prepare` (see there): a documented, differentiable step of the
+    attacked function, recorded in the data set's protocol, never a second image preprocessing.
     """
 
     def __init__(self, clip: nn.Module, record: ModelRecord) -> None:
@@ -46,7 +49,14 @@ class PixelCLIP(nn.Module):
         return float(self.clip.logit_scale.detach().exp())
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Differentiable resize (when needed) and normalisation of [0, 1] pixels."""
+        """Normalised encoder input [B, 3, S, S] from [0, 1] pixels [B, 3, H, W].
+
+        S x S input (everything `to_pixels` produces under a record's preprocessing, and all served
+        input) is only normalised: no resampling. Any other size is resized to S x S with
+        `F.interpolate(mode=record interpolation, align_corners=False)`, the reference's in-model
+        resize (spec 0.2), so attacks on native-resolution images perturb native pixels. Serving
+        never takes this branch: the exported graph is traced at S x S.
+        """
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode=self.interpolation, align_corners=False)
         return (images - self.mean) / self.std

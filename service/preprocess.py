@@ -1,10 +1,10 @@
 """Image decoding with limits, and the one resize/crop path from raw images to [0, 1] pixels.
 
-Pipeline (same as open_clip's eval transform minus `Normalize`, which `PixelCLIP` and the exported
-ONNX encoder do inside): decode -> RGB -> resize shortest side to `image_size` (or squash) ->
-centre crop -> float32 CHW in [0, 1]. For the mini world's 32x32 images this is an identity.
-Resizing uses torchvision's PIL path, the one open_clip's training transforms use, so served
-pixels match training's bit for bit.
+Pipeline (open_clip's eval transform minus `Normalize`, which `PixelCLIP` and the exported ONNX
+encoder do inside): decode -> RGB -> `to_pixels` (resize per `PreprocessConfig`, centre crop) ->
+float32 CHW in [0, 1]. Serving, evaluation, fine-tuning, calibration and the demo all call
+`to_pixels`; data sets reach it through `training.data.transforms`, with a named preset
+(`PRESETS`: model, paper, squash). For the mini world's 32x32 images under `model` it is an identity.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import logging
 import struct
 import warnings
 import zlib
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import numpy as np
 from PIL import Image
 
-from .config import PreprocessConfig
-from .errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from .config import PAPER_RESIZE_RATIO, PreprocessConfig
+from .errors import BadInput, ConfigError, PayloadTooLarge, UnsupportedMediaType
 from .settings import DecodeLimits
 
 log = logging.getLogger(__name__)
@@ -93,19 +93,73 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def to_pixels(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """float32 [3, S, S] in [0, 1] from an RGB image (S = cfg.image_size)."""
+    """float32 [3, S, S] in [0, 1] from a decoded RGB image (S = cfg.image_size): THE preprocessing.
+
+    Serving (`load_pixels`), evaluation and fine-tuning data sets (`training.data.transforms`),
+    calibration and the demo all call this function. `resize_mode='none'` returns the image at its
+    own size [3, H, W] (the `native` CIFAR/STL protocol). Pillow resampling, the path open_clip's
+    and torchvision's PIL transforms take, unless `cfg.antialias` is False.
+    """
+    if cfg.resize_mode == "none":
+        return _chw(np.asarray(img, dtype=np.float32) / 255.0)
+    if not cfg.antialias:
+        return _tensor_resize(np.asarray(img, dtype=np.float32) / 255.0, cfg)
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
     size = cfg.image_size
     mode = InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
-    if img.size != (size, size):
-        if cfg.resize_mode == "squash":
+    if cfg.resize_mode == "squash":
+        if img.size != (size, size):
             img = TF.resize(img, [size, size], interpolation=mode)
-        else:
-            img = TF.center_crop(TF.resize(img, size, interpolation=mode), [size, size])
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    else:
+        if min(img.size) != cfg.resize_to:
+            img = TF.resize(img, cfg.resize_to, interpolation=mode)
+        if img.size != (size, size):
+            img = TF.center_crop(img, [size, size])
+    return _chw(np.asarray(img, dtype=np.float32) / 255.0)
+
+
+def _chw(hwc: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+def _tensor_resize(hwc: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The `antialias=False` branch of `to_pixels`: torchvision's tensor resize (F.interpolate), clamped to [0, 1]."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    size = cfg.image_size
+    mode = InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    x = torch.from_numpy(_chw(hwc))
+    target = [size, size] if cfg.resize_mode == "squash" else cfg.resize_to
+    x = TF.resize(x, target, interpolation=mode, antialias=False)
+    x = TF.center_crop(x, [size, size]).clamp(0.0, 1.0)
+    return np.ascontiguousarray(x.numpy())
+
+
+Preset = Literal["model", "paper", "squash"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+"""Named preprocessing choices: `model` = the model record's own (what serving does, the default);
+`paper` = Resize(round(S*256/224), bilinear) + CenterCrop(S), the TGA-ZSR / PMG-AFT / TeCoA protocol
+(spec 0.7; their CIFAR/STL loaders squash instead, see `training.data.transforms`); `squash` = resize
+to S x S bilinear ignoring the aspect ratio (TGA-ZSR's CIFAR/STL loader)."""
+
+
+def preset_config(name: str, model: PreprocessConfig) -> PreprocessConfig:
+    """The preprocessing a preset gives for a model whose record preprocessing is `model`.
+
+    Size, mean and std always stay the model's; raises ConfigError for an unknown preset.
+    """
+    if name == "model":
+        return model
+    if name == "paper":
+        return model.model_copy(update={"resize_mode": "shortest", "interpolation": "bilinear",
+                                        "resize_ratio": PAPER_RESIZE_RATIO, "antialias": True})
+    if name == "squash":
+        return model.model_copy(update={"resize_mode": "squash", "interpolation": "bilinear", "resize_ratio": 1.0, "antialias": True})
+    raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
 def load_pixels(data: bytes, cfg: PreprocessConfig, limits: DecodeLimits) -> np.ndarray:

@@ -26,9 +26,11 @@ from service.config import StrictModel
 from service.errors import ConfigError
 from service.models import load_model
 from service.pixel_model import PixelCLIP
+from service.preprocess import Preset
 from service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
+from .data.transforms import at_size
 from .distributed import average_gradients, init_distributed
 from .methods import FrozenModel, FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
 from .model_card import MODEL_CARD, evaluate_model, model_card
@@ -52,7 +54,8 @@ class FinetuneConfig(StrictModel):
     data: str = "miniworld-train"
     data_root: Optional[Path] = None
     data_limit: Optional[int] = Field(default=None, gt=0)
-    image_size: int = Field(default=224, gt=0, description="loader resolution for real data sets")
+    image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
+    preprocess: Preset = Field(default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
     template: Optional[str] = Field(default=None, description="training prompt; default: the data set's (single) template")
     negative_template: str = "This is not a photo of a {}"
     output: Path = Path("runs/finetune")
@@ -186,6 +189,13 @@ def prepare_models(cfg: FinetuneConfig, method: Method) -> tuple[PixelCLIP, Opti
 Progress = Callable[[int, dict[str, float]], None]
 
 
+def training_request(cfg: FinetuneConfig, model: PixelCLIP) -> DatasetRequest:
+    """The training set's request: the model's record preprocessing under `cfg.preprocess` (size override: `cfg.image_size`)."""
+    pre = at_size(model.record.preprocess, cfg.image_size)
+    return DatasetRequest(root=cfg.data_root, split="train", image_size=pre.image_size, limit=cfg.data_limit, seed=0,
+                          preprocess=pre, preset=cfg.preprocess)
+
+
 def train_step(
     method: Method, target: PixelCLIP, frozen: Optional[FrozenModel], images: torch.Tensor, labels: torch.Tensor,
     heads: TextHeads, params: StrictModel, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -214,11 +224,11 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     method = get_method(cfg.method)
     rank, world, device = init_distributed(cfg.device)
     cfg = cfg.model_copy(update={"device": device})
-    data = build_dataset(cfg.data, DatasetRequest(root=cfg.data_root, split="train", image_size=cfg.image_size, limit=cfg.data_limit, seed=0))
+    target, frozen = prepare_models(cfg, method)
+    data = build_dataset(cfg.data, training_request(cfg, target))
     batch = cfg.batch_size or method.batch_size
     cfg = cfg.resolved(-(-len(data) // batch))
     template = cfg.template or _single_template(data.templates)
-    target, frozen = prepare_models(cfg, method)
     base_record = target.record
     reference = FrozenReference(frozen, len(data), cfg.frozen_cache_mb) if frozen is not None else None
     heads = build_heads(target, list(data.classnames), template, method, cfg.negative_template)
@@ -269,8 +279,8 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     return target, card
 
 
-RESUME_KEYS = ("method", "model", "pretrained", "weights", "data", "data_limit", "batch_size", "steps", "lr", "optimizer",
-               "warmup", "eps", "attack_alpha", "attack_steps", "method_params", "seed")
+RESUME_KEYS = ("method", "model", "pretrained", "weights", "data", "data_limit", "image_size", "preprocess", "batch_size",
+               "steps", "lr", "optimizer", "warmup", "eps", "attack_alpha", "attack_steps", "method_params", "seed")
 
 
 def _check_resumable(saved: dict, cfg: FinetuneConfig) -> None:

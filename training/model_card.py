@@ -42,6 +42,8 @@ def model_card(
         "hyperparameters": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("output", "resume", "threads", "workers")},
         "base_model": {"model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights, "record": base_record.name},
         "data": {"name": cfg.data, "images": len(data), "classes": len(data.classnames), "template": template},
+        "data_preprocess": {"preset": data.protocol["preprocess"], "description": data.preprocess.describe(),
+                            "config": data.preprocess.model_dump(mode="json")},
         "training_attack": {"kind": get_method(cfg.method).attack, "eps": cfg.eps, "alpha": cfg.attack_alpha, "steps": cfg.attack_steps},
         "eval_attack": {"name": "pgd", "eps": cfg.eval_eps, "steps": cfg.eval_steps, "alpha": "eps/4", "restarts": 1, "limit": cfg.eval_limit},
         "results": results,

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from service.config import PreprocessConfig
+from service.purify import PurifyConfig
 from training.cli import main
 from training.eval.report import markdown
 from training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
@@ -24,8 +26,9 @@ def test_cli_writes_versioned_json_markdown_and_plot(tmp_path, capsys):
     assert summary["schema_version"] == SCHEMA_VERSION
     assert len(summary["cells"]) == 4
     cell = summary["cells"][0]
-    assert {"model_id", "dataset", "attack", "eps", "steps", "seed", "purification"} <= set(cell["key"])
-    assert cell["key"]["model_id"] == "miniworld" and cell["key"]["eps"] == pytest.approx(4 / 255)
+    assert {"weights", "preprocess", "dataset", "split", "attack", "eps", "steps", "seed", "purification"} <= set(cell["key"])
+    assert cell["model_id"] == "miniworld" and "model_id" not in cell["key"] and cell["key"]["eps"] == pytest.approx(4 / 255)
+    assert cell["protocol"]["preprocess"] == "model"
     assert cell["n"] == 16 and 0 <= cell["robust"] <= cell["clean"] + 1e-9
     assert set(summary["averages"]) == {"miniworld | PGD-2 eps=4/255", "miniworld | CW-2 eps=4/255"}
     table = (out / "results.md").read_text()
@@ -82,7 +85,7 @@ def test_purified_evaluation_reports_gradient_masking(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[gradient masked]" in printed
     (cell,) = load_all(out)
-    assert cell.key.purification and cell.adaptive is not None
+    assert cell.key.purification == PurifyConfig() and cell.adaptive is not None
     assert cell.robust == cell.adaptive.worst_case < cell.adaptive.robust["full"]
     table = (out / "results.md").read_text()
     assert "### Adaptive attacks on purification" in table and "**gradient masked**" in table
@@ -122,7 +125,7 @@ def test_unknown_attack_and_dataset_are_one_line_errors(tmp_path, capsys):
 
 def test_cell_keys_and_markdown_without_attacks(tmp_path):
     cfg = EvalConfig(model_id="m", datasets=[SHAPE], attacks=[], out_dir=tmp_path)
-    (key,) = cell_keys(cfg, SHAPE)
+    (key,) = cell_keys(cfg, SHAPE, "0" * 16, PreprocessConfig(image_size=32))
     assert key.attack == "none" and key.eps == 0 and key.steps == 0
     assert markdown([]).startswith("# Zero-shot robustness")
 
@@ -133,5 +136,5 @@ def test_any_open_clip_config_model_is_evaluated_through_the_same_path(goldens, 
     model = ["--model", str(goldens / "tiny_clip.json"), "--weights", str(golden_weights(goldens, "model_frozen")), "--model-id", "tiny"]
     assert main([*BASE, *model, "--datasets", SHAPE, "--attacks", "pgd", "--limit", "8", "--out", str(out)]) == 0
     (cell,) = load_all(out)
-    assert cell.key.model_id == "tiny" and cell.n == 8
+    assert cell.model_id == "tiny" and cell.n == 8 and cell.key.preprocess.image_size == 224
     assert "| tiny |" in (out / "results.md").read_text()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from service.config import PreprocessConfig
 from service.errors import ConfigError, DatasetNotFound
 from training.data import DatasetRequest, build_dataset, list_datasets
 from training.data.real import (
@@ -81,16 +82,31 @@ def test_class_name_rules():
     assert fgvc_name("DC-10") == "dc-10"  # reference replaces only `_` for aircraft
 
 
-def test_lowres_switch_defaults_to_tga224_and_records_choice():
-    img = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
-    tf, desc = image_transform(DatasetRequest())
-    assert "CenterCrop(224)" in desc and tf(Image.fromarray(np.zeros((30, 40, 3), np.uint8))).shape == (3, 224, 224)
-    tf, desc = image_transform(DatasetRequest(), lowres=True)
-    assert "tga224" in desc and tf(img).shape == (3, 224, 224)
-    tf, desc = image_transform(DatasetRequest(options={"lowres": "native"}), lowres=True)
-    assert "native" in desc and tf(img).shape == (3, 32, 32)
+def test_presets_and_the_lowres_switch_are_resolved_and_recorded():
+    """`model` (default) = the record's preprocessing; `paper` = Resize(256)+CenterCrop(224), CIFAR/STL squashed
+    (TGA-ZSR); `lowres` overrides the preset for CIFAR/STL only; every choice is named in the protocol."""
+    wide = Image.fromarray(np.zeros((30, 40, 3), np.uint8))
+    small = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    tf, proto = image_transform(DatasetRequest())
+    assert tf.cfg == PreprocessConfig(image_size=224) and proto["preprocess"] == "model"
+    assert tf(wide).shape == (3, 224, 224)
+    tf, proto = image_transform(DatasetRequest(preset="paper"))
+    assert (tf.cfg.resize_mode, tf.cfg.resize_to, tf.cfg.interpolation) == ("shortest", 256, "bilinear")
+    assert proto == {"preprocess": "paper", "transform": "resize shortest side to 256 (bilinear, antialias) + centre crop 224x224"}
+    tf, proto = image_transform(DatasetRequest(preset="paper"), lowres=True)
+    assert tf.cfg.resize_mode == "squash" and proto["preprocess"] == "paper+tga224" and tf(small).shape == (3, 224, 224)
+    tf, proto = image_transform(DatasetRequest(preset="model"), lowres=True)
+    assert tf.cfg.resize_mode == "shortest" and proto["preprocess"] == "model"
+    tf, proto = image_transform(DatasetRequest(options={"lowres": "tga224"}), lowres=True)
+    assert tf.cfg.resize_mode == "squash" and proto["preprocess"] == "tga224"
+    tf, proto = image_transform(DatasetRequest(preset="paper", options={"lowres": "native"}), lowres=True)
+    assert proto["preprocess"] == "native" and "native" in proto["transform"] and tf(small).shape == (3, 32, 32)
+    tf, _ = image_transform(DatasetRequest(options={"lowres": "native"}))  # not a CIFAR/STL set: option ignored
+    assert tf.cfg.resize_mode == "shortest"
     with pytest.raises(ConfigError, match="tga224"):
         image_transform(DatasetRequest(options={"lowres": "96"}), lowres=True)
+    with pytest.raises(ConfigError, match="model, paper, squash"):
+        image_transform(DatasetRequest(preset="imagenet"))
 
 
 def _tiny_imagenet(root: Path, arranged_val: bool) -> list[str]:
@@ -120,7 +136,7 @@ def test_tinyimagenet_val_layouts(tmp_path, arranged_val):
     _tiny_imagenet(tmp_path, arranged_val)
     ds = build_dataset("tinyimagenet", DatasetRequest(root=tmp_path))
     assert ds.templates == ["This is a photo of a {}"]
-    assert ds.protocol["transform"] == "Resize(256)+CenterCrop(224)+ToTensor"
+    assert ds.protocol["preprocess"] == "model" and ds.preprocess == PreprocessConfig(image_size=224)
     names_by_label = {ds.classnames[label] for _, label in (ds[i] for i in range(len(ds)))}
     assert names_by_label == {"pay phone", "goldfish"}
     if arranged_val:  # ImageFolder: only the class folders present
@@ -355,3 +371,6 @@ def test_finetune_on_a_folder(tmp_path):
                                       data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
                                       steps=2, warmup=1, output=tmp_path / "run", threads=1))
     assert card["data"] == {"name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
+    # the folder's JPEGs went through the model's own record preprocessing (the `model` preset), recorded in the card
+    assert card["data_preprocess"]["preset"] == "model"
+    assert card["data_preprocess"]["config"] == record.preprocess.model_dump(mode="json")

@@ -100,3 +100,68 @@ def test_corrupt_message_has_no_object_repr():
     with pytest.raises(BadInput) as info:
         decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, LIMITS)
     assert "0x" not in str(info.value) and "PNG" in str(info.value)
+
+
+def test_old_records_load_with_todays_serving_defaults():
+    """Records written before resize_ratio/antialias existed keep their behaviour (the shipped one is such a record)."""
+    from service.checkpoint import load_record
+    from service.config import ModelRecord
+    from service.models import SHIPPED_MODELS
+
+    old = {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear", "resize_mode": "squash"}
+    cfg = PreprocessConfig.model_validate(old)
+    assert (cfg.resize_ratio, cfg.antialias, cfg.resize_to) == (1.0, True, 224)
+    shipped = load_record(SHIPPED_MODELS["miniworld"]).preprocess
+    assert (shipped.image_size, shipped.resize_ratio, shipped.antialias) == (32, 1.0, True)
+    with pytest.raises(ValueError, match="'shortest' or 'squash'"):
+        ModelRecord(name="m", open_clip_name="ViT-B-32", preprocess=PreprocessConfig(image_size=224, resize_mode="none"))
+
+
+def test_paper_preset_reproduces_the_papers_torchvision_transform():
+    """`paper` = torchvision Resize(256) + CenterCrop(224) (+ ToTensor) as TGA-ZSR / PMG-AFT load images."""
+    from torchvision import transforms as T
+
+    from service.preprocess import preset_config
+
+    rng = np.random.default_rng(2)
+    img = Image.fromarray((rng.random((300, 451, 3)) * 255).astype(np.uint8), "RGB")
+    cfg = preset_config("paper", PreprocessConfig(image_size=224))
+    ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])(img).numpy()
+    np.testing.assert_allclose(to_pixels(img, cfg), ref, atol=1e-6)  # both uint8 / 255: float rounding only
+    squash = T.Compose([T.Resize((224, 224)), T.ToTensor()])(img).numpy()
+    np.testing.assert_allclose(to_pixels(img, preset_config("squash", PreprocessConfig(image_size=224))), squash, atol=1e-6)
+
+
+def test_antialias_off_resizes_the_float_tensor_without_antialiasing():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    cfg = PreprocessConfig(image_size=16, interpolation="bilinear", antialias=False)
+    ours = to_pixels(Image.fromarray(arr, "RGB"), cfg)
+    x = torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+    ref = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=False)[0].numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    smoothed = to_pixels(Image.fromarray(arr, "RGB"), cfg.model_copy(update={"antialias": True}))
+    assert np.abs(smoothed - ours).max() > 0.1  # 4x downscaling of noise: antialiasing matters
+
+
+def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
+    """`resize_mode='none'` (CIFAR/STL `native`): pixels at their own size; `PixelCLIP.prepare` resizes them
+    with F.interpolate (spec 0.2) and leaves S x S input unresampled."""
+    import torch
+    import torch.nn.functional as F
+
+    from service.models import load_model
+
+    model = load_model("miniworld")
+    rng = np.random.default_rng(4)
+    arr = (rng.random((20, 24, 3)) * 255).astype(np.uint8)
+    native = to_pixels(Image.fromarray(arr, "RGB"), PreprocessConfig(image_size=32, resize_mode="none"))
+    assert native.shape == (3, 20, 24)
+    x = torch.from_numpy(native)[None]
+    inside = F.interpolate(x, size=(32, 32), mode=model.interpolation, align_corners=False)
+    assert torch.equal(model.prepare(x), (inside - model.mean) / model.std)
+    square = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.prepare(square), (square - model.mean) / model.std)

@@ -41,7 +41,7 @@ def _task(model, name: str, n: int):
     from service.zero_shot import ZeroShotClassifier, build_text_head
     from training.data.registry import DatasetRequest, build_dataset
 
-    ds = build_dataset(name, DatasetRequest(limit=n))
+    ds = build_dataset(name, DatasetRequest(limit=n, preprocess=model.record.preprocess))
     clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
     return ds, clf, torch.tensor(ds.labels)
 

@@ -1,15 +1,18 @@
 """`clipshield evaluate`: zero-shot clean and robust top-1 of a model on data sets under attacks.
 
-Writes one JSON per (data set, attack) cell under --out (re-runs skip finished cells), then
+Writes one JSON per cell under --out (keyed by weights digest, preprocessing, purification, attack, data
+and seed; re-runs skip finished cells), then
 summary.json, results.md (paper-style tables) and robust_vs_clean.png.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from service.preprocess import PRESETS
 from service.purify import PurifyConfig
 
 from .common import add_model_args, model_from_args, progress
@@ -50,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes for real data sets")
     p.add_argument("--data-root", type=Path, default=None, help="parent folder of the real data sets' folders")
     p.add_argument("--skip-missing", action="store_true", help="evaluate the data sets that exist, warn about missing ones")
-    p.add_argument("--lowres", choices=["tga224", "native"], default=None, help="CIFAR/STL resolution (spec 0.7; default tga224)")
+    p.add_argument("--preprocess", choices=list(PRESETS), default="model",
+                   help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
+                   "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
+    p.add_argument("--lowres", choices=["tga224", "native"], default=None,
+                   help="CIFAR/STL resolution (spec 0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
     p.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
     p.add_argument("--purify-steps", type=int, default=10)
     p.add_argument("--purify-step-size", type=float, default=30.0)
@@ -71,7 +78,7 @@ def expand_datasets(names: list[str]) -> list[str]:
     return out
 
 
-def config_from_args(args: argparse.Namespace, image_size: int):
+def config_from_args(args: argparse.Namespace, image_size: Optional[int] = None):
     from training.eval.runner import EvalConfig
 
     model_id = args.model_id or (args.model if args.pretrained is None else f"{args.model}:{args.pretrained}")
@@ -80,7 +87,7 @@ def config_from_args(args: argparse.Namespace, image_size: int):
         model_id=model_id, datasets=expand_datasets(args.datasets), attacks=args.attacks, eps=args.eps / 255,
         steps=args.steps, restarts=args.restarts, alpha=None if args.alpha is None else args.alpha / 255, seed=args.seed, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, purification=purify, data_root=args.data_root, skip_missing=args.skip_missing,
-        data_options={"lowres": args.lowres} if args.lowres else {}, image_size=image_size, device=args.device, out_dir=args.out,
+        data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size, device=args.device, out_dir=args.out,
     )
 
 

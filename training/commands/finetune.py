@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from service.preprocess import PRESETS
+
 from .common import progress
 
 MINIWORLD_BUDGET = {"steps": 200, "batch_size": 32, "data_limit": 3200}
@@ -40,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data", default="miniworld-train", help="training set: miniworld-train (default), tinyimagenet, imagenet, folder/<dir> (any class-folder tree under --data-root), ...")
     d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded)")
     d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images")
-    d.add_argument("--image-size", type=int, default=224, help="loader resolution for real data sets")
+    d.add_argument("--image-size", type=int, default=None, help="loader resolution (default: the model's own input size)")
+    d.add_argument("--preprocess", choices=list(PRESETS), default="model",
+                   help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
+                   "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
     d.add_argument("--template", default=None, help="training prompt (default: the data set's, e.g. 'This is a photo of a {}')")
     o = p.add_argument_group("optimisation (unset = method recipe default)")
     o.add_argument("--epochs", type=int, default=None, help="default 10 (mini world: 200 steps of batch 32, SGD lr 0.005 / AdamW 1e-4)")
@@ -98,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
     values = dict(
         method=args.method, model=args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir,
         offline=args.offline or None, data=args.data, data_root=args.data_root, data_limit=args.data_limit,
-        image_size=args.image_size, template=args.template, output=args.output or Path("runs/finetune") / args.method,
+        image_size=args.image_size, preprocess=args.preprocess, template=args.template, output=args.output or Path("runs/finetune") / args.method,
         epochs=args.epochs or 10, steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         eps=args.eps if args.eps is not None else (4 / 255 if mini else 1 / 255), attack_steps=args.attack_steps,
         attack_alpha=args.attack_alpha, method_params=parse_params(args.param), seed=args.seed,

@@ -1,4 +1,5 @@
 """Data set registry; importing this package registers the built-in data sets."""
+from . import folder  # noqa: F401
 from . import miniworld  # noqa: F401
 from . import real  # noqa: F401
 from .registry import DatasetRequest, build_dataset, list_datasets, register_dataset

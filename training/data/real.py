@@ -12,17 +12,17 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
-from torchvision import transforms as T
-from torchvision.datasets.folder import default_loader
 
+from service.config import PreprocessConfig
 from service.errors import ConfigError, DatasetNotFound
 
-from .registry import DatasetRequest, register_dataset, register_dataset_family, require_folder, subset_indices
+from .registry import DatasetRequest, register_dataset, require_folder, subset_indices
+from .transforms import LOWRES_CHOICES, PixelTransform, image_transform, open_image  # noqa: F401  (LOWRES_CHOICES re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +31,23 @@ PCAM_PROMPTS = [  # fixed per-class prompts of the reference loader; the typo is
     "Tthis is a photo of healthy lymph node tissue.",
     "This is a photo of lymph node tumor tissue.",
 ]
-LOWRES_CHOICES = ("tga224", "native")  # spec 0.7 PITFALL: CIFAR/STL resized to 224 (TGA) or native size
 _CLASSNAMES_DIR = Path(__file__).with_name("classnames")
 
 
 class RealDataset(Dataset):
     """A torchvision data set with the spec's class names, templates and transform record.
 
-    `protocol` records the choices that change results (transform, CIFAR/STL resolution, split).
+    `protocol` records the choices that change results (split, preprocessing preset and description);
+    `preprocess` is the resolved `PreprocessConfig` every image went through.
     """
 
-    def __init__(self, base: Any, classnames: list[str], templates: list[str], protocol: dict[str, str], req: DatasetRequest):
+    def __init__(self, base: Any, classnames: list[str], templates: list[str], protocol: dict[str, str], req: DatasetRequest,
+                 preprocess: PreprocessConfig):
         self.base = base
         self.classnames = classnames
         self.templates = templates
         self.protocol = protocol
+        self.preprocess = preprocess
         self._indices = subset_indices(len(base), req.limit, req.seed)
 
     def __len__(self) -> int:
@@ -70,7 +72,7 @@ class _AnnotatedFolder(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[idx]
-        return self.transform(default_loader(str(path))), label
+        return self.transform(open_image(str(path))), label
 
 
 def clean_name(name: str, chars: str = "_-/") -> str:
@@ -101,24 +103,6 @@ def load_classnames(name: str) -> list[str]:
     return json.loads((_CLASSNAMES_DIR / f"{name}.json").read_text())
 
 
-def image_transform(req: DatasetRequest, lowres: bool = False) -> tuple[Callable, str]:
-    """Spec 0.5/0.7 transform and its description: Resize(256)+CenterCrop(224)+ToTensor by default.
-
-    For CIFAR/STL (`lowres`), `req.options["lowres"]` picks `tga224` (Resize to 224x224, the default,
-    reproduces TGA) or `native` (ToTensor only; PMG-AFT/TeCoA: the model upsamples inside).
-    """
-    size = req.image_size
-    if lowres:
-        choice = req.options.get("lowres", "tga224")
-        if choice not in LOWRES_CHOICES:
-            raise ConfigError(f"option lowres={choice!r} not allowed; choose one of {LOWRES_CHOICES}")
-        if choice == "native":
-            return T.ToTensor(), "ToTensor (native resolution)"
-        return T.Compose([T.Resize((size, size)), T.ToTensor()]), f"Resize(({size},{size}))+ToTensor (tga224)"
-    resize = round(size * 256 / 224)
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor()]), f"Resize({resize})+CenterCrop({size})+ToTensor"
-
-
 def _split(name: str, req: DatasetRequest, allowed: dict[str, Any]) -> Any:
     if req.split not in allowed:
         raise ConfigError(f"{name}: split {req.split!r} not available; choose one of {sorted(allowed)}")
@@ -143,19 +127,20 @@ def _open(name: str, layout: str, make: Callable[[], Any]) -> Any:
         raise DatasetNotFound(f"{name}: {first}; expected layout: {layout}") from None
 
 
-def _wrap(name: str, req: DatasetRequest, base: Any, classnames: list[str], templates: list[str], transform_desc: str) -> RealDataset:
-    protocol = {"dataset": name, "split": req.split, "transform": transform_desc}
-    logger.info("data set %s: %d images, %d classes, %s", name, len(base), len(classnames), transform_desc)
-    return RealDataset(base, classnames, templates, protocol, req)
+def wrap_dataset(name: str, req: DatasetRequest, base: Any, classnames: list[str], templates: list[str], transform: PixelTransform,
+                 protocol: dict[str, str]) -> RealDataset:
+    """A `RealDataset` whose protocol names the data set, split and preprocessing (`image_transform`)."""
+    logger.info("data set %s: %d images, %d classes, %s (%s)", name, len(base), len(classnames), protocol["preprocess"], protocol["transform"])
+    return RealDataset(base, classnames, templates, {"dataset": name, "split": req.split, **protocol}, req, transform.cfg)
 
 
 def _torchvision(name: str, req: DatasetRequest, layout: str, markers: Sequence[str], cls: Callable, kwargs: dict,
                  names: Callable[[Any], list[str]], templates: list[str], lowres: bool = False) -> RealDataset:
     """Shared path of every torchvision-class data set: locate, open with download=False, wrap."""
     root = _locate(name, req, layout, markers)
-    transform, desc = image_transform(req, lowres)
+    transform, protocol = image_transform(req, lowres)
     base = _open(name, layout, lambda: cls(str(root), transform=transform, download=False, **kwargs))
-    return _wrap(name, req, base, names(base), templates, desc)
+    return wrap_dataset(name, req, base, names(base), templates, transform, protocol)
 
 
 def _refined(attr: str) -> Callable[[Any], list[str]]:
@@ -322,8 +307,9 @@ def _names_for(name: str, wnids: Sequence[str], table: dict[str, str], source: P
     return [clean_name(table[w]) for w in wnids]
 
 
-def _image_folder(name: str, folder: Path, transform: Callable, layout: str) -> tvd.ImageFolder:
-    return _open(name, layout, lambda: tvd.ImageFolder(str(folder), transform=transform))
+def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> tvd.ImageFolder:
+    """`ImageFolder` decoding like serving (`open_image` + `PixelTransform`); missing folders -> `DatasetNotFound`."""
+    return _open(name, layout, lambda: tvd.ImageFolder(str(folder), transform=transform, loader=open_image))
 
 
 @register_dataset("tinyimagenet")
@@ -343,7 +329,7 @@ def build_tinyimagenet(req: DatasetRequest) -> RealDataset:
     if not table_path.is_file():
         raise DatasetNotFound(f"tinyimagenet: {table_path} not found; expected layout: {layout}")
     table = read_wnid_table(table_path)
-    transform, desc = image_transform(req)
+    transform, protocol = image_transform(req)
     folder = base_dir / split
     annotations = folder / "val_annotations.txt"
     if split == "val" and annotations.is_file() and (folder / "images").is_dir():
@@ -355,9 +341,9 @@ def build_tinyimagenet(req: DatasetRequest) -> RealDataset:
             raise DatasetNotFound(f"tinyimagenet: {annotations} names wnid {unknown[0]}, not in wnids.txt")
         base: Any = _AnnotatedFolder([(folder / "images" / f, index[w]) for f, w in rows], transform)
     else:
-        base = _image_folder("tinyimagenet", folder, transform, layout)
+        base = image_folder("tinyimagenet", folder, transform, layout)
         wnids = base.classes
-    return _wrap("tinyimagenet", req, base, _names_for("tinyimagenet", wnids, table, table_path), [PHOTO], desc)
+    return wrap_dataset("tinyimagenet", req, base, _names_for("tinyimagenet", wnids, table, table_path), [PHOTO], transform, protocol)
 
 
 @register_dataset("imagenet")
@@ -374,8 +360,8 @@ def build_imagenet(req: DatasetRequest) -> RealDataset:
     found = [root / d / split for d in ("ImageNet", "imagenet") if (root / d / split).is_dir()]
     if not found:
         raise DatasetNotFound(f"imagenet: {root / 'ImageNet' / split} not found; expected layout: {layout}")
-    transform, desc = image_transform(req)
-    base = _image_folder("imagenet", found[0], transform, layout)
+    transform, protocol = image_transform(req)
+    base = image_folder("imagenet", found[0], transform, layout)
     if "wnid_table" in req.options:
         names = _names_for("imagenet", base.classes, read_wnid_table(Path(req.options["wnid_table"])), Path(req.options["wnid_table"]))
     else:
@@ -385,64 +371,7 @@ def build_imagenet(req: DatasetRequest) -> RealDataset:
             raise DatasetNotFound(f"imagenet: {found[0]} has {len(base.classes)} class folders, expected "
                                   f"{len(IMAGENET_CLASSNAMES)}; expected layout: {layout}")
         names = [clean_name(c) for c in IMAGENET_CLASSNAMES]
-    return _wrap("imagenet", req, base, names, [PHOTO], desc)
-
-
-# --- any torchvision-style class-folder tree: the user's own data ---
-
-SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val"), "val": ("val",)}
-CLASSNAMES_FILE = "classnames.txt"
-
-
-def folder_classnames(root: Path, folders: Sequence[str]) -> list[str]:
-    """Names for the class folders (sorted, as `ImageFolder` indexes them).
-
-    `<root>/classnames.txt` gives them, either as `folder<TAB>name` lines or as one name per line in
-    sorted folder order; without it the folder names are cleaned (`_`, `-`, `/` -> space).
-    """
-    path = root / CLASSNAMES_FILE
-    if not path.is_file():
-        return [clean_name(f) for f in folders]
-    lines = [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
-    if lines and all("\t" in line for line in lines):
-        table = dict(line.split("\t", 1) for line in lines)
-        missing = [f for f in folders if f not in table]
-        if missing:
-            raise DatasetNotFound(f"{path}: no name for class folder {missing[0]!r} ({len(missing)} missing)")
-        return [table[f].strip() for f in folders]
-    if len(lines) != len(folders):
-        raise DatasetNotFound(f"{path}: {len(lines)} names for {len(folders)} class folders (one per line, sorted folder order, "
-                              "or 'folder<TAB>name' lines)")
-    return [line.strip() for line in lines]
-
-
-@register_dataset_family("folder")
-def build_folder(name: str, req: DatasetRequest) -> RealDataset:
-    """`folder/<dir>`: any `ImageFolder` tree under `<root>/<dir>`, for fine-tuning or evaluating on your own data.
-
-    Images are read from `<root>/<dir>/<split>/<class>/*` (split folders: train; test, else val) or,
-    when there are no split folders, from `<root>/<dir>/<class>/*` for every split. Class names as
-    `folder_classnames`; prompt `options["templates"]` or "This is a photo of a {}"; the spec's
-    Resize + CenterCrop transform. The name keys evaluation cells, so each tree gets its own.
-    """
-    sub = name.split("/", 1)[1]
-    layout = f"<root>/{sub}/[train/|test/|val/]<class>/<images> (+ optional {CLASSNAMES_FILE})"
-    root = require_folder(req.root, name, layout) / sub
-    if not root.is_dir():
-        raise DatasetNotFound(f"{name}: folder {root} not found; expected layout: {layout}")
-    splits = [d for d in ("train", "val", "test") if (root / d).is_dir()]
-    folder = root
-    if splits:
-        wanted = SPLIT_FOLDERS.get(req.split, (req.split,))
-        found = [d for d in wanted if d in splits]
-        if not found:
-            raise DatasetNotFound(f"{name}: no {' or '.join(wanted)} folder in {root} (found {', '.join(splits)}); "
-                                  f"expected layout: {layout}")
-        folder = root / found[0]
-    transform, desc = image_transform(req)
-    base = _image_folder(name, folder, transform, layout)
-    templates = list(req.options.get("templates", [PHOTO]))
-    return _wrap(name, req, base, folder_classnames(root, base.classes), templates, desc)
+    return wrap_dataset("imagenet", req, base, names, [PHOTO], transform, protocol)
 
 
 REAL_DATASETS: tuple[str, ...] = (

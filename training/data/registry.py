@@ -14,14 +14,21 @@ from typing import Optional, Protocol
 
 import torch
 
+from service.config import PreprocessConfig
 from service.errors import DatasetNotFound
 
 
 class ZeroShotDataset(Protocol):
-    """What evaluation and fine-tuning need from a data set."""
+    """What evaluation and fine-tuning need from a data set.
+
+    `preprocess` is the resolved preprocessing its images went through, `protocol` the choices that
+    change results (data set, split, preprocessing preset and its description).
+    """
 
     classnames: list[str]
     templates: list[str]
+    preprocess: PreprocessConfig
+    protocol: dict[str, str]
 
     def __len__(self) -> int: ...
 
@@ -30,7 +37,11 @@ class ZeroShotDataset(Protocol):
 
 @dataclass(frozen=True)
 class DatasetRequest:
-    """How to build a data set: its root folder, split, image size and an optional size limit."""
+    """How to build a data set: root folder, split, preprocessing, an optional size limit.
+
+    `preprocess` is the model record's preprocessing (None: serving's default at `image_size`) and
+    `preset` the named choice applied to it (`service.preprocess.PRESETS`; see `training.data.transforms`).
+    """
 
     root: Optional[Path] = None
     split: str = "test"
@@ -38,6 +49,8 @@ class DatasetRequest:
     limit: Optional[int] = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    preprocess: Optional[PreprocessConfig] = None
+    preset: str = "model"
 
 
 Builder = Callable[[DatasetRequest], ZeroShotDataset]

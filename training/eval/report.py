@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def method_label(cell: CellResult) -> str:
-    return cell.key.model_id + (" + CLIPure-Cos" if cell.key.purification else "")
+    return cell.model_id + (" + CLIPure-Cos" if cell.key.purification is not None else "")
 
 
 def attack_label(cell: CellResult) -> str:

@@ -16,14 +16,17 @@ from typing import Optional, Protocol
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
+from service.config import PreprocessConfig, StrictModel
 from service.errors import ConfigError, DatasetNotFound
 from service.pixel_model import PixelCLIP
+from service.preprocess import Preset
+from service.provenance import weights_digest
 from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
 from service.zero_shot import TextHeadCache, ZeroShotClassifier
 from training.attacks import get_attack, list_attacks
 from training.attacks.adaptive import evaluate_adaptive
 from training.data import DatasetRequest, build_dataset
+from training.data.transforms import at_size
 
 from .schema import CLEAN, CellKey, CellResult, load_finished, write_cell
 from .zeroshot import accuracy, batches
@@ -38,10 +41,14 @@ class ProgressBar(Protocol):
 
 
 ProgressFactory = Callable[[int, str], ProgressBar]
+EVAL_SPLIT = "test"
 
 
 class EvalConfig(StrictModel):
-    """One evaluation run; every field that changes a number is part of the cell key."""
+    """One evaluation run; every field that changes a number is part of the cell key.
+
+    `model_id` is a display name only: cells are keyed by the weights' digest.
+    """
 
     model_id: str
     datasets: list[str] = Field(min_length=1)
@@ -58,7 +65,9 @@ class EvalConfig(StrictModel):
     data_root: Optional[Path] = None
     skip_missing: bool = False
     data_options: dict[str, str] = Field(default_factory=dict, description="builder options, e.g. lowres=native")
-    image_size: int = Field(default=224, gt=0)
+    preprocess: Preset = Field(
+        default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
+    image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
     device: str = "cpu"
     out_dir: Path
 
@@ -71,15 +80,18 @@ def check_attacks(names: Iterable[str]) -> None:
         raise ConfigError(f"unknown attack(s) {', '.join(bad)}; known: {', '.join([CLEAN, *known])}")
 
 
-def cell_keys(cfg: EvalConfig, dataset: str) -> list[CellKey]:
-    """The cells of one data set: one per attack (or one clean-only cell when no attack is given)."""
+def cell_keys(cfg: EvalConfig, dataset: str, weights: str, preprocess: PreprocessConfig) -> list[CellKey]:
+    """The cells of one data set: one per attack (or one clean-only cell when no attack is given).
+
+    `weights` is the model's `weights_digest`, `preprocess` the data set's resolved preprocessing.
+    """
     attacks = cfg.attacks or [CLEAN]
     return [
         CellKey(
-            model_id=cfg.model_id, dataset=dataset, attack=a, eps=0.0 if a == CLEAN else cfg.eps,
-            steps=0 if a == CLEAN else cfg.steps, alpha=None if a == CLEAN else cfg.alpha,
+            weights=weights, dataset=dataset, split=EVAL_SPLIT, preprocess=preprocess, attack=a,
+            eps=0.0 if a == CLEAN else cfg.eps, steps=0 if a == CLEAN else cfg.steps, alpha=None if a == CLEAN else cfg.alpha,
             restarts=1 if a == CLEAN else cfg.restarts, seed=cfg.seed,
-            purification=cfg.purification is not None, limit=cfg.limit, data_options=cfg.data_options,
+            purification=cfg.purification, limit=cfg.limit, data_options=cfg.data_options,
         )
         for a in attacks
     ]
@@ -112,6 +124,7 @@ class Evaluator:
         check_attacks(cfg.attacks)
         self.model = model.eval()
         self.cfg = cfg
+        self.weights = weights_digest(model)
         self.progress = progress
         self.heads = TextHeadCache()
         self.skipped: list[CellKey] = []
@@ -120,14 +133,15 @@ class Evaluator:
 
     def _dataset(self, name: str):
         # the data seed stays 0: `--seed` drives the attacks only (the mini world's seed is its vocabulary)
+        pre = at_size(self.model.record.preprocess, self.cfg.image_size)
         req = DatasetRequest(
-            root=self.cfg.data_root, split="test", image_size=self.cfg.image_size, limit=self.cfg.limit,
-            options=dict(self.cfg.data_options),
+            root=self.cfg.data_root, split=EVAL_SPLIT, image_size=pre.image_size, limit=self.cfg.limit,
+            options=dict(self.cfg.data_options), preprocess=pre, preset=self.cfg.preprocess,
         )
         return build_dataset(name, req)
 
     def _classifier(self, dataset) -> torch.nn.Module:
-        head = self.heads.get_or_build(self.model, self.cfg.model_id, dataset.classnames, dataset.templates)
+        head = self.heads.get_or_build(self.model, self.weights, dataset.classnames, dataset.templates)
         if self.cfg.purification is None:
             return ZeroShotClassifier(self.model, head).eval()
         anchor = blank_anchor(self.model, dataset.templates)
@@ -175,7 +189,7 @@ class Evaluator:
             if bar is not None:
                 bar.close()
         return CellResult(
-            key=key, n=n, clean=clean, robust=robust, adaptive=adaptive,
+            key=key, model_id=self.cfg.model_id, n=n, clean=clean, robust=robust, adaptive=adaptive,
             protocol={str(k): str(v) for k, v in getattr(dataset, "protocol", {}).items()}, seconds=time.perf_counter() - start,
         )
 
@@ -190,12 +204,12 @@ class Evaluator:
         for name, dataset in datasets.items():
             if len(dataset) == 0:
                 raise ConfigError(f"data set {name} is empty")
-            for key in cell_keys(self.cfg, name):
+            for key in cell_keys(self.cfg, name, self.weights, dataset.preprocess):
                 done = load_finished(self.cfg.out_dir, key)
                 if done is not None:
                     log.info("skipping finished cell %s / %s", name, key.attack)
                     self.skipped.append(key)
-                    results.append(done)
+                    results.append(done.model_copy(update={"model_id": self.cfg.model_id}))
                     continue
                 result = self.run_cell(key, dataset)
                 write_cell(self.cfg.out_dir, result)

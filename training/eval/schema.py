@@ -1,38 +1,52 @@
 """Versioned JSON records of an evaluation: one file per cell, plus a summary.
 
-A cell is one (model, data set, attack, eps, steps, seed, purification, limit) combination; its
-file name is derived from a hash of that key, so a re-run finds finished cells and skips them.
+A cell is keyed by everything that determines its numbers: the weights (digest, not the display
+name), the data set's resolved preprocessing, the full purification settings, the attack settings,
+the data set, split, limit and options, and the seed. Its file name is derived from a hash of that
+key, so a re-run finds finished cells and skips them; cells of another schema version are never
+reused (schema 1 keyed by the model's display name and a purification on/off flag).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Optional
 
 from pydantic import Field, ValidationError
 
-from service.config import StrictModel
+from service.config import PreprocessConfig, StrictModel
 from service.errors import ConfigError
+from service.purify import PurifyConfig
 from training.attacks.adaptive import AdaptiveReport
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 CLEAN = "none"  # attack name of a clean-only cell
 
 
 class CellKey(StrictModel):
-    """Identity of one evaluation cell; equal keys mean the same numbers (deterministic given the seed)."""
+    """Identity of one evaluation cell; equal keys mean the same numbers (deterministic given the seed).
 
-    model_id: str
+    `weights` is `service.provenance.weights_digest` of the evaluated model; the model's display
+    name lives in `CellResult.model_id` and is not part of the identity. `preprocess` is the data
+    set's resolved preprocessing (size, resize mode and ratio, interpolation, antialias, mean/std).
+    """
+
+    weights: str
     dataset: str
+    split: str = "test"
+    preprocess: PreprocessConfig
     attack: str
     eps: float
     steps: int
     alpha: Optional[float] = None
     restarts: int = 1
     seed: int
-    purification: bool
+    purification: Optional[PurifyConfig] = None
     limit: Optional[int] = None
     data_options: dict[str, str] = {}
 
@@ -51,11 +65,12 @@ class CellResult(StrictModel):
 
     schema_version: int = SCHEMA_VERSION
     key: CellKey
+    model_id: str = Field(description="display name of the model (reports); the identity is key.weights")
     n: int = Field(ge=0)
     clean: float
     robust: Optional[float] = None
     adaptive: Optional[AdaptiveReport] = None
-    protocol: dict[str, str] = Field(default_factory=dict, description="data set protocol (split, transform) when known")
+    protocol: dict[str, str] = Field(default_factory=dict, description="data set protocol (split, preprocessing preset and description)")
     seconds: float = 0.0
 
 
@@ -81,7 +96,21 @@ def write_cell(out_dir: Path, result: CellResult) -> Path:
     return path
 
 
+def _schema_version(path: Path) -> Optional[int]:
+    """The `schema_version` a stored cell declares (None when unreadable as a JSON object)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("schema_version") if isinstance(data, dict) else None
+
+
 def read_cell(path: Path) -> CellResult:
+    """Parse one stored cell; ConfigError naming the file when it is not a current-schema cell."""
+    version = _schema_version(path)
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{path}: evaluation cell of schema {version}, this clipshield reads schema {SCHEMA_VERSION}; "
+                          "re-run the evaluation (old cells are never reused)")
     try:
         return CellResult.model_validate_json(Path(path).read_text())
     except ValidationError as exc:
@@ -89,15 +118,26 @@ def read_cell(path: Path) -> CellResult:
 
 
 def load_finished(out_dir: Path, key: CellKey) -> Optional[CellResult]:
-    """The stored result of `key`, or None when the cell has not been computed."""
+    """The stored result of `key`, or None when the cell has not been computed (or is stale)."""
     path = cell_path(out_dir, key)
     if not path.is_file():
         return None
+    if _schema_version(path) != SCHEMA_VERSION:
+        log.warning("%s is a stale cell (schema %s, current %d): recomputing it", path, _schema_version(path), SCHEMA_VERSION)
+        return None
     result = read_cell(path)
-    return result if result.key == key and result.schema_version == SCHEMA_VERSION else None
+    return result if result.key == key else None
 
 
 def load_all(out_dir: Path) -> list[CellResult]:
-    """Every cell stored under `out_dir/cells`, sorted by file name."""
+    """Every current-schema cell stored under `out_dir/cells`, sorted by file name.
+
+    Cells of another schema version are left out with one warning naming how many (never mixed in).
+    """
     folder = Path(out_dir) / "cells"
-    return [read_cell(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    stale = [p for p in paths if _schema_version(p) != SCHEMA_VERSION]
+    if stale:
+        log.warning("%d cell(s) in %s are from another schema version and are left out of the reports (e.g. %s)",
+                    len(stale), folder, stale[0].name)
+    return [read_cell(p) for p in paths if p not in stale]

@@ -59,7 +59,7 @@ def serving_demo(
     archive = build_archive(bundle, model_store)
     out(f"exported {bundle} and archived {archive}; starting TorchServe ...")
     handle = start_server(model_store, serve or ServeConfig())
-    ds = build_dataset(DEFAULT_LABEL_DATASET, DatasetRequest(limit=n_images))
+    ds = build_dataset(DEFAULT_LABEL_DATASET, DatasetRequest(limit=n_images, preprocess=model.record.preprocess))
     images, labels = ds.images(), torch.tensor(ds.labels)
     adv = attacked_images(model, images, labels, ds.classnames, ds.templates, eps, seed=0)
     client = ServingClient(handle)

@@ -89,7 +89,7 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
 
     cfg = cfg or FlagCalibrationConfig()
     model = model.eval()
-    ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n_calibration + cfg.n_eval))
+    ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n_calibration + cfg.n_eval, preprocess=model.record.preprocess))
     images, labels = ds.images(), torch.tensor(ds.labels)
     if len(images) < cfg.n_calibration + cfg.n_eval:
         raise ValueError(f"{cfg.dataset} has {len(images)} images; calibration needs {cfg.n_calibration + cfg.n_eval}")
@@ -108,7 +108,7 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
         rates.append(B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held)))
         log.info("flag %s: rate %.3f, AUROC %.3f", name, rates[-1].flag_rate, rates[-1].auroc)
     for name in cfg.extra_clean:
-        other = build_dataset(name, DatasetRequest(limit=cfg.n_eval)).images()
+        other = build_dataset(name, DatasetRequest(limit=cfg.n_eval, preprocess=model.record.preprocess)).images()
         rates.append(B.FlagRate(attack=f"none ({name})", flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold), n=len(other)))
     notes = (
         f"flagged = anchor_score < {threshold:.4f} (the {cfg.target_fpr:.0%} quantile of {cfg.n_calibration} clean "

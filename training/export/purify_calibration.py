@@ -72,7 +72,7 @@ def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> S
     from training.data.registry import DatasetRequest, build_dataset
 
     cfg = cfg or SweepConfig()
-    ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n))
+    ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n, preprocess=model.record.preprocess))
     images, labels = ds.images(), torch.tensor(ds.labels)
     head = build_text_head(model, ds.classnames, ds.templates)
     anchor = blank_anchor(model, ds.templates)

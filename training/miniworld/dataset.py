@@ -157,6 +157,10 @@ class MiniWorldFinetune(Dataset):
     def __len__(self) -> int:
         return len(self.specs)
 
+    def images(self) -> torch.Tensor:
+        """All images as float [N, 3, 32, 32] in [0, 1]."""
+        return self._images.float() / 255.0
+
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._images[idx].float() / 255.0, self.labels[idx]
 
