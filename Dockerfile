@@ -26,7 +26,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY handlers ./handlers
 COPY training ./training
-RUN /opt/venv/bin/pip install ".[${ORT_EXTRA},serve]"
+RUN /opt/venv/bin/pip install ".[${ORT_EXTRA},serve,kserve]"
 
 # ---- model: only the model archive; the Deployment's init container copies it out ----
 FROM ${BUSYBOX_IMAGE} AS model

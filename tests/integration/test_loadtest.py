@@ -139,3 +139,22 @@ def test_p95_bound_is_enforced_on_a_real_summary(load_run):
     p95 = result.summary.total.p95_ms
     assert problems(result.summary, max_p95_ms=p95) == []
     assert [p for p in problems(result.summary, max_p95_ms=p95 / 2) if "above the bound" in p]
+
+
+def test_kserve_runtime_bounded_run_meets_the_same_contract(tmp_path_factory):
+    """`--runtime kserve`: the same mix as v2 requests, judged by the same contract, zero failures."""
+    pytest.importorskip("kserve")
+    from tests.load.payloads import PayloadConfig
+    from tests.load.run_loadtest import LoadTestConfig, run_loadtest
+
+    cfg = LoadTestConfig(
+        results_dir=tmp_path_factory.mktemp("loadtest_kserve"), run_time_s=RUN_TIME_S, users=USERS, spawn_rate=USERS,
+        max_p95_ms=1000, runtime="kserve", payloads=PayloadConfig(n_clean=4, n_adversarial=4),
+    )
+    result = run_loadtest(cfg)
+    t = result.summary.total
+    assert result.passed, result.problems
+    assert t.failures == 0 and t.requests > 5 * RUN_TIME_S
+    assert {r.name for r in result.summary.rows} == KINDS
+    outcomes = result.summary.server_outcomes
+    assert set(outcomes) == {"ok"} and abs(outcomes["ok"] - t.requests) <= USERS

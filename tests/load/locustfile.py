@@ -1,4 +1,4 @@
-"""Locust user for clipshield on TorchServe: a realistic mix of clean and adversarial images,
+"""Locust user for clipshield on TorchServe or KServe (`--runtime kserve`, env LOCUST_RUNTIME): a realistic mix of clean and adversarial images,
 custom label sets and purification on/off, every request with a timeout and a contract check.
 
 Run by `tests/load/run_loadtest.py` (`make loadtest`); by hand against any server, from the repo
@@ -24,6 +24,7 @@ from locust import HttpUser, events, task
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from tests.load.contract import MANIFEST, Expectation, check_response
+from tests.load.oip import INFER_PATH, as_torchserve, infer_body
 
 PREDICT_PATH = "/predictions/clipshield"
 _user_ids = itertools.count()
@@ -38,6 +39,8 @@ def _add_options(parser) -> None:
     parser.add_argument("--request-timeout", env_var="LOCUST_REQUEST_TIMEOUT", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--think-ms", env_var="LOCUST_THINK_MS", type=float, default=50.0, help="max think time between requests")
     parser.add_argument("--seed", env_var="LOCUST_SEED", type=int, default=0, help="base seed of the users' choices")
+    parser.add_argument("--runtime", env_var="LOCUST_RUNTIME", choices=("torchserve", "kserve"), default="torchserve",
+                        help="torchserve: /predictions/clipshield; kserve: Open Inference Protocol v2 (same contract)")
 
 
 @events.quitting.add_listener
@@ -83,14 +86,28 @@ class ClipshieldUser(HttpUser):
         self.rng = random.Random(opts.seed * 100_003 + next(_user_ids))
         key = opts.token or (json.loads(Path(opts.key_file).read_text())["inference"]["key"] if opts.key_file else "")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.runtime = opts.runtime
 
     def wait_time(self) -> float:
         return self.rng.uniform(0.0, self.think_s)
 
-    def _post(self, name: str, body: bytes, content_type: str, expect: Expectation) -> None:
-        headers = {"Content-Type": content_type, **self.headers}
-        with self.client.post(PREDICT_PATH, data=body, headers=headers, name=name, timeout=self.timeout, catch_response=True) as resp:
-            problem = check_response(resp.status_code, resp.text or "", expect)
+    def _post(self, name: str, image: bytes, fields: dict[str, str], expect: Expectation) -> None:
+        """One request in the runtime's protocol; the answer is judged as a TorchServe answer either way."""
+        if self.runtime == "kserve":
+            path, ctype, body = INFER_PATH.format(name="clipshield"), "application/json", json.dumps(infer_body(image, fields)).encode()
+        elif fields:
+            path, (body, ctype) = PREDICT_PATH, _multipart(fields, image)
+        else:
+            path, body, ctype = PREDICT_PATH, image, "image/png"
+        headers = {"Content-Type": ctype, **self.headers}
+        with self.client.post(path, data=body, headers=headers, name=name, timeout=self.timeout, catch_response=True) as resp:
+            text = resp.text or ""
+            if self.runtime == "kserve" and resp.status_code == 200:
+                try:
+                    text = json.dumps(as_torchserve(json.loads(text)))
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    text = f"not a v2 answer ({type(exc).__name__}): {text[:150]}"
+            problem = check_response(resp.status_code, text, expect)
             if problem:
                 resp.failure(problem)
             else:
@@ -98,7 +115,7 @@ class ClipshieldUser(HttpUser):
 
     def _raw(self, kind: str) -> None:
         kind = kind if self.images[kind] else "clean"  # a payload set without adversarial images
-        self._post(f"raw {kind}", self.rng.choice(self.images[kind]), "image/png", Expectation())
+        self._post(f"raw {kind}", self.rng.choice(self.images[kind]), {}, Expectation())
 
     @task(4)
     def raw_clean(self) -> None:
@@ -113,11 +130,11 @@ class ClipshieldUser(HttpUser):
         name = self.rng.choice(sorted(self.label_sets))
         labels, purify, top_k = self.label_sets[name], self.rng.random() < 0.5, self.rng.randint(1, 5)
         fields = {"labels": json.dumps(list(labels)), "purify": str(purify).lower(), "top_k": str(top_k)}
-        body, ctype = _multipart(fields, self.rng.choice(self.all_images))
-        self._post(f"custom labels purify={str(purify).lower()}", body, ctype, Expectation(labels=labels, purify=purify, top_k=top_k))
+        self._post(f"custom labels purify={str(purify).lower()}", self.rng.choice(self.all_images), fields,
+                   Expectation(labels=labels, purify=purify, top_k=top_k))
 
     @task(2)
     def purify_toggle(self) -> None:
         purify = self.rng.random() < 0.5
-        body, ctype = _multipart({"purify": str(purify).lower()}, self.rng.choice(self.all_images))
-        self._post(f"default labels purify={str(purify).lower()}", body, ctype, Expectation(purify=purify))
+        self._post(f"default labels purify={str(purify).lower()}", self.rng.choice(self.all_images), {"purify": str(purify).lower()},
+                   Expectation(purify=purify))

@@ -1,7 +1,7 @@
 """`make loadtest`: a bounded locust run against a local TorchServe serving the mini-world archive.
 
 Steps: export + archive the model into `<results>/work/`, precompute the payloads (clean and
-PGD-perturbed PNGs, label sets), start TorchServe on free 127.0.0.1 ports, run locust headless for
+PGD-perturbed PNGs, label sets), start TorchServe (or KServe: `--runtime kserve`) on free 127.0.0.1 ports, run locust headless for
 `--run-time` seconds, write CSV + HTML under `<results>/`, print requests/s and p50/p95/p99, stop the
 server (always), and exit 1 on any failed request, any non-ok server outcome, or p95 above
 `--max-p95-ms`. Usage: `python -m tests.load.run_loadtest [--run-time 30] [--users 8] ...`.
@@ -15,8 +15,10 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -47,6 +49,7 @@ class LoadTestConfig(StrictModel):
     server_workers: int = Field(default=1, ge=1)
     startup_timeout_s: float = Field(default=180.0, gt=0)
     seed: int = 0
+    runtime: Literal["torchserve", "kserve"] = "torchserve"
     payloads: PayloadConfig = PayloadConfig()
 
 
@@ -80,15 +83,15 @@ def loopback_serve_config(workers: int, startup_timeout_s: float):
     )
 
 
-def locust_command(cfg: LoadTestConfig, host: str, payloads: Path, key_file: Path, out: Path) -> list[str]:
+def locust_command(cfg: LoadTestConfig, host: str, payloads: Path, key_file: Optional[Path], out: Path) -> list[str]:
     """The headless locust command line (module form, so it runs with this interpreter's locust)."""
     return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
         "--users", str(cfg.users), "--spawn-rate", str(cfg.spawn_rate), "--run-time", f"{cfg.run_time_s}s",
         "--stop-timeout", str(int(cfg.request_timeout_s) + 1), "--csv", str(out / CSV_PREFIX), "--html", str(out / "report.html"),
         "--only-summary", "--loglevel", "WARNING", "--logfile", str(out / "locust.log"),
-        "--payloads", str(payloads), "--key-file", str(key_file), "--request-timeout", str(cfg.request_timeout_s),
-        "--think-ms", str(cfg.think_ms), "--seed", str(cfg.seed),
+        "--payloads", str(payloads), "--key-file", str(key_file) if key_file else "", "--request-timeout", str(cfg.request_timeout_s),
+        "--think-ms", str(cfg.think_ms), "--seed", str(cfg.seed), "--runtime", cfg.runtime,
     ]
 
 
@@ -101,23 +104,40 @@ def _prepare(cfg: LoadTestConfig, work: Path) -> tuple[Path, Path]:
     model = load_model(cfg.model)
     bundle = export_model(model, work / "export")
     store = work / "model_store"
-    batching = BatchingConfig(min_workers=cfg.server_workers, max_workers=cfg.server_workers)
-    build_archive(bundle, store, batching=batching)
+    if cfg.runtime == "torchserve":  # KServe serves the bundle itself
+        batching = BatchingConfig(min_workers=cfg.server_workers, max_workers=cfg.server_workers)
+        build_archive(bundle, store, batching=batching)
     return store, build_payloads(model, work / "payloads", cfg.payloads).parent
+
+
+def _start(cfg: LoadTestConfig, work: Path, store: Path) -> tuple[str, Optional[Path], Callable[[], list[str]], Callable[[], object]]:
+    """Start the configured runtime: (host, key file or None, clipshield_ metric lines, stop)."""
+    if cfg.runtime == "kserve":
+        from training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
+
+        handle = start_kserve(work / "export", work / "kserve", KServeConfig(http_port=_free_port(), startup_timeout_s=cfg.startup_timeout_s))
+
+        def kserve_metrics() -> list[str]:
+            with urllib.request.urlopen(handle.url + "/metrics", timeout=10) as resp:
+                return [line for line in resp.read().decode().splitlines() if line.startswith("clipshield_")]
+
+        return handle.url, None, kserve_metrics, lambda: stop_kserve(handle.state_dir)
+    from training.export import ServingClient, start_server, stop_server
+
+    ts = start_server(store, loopback_serve_config(cfg.server_workers, cfg.startup_timeout_s))
+    return ts.config.inference_address, ts.state_dir / "key_file.json", ServingClient(ts, timeout_s=10).metrics, lambda: stop_server(store)
 
 
 def run_loadtest(cfg: LoadTestConfig = LoadTestConfig()) -> LoadTestResult:
     """Run the whole load test; the server is stopped even when locust or a check fails."""
-    from training.export import ServingClient, start_server, stop_server
-
     out = cfg.results_dir.resolve()
     work = out / "work"
     for stale in [*out.glob(f"{CSV_PREFIX}_*.csv"), out / "report.html", out / "summary.json"]:
         stale.unlink(missing_ok=True)  # a crashed run must not be judged by the previous run's files
     store, payloads = _prepare(cfg, work)
-    handle = start_server(store, loopback_serve_config(cfg.server_workers, cfg.startup_timeout_s))
+    host, key_file, metrics, stop = _start(cfg, work, store)
     try:
-        cmd = locust_command(cfg, handle.config.inference_address, payloads, handle.state_dir / "key_file.json", out)
+        cmd = locust_command(cfg, host, payloads, key_file, out)
         log.info("running locust for %d s: %s", cfg.run_time_s, " ".join(cmd))
         budget = cfg.run_time_s + cfg.request_timeout_s + 60  # run + draining + locust start-up/shutdown
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget, check=False)
@@ -126,9 +146,9 @@ def run_loadtest(cfg: LoadTestConfig = LoadTestConfig()) -> LoadTestResult:
             final = out / f"{CSV_PREFIX}_final_{suffix}.csv"
             if final.is_file():
                 os.replace(final, out / f"{CSV_PREFIX}_{suffix}.csv")
-        outcomes = parse_outcomes(ServingClient(handle, timeout_s=10).metrics())
+        outcomes = parse_outcomes(metrics())
     finally:
-        stop_server(store)
+        stop()
     try:
         summary = read_stats(out / CSV_PREFIX, outcomes)
     except ReportError as err:
@@ -163,11 +183,12 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[LoadTestConfig, bool]:
     p.add_argument("--max-p95-ms", type=float, default=d.max_p95_ms, help="fail above this p95 (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.server_workers, help="TorchServe workers (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--runtime", choices=("torchserve", "kserve"), default=d.runtime, help="server to load (default %(default)s)")
     p.add_argument("--payloads-only", action="store_true", help="write the payloads, print a locust command, do not run")
     a = p.parse_args(argv)
     return LoadTestConfig(
         results_dir=a.results, model=a.model, run_time_s=a.run_time, users=a.users, spawn_rate=a.spawn_rate, think_ms=a.think_ms,
-        request_timeout_s=a.request_timeout, max_p95_ms=a.max_p95_ms, server_workers=a.workers, seed=a.seed,
+        request_timeout_s=a.request_timeout, max_p95_ms=a.max_p95_ms, server_workers=a.workers, seed=a.seed, runtime=a.runtime,
         payloads=PayloadConfig(seed=a.seed),
     ), a.payloads_only
 

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--stop", action="store_true", help="stop the server started on this model store")
     g.add_argument("--ping", action="store_true", help="health probe: exit 0 when the server reports Healthy")
+    from .serve_kserve import add_runtime_args  # --runtime {torchserve,kserve}; the KServe runtime lives there
+    add_runtime_args(p)
     p.set_defaults(run=run)
 
 
@@ -54,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from training.export.torchserve import STATE_DIR, ServeConfig, describe_model, ping, read_keys, start_server, stop_server
 
     store = args.model_store.resolve()
+    if args.runtime == "kserve":  # the KServe runtime lives in serve_kserve.py
+        from .serve_kserve import run_kserve
+        return run_kserve(args)
     if args.stop:
         print("TorchServe stopped." if stop_server(store) else "no TorchServe running on this model store.")
         return 0
