@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--checkpoint-every", type=int, default=0, help="write resumable state every N steps (0: only at the end)")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/state")
-    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on CUDA")
+    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="forward passes under autocast: fp32 (default), bf16 (CPU or CUDA) or fp16 (CUDA); the training attack stays float32")
     r.add_argument("--device", default="cpu")
     r.add_argument("--workers", type=int, default=0)
     r.add_argument("--threads", type=int, default=None)
