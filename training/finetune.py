@@ -36,6 +36,7 @@ from .data.transforms import at_size
 from .distributed import average_gradients, init_distributed
 from .methods import FrozenModel, FrozenReference, LossOutput, Method, TextHeads, get_method, make_adversarial
 from .model_card import MODEL_CARD, evaluate_model, model_card
+from .precision import autocast, check_precision
 from .schedule import warmup_cosine_lr
 from .train_state import has_train_state, load_train_state, save_train_state
 
@@ -155,13 +156,6 @@ class StepBatches(torch.utils.data.Sampler):
             yield perm[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world].tolist()
 
 
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA only; CPU runs stay float32 (goldens and resume tests)."""
-    if precision == "fp32" or not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def build_heads(model: PixelCLIP, classnames: list[str], template: str, method: Method, negative_template: str) -> TextHeads:
     """Class (and Comp-TGA negative) text embeddings, once per run, from the frozen text tower."""
     neg = build_text_head(model, classnames, [negative_template]) if method.needs_negatives else None
@@ -204,8 +198,9 @@ def train_step(
     cfg: FinetuneConfig, generator: torch.Generator, world: int = 1,
 ) -> LossOutput:
     """One optimisation step: training adversary, method loss, backward, optimiser step (cfg resolved)."""
+    # the training attack stays float32 (spec 7.3: low precision can zero attack gradients)
+    adv = make_adversarial(method, target, frozen, images, labels, heads, params, cfg.eps, cfg.attack_alpha, cfg.attack_steps, generator)
     with autocast(cfg.device, cfg.precision):
-        adv = make_adversarial(method, target, frozen, images, labels, heads, params, cfg.eps, cfg.attack_alpha, cfg.attack_steps, generator)
         out = method.loss(target, frozen, images, adv, labels, heads, params)
     opt.zero_grad(set_to_none=True)
     scaler.scale(out.total).backward()
@@ -226,6 +221,7 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     method = get_method(cfg.method)
     rank, world, device = init_distributed(cfg.device)
     cfg = cfg.model_copy(update={"device": device})
+    check_precision(cfg.device, cfg.precision)
     target, frozen = prepare_models(cfg, method)
     data = build_dataset(cfg.data, training_request(cfg, target))
     batch = cfg.batch_size or method.batch_size

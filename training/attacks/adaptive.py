@@ -24,6 +24,7 @@ from torch import nn
 from service.config import StrictModel
 from service.purify import PurifiedClassifier, purify_embeddings
 from service.zero_shot import ZeroShotClassifier
+from training.sharding import SINGLE, Shard, gather_values, own_batches, sum_counts
 
 from .base import Attack
 
@@ -114,46 +115,60 @@ def evaluate_adaptive(
     data: Iterable[tuple[torch.Tensor, torch.Tensor]],
     modes: tuple[AdaptiveMode, ...] = ADAPTIVE_MODES,
     on_batch: Optional[Callable[[int], None]] = None,
+    generator_for: Optional[Callable[[int], torch.Generator]] = None,
+    shard: Shard = SINGLE,
 ) -> AdaptiveReport:
     """Clean and per-mode robust accuracy of `purified`, per-sample worst case, gradient check and verdict.
 
     `make_attack(classifier)` builds the attack on a surrogate (e.g. PGD-10 at eps); every
-    adversarial image is then classified by `purified` itself. Tensor contract: `data` yields
-    float images [B, 3, H, W] in [0, 1] and int64 labels [B].
+    adversarial image is then classified by `purified` itself. `generator_for(b)` (optional)
+    reseeds every attack for batch b, so that under torchrun (`shard`) each batch gives the same
+    numbers on any rank; counts are summed and gradient norms gathered over ranks.
+    Tensor contract: `data` yields float images [B, 3, H, W] in [0, 1] and int64 labels [B].
     """
     attacks = {m: make_attack(surrogate(purified, m)) for m in modes}
-    clean = 0
-    robust = {m: 0 for m in modes}
-    worst = 0
-    n = 0
+    counts = {"clean": 0, "worst": 0, "n": 0, **{m: 0 for m in modes}}
     g_full: list[torch.Tensor] = []
     g_plain: list[torch.Tensor] = []
-    for images, labels in data:
-        with torch.no_grad():
-            ok = purified(images).argmax(-1) == labels
-        clean += int(ok.sum())
-        survives = ok.clone()
-        for m, attack in attacks.items():
-            adv = attack(images, labels)
-            with torch.no_grad():
-                hit = purified(adv).argmax(-1) == labels
-            robust[m] += int(hit.sum())
-            survives &= hit
-        worst += int(survives.sum())
-        n += int(labels.numel())
+    for index, images, labels in own_batches(data, shard):
+        _attack_batch(purified, attacks, images, labels, counts, None if generator_for is None else lambda: generator_for(index))
         g_full.append(input_gradient_norm(purified, images, labels))
         g_plain.append(input_gradient_norm(unpurified(purified), images, labels))
         if on_batch is not None:
             on_batch(int(labels.numel()))
+    counts = dict(zip(counts, sum_counts(list(counts.values()), shard)))
+    n = counts["n"]
     if n == 0:
         raise ValueError("adaptive evaluation got no images")
-    full_med = float(torch.cat(g_full).median())
-    plain_med = float(torch.cat(g_plain).median())
+    full_med = float(gather_values(torch.cat(g_full) if g_full else torch.zeros(0), shard).median())
+    plain_med = float(gather_values(torch.cat(g_plain) if g_plain else torch.zeros(0), shard).median())
     ratio = full_med / plain_med if plain_med > 0 else float("inf")
-    rob = {m: robust[m] / n for m in modes}
+    rob = {m: counts[m] / n for m in modes}
     verdict = masking_verdict(ratio, rob)
-    log.info("adaptive attack: clean %.3f, robust %s, worst %.3f, grad ratio %.2e: %s", clean / n, rob, worst / n, ratio, verdict)
+    log.info("adaptive attack: clean %.3f, robust %s, worst %.3f, grad ratio %.2e: %s", counts["clean"] / n, rob, counts["worst"] / n, ratio, verdict)
     return AdaptiveReport(
-        n=n, clean=clean / n, robust=rob, worst_case=worst / n, grad_norm_full=full_med,
+        n=n, clean=counts["clean"] / n, robust=rob, worst_case=counts["worst"] / n, grad_norm_full=full_med,
         grad_norm_unpurified=plain_med, grad_ratio=ratio, verdict=verdict,
     )
+
+
+def _attack_batch(
+    purified: PurifiedClassifier, attacks: dict, images: torch.Tensor, labels: torch.Tensor, counts: dict[str, int],
+    new_generator: Optional[Callable[[], torch.Generator]],
+) -> None:
+    """Add one batch's clean, per-mode and worst-case survivors to `counts` (each mode's attack
+    reseeded by `new_generator()` when given, as if each had its own generator)."""
+    with torch.no_grad():
+        ok = purified(images).argmax(-1) == labels
+    counts["clean"] += int(ok.sum())
+    survives = ok.clone()
+    for m, attack in attacks.items():
+        if new_generator is not None:
+            attack.generator = new_generator()
+        adv = attack(images, labels)
+        with torch.no_grad():
+            hit = purified(adv).argmax(-1) == labels
+        counts[m] += int(hit.sum())
+        survives &= hit
+    counts["worst"] += int(survives.sum())
+    counts["n"] += int(labels.numel())

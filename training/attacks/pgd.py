@@ -1,9 +1,19 @@
 """L-inf PGD (Madry et al., ICLR 2018) with the reference code's exact update (spec sections 0.6, 0.7).
 
 delta_0 ~ U(-eps, eps), clipped to the image box; then K times: g = d loss / d delta,
-delta <- clip(delta + alpha * sign(g), -eps, eps), clipped to the box. No best-iterate selection
-within a run; with restarts > 1 each sample keeps the first restart that fools the classifier.
+delta <- clip(delta + alpha * sign(g), -eps, eps), clipped to the box. With restarts > 1 each
+sample keeps the first restart that fools the classifier.
 Losses: cross-entropy (batch mean) or the CW-style margin loss of TGA-ZSR's attacks.py.
+
+Two stopping protocols (`stop`):
+- `final`: every sample takes all K steps and the final iterate is returned (the reference code
+  and the papers' tables).
+- `early` (default for evaluation): a sample stops as soon as an iterate fools the classifier and
+  keeps that iterate, so robust accuracy is the worst case over iterates 0..K (AutoAttack and
+  RobustBench report it this way; it is never higher than `final`). Because a sample's step
+  depends only on the sign of its own gradient (per-sample classifier, batch-mean or sum loss),
+  the samples still running follow exactly the trajectory they follow under `final`; only the
+  work on fooled samples is skipped.
 """
 from __future__ import annotations
 
@@ -15,6 +25,8 @@ import torch.nn.functional as F
 from .base import Attack, Classifier, register_attack
 
 LossName = Literal["ce", "cw"]
+StopRule = Literal["early", "final"]
+STOP_RULES: tuple[str, ...] = ("early", "final")
 
 
 def cw_margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0) -> torch.Tensor:
@@ -50,19 +62,53 @@ def pgd_delta(
     init: torch.Tensor,
     loss: LossName = "ce",
     margin: float = 50.0,
+    stop: StopRule = "final",
 ) -> torch.Tensor:
-    """Run PGD from the (unclipped) start `init`; returns the final perturbation delta.
+    """Run PGD from the (unclipped) start `init`; returns the perturbation delta.
 
-    Tensor contract: images float [B, 3, H, W] in [0, 1]; labels int64 [B]; init like images.
+    With `stop='final'` the K-th iterate of every sample; with `stop='early'` each sample's first
+    fooling iterate (or the K-th when none fools). Tensor contract: images float [B, 3, H, W] in
+    [0, 1]; labels int64 [B]; init like images; the result like images.
     """
     delta = torch.clamp(init, -images, 1 - images).detach()
+    if stop == "early":
+        return _pgd_early(model, images, labels, eps, alpha, steps, delta, loss, margin)
     for _ in range(steps):
         delta.requires_grad_(True)
         value = attack_loss(model(images + delta), labels, loss, margin)
         (grad,) = torch.autograd.grad(value, delta)
-        delta = torch.clamp(delta.detach() + alpha * grad.sign(), -eps, eps)
-        delta = torch.clamp(delta, -images, 1 - images)
+        delta = _step(delta.detach(), grad, images, eps, alpha)
     return delta.detach()
+
+
+def _step(delta: torch.Tensor, grad: torch.Tensor, images: torch.Tensor, eps: float, alpha: float) -> torch.Tensor:
+    """One signed-gradient step, projected to the eps-ball and the image box."""
+    delta = torch.clamp(delta + alpha * grad.sign(), -eps, eps)
+    return torch.clamp(delta, -images, 1 - images)
+
+
+def _pgd_early(
+    model: Classifier, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float, steps: int,
+    delta: torch.Tensor, loss: LossName, margin: float,
+) -> torch.Tensor:
+    """PGD that stops each sample at its first fooling iterate (`stop='early'`).
+
+    Each step forwards and back-propagates only the samples not yet fooled; the forward that
+    gives the gradient at iterate t also decides whether iterate t already fools the classifier.
+    """
+    active = torch.arange(len(labels), device=images.device)
+    for _ in range(steps):
+        x, y, d = images[active], labels[active], delta[active].requires_grad_(True)
+        logits = model(x + d)
+        still = logits.detach().argmax(-1) == y
+        if not bool(still.any()):
+            return delta
+        value = attack_loss(logits, y, loss, margin)
+        (grad,) = torch.autograd.grad(value, d)
+        keep = active[still]
+        delta[keep] = _step(d.detach()[still], grad[still], x[still], eps, alpha)
+        active = keep
+    return delta
 
 
 @register_attack("pgd")
@@ -79,10 +125,14 @@ class PGD(Attack):
         loss: LossName = "ce",
         margin: float = 50.0,
         generator: Optional[torch.Generator] = None,
+        stop: StopRule = "final",
     ) -> None:
         super().__init__(model, eps, generator)
         if steps < 0 or restarts < 1:
             raise ValueError("steps must be >= 0 and restarts >= 1")
+        if stop not in STOP_RULES:
+            raise ValueError(f"unknown stop rule {stop!r}; choose one of {', '.join(STOP_RULES)}")
+        self.stop: StopRule = stop
         self.alpha = eps / 4 if alpha is None else float(alpha)
         self.steps = steps
         self.restarts = restarts
@@ -94,7 +144,9 @@ class PGD(Attack):
         pending = torch.ones(len(labels), dtype=torch.bool, device=images.device)
         for r in range(self.restarts):
             start = init if (init is not None and r == 0) else random_start(images, self.eps, self.generator)
-            delta = pgd_delta(self.model, images, labels, self.eps, self.alpha, self.steps, start, self.loss, self.margin)
+            delta = pgd_delta(
+                self.model, images, labels, self.eps, self.alpha, self.steps, start, self.loss, self.margin, self.stop
+            )
             adv = images + delta
             if self.restarts == 1:
                 return adv

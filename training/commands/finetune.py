@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of data order, attack and initialisation (default: %(default)s)")
     r.add_argument("--checkpoint-every", type=int, default=0, help="write resumable state every N steps (default: %(default)s = only at the end)")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/state")
-    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on CUDA (default: %(default)s)")
+    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="forward passes under autocast: fp32, bf16 (CPU or CUDA) or fp16 (CUDA); the training attack stays float32 (default: %(default)s)")
     r.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default: %(default)s)")
     r.add_argument("--workers", type=int, default=0, help="data loader worker processes (default: %(default)s)")
     r.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from training.sharding import SINGLE, Shard, own_batches, sum_counts
+
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -25,15 +27,32 @@ def accuracy(
 
     Tensor contract: `data` yields float images [B, 3, H, W] in [0, 1] and int64 labels [B].
     """
+    return sharded_accuracy(classifier, data, None if attack is None else (lambda _index: attack), on_batch)
+
+
+def sharded_accuracy(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attack_for: Optional[Callable[[int], Attack]] = None,
+    on_batch: Optional[Callable[[int], None]] = None,
+    shard: Shard = SINGLE,
+) -> tuple[float, int]:
+    """`accuracy` over this rank's batches, summed over ranks; `attack_for(b)` attacks batch b.
+
+    With one process and one attack for every batch this is plain `accuracy`; under torchrun each
+    rank takes batches b with b mod world == rank and the counts are all-reduced, so every rank
+    returns the single-process numbers when `attack_for(b)` depends only on b.
+    """
     correct = 0
     total = 0
-    for images, labels in data:
-        if attack is not None:
-            images = attack(images, labels)
+    for index, images, labels in own_batches(data, shard):
+        if attack_for is not None:
+            images = attack_for(index)(images, labels)
         with torch.no_grad():
             pred = classifier(images).argmax(dim=-1)
         correct += int((pred == labels).sum())
         total += int(labels.numel())
         if on_batch is not None:
             on_batch(int(labels.numel()))
+    correct, total = sum_counts([correct, total], shard)
     return (correct / total if total else float("nan")), total
