@@ -18,9 +18,19 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
     return dict(sub.choices)
 
 
+def leaf_parsers(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every runnable (sub)command, nested ones included ('experiment miniworld', 'experiment paper')."""
+    out = {}
+    for name, child in subparsers(parser).items():
+        full = f"{prefix}{name}"
+        nested = any(isinstance(a, argparse._SubParsersAction) for a in child._actions)
+        out.update(leaf_parsers(child, full + " ") if nested else {full: child})
+    return out
+
+
 def options():
     """(subcommand, action, formatted help) for every option and positional of every subcommand."""
-    for name, parser in subparsers(build_parser()).items():
+    for name, parser in leaf_parsers(build_parser()).items():
         formatter = parser._get_formatter()
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
@@ -35,6 +45,7 @@ def label(action: argparse.Action) -> str:
 
 def test_every_subcommand_is_walked():
     assert set(subparsers(build_parser())) == {"pretrain", "finetune", "evaluate", "export", "archive", "serve", "demo", "experiment"}
+    assert {"experiment miniworld", "experiment paper"} <= set(leaf_parsers(build_parser()))
     assert sum(1 for _ in options()) > 80
 
 
@@ -67,7 +78,7 @@ def test_pixel_budget_flags_state_their_unit():
     seen = {(cmd, label(a)) for cmd, a, text in options() if label(a) in BUDGET_FLAGS and "1/255" in text}
     every = {(cmd, label(a)) for cmd, a, _ in options() if label(a) in BUDGET_FLAGS}
     assert every and seen == every
-    assert {("finetune", "--eps"), ("finetune", "--attack-alpha"), ("finetune", "--eval-eps"), ("experiment", "--eps"),
+    assert {("finetune", "--eps"), ("finetune", "--attack-alpha"), ("finetune", "--eval-eps"), ("experiment miniworld", "--eps"), ("experiment paper", "--eps"),
             ("evaluate", "--eps"), ("evaluate", "--alpha")} <= every
 
 

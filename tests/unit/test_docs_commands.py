@@ -57,7 +57,12 @@ def documented_commands() -> list[tuple[str, str]]:
             if assign:
                 variables[assign.group(1)] = " ".join(assign.group(2).split())
                 continue
-            words = shlex.split(line, comments=True)
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError:  # not shell (JSON, Python, output): only a command line must split
+                if line.split(" ", 1)[0] in PROGRAMS:
+                    raise
+                continue
             if words and words[0] in PROGRAMS:
                 command = " ".join(shlex.quote(w) for w in words)
                 for name, value in variables.items():

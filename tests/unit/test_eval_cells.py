@@ -44,6 +44,9 @@ CHANGES = {
     "purification.steps": {"purification": PurifyConfig(steps=5, step_size=30.0, mode="per_sample")},
     "purification.step_size": {"purification": PurifyConfig(steps=10, step_size=10.0, mode="per_sample")},
     "purification.mode": {"purification": PurifyConfig(steps=10, step_size=30.0, mode="batch")},
+    "stop": {"stop": "early"},
+    "precision": {"precision": "bf16"},
+    "attack_precision": {"attack_precision": "bf16"},
     "limit": {"limit": None},
     "data_options": {"data_options": {"lowres": "native"}},
 }

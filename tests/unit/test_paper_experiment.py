@@ -45,6 +45,6 @@ def test_tiny_real_run_on_the_mini_world_writes_the_comparison_table(tmp_path, c
     text = (out / "table.md").read_text()
     assert "| base |" in text and "| tecoa |" in text and "(—)" in text  # no published number for the mini world
     assert (out / "finetune" / "tecoa" / "final" / "model.safetensors").is_file()
-    assert list((out / "eval" / "base").glob("*.json")), "evaluation cells are written (and reused on a re-run)"
+    assert list((out / "eval" / "base").rglob("*.json")), "evaluation cells are written (and reused on a re-run)"
     assert main(args) == 0  # a re-run reuses the fine-tuned checkpoint and the finished cells
     assert json.loads((out / "table.json").read_text())["ours"] == table["ours"]

@@ -15,6 +15,9 @@ import torch
 from service.preprocess import PRESETS
 from service.purify import PurifyConfig
 
+from training.attacks.pgd import STOP_RULES
+from training.precision import PRECISIONS
+
 from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, model_from_args, progress
 
@@ -72,6 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per_sample: as served; batch: the reference code's batch-coupled variant (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--stop", choices=list(STOP_RULES), default="early",
+                   help="PGD/CW: early = each image stops at its first fooling step and keeps it (robust accuracy is the worst "
+                   "case over iterates, as AutoAttack/RobustBench report; the same trajectories, less work); final = every "
+                   "image runs all steps and the last iterate counts (the papers' tables) (default: %(default)s)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="autocast for the evaluation forward passes: bf16 (CPU or CUDA) or fp16 (CUDA) (default: %(default)s)")
+    p.add_argument("--attack-precision", choices=list(PRECISIONS), default="fp32",
+                   help="autocast inside the attacks; float32 unless asked, since low precision can zero attack gradients (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default: %(default)s)")
     p.set_defaults(run=run)
 
@@ -114,18 +125,23 @@ def describe(args: argparse.Namespace, groups: dict[float, list[str]], alpha: Op
     return line + f"; device {args.device}; results in {args.out}"
 
 
-def config_from_args(args: argparse.Namespace, image_size: int, datasets: Optional[list[str]] = None, eps: Optional[float] = None):
+def config_from_args(
+    args: argparse.Namespace, image_size: Optional[int] = None, datasets: Optional[list[str]] = None, eps: Optional[float] = None
+):
     """EvalConfig for `datasets` (default: all requested) at `eps` (pixel units; default: --eps)."""
     from training.eval.runner import EvalConfig
 
     model_id = args.model_id or (args.model if args.pretrained is None else f"{args.model}:{args.pretrained}")
+    datasets = datasets if datasets is not None else expand_datasets(args.datasets)
+    if eps is None:  # --eps, else the (first) registered reference of these data sets
+        eps = next(iter(eps_groups(args.eps, datasets)))
     purify = PurifyConfig(steps=args.purify_steps, step_size=args.purify_step_size, mode=args.purify_mode) if args.purify else None
     return EvalConfig(
-        model_id=model_id, datasets=datasets if datasets is not None else expand_datasets(args.datasets), attacks=args.attacks,
-        eps=eps if eps is not None else to_pixels(args.eps, "--eps"), steps=args.steps, restarts=args.restarts,
+        model_id=model_id, datasets=datasets, attacks=args.attacks, eps=eps, steps=args.steps, restarts=args.restarts,
         alpha=to_pixels(args.alpha, "--alpha", allow_zero=False), seed=args.seed, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, purification=purify, data_root=args.data_root, skip_missing=args.skip_missing,
-        data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size, device=args.device, out_dir=args.out,
+        data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size,
+        stop=args.stop, precision=args.precision, attack_precision=args.attack_precision, device=args.device, out_dir=args.out,
     )
 
 
@@ -145,16 +161,22 @@ def run(args: argparse.Namespace) -> int:
     from training.eval.runner import Evaluator, check_attacks
     from training.eval.schema import load_all
 
+    from training.distributed import init_distributed
+
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))
     alpha = to_pixels(args.alpha, "--alpha", allow_zero=False)
-    print(describe(args, groups, alpha), flush=True)
+    rank, world, args.device = init_distributed(args.device)  # under torchrun: batches shared out, cells merged exactly
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(describe(args, groups, alpha) + (f"; {world} processes" if world > 1 else ""), flush=True)
     torch.manual_seed(args.seed)  # CLI only: pins any library randomness not driven by our generators
     model = model_from_args(args).to(args.device)
     bars = lambda total, desc: progress(total, desc, unit="img", disable=False)  # noqa: E731
     evaluators = [Evaluator(model, config_from_args(args, model.image_size, names, eps), progress=bars) for eps, names in groups.items()]
     evaluators, missing = prepared(evaluators, args.skip_missing)
     results = [r for ev in evaluators for r in ev.run()]
+    if rank != 0:
+        return 0
     out = Path(args.out)
     ours = {r.key.digest() for r in results}  # this run's cells first (column order), then older ones
     paths = write_reports(results + [c for c in load_all(out) if c.key.digest() not in ours], out)

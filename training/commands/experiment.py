@@ -27,13 +27,26 @@ EVAL_SETS = (SEEN, *HELDOUT_COMBOS, *HELDOUT_DOMAINS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "experiment", help="compare the base model and every fine-tuning method on the mini world",
+    from training.experiments import paper_run
+
+    top = sub.add_parser(
+        "experiment", help="compare methods: the mini-world comparison, or a published paper table",
+        description="Experiments: `experiment miniworld` compares every method on the mini world; `experiment paper` "
+        "reproduces a published TGA-ZSR table (fine-tune, evaluate 16 data sets, compare; --dry-run for the plan).",
+    )
+    suites = top.add_subparsers(dest="suite", required=True, metavar="{miniworld,paper}")
+    p = suites.add_parser(
+        "miniworld", help="compare the base model and every fine-tuning method on the mini world",
         description="Fine-tune the shipped mini-world CLIP with every method under one shared budget and several "
         "seeds, evaluate clean and PGD accuracy (eps 4/255) on seen, held-out-combination and held-out-domain sets, "
         "and write OUTPUT/results.{md,json,png}. CPU only; well under a minute per run on 2 cores with the defaults.",
     )
-    p.add_argument("suite", choices=["miniworld"], help="the world to run on (only: miniworld)")
+    paper = suites.add_parser(
+        "paper", help="reproduce a published TGA-ZSR table (--dry-run: the plan and its cost)",
+        description=paper_run.__doc__,
+    )
+    paper_run.add_arguments(paper)
+    paper.set_defaults(run=paper_run.run)
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"], help="optimisation steps per run (default: %(default)s)")

@@ -25,11 +25,17 @@ from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
 from service.zero_shot import TextHeadCache, ZeroShotClassifier
 from training.attacks import get_attack, list_attacks
 from training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
+from training.attacks.pgd import StopRule
 from training.data import DatasetRequest, build_dataset
 from training.data.transforms import at_size
 
+from training.precision import Precision, check_precision, with_precision
+from training.sharding import SINGLE, Shard, batch_generator, current_shard
+
 from .schema import CLEAN, CellKey, CellResult, load_finished, write_cell
-from .zeroshot import accuracy, batches
+from .zeroshot import batches, sharded_accuracy
+
+EARLY_STOP_ATTACKS = ("pgd", "cw")  # attacks whose early stop is exact (per-sample sign steps); see training.attacks.pgd
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,9 @@ class EvalConfig(StrictModel):
     preprocess: Preset = Field(
         default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
     image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
+    stop: StopRule = Field(default="early", description="PGD/CW: stop each sample at its first fooling iterate (early) or run all steps (final)")
+    precision: Precision = Field(default="fp32", description="autocast precision of evaluation forward passes")
+    attack_precision: Precision = Field(default="fp32", description="autocast precision inside attacks (float32 unless asked)")
     device: str = "cpu"
     out_dir: Path
 
@@ -131,10 +140,21 @@ def cell_keys(cfg: EvalConfig, dataset: str, weights: str, preprocess: Preproces
             weights=weights, dataset=dataset, split=EVAL_SPLIT, preprocess=preprocess, attack=a,
             eps=0.0 if a == CLEAN else cfg.eps, steps=0 if a == CLEAN else cfg.steps, alpha=None if a == CLEAN else cfg.alpha,
             restarts=1 if a == CLEAN else cfg.restarts, seed=cfg.seed,
-            purification=cfg.purification, limit=cfg.limit, data_options=cfg.data_options,
+            purification=cfg.purification, limit=cfg.limit, data_options=cfg.data_options, **_protocol(cfg, a),
         )
         for a in attacks
     ]
+
+
+def _protocol(cfg: EvalConfig, attack: str) -> dict[str, str]:
+    """Stop rule and precisions as they apply to one cell (purified cells run float32, final iterate:
+    their adaptive attacks judge success on another classifier, so early stopping is not exact there)."""
+    purified = cfg.purification is not None
+    return {
+        "stop": cfg.stop if attack in EARLY_STOP_ATTACKS and not purified else "final",
+        "precision": "fp32" if purified else cfg.precision,
+        "attack_precision": "fp32" if purified or attack == CLEAN else cfg.attack_precision,
+    }
 
 
 def check_missing(missing: list[str], found: int, skip_missing: bool) -> None:
@@ -203,10 +223,12 @@ class Evaluator:
         anchor = blank_anchor(self.model, dataset.templates)
         return PurifiedClassifier(self.model, head, anchor, self.cfg.purification).eval()
 
-    def _make_attack(self, key: CellKey, classifier: torch.nn.Module):
-        kwargs = {"eps": key.eps, "steps": key.steps, "restarts": key.restarts, "generator": cell_generator(key)}
+    def _make_attack(self, key: CellKey, classifier: torch.nn.Module, generator: Optional[torch.Generator] = None):
+        kwargs = {"eps": key.eps, "steps": key.steps, "restarts": key.restarts, "generator": generator or cell_generator(key)}
         if key.alpha is not None:
             kwargs["alpha"] = key.alpha
+        if key.attack in EARLY_STOP_ATTACKS:
+            kwargs["stop"] = key.stop
         return get_attack(key.attack)(classifier, **kwargs)
 
     def prepare(self, strict: bool = True) -> dict:
@@ -227,25 +249,34 @@ class Evaluator:
             check_missing(self.missing, len(self._datasets), self.cfg.skip_missing)
         return self._datasets
 
-    def run_cell(self, key: CellKey, dataset) -> CellResult:
-        """Compute one cell (clean and robust accuracy) and return it; does not write it."""
+    def run_cell(self, key: CellKey, dataset, shard: Shard = SINGLE) -> CellResult:
+        """Compute one cell (clean and robust accuracy) and return it; does not write it.
+
+        Under torchrun (`shard`) this rank evaluates batches b with b mod world == rank, each attacked
+        with a generator seeded from (cell, b), and the counts are summed: every rank returns the
+        single-process cell.
+        """
         start = time.perf_counter()
         classifier = self._classifier(dataset)
-        n_total = len(dataset) * (1 if key.attack == CLEAN else 2)
         purified = isinstance(classifier, PurifiedClassifier)
-        bar = self.progress(n_total, f"{key.dataset} | {key.attack}") if self.progress else None
+        bar = self.progress(-(-len(dataset) // shard.world) * (1 if key.attack == CLEAN else 2), f"{key.dataset} | {key.attack}") \
+            if self.progress and shard.rank == 0 else None
         ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
         step = ticker.batch_done if ticker is not None else None
         attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)  # noqa: E731
         data = lambda: _on_device(_tensors(dataset, self.cfg.batch_size, self.cfg.workers), self.cfg.device)  # noqa: E731
+        seeds = lambda b: batch_generator(key.digest(), b)  # noqa: E731
+        judge = with_precision(classifier, self.cfg.device, key.precision)
+        target = attacked(with_precision(classifier, self.cfg.device, key.attack_precision))
         try:
-            clean, n = accuracy(classifier, data(), on_batch=step)
+            clean, n = sharded_accuracy(judge, data(), on_batch=step, shard=shard)
             robust, adaptive = None, None
             if key.attack != CLEAN and purified:
-                adaptive = evaluate_adaptive(classifier, lambda surrogate: self._make_attack(key, attacked(surrogate)), data(), on_batch=step)
+                adaptive = evaluate_adaptive(classifier, lambda surrogate: self._make_attack(key, attacked(surrogate)), data(),
+                                             on_batch=step, generator_for=seeds, shard=shard)
                 robust = adaptive.worst_case
             elif key.attack != CLEAN:
-                robust, _ = accuracy(classifier, data(), self._make_attack(key, attacked(classifier)), on_batch=step)
+                robust, _ = sharded_accuracy(judge, data(), lambda b: self._make_attack(key, target, seeds(b)), on_batch=step, shard=shard)
         finally:
             if bar is not None:
                 bar.close()
@@ -261,6 +292,9 @@ class Evaluator:
         `DatasetNotFound` (one line in the CLI) instead of after hours of work.
         """
         datasets = self.prepare(strict=self._datasets is None)  # prepared beforehand: already checked there
+        check_precision(self.cfg.device, self.cfg.precision)
+        check_precision(self.cfg.device, self.cfg.attack_precision)
+        shard = current_shard()
         results = []
         for name, dataset in datasets.items():
             if len(dataset) == 0:
@@ -272,8 +306,9 @@ class Evaluator:
                     self.skipped.append(key)
                     results.append(done.model_copy(update={"model_id": self.cfg.model_id}))
                     continue
-                result = self.run_cell(key, dataset)
-                write_cell(self.cfg.out_dir, result)
+                result = self.run_cell(key, dataset, shard)
+                if shard.rank == 0:  # every rank holds the merged cell; one writes it
+                    write_cell(self.cfg.out_dir, result)
                 self.computed.append(key)
                 results.append(result)
                 log.info("%s / %s: clean %.4f robust %s (n=%d)", name, key.attack, result.clean, result.robust, result.n)

@@ -24,7 +24,7 @@ from training.attacks.adaptive import AdaptiveReport
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: stop rule and precisions in the key, per-batch attack seeds
 CLEAN = "none"  # attack name of a clean-only cell
 
 
@@ -49,6 +49,9 @@ class CellKey(StrictModel):
     purification: Optional[PurifyConfig] = None
     limit: Optional[int] = None
     data_options: dict[str, str] = {}
+    stop: str = Field(default="final", description="attack stopping protocol: early (worst case over iterates) or final iterate")
+    precision: str = Field(default="fp32", description="precision of the evaluation forward passes")
+    attack_precision: str = Field(default="fp32", description="precision of the attack's forward and backward passes")
 
     def digest(self) -> str:
         """Stable 16-hex-digit hash of the key (file names, per-cell random seeds)."""
