@@ -85,6 +85,7 @@ class ClipshieldHandler(BaseHandler):
             if describe[idx]:
                 out.append(json.dumps(self.service.describe()))
                 continue
+            result = results[idx]
             if isinstance(result, ClipshieldError):
                 code = result.http_status
                 message = str(result) if code < 500 else "internal error"

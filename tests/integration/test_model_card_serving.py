@@ -44,7 +44,7 @@ def test_served_describe_and_gauges_carry_the_finetune_card(served):
     r = requests.get(handle.config.management_address + "/models/clipshield?customized=true", headers=auth(handle, "management"),
                      timeout=30)
     assert r.status_code == 200, r.text
-    card = ModelCard.model_validate(r.json()[0]["customizedMetadata"])
+    card = ModelCard.model_validate(r.json()[0]["customizedMetadata"]["model"])
     assert (card.training.steps, card.training.batch_size, card.training.image_size) == (2, 8, 32)
     assert card.training.epochs == pytest.approx(2 * 8 / 32) and card.training == ft.training
     assert card.accuracy == ft.accuracy and len(card.accuracy) == 2

@@ -166,7 +166,7 @@ def test_describe_answers_the_model_card(server):
     r = requests.get(server.config.management_address + "/models/clipshield?customized=true",
                      headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=30)
     assert r.status_code == 200, r.text
-    card = r.json()[0]["customizedMetadata"]  # TorchServe embeds the handler's JSON answer as an object
+    card = r.json()[0]["customizedMetadata"]["model"]  # TorchServe embeds the handler's JSON answer as an object
     assert card["source"] == "export" and card["version"] == "0.9" and card["purify"]["chosen_by"] == "test: on by default"
     assert [(a["dataset"], a["attack"], a["value"]) for a in card["accuracy"]] == [("miniworld/plain/color_shape/seen", "none", 0.75)]
     assert not {"purify_sweep", "flag", "training"} & set(card) and card["provenance"]["git_commit"]  # unmeasured: absent

@@ -45,7 +45,9 @@ def _describe(folder):
     handler = ClipshieldHandler()
     handler.initialize(ctx)
     (answer,) = handler.handle([{}], ctx)
-    return json.loads(answer), ctx
+    describe = json.loads(answer)
+    assert {"model", "bundle", "runtime", "server"} <= set(describe)  # card, bundle versions, providers, server version
+    return describe["model"], ctx
 
 
 def test_finetune_card_records_what_ran(finetuned):
@@ -124,7 +126,8 @@ def test_describe_is_decided_per_item_not_per_batch(archived):
     ctx = FakeContext(archived[1], [{"Content-Type": "image/png"}, {"describe": "True"}, {"Content-Type": "image/png"}])
     handler = ClipshieldHandler()
     handler.initialize(ctx)
-    first, card, third = (json.loads(a) for a in handler.handle([{"body": bytearray(png)}, {}, {"body": bytearray(png)}], ctx))
+    first, described, third = (json.loads(a) for a in handler.handle([{"body": bytearray(png)}, {}, {"body": bytearray(png)}], ctx))
+    card = described["model"]
     assert "predictions" in first and first == third and card["source"] == "export" and card["training"]["steps"] == STEPS
 
 
