@@ -179,6 +179,19 @@ class Provenance(StrictModel):
     date: str
 
 
+class ReleaseDecision(StrictModel):
+    """The robustness gate's verdict on this model against the one it replaces (`clipshield release`)."""
+
+    baseline: str = Field(description="name, version and weights digest of the model it was compared with")
+    accepted: bool
+    forced: bool = False
+    reason: str = ""
+    max_clean_drop: float
+    max_robust_drop: float
+    compared: int = Field(ge=0, description="accuracy entries measured under the same protocol by both cards")
+    date: str
+
+
 class ModelCard(StrictModel):
     """The model card: identity, training (fine-tuned weights only), measured numbers, serving defaults."""
 
@@ -200,6 +213,7 @@ class ModelCard(StrictModel):
     parity: Optional[ParityReport] = None
     provenance: Provenance
     finetune_provenance: Optional[Provenance] = None
+    release: Optional[ReleaseDecision] = None
     notes: tuple[str, ...] = ()
 
     @model_validator(mode="after")

@@ -44,7 +44,7 @@ def label(action: argparse.Action) -> str:
 
 
 def test_every_subcommand_is_walked():
-    assert set(subparsers(build_parser())) == {"pretrain", "finetune", "evaluate", "export", "archive", "serve", "demo", "experiment"}
+    assert set(subparsers(build_parser())) == {"pretrain", "finetune", "evaluate", "export", "release", "archive", "serve", "demo", "experiment"}
     assert {"experiment miniworld", "experiment paper"} <= set(leaf_parsers(build_parser()))
     assert sum(1 for _ in options()) > 80
 
