@@ -13,7 +13,7 @@ Content-Type header. Every value goes through `service.api.parse_request`, so li
 are the TorchServe path's.
 
 Response: `labels` BYTES `[N, K]`, `scores` FP32 `[N, K]`, `purified`/`flipped`/`flagged` BOOL `[N]`,
-`anchor_score`/`embedding_shift` FP32 `[N]`, and per item `status` INT32 `[N]` (200 or the item's
+`anchor_score`/`prediction_shift` FP32 `[N]`, and per item `status` INT32 `[N]` (200 or the item's
 4xx/5xx) with `error` BYTES `[N]` (the `ErrorResponse` JSON, "" when answered). A request whose every
 item fails is answered in the protocol's error shape instead: the item's HTTP status and
 `{"error": message, "code": status, "type": error type}`.
@@ -47,7 +47,7 @@ CONTENT_TYPE_PARAM = "content_type"
 PROTOCOL_PARAMS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "priority", "timeout", "headers"})
 OUTPUTS: tuple[tuple[str, str], ...] = (
     ("labels", "BYTES"), ("scores", "FP32"), ("purified", "BOOL"), ("anchor_score", "FP32"),
-    ("embedding_shift", "FP32"), ("flipped", "BOOL"), ("flagged", "BOOL"), ("status", "INT32"), ("error", "BYTES"),
+    ("prediction_shift", "FP32"), ("flipped", "BOOL"), ("flagged", "BOOL"), ("status", "INT32"), ("error", "BYTES"),
 )
 
 
@@ -131,7 +131,7 @@ def to_outputs(results: list[Result]) -> list[InferOutput]:
         preds = answer.predictions if answer is not None else []
         rows["labels"].append([p.label for p in preds] + [""] * (k - len(preds)))
         rows["scores"].append([p.score for p in preds] + [0.0] * (k - len(preds)))
-        for name in ("purified", "anchor_score", "embedding_shift", "flipped", "flagged"):
+        for name in ("purified", "anchor_score", "prediction_shift", "flipped", "flagged"):
             rows[name].append(getattr(answer, name) if answer is not None else 0)
         rows["status"].append(200 if answer is not None else result.http_status)
         rows["error"].append("" if answer is not None else _error_json(result))

@@ -96,7 +96,7 @@ def answer(result, i: int = 0) -> dict[str, Any]:
     out = {"predictions": [{"label": lab, "score": float(s)} for lab, s in zip(labels, scores)]}
     for name in ("purified", "flipped", "flagged"):
         out[name] = bool(result.as_numpy(name)[i])
-    for name in ("anchor_score", "embedding_shift"):
+    for name in ("anchor_score", "prediction_shift"):
         out[name] = float(result.as_numpy(name)[i])
     return out
 
@@ -184,7 +184,7 @@ def test_health_and_metadata_with_tritonclient(client, bundle):
     meta = client.get_model_metadata(MODEL)
     assert meta["name"] == MODEL and meta["versions"] == [card.version]
     described = meta["parameters"]  # service.describe(), as TorchServe's describe API answers it
-    assert described["model"] == card.model_dump(mode="json") and described["bundle"]["format_version"] >= 1
+    assert described["model"] == card.model_dump(mode="json", exclude_none=True) and described["bundle"]["format_version"] >= 1
     assert described["runtime"]["image_encoder_provider"]
     assert {t["name"] for t in meta["inputs"]} == {"image", "labels", "purify", "top_k"}
     assert {"labels", "scores", "flagged", "flipped", "status", "error"} <= {t["name"] for t in meta["outputs"]}
@@ -214,7 +214,7 @@ def test_labels_purify_top_k(client, local, how):
     got = answer(result)
     want = local({"image": GOOD[0], "labels": json.dumps(LABELS), "purify": "false", "top_k": "2"})
     assert {p["label"] for p in got["predictions"]} <= set(LABELS)
-    assert len(got["predictions"]) == 2 and not got["purified"] and got["embedding_shift"] == 0.0
+    assert len(got["predictions"]) == 2 and not got["purified"] and got["prediction_shift"] == 0.0
     assert same(got, want)
 
 

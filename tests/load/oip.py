@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 INFER_PATH = "/v2/models/{name}/infer"
-ITEM_FIELDS = ("purified", "anchor_score", "embedding_shift", "flipped", "flagged")
+ITEM_FIELDS = ("purified", "anchor_score", "prediction_shift", "flipped", "flagged")
 
 
 def infer_body(image: bytes, fields: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def test_malformed_requests(inputs, error, words):
 
 def test_outputs_one_row_per_item_failed_items_padded():
     ok = PredictResponse(predictions=[Prediction(label="cat", score=0.9), Prediction(label="dog", score=0.1)], purified=True,
-                         anchor_score=0.3, embedding_shift=0.1, flipped=False, flagged=True, model=ModelInfo(name="m", version="1"))
+                         anchor_score=0.3, prediction_shift=0.1, flipped=False, flagged=True, model=ModelInfo(name="m", version="1"))
     outputs = {o.name: o for o in to_outputs([ok, UnsupportedMediaType("image format not accepted")])}
     assert outputs["labels"].shape == [2, 2] and outputs["labels"].data == ["cat", "dog", "", ""]
     assert outputs["scores"].data == pytest.approx([0.9, 0.1, 0.0, 0.0])
