@@ -24,11 +24,11 @@ from service.errors import ClipshieldError
 from service.models import load_model
 from service.pixel_model import PixelCLIP
 from service.ttc import TTCClassifier
-from service.zero_shot import build_text_head
+from service.zero_shot import ZeroShotClassifier, build_text_head
 from training.attacks import get_attack
 from training.attacks.adaptive_defences import StraightThroughTTC
 from training.eval.ttc_eval import TTCEvalConfig, _load, evaluate_ttc
-from training.eval.zeroshot import accuracy, batches
+from training.eval.zeroshot import batches
 
 
 class AdaptiveTTCConfig(StrictModel):
@@ -38,28 +38,38 @@ class AdaptiveTTCConfig(StrictModel):
     eot: int = Field(default=2, ge=1)
 
 
-def adaptive_accuracy(model: PixelCLIP, cfg: AdaptiveTTCConfig, tau_model: Optional[PixelCLIP] = None) -> float:
-    """Top-1 of TTC on PGD images crafted through TTC by BPDA + EOT (same eps, step and steps as `cfg.base`)."""
+def adaptive_accuracy(model: PixelCLIP, cfg: AdaptiveTTCConfig, tau_model: Optional[PixelCLIP] = None) -> dict[str, float]:
+    """Top-1 of TTC on PGD images crafted through TTC by BPDA + EOT (same eps, step and steps as `cfg.base`),
+    and the per-image worst case over that attack and the transfer attack (PGD on the undefended classifier)."""
     b = cfg.base
     images, labels, classnames, templates = _load(b.dataset, b.limit)
     head = build_text_head(model, classnames, templates)
     defended = TTCClassifier(model, head, b.ttc, tau_model, generator=torch.Generator().manual_seed(b.seed + 1))
     surrogate = StraightThroughTTC(TTCClassifier(model, head, b.ttc, tau_model), eot=cfg.eot,
                                    generator=torch.Generator().manual_seed(b.seed + 100))
-    attack = get_attack("pgd")(surrogate, eps=b.eps, alpha=b.alpha, steps=b.steps, generator=torch.Generator().manual_seed(b.seed))
-    acc, _ = accuracy(defended, batches(images, labels, b.batch_size), attack)
-    return acc
+    surrogates = {"adaptive": surrogate, "transfer": ZeroShotClassifier(model, head).eval()}
+    survives = {}
+    for name, clf in surrogates.items():
+        attack = get_attack("pgd")(clf, eps=b.eps, alpha=b.alpha, steps=b.steps, generator=torch.Generator().manual_seed(b.seed))
+        hits = []
+        for x, y in batches(images, labels, b.batch_size):
+            adv = attack(x, y)
+            with torch.no_grad():
+                hits.append(defended(adv).argmax(-1) == y)
+        survives[name] = torch.cat(hits)
+    worst = survives["adaptive"] & survives["transfer"]
+    return {"robust_ttc_adaptive": float(survives["adaptive"].float().mean()), "robust_ttc_worst": float(worst.float().mean())}
 
 
 def evaluate(models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]], cfg: AdaptiveTTCConfig, seeds: list[int]) -> dict:
-    """{model name: {seed: metrics}}: `evaluate_ttc`'s metrics plus `robust_ttc_adaptive`."""
+    """{model name: {seed: metrics}}: `evaluate_ttc`'s metrics plus `robust_ttc_adaptive` and `robust_ttc_worst`."""
     out: dict[str, dict[int, dict[str, float]]] = {}
     for name, (model, tau_model) in models.items():
         model = model.eval()
         for seed in seeds:
             seeded = cfg.model_copy(update={"base": cfg.base.model_copy(update={"seed": seed})})
             metrics = evaluate_ttc(model, seeded.base, tau_model)
-            metrics["robust_ttc_adaptive"] = adaptive_accuracy(model, seeded, tau_model)
+            metrics.update(adaptive_accuracy(model, seeded, tau_model))
             out.setdefault(name, {})[seed] = metrics
     return out
 
@@ -104,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.finetuned:
             models[args.finetuned] = (load_model(args.finetuned), base)
         result = evaluate(models, cfg, args.seeds)
-    except ClipshieldError as exc:
+    except (ClipshieldError, KeyError) as exc:  # KeyError: unknown data set or model name (lists the known ones)
         print(f"ttc_adaptive: error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
