@@ -80,7 +80,7 @@ def _run(attack, images: torch.Tensor, labels: torch.Tensor, bs: int) -> torch.T
 def _scores(scorer: AttackScorer, images: torch.Tensor, bs: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return torch.cat([scorer(x, g) for x, _ in batches(images, images[:, 0, 0, 0], bs)])
+        return torch.cat([scorer(images[i:i + bs], g) for i in range(0, len(images), bs)])
 
 
 def _wrong(clf: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
