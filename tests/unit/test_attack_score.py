@@ -155,3 +155,51 @@ def test_straight_through_ttc_forward_is_ttc_and_its_gradient_is_not_masked():
         assert torch.allclose(logits, reference(images), atol=1e-5)
     (g,) = torch.autograd.grad(logits[:, 0].sum(), leaf)
     assert g.abs().sum() > 0
+
+
+def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
+    from training.eval.detection import DetectionConfig, adaptive_rows
+
+    clf, images, labels = toy_setup(40)
+    scorer = scorer_for(clf, images[:20], labels[:20])
+    x, y = images[20:], labels[20:]
+    with torch.no_grad():
+        clean = scorer(x)
+    cfg = DetectionConfig(ref_eps=0.02, steps=5, adaptive_lams=(0.0, 3.0), adaptive_eot=1)
+    rows = adaptive_rows(clf, scorer, x, y, clean, cfg)
+    per_lambda = [rows[k]["success_unflagged"] for k in rows if k != "adaptive-best"]
+    assert set(rows) == {"adaptive-pgd@5.1-l0", "adaptive-pgd@5.1-l3-linear", "adaptive-pgd@5.1-l3-hinge", "adaptive-best"}
+    assert max(per_lambda) <= rows["adaptive-best"]["success_unflagged"] <= sum(per_lambda) + 1e-9
+    for k in rows:
+        if k != "adaptive-best":
+            assert rows[k]["success_unflagged"] <= rows[k]["success"]
+
+
+def test_entry_points_write_json_and_markdown(tmp_path):
+    import json
+
+    from training.eval import detection, ttc_adaptive
+
+    assert detection.main(["--out", str(tmp_path / "d"), "--n-calibration", "8", "--n-eval", "8", "--lams", "1",
+                           "--eot", "1", "--eval-datasets", "miniworld/plain/color_shape/heldout_caption"]) == 0
+    result = json.loads((tmp_path / "d" / "detection.json").read_text())
+    rows = result["sets"]["miniworld/plain/color_shape/heldout_caption"]
+    assert {"clean", "pgd@2", "pgd@4", "pgd@8", "cw@4", "adaptive-pgd@4-l1-linear", "adaptive-pgd@4-l1-hinge", "adaptive-best"} <= set(rows)
+    assert "| AUROC |" in (tmp_path / "d" / "detection.md").read_text()
+    assert ttc_adaptive.main(["--out", str(tmp_path / "t"), "--limit", "4", "--seeds", "0", "--steps", "2", "--eot", "1"]) == 0
+    metrics = json.loads((tmp_path / "t" / "ttc_adaptive.json").read_text())["results"]["miniworld"]["0"]
+    assert 0.0 <= metrics["robust_ttc_adaptive"] <= 1.0 and "robust_ttc" in metrics
+    assert detection.main(["--out", str(tmp_path / "e"), "--calibration-dataset", "no-such-set"]) == 2
+
+
+def test_hinge_penalty_acts_only_above_the_threshold():
+    clf, images, labels = toy_setup(30)
+    scorer = scorer_for(clf, images[:20], labels[:20])
+    x, y = images[20:], labels[20:]
+    hinge = ScoreAwarePGD(clf, scorer, eps=0.02, lam=5.0, penalty="hinge")
+    with torch.no_grad():
+        excess = torch.relu(scorer(x) - scorer.params.threshold)
+        expected = F.cross_entropy(clf(x), y) - 5.0 * excess.mean()
+    assert float(hinge.objective(x, y).detach()) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="hinge"):
+        ScoreAwarePGD(clf, scorer, eps=0.02, penalty="square")  # type: ignore[arg-type]

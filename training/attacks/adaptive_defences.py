@@ -11,7 +11,7 @@ Neither is in the attack registry: both need a defence object, not only a classi
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -22,9 +22,15 @@ from service.ttc import TTCClassifier, counterattack, random_init
 from .base import Attack, Classifier
 from .pgd import LossName, attack_loss, random_start
 
+PenaltyName = Literal["linear", "hinge"]
+PENALTIES: tuple[str, ...] = ("linear", "hinge")
+
 
 class ScoreAwarePGD(Attack):
     """PGD maximising attack_loss(logits, y) - lam * score, score averaged over `eot` noise draws.
+
+    `penalty='hinge'` uses relu(score - threshold) instead of the score: it only pushes while the image
+    would be flagged, so it does not fight the misclassification term once the image is unflagged.
 
     The score term uses the same reduction as the loss (mean for CE, sum for CW), so `lam` weighs one
     image's score against one image's loss. Tensor contract as `Attack`.
@@ -32,20 +38,27 @@ class ScoreAwarePGD(Attack):
 
     def __init__(self, model: Classifier, scorer: AttackScorer, eps: float, lam: float = 1.0, alpha: Optional[float] = None,
                  steps: int = 10, eot: int = 1, loss: LossName = "ce", margin: float = 50.0,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 penalty: PenaltyName = "linear", generator: Optional[torch.Generator] = None) -> None:
         super().__init__(model, eps, generator)
         if steps < 0 or eot < 1 or lam < 0:
             raise ValueError("steps must be >= 0, eot >= 1 and lam >= 0")
         self.scorer = scorer
         self.lam = float(lam)
         self.alpha = eps / 4 if alpha is None else float(alpha)
-        self.steps, self.eot, self.loss, self.margin = steps, eot, loss, margin
+        if penalty not in PENALTIES:
+            raise ValueError(f"unknown score penalty {penalty!r}; known: {', '.join(PENALTIES)}")
+        self.steps, self.eot, self.loss, self.margin, self.penalty = steps, eot, loss, margin, penalty
 
     def objective(self, adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar the attack ascends: misclassification loss minus lam times the (EOT-averaged) score."""
+        value = attack_loss(self.model(adv), labels, self.loss, self.margin)
+        if self.lam == 0:
+            return value  # plain PGD: the attacker who ignores the score
         score = torch.stack([self.scorer(adv, self.generator) for _ in range(self.eot)]).mean(dim=0)
+        if self.penalty == "hinge":
+            score = torch.relu(score - self.scorer.params.threshold)
         penalty = score.mean() if self.loss == "ce" else score.sum()
-        return attack_loss(self.model(adv), labels, self.loss, self.margin) - self.lam * penalty
+        return value - self.lam * penalty
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         delta = torch.clamp(random_start(images, self.eps, self.generator), -images, 1 - images)

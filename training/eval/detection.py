@@ -30,7 +30,7 @@ from service.pixel_model import PixelCLIP
 from service.purify import blank_anchor
 from service.zero_shot import ZeroShotClassifier, build_text_head
 from training.attacks import get_attack
-from training.attacks.adaptive_defences import ScoreAwarePGD
+from training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD
 from training.data import DatasetRequest, build_dataset
 from training.eval.zeroshot import batches
 from training.export.flag_calibration import auroc
@@ -50,7 +50,8 @@ class DetectionConfig(StrictModel):
     eps_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     attacks: tuple[str, ...] = ("pgd", "cw")
     steps: int = Field(default=10, ge=1)
-    adaptive_lams: tuple[float, ...] = (0.1, 1.0, 10.0)
+    adaptive_lams: tuple[float, ...] = (0.0, 0.1, 1.0, 10.0)
+    adaptive_penalties: tuple[PenaltyName, ...] = ("linear", "hinge")
     adaptive_eot: int = Field(default=2, ge=1)
     score: AttackScoreConfig = AttackScoreConfig()
     seed: int = 0
@@ -127,16 +128,19 @@ def evaluate_set(model: PixelCLIP, scorer: AttackScorer, name: str, cfg: Detecti
 
 def adaptive_rows(clf: ZeroShotClassifier, scorer: AttackScorer, images: torch.Tensor, labels: torch.Tensor,
                   clean: torch.Tensor, cfg: DetectionConfig) -> dict[str, dict[str, float]]:
-    """One row per lambda of `ScoreAwarePGD` at the reference eps, and 'adaptive-best': per image, the
-    attacker wins if any lambda gives a misclassified, unflagged image (the defender's worst case)."""
+    """One row per (lambda, penalty) of `ScoreAwarePGD` at the reference eps (lambda 0: the attacker ignores the
+    score), and 'adaptive-best': per image, the attacker wins if any variant gives a misclassified, unflagged
+    image (the defender's worst case)."""
     rows: dict[str, dict[str, float]] = {}
     evaded = torch.zeros(len(labels), dtype=torch.bool)
-    for lam in cfg.adaptive_lams:
+    variants = [(lam, pen) for lam in cfg.adaptive_lams for pen in (cfg.adaptive_penalties if lam > 0 else ("linear",))]
+    for lam, pen in variants:
         atk = ScoreAwarePGD(clf, scorer, eps=cfg.ref_eps, lam=lam, alpha=cfg.ref_eps / 4, steps=cfg.steps, eot=cfg.adaptive_eot,
-                            generator=torch.Generator().manual_seed(cfg.seed + 4))
+                            penalty=pen, generator=torch.Generator().manual_seed(cfg.seed + 4))
         adv = _run(atk, images, labels, cfg.batch_size)
         scores, wrong = _scores(scorer, adv, cfg.batch_size, cfg.seed + 3), _wrong(clf, adv, labels)
-        rows[f"adaptive-pgd@{cfg.ref_eps * 255:g}-l{lam:g}"] = _row(scorer, clean, scores, wrong)
+        name = f"adaptive-pgd@{cfg.ref_eps * 255:g}-l{lam:g}" + (f"-{pen}" if lam > 0 else "")
+        rows[name] = _row(scorer, clean, scores, wrong)
         evaded |= wrong & ~scorer.flag(scores)
     rows["adaptive-best"] = {"success_unflagged": float(evaded.float().mean())}
     return rows
@@ -178,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-eps", type=float, default=4.0, help="reference eps in units of 1/255")
     p.add_argument("--lams", type=float, nargs="+", default=list(d.adaptive_lams))
     p.add_argument("--eot", type=int, default=d.adaptive_eot)
+    p.add_argument("--penalties", nargs="+", default=list(d.adaptive_penalties), choices=["linear", "hinge"])
     p.add_argument("--signals", nargs="+", default=None, help="default: tau anchor margin (+ agreement with --reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for detection.json and detection.md")
@@ -192,6 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = DetectionConfig(calibration_dataset=args.calibration_dataset, eval_datasets=tuple(args.eval_datasets),
                               n_calibration=args.n_calibration, n_eval=args.n_eval, target_fpr=args.target_fpr,
                               ref_eps=args.ref_eps / 255, adaptive_lams=tuple(args.lams), adaptive_eot=args.eot,
+                              adaptive_penalties=tuple(args.penalties),
                               score=AttackScoreConfig(signals=tuple(signals)), seed=args.seed)
         reference = load_model(args.reference) if args.reference else None
         result = evaluate_detection(load_model(args.model, weights=args.weights), cfg, reference)

@@ -75,7 +75,8 @@ def evaluate(models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]], cfg: Adap
 
 
 ROWS = (("clean", "clean, no defence"), ("clean_ttc", "clean, TTC"), ("robust", "PGD, no defence"),
-        ("robust_ttc", "PGD on undefended, then TTC (non-adaptive)"), ("robust_ttc_adaptive", "PGD through TTC, BPDA+EOT (adaptive)"))
+        ("robust_ttc", "PGD on undefended, then TTC (non-adaptive)"), ("robust_ttc_adaptive", "PGD through TTC, BPDA+EOT (adaptive)"),
+        ("robust_ttc_worst", "TTC, per-image worst of transfer and adaptive"))
 
 
 def markdown(result: dict) -> str:
