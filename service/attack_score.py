@@ -1,0 +1,180 @@
+"""Attack score: forward-only signals that an input may be adversarial, combined and calibrated (issue 15).
+
+Signals, per image x (all from forward passes the served path could afford; no input gradient):
+* `tau`:       mean relative shift ||f(x + n) - f(x)|| / ||f(x)|| of the unnormalised embedding over
+               `n_noise` draws of n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" tau, spec 11.2);
+* `anchor`:    cosine of the embedding with the CLIPure blank anchor (the serving flag's score);
+* `margin`:    top-1 minus top-2 zero-shot logit;
+* `agreement`: cosine between the embeddings of the defended and the original (non-robust) encoder,
+               only when the original is given.
+Combination: a logistic regression on the signals standardised by their clean-calibration mean and
+spread, fitted on clean (0) vs PGD (1) calibration images; the score is its logit (higher = more
+suspicious). The threshold is set on clean calibration images so that at most `target_fpr` of them
+score above it. Everything is differentiable in the images, so an adaptive attacker can use it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from .config import StrictModel
+from .errors import BadInput, ConfigError
+from .pixel_model import PixelCLIP
+from .ttc import random_init
+from .zero_shot import ZeroShotClassifier
+
+SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement")
+
+
+class AttackScoreConfig(StrictModel):
+    """Which signals, their noise, and the logistic fit's settings."""
+
+    signals: tuple[str, ...] = ("tau", "anchor", "margin")
+    n_noise: int = Field(default=4, ge=1, le=64)
+    noise_eps: float = Field(default=4 / 255, gt=0.0, le=1.0)
+    l2: float = Field(default=1e-2, ge=0.0, description="ridge penalty of the logistic fit (standardised signals)")
+    fit_iters: int = Field(default=100, ge=1)
+
+
+class ScoreParams(StrictModel):
+    """A fitted, calibrated score: standardisation, logistic weights and the flag threshold."""
+
+    signals: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    target_fpr: float
+    dataset: str
+    n_calibration: int
+
+
+def check_signals(signals: tuple[str, ...], has_reference: bool) -> None:
+    """Raise ConfigError for unknown signals, or `agreement` without an original encoder."""
+    unknown = [s for s in signals if s not in SIGNALS]
+    if unknown or not signals:
+        raise ConfigError(f"unknown or empty attack-score signals {unknown or list(signals)}; known: {', '.join(SIGNALS)}")
+    if "agreement" in signals and not has_reference:
+        raise ConfigError("the 'agreement' signal needs the original (non-robust) encoder as reference")
+
+
+class SignalExtractor(nn.Module):
+    """Raw signals [B, S] (columns in `cfg.signals` order) for images [B, 3, H, W] in [0, 1]; differentiable.
+
+    The noise of `tau` is drawn from `generator` (CPU), so callers control its randomness (EOT for attackers).
+    """
+
+    def __init__(self, classifier: ZeroShotClassifier, anchor: torch.Tensor, cfg: AttackScoreConfig,
+                 reference: Optional[PixelCLIP] = None) -> None:
+        super().__init__()
+        check_signals(cfg.signals, reference is not None)
+        self.classifier = classifier
+        self.reference = reference
+        self.cfg = cfg
+        self.register_buffer("anchor", F.normalize(anchor.detach().float(), dim=-1), persistent=False)
+
+    def tau(self, images: torch.Tensor, base: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Mean relative embedding shift [B] under `n_noise` uniform noise draws."""
+        shifts = []
+        for _ in range(self.cfg.n_noise):
+            noise = random_init(images, self.cfg.noise_eps, generator)
+            noise = torch.clamp(noise, -images.detach(), 1 - images.detach())
+            moved = self.classifier.model.encode_image(images + noise)
+            shifts.append((moved - base).norm(dim=-1) / base.norm(dim=-1))
+        return torch.stack(shifts).mean(dim=0)
+
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise BadInput("the attack score takes images in [0, 1] pixel space")
+        base = self.classifier.model.encode_image(images)
+        columns = []
+        for name in self.cfg.signals:
+            if name == "tau":
+                columns.append(self.tau(images, base, generator))
+            elif name == "anchor":
+                columns.append(F.normalize(base, dim=-1) @ self.anchor)
+            elif name == "margin":
+                top2 = self.classifier.logits_from_embeddings(base).topk(2, dim=-1).values
+                columns.append(top2[:, 0] - top2[:, 1])
+            else:  # agreement (checked in __init__)
+                ref = self.reference.encode_image(images)  # type: ignore[union-attr]
+                columns.append(F.cosine_similarity(base, ref, dim=-1))
+        return torch.stack(columns, dim=-1)
+
+
+def fit_logistic(clean: torch.Tensor, attacked: torch.Tensor, cfg: AttackScoreConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean [S], std [S], weights [S], bias []) of a ridge logistic regression, clean = 0 vs attacked = 1.
+
+    Signals are standardised by the clean rows' mean and spread. Deterministic (full-batch L-BFGS).
+    """
+    mean, std = clean.mean(dim=0), clean.std(dim=0).clamp_min(1e-8)
+    x = (torch.cat([clean, attacked]).double() - mean.double()) / std.double()
+    y = torch.cat([torch.zeros(len(clean)), torch.ones(len(attacked))]).double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=cfg.fit_iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x @ w + b, y) + cfg.l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return mean.float(), std.float(), w.detach().float(), b.detach().float()
+
+
+def threshold_above_fpr(clean_scores: torch.Tensor, target_fpr: float) -> float:
+    """Smallest observed score t with (clean_scores > t) on at most `target_fpr` of the clean scores [N]."""
+    if clean_scores.numel() == 0 or not 0.0 < target_fpr < 1.0:
+        raise ConfigError(f"threshold needs clean scores and 0 < target_fpr < 1, got {clean_scores.numel()} scores, {target_fpr}")
+    ordered = torch.sort(clean_scores.flatten(), descending=True).values
+    return float(ordered[int(target_fpr * len(ordered))])
+
+
+class AttackScorer(nn.Module):
+    """Signals -> logistic score [B] (higher = more suspicious) and the calibrated flag; differentiable.
+
+    Tensor contract: images float32 [B, 3, H, W] in [0, 1] -> score float32 [B].
+    """
+
+    def __init__(self, extractor: SignalExtractor, params: ScoreParams) -> None:
+        super().__init__()
+        if tuple(params.signals) != tuple(extractor.cfg.signals):
+            raise ConfigError(f"score fitted on signals {params.signals}, extractor gives {extractor.cfg.signals}")
+        self.extractor = extractor
+        self.params = params
+        for name in ("mean", "std", "weights"):
+            self.register_buffer(name, torch.tensor(getattr(params, name), dtype=torch.float32), persistent=False)
+
+    def score_signals(self, signals: torch.Tensor) -> torch.Tensor:
+        """Score [B] from raw signals [B, S]."""
+        return ((signals - self.mean) / self.std) @ self.weights + self.params.bias
+
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.score_signals(self.extractor(images, generator))
+
+    def flag(self, scores: torch.Tensor) -> torch.Tensor:
+        """Bool [B]: score above the calibrated threshold."""
+        return scores > self.params.threshold
+
+
+def calibrate_scorer(extractor: SignalExtractor, clean: torch.Tensor, attacked: torch.Tensor, target_fpr: float,
+                     dataset: str, generator: Optional[torch.Generator] = None, batch_size: int = 128) -> AttackScorer:
+    """Fit the combination on clean vs attacked calibration images [N, 3, H, W] and set the threshold
+    at `target_fpr` on the clean ones (`dataset` is recorded, not loaded)."""
+    with torch.no_grad():
+        sig_clean = torch.cat([extractor(clean[i:i + batch_size], generator) for i in range(0, len(clean), batch_size)])
+        sig_adv = torch.cat([extractor(attacked[i:i + batch_size], generator) for i in range(0, len(attacked), batch_size)])
+    mean, std, w, b = fit_logistic(sig_clean, sig_adv, extractor.cfg)
+    scores = ((sig_clean - mean) / std) @ w + b
+    params = ScoreParams(signals=extractor.cfg.signals, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+                         weights=tuple(w.tolist()), bias=float(b), threshold=threshold_above_fpr(scores, target_fpr),
+                         target_fpr=target_fpr, dataset=dataset, n_calibration=len(clean))
+    return AttackScorer(extractor, params)
