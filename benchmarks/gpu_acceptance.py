@@ -136,7 +136,7 @@ def finetune_phase(base: PixelCLIP, args: argparse.Namespace, out: Callable[[str
 
 
 def pgd_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
-    """One PGD cell of the evaluation runner (mini world at the model's size, final iterate), run twice: the second is timed."""
+    """One PGD cell of the evaluation runner (mini world at the model's size, final iterate); on CUDA run twice, the second timed."""
     from training.eval.runner import EvalConfig, Evaluator, cell_keys
 
     cfg = EvalConfig(model_id=model.record.name, datasets=[EVAL_DATASET], attacks=["pgd"], eps=args.eps / 255,
@@ -148,7 +148,8 @@ def pgd_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     dataset = evaluator.prepare()[EVAL_DATASET]
     render_s = time.perf_counter() - t0
     key = cell_keys(cfg, EVAL_DATASET, evaluator.weights, dataset.preprocess)[0]
-    evaluator.run_cell(key, dataset)  # warm-up (kernels, allocator)
+    if args.device.startswith("cuda"):
+        evaluator.run_cell(key, dataset)  # warm-up (kernel selection, allocator)
     reset_peak(args.device)
     cell = evaluator.run_cell(key, dataset)
     sync(args.device)
