@@ -268,7 +268,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> dict[st
         if ft is not None:
             summary["finetune"], tuned = ft
             for row in summary["finetune"]["rows"]:
-                out(f"  {row['method']:18s} {row['s_per_step']:.4f} s/step  {row['images_per_s']:.1f} images/s  peak {row['peak_mem_mb']:.0f} MB")
+                out(f"  {row['method']:18s} {row['s_per_step']:.4f} s/step  {row['images_per_s']:.4g} images/s  peak {row['peak_mem_mb']:.0f} MB")
         evaluated = tuned if tuned is not None else model.to(args.device)
         summary["pgd_eval"] = phase("pgd_eval", lambda: pgd_phase(evaluated, args, work))
         summary["onnx"] = phase("onnx", lambda: onnx_phase(evaluated, args, work))
@@ -292,13 +292,13 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"fine-tune     batch {cfg['batch_size']}, precision {cfg['precision']}, eps {cfg['eps']}/255, "
                      f"median of {cfg['steps']} timed steps after {cfg['warmup_steps']} warm-up")
         for r in ft["rows"]:
-            lines.append(f"  {r['method']:17s} {r['s_per_step']:8.4f} s/step {r['images_per_s']:9.1f} images/s")
+            lines.append(f"  {r['method']:17s} {r['s_per_step']:8.4f} s/step {r['images_per_s']:9.4g} images/s")
         q = ft["ratio_tga_zsr_over_tecoa"]
         lines.append(f"ratio         TGA-ZSR / TeCoA: first epoch {q['first_epoch']:.2f}, later epochs {q['later_epochs']:.2f}, "
                      f"{RATIO_EPOCHS}-epoch run {q['whole_run']:.2f} (paper 1.74; target <= 1.3)")
     ev = s.get("pgd_eval")
     if ev:
-        lines.append(f"PGD-{ev['steps']} eval   {ev['images_per_s']:.1f} images/s ({ev['n']} images, {ev['seconds']:.2f} s, "
+        lines.append(f"PGD-{ev['steps']} eval   {ev['images_per_s']:.4g} images/s ({ev['n']} images, {ev['seconds']:.2f} s, "
                      f"eps {ev['eps_255']}/255, final iterate); clean {ev['clean_acc']:.3f} robust {ev['robust_acc']:.3f} "
                      f"(random weights: meaningless)")
     ox = s.get("onnx")
