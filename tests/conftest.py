@@ -7,8 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+TEST_THREADS = 2
+torch.set_num_threads(TEST_THREADS)
 os.environ.setdefault("CLIPSHIELD_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _pinned_threads():
+    """Every test starts with the same torch thread count, whatever an earlier one set (library calls
+    such as `finetune(threads=1)` or `clipshield export` set it process-wide): float reduction order,
+    and so the last bits of attack trajectories compared with the goldens, depend on it."""
+    torch.set_num_threads(TEST_THREADS)
+    yield
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDENS_ENV = "CLIPSHIELD_GOLDENS"

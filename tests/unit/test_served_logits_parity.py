@@ -19,6 +19,7 @@ from service.models import load_model
 from service.preprocess import load_pixels
 from service.zero_shot import ZeroShotClassifier, build_text_head
 from training.data import DatasetRequest, build_dataset
+from tests.conftest import golden_weights
 from training.export import export_model
 
 from .photo_helpers import write_photo_folder
@@ -29,7 +30,7 @@ LOGIT_TOLERANCE = 1e-4  # logits are ~100 x cosine: 1e-4 means embeddings agree 
 @pytest.fixture(scope="module")
 def served_and_evaluated(goldens, tmp_path_factory):
     """(served logits, evaluation logits, served softmax from `predict`) for the 12 photos, in data set order."""
-    model = load_model(str(goldens / "tiny_clip.json"), weights=str(goldens / "model_frozen.pt"))
+    model = load_model(str(goldens / "tiny_clip.json"), weights=str(golden_weights(goldens, "model_frozen")))
     root = tmp_path_factory.mktemp("data")
     sent = write_photo_folder(root)
     ds = build_dataset("folder/photos", DatasetRequest(root=root, preprocess=model.record.preprocess))
