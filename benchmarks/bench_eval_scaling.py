@@ -36,7 +36,7 @@ def timed(cmd: list[str], threads: int) -> float:
 
 
 def cell(folder: Path) -> dict:
-    (path,) = [p for p in folder.glob("*.json") if p.name != "summary.json"]
+    (path,) = list((folder / "cells").glob("*.json"))
     data = json.loads(path.read_text())
     return {"n": data["n"], "clean": data["clean"], "robust": data["robust"]}
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     common = ["evaluate", "--model", "miniworld", "--datasets", "miniworld/plain/color_shape/seen", "--attacks", "pgd",
-              "--eps", "4", "--steps", str(args.steps), "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--device", "cpu"]
+              "--eps", "4", "--steps", str(args.steps), "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--device", "cpu",
+              "--stop", "final"]  # every image runs every step: the compute scales, not the early exits
     one = [sys.executable, "-m", "training.cli", *common, "--out", str(out / "one")]
     torchrun = Path(sys.executable).with_name("torchrun")
     two = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", *common, "--out", str(out / "two")]
