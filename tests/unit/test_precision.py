@@ -49,3 +49,18 @@ def test_bf16_finetuning_on_cpu_trains_close_to_float32(tmp_path):
     assert w16.dtype == torch.float32  # autocast leaves the master weights in float32
     assert not torch.equal(w32, w16)  # bf16 forwards really ran
     torch.testing.assert_close(w16, w32, atol=5e-3, rtol=0)
+
+
+def test_bf16_evaluation_runs_on_cpu_and_is_recorded_in_the_cell(tmp_path):
+    from service.models import load_model
+    from training.eval.runner import EvalConfig, Evaluator
+
+    common = dict(model_id="mw", datasets=["miniworld/plain/shape/seen"], attacks=["pgd"], eps=4 / 255, steps=2, limit=16,
+                  batch_size=16)
+    model = load_model("miniworld")
+    (fp32,) = Evaluator(model, EvalConfig(out_dir=tmp_path / "fp32", **common)).run()
+    (bf16,) = Evaluator(model, EvalConfig(out_dir=tmp_path / "bf16", precision="bf16", **common)).run()
+    assert (fp32.key.precision, bf16.key.precision) == ("fp32", "bf16")
+    assert bf16.key.attack_precision == "fp32"  # attacks stay float32 unless asked
+    assert bf16.key.digest() != fp32.key.digest()
+    assert abs(bf16.clean - fp32.clean) <= 2 / 16  # bf16 forwards may flip a borderline image, not the result
