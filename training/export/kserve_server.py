@@ -24,6 +24,8 @@ from pydantic import Field
 from service.config import StrictModel
 from service.errors import ClipshieldError
 
+from .torchserve import wait_process_gone  # one "wait until the server process has gone" for both runtimes
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ".kserve"
 
@@ -128,23 +130,7 @@ def stop_kserve(state_dir: Path, timeout_s: float = 20.0) -> bool:
             os.killpg(pid, sig)
         except ProcessLookupError:
             break
-        if _wait_gone(pid, wait_s):
+        if wait_process_gone(pid, wait_s):
             break
     info_file.unlink(missing_ok=True)
     return True
-
-
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                return True
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-        time.sleep(0.2)
-    return False

@@ -292,20 +292,21 @@ def stop_server(model_store: Path, timeout_s: float = 30.0) -> bool:
         return False
     pid = int(json.loads(info_file.read_text())["launcher_pid"])
     subprocess.run([_launcher(), "--stop", "--foreground"], cwd=state_dir, env=_env(state_dir), capture_output=True, check=False, timeout=timeout_s + 10)
-    stopped = _wait_gone(pid, timeout_s)
+    stopped = wait_process_gone(pid, timeout_s)
     if not stopped:
         log.warning("TorchServe launcher %d still running; sending SIGTERM to its process group", pid)
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        stopped = _wait_gone(pid, 5.0)
+        stopped = wait_process_gone(pid, 5.0)
     info_file.unlink(missing_ok=True)
     (state_dir / "key_file.json").unlink(missing_ok=True)
     return True
 
 
-def _wait_gone(pid: int, timeout_s: float) -> bool:
+def wait_process_gone(pid: int, timeout_s: float) -> bool:
+    """True once process `pid` has exited (reaped when it is our child), False after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
