@@ -11,10 +11,7 @@ import pytest
 import torch
 
 from service.pixel_model import PixelCLIP
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import PGD
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import accuracy, batches
+from training.eval.runner import AttackRecipe, measure, zero_shot_task
 from training.finetune import FinetuneConfig, finetune
 
 MODEL = "miniworld"
@@ -27,11 +24,9 @@ OUTLINED = "miniworld/outlined/color_shape/seen"
 
 def zero_shot(model: PixelCLIP, name: str, attack: bool) -> float:
     """Top-1 (%) on 256 images of `name`, clean or under PGD-10 at eps 4/255."""
-    ds = build_dataset(name, DatasetRequest(limit=256))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates)).eval()
-    pgd = PGD(clf, eps=EPS, steps=10, generator=torch.Generator().manual_seed(0)) if attack else None
-    acc, _ = accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 256), pgd)
-    return 100 * acc
+    ds, clf, labels = zero_shot_task(model, name, 256)
+    clean, robust, _ = measure(clf, ds.images(), labels, AttackRecipe(eps=EPS, steps=10) if attack else None)
+    return 100 * (robust if attack else clean)
 
 
 @pytest.fixture(scope="module")

@@ -62,33 +62,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _task(model, name: str, n: int):
-    """(data set, zero-shot classifier, labels) for a registered data set: the one path every demo step uses."""
-    from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.data.registry import DatasetRequest, build_dataset
-
-    ds = build_dataset(name, DatasetRequest(limit=n, preprocess=model.record.preprocess))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-    return ds, clf, torch.tensor(ds.labels)
-
-
 def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
-    """Clean and PGD top-1 (DEMO_STEPS steps) per data set."""
-    from training.attacks.pgd import PGD
-    from training.eval.zeroshot import accuracy, batches
+    """Clean and PGD top-1 (DEMO_STEPS steps) per data set, measured by the evaluation runner."""
+    from training.eval.runner import AttackRecipe, measure, zero_shot_task
 
     out = {}
     for name in names:
-        ds, clf, labels = _task(model, name, n)
-        clean, _ = accuracy(clf, batches(ds.images(), labels, 256))
-        attack = PGD(clf, eps=eps, steps=DEMO_STEPS, generator=torch.Generator().manual_seed(0))
-        robust, _ = accuracy(clf, batches(ds.images(), labels, 256), attack=attack)
+        ds, clf, labels = zero_shot_task(model, name, n)
+        clean, robust, _ = measure(clf, ds.images(), labels, AttackRecipe(eps=eps, steps=DEMO_STEPS))
         out[name] = (clean, robust)
     return out
 
 
 def _show_predictions(model) -> None:
-    ds, clf, labels = _task(model, "miniworld/plain/color_shape/seen", 6)
+    from training.eval.runner import zero_shot_task
+
+    ds, clf, labels = zero_shot_task(model, "miniworld/plain/color_shape/seen", 6)
     with torch.no_grad():
         probs = clf(ds.images()).softmax(-1)
     print("\nzero-shot predictions (plain domain, 64 colour+shape labels):")
@@ -99,12 +88,12 @@ def _show_predictions(model) -> None:
 
 def _clean_suite(model, n: int) -> None:
     from training.data.miniworld import standard_eval_names
-    from training.eval.zeroshot import accuracy, batches
+    from training.eval.runner import measure, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names():
-        ds, clf, labels = _task(model, name, n)
-        acc, count = accuracy(clf, batches(ds.images(), labels, 256))
+        ds, clf, labels = zero_shot_task(model, name, n)
+        acc, _, count = measure(clf, ds.images(), labels)
         print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
     print(HELDOUT_NOTE)
 
