@@ -1,7 +1,8 @@
 """Metrics recording behind a small interface, so any server adapter can plug in its own backend.
 
 The inference core calls a `MetricsSink`; the TorchServe adapter forwards to TorchServe's metrics
-cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`), another server
+cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`, which
+`python -m training.monitoring.generate` writes from `METRICS`), another server
 can use `PrometheusClientSink` (prometheus_client) directly, and tests use `RecordingSink`.
 All names start with `clipshield_`; latencies are in seconds.
 """
@@ -26,6 +27,16 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_runtime_info": ("gauge", "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
                                 "bundle format and the clipshield version that exported it", ("provider", "onnxruntime", "bundle_format", "built_by")),
 }
+
+HANDLER_DIMENSIONS = ("ModelName", "Level")  # TorchServe dimensions emitted before a metric's own labels
+
+
+def unit_of(name: str) -> str:
+    """The unit TorchServe records for a metric, from its name: *_seconds, *_total (count), *_info, else ratio."""
+    for suffix, unit in (("_seconds", "seconds"), ("_total", "count"), ("_info", "info")):
+        if name.endswith(suffix):
+            return unit
+    return "ratio"
 
 
 class MetricsSink(Protocol):
