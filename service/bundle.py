@@ -1,8 +1,8 @@
 """The exported model bundle: file names, model card, sha256 manifest, verified loading.
 
 An export folder (and the TorchServe archive built from it) holds:
-`image_encoder.onnx`, `text_encoder.onnx` (weights embedded; `*.onnx.data` beside them for models
-over 2 GB), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
+`image_encoder.onnx`, `text_encoder.onnx` (weights embedded in each file, no external-data files:
+see `training.export.onnx_export`), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
 and templates), `text_head.npy` [C, E] and `anchor.npy` [E] (precomputed, float32),
 `model_card.json`, the tokenizer's BPE vocabulary, and `clipshield_manifest.json` (sha256 of every
 other file). Loading verifies every checksum and refuses a bundle with a missing or modified file,

@@ -1,7 +1,9 @@
 """The fine-tuned model's card (`service.card.ModelCard`, source "finetune") and its evaluation.
 
-Written next to the final checkpoint by `training.finetune`; `clipshield export --model <final>`
-carries it into the serving bundle, so what was measured here is what the server reports.
+Written next to the final checkpoint by `training.finetune`. `clipshield export --model <final>` reads
+it (`read_finetune_card`) and builds the bundle's own card from it (`training.export.exporter.bundle_card`):
+its accuracies, base model, training settings and provenance, with export's measurements replacing
+equal entries; so what was measured here is what the server reports.
 """
 from __future__ import annotations
 

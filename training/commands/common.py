@@ -28,16 +28,6 @@ def model_from_args(args: argparse.Namespace) -> PixelCLIP:
     return load_model(args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir, offline=args.offline or None)
 
 
-def not_available(name: str, issue: str):
-    """`run` for a subcommand whose implementation has not landed yet."""
-
-    def run(_args: argparse.Namespace) -> int:
-        print(f"clipshield {name}: not yet available ({issue})", file=sys.stderr)
-        return 3
-
-    return run
-
-
 def progress(total: Optional[int], desc: str, unit: str = "it", disable: Optional[bool] = None):
     """A tqdm progress bar on stderr (hidden when stderr is not a terminal unless forced)."""
     from tqdm.auto import tqdm
