@@ -231,15 +231,10 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     reference = FrozenReference(frozen, len(data), cfg.frozen_cache_mb) if frozen is not None else None
     heads = build_heads(target, list(data.classnames), template, method, cfg.negative_template)
     params = method.params(**cfg.method_params)
-    trainable = [p for p in target.visual.parameters() if p.requires_grad]
-    opt = make_optimizer(method, trainable, cfg)
+    opt = make_optimizer(method, [p for p in target.visual.parameters() if p.requires_grad], cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and cfg.device.startswith("cuda"))
     state_dir = cfg.output / "state"
-    start = 0
-    if cfg.resume and has_train_state(state_dir):
-        start, saved = load_train_state(state_dir, target.visual, opt, reference)
-        _check_resumable(saved, cfg)
-        log.info("resumed %s at step %d of %d", cfg.method, start, cfg.steps)
+    start = _resume(cfg, state_dir, target, opt, reference)
     cfg.output.mkdir(parents=True, exist_ok=True)
     sampler = StepBatches(len(data), cfg.batch_size, cfg.steps, cfg.seed, start, rank, world)
     loader = torch.utils.data.DataLoader(IndexedDataset(data), batch_sampler=sampler, num_workers=cfg.workers)
@@ -272,10 +267,26 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
         log.info("frozen model: %d clean outputs computed, %d read back", reference.computed, reference.hits)
     save_train_state(state_dir, target.visual, opt, cfg.steps, meta, reference)
     card = model_card(cfg, target, base_record, base_digest, data, template, evaluate_model(cfg, target), time.perf_counter() - t_start)
-    record = base_record.model_copy(update={"name": card.name, "description": card.description})
-    save_checkpoint(cfg.output / "final", record, target.clip.state_dict(), extra={RUN_CONFIG: meta})
-    write_card_file(cfg.output / "final" / MODEL_CARD, card)
+    _write_final(cfg.output / "final", target, base_record.model_copy(update={"name": card.name, "description": card.description}),
+                 meta, card)
     return target, card.model_dump(mode="json")
+
+
+def _resume(cfg: FinetuneConfig, state_dir: Path, target: PixelCLIP, opt: torch.optim.Optimizer,
+            reference: Optional[FrozenReference]) -> int:
+    """The step to start at: 0, or the saved one when `cfg.resume` finds a compatible state (loaded in place)."""
+    if not (cfg.resume and has_train_state(state_dir)):
+        return 0
+    start, saved = load_train_state(state_dir, target.visual, opt, reference)
+    _check_resumable(saved, cfg)
+    log.info("resumed %s at step %d of %d", cfg.method, start, cfg.steps)
+    return start
+
+
+def _write_final(folder: Path, target: PixelCLIP, record: Any, meta: dict[str, Any], card: Any) -> None:
+    """The fine-tuned checkpoint (with its run config) and model card in `folder`."""
+    save_checkpoint(folder, record, target.clip.state_dict(), extra={RUN_CONFIG: meta})
+    write_card_file(folder / MODEL_CARD, card)
 
 
 RESUME_KEYS = ("method", "model", "pretrained", "weights", "data", "data_limit", "image_size", "preprocess", "batch_size",

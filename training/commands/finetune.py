@@ -79,12 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="memory in MB for the frozen model's clean outputs per training image (TGA-ZSR, Comp-TGA, FARE), "
                    "so they are computed once, not every epoch (valid because the built-in data sets have no random "
                    "augmentation); 0 recomputes every step (default: %(default)s)")
+    _add_eval_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The model card's evaluation: data sets, size and PGD strength."""
     e = p.add_argument_group("evaluation (model card)")
     e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen (none on real data)")
     e.add_argument("--eval-limit", type=int, default=512, help="images per evaluation data set (default: %(default)s)")
     e.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
     e.add_argument("--eval-eps", type=float, default=None, help=budget_help("evaluation PGD L-inf radius", "--eps"))
-    p.set_defaults(run=run)
 
 
 def parse_params(items: list[str]) -> dict:
