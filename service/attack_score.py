@@ -2,7 +2,7 @@
 
 Signals, per image x (all from forward passes the served path could afford; no input gradient):
 * `tau`:       mean relative shift ||f(x + n) - f(x)|| / ||f(x)|| of the unnormalised embedding over
-               `n_noise` draws of n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" tau, spec 11.2);
+               `n_noise` draws of n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" tau, docs/methods.md §11.2);
 * `anchor`:    cosine of the embedding with the CLIPure blank anchor (the serving flag's score);
 * `margin`:    top-1 minus top-2 zero-shot logit;
 * `agreement`: cosine between the embeddings of the defended and the original (non-robust) encoder,

@@ -143,7 +143,7 @@ Preset = Literal["model", "paper", "squash"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Named preprocessing choices: `model` = the model record's own (what serving does, the default);
 `paper` = Resize(round(S*256/224), bilinear) + CenterCrop(S), the TGA-ZSR / PMG-AFT / TeCoA protocol
-(spec 0.7; their CIFAR/STL loaders squash instead, see `training.data.transforms`); `squash` = resize
+(docs/methods.md §0.7; their CIFAR/STL loaders squash instead, see `training.data.transforms`); `squash` = resize
 to S x S bilinear ignoring the aspect ratio (TGA-ZSR's CIFAR/STL loader)."""
 
 

@@ -1,4 +1,4 @@
-"""CLIPure-Cos latent purification (Zhang et al., ICLR 2025; spec section 7).
+"""CLIPure-Cos latent purification (Zhang et al., ICLR 2025; docs/methods.md §7).
 
 The unit-norm image embedding is moved by `steps` normalised gradient steps towards higher cosine
 with a blank anchor (the mean embedding of the prompt templates with an empty class name), then

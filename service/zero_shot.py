@@ -94,7 +94,7 @@ class ZeroShotClassifier(nn.Module):
     """Differentiable zero-shot classifier over [0, 1] pixels: logits = s * cos(image, class).
 
     `logit_scale` defaults to the model's exp(logit_scale); pass 1.0 for PMG-AFT's raw-cosine
-    logits (spec section 5.1). Tensor contract: images float [B, 3, H, W] in [0, 1]; logits [B, C].
+    logits (docs/methods.md §5.1). Tensor contract: images float [B, 3, H, W] in [0, 1]; logits [B, C].
     """
 
     def __init__(self, model: PixelCLIP, head: torch.Tensor, logit_scale: Optional[float] = None) -> None:

@@ -1,4 +1,4 @@
-"""Robust fine-tuning loop: one image tower trained with a registered method (spec sections 0.3-0.6).
+"""Robust fine-tuning loop: one image tower trained with a registered method (docs/methods.md §0.3-0.6).
 
 Text tower frozen; class text embeddings computed once per run; a frozen copy of the original model
 only for methods that need one, its outputs on clean training images computed once per image; SGD (or the method's AdamW) with warm-up + cosine; resumable state
@@ -46,7 +46,7 @@ RUN_CONFIG = "run_config.json"
 
 
 class FinetuneConfig(StrictModel):
-    """Settings of `clipshield finetune`; None means "the method's recipe default" (spec 0.4, 0.6)."""
+    """Settings of `clipshield finetune`; None means "the method's recipe default" (docs/methods.md §0.4, §0.6)."""
 
     method: str
     model: str = "miniworld"
@@ -163,7 +163,7 @@ def build_heads(model: PixelCLIP, classnames: list[str], template: str, method: 
 
 
 def make_optimizer(method: Method, params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """SGD momentum 0.9, no weight decay (spec 0.4), or AdamW (FARE's default, spec 6); `cfg` resolved."""
+    """SGD momentum 0.9, no weight decay (docs/methods.md §0.4), or AdamW (FARE's default, docs/methods.md §6); `cfg` resolved."""
     if (cfg.optimizer or method.optimizer) == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -198,7 +198,7 @@ def train_step(
     cfg: FinetuneConfig, generator: torch.Generator, world: int = 1,
 ) -> LossOutput:
     """One optimisation step: training adversary, method loss, backward, optimiser step (cfg resolved)."""
-    # the training attack stays float32 (spec 7.3: low precision can zero attack gradients)
+    # the training attack stays float32 (docs/methods.md §7.3: low precision can zero attack gradients)
     adv = make_adversarial(method, target, frozen, images, labels, heads, params, cfg.eps, cfg.attack_alpha, cfg.attack_steps, generator)
     with autocast(cfg.device, cfg.precision):
         out = method.loss(target, frozen, images, adv, labels, heads, params)

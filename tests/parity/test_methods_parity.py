@@ -98,7 +98,7 @@ def test_attention_methods_losses_logits_grads(goldens, target_model, frozen_mod
 def test_target_grids_at_stepped_weights(goldens, target_model, frozen_model, golden_inputs, adv, name, file):
     g = load_golden(goldens, file)
     tga = load_golden(goldens, "tga_zsr.npz")
-    # comp_tga.npz has no lr key: both scripts use lr 1e-4 with 1000 warm-up steps (spec 0.4)
+    # comp_tga.npz has no lr key: both scripts use lr 1e-4 with 1000 warm-up steps (docs/methods.md §0.4)
     lr = float(g["lr_at_step0"]) if "lr_at_step0" in g else float(tga["lr_at_step0"])
     stepped = stepped_copy(target_model, golden_grads(g), lr)
     out, _ = run_method(name, stepped, frozen_model, golden_inputs, adv, negatives=name == "comp-tga", backward=False)

@@ -149,7 +149,7 @@ def test_antialias_off_resizes_the_float_tensor_without_antialiasing():
 
 def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
     """`resize_mode='none'` (CIFAR/STL `native`): pixels at their own size; `PixelCLIP.prepare` resizes them
-    with F.interpolate (spec 0.2) and leaves S x S input unresampled."""
+    with F.interpolate (docs/methods.md §0.2) and leaves S x S input unresampled."""
     import torch
     import torch.nn.functional as F
 

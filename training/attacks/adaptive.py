@@ -1,4 +1,4 @@
-"""Adaptive attacks on CLIPure-Cos purification (spec section 7.3) and a gradient-masking check.
+"""Adaptive attacks on CLIPure-Cos purification (docs/methods.md §7.3) and a gradient-masking check.
 
 The published robustness of CLIPure-Cos comes from attacking the whole pipeline by autograd, but
 10 normalised purification steps shrink the input gradient to rounding noise (about 1e-8 of its

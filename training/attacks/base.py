@@ -2,7 +2,7 @@
 
 Shape borrowed from torchattacks' `Attack`: an attack wraps a differentiable classifier
 `f(x) -> logits` over images in [0, 1] pixel space (normalisation and resizing happen inside the
-classifier, spec section 0.2) and `attack(images, labels)` returns adversarial images in [0, 1]
+classifier, docs/methods.md §0.2) and `attack(images, labels)` returns adversarial images in [0, 1]
 within the L-inf epsilon-ball. Randomness comes from an explicit `torch.Generator`; the model's
 train/eval mode is restored in `finally`.
 """

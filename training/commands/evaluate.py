@@ -22,7 +22,7 @@ from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, model_from_args, progress
 
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
-PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (spec 0.7)
+PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
 PAPER_DATASETS = (
     "tinyimagenet", "cifar10", "cifar100", "stl10", "food101", "oxford_pets", "flowers102", "dtd", "eurosat",
     "fgvc_aircraft", "caltech101", "caltech256", "stanford_cars", "pcam", "imagenet", "sun397",
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
                    "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
     p.add_argument("--lowres", choices=["tga224", "native"], default=None,
-                   help="CIFAR/STL resolution (spec 0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
+                   help="CIFAR/STL resolution (docs/methods.md §0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
     p.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
     p.add_argument("--purify-steps", type=int, default=10, help="CLIPure-Cos purification steps (default: %(default)s)")
     p.add_argument("--purify-step-size", type=float, default=30.0,

@@ -1,7 +1,7 @@
-"""Real zero-shot data sets (spec 0.5, 0.7) read from torchvision-style folders, never downloaded.
+"""Real zero-shot data sets (docs/methods.md §0.5, §0.7) read from torchvision-style folders, never downloaded.
 
 Each builder wraps a torchvision data set (`download=False`) or an `ImageFolder` in a `RealDataset`
-with the spec's class names and prompt. Items are (float image [3, H, W] in [0, 1], int label).
+with the reference loaders' class names and prompt (docs/methods.md §0.7). Items are (float image [3, H, W] in [0, 1], int label).
 `DatasetRequest.root` is the parent folder holding every data set's own folder (the torchvision
 convention), so one `--data-root` serves all of them. A missing folder raises `DatasetNotFound`
 naming it and the expected layout, before torchvision is called (so nothing is created or fetched).
@@ -27,7 +27,7 @@ from .transforms import LOWRES_CHOICES, PixelTransform, image_transform, open_im
 logger = logging.getLogger(__name__)
 
 PHOTO = "This is a photo of a {}"
-PCAM_PROMPTS = [  # fixed per-class prompts of the reference loader; the typo is kept on purpose (spec 0.7)
+PCAM_PROMPTS = [  # fixed per-class prompts of the reference loader; the typo is kept on purpose (docs/methods.md §0.7)
     "Tthis is a photo of healthy lymph node tissue.",
     "This is a photo of lymph node tumor tissue.",
 ]
@@ -35,7 +35,7 @@ _CLASSNAMES_DIR = Path(__file__).with_name("classnames")
 
 
 class RealDataset(Dataset):
-    """A torchvision data set with the spec's class names, templates and transform record.
+    """A torchvision data set with the reference loaders' class names, templates and transform record.
 
     `protocol` records the choices that change results (split, preprocessing preset and description);
     `preprocess` is the resolved `PreprocessConfig` every image went through.
@@ -84,12 +84,12 @@ def clean_name(name: str, chars: str = "_-/") -> str:
 
 
 def caltech256_name(folder: str) -> str:
-    """`012.binoculars` -> `binoculars`; `-101` suffix dropped (spec 0.7)."""
+    """`012.binoculars` -> `binoculars`; `-101` suffix dropped (docs/methods.md §0.7)."""
     return clean_name(folder[4:].replace("-101", ""), "_-").strip()
 
 
 def stanford_cars_name(name: str) -> str:
-    """`AM General Hummer SUV 2000` -> `am general hummer suv` (trailing 5 chars = year, spec 0.7)."""
+    """`AM General Hummer SUV 2000` -> `am general hummer suv` (trailing 5 chars = year, docs/methods.md §0.7)."""
     return clean_name(name[:-5], "_-")
 
 
@@ -314,7 +314,7 @@ def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> t
 
 @register_dataset("tinyimagenet")
 def build_tinyimagenet(req: DatasetRequest) -> RealDataset:
-    """Tiny-ImageNet (test = official val, 10 000 images; train = 100 000), spec 0.5.
+    """Tiny-ImageNet (test = official val, 10 000 images; train = 100 000), docs/methods.md §0.5.
 
     val may be re-arranged into class folders (`val/<wnid>/*.JPEG`, as the reference) or used as
     shipped (`val/images/*.JPEG` + `val/val_annotations.txt`). Names: `words.txt` first synonym,

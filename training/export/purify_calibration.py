@@ -3,7 +3,7 @@
 For each candidate (steps, step_size) of per-sample purification, measure on a labelled data set:
 clean accuracy of the purified classifier, and robust accuracy under PGD through a straight-through
 (BPDA) view of the purification (`training.attacks.adaptive.StraightThroughPurified`), which is
-the attack that does not suffer from the vanishing gradients of spec section 7.3. Baselines without
+the attack that does not suffer from the vanishing gradients of docs/methods.md §7.3. Baselines without
 purification (clean, PGD) are measured too. Purification is on by default only when the candidate with
 the best BPDA robust accuracy (among those keeping clean accuracy within `max_clean_drop` of the
 baseline and rotating less than 90 degrees) beats the un-purified robust accuracy by `min_gain`;

@@ -1,4 +1,4 @@
-"""Training adversaries: the PGD of spec 0.6 (through `training.attacks.pgd.pgd_delta`) and FARE's PGD.
+"""Training adversaries: the PGD of docs/methods.md §0.6 (through `training.attacks.pgd.pgd_delta`) and FARE's PGD.
 
 Randomness comes only from the `generator` argument (the fine-tuning loop derives it from
 (seed, step)), so a resumed run draws the same random starts as an uninterrupted one.

@@ -36,7 +36,7 @@ def paired_forward(
 
 
 def imagenet_view(model: PixelCLIP) -> PixelCLIP:
-    """The same CLIP (shared weights) normalising with ImageNet constants, as PMG-AFT's code does (spec 0.2)."""
+    """The same CLIP (shared weights) normalising with ImageNet constants, as PMG-AFT's code does (docs/methods.md §0.2)."""
     pre = model.record.preprocess.model_copy(update={"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     return PixelCLIP(model.clip, model.record.model_copy(update={"preprocess": pre})).to(model.mean.device)
 

@@ -1,8 +1,8 @@
-"""Comp-TGA: TGA-ZSR with the complementary map A_pos * (1 - A_neg) (TGA-ZSR TPAMI follow-up; spec section 4).
+"""Comp-TGA: TGA-ZSR with the complementary map A_pos * (1 - A_neg) (TGA-ZSR TPAMI follow-up; docs/methods.md §4).
 
 A_neg is queried with the negative prompt "This is not a photo of a <class>"; both maps are min-max
 normalised and upsampled separately and fused after upsampling. Unlike the reference we do not reseed
-the global RNG at every map call (spec 4, PITFALL 7): the maps are deterministic anyway.
+the global RNG at every map call (docs/methods.md §4): the maps are deterministic anyway.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class CompTGAParams(TGAParams):
 
 
 def comp_grids(tokens: torch.Tensor, labels: torch.Tensor, heads: TextHeads, params: TGAParams) -> torch.Tensor:
-    """Positive and negative grids [B, 2, g, g], each min-max normalised on its own (spec 4)."""
+    """Positive and negative grids [B, 2, g, g], each min-max normalised on its own (docs/methods.md §4)."""
     negatives = require(heads.negatives, "negative prompt embeddings (TextHeads.negatives)", "Comp-TGA")
     pos = grid_scores(tokens, heads.classes[labels], params.map_norm)
     neg = grid_scores(tokens, negatives[labels], params.map_norm)
@@ -56,5 +56,5 @@ def comp_tga_loss(
     heads: TextHeads,
     params: CompTGAParams,
 ) -> LossOutput:
-    """Comp-TGA loss terms (spec 4). Tensor contract as TGA-ZSR; `heads.negatives` required."""
+    """Comp-TGA loss terms (docs/methods.md §4). Tensor contract as TGA-ZSR; `heads.negatives` required."""
     return attention_guided_loss(target, frozen, images, adv, labels, heads, params, COMP_MAP)

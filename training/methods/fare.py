@@ -1,4 +1,4 @@
-"""FARE: unsupervised adversarial fine-tuning of the image encoder (Schlarmann et al., ICML 2024; spec section 6).
+"""FARE: unsupervised adversarial fine-tuning of the image encoder (Schlarmann et al., ICML 2024; docs/methods.md §6).
 
 L = (1/B) sum_b ||f_theta(x_adv,b) - f_phi(x_b)||_2^2 on unnormalised embeddings; x_adv maximises the
 same loss with FARE's own momentum PGD (`fare_pgd`, RobustVLM train/pgd_train.py). No text, no labels.

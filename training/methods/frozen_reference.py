@@ -3,9 +3,9 @@
 TGA-ZSR and Comp-TGA compare the target's attention maps with the frozen model's map of the clean
 image (A(phi, x, t_y)); FARE compares with the frozen model's clean embedding f_phi(x), and needs it
 twice per step (attack and loss). The frozen model never changes and the training transforms are
-deterministic (spec 0.5: no augmentation), so these outputs are the same for an image in every epoch:
+deterministic (docs/methods.md §0.5: no augmentation), so these outputs are the same for an image in every epoch:
 they are computed once per data set item and then read back. That removes the frozen forward from
-every step after the first epoch (spec 3.2's compute note: no duplicate forwards of the frozen model).
+every step after the first epoch (docs/methods.md §3.2: no duplicate forwards of the frozen model).
 
 What is kept is small (TGA-ZSR: the g x g grid, 49 floats per image on ViT-B/32; FARE: one
 embedding), allocated per data set up to a memory budget; past the budget the outputs are computed

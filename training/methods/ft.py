@@ -1,8 +1,8 @@
-"""FT-Clean and FT-Adv ("FT-Standard"): fine-tuning with CLIP's batch-contrastive loss (TGA repo FT.py; spec section 2).
+"""FT-Clean and FT-Adv ("FT-Standard"): fine-tuning with CLIP's batch-contrastive loss (TGA repo FT.py; docs/methods.md §2).
 
 M_ij = s * cos(f_theta(x_i), t_{y_j}) over the batch's own class prompts; L = (CE(M, I) + CE(M^T, I)) / 2.
 Repeated labels give identical columns (PITFALL 5): kept as in the reference. FT-Clean uses clean
-images, FT-Adv the PGD images of spec 0.6.
+images, FT-Adv the PGD images of docs/methods.md §0.6.
 """
 from __future__ import annotations
 

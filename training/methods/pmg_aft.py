@@ -1,4 +1,4 @@
-"""PMG-AFT: pre-trained model guided adversarial fine-tuning (Wang et al., CVPR 2024; spec section 5).
+"""PMG-AFT: pre-trained model guided adversarial fine-tuning (Wang et al., CVPR 2024; docs/methods.md §5).
 
 L = CE(c_theta(x_adv), y) + KL(P_phi(x_adv) || P_theta(x_adv)) + KL(P_theta(x) || P_theta(x_adv)) with
 c = raw cosine logits (no temperature) and, by default, ImageNet normalisation, as the reference
@@ -55,7 +55,7 @@ def pmg_aft_loss(
     heads: TextHeads,
     params: PMGParams,
 ) -> LossOutput:
-    """PMG-AFT loss terms (spec 5.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
+    """PMG-AFT loss terms (docs/methods.md §5.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
     frozen = require(frozen, "the frozen original model", "PMG-AFT")
     adv = require(adv, "adversarial images", "PMG-AFT")
     view, scale = pmg_view(target, params)

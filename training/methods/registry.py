@@ -2,7 +2,7 @@
 
 A method is a `Method` record: its loss function, whether it needs a frozen copy of the original
 model, how its training adversary is made, its own hyper-parameter model and the recipe defaults of
-spec section 0.4. Modules register by explicit import in `training/methods/__init__.py`.
+docs/methods.md §0.4. Modules register by explicit import in `training/methods/__init__.py`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TeCoA: text-guided contrastive adversarial training (Mao et al., ICLR 2023; spec section 1).
+"""TeCoA: text-guided contrastive adversarial training (Mao et al., ICLR 2023; docs/methods.md §1).
 
 L = (1/B) sum_i CE(s * cos(f_theta(x_adv,i), T), y_i) over all training-class prompts T. The
 reference runs it as TGA-ZSR with Alpha = Beta = 0, still computing unused maps; we skip them.

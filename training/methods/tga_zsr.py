@@ -1,11 +1,11 @@
-"""TGA-ZSR: text-guided attention for zero-shot robustness (Yu et al., NeurIPS 2024; spec section 3).
+"""TGA-ZSR: text-guided attention for zero-shot robustness (Yu et al., NeurIPS 2024; docs/methods.md §3).
 
 L = CE(s*cos(f_theta(x_adv), T), y) + alpha * L_AR + beta * L_AMC with
 L_AR = d(A_theta(x_adv), A_phi(x)) and L_AMC = d(A_theta(x), A_phi(x)), A the text-guided attention
-map queried with the ground-truth class embedding (section 3.1), d the unsquared L2 distance by
+map queried with the ground-truth class embedding (docs/methods.md §3.1), d the unsquared L2 distance by
 default. Unlike the reference, the target model runs once over [clean; adversarial], the
 adversarial forward is shared between the CE and the map, and the frozen model's clean map is
-computed once per training image rather than every epoch (spec 3.2 compute note).
+computed once per training image rather than every epoch (docs/methods.md §3.2).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .registry import LossOutput, TextHeads, register_method
 
 class TGAParams(StrictModel):
     """TGA-ZSR loss weights (reference TGA-ZSR.py defaults: Alpha 0.08, Beta 0.05, distance l2) and the
-    token normalisation of the map ('token_axis' = reference, 'per_token' = opt-in fix, spec PITFALL 1)."""
+    token normalisation of the map ('token_axis' = reference, 'per_token' = opt-in fix, docs/methods.md §3.1)."""
 
     alpha: float = Field(default=0.08, ge=0)
     beta: float = Field(default=0.05, ge=0)
@@ -70,7 +70,7 @@ def attention_guided_loss(
     params: TGAParams,
     attention: AttentionMap,
 ) -> LossOutput:
-    """The TGA-ZSR / Comp-TGA loss body for a given attention map (spec 3.2, 4).
+    """The TGA-ZSR / Comp-TGA loss body for a given attention map (docs/methods.md §3.2, §4).
 
     The frozen model's clean grids come from `frozen_clean` (remembered per image across epochs in
     training); the target runs once over [clean; adversarial], sharing the adversarial forward
@@ -113,5 +113,5 @@ def tga_zsr_loss(
     heads: TextHeads,
     params: TGAParams,
 ) -> LossOutput:
-    """TGA-ZSR loss terms (spec 3.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
+    """TGA-ZSR loss terms (docs/methods.md §3.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
     return attention_guided_loss(target, frozen, images, adv, labels, heads, params, TGA_MAP)
