@@ -19,9 +19,9 @@ from training.data.real import (
     clean_name,
     fgvc_name,
     image_transform,
-    read_wnid_table,
     stanford_cars_name,
 )
+from training.data.wnid import read_wnid_table
 
 
 def _jpg(path: Path, size: tuple[int, int] = (40, 30), value: int = 128, mode: str = "RGB") -> None:
