@@ -237,7 +237,8 @@ def clean_and_attacked(
 
     The attack of batch b differentiates `target` (default: `judge`; e.g. a straight-through view of
     a purified classifier) and draws its random starts from `generator_for(b)` (required with a
-    `recipe`; the runner seeds each batch from the cell key). Tensor contract: `data()` yields float images [B, 3, H, W] in [0, 1], int64 labels [B].
+    `recipe`; the runner seeds each batch from the cell key). Tensor contract: `data()` yields float
+    images [B, 3, H, W] in [0, 1] and int64 labels [B].
     """
     clean, n = sharded_accuracy(judge, data(), on_batch=on_batch, shard=shard)
     if recipe is None:
