@@ -48,7 +48,8 @@ k8s-render:
 	for o in cpu gpu; do kubectl kustomize k8s/overlays/$$o > k8s/rendered/$$o.yaml; done
 	kubectl kustomize k8s/monitoring > k8s/rendered/monitoring.yaml
 
-# Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py.
+# Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py,
+# and TorchServe's metrics.yaml + config.properties (model_store/, k8s/), then re-render k8s/rendered/.
 monitoring: venv
 	$(BIN)/python -m training.monitoring.generate
 	$(MAKE) k8s-render
