@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from service.metrics import METRICS, PrometheusClientSink, RecordingSink
-from training.export.ts_properties import GENERATED, OVERLAYS, properties
+from training.monitoring.torchserve_config import GENERATED, OVERLAYS, properties
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = REPO / "model_store"

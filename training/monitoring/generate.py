@@ -1,5 +1,5 @@
 """Write (or check) every generated deployment file: monitoring under k8s/monitoring/, TorchServe's
-metrics.yaml (from service/metrics.py) and config.properties (from training/export/ts_properties.py)
+metrics.yaml (from service/metrics.py) and config.properties (from torchserve_config.py)
 in model_store/ and k8s/.
 
     python -m training.monitoring.generate            # rewrite the files
@@ -18,9 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
-from training.export import ts_properties
-
-from . import rule_tests, rules, torchserve_metrics
+from . import rule_tests, rules, torchserve_config, torchserve_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = "k8s/monitoring"
@@ -71,7 +69,7 @@ def generated() -> dict[str, str]:
         f"{MONITORING}/{DASHBOARD}": dashboard_json(),
         "model_store/metrics.yaml": metrics_yaml,
         "k8s/base/metrics.yaml": metrics_yaml,
-        **{path: ts_properties.properties(place) for path, place in ts_properties.GENERATED.items()},
+        **{path: torchserve_config.properties(place) for path, place in torchserve_config.GENERATED.items()},
     }
 
 
