@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import StrictModel
 from .pixel_model import PixelCLIP
-from .zero_shot import encode_prompts
+from .zero_shot import cosine_logits, encode_prompts
 
 
 class PurifyConfig(StrictModel):
@@ -87,7 +87,7 @@ class PurifiedClassifier(nn.Module):
 
     def logits_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         purified = purify_embeddings(F.normalize(embeddings, dim=-1), self.anchor, self.cfg)
-        return self.scale * purified @ self.head.t()
+        return cosine_logits(purified, self.head, self.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits_from_embeddings(self.model.encode_image(images))
