@@ -11,7 +11,6 @@ tokenizes with exactly the file the model was exported with.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import html
 from functools import lru_cache
 from pathlib import Path
@@ -71,7 +70,8 @@ class ClipBpe:
     """Byte-level BPE over a CLIP vocabulary file; `encode(text)` gives the BPE ids (no start/end tokens)."""
 
     def __init__(self, vocab_path: Path) -> None:
-        merges_text = gzip.open(vocab_path).read().decode("utf-8").split("\n")[1 : N_MERGES + 1]
+        with gzip.open(vocab_path) as fh:
+            merges_text = fh.read().decode("utf-8").split("\n")[1 : N_MERGES + 1]
         merges = [tuple(m.split()) for m in merges_text]
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
@@ -120,11 +120,6 @@ class ClipBpe:
                 ids[-1] = self.eot_token_id
             out[row, : len(ids)] = ids
         return out
-
-
-def vocab_sha256(path: Path) -> str:
-    """Hex sha256 of a vocabulary file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @lru_cache(maxsize=4)
