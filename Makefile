@@ -16,7 +16,7 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[cpu,serve,kserve,load,dev,data,monitoring]"
+	$(BIN)/python -m pip install -q -e ".[train,cpu,serve,kserve,load,dev,data,monitoring]"
 	# torchattacks pins requests~=2.25 (conflicts with locust); its real needs are declared above.
 	$(BIN)/python -m pip install -q --no-deps "torchattacks==3.5.1"
 	touch $@

@@ -10,9 +10,7 @@ adapter that builds `RawRequest`s and maps results to HTTP.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +25,13 @@ from .bundle_info import read_bundle_info
 from .card import gauge_samples
 from .config import ModelRecord
 from .errors import BadInput, ClipshieldError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
+from .heads import HeadCache, ensemble, ensemble_prompts, head_key
 from .metrics import MetricsSink, NullSink
 from .preprocess import load_pixels
 from .provenance import package_version
 from .runtime import OnnxEncoder, image_encoder, onnxruntime_package, text_encoder
 from .settings import ServingConfig
-from .tokenizer import check_known_words
-from .zero_shot import head_key
+from .tokenizer import check_known_words, create_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +72,6 @@ def _load_array(path: Path) -> np.ndarray:
         raise ModelLoadError(f"{path.name} is not a plain numeric array (pickled objects are refused)") from exc
 
 
-class LabelHeadCache:
-    """Thread-safe LRU of zero-shot heads [C, E] for caller-supplied label sets."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[np.ndarray]:
-        with self._lock:
-            head = self._items.get(key)
-            if head is not None:
-                self._items.move_to_end(key)
-            return head
-
-    def put(self, key: str, head: np.ndarray) -> None:
-        with self._lock:
-            self._items[key] = head
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class ClipshieldService:
     """Zero-shot classification with optional purification over an exported bundle."""
 
@@ -118,10 +90,8 @@ class ClipshieldService:
         self.anchor = _load_array(folder / B.ANCHOR)
         self.image_encoder: OnnxEncoder = image_encoder(folder / B.IMAGE_ONNX, config.runtime)
         self.text_encoder: OnnxEncoder = text_encoder(folder / B.TEXT_ONNX, config.runtime)
-        from .tokenizer import create_tokenizer
-
-        self.tokenizer = create_tokenizer(self.record.tokenizer)
-        self.heads = LabelHeadCache(config.label_cache_size)
+        self.tokenizer = create_tokenizer(self.record.tokenizer, B.vocab_file(folder))  # the bundle's own vocabulary
+        self.heads: HeadCache[np.ndarray] = HeadCache(config.label_cache_size)
         self.info = ModelInfo(name=self.card.name, version=self.card.version)
         # Calibrated adversarial-input flag (model card, training/export/flag_calibration.py); -inf: off.
         self.anchor_below = self.card.flag.anchor_below if self.card.flag else float("-inf")
@@ -169,23 +139,16 @@ class ClipshieldService:
         BadInput (400, per item) when a label has words the model's vocabulary cannot represent.
         """
         check_known_words(self.tokenizer, classnames)
-        templates = list(templates or self.labels.templates)
-        prompts = [t.format(c) for c in classnames for t in templates]
-        tokens = self.tokenizer(prompts).numpy().astype(np.int64)
+        tokens = self.tokenizer(ensemble_prompts(classnames, templates or self.labels.templates))
         emb = np.concatenate([self.text_encoder(tokens[i : i + 256]) for i in range(0, len(tokens), 256)])
-        emb = purify_np.normalize(emb).reshape(len(classnames), len(templates), -1).mean(axis=1)
-        return purify_np.normalize(emb).astype(np.float32)
+        return ensemble(emb, len(classnames))
 
     def head_for(self, labels: Optional[Sequence[str]]) -> tuple[tuple[str, ...], np.ndarray]:
         """(class names, head) for a request: the precomputed default, or a cached custom head."""
         if labels is None or tuple(labels) == self.labels.classnames:
             return self.labels.classnames, self.head
         key = head_key(self.info.name + ":" + self.info.version, labels, self.labels.templates)
-        head = self.heads.get(key)
-        if head is None:
-            head = self.encode_labels(labels)
-            self.heads.put(key, head)
-        return tuple(labels), head
+        return tuple(labels), self.heads.get_or_build(key, lambda: self.encode_labels(labels))
 
     def _decode(self, index: int, request: RawRequest) -> _Item:
         start = time.perf_counter()

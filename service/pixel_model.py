@@ -91,7 +91,7 @@ class PixelCLIP(nn.Module):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids for `texts` on the model's device."""
-        return self.tokenizer(texts).to(self.mean.device)
+        return torch.from_numpy(self.tokenizer(texts)).to(self.mean.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm image embeddings: the function exported to ONNX and served."""

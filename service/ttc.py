@@ -28,6 +28,7 @@ from torch import nn
 from .config import StrictModel
 from .errors import BadInput
 from .pixel_model import PixelCLIP
+from .zero_shot import cosine_logits
 
 
 class TTCConfig(StrictModel):
@@ -148,7 +149,7 @@ class TTCClassifier(nn.Module):
         """Logits [B, C] of `images` + `counter.delta` (step 5 of docs/methods.md §11.2)."""
         with torch.no_grad():
             embeddings = self.model.encode_image(images.detach() + counter.delta)
-        return self.scale * F.normalize(embeddings, dim=-1) @ self.head.t()
+        return cosine_logits(embeddings, self.head, self.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(images, self.defend(images))

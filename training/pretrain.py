@@ -87,7 +87,7 @@ class CaptionBatcher:
         missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
         if missing:
             for t, row in zip(missing, self.model.tokenizer(missing)):
-                self._token_cache[t] = row
+                self._token_cache[t] = torch.from_numpy(row)
         return torch.stack([self._token_cache[t] for t in texts])
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

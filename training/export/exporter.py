@@ -23,6 +23,7 @@ from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 from service.provenance import weights_digest
 from service.purify import blank_anchor
+from service.tokenizer import open_clip_vocab
 from service.zero_shot import build_text_head
 
 from .onnx_export import ExportError, check_parity, export_image_encoder, export_text_encoder
@@ -120,7 +121,7 @@ def export_model(
     np.save(out_dir / B.ANCHOR, anchor)
     (out_dir / B.RECORD).write_text(model.record.model_dump_json(indent=2) + "\n")
     (out_dir / B.LABELS).write_text(labels.model_dump_json(indent=2) + "\n")
-    shutil.copyfile(B.runtime_vocab(), out_dir / B.TOKENIZER_VOCAB)
+    shutil.copyfile(open_clip_vocab(), out_dir / B.TOKENIZER_VOCAB)
     card = bundle_card(model, version, int(head.shape[1]), parity, measured or ExportMeasurements(), finetune_card)
     B.write_card(out_dir, card)
     write_bundle_info(out_dir, BundleInfo(format_version=FORMAT_VERSION, exported_by=current_build()))

@@ -4,15 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from service.config import IMAGENET_MEAN, IMAGENET_STD
 from service.pixel_model import PixelCLIP
-
-
-def cosine_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
-    """`scale * cos(embedding, class)` logits [B, C] for embeddings [B, E] and a unit-norm head [C, E]."""
-    return scale * F.normalize(embeddings, dim=-1) @ head.t()
+from service.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
 
 
 def paired_forward(
