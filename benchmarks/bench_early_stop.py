@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model  # noqa: E402
-from service.zero_shot import ZeroShotClassifier, build_text_head  # noqa: E402
-from training.attacks.pgd import PGD  # noqa: E402
-from training.data import DatasetRequest, build_dataset  # noqa: E402
-from training.eval.zeroshot import accuracy, batches  # noqa: E402
+from service.models import load_model
+from service.zero_shot import ZeroShotClassifier, build_text_head
+from training.attacks.pgd import PGD
+from training.data import DatasetRequest, build_dataset
+from training.eval.zeroshot import accuracy, batches
 
 DATASET = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255
