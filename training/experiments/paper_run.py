@@ -94,7 +94,8 @@ def dry_run(args: argparse.Namespace) -> int:
 def _architecture(name: str, pretrained: Any, build_clip: Any, load_model: Any) -> Any:
     """The model for size and timing: loaded when local, else the open_clip architecture with random weights."""
     from service.config import ModelRecord, PreprocessConfig
-    from service.models import SHIPPED_MODELS, PixelCLIP
+    from service.models import SHIPPED_MODELS
+    from service.pixel_model import PixelCLIP
 
     if name in SHIPPED_MODELS or Path(name).exists():
         return load_model(name, pretrained=pretrained)
