@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model  # noqa: E402
-from training.eval.runner import AttackRecipe, zero_shot_task  # noqa: E402
-from training.eval.zeroshot import accuracy, batches  # noqa: E402
+from service.models import load_model
+from training.eval.runner import AttackRecipe, zero_shot_task
+from training.eval.zeroshot import accuracy, batches
 
 DATASET = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255

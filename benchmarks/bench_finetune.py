@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import ModelRecord, PreprocessConfig  # noqa: E402
-from service.models import from_record, load_model  # noqa: E402
-from training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step  # noqa: E402
-from training.methods import FrozenReference, get_method  # noqa: E402
+from service.config import ModelRecord, PreprocessConfig
+from service.models import from_record, load_model
+from training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
+from training.methods import FrozenReference, get_method
 
 METHODS = ("tecoa", "pmg-aft", "fare", "tga-zsr")
 REMEMBERS = ("fare", "tga-zsr", "comp-tga")  # methods whose frozen-model outputs on clean images are remembered

@@ -17,10 +17,21 @@ from pathlib import Path
 
 from pydantic import Field
 
-# The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here.
-from .card import (  # noqa: F401
-    CLEAN, AccuracyEntry, FlagCalibration, FlagRate, ModelCard, ParityReport, PurifyDefaults, PurifyMeasurement,
-    PurifySweep, attack_label, read_card_file, write_card_file,
+# The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here
+# (`X as X`: an explicit re-export, which mypy's strict mode requires).
+from .card import (
+    CLEAN as CLEAN,
+    AccuracyEntry as AccuracyEntry,
+    FlagCalibration as FlagCalibration,
+    FlagRate as FlagRate,
+    ModelCard as ModelCard,
+    ParityReport as ParityReport,
+    PurifyDefaults as PurifyDefaults,
+    PurifyMeasurement as PurifyMeasurement,
+    PurifySweep as PurifySweep,
+    attack_label as attack_label,
+    read_card_file as read_card_file,
+    write_card_file as write_card_file,
 )
 from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
 from .config import StrictModel

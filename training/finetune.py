@@ -1,10 +1,10 @@
 """Robust fine-tuning loop: one image tower trained with a registered method (docs/methods.md §0.3-0.6).
 
 Text tower frozen; class text embeddings computed once per run; a frozen copy of the original model
-only for methods that need one, its outputs on clean training images computed once per image; SGD (or the method's AdamW) with warm-up + cosine; resumable state
-every `checkpoint_every` steps; metrics CSV; a model card with zero-shot clean/robust accuracy at the
-end. All randomness (batch order, attack starts) is derived from (seed, step), so `resume` continues
-bit-for-bit like an uninterrupted run.
+only for methods that need one, its outputs on clean training images computed once per image; SGD
+(or the method's AdamW) with warm-up + cosine; resumable state every `checkpoint_every` steps; metrics
+CSV; a model card with zero-shot clean/robust accuracy at the end. All randomness (batch order, attack
+starts) is derived from (seed, step), so `resume` continues bit-for-bit like an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class FinetuneConfig(StrictModel):
     eval_batch_size: int = Field(default=256, gt=0)
 
     @model_validator(mode="after")
-    def _check_method(self) -> "FinetuneConfig":
+    def _check_method(self) -> FinetuneConfig:
         method = get_method(self.method)  # KeyError lists the known methods
         try:  # unknown or invalid loss options fail here, before any work, as one line
             method.params(**self.method_params)
@@ -99,7 +99,7 @@ class FinetuneConfig(StrictModel):
             raise ConfigError(f"{self.method} option {'.'.join(map(str, err['loc']))}: {err['msg']} (options: {known})") from None
         return self
 
-    def resolved(self, batches_per_epoch: int) -> "FinetuneConfig":
+    def resolved(self, batches_per_epoch: int) -> FinetuneConfig:
         """A copy with every recipe default filled in from the method (recorded in the model card)."""
         m = get_method(self.method)
         steps = self.steps or self.epochs * batches_per_epoch

@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import ValidationError
 
 from service.card import (
-    CLEAN, SCHEMA_VERSION, AccuracyEntry, AttackSpec, BaseModelInfo, ModelCard, TrainingData, TrainingInfo, attack_label,
-    current_provenance, read_card_file,
+    CLEAN,
+    SCHEMA_VERSION,
+    AccuracyEntry,
+    AttackSpec,
+    BaseModelInfo,
+    ModelCard,
+    TrainingData,
+    TrainingInfo,
+    attack_label,
+    current_provenance,
+    read_card_file,
 )
 from service.config import ModelRecord, PreprocessConfig
 from service.errors import ConfigError
@@ -36,13 +45,13 @@ def preprocessing(pre: PreprocessConfig) -> str:
     return f"[0,1] pixels: {pre.describe()}; normalised inside the model (mean {pre.mean}, std {pre.std})"
 
 
-def eval_attack(cfg: "FinetuneConfig") -> AttackSpec:
+def eval_attack(cfg: FinetuneConfig) -> AttackSpec:
     """The evaluation attack of the card: PGD through `training.eval.runner` (alpha eps/4, one restart)."""
     eps = cfg.eval_eps or 0.0
     return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=cfg.eval_steps, label=attack_label("pgd", eps, cfg.eval_steps))
 
 
-def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntry]:
+def evaluate_model(cfg: FinetuneConfig, model: PixelCLIP) -> list[AccuracyEntry]:
     """Clean and PGD accuracy on `cfg.eval_datasets` through the evaluation harness (`training.eval.runner`)."""
     if not cfg.eval_datasets:
         return []
@@ -62,7 +71,7 @@ def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntr
     return out
 
 
-def training_info(cfg: "FinetuneConfig", data: Any, template: str, seconds: float) -> TrainingInfo:
+def training_info(cfg: FinetuneConfig, data: Any, template: str, seconds: float) -> TrainingInfo:
     """What ran: method, resolved hyper-parameters, the training images' size, steps and epochs taken."""
     method = get_method(cfg.method)
     image = data[0][0]
@@ -88,7 +97,7 @@ def embed_dim(model: PixelCLIP) -> int:
 
 
 def model_card(
-    cfg: "FinetuneConfig", model: PixelCLIP, base_record: ModelRecord, base_digest: str, data: Any, template: str,
+    cfg: FinetuneConfig, model: PixelCLIP, base_record: ModelRecord, base_digest: str, data: Any, template: str,
     results: list[AccuracyEntry], seconds: float,
 ) -> ModelCard:
     """The card of a fine-tuned model (`cfg` resolved; `base_digest`: image tower digest before training)."""

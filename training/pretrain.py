@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.config import PreprocessConfig, StrictModel, TokenizerConfig, ModelRecord
 from service.checkpoint import save_checkpoint
+from service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
 from service.models import from_record
 from service.pixel_model import PixelCLIP
 from service.tokenizer import build_compact_vocab

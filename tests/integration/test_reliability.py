@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -108,7 +109,8 @@ def test_bad_input_matrix(server, reference, case):
 
     def send(i: int):
         if i == 0:
-            return H.post(server, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()})
+            fresh: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()}
+            return H.post(server, **fresh)
         return H.post_png(server, GOOD[i - 1])
 
     with ThreadPoolExecutor(4) as pool:

@@ -46,7 +46,7 @@ def check_response(status: int, text: str, expect: Expectation) -> Optional[str]
     count = expected_count(expect)
     if len(preds) != count:
         return f"{len(preds)} predictions, expected {count}"
-    scores = [p.get("score") for p in preds]
+    scores: list[Any] = [p.get("score") for p in preds]
     if not all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores) or scores != sorted(scores, reverse=True):
         return f"scores not in [0, 1] and descending: {scores}"
     if expect.labels is not None and not {p.get("label") for p in preds} <= set(expect.labels):

@@ -12,12 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.zero_shot import build_text_head
+from service.zero_shot import ZeroShotClassifier, build_text_head
+from training.attacks.pgd import pgd_delta
 from training.methods import TextHeads, get_method
 from training.methods.fare import embedding_loss, fare_pgd
 from training.methods.pmg_aft import pmg_view
-from service.zero_shot import ZeroShotClassifier
-from training.attacks.pgd import pgd_delta
 
 from .conftest import assert_attack_matches, load_golden, stepped_copy
 

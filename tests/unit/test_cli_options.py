@@ -68,9 +68,9 @@ def test_numeric_defaults_appear_in_help():
     bad = []
     for cmd, action, text in options():
         default = action.default
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and action.nargs != 0:
-            if f"{default:g}" not in text and str(default) not in text:
-                bad.append(f"{cmd} {label(action)} (default {default})")
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool) and action.nargs != 0
+        if numeric and f"{default:g}" not in text and str(default) not in text:
+            bad.append(f"{cmd} {label(action)} (default {default})")
     assert not bad, f"numeric defaults missing from help (use %(default)s): {bad}"
 
 
@@ -112,7 +112,7 @@ def test_budget_out_of_range_is_refused_naming_the_range(value):
 
 def test_zero_step_size_is_refused_and_zero_budget_allowed():
     assert to_pixels(0.0, "--eps") == 0.0 and to_pixels(None, "--eps") is None
-    with pytest.raises(ConfigError, match="--alpha 0 is out of range; allowed: 0.1 to 64"):
+    with pytest.raises(ConfigError, match=r"--alpha 0 is out of range; allowed: 0\.1 to 64"):
         to_pixels(0.0, "--alpha", allow_zero=False)
 
 

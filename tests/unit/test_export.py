@@ -59,7 +59,7 @@ def test_manifest_detects_tampering(exported, tmp_path):
     assert B.IMAGE_ONNX in B.verify_manifest(copy)
     anchor = np.load(copy / B.ANCHOR)
     np.save(copy / B.ANCHOR, anchor + 1e-3)
-    with pytest.raises(ModelLoadError, match="sha256 mismatch for anchor.npy"):
+    with pytest.raises(ModelLoadError, match=r"sha256 mismatch for anchor\.npy"):
         B.verify_manifest(copy)
     (copy / B.MANIFEST).unlink()
     with pytest.raises(ModelLoadError, match="missing"):

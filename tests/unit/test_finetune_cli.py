@@ -38,7 +38,7 @@ def test_bad_inputs():
         parse_params(["alpha"])
     from service.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="distance.*options: alpha, beta, distance, map_norm"):
+    with pytest.raises(ConfigError, match=r"distance.*options: alpha, beta, distance, map_norm"):
         config_from_args(parse("--method", "tga-zsr", "--param", "distance=kl"))
 
 

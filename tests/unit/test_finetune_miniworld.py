@@ -7,6 +7,8 @@ text tower updated, frozen model confused with the target) reaches.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from training.finetune import FinetuneConfig, finetune
 MODEL = "miniworld"
 EPS = 4 / 255
 # threads=1: tiny models lose far more to thread contention than they gain from a second thread
-BUDGET = dict(steps=200, batch_size=32, lr=0.005, eps=EPS, warmup=None, data_limit=3200, eval_datasets=[], seed=0, threads=1)
+BUDGET: dict[str, Any] = dict(steps=200, batch_size=32, lr=0.005, eps=EPS, warmup=None, data_limit=3200, eval_datasets=[], seed=0, threads=1)
 SEEN = "miniworld/plain/color_shape/seen"
 OUTLINED = "miniworld/outlined/color_shape/seen"
 

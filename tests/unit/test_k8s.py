@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import kubernetes_validate
 import pytest
@@ -236,10 +237,10 @@ def _load_probe():
 
 
 class _FakeTorchServe(http.server.BaseHTTPRequestHandler):
-    workers: list[dict] = []
-    seen_auth: list = []
+    workers: ClassVar[list[dict]] = []
+    seen_auth: ClassVar[list] = []
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):  # the name http.server dispatches GET to
         type(self).seen_auth.append(self.headers.get("Authorization"))
         if self.path == "/models/clipshield":
             body, code = json.dumps([{"modelName": "clipshield", "workers": type(self).workers}]).encode(), 200

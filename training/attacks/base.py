@@ -16,13 +16,13 @@ from torch import nn
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
-_ATTACKS: dict[str, type["Attack"]] = {}
+_ATTACKS: dict[str, type[Attack]] = {}
 
 
-def register_attack(name: str) -> Callable[[type["Attack"]], type["Attack"]]:
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator adding an attack to the registry under `name`."""
 
-    def wrap(cls: type["Attack"]) -> type["Attack"]:
+    def wrap(cls: type[Attack]) -> type[Attack]:
         if name in _ATTACKS:
             raise ValueError(f"attack {name!r} registered twice")
         _ATTACKS[name] = cls
@@ -37,7 +37,7 @@ def list_attacks() -> list[str]:
     return sorted(_ATTACKS)
 
 
-def get_attack(name: str) -> type["Attack"]:
+def get_attack(name: str) -> type[Attack]:
     """Attack class by registry name; unknown names list the known ones."""
     if name not in _ATTACKS:
         raise KeyError(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")

@@ -15,7 +15,7 @@ def _providers(raw: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_provider_args(p: argparse.ArgumentParser, default: "tuple[str, ...] | None", policy: "str | None") -> None:
+def add_provider_args(p: argparse.ArgumentParser, default: tuple[str, ...] | None, policy: str | None) -> None:
     """--providers (ordered ONNX Runtime execution providers, e.g. cuda,cpu) and --provider-policy."""
     p.add_argument("--providers", type=_providers, default=default, metavar="LIST",
                    help="ONNX Runtime execution providers in order, comma-separated, from cuda, cpu "

@@ -14,7 +14,6 @@ import torch
 
 from service.preprocess import PRESETS
 from service.purify import PurifyConfig
-
 from training.attacks.pgd import STOP_RULES
 from training.precision import PRECISIONS
 
@@ -157,11 +156,10 @@ def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.distributed import init_distributed
     from training.eval.report import write_reports
     from training.eval.runner import Evaluator, check_attacks
     from training.eval.schema import load_all
-
-    from training.distributed import init_distributed
 
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))

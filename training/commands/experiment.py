@@ -122,7 +122,8 @@ def markdown(table: dict, args: argparse.Namespace) -> str:
     cols = [f"{g} {m}" for g in ("seen", "heldout_combos", "heldout_domains") for m in ("clean", "robust")]
     cols += [f"{n.split('/', 1)[1]} {m}" for n in HELDOUT_DOMAINS for m in ("clean", "robust")]
     lines = [
-        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (FARE: AdamW lr {args.adamw_lr}), eps {as_255(to_pixels(args.eps, '--eps'))}, "
+        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} "
+        f"(FARE: AdamW lr {args.adamw_lr}), eps {as_255(to_pixels(args.eps, '--eps'))}, "
         f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).", "",
         "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
     ]

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     final = cfg.output / "final"
     print(f"checkpoint: {final}")
     if args.install:
-        from service.checkpoint import load_record, load_weights, save_checkpoint
         import torch
+
+        from service.checkpoint import load_record, load_weights, save_checkpoint
 
         target = SHIPPED_MODELS["miniworld"]
         save_checkpoint(target, load_record(final), load_weights(final / "model.safetensors"), dtype=torch.float16)

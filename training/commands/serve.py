@@ -53,7 +53,15 @@ def _served_line(described: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export.torchserve import STATE_DIR, ServeConfig, describe_model, ping, read_keys, start_server, stop_server
+    from training.export.torchserve import (
+        STATE_DIR,
+        ServeConfig,
+        describe_model,
+        ping,
+        read_keys,
+        start_server,
+        stop_server,
+    )
 
     store = args.model_store.resolve()
     if args.runtime == "kserve":  # the KServe runtime lives in serve_kserve.py

@@ -29,7 +29,6 @@ from training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
 from training.attacks.pgd import StopRule
 from training.data import DatasetRequest, build_dataset
 from training.data.transforms import at_size
-
 from training.precision import Precision, check_precision, with_precision
 from training.sharding import SINGLE, Shard, batch_generator, current_shard
 
@@ -334,7 +333,7 @@ class Evaluator:
             if self.progress and shard.rank == 0 else None
         ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
         step = ticker.batch_done if ticker is not None else None
-        attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)  # noqa: E731
+        attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)
         data = lambda: _on_device(_tensors(dataset, self.cfg.batch_size, self.cfg.workers), self.cfg.device)  # noqa: E731
         seeds = lambda b: batch_generator(key.digest(), b)  # noqa: E731
         judge = with_precision(classifier, self.cfg.device, key.precision)

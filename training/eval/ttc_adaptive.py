@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                alpha=args.eps / 4 / 255, steps=args.steps), eot=args.eot)
     try:
         base = load_model(args.model)
-        models = {args.model: (base, None)}
+        models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]] = {args.model: (base, None)}
         if args.finetuned:
             models[args.finetuned] = (load_model(args.finetuned), base)
         result = evaluate(models, cfg, args.seeds)

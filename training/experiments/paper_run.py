@@ -15,7 +15,15 @@ from typing import Any
 from service.errors import ConfigError
 from training.commands.budget import budget_help, to_pixels
 
-from .paper import EVAL_SIZES, PAPER_SECONDS_PER_PASS, comparison_markdown, format_plan, load_tables, make_plan, table_spec
+from .paper import (
+    EVAL_SIZES,
+    PAPER_SECONDS_PER_PASS,
+    comparison_markdown,
+    format_plan,
+    load_tables,
+    make_plan,
+    table_spec,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess", choices=["model", "paper", "squash"], default="paper",
                    help="image preprocessing preset (default: %(default)s, the papers' Resize(256)+CenterCrop(224); CIFAR/STL squashed)")
     p.add_argument("--stop", choices=["early", "final"], default="final",
-                   help="attack stopping: final = every image runs all steps, as the papers' tables; early = worst case over iterates, faster (default: %(default)s)")
+                   help="attack stopping: final = every image runs all steps, as the papers' tables; "
+                        "early = worst case over iterates, faster (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each data set, for trial runs (default: all)")
     p.add_argument("--checkpoints", type=Path, default=None, help="folder with <method>/final checkpoints to evaluate instead of fine-tuning (default: none: fine-tune)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, images, steps, device-hours, disk) and stop")
@@ -65,7 +74,7 @@ def dry_run(args: argparse.Namespace) -> int:
     from service.models import build_clip, load_model
     from training.data import DatasetRequest, build_dataset
 
-    spec, methods, datasets, steps = resolve(args)
+    _spec, methods, datasets, steps = resolve(args)
     sizes = {d: EVAL_SIZES[d] if d in EVAL_SIZES else len(build_dataset(d, DatasetRequest(root=args.data_root))) for d in datasets}
     if args.limit:
         sizes = {d: min(n, args.limit) for d, n in sizes.items()}
@@ -85,7 +94,8 @@ def dry_run(args: argparse.Namespace) -> int:
 def _architecture(name: str, pretrained: Any, build_clip: Any, load_model: Any) -> Any:
     """The model for size and timing: loaded when local, else the open_clip architecture with random weights."""
     from service.config import ModelRecord, PreprocessConfig
-    from service.models import SHIPPED_MODELS, PixelCLIP
+    from service.models import SHIPPED_MODELS
+    from service.pixel_model import PixelCLIP
 
     if name in SHIPPED_MODELS or Path(name).exists():
         return load_model(name, pretrained=pretrained)

@@ -47,7 +47,7 @@ class AttentionMap:
     """
 
     name: str
-    grids: Callable[[torch.Tensor, torch.Tensor, TextHeads, "TGAParams"], torch.Tensor]
+    grids: Callable[[torch.Tensor, torch.Tensor, TextHeads, TGAParams], torch.Tensor]
     compose: Callable[[torch.Tensor, int], torch.Tensor]
     diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]]
 

@@ -106,7 +106,7 @@ def render(spec: ImageSpec) -> np.ndarray:
         draw.line(polygon + [polygon[0]], fill=255, width=int(_OUTLINE_WIDTH * _SUPERSAMPLE), joint="curve")
     else:
         draw.polygon(polygon, fill=255)
-    mask = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32)[..., None] / 255.0
+    mask = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
 
     fg = np.broadcast_to(np.asarray(COLOR_RGB[color], dtype=np.float32), (IMAGE_SIZE, IMAGE_SIZE, 3))
     if domain == "textured":
