@@ -40,3 +40,13 @@ class UnsupportedMediaType(BadInput):
     """The request's content type or image format is not accepted (HTTP 415)."""
 
     http_status = 415
+
+
+class UnknownName(ConfigError, KeyError):
+    """A name that is not in a registry (method, data set, attack); the message lists the known ones.
+
+    Also a `KeyError`, so lookups keep their usual type for library callers.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -2,6 +2,7 @@
 from . import folder  # noqa: F401
 from . import miniworld  # noqa: F401
 from . import real  # noqa: F401
-from .registry import DatasetRequest, build_dataset, list_datasets, reference_eps, register_dataset
+from .recipe import FinetuneRecipe
+from .registry import DatasetRequest, build_dataset, finetune_recipe, list_datasets, reference_eps, register_dataset
 
-__all__ = ["DatasetRequest", "build_dataset", "list_datasets", "reference_eps", "register_dataset"]
+__all__ = ["DatasetRequest", "FinetuneRecipe", "build_dataset", "finetune_recipe", "list_datasets", "reference_eps", "register_dataset"]
