@@ -190,6 +190,7 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
     The recipe comes from the data set's registry entry (`training.data.finetune_recipe`); what it
     leaves unset falls back to the method's defaults at `resolved()`. Recipe steps apply unless
     `steps` or `epochs` is given; the learning rate is the recipe's for the run's optimiser family.
+    Settings come from users (flags), so a value out of range is a one-line `ConfigError` naming it.
     """
     recipe = finetune_recipe(data)
     given = {k: v for k, v in settings.items() if v is not None}
@@ -200,4 +201,7 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
         "steps": None if "epochs" in given else recipe.steps, "batch_size": recipe.batch_size, "data_limit": recipe.data_limit,
         "lr": recipe.lr.get(optimizer), "warmup": recipe.warmup, "eval_datasets": list(recipe.eval_datasets),
     }
-    return FinetuneConfig(data=data, **(defaults | given))
+    try:
+        return FinetuneConfig(data=data, **(defaults | given))
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc, flat_name) from None

@@ -18,6 +18,7 @@ from typing import Any
 from training.data.miniworld import MINIWORLD_RECIPE
 
 from .budget import as_255, budget_help, to_pixels
+from .common import flag_config
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from service.models import load_model
     from training.eval.runner import EvalConfig, Evaluator
 
-    ecfg = EvalConfig(model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
+    ecfg = flag_config(EvalConfig, model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
                       seed=seed, limit=args.eval_limit, image_size=32, out_dir=args.output / "base" / "eval")
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(load_model("miniworld"), ecfg).run()}
 
