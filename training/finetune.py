@@ -95,6 +95,8 @@ def build_heads(model: PixelCLIP, classnames: list[str], template: str, method: 
 def make_optimizer(method: Method, params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
     """SGD momentum 0.9, no weight decay (spec 0.4), or AdamW (FARE's default, spec 6); `cfg` resolved."""
     o = cfg.optim
+    if o.lr is None or o.weight_decay is None:
+        raise ValueError("make_optimizer needs a resolved FinetuneConfig (FinetuneConfig.resolved)")
     if (o.optimizer or method.optimizer) == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)

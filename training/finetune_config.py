@@ -202,6 +202,6 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
         "lr": recipe.lr.get(optimizer), "warmup": recipe.warmup, "eval_datasets": list(recipe.eval_datasets),
     }
     try:
-        return FinetuneConfig(data=data, **(defaults | given))
+        return FinetuneConfig.model_validate({"data": data, **defaults, **given})
     except ValidationError as exc:
         raise ConfigError.from_validation(exc, flat_name) from None

@@ -42,7 +42,7 @@ def eval_attack(cfg: "FinetuneConfig") -> AttackSpec:
 
 
 def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntry]:
-    """Clean and PGD accuracy on `cfg.eval_datasets` through the evaluation harness (`training.eval.runner`)."""
+    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`training.eval.runner`)."""
     ev = cfg.evaluation
     if not ev.datasets:
         return []

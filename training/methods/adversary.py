@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -21,8 +21,8 @@ from training.attacks.pgd import pgd_delta, random_start
 
 from .inputs import AttackBudget, LossInputs
 
-# view(target, params) -> (the model as the method's classifier sees it, logit scale)
-ClassifierView = Callable[[PixelCLIP, StrictModel], tuple[PixelCLIP, float]]
+# view(target, params) -> (the model as the method's classifier sees it, logit scale); params: the method's own
+ClassifierView = Callable[[PixelCLIP, Any], tuple[PixelCLIP, float]]
 
 
 class Adversary(Protocol):

@@ -38,7 +38,7 @@ def pmg_view(model: PixelCLIP, params: PMGParams) -> tuple[PixelCLIP, float]:
 
 
 # PMG-AFT attacks the classifier its loss uses (raw cosines, ImageNet normalisation by default)
-PMG_ADVERSARY = ClassifierPGD(view=pmg_view)  # type: ignore[arg-type]  # views take the method's own params
+PMG_ADVERSARY = ClassifierPGD(view=pmg_view)
 
 
 def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str) -> torch.Tensor:

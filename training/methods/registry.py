@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from service.config import StrictModel
 from service.errors import UnknownName
@@ -17,8 +17,9 @@ from service.errors import UnknownName
 from .adversary import Adversary
 from .inputs import LossInputs, LossOutput
 
-# loss(batch, params) -> LossOutput; params is the method's own `Method.params` model
-LossFn = Callable[[LossInputs, StrictModel], LossOutput]
+# loss(batch, params) -> LossOutput; params is an instance of the method's own `Method.params` model
+LossFn = Callable[[LossInputs, Any], LossOutput]
+LossT = TypeVar("LossT", bound=LossFn)
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,10 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, **spec) -> Callable[[LossFn], LossFn]:
+def register_method(name: str, **spec: Any) -> Callable[[LossT], LossT]:
     """Function decorator registering a loss function as method `name` (spec fields as keywords)."""
 
-    def wrap(fn: LossFn) -> LossFn:
+    def wrap(fn: LossT) -> LossT:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = Method(name=name, loss=fn, **spec)
