@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from service.config import StrictModel
 from service.errors import ConfigError
@@ -42,6 +42,20 @@ class DatasetSettings(StrictModel):
     preprocess: Preset = Field(default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
     template: Optional[str] = Field(default=None, description="training prompt; default: the data set's (single) template")
     negative_template: str = "This is not a photo of a {}"
+
+    @field_validator("template", "negative_template")
+    @classmethod
+    def _one_class_slot(cls, value: Optional[str]) -> Optional[str]:
+        """A prompt template has exactly one `{}` for the class name (it is filled with `str.format`)."""
+        if value is None:
+            return value
+        try:
+            filled = value.format("\0")
+        except (IndexError, KeyError, ValueError):
+            filled = ""
+        if filled.count("\0") != 1:
+            raise ValueError(f"a prompt template needs exactly one {{}} for the class name, got {value!r}")
+        return value
 
 
 class OptimSettings(StrictModel):

@@ -81,3 +81,10 @@ def test_updates_and_resolution_are_validated():
     resolved = cfg.resolved(batches_per_epoch=100)
     assert resolved.attack.alpha == pytest.approx(4 / 255) and resolved.attack.steps == 2
     assert recipe_config("miniworld-train", method="fare").resolved(100).attack.alpha == pytest.approx(1 / 255)  # eps/4
+
+
+@pytest.mark.parametrize("template", ["a photo", "a {name}", "{} and {}", "a {0"])
+def test_templates_need_one_class_slot(template):
+    with pytest.raises(ConfigError, match="--template: .*exactly one"):
+        recipe_config("miniworld-train", method="tecoa", template=template)
+    assert recipe_config("miniworld-train", method="tecoa", template="a {} here").dataset.template == "a {} here"
