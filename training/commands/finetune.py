@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="robust fine-tuning (TGA-ZSR, Comp-TGA, TeCoA, PMG-AFT, FARE, FT-Clean, FT-Adv)",
         description="Fine-tune the image tower of a CLIP model with a robust method (text tower frozen), then "
-        "evaluate zero-shot clean and PGD accuracy and write a model card. Defaults follow each method's "
-        "reference recipe (docs/finetuning.md); on the mini world (--data miniworld-train, the default) "
+        "evaluate zero-shot clean and PGD accuracy and write a model card. Unset options take the training "
+        "set's registered recipe, then the method's reference defaults (docs/finetuning.md); on the mini world "
+        "(--data miniworld-train, the default) "
         "eps defaults to 4/255 and the run is short enough for a laptop CPU. Budgets (--eps, --attack-alpha, "
         "--eval-eps) are in units of 1/255: --eps 4 means 4/255.",
     )
@@ -75,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "so they are computed once, not every epoch (valid because the built-in data sets have no random "
                    "augmentation); 0 recomputes every step (default: %(default)s)")
     e = p.add_argument_group("evaluation (model card)")
-    e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen (none on real data)")
+    e.add_argument("--eval-datasets", nargs="*", default=None, help="default: the training set's recipe (mini world: plain seen / held-out, outlined seen; none on real data)")
     e.add_argument("--eval-limit", type=int, default=512, help="images per evaluation data set (default: %(default)s)")
     e.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
     e.add_argument("--eval-eps", type=float, default=None, help=budget_help("evaluation PGD L-inf radius", "--eps"))
