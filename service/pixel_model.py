@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelRecord
+from .errors import ConfigError
 from .tokenizer import Tokenizer, create_tokenizer
 
 
-class TokenMapsUnsupported(ValueError):
-    """The image tower cannot give per-patch tokens (needed for text-guided attention maps)."""
+class TokenMapsUnsupported(ConfigError, ValueError):
+    """The image tower cannot give per-patch tokens (needed for text-guided attention maps): a user's
+    choice of model and method that do not fit, reported as one line by the CLI."""
 
 
 class PixelCLIP(nn.Module):

@@ -14,7 +14,7 @@ import torch
 
 from service.zero_shot import ZeroShotClassifier, build_text_head
 from training.attacks.pgd import pgd_delta
-from training.methods import TextHeads, get_method
+from training.methods import FrozenBatch, LossInputs, TextHeads, get_method
 from training.methods.fare import embedding_loss, fare_pgd
 from training.methods.pmg_aft import pmg_view
 
@@ -37,9 +37,9 @@ def run_method(name, target, frozen, inputs, adv, negatives=False, text_model=No
     method = get_method(name)
     text_model = text_model or frozen or target
     target.zero_grad(set_to_none=True)
-    out = method.loss(
-        target, frozen, inputs["images"], adv, labels_of(inputs), heads_for(text_model, inputs, negatives), method.params(**params)
-    )
+    batch = LossInputs(target, inputs["images"], labels_of(inputs), heads_for(text_model, inputs, negatives), adv,
+                       FrozenBatch(frozen) if frozen is not None else None)
+    out = method.loss(batch, method.params(**params))
     if not backward:
         return out, {}
     out.total.backward()

@@ -1,7 +1,7 @@
 """Short mini-world fine-tuning runs reproduce the qualitative claims the product relies on.
 
-One shared budget for every method (same steps, batch, learning rate, eps 4/255 for training and
-evaluation); nothing is tuned per method. Measured margins on the shipped model are in
+One shared budget for every method, the mini world's registry recipe (same steps, batch, learning
+rate, eps 4/255 for training and evaluation); nothing is tuned per method. Measured margins on the shipped model are in
 docs/finetuning.md; the thresholds below are far beyond what a broken loss (no attack, wrong sign,
 text tower updated, frozen model confused with the target) reaches.
 """
@@ -14,12 +14,13 @@ import torch
 
 from service.pixel_model import PixelCLIP
 from training.eval.runner import AttackRecipe, measure, zero_shot_task
-from training.finetune import FinetuneConfig, finetune
+from training.finetune import finetune
+from training.finetune_config import recipe_config
 
 MODEL = "miniworld"
 EPS = 4 / 255
-# threads=1: tiny models lose far more to thread contention than they gain from a second thread
-BUDGET: dict[str, Any] = dict(steps=200, batch_size=32, lr=0.005, eps=EPS, warmup=None, data_limit=3200, eval_datasets=[], seed=0, threads=1)
+# the recipe's budget; threads=1: tiny models lose far more to thread contention than they gain from a second thread
+RUN: dict[str, Any] = dict(eval_datasets=[], seed=0, threads=1)
 SEEN = "miniworld/plain/color_shape/seen"
 OUTLINED = "miniworld/outlined/color_shape/seen"
 
@@ -36,7 +37,8 @@ def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
     threads = torch.get_num_threads()
     try:
-        return {m: finetune(FinetuneConfig(method=m, model=MODEL, output=out / m, **BUDGET))[0] for m in ("tecoa", "tga-zsr", "ft-clean")}
+        return {m: finetune(recipe_config("miniworld-train", method=m, model=MODEL, output=out / m, **RUN))[0]
+                for m in ("tecoa", "tga-zsr", "ft-clean")}
     finally:
         torch.set_num_threads(threads)
 

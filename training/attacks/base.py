@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from service.errors import UnknownName
+
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 _ATTACKS: dict[str, type[Attack]] = {}
@@ -40,7 +42,7 @@ def list_attacks() -> list[str]:
 def get_attack(name: str) -> type[Attack]:
     """Attack class by registry name; unknown names list the known ones."""
     if name not in _ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")
+        raise UnknownName(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")
     return _ATTACKS[name]
 
 

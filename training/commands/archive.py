@@ -7,6 +7,8 @@ from pathlib import Path
 from service.errors import ConfigError
 from service.settings import POLICIES, parse_providers
 
+from .common import flag_config
+
 
 def _providers(raw: str) -> tuple[str, ...]:
     try:
@@ -50,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from training.export import build_archive
     from training.export.archive import BatchingConfig
 
-    runtime = RuntimeConfig(intra_op_threads=args.threads, providers=args.providers, provider_policy=args.provider_policy)
+    runtime = flag_config(RuntimeConfig, {"intra_op_threads": "threads"}, intra_op_threads=args.threads, providers=args.providers,
+                          provider_policy=args.provider_policy)
     serving = ServingConfig(runtime=runtime)
-    batching = BatchingConfig(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                              min_workers=args.workers, max_workers=args.workers)
+    batching = flag_config(BatchingConfig, {"min_workers": "workers", "max_workers": "workers"},
+                           batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                           min_workers=args.workers, max_workers=args.workers)
     path = build_archive(args.export, args.model_store, name=args.name, archive_format=args.format,
                          serving=serving, batching=batching)
     print(f"archive: {path}")

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from service.errors import ConfigError
 from service.models import load_model
 from service.pixel_model import PixelCLIP
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "miniworld") -> None:
@@ -22,6 +27,17 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
     g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only; default: none)")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
     g.add_argument("--offline", action="store_true", help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+
+
+def flag_config(cls: type[ConfigT], flags: Optional[dict[str, str]] = None, **values: Any) -> ConfigT:
+    """`cls(**values)` for values taken from flags: an out-of-range value is a `ConfigError` naming the
+    flag (one line, exit status 2), not a pydantic traceback. `flags` maps field names to flag names
+    where they differ (intra_op_threads -> threads)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        names = flags or {}
+        raise ConfigError.from_validation(exc, lambda loc: names.get(str(loc[-1]), str(loc[-1])) if loc else "option") from None
 
 
 def model_from_args(args: argparse.Namespace) -> PixelCLIP:

@@ -53,13 +53,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
-    p.add_argument("--method", default="tga-zsr", help="fine-tuning method (default: %(default)s)")
+    p.add_argument("--method", default="tga-zsr", choices=_method_names(), help="fine-tuning method (default: %(default)s)")
     p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default: %(default)s; 0 skips)")
     p.add_argument("--no-serve", action="store_true", help="stop after fine-tuning and evaluation (no export/serving)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where runs and exports go (default: %(default)s)")
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="TorchServe model store (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads (default: %(default)s)")
     p.set_defaults(run=run)
+
+
+def _method_names() -> list[str]:
+    from training.methods import list_methods
+
+    return list_methods()
 
 
 def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
@@ -124,13 +130,15 @@ def run(args: argparse.Namespace) -> int:
     model, card = base, None
     before = _accuracies(base, DEMO_EVAL, args.n, eps)
     if args.finetune_steps > 0:
-        from training.finetune import FinetuneConfig, finetune
+        from training.finetune import finetune
+        from training.finetune_config import recipe_config
 
-        print(f"\nfine-tuning with {args.method} for {args.finetune_steps} steps (batch 32, SGD lr 0.005, PGD-2 at eps=4/255) ...")
-        cfg = FinetuneConfig(
-            method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps, eps=eps, warmup=None,
-            batch_size=32, lr=0.005, eval_datasets=[], threads=args.threads,  # the mini-world budget of docs/finetuning.md
-        )
+        # the mini world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own
+        cfg = recipe_config("miniworld-train", method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps,
+                            eval_datasets=[], threads=args.threads).resolved(1)
+        print(f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
+              f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '')} lr {cfg.optim.lr:g}, "
+              f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ...")
         model, card = finetune(cfg)
     after = _accuracies(model, DEMO_EVAL, args.n, eps)
     print(f"\nclean / attacked top-1 ({args.n} images each):")

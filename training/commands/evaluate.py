@@ -18,7 +18,7 @@ from training.attacks.pgd import STOP_RULES
 from training.precision import PRECISIONS
 
 from .budget import as_255, budget_help, to_pixels
-from .common import add_model_args, model_from_args, progress
+from .common import add_model_args, flag_config, model_from_args, progress
 
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
 PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
@@ -134,9 +134,11 @@ def config_from_args(
     datasets = datasets if datasets is not None else expand_datasets(args.datasets)
     if eps is None:  # --eps, else the (first) registered reference of these data sets
         eps = next(iter(eps_groups(args.eps, datasets)))
-    purify = PurifyConfig(steps=args.purify_steps, step_size=args.purify_step_size, mode=args.purify_mode) if args.purify else None
-    return EvalConfig(
-        model_id=model_id, datasets=datasets, attacks=args.attacks, eps=eps, steps=args.steps, restarts=args.restarts,
+    purify_flags = {"steps": "purify-steps", "step_size": "purify-step-size", "mode": "purify-mode"}
+    purify = flag_config(PurifyConfig, purify_flags, steps=args.purify_steps, step_size=args.purify_step_size,
+                         mode=args.purify_mode) if args.purify else None
+    return flag_config(
+        EvalConfig, {"out_dir": "out", "purification": "purify"}, model_id=model_id, datasets=datasets, attacks=args.attacks, eps=eps, steps=args.steps, restarts=args.restarts,
         alpha=to_pixels(args.alpha, "--alpha", allow_zero=False), seed=args.seed, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, purification=purify, data_root=args.data_root, skip_missing=args.skip_missing,
         data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size,

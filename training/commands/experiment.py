@@ -15,8 +15,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from training.data.miniworld import MINIWORLD_RECIPE
+
 from .budget import as_255, budget_help, to_pixels
-from .finetune import MINIWORLD_BUDGET, MINIWORLD_LR
+from .common import flag_config
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     paper.set_defaults(run=paper_run.run)
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
-    p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"], help="optimisation steps per run (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=MINIWORLD_LR["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
-    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_LR["adamw"],
+    p.add_argument("--steps", type=int, default=MINIWORLD_RECIPE.steps, help="optimisation steps per run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=MINIWORLD_RECIPE.batch_size, help="images per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=MINIWORLD_RECIPE.lr["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
+    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_RECIPE.lr["adamw"],
                    help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
     p.add_argument("--eps", type=float, default=4.0,
                    help=budget_help("training and evaluation L-inf radius", "%(default)s (the mini world's reference, 4/255)"))
@@ -64,14 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def experiment_config(args: argparse.Namespace, method: str, seed: int):
-    """The FinetuneConfig of one run: the shared budget, the method's recipe optimiser at its family's lr."""
-    from training.finetune import FinetuneConfig
+    """The FinetuneConfig of one run: the mini world's recipe with the shared budget given on the command line,
+    the method's recipe optimiser at its family's lr."""
+    from training.finetune_config import recipe_config
     from training.methods import get_method
 
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
-    return FinetuneConfig(
-        method=method, output=args.output / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
-        eps=to_pixels(args.eps, "--eps"), warmup=None, seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
+    return recipe_config(
+        "miniworld-train", method=method, output=args.output / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
+        eps=to_pixels(args.eps, "--eps"), seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
         eval_datasets=list(EVAL_SETS), eval_limit=args.eval_limit, eval_steps=args.eval_steps,
         data_limit=max(args.steps * args.batch_size // 2, 512),
     )
@@ -93,7 +96,7 @@ def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from service.models import load_model
     from training.eval.runner import EvalConfig, Evaluator
 
-    ecfg = EvalConfig(model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
+    ecfg = flag_config(EvalConfig, model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
                       seed=seed, limit=args.eval_limit, image_size=32, out_dir=args.output / "base" / "eval")
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(load_model("miniworld"), ecfg).run()}
 

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from service.bundle import read_card
+from service.errors import ConfigError
 
-from .common import add_model_args, model_from_args
+from .common import add_model_args, flag_config, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,8 +49,12 @@ def load_labels(spec: str):
     path = Path(spec)
     if path.suffix == ".json":
         if not path.is_file():
-            raise FileNotFoundError(f"label file not found: {path}")
-        return LabelSet.model_validate(json.loads(path.read_text()))
+            raise ConfigError(f"label file not found: {path}")
+        try:
+            return LabelSet.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            raise ConfigError(f"label file {path} is not a label set: {problem}") from None
     return labels_from_dataset(spec)
 
 
@@ -56,7 +62,7 @@ def _measure_purify(model, n: int):
     """Purification sweep on n mini-world images, printed; returns its SweepResult."""
     from training.export.purify_calibration import SweepConfig, sweep_purification
 
-    result = sweep_purification(model, SweepConfig(n=n))
+    result = sweep_purification(model, flag_config(SweepConfig, n=n))
     sweep = result.sweep
     print(f"no purification: clean {sweep.baseline_clean:.1%}, {sweep.attack} {sweep.baseline_robust:.1%}")
     for row in sweep.rows:
@@ -71,7 +77,7 @@ def _calibrate_flag(model, n: int, fpr: float):
     """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
     from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
 
-    flag = calibrate_flag(model, FlagCalibrationConfig(n_calibration=n, n_eval=n, target_fpr=fpr))
+    flag = calibrate_flag(model, flag_config(FlagCalibrationConfig, n_calibration=n, n_eval=n, target_fpr=fpr))
     print(f"flag: anchor_score < {flag.anchor_below:.4f}")
     for rate in flag.rates:
         auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""

@@ -5,7 +5,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .common import progress
+from .common import flag_config, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from service.models import SHIPPED_MODELS
     from training.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(
-        output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+    cfg = flag_config(
+        PretrainConfig, output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         pool_size=args.pool_size, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
         resume=args.resume, threads=args.threads,
     )

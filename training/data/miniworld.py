@@ -15,15 +15,24 @@ import torch
 from PIL import Image
 
 from service.config import PreprocessConfig
+from service.errors import UnknownName
 from service.preprocess import to_pixels
 from training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
 from training.miniworld.world import DOMAINS, Split
 
+from .recipe import FinetuneRecipe
 from .registry import DatasetRequest, register_dataset, register_dataset_family
 from .transforms import resolve_preprocess
 
 # at 32x32 an L-inf budget of 4/255 plays the role 1/255 plays on 224x224 ImageNet (README, docs/evaluation.md)
 MINIWORLD_REFERENCE_EPS = 4 / 255
+# fine-tuning on the mini world: one budget for every method, short enough for a laptop CPU
+# (docs/finetuning.md); one learning rate per optimiser family (SGD, or AdamW for FARE)
+MINIWORLD_RECIPE = FinetuneRecipe(
+    name="miniworld", eps=MINIWORLD_REFERENCE_EPS, steps=200, batch_size=32, data_limit=3200, warmup=None,
+    lr={"sgd": 0.005, "adamw": 1e-4},
+    eval_datasets=("miniworld/plain/color_shape/seen", "miniworld/plain/color_shape/heldout_image", "miniworld/outlined/color_shape/seen"),
+)
 _SEED_SPLITS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
 
 
@@ -66,12 +75,12 @@ class PreprocessedMiniWorld(torch.utils.data.Dataset):
         return preprocess_pixels(image[None], self.preprocess)[0], label
 
 
-@register_dataset_family("miniworld", reference_eps=MINIWORLD_REFERENCE_EPS)
+@register_dataset_family("miniworld", reference_eps=MINIWORLD_REFERENCE_EPS, recipe=MINIWORLD_RECIPE)
 def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
     """Zero-shot task `miniworld/<domain>/<label set>/<split>`; `req.limit` images (default 512)."""
     parts = name.split("/")
     if len(parts) != 4:
-        raise KeyError(
+        raise UnknownName(
             f"mini-world data sets are named miniworld/<domain>/<label set>/<split> with domain in {DOMAINS}, "
             f"label set in {LABEL_SETS}, split in {SPLITS}; got {name!r}"
         )
@@ -81,7 +90,7 @@ def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
     return PreprocessedMiniWorld(MiniWorldClassification(task), cfg, choice, name)
 
 
-@register_dataset("miniworld-train", reference_eps=MINIWORLD_REFERENCE_EPS)
+@register_dataset("miniworld-train", reference_eps=MINIWORLD_REFERENCE_EPS, recipe=MINIWORLD_RECIPE)
 def build_miniworld_train(req: DatasetRequest) -> PreprocessedMiniWorld:
     """Fine-tuning set (ImageNet stand-in): plain domain, 48 seen colour+shape classes."""
     base = MiniWorldFinetune(n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN))

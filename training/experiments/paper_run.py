@@ -14,6 +14,7 @@ from typing import Any
 
 from service.errors import ConfigError
 from training.commands.budget import budget_help, to_pixels
+from training.commands.common import flag_config
 
 from .paper import (
     EVAL_SIZES,
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
 def _method_model(args: argparse.Namespace, method: str) -> Any:
     """The base model, a given checkpoint, or a fresh (resumable) fine-tuning run."""
     from service.models import load_model
-    from training.finetune import FinetuneConfig, finetune
+    from training.finetune import finetune
+    from training.finetune_config import recipe_config
 
     if method == "base":
         return load_model(args.model, pretrained=args.pretrained)
@@ -133,8 +135,8 @@ def _method_model(args: argparse.Namespace, method: str) -> Any:
     final = args.output / "finetune" / method / "final"
     if (final / "model.safetensors").is_file():
         return load_model(str(final))
-    cfg = FinetuneConfig(
-        method=method, model=args.model, pretrained=args.pretrained, data=args.train_data, data_root=args.data_root,
+    cfg = recipe_config(  # the training set's registry recipe: the papers' on real data
+        args.train_data, method=method, model=args.model, pretrained=args.pretrained, data_root=args.data_root,
         epochs=args.epochs, steps=args.steps, data_limit=args.train_limit, eps=to_pixels(args.eps, '--eps'), resume=True, preprocess=args.preprocess,
         output=args.output / "finetune" / method, eval_datasets=[], **({"device": args.device} if args.device else {}),
     )
@@ -146,8 +148,8 @@ def _evaluate(args: argparse.Namespace, method: str, model: Any, datasets: list[
     from training.eval.runner import EvalConfig, Evaluator
 
     spec = table_spec(args.table)
-    cfg = EvalConfig(
-        model_id=method, datasets=datasets, attacks=[spec["attack"]], eps=to_pixels(args.eps, "--eps"), steps=steps,
+    cfg = flag_config(
+        EvalConfig, model_id=method, datasets=datasets, attacks=[spec["attack"]], eps=to_pixels(args.eps, "--eps"), steps=steps,
         alpha=to_pixels(args.eps, "--eps") if spec["attack"] in ("pgd", "cw") else None, limit=args.limit, data_root=args.data_root,
         preprocess=args.preprocess, stop=args.stop,
         out_dir=args.output / "eval" / method, **({"device": args.device} if args.device else {}),

@@ -25,6 +25,7 @@ from pydantic import Field
 from service import bundle as B
 from service.card import attack_label
 from service.config import StrictModel
+from service.errors import ConfigError
 from service.pixel_model import PixelCLIP
 from service.purify import blank_anchor
 
@@ -94,7 +95,7 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
     ds, classifier, labels = zero_shot_task(model, cfg.dataset, cfg.n_calibration + cfg.n_eval)
     images = ds.images()
     if len(images) < cfg.n_calibration + cfg.n_eval:
-        raise ValueError(f"{cfg.dataset} has {len(images)} images; calibration needs {cfg.n_calibration + cfg.n_eval}")
+        raise ConfigError(f"{cfg.dataset} has {len(images)} images; calibration needs {cfg.n_calibration + cfg.n_eval}")
     anchor = blank_anchor(model, ds.templates)
     cal, held, held_y = images[: cfg.n_calibration], images[cfg.n_calibration :], labels[cfg.n_calibration :]
     threshold = threshold_at_fpr(anchor_scores(model, anchor, cal, cfg.batch_size), cfg.target_fpr)

@@ -34,10 +34,3 @@ def imagenet_view(model: PixelCLIP) -> PixelCLIP:
     """The same CLIP (shared weights) normalising with ImageNet constants, as PMG-AFT's code does (docs/methods.md §0.2)."""
     pre = model.record.preprocess.model_copy(update={"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     return PixelCLIP(model.clip, model.record.model_copy(update={"preprocess": pre})).to(model.mean.device)
-
-
-def require(value: Optional[torch.Tensor], what: str, method: str) -> torch.Tensor:
-    """`value`, or a ValueError naming what `method` is missing."""
-    if value is None:
-        raise ValueError(f"{method} needs {what}")
-    return value
