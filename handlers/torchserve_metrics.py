@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 _TYPES = {"histogram": MetricTypes.HISTOGRAM, "counter": MetricTypes.COUNTER, "gauge": MetricTypes.GAUGE}
 _UNITS = {"histogram": "seconds", "counter": "count", "gauge": "ratio"}
-_UNIT_OF = {"clipshield_prediction_shift": "ratio", "clipshield_anchor_score": "ratio", "clipshield_runtime_info": "info"}
+_UNIT_OF = {"clipshield_prediction_shift": "ratio", "clipshield_anchor_score": "ratio", "clipshield_attack_score": "score", "clipshield_runtime_info": "info"}
 
 
 class TorchServeSink:

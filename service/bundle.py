@@ -19,7 +19,7 @@ from pydantic import Field
 
 # The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here.
 from .card import (  # noqa: F401
-    CLEAN, AccuracyEntry, FlagCalibration, FlagRate, ModelCard, ParityReport, PurifyDefaults, PurifyMeasurement,
+    CLEAN, AccuracyEntry, AttackScoreCalibration, FlagCalibration, FlagRate, ModelCard, ParityReport, PurifyDefaults, PurifyMeasurement,
     PurifySweep, attack_label, read_card_file, write_card_file,
 )
 from .config import StrictModel
