@@ -176,6 +176,13 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
     B.write_manifest(bare)
     with pytest.raises(ModelLoadError, match="--calibrate-score"):
         ClipshieldService.from_folder(bare, on)
+    from training.cli import main
+
+    store = tmp_path / "store"
+    assert main(["archive", "--export", str(bare), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"]) == 2
+    assert main(["archive", "--export", str(scored_bundle), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"]) == 0
+    (serving_json,) = store.rglob("serving.json")
+    assert ServingConfig.model_validate_json(serving_json.read_text()).attack_score.default is True
     (refused,) = ClipshieldService.from_folder(bare).predict([RawRequest({"image": png, "attack_score": "true"}, None)])
     assert isinstance(refused, BadInput) and "no calibrated attack score" in str(refused)
     (bad,) = service.predict([RawRequest({"image": png, "attack_score": "maybe"}, None)])
