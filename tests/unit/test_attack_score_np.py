@@ -80,7 +80,7 @@ def test_numpy_signals_and_score_match_torch_on_the_same_noise(world, miniworld_
 
 def test_noise_is_per_image_deterministic_and_batch_independent(world, miniworld_model):
     clf, anchor, images = world
-    x = images.numpy()
+    x = images.numpy()[:6]
     scorer = NumpyAttackScorer(CFG, params_for(CFG.signals), torch_encode(miniworld_model), clf.head.numpy(), anchor.numpy(), clf.scale)
     assert image_seed(x[0]) == image_seed(x[0].copy()) != image_seed(x[1])
     assert image_seed(x[0], seed=1) != image_seed(x[0])
@@ -146,12 +146,14 @@ def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld
                for r in asked)
     assert len(sink.observations[("clipshield_attack_score", ())]) == 4
     assert len(sink.observations[("clipshield_attack_score_seconds", ())]) == 1
-    # The served score is the NumPy score of the decoded pixels over the same function in PyTorch (ONNX parity 1e-4).
+    # The served score is the NumPy score of the decoded pixels over the same function in PyTorch.
     cal = service.card.attack_score
     pixels = np.stack([load_pixels(p, service.record.preprocess, service.config.decode) for p in pngs])
     mirror = NumpyAttackScorer(cal.config, cal.params, torch_encode(miniworld_model), service.head, service.anchor, service.card.logit_scale)
     expected = mirror.score(pixels, torch_encode(miniworld_model)(pixels))
-    np.testing.assert_allclose([r.attack_score.score for r in asked], expected, rtol=0, atol=0.05)
+    # ONNX and PyTorch embeddings agree to ~1e-7 here (export's parity check bounds them at 1e-4); through the
+    # standardisation that gave score differences of 8e-6 on the shipped model's calibration (32 images).
+    np.testing.assert_allclose([r.attack_score.score for r in asked], expected, rtol=0, atol=1e-3)
     alone = service.predict([RawRequest({"image": pngs[2], "attack_score": "1"}, None)])[0]
     assert alone.attack_score.score == pytest.approx(asked[2].attack_score.score, abs=1e-4)  # batch mates do not matter
 
