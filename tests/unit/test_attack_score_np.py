@@ -205,3 +205,16 @@ def test_kserve_outputs_carry_the_score_as_named_tensors():
     assert by_name["attack_score"].data == pytest.approx([1.5, 0.0]) and by_name["attack_flagged"].data == [True, False]
     assert by_name["attack_score_threshold"].datatype == "FP32" and by_name["attack_score_threshold"].data == pytest.approx([0.5, 0.0])
     assert not {"attack_score", "attack_flagged"} & {o.name for o in to_outputs([answer(None)])}
+
+
+def test_served_score_modules_import_no_torch():
+    """The served score, its settings, the card and the request/response models stay free of torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import service.attack_score_np, service.card, service.api, service.settings; "
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]  # `python -c` puts the working directory first on sys.path
+    assert subprocess.run([sys.executable, "-c", code], cwd=repo, check=False).returncode == 0
