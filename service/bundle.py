@@ -22,6 +22,7 @@ from pydantic import Field
 from .card import (
     CLEAN as CLEAN,
     AccuracyEntry as AccuracyEntry,
+    AttackScoreCalibration as AttackScoreCalibration,
     FlagCalibration as FlagCalibration,
     FlagRate as FlagRate,
     ModelCard as ModelCard,

@@ -187,7 +187,7 @@ def test_health_and_metadata_with_tritonclient(client, bundle):
     described = meta["parameters"]  # service.describe(), as TorchServe's describe API answers it
     assert described["model"] == card.model_dump(mode="json", exclude_none=True) and described["bundle"]["format_version"] >= 1
     assert described["runtime"]["image_encoder_provider"]
-    assert {t["name"] for t in meta["inputs"]} == {"image", "labels", "purify", "top_k"}
+    assert {t["name"] for t in meta["inputs"]} == {"image", "labels", "purify", "top_k", "attack_score"}
     assert {"labels", "scores", "flagged", "flipped", "status", "error"} <= {t["name"] for t in meta["outputs"]}
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("no-such-model")

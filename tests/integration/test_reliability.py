@@ -70,6 +70,8 @@ CASES = [
     ("top_k-not-int", _form(top_k="2.5"), 400, "BadInput", "top_k"),
     ("top_k-huge", _form(top_k="9" * 40), 400, "BadInput", "top_k"),
     ("purify-not-bool", _form(purify="maybe"), 400, "BadInput", "purify"),
+    ("attack_score-not-bool", _form(attack_score="maybe"), 400, "BadInput", "attack_score"),
+    ("attack_score-without-calibration", _form(attack_score="true"), 400, "BadInput", "no calibrated attack score"),
     ("unknown-field", _form(colour="red"), 400, "BadInput", "unknown"),
     ("multipart-without-image", {"files": H.form(None, labels='["cat"]')}, 400, "BadInput", "no image"),
     ("image-field-not-image", {"files": {"image": ("x.txt", b"plain text", "text/plain")}}, 415, "UnsupportedMediaType", "PNG/JPEG"),

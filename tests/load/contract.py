@@ -14,7 +14,7 @@ from typing import Any, Optional
 from service.config import StrictModel
 
 MANIFEST = "payloads.json"  # the payload folder's manifest, written by tests/load/payloads.py
-RESPONSE_KEYS = frozenset({"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model"})
+RESPONSE_KEYS = frozenset({"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model", "attack_score"})
 DEFAULT_TOP_K = 5  # service.settings.RequestLimits.default_top_k, the server default when a request sends none
 
 

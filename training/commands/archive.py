@@ -43,18 +43,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="server-side batch size (default: %(default)s)")
     p.add_argument("--max-batch-delay-ms", type=int, default=10, help="longest wait in ms to fill a server-side batch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="TorchServe workers, minimum and maximum (default: %(default)s)")
+    p.add_argument("--attack-score", choices=("off", "on"), default="off",
+                   help="serving default of the attack score for requests without an `attack_score` field (on needs a "
+                   "bundle exported with --calibrate-score; each scored image costs 4 extra encoder passes) (default: %(default)s)")
     add_provider_args(p, ("cpu",), "fail")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.settings import RuntimeConfig, ServingConfig
+    from service.settings import AttackScoreServing, RuntimeConfig, ServingConfig
     from training.export import build_archive
     from training.export.archive import BatchingConfig
 
+    if args.attack_score == "on":
+        from service.bundle import read_card
+
+        if read_card(args.export).attack_score is None:
+            raise ConfigError(f"--attack-score on needs a calibrated attack score in {args.export}'s model card "
+                              "(export it with `clipshield export --calibrate-score N`)")
     runtime = flag_config(RuntimeConfig, {"intra_op_threads": "threads"}, intra_op_threads=args.threads, providers=args.providers,
                           provider_policy=args.provider_policy)
-    serving = ServingConfig(runtime=runtime)
+    serving = ServingConfig(runtime=runtime, attack_score=AttackScoreServing(default=args.attack_score == "on"))
     batching = flag_config(BatchingConfig, {"min_workers": "workers", "max_workers": "workers"},
                            batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                            min_workers=args.workers, max_workers=args.workers)

@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
                    "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)")
     p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
+    p.add_argument("--calibrate-score", type=int, default=0, metavar="N",
+                   help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
+                   "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
+                   "0: no attack score in the bundle (default: %(default)s)")
+    p.add_argument("--score-data", default="miniworld/plain/color_shape/seen", metavar="DATASET",
+                   help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)")
+    p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
 
@@ -86,6 +93,18 @@ def _calibrate_flag(model, n: int, fpr: float):
     return flag
 
 
+def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
+    """Attack-score calibration on n + n images of `dataset`, printed; returns the AttackScoreCalibration."""
+    from training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
+
+    cal = calibrate_attack_score(model, labels, ScoreCalibrationConfig(dataset=dataset, n_calibration=n, n_eval=n, target_fpr=fpr))
+    print(f"attack score: > {cal.params.threshold:.4f} (weights {[round(w, 3) for w in cal.params.weights]} on {list(cal.params.signals)})")
+    for rate in cal.rates:
+        auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
+        print(f"  {rate.attack + f' ({rate.dataset})':<48s} flagged {rate.flag_rate:6.1%}{auc}")
+    return cal
+
+
 def run(args: argparse.Namespace) -> int:
     from training.export import export_model
     from training.export.exporter import ExportMeasurements
@@ -103,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
             update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"})})
     if args.calibrate_flag:
         measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
-    out = export_model(model, args.out, labels=load_labels(args.labels), version=args.version, measured=measured,
+    labels = load_labels(args.labels)
+    if args.calibrate_score:
+        score = _calibrate_score(model, labels, args.calibrate_score, args.score_data, args.score_fpr)
+        measured = measured.model_copy(update={"attack_score": score})
+    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured,
                        finetune_card=finetune_card)
     card = read_card(out)
     print(f"exported {card.name} {card.version} to {out}")

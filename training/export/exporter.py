@@ -42,11 +42,12 @@ def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
 
 
 class ExportMeasurements(StrictModel):
-    """What export measured or was told, for the card: purification default and sweep, flag, accuracies."""
+    """What export measured or was told, for the card: purification default and sweep, flag, attack score, accuracies."""
 
     purify: B.PurifyDefaults = B.PurifyDefaults()
     purify_sweep: Optional[B.PurifySweep] = None
     flag: Optional[B.FlagCalibration] = None
+    attack_score: Optional[B.AttackScoreCalibration] = None
     accuracy: tuple[B.AccuracyEntry, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -86,7 +87,8 @@ def bundle_card(
     return ModelCard(
         source="export", name=model.record.name, version=version, description=carried.pop("description", model.record.description),
         embed_dim=embed_dim, image_size=model.image_size, logit_scale=model.logit_scale, weights_digest=digest,
-        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag, parity=parity,
+        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag,
+        attack_score=measured.attack_score, parity=parity,
         provenance=current_provenance(), notes=(*measured.notes, *notes), **carried,
     )
 
