@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model
-from training.eval.runner import AttackRecipe, zero_shot_task
-from training.eval.zeroshot import accuracy, batches
+from clipshield.service.models import load_model
+from clipshield.training.eval.runner import AttackRecipe, zero_shot_task
+from clipshield.training.eval.zeroshot import accuracy, batches
 
 DATASET = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255
@@ -30,7 +30,7 @@ EPS = 4 / 255
 
 def fine_tuned(steps: int) -> torch.nn.Module:
     """A TGA-ZSR model fine-tuned from the shipped one with the mini-world budget."""
-    from training.finetune import FinetuneConfig, finetune
+    from clipshield.training.finetune import FinetuneConfig, finetune
 
     out = Path(tempfile.mkdtemp(prefix="bench-early-"))
     cfg = FinetuneConfig(method="tga-zsr", model="miniworld", output=out, steps=steps, batch_size=32, lr=0.005,

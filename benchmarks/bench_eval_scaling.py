@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     common = ["evaluate", "--model", "miniworld", "--datasets", "miniworld/plain/color_shape/seen", "--attacks", "pgd",
               "--eps", "4", "--steps", str(args.steps), "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--device", "cpu",
               "--stop", "final"]  # every image runs every step: the compute scales, not the early exits
-    one = [sys.executable, "-m", "training.cli", *common, "--out", str(out / "one")]
+    one = [sys.executable, "-m", "clipshield.training.cli", *common, "--out", str(out / "one")]
     torchrun = Path(sys.executable).with_name("torchrun")
-    two = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", *common, "--out", str(out / "two")]
+    two = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "clipshield.training.cli", *common, "--out", str(out / "two")]
     t1, t2 = timed(one, args.threads), timed(two, args.threads)
     same = cell(out / "one") == cell(out / "two")
     print(f"PGD-{args.steps} eps 4/255 on {args.limit} mini-world images, batch {args.batch_size}, {args.threads} thread(s) per process")

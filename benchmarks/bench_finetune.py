@@ -2,10 +2,10 @@
 
 Prints a table (s/step, images/s, peak memory) and the ratio TGA-ZSR / TeCoA; the paper reports
 1.74 (1.13 s vs 0.65 s on ViT-B/32, batch 128). Every method runs the full training step of
-`training.finetune.train_step` (training attack, loss, backward, optimiser step) with the text head
+`clipshield.training.finetune.train_step` (training attack, loss, backward, optimiser step) with the text head
 cached once. Methods with a frozen model (TGA-ZSR, FARE) are timed twice: in the first epoch, when
 the frozen model's clean outputs are computed, and in later epochs ("epoch 2+"), when they are read
-back (`training.methods.FrozenReference`). Examples:
+back (`clipshield.training.methods.FrozenReference`). Examples:
 
     python benchmarks/bench_finetune.py                                  # mini world, CPU
     python benchmarks/bench_finetune.py --model ViT-B-32 --random-init --device cuda --batch-size 128 --precision bf16
@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import ModelRecord, PreprocessConfig
-from service.models import from_record, load_model
-from training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
-from training.methods import FrozenReference, LossInputs, get_method
+from clipshield.service.config import ModelRecord, PreprocessConfig
+from clipshield.service.models import from_record, load_model
+from clipshield.training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
+from clipshield.training.methods import FrozenReference, LossInputs, get_method
 
 METHODS = ("tecoa", "pmg-aft", "fare", "tga-zsr")
 REMEMBERS = ("fare", "tga-zsr", "comp-tga")  # methods whose frozen-model outputs on clean images are remembered

@@ -59,9 +59,9 @@ def drive(send: Callable[[object], tuple[int, str]], seconds: float, clients: in
 
 
 def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
-    from service.settings import RuntimeConfig, ServingConfig
-    from training.export import ServeConfig, build_archive, start_server, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.service.settings import RuntimeConfig, ServingConfig
+    from clipshield.training.export import ServeConfig, build_archive, start_server, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     store = work / "store"
     build_archive(bundle, store, archive_format="no-archive", serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads)),
@@ -84,7 +84,7 @@ def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -
 
 
 def kserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
-    from training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
+    from clipshield.training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
 
     handle = start_kserve(bundle, work / "kserve", KServeConfig(http_port=free_port(), ort_threads=args.threads, startup_timeout_s=300))
     try:
@@ -106,8 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default %(default)s)")
     args = p.parse_args(argv)
-    from service.models import load_model
-    from training.export import export_model
+    from clipshield.service.models import load_model
+    from clipshield.training.export import export_model
 
     with tempfile.TemporaryDirectory(prefix="bench_runtimes_") as tmp:
         work = Path(tmp)

@@ -33,14 +33,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service import bundle as B
-from service.runtime import image_encoder
-from service.settings import RuntimeConfig, ServingConfig
+from clipshield.service import bundle as B
+from clipshield.service.runtime import image_encoder
+from clipshield.service.settings import RuntimeConfig, ServingConfig
 
 
 def build(name: str):
-    from service.config import ModelRecord, PreprocessConfig
-    from service.models import from_record, load_model
+    from clipshield.service.config import ModelRecord, PreprocessConfig
+    from clipshield.service.models import from_record, load_model
 
     if name == "miniworld":
         return load_model("miniworld"), None
@@ -93,9 +93,9 @@ def _free_port() -> int:
 def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_requests: int, iters: int) -> dict:
     import requests
 
-    from service.preprocess import encode_png
-    from training.export import ServeConfig, build_archive, start_server, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.service.preprocess import encode_png
+    from clipshield.training.export import ServeConfig, build_archive, start_server, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     size = model.image_size
     enc = image_encoder(bundle / B.IMAGE_ONNX, RuntimeConfig(intra_op_threads=threads))
@@ -154,7 +154,7 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
 
 def latency_only_score():
     """An attack-score calibration with unfitted parameters (zero weights), for timing the score only."""
-    from service.attack_score_config import AttackScoreConfig, ScoreParams
+    from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
 
     cfg = AttackScoreConfig()
     n = len(cfg.signals)
@@ -165,8 +165,8 @@ def latency_only_score():
 
 def in_process_score(bundle: Path, threads: int, n_requests: int) -> dict:
     """Request p50 through `ClipshieldService.predict` (decode included, no HTTP), attack score off vs on."""
-    from service.inference import ClipshieldService, RawRequest
-    from service.preprocess import encode_png
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png
 
     service = ClipshieldService.from_folder(bundle, ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)))
     size = service.record.preprocess.image_size
@@ -196,8 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eager", action="store_true", help="only the serving part (split runs on small hosts)")
     p.add_argument("--score-only", action="store_true", help="only the attack-score p50 in process (and through TorchServe unless skipped)")
     args = p.parse_args(argv)
-    from training.export import export_model
-    from training.export.exporter import ExportMeasurements
+    from clipshield.training.export import export_model
+    from clipshield.training.export.exporter import ExportMeasurements
 
     results = {}
     for name in args.models.split(","):

@@ -23,20 +23,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def served(service, images: torch.Tensor) -> np.ndarray:
     """Served attack scores [N] of [0, 1] images [N, 3, H, W], sent one PNG per request."""
-    from service.inference import RawRequest
-    from service.preprocess import encode_png
+    from clipshield.service.inference import RawRequest
+    from clipshield.service.preprocess import encode_png
 
     results = service.predict([RawRequest({"image": encode_png(x.numpy()), "attack_score": "true"}, None) for x in images])
     return np.array([r.attack_score.score for r in results])
 
 
 def main(argv=None) -> int:
-    from service.inference import ClipshieldService
-    from service.models import load_model
-    from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.attacks import get_attack
-    from training.data.registry import DatasetRequest, build_dataset
-    from training.export.flag_calibration import auroc
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.service.models import load_model
+    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+    from clipshield.training.attacks import get_attack
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.export.flag_calibration import auroc
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)

@@ -1,6 +1,6 @@
-"""The KServe model server process for clipshield: `python -m handlers.kserve_app --bundle DIR ...`.
+"""The KServe model server process for clipshield: `python -m clipshield.handlers.kserve_app --bundle DIR ...`.
 
-Wires `handlers.kserve_model.ClipshieldKServeModel` into kserve's `ModelServer` (REST v2 on one port,
+Wires `clipshield.handlers.kserve_model.ClipshieldKServeModel` into kserve's `ModelServer` (REST v2 on one port,
 Prometheus `/metrics` on the same port; gRPC v2 optional) and adds three things kserve's app lacks:
 `ClipshieldError` -> its own HTTP status in the protocol's error shape (kserve maps unknown exceptions
 to 500), a request body limit (TorchServe's frontend refuses bodies over `max_request_size`), and
@@ -21,7 +21,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # as TorchServe's max_request_size in model_s
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Options of the server process (distinct from kserve's own `--http_port` style flags)."""
-    p = argparse.ArgumentParser(prog="python -m handlers.kserve_app", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m clipshield.handlers.kserve_app", description=__doc__)
     p.add_argument("--bundle", type=Path, required=True, help="serving bundle folder (`clipshield export --out`)")
     p.add_argument("--model-name", default="clipshield", help="name in /v2/models/<name> (default: %(default)s)")
     p.add_argument("--host-port", type=int, default=8080, help="REST v2 + /metrics port (default: %(default)s)")
@@ -37,9 +37,9 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     from fastapi.responses import ORJSONResponse
     from kserve.errors import ModelNotFound
 
-    from service.errors import BadInput, ClipshieldError, PayloadTooLarge
+    from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
 
-    from handlers.kserve_model import error_body
+    from clipshield.handlers.kserve_model import error_body
 
     async def clipshield_error(_request: Request, exc: ClipshieldError) -> ORJSONResponse:
         return ORJSONResponse(status_code=exc.http_status, content=error_body(exc))
@@ -78,7 +78,7 @@ def decoding_dataplane(registry: Any) -> Any:
     from kserve.errors import InferenceError
     from kserve.protocol.dataplane import DataPlane
 
-    from service.errors import BadInput
+    from clipshield.service.errors import BadInput
 
     class DecodingDataPlane(DataPlane):
         def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
@@ -105,11 +105,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from prometheus_client import REGISTRY
 
-    from service.errors import ClipshieldError
-    from service.metrics import PrometheusClientSink
-    from service.settings import load_serving_config
+    from clipshield.service.errors import ClipshieldError
+    from clipshield.service.metrics import PrometheusClientSink
+    from clipshield.service.settings import load_serving_config
 
-    from handlers.kserve_model import ClipshieldKServeModel
+    from clipshield.handlers.kserve_model import ClipshieldKServeModel
 
     config = load_serving_config(args.bundle / "serving.json", os.environ)
     model = ClipshieldKServeModel(args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY))  # kserve's /metrics serves REGISTRY

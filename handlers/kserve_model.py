@@ -1,4 +1,4 @@
-"""KServe (Open Inference Protocol v2) adapter over `service.inference` (thin: every decision lives in `service/`).
+"""KServe (Open Inference Protocol v2) adapter over `clipshield.service.inference` (thin: every decision lives in `service/`).
 
 The counterpart of `handlers/clipshield_handler.py` for the `kserve` Python model server: `load`
 builds one `ClipshieldService` from a serving bundle (manifest verified); `predict` turns an OIP
@@ -9,7 +9,7 @@ strings: kserve 0.21's REST decoder turns binary-extension BYTES into UTF-8 text
 bytes; text that is not base64 is refused with 415 like a text form field). Options are the
 TorchServe form fields, as request parameters (`labels`: JSON-list text, as OIP parameters are scalars; `purify`,
 `top_k`, `attack_score`) or one-element named inputs of the same names; `content_type` (request parameter) plays the
-Content-Type header. Every value goes through `service.api.parse_request`, so limits and messages
+Content-Type header. Every value goes through `clipshield.service.api.parse_request`, so limits and messages
 are the TorchServe path's.
 
 Response: `labels` BYTES `[N, K]`, `scores` FP32 `[N, K]`, `purified`/`flipped`/`flagged` BOOL `[N]`,
@@ -31,11 +31,11 @@ from typing import Any, Optional
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
-from service.api import ErrorResponse, PredictResponse
-from service.errors import BadInput, ClipshieldError, PayloadTooLarge
-from service.inference import ClipshieldService, RawRequest, Result, outcome_of
-from service.metrics import MetricsSink
-from service.settings import ServingConfig
+from clipshield.service.api import ErrorResponse, PredictResponse
+from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
+from clipshield.service.inference import ClipshieldService, RawRequest, Result, outcome_of
+from clipshield.service.metrics import MetricsSink
+from clipshield.service.settings import ServingConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`service.metrics.MetricsSink` over TorchServe's metrics cache (kept out of the handler module:
+"""`clipshield.service.metrics.MetricsSink` over TorchServe's metrics cache (kept out of the handler module:
 TorchServe requires exactly one class in the handler file)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
+from clipshield.service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ _TYPES = {"histogram": MetricTypes.HISTOGRAM, "counter": MetricTypes.COUNTER, "g
 
 
 class TorchServeSink:
-    """`service.metrics.MetricsSink` over TorchServe's metrics cache (dimensions: ModelName, Level, labels)."""
+    """`clipshield.service.metrics.MetricsSink` over TorchServe's metrics cache (dimensions: ModelName, Level, labels)."""
 
     def __init__(self, metrics_cache: Any, model_name: str) -> None:
         self.model_name = model_name

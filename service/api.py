@@ -3,7 +3,7 @@
 A request is either a raw PNG/JPEG body (`Content-Type: image/png|image/jpeg`), or
 `multipart/form-data` with an `image` file and optional `labels` (JSON list of strings),
 `purify` and `attack_score` (`true`/`false`) and `top_k` fields. Servers hand the parts over as a dict; `parse_request`
-turns it into image bytes plus a validated `PredictOptions`, raising `service.errors` exceptions
+turns it into image bytes plus a validated `PredictOptions`, raising `clipshield.service.errors` exceptions
 (400 / 413 / 415) for the item alone.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Prediction(StrictModel):
 
 
 class AttackScoreResult(StrictModel):
-    """The calibrated attack score of one image (`service.attack_score_np`): a logit, higher = more suspicious;
+    """The calibrated attack score of one image (`clipshield.service.attack_score_np`): a logit, higher = more suspicious;
     `flagged` when above `threshold` (set at the model card's target false-positive rate on clean images)."""
 
     score: float

@@ -3,7 +3,7 @@
 Signals, per image x (all from forward passes the served path could afford; no input gradient):
 * `tau`:       mean shift ||f^(x + n) - f^(x)|| of the unit-norm embedding f^ over `n_noise` draws of
                n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" signal, docs/methods.md §11.2, on the unit-norm
-               embedding the served ONNX encoder returns; TTC's own tau in `service.ttc` uses the
+               embedding the served ONNX encoder returns; TTC's own tau in `clipshield.service.ttc` uses the
                unnormalised one and drives the counterattack, not this score);
 * `anchor`:    cosine of the embedding with the CLIPure blank anchor (the serving flag's score);
 * `margin`:    top-1 minus top-2 zero-shot logit;

@@ -27,7 +27,7 @@ READABLE_FORMATS: tuple[int, ...] = (1,)
 
 
 class BuildInfo(StrictModel):
-    """The clipshield that wrote a bundle step (`service.provenance`)."""
+    """The clipshield that wrote a bundle step (`clipshield.service.provenance`)."""
 
     clipshield_version: str
     git_commit: str

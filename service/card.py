@@ -1,9 +1,9 @@
 """The one model card, from fine-tuning through export into the bundle, the archive and the server.
 
-`training.model_card` fills the training half (method, the hyper-parameters that actually ran,
-base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `training.export`
+`clipshield.training.model_card` fills the training half (method, the hyper-parameters that actually ran,
+base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `clipshield.training.export`
 copies that card into the bundle and adds ONNX parity, the purification default and, only when
-measured, the purification sweep and the flag calibration; `service.inference` serves it (the
+measured, the purification sweep and the flag calibration; `clipshield.service.inference` serves it (the
 describe answer and the `clipshield_model_accuracy` gauges). Every accuracy names its attack with
 `attack_label`, the one spelling of an attack in cards, metric labels, the demo and the docs.
 """
@@ -47,7 +47,7 @@ class AccuracyEntry(StrictModel):
 
 
 class PurifyDefaults(StrictModel):
-    """Model-default CLIPure-Cos settings (per-sample steps; see `service.purify_np`).
+    """Model-default CLIPure-Cos settings (per-sample steps; see `clipshield.service.purify_np`).
 
     Off unless a measurement (`PurifySweep`) found a robustness gain; `steps`/`step_size` are what a
     request asking for purification gets. `chosen_by` says how the default was set, never more.
@@ -120,7 +120,7 @@ class FlagCalibration(StrictModel):
 
 
 class AttackScoreCalibration(StrictModel):
-    """Calibrated attack score (`service.attack_score`; served by `service.attack_score_np`).
+    """Calibrated attack score (`clipshield.service.attack_score`; served by `clipshield.service.attack_score_np`).
 
     `config` (signals, noise) and `params` (standardisation, logistic weights, threshold at `params.target_fpr`
     on `params.n_calibration` clean images of `params.dataset`) are what serving computes; the fit used those

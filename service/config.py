@@ -29,7 +29,7 @@ PAPER_RESIZE_RATIO = 256 / 224  # the papers' Resize(256) + CenterCrop(224), at 
 
 
 class PreprocessConfig(StrictModel):
-    """How a decoded image becomes model input pixels (`service.preprocess.to_pixels`, the one path).
+    """How a decoded image becomes model input pixels (`clipshield.service.preprocess.to_pixels`, the one path).
 
     `image_size` S is the encoder's input resolution. `resize_mode`: `shortest` resizes the shortest
     side to round(S * `resize_ratio`) then centre-crops S x S (ratio 1: open_clip's eval transform;

@@ -1,11 +1,11 @@
 """The runtime-agnostic inference pipeline a server adapter calls (no server imports here).
 
-`ClipshieldService.from_folder(bundle)` loads a verified export bundle (see `service.bundle`);
+`ClipshieldService.from_folder(bundle)` loads a verified export bundle (see `clipshield.service.bundle`);
 `predict(requests)` answers a server-side batch: each item is parsed and decoded on its own, so a
 bad item gets its own 4xx (as an exception object in its slot) and never fails its batch mates; the
 valid images go through the image encoder together, then each item gets its own zero-shot head,
 optional per-sample CLIPure-Cos purification and top-k softmax; items that ask for the attack score
-(or all, when the serving config's default is on) get it from `service.attack_score_np`, which runs
+(or all, when the serving config's default is on) get it from `clipshield.service.attack_score_np`, which runs
 the same encoder on a few noisy copies of each image. A new server needs only a new
 adapter that builds `RawRequest`s and maps results to HTTP.
 """

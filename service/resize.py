@@ -1,4 +1,4 @@
-"""Resize and centre-crop arithmetic of `service.preprocess.to_pixels`, without torch.
+"""Resize and centre-crop arithmetic of `clipshield.service.preprocess.to_pixels`, without torch.
 
 THE definition of the preprocessing is torchvision's (open_clip's eval transform and the papers'
 loaders use it), written here so that serving needs no torch: `shorter_side_size` and `crop_box`

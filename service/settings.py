@@ -73,7 +73,7 @@ class ServingConfig(StrictModel):
     """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
 
     `flagged` needs no setting here: it uses the threshold calibrated in the model card
-    (`service.card.FlagCalibration`) and purification flips.
+    (`clipshield.service.card.FlagCalibration`) and purification flips.
     """
 
     decode: DecodeLimits = DecodeLimits()

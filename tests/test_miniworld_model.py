@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.eval.runner import AttackRecipe, measure, zero_shot_task
-from training.miniworld.world import DOMAINS
+from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+from clipshield.training.miniworld.world import DOMAINS
 
 N = 256
 

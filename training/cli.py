@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from service.errors import ClipshieldError
+from clipshield.service.errors import ClipshieldError
 
 from .commands import COMMANDS
 

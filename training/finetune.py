@@ -21,14 +21,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from service.card import write_card_file
-from service.checkpoint import save_checkpoint
-from service.config import StrictModel
-from service.errors import ConfigError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.provenance import weights_digest
-from service.zero_shot import build_text_head
+from clipshield.service.card import write_card_file
+from clipshield.service.checkpoint import save_checkpoint
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.provenance import weights_digest
+from clipshield.service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
 from .data.transforms import at_size

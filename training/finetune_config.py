@@ -13,16 +13,16 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from service.config import StrictModel
-from service.errors import ConfigError
-from service.preprocess import Preset
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.preprocess import Preset
 
 from .data import finetune_recipe
 from .methods import get_method
 
 
 class ModelSource(StrictModel):
-    """The model to fine-tune, as `service.models.load_model` takes it."""
+    """The model to fine-tune, as `clipshield.service.models.load_model` takes it."""
 
     model: str = "miniworld"
     pretrained: Optional[str] = None
@@ -39,7 +39,7 @@ class DatasetSettings(StrictModel):
     root: Optional[Path] = None
     limit: Optional[int] = Field(default=None, gt=0)
     image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
-    preprocess: Preset = Field(default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
+    preprocess: Preset = Field(default="model", description="preprocessing preset (clipshield.service.preprocess.PRESETS); model = what serving does")
     template: Optional[str] = Field(default=None, description="training prompt; default: the data set's (single) template")
     negative_template: str = "This is not a photo of a {}"
 
@@ -201,7 +201,7 @@ def flat_name(loc: tuple[Any, ...]) -> str:
 def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneConfig:
     """FinetuneConfig for training on `data`: `settings` (flat names; None = unset) over the data set's recipe.
 
-    The recipe comes from the data set's registry entry (`training.data.finetune_recipe`); what it
+    The recipe comes from the data set's registry entry (`clipshield.training.data.finetune_recipe`); what it
     leaves unset falls back to the method's defaults at `resolved()`. Recipe steps apply unless
     `steps` or `epochs` is given; the learning rate is the recipe's for the run's optimiser family.
     Settings come from users (flags), so a value out of range is a one-line `ConfigError` naming it.

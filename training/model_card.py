@@ -1,7 +1,7 @@
-"""The fine-tuned model's card (`service.card.ModelCard`, source "finetune") and its evaluation.
+"""The fine-tuned model's card (`clipshield.service.card.ModelCard`, source "finetune") and its evaluation.
 
-Written next to the final checkpoint by `training.finetune`. `clipshield export --model <final>` reads
-it (`read_finetune_card`) and builds the bundle's own card from it (`training.export.exporter.bundle_card`):
+Written next to the final checkpoint by `clipshield.training.finetune`. `clipshield export --model <final>` reads
+it (`read_finetune_card`) and builds the bundle's own card from it (`clipshield.training.export.exporter.bundle_card`):
 its accuracies, base model, training settings and provenance, with export's measurements replacing
 equal entries; so what was measured here is what the server reports.
 """
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import ValidationError
 
-from service.card import (
+from clipshield.service.card import (
     CLEAN,
     SCHEMA_VERSION,
     AccuracyEntry,
@@ -25,10 +25,10 @@ from service.card import (
     current_provenance,
     read_card_file,
 )
-from service.config import ModelRecord, PreprocessConfig
-from service.errors import ConfigError
-from service.pixel_model import PixelCLIP
-from service.provenance import weights_digest
+from clipshield.service.config import ModelRecord, PreprocessConfig
+from clipshield.service.errors import ConfigError
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.provenance import weights_digest
 
 from .methods import get_method
 
@@ -46,14 +46,14 @@ def preprocessing(pre: PreprocessConfig) -> str:
 
 
 def eval_attack(cfg: FinetuneConfig) -> AttackSpec:
-    """The evaluation attack of the card: PGD through `training.eval.runner` (alpha eps/4, one restart)."""
+    """The evaluation attack of the card: PGD through `clipshield.training.eval.runner` (alpha eps/4, one restart)."""
     ev = cfg.evaluation
     eps = ev.eps or 0.0
     return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=ev.steps, label=attack_label("pgd", eps, ev.steps))
 
 
 def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntry]:
-    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`training.eval.runner`)."""
+    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`clipshield.training.eval.runner`)."""
     ev = cfg.evaluation
     if not ev.datasets:
         return []

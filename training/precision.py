@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")

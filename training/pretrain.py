@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.checkpoint import save_checkpoint
-from service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
-from service.models import from_record
-from service.pixel_model import PixelCLIP
-from service.tokenizer import build_compact_vocab
+from clipshield.service.checkpoint import save_checkpoint
+from clipshield.service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
+from clipshield.service.models import from_record
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.tokenizer import build_compact_vocab
 
 from .miniworld.captions import caption_for, match_matrix, vocabulary_corpus
 from .miniworld.dataset import pretraining_specs, render_specs, spec_attributes

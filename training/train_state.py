@@ -12,7 +12,7 @@ from typing import Any, Optional, Protocol
 import torch
 from safetensors.torch import load_file
 
-from service.checkpoint import write_safetensors
+from clipshield.service.checkpoint import write_safetensors
 
 STATE_NAME = "train_state.safetensors"
 CACHE_PREFIX = "cache."

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def serve_config(**kw: Any):
     """ServeConfig on free loopback ports for all five TorchServe listeners."""
-    from training.export import ServeConfig
+    from clipshield.training.export import ServeConfig
 
     p = [free_port() for _ in range(5)]
     return ServeConfig(
@@ -38,8 +38,8 @@ def serve_config(**kw: Any):
 
 def start(model, root: Path, workers: int = 1, batch_delay_ms: int = 100, **serve_kw: Any):
     """Export the model, build a no-archive store and start TorchServe; returns (handle, store)."""
-    from training.export import build_archive, export_model, start_server
-    from training.export.archive import BatchingConfig
+    from clipshield.training.export import build_archive, export_model, start_server
+    from clipshield.training.export.archive import BatchingConfig
 
     bundle = export_model(model, root / "export")
     store = root / "model_store"

@@ -114,7 +114,7 @@ def same(got: dict, want: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("kserve") / "export")
 
@@ -132,7 +132,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(bundle):
     """Started and stopped through the CLI: `clipshield serve --runtime kserve [--stop | --ping]`."""
-    from training.cli import main
+    from clipshield.training.cli import main
 
     store, port = bundle.parent / "model_store", H.free_port()
     common = ["serve", "--runtime", "kserve", "--model-store", str(store), "--address", f"http://127.0.0.1:{port}"]
@@ -152,7 +152,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def local(bundle):
     """The same bundle in-process: what the adapter must answer."""
-    from service.inference import ClipshieldService, RawRequest
+    from clipshield.service.inference import ClipshieldService, RawRequest
 
     service = ClipshieldService.from_folder(bundle)
     return lambda parts: service.predict([RawRequest(parts=parts, content_type="image/png")])[0].model_dump()
@@ -170,14 +170,14 @@ def reference(client, local):
 
 
 def test_cli_ping(server):
-    from training.cli import main
+    from clipshield.training.cli import main
 
     assert main(["serve", "--runtime", "kserve", "--ping", "--address", server.url]) == 0
     assert main(["serve", "--runtime", "kserve", "--ping", "--address", f"http://127.0.0.1:{H.free_port()}"]) == 1
 
 
 def test_health_and_metadata_with_tritonclient(client, bundle):
-    from service.bundle import read_card
+    from clipshield.service.bundle import read_card
 
     card = read_card(bundle)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
@@ -381,7 +381,7 @@ def test_a_changed_bundle_is_refused_with_one_log_line(bundle, tmp_path):
     """The manifest check of `service/` refuses a modified bundle: the server exits, the start fails."""
     import shutil
 
-    from training.export.kserve_server import KServeConfig, KServeError, start_kserve
+    from clipshield.training.export.kserve_server import KServeConfig, KServeError, start_kserve
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

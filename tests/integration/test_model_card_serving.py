@@ -22,8 +22,8 @@ EVAL_SET = "miniworld/plain/color_shape/seen"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from training.cli import main
-    from training.export import start_server, stop_server
+    from clipshield.training.cli import main
+    from clipshield.training.export import start_server, stop_server
 
     root = tmp_path_factory.mktemp("card")
     run, export, store = root / "run", root / "export", root / "store"
@@ -37,7 +37,7 @@ def served(tmp_path_factory):
 
 
 def test_served_describe_and_gauges_carry_the_finetune_card(served):
-    from service.card import ModelCard, read_card_file
+    from clipshield.service.card import ModelCard, read_card_file
 
     handle, final = served
     ft = read_card_file(final / "model_card.json")

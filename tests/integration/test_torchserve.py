@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 def _serve_config(**kw):
     """Free ports for all five TorchServe listeners (HTTP inference/management/metrics, gRPC x2)."""
-    from training.export import ServeConfig
+    from clipshield.training.export import ServeConfig
 
     p = [_free_port() for _ in range(5)]
     return ServeConfig(
@@ -37,8 +37,8 @@ def _serve_config(**kw):
 
 def unfitted_score():
     """An attack-score calibration with made-up parameters: the HTTP contract, not the fit, is under test here."""
-    from service.attack_score_config import AttackScoreConfig, ScoreParams
-    from service.card import AttackScoreCalibration
+    from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
+    from clipshield.service.card import AttackScoreCalibration
 
     params = ScoreParams(signals=("tau", "anchor", "margin"), mean=(0.02, 0.5, 5.0), std=(0.01, 0.1, 3.0), weights=(0.2, -0.1, -0.4),
                          bias=0.0, threshold=0.9, target_fpr=0.05, dataset="test: not fitted", n_calibration=1)
@@ -47,15 +47,15 @@ def unfitted_score():
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from training.export import build_archive, export_model, start_server, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.training.export import build_archive, export_model, start_server, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     root = tmp_path_factory.mktemp("ts")
-    from service.bundle import AccuracyEntry
+    from clipshield.service.bundle import AccuracyEntry
 
     card_acc = [AccuracyEntry(dataset="miniworld/plain/color_shape/seen", attack="none", purified=False, value=0.75, n=8)]
-    from service.card import PurifyDefaults
-    from training.export.exporter import ExportMeasurements
+    from clipshield.service.card import PurifyDefaults
+    from clipshield.training.export.exporter import ExportMeasurements
 
     measured = ExportMeasurements(accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"),
                                   attack_score=unfitted_score())
@@ -69,8 +69,8 @@ def server(miniworld_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pngs():
-    from service.preprocess import encode_png
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.service.preprocess import encode_png
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=4))
     return [encode_png(img.numpy()) for img in ds.images()], [ds.classnames[i] for i in ds.labels]
@@ -123,7 +123,7 @@ def test_bad_item_gets_own_status_in_batch(server, pngs):
 
 
 def test_token_required_and_ping(server):
-    from training.export.torchserve import ping
+    from clipshield.training.export.torchserve import ping
 
     r = requests.post(_url(server), data=b"x", headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code in (400, 401)
@@ -161,7 +161,7 @@ def test_metrics_endpoint_has_clipshield_metrics(server, pngs):
 
 
 def test_serving_client(server, pngs):
-    from training.export import ServingClient
+    from clipshield.training.export import ServingClient
 
     images, truth = pngs
     client = ServingClient(server)
@@ -173,7 +173,7 @@ def test_serving_client(server, pngs):
 
 
 def test_serving_demo_end_to_end(miniworld_model, tmp_path):
-    from training.export.demo_serving import serving_demo
+    from clipshield.training.export.demo_serving import serving_demo
 
     cfg = _serve_config()
     lines: list[str] = []

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
 
 AGGREGATED = "Aggregated"
 _OUTCOME = re.compile(r'^clipshield_requests_total\{.*?outcome="([^"]+)".*\}\s+([0-9.eE+-]+)$')

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
 
 from .conftest import assert_attack_matches, load_golden
 

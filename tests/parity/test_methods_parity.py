@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import pgd_delta
-from training.methods import FrozenBatch, LossInputs, TextHeads, get_method
-from training.methods.fare import embedding_loss, fare_pgd
-from training.methods.pmg_aft import pmg_view
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks.pgd import pgd_delta
+from clipshield.training.methods import FrozenBatch, LossInputs, TextHeads, get_method
+from clipshield.training.methods.fare import embedding_loss, fare_pgd
+from clipshield.training.methods.pmg_aft import pmg_view
 
 from .conftest import assert_attack_matches, load_golden, stepped_copy
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.ttc import TTCConfig, counterattack
+from clipshield.service.ttc import TTCConfig, counterattack
 
 from .conftest import ROUNDING_ATOL, load_golden
 

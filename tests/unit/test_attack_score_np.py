@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor
-from service.attack_score_np import NumpyAttackScorer, draw_noise, image_seed
-from service.errors import BadInput, ConfigError, ModelLoadError
-from service.purify import blank_anchor
-from service.ttc import random_init
-from service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor
+from clipshield.service.attack_score_np import NumpyAttackScorer, draw_noise, image_seed
+from clipshield.service.errors import BadInput, ConfigError, ModelLoadError
+from clipshield.service.purify import blank_anchor
+from clipshield.service.ttc import random_init
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 
 CFG = AttackScoreConfig(signals=("tau", "anchor", "margin"), n_noise=3, noise_eps=4 / 255)
 
@@ -30,7 +30,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(miniworld_model):
     """The shipped 32-px model, its default head and anchor, 12 mini-world images and their labels."""
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=12))
     head = build_text_head(miniworld_model, list(ds.classnames), list(ds.templates))
@@ -110,7 +110,7 @@ def test_numpy_scorer_refuses_mismatched_settings(world, miniworld_model):
 @pytest.fixture(scope="module")
 def scored_bundle(tmp_path_factory):
     """A bundle exported by the CLI with the score calibrated on another data set than its labels."""
-    from training.cli import main
+    from clipshield.training.cli import main
 
     out = tmp_path_factory.mktemp("score") / "export"
     assert main(["export", "--out", str(out), "--calibrate-score", "24", "--score-fpr", "0.1",
@@ -130,9 +130,9 @@ def test_export_records_the_calibration_in_the_card(scored_bundle, capsys):
 
 
 def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld_model):
-    from service.inference import ClipshieldService, RawRequest
-    from service.metrics import RecordingSink
-    from service.preprocess import encode_png, load_pixels
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.metrics import RecordingSink
+    from clipshield.service.preprocess import encode_png, load_pixels
 
     sink = RecordingSink()
     service = ClipshieldService.from_folder(scored_bundle, metrics=sink)
@@ -161,10 +161,10 @@ def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld
 def test_model_default_and_refusals(scored_bundle, tmp_path):
     import shutil
 
-    from service import bundle as B
-    from service.inference import ClipshieldService, RawRequest
-    from service.preprocess import encode_png
-    from service.settings import AttackScoreServing, ServingConfig
+    from clipshield.service import bundle as B
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png
+    from clipshield.service.settings import AttackScoreServing, ServingConfig
 
     png = encode_png(np.full((3, 32, 32), 0.5, np.float32))
     on = ServingConfig(attack_score=AttackScoreServing(default=True))
@@ -178,7 +178,7 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
     B.write_manifest(bare)
     with pytest.raises(ModelLoadError, match="--calibrate-score"):
         ClipshieldService.from_folder(bare, on)
-    from training.cli import main
+    from clipshield.training.cli import main
 
     store = tmp_path / "store"
     assert main(["archive", "--export", str(bare), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"]) == 2
@@ -193,8 +193,8 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
 
 def test_kserve_outputs_carry_the_score_as_named_tensors():
     pytest.importorskip("kserve")
-    from handlers.kserve_model import to_outputs
-    from service.api import AttackScoreResult, ModelInfo, Prediction, PredictResponse
+    from clipshield.handlers.kserve_model import to_outputs
+    from clipshield.service.api import AttackScoreResult, ModelInfo, Prediction, PredictResponse
 
     def answer(score):
         return PredictResponse(predictions=[Prediction(label="cat", score=1.0)], purified=False, anchor_score=0.3, prediction_shift=0.0,
@@ -212,7 +212,7 @@ def test_served_score_modules_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import service.attack_score_np, service.card, service.api, service.settings; "
+    code = ("import sys; import clipshield.service.attack_score_np, clipshield.service.card, clipshield.service.api, clipshield.service.settings; "
             "sys.exit(3 if 'torch' in sys.modules else 0)")
     from pathlib import Path
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.attacks import get_attack, list_attacks
-from training.attacks.autoattack import COMPONENTS
+from clipshield.training.attacks import get_attack, list_attacks
+from clipshield.training.attacks.autoattack import COMPONENTS
 
 EPS = 8 / 255
 

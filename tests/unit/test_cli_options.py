@@ -5,10 +5,10 @@ import argparse
 
 import pytest
 
-from service.errors import ConfigError
-from training.cli import build_parser, main
-from training.commands.budget import MAX_BUDGET, to_pixels
-from training.commands.finetune import config_from_args
+from clipshield.service.errors import ConfigError
+from clipshield.training.cli import build_parser, main
+from clipshield.training.commands.budget import MAX_BUDGET, to_pixels
+from clipshield.training.commands.finetune import config_from_args
 
 BUDGET_FLAGS = {"--eps", "--alpha", "--attack-alpha", "--eval-eps"}
 
@@ -96,7 +96,7 @@ def test_finetune_eps_is_in_units_of_1_255():
 
 
 def test_experiment_eps_is_in_units_of_1_255(tmp_path):
-    from training.commands.experiment import experiment_config
+    from clipshield.training.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--eps", "2", "--output", str(tmp_path)])
     assert experiment_config(args, "tecoa", seed=0).attack.eps == pytest.approx(2 / 255)
@@ -134,7 +134,7 @@ def test_cli_refuses_bad_budgets_in_one_line_before_any_work(argv, tmp_path, cap
 
 def test_finetune_through_main_trains_at_the_budget_it_prints(tmp_path, capsys, monkeypatch):
     """`finetune --method fare --eps 4` reaches the training loop as 4/255 and says so before training."""
-    import training.finetune
+    import clipshield.training.finetune
 
     seen = []
 
@@ -142,7 +142,7 @@ def test_finetune_through_main_trains_at_the_budget_it_prints(tmp_path, capsys, 
         seen.append(cfg)
         return None, {}  # what a non-zero torchrun rank gets: nothing to report
 
-    monkeypatch.setattr(training.finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(clipshield.training.finetune, "finetune", fake_finetune)
     assert main(["finetune", "--method", "fare", "--eps", "4", "--eval-eps", "1", "--output", str(tmp_path)]) == 0
     (cfg,) = seen
     assert cfg.attack.eps == pytest.approx(4 / 255) and cfg.evaluation.eps == pytest.approx(1 / 255)

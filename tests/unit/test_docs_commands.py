@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import build_parser, main
+from clipshield.training.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -82,8 +82,8 @@ def test_docs_document_commands_of_every_kind():
 
 def check_names(args) -> None:
     """Data set names are not argparse choices: resolve them through the registry like the commands do."""
-    from training.commands.evaluate import expand_datasets
-    from training.data import reference_eps
+    from clipshield.training.commands.evaluate import expand_datasets
+    from clipshield.training.data import reference_eps
 
     if args.command == "evaluate":
         for name in expand_datasets(args.datasets):

@@ -13,10 +13,10 @@ import logging
 import pytest
 import torch
 
-from service.config import PreprocessConfig
-from service.purify import PurifyConfig
-from training.eval.runner import EvalConfig, Evaluator
-from training.eval.schema import CellKey, CellResult, cell_path, load_all, load_finished, write_cell
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.eval.runner import EvalConfig, Evaluator
+from clipshield.training.eval.schema import CellKey, CellResult, cell_path, load_all, load_finished, write_cell
 
 PRE = PreprocessConfig(image_size=32)
 BASE = CellKey(weights="0123456789abcdef", dataset="miniworld/plain/shape/seen", split="test", preprocess=PRE,
@@ -117,8 +117,8 @@ def test_renaming_reuses_cells_new_weights_or_preset_recompute(miniworld_model, 
 
 @pytest.mark.parametrize("command", ["evaluate", "finetune"])
 def test_preprocess_option_defaults_to_the_model_and_names_the_presets(command, capsys):
-    from training.cli import build_parser
-    from training.commands import evaluate, finetune
+    from clipshield.training.cli import build_parser
+    from clipshield.training.commands import evaluate, finetune
 
     parser = build_parser()
     extra = ["--method", "tecoa"] if command == "finetune" else []

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.config import PreprocessConfig
-from training.attacks.pgd import PGD
-from training.eval.runner import AttackRecipe, clean_and_attacked, measure, zero_shot_task
-from training.eval.schema import CellKey
-from training.eval.zeroshot import accuracy, batches
+from clipshield.service.config import PreprocessConfig
+from clipshield.training.attacks.pgd import PGD
+from clipshield.training.eval.runner import AttackRecipe, clean_and_attacked, measure, zero_shot_task
+from clipshield.training.eval.schema import CellKey
+from clipshield.training.eval.zeroshot import accuracy, batches
 
 NAME = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255

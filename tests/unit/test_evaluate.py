@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from service.config import PreprocessConfig
-from service.purify import PurifyConfig
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.purify import PurifyConfig
 from tests.conftest import golden_weights
-from training.cli import main
-from training.eval.report import markdown
-from training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
-from training.eval.schema import SCHEMA_VERSION, CellKey, load_all
+from clipshield.training.cli import main
+from clipshield.training.eval.report import markdown
+from clipshield.training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
+from clipshield.training.eval.schema import SCHEMA_VERSION, CellKey, load_all
 
 SHAPE = "miniworld/plain/shape/seen"
 COLOR = "miniworld/plain/color/seen"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from clipshield.training.cli import main
 
 from .test_finetune_ddp import TORCHRUN, free_port
 
@@ -32,7 +32,7 @@ def test_two_gloo_processes_give_the_single_process_cells(tmp_path, extra):
     args = ["evaluate", "--model", "miniworld", "--datasets", "miniworld/plain/shape/seen", "--attacks", "pgd",
             "--eps", "4", "--steps", "3", "--limit", "24", "--batch-size", "8", "--device", "cpu", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", *args,
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "clipshield.training.cli", *args,
            "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

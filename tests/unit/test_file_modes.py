@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.checkpoint import save_checkpoint, write_safetensors
-from training.finetune import FinetuneConfig, finetune
-from training.pretrain import miniworld_record
+from clipshield.service.checkpoint import save_checkpoint, write_safetensors
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.pretrain import miniworld_record
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_write_safetensors_respects_the_umask(tmp_path, umask, mask):
 
 
 def test_every_file_of_a_tiny_finetune_has_the_same_mode(tmp_path, umask):
-    from service.models import from_record
+    from clipshield.service.models import from_record
 
     umask(0o022)
     torch.manual_seed(0)

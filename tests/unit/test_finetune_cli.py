@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.cli import build_parser
-from training.commands.finetune import config_from_args, parse_params
+from clipshield.training.cli import build_parser
+from clipshield.training.commands.finetune import config_from_args, parse_params
 
 
 def parse(*argv):
@@ -35,7 +35,7 @@ def test_real_data_defaults_and_params():
 def test_bad_inputs():
     with pytest.raises(SystemExit):
         parse("--method", "trades")
-    from service.errors import ConfigError
+    from clipshield.service.errors import ConfigError
 
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_params(["alpha"])
@@ -45,7 +45,7 @@ def test_bad_inputs():
 
 
 def test_experiment_table_mean_and_std(tmp_path):
-    from training.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
+    from clipshield.training.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
 
     def result(clean, robust):
         return {name: {"clean": clean, "robust": robust, "n": 10} for name in EVAL_SETS}
@@ -64,7 +64,7 @@ def test_experiment_table_mean_and_std(tmp_path):
 
 
 def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_path):
-    from training.commands.experiment import experiment_config
+    from clipshield.training.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--output", str(tmp_path), "--lr", "0.01", "--adamw-lr", "3e-4"])
     runs = {m: experiment_config(args, m, seed=1).resolved(batches_per_epoch=50) for m in ("tecoa", "tga-zsr", "pmg-aft", "fare")}

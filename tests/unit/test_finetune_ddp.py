@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.models import from_record
-from training.finetune import FinetuneConfig, finetune
-from training.pretrain import miniworld_record
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.models import from_record
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.pretrain import miniworld_record
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -37,7 +37,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, method):
     args = ["--method", method, "--model", str(tmp_path / "model"), "--data-limit", "16", "--batch-size", "8",
             "--steps", "3", "--warmup", "1", "--lr", "0.01", "--eps", "0", "--eval-datasets", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", "finetune",
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "clipshield.training.cli", "finetune",
            *args, "--output", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

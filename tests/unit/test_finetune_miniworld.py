@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from service.pixel_model import PixelCLIP
-from training.eval.runner import AttackRecipe, measure, zero_shot_task
-from training.finetune import finetune
-from training.finetune_config import recipe_config
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+from clipshield.training.finetune import finetune
+from clipshield.training.finetune_config import recipe_config
 
 MODEL = "miniworld"
 EPS = 4 / 255
@@ -45,7 +45,7 @@ def tuned(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base():
-    from service.models import load_model
+    from clipshield.service.models import load_model
 
     return load_model(MODEL)
 

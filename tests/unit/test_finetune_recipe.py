@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.errors import ConfigError, UnknownName
-from training.data import DatasetRequest, build_dataset, finetune_recipe, register_dataset
-from training.data import registry
-from training.data.miniworld import MINIWORLD_RECIPE
-from training.data.recipe import REFERENCE_RECIPE, FinetuneRecipe
-from training.finetune_config import FinetuneConfig, recipe_config
+from clipshield.service.errors import ConfigError, UnknownName
+from clipshield.training.data import DatasetRequest, build_dataset, finetune_recipe, register_dataset
+from clipshield.training.data import registry
+from clipshield.training.data.miniworld import MINIWORLD_RECIPE
+from clipshield.training.data.recipe import REFERENCE_RECIPE, FinetuneRecipe
+from clipshield.training.finetune_config import FinetuneConfig, recipe_config
 
 # the keys of run_config.json / train_state.json as every earlier version wrote them: resumed runs compare these
 LEGACY_RUN_KEYS = [

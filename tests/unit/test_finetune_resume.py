@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.models import from_record
-from training.finetune import FinetuneConfig, StepBatches, finetune
-from training.pretrain import miniworld_record
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.models import from_record
+from clipshield.training.finetune import FinetuneConfig, StepBatches, finetune
+from clipshield.training.pretrain import miniworld_record
 
 
 class Interrupt(Exception):
@@ -59,7 +59,7 @@ def test_resume_gives_identical_weights(random_model_dir, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(random_model_dir, tmp_path):
-    from service.errors import ConfigError
+    from clipshield.service.errors import ConfigError
 
     finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0))
     with pytest.raises(ConfigError, match="lr"):
@@ -99,7 +99,7 @@ def test_step_batches_are_a_function_of_the_step():
 def test_unknown_method_and_bad_params_fail_early(tmp_path):
     with pytest.raises(KeyError, match="known"):
         FinetuneConfig(method="trades", output=tmp_path)
-    from service.errors import ConfigError
+    from clipshield.service.errors import ConfigError
 
     with pytest.raises(ConfigError, match="gamma"):
         FinetuneConfig(method="tga-zsr", method_params={"gamma": 1}, output=tmp_path)

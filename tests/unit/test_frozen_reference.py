@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.models import from_record
-from training.finetune import FinetuneConfig, finetune
-from training.methods import AttackBudget, FrozenBatch, FrozenReference, LossInputs, TextHeads, get_method
-from training.pretrain import miniworld_record
-from training.train_state import STATE_NAME
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.models import from_record
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.methods import AttackBudget, FrozenBatch, FrozenReference, LossInputs, TextHeads, get_method
+from clipshield.training.pretrain import miniworld_record
+from clipshield.training.train_state import STATE_NAME
 
 EPS = 4 / 255
 

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the serving input layer (issue 7): decoding and request parsing.
 
 Contract under test: whatever bytes or form fields arrive, `service/` either returns a valid
-result or raises a `service.errors.BadInput` subclass (400/413/415) - never another exception,
+result or raises a `clipshield.service.errors.BadInput` subclass (400/413/415) - never another exception,
 which a server would turn into a 500. Example counts are bounded so the module runs in seconds.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 
-from service.api import FORM_FIELDS, PredictOptions, check_content_type, parse_request
-from service.config import PreprocessConfig
-from service.errors import BadInput
-from service.preprocess import decode_image, load_pixels
-from service.settings import DecodeLimits, RequestLimits
+from clipshield.service.api import FORM_FIELDS, PredictOptions, check_content_type, parse_request
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import BadInput
+from clipshield.service.preprocess import decode_image, load_pixels
+from clipshield.service.settings import DecodeLimits, RequestLimits
 
 LIMITS = DecodeLimits(max_bytes=64 * 1024, max_pixels=512 * 512)
 REQ = RequestLimits()
@@ -168,8 +168,8 @@ def test_content_type_accepted_or_415(content_type):
 
 @pytest.fixture(scope="module")
 def service_bundle(miniworld_model, tmp_path_factory):
-    from service.inference import ClipshieldService
-    from training.export import export_model
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.training.export import export_model
 
     folder = export_model(miniworld_model, tmp_path_factory.mktemp("fuzz") / "export")
     return ClipshieldService.from_folder(folder)
@@ -178,8 +178,8 @@ def service_bundle(miniworld_model, tmp_path_factory):
 def test_service_answers_fuzzed_labels_without_500(service_bundle):
     """Labels go through the tokenizer and text encoder: no string may crash them (seen: lone
     surrogates and NUL used to give a 500)."""
-    from service.api import PredictResponse
-    from service.inference import RawRequest
+    from clipshield.service.api import PredictResponse
+    from clipshield.service.inference import RawRequest
 
     png = SEEDS[0]
 

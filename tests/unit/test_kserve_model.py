@@ -1,6 +1,6 @@
 """The KServe adapter's request/response mapping without a server (tests/integration/test_kserve.py runs one).
 
-Every option reaches `service.api.parse_request` unchanged (parameters and one-element named inputs
+Every option reaches `clipshield.service.api.parse_request` unchanged (parameters and one-element named inputs
 alike), base64 images are decoded and anything else is left for the service to refuse, and a batch's
 outputs carry one row per item with failed items padded and marked by their own status.
 """
@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("kserve")
 from kserve import InferInput, InferRequest
 
-from handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
-from service.api import ModelInfo, Prediction, PredictResponse
-from service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
+from clipshield.handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
+from clipshield.service.api import ModelInfo, Prediction, PredictResponse
+from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
 
 
 def _bytes(name: str, values: list) -> InferInput:

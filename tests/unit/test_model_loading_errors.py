@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 
-from service import models
-from service.errors import ModelLoadError
-from service.models import load_model
-from training.cli import main
+from clipshield.service import models
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.models import load_model
+from clipshield.training.cli import main
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def _export_error(args, capsys, tmp_path) -> tuple[int, list[str], float]:
     """Exit status, non-empty output lines and seconds of one `clipshield export` (imports done first)."""
     import open_clip.pretrained  # noqa: F401 - import time (10+ s on a busy machine) is not what is timed
 
-    from training.cli import build_parser
+    from clipshield.training.cli import build_parser
 
     build_parser()
     start = time.monotonic()

@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import metrics as service_metrics
+from clipshield.service import metrics as service_metrics
 from tests.integration.prometheus_helpers import promtool
-from training.monitoring import dashboard, generate, rule_tests, rules
+from clipshield.training.monitoring import dashboard, generate, rule_tests, rules
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -57,7 +57,7 @@ def _known_labels() -> set[str]:
 
 
 def test_generated_files_are_current():
-    assert generate.stale() == [], "run `make monitoring` (python -m training.monitoring.generate, then make k8s-render)"
+    assert generate.stale() == [], "run `make monitoring` (python -m clipshield.training.monitoring.generate, then make k8s-render)"
 
 
 def test_rendered_kustomization_matches_generated_files():

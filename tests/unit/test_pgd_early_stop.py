@@ -8,10 +8,10 @@ from typing import Literal
 import pytest
 import torch
 
-from service.models import load_model
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
-from training.data import DatasetRequest, build_dataset
+from clipshield.service.models import load_model
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
+from clipshield.training.data import DatasetRequest, build_dataset
 
 from .test_attacks import toy_batch, toy_classifier
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from service.errors import ConfigError
-from training.finetune import FinetuneConfig, finetune
-from training.precision import AutocastClassifier, autocast, with_precision
+from clipshield.service.errors import ConfigError
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.precision import AutocastClassifier, autocast, with_precision
 
 
 class DtypeProbe(nn.Module):
@@ -52,8 +52,8 @@ def test_bf16_finetuning_on_cpu_trains_close_to_float32(tmp_path):
 
 
 def test_bf16_evaluation_runs_on_cpu_and_is_recorded_in_the_cell(tmp_path):
-    from service.models import load_model
-    from training.eval.runner import EvalConfig, Evaluator
+    from clipshield.service.models import load_model
+    from clipshield.training.eval.runner import EvalConfig, Evaluator
 
     common = dict(model_id="mw", datasets=["miniworld/plain/shape/seen"], attacks=["pgd"], eps=4 / 255, steps=2, limit=16,
                   batch_size=16)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from training.pretrain import PretrainConfig, multi_positive_loss, pretrain
+from clipshield.training.pretrain import PretrainConfig, multi_positive_loss, pretrain
 
 SMALL = dict(batch_size=16, pool_size=256, warmup=2, lr=1e-3, threads=2)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from service.config import PreprocessConfig
-from service.errors import ConfigError, DatasetNotFound
-from training.data import DatasetRequest, build_dataset, list_datasets
-from training.data.real import (
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import ConfigError, DatasetNotFound
+from clipshield.training.data import DatasetRequest, build_dataset, list_datasets
+from clipshield.training.data.real import (
     PCAM_PROMPTS,
     REAL_DATASETS,
     caltech256_name,
@@ -21,7 +21,7 @@ from training.data.real import (
     image_transform,
     stanford_cars_name,
 )
-from training.data.wnid import read_wnid_table
+from clipshield.training.data.wnid import read_wnid_table
 
 
 def _jpg(path: Path, size: tuple[int, int] = (40, 30), value: int = 128, mode: str = "RGB") -> None:
@@ -358,10 +358,10 @@ def test_folder_errors_are_one_line(tmp_path):
 
 
 def test_finetune_on_a_folder(tmp_path):
-    from service.checkpoint import save_checkpoint
-    from service.models import from_record
-    from training.finetune import FinetuneConfig, finetune
-    from training.pretrain import miniworld_record
+    from clipshield.service.checkpoint import save_checkpoint
+    from clipshield.service.models import from_record
+    from clipshield.training.finetune import FinetuneConfig, finetune
+    from clipshield.training.pretrain import miniworld_record
 
     _class_tree(tmp_path / "data" / "shapes" / "train", {"red_circle": 3, "blue_square": 3})
     record = miniworld_record()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.export.torchserve import REPO_STORE, ServeConfig, render_properties
+from clipshield.training.export.torchserve import REPO_STORE, ServeConfig, render_properties
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,14 +82,14 @@ def test_served_npy_files_refuse_pickles(miniworld_model, tmp_path):
     """A bundle whose .npy holds a pickled object (correct sha256 in a rewritten manifest) is refused."""
     import numpy as np
 
-    from service import bundle as B
-    from service.inference import ClipshieldService
-    from training.export import export_model
+    from clipshield.service import bundle as B
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.training.export import export_model
 
     folder = export_model(miniworld_model, tmp_path / "export")
     np.save(folder / B.ANCHOR, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     B.write_manifest(folder)
-    from service.errors import ModelLoadError
+    from clipshield.service.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="pickled objects are refused"):
         ClipshieldService.from_folder(folder)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.tokenizer import UNK_ID, ClipBpeTokenizer, CompactTokenizer, build_compact_vocab
+from clipshield.service.tokenizer import UNK_ID, ClipBpeTokenizer, CompactTokenizer, build_compact_vocab
 
 
 def test_compact_tokenizer_keeps_argmax_pooling_valid():
@@ -35,7 +35,7 @@ PARITY_TEXTS = [
 
 
 def test_clip_tokenizer_matches_open_clip():
-    """Our torch-free BPE (`service.bpe`) gives open_clip's ids, including truncation to 77."""
+    """Our torch-free BPE (`clipshield.service.bpe`) gives open_clip's ids, including truncation to 77."""
     import open_clip
 
     ours = ClipBpeTokenizer(77)(PARITY_TEXTS)

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from service.config import StrictModel
-from service.purify import PurifiedClassifier, purify_embeddings
-from service.zero_shot import ZeroShotClassifier
-from training.sharding import SINGLE, Shard, gather_values, own_batches, sum_counts
+from clipshield.service.config import StrictModel
+from clipshield.service.purify import PurifiedClassifier, purify_embeddings
+from clipshield.service.zero_shot import ZeroShotClassifier
+from clipshield.training.sharding import SINGLE, Shard, gather_values, own_batches, sum_counts
 
 from .base import Attack
 

@@ -16,9 +16,9 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from service.attack_score import AttackScorer
-from service.ttc import TTCClassifier, counterattack, random_init
-from service.zero_shot import cosine_logits
+from clipshield.service.attack_score import AttackScorer
+from clipshield.service.ttc import TTCClassifier, counterattack, random_init
+from clipshield.service.zero_shot import cosine_logits
 
 from .base import Attack, Classifier
 from .pgd import LossName, attack_loss, random_start

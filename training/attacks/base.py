@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from service.errors import UnknownName
+from clipshield.service.errors import UnknownName
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.errors import ConfigError
-from service.settings import POLICIES, parse_providers
+from clipshield.service.errors import ConfigError
+from clipshield.service.settings import POLICIES, parse_providers
 
 from .common import flag_config
 
@@ -51,12 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.settings import AttackScoreServing, RuntimeConfig, ServingConfig
-    from training.export import build_archive
-    from training.export.archive import BatchingConfig
+    from clipshield.service.settings import AttackScoreServing, RuntimeConfig, ServingConfig
+    from clipshield.training.export import build_archive
+    from clipshield.training.export.archive import BatchingConfig
 
     if args.attack_score == "on":
-        from service.bundle import read_card
+        from clipshield.service.bundle import read_card
 
         if read_card(args.export).attack_score is None:
             raise ConfigError(f"--attack-score on needs a calibrated attack score in {args.export}'s model card "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 UNIT = "units of 1/255"
 MAX_BUDGET = 64.0  # 64/255 = 0.25 of the pixel range: beyond it the "imperceptible" budget is meaningless

@@ -7,15 +7,15 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from service.errors import ConfigError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
+from clipshield.service.errors import ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "miniworld") -> None:
-    """--model / --pretrained / --weights / --offline, resolved by `service.models.load_model`."""
+    """--model / --pretrained / --weights / --offline, resolved by `clipshield.service.models.load_model`."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",

@@ -34,7 +34,7 @@ SERVING_NOTE = (
 
 def attacked_note(eps: float) -> str:
     """One sentence saying what "attacked" means in the demo's tables."""
-    from service.card import attack_label
+    from clipshield.service.card import attack_label
 
     return (f"  attacked = {attack_label('pgd', eps, DEMO_STEPS)}: white-box PGD, {DEMO_STEPS} steps of size eps/4, "
             f"L-inf eps = {eps * 255:g}/255 in [0,1] pixels,\n  crafted against the model in that column (base against "
@@ -63,14 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _method_names() -> list[str]:
-    from training.methods import list_methods
+    from clipshield.training.methods import list_methods
 
     return list_methods()
 
 
 def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
     """Clean and PGD top-1 (DEMO_STEPS steps) per data set, measured by the evaluation runner."""
-    from training.eval.runner import AttackRecipe, measure, zero_shot_task
+    from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
 
     out = {}
     for name in names:
@@ -81,7 +81,7 @@ def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, floa
 
 
 def _show_predictions(model) -> None:
-    from training.eval.runner import zero_shot_task
+    from clipshield.training.eval.runner import zero_shot_task
 
     ds, clf, labels = zero_shot_task(model, "miniworld/plain/color_shape/seen", 6)
     with torch.no_grad():
@@ -93,8 +93,8 @@ def _show_predictions(model) -> None:
 
 
 def _clean_suite(model, n: int) -> None:
-    from training.data.miniworld import standard_eval_names
-    from training.eval.runner import measure, zero_shot_task
+    from clipshield.training.data.miniworld import standard_eval_names
+    from clipshield.training.eval.runner import measure, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names():
@@ -106,8 +106,8 @@ def _clean_suite(model, n: int) -> None:
 
 def demo_accuracy(after: dict[str, tuple[float, float]], n: int, eps: float, pre) -> tuple:
     """The demo's measured (clean, attacked) accuracies as card entries, labelled like every other card."""
-    from service.card import CLEAN, AccuracyEntry, attack_label
-    from training.model_card import preprocessing
+    from clipshield.service.card import CLEAN, AccuracyEntry, attack_label
+    from clipshield.training.model_card import preprocessing
 
     return tuple(
         AccuracyEntry(dataset=name, attack=kind, purified=False, value=value, n=n, preprocessing=preprocessing(pre))
@@ -117,8 +117,8 @@ def demo_accuracy(after: dict[str, tuple[float, float]], n: int, eps: float, pre
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.card import ModelCard
-    from service.models import load_model
+    from clipshield.service.card import ModelCard
+    from clipshield.service.models import load_model
 
     torch.set_num_threads(args.threads)
     eps = 4 / 255
@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
     model, card = base, None
     before = _accuracies(base, DEMO_EVAL, args.n, eps)
     if args.finetune_steps > 0:
-        from training.finetune import finetune
-        from training.finetune_config import recipe_config
+        from clipshield.training.finetune import finetune
+        from clipshield.training.finetune_config import recipe_config
 
         # the mini world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own
         cfg = recipe_config("miniworld-train", method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps,
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
 
-    from training.export.demo_serving import serving_demo
+    from clipshield.training.export.demo_serving import serving_demo
 
     accuracy = demo_accuracy(after, args.n, eps, model.record.preprocess)
     version = _name_served(model, base, args.method, args.finetune_steps)
@@ -170,7 +170,7 @@ def _name_served(model, base, method: str, steps: int) -> str:
     The fine-tuned model becomes `<base name>+<method>` (as its checkpoint is named) at version
     `ft<steps>-<weights digest>`, so two demo runs with different weights never share a version.
     """
-    from service.provenance import weights_digest
+    from clipshield.service.provenance import weights_digest
 
     if model is base:
         return BASE_VERSION

@@ -12,10 +12,10 @@ from typing import Optional
 
 import torch
 
-from service.preprocess import PRESETS
-from service.purify import PurifyConfig
-from training.attacks.pgd import STOP_RULES
-from training.precision import PRECISIONS
+from clipshield.service.preprocess import PRESETS
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.attacks.pgd import STOP_RULES
+from clipshield.training.precision import PRECISIONS
 
 from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, flag_config, model_from_args, progress
@@ -29,7 +29,7 @@ PAPER_DATASETS = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.attacks import list_attacks
+    from clipshield.training.attacks import list_attacks
 
     p = sub.add_parser(
         "evaluate",
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def expand_datasets(names: list[str]) -> list[str]:
     """Replace the suite shorthands by their data set names, keeping order and dropping repeats."""
-    from training.data.miniworld import standard_eval_names
+    from clipshield.training.data.miniworld import standard_eval_names
 
     out: list[str] = []
     for name in names:
@@ -100,7 +100,7 @@ def expand_datasets(names: list[str]) -> list[str]:
 def eps_groups(eps: Optional[float], datasets: list[str]) -> dict[float, list[str]]:
     """Pixel-unit eps -> the data sets evaluated at it: `eps` (units of 1/255) for all of them when
     given, else each data set's registered reference (mini world 4/255, real data sets 1/255)."""
-    from training.data import reference_eps
+    from clipshield.training.data import reference_eps
 
     if eps is not None:
         return {to_pixels(eps, "--eps"): list(datasets)}
@@ -128,7 +128,7 @@ def config_from_args(
     args: argparse.Namespace, image_size: Optional[int] = None, datasets: Optional[list[str]] = None, eps: Optional[float] = None
 ):
     """EvalConfig for `datasets` (default: all requested) at `eps` (pixel units; default: --eps)."""
-    from training.eval.runner import EvalConfig
+    from clipshield.training.eval.runner import EvalConfig
 
     model_id = args.model_id or (args.model if args.pretrained is None else f"{args.model}:{args.pretrained}")
     datasets = datasets if datasets is not None else expand_datasets(args.datasets)
@@ -149,7 +149,7 @@ def config_from_args(
 def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
     """Build every group's data sets before any attack runs; missing ones are judged over all groups
     (one error listing what was looked for, and where). Returns the groups with data and the missing."""
-    from training.eval.runner import check_missing
+    from clipshield.training.eval.runner import check_missing
 
     found = sum(len(ev.prepare(strict=False)) for ev in evaluators)
     missing = [m for ev in evaluators for m in ev.missing]
@@ -158,10 +158,10 @@ def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.distributed import init_distributed
-    from training.eval.report import write_reports
-    from training.eval.runner import Evaluator, check_attacks
-    from training.eval.schema import load_all
+    from clipshield.training.distributed import init_distributed
+    from clipshield.training.eval.report import write_reports
+    from clipshield.training.eval.runner import Evaluator, check_attacks
+    from clipshield.training.eval.schema import load_all
 
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from training.data.miniworld import MINIWORLD_RECIPE
+from clipshield.training.data.miniworld import MINIWORLD_RECIPE
 
 from .budget import as_255, budget_help, to_pixels
 from .common import flag_config
@@ -29,7 +29,7 @@ EVAL_SETS = (SEEN, *HELDOUT_COMBOS, *HELDOUT_DOMAINS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.experiments import paper_run
+    from clipshield.training.experiments import paper_run
 
     top = sub.add_parser(
         "experiment", help="compare methods: the mini-world comparison, or a published paper table",
@@ -68,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def experiment_config(args: argparse.Namespace, method: str, seed: int):
     """The FinetuneConfig of one run: the mini world's recipe with the shared budget given on the command line,
     the method's recipe optimiser at its family's lr."""
-    from training.finetune_config import recipe_config
-    from training.methods import get_method
+    from clipshield.training.finetune_config import recipe_config
+    from clipshield.training.methods import get_method
 
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
     return recipe_config(
@@ -82,9 +82,9 @@ def experiment_config(args: argparse.Namespace, method: str, seed: int):
 
 def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
     """Results {data set: {clean, robust, n}} of one fine-tuning run (read back when already finished)."""
-    from service.card import ModelCard
-    from training.finetune import finetune
-    from training.model_card import read_finetune_card, results_by_dataset
+    from clipshield.service.card import ModelCard
+    from clipshield.training.finetune import finetune
+    from clipshield.training.model_card import read_finetune_card, results_by_dataset
 
     cfg = experiment_config(args, method, seed)
     card = read_finetune_card(cfg.output / "final")
@@ -93,8 +93,8 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
 
 def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Results of the un-fine-tuned model, through the same evaluation harness."""
-    from service.models import load_model
-    from training.eval.runner import EvalConfig, Evaluator
+    from clipshield.service.models import load_model
+    from clipshield.training.eval.runner import EvalConfig, Evaluator
 
     ecfg = flag_config(EvalConfig, model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
                       seed=seed, limit=args.eval_limit, image_size=32, out_dir=args.output / "base" / "eval")
@@ -157,7 +157,7 @@ def plot(table: dict, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from training.methods import list_methods
+    from clipshield.training.methods import list_methods
 
     eps = to_pixels(args.eps, "--eps")  # refuse a bad budget before any work
     if args.threads:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from service.bundle import read_card
-from service.errors import ConfigError
+from clipshield.service.bundle import read_card
+from clipshield.service.errors import ConfigError
 
 from .common import add_model_args, flag_config, model_from_args
 
@@ -50,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_labels(spec: str):
     """LabelSet from a JSON file path or a registered data set name."""
-    from service.bundle import LabelSet
-    from training.export import labels_from_dataset
+    from clipshield.service.bundle import LabelSet
+    from clipshield.training.export import labels_from_dataset
 
     path = Path(spec)
     if path.suffix == ".json":
@@ -67,7 +67,7 @@ def load_labels(spec: str):
 
 def _measure_purify(model, n: int):
     """Purification sweep on n mini-world images, printed; returns its SweepResult."""
-    from training.export.purify_calibration import SweepConfig, sweep_purification
+    from clipshield.training.export.purify_calibration import SweepConfig, sweep_purification
 
     result = sweep_purification(model, flag_config(SweepConfig, n=n))
     sweep = result.sweep
@@ -82,7 +82,7 @@ def _measure_purify(model, n: int):
 
 def _calibrate_flag(model, n: int, fpr: float):
     """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
-    from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
+    from clipshield.training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
 
     flag = calibrate_flag(model, flag_config(FlagCalibrationConfig, n_calibration=n, n_eval=n, target_fpr=fpr))
     print(f"flag: anchor_score < {flag.anchor_below:.4f}")
@@ -95,7 +95,7 @@ def _calibrate_flag(model, n: int, fpr: float):
 
 def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
     """Attack-score calibration on n + n images of `dataset`, printed; returns the AttackScoreCalibration."""
-    from training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
+    from clipshield.training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
 
     cal = calibrate_attack_score(model, labels, ScoreCalibrationConfig(dataset=dataset, n_calibration=n, n_eval=n, target_fpr=fpr))
     print(f"attack score: > {cal.params.threshold:.4f} (weights {[round(w, 3) for w in cal.params.weights]} on {list(cal.params.signals)})")
@@ -106,9 +106,9 @@ def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export import export_model
-    from training.export.exporter import ExportMeasurements
-    from training.model_card import read_finetune_card
+    from clipshield.training.export import export_model
+    from clipshield.training.export.exporter import ExportMeasurements
+    from clipshield.training.model_card import read_finetune_card
 
     torch.set_num_threads(args.threads)
     model = model_from_args(args)

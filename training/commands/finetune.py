@@ -5,15 +5,15 @@ import argparse
 import json
 from pathlib import Path
 
-from service.errors import ConfigError
-from service.preprocess import PRESETS
+from clipshield.service.errors import ConfigError
+from clipshield.service.preprocess import PRESETS
 
 from .budget import as_255, budget_help, to_pixels
 from .common import progress
 
 
 def _method_names() -> list[str]:
-    from training.methods import list_methods
+    from clipshield.training.methods import list_methods
 
     return list_methods()
 
@@ -104,7 +104,7 @@ def parse_params(items: list[str]) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """FinetuneConfig from parsed arguments; unset flags take the training data set's registry recipe."""
-    from training.finetune_config import recipe_config
+    from clipshield.training.finetune_config import recipe_config
 
     return recipe_config(
         args.data, method=args.method, model=args.model, pretrained=args.pretrained, weights=args.weights,
@@ -122,7 +122,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.finetune import finetune
+    from clipshield.training.finetune import finetune
 
     cfg = config_from_args(args)
     steps, eps, eval_eps = cfg.optim.steps, cfg.attack.eps, cfg.evaluation.eps
@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     final = cfg.run.output / "final"
     print(f"checkpoint and model card: {final}")
-    from service.card import ModelCard
-    from training.model_card import results_by_dataset
+    from clipshield.service.card import ModelCard
+    from clipshield.training.model_card import results_by_dataset
 
     for name, res in results_by_dataset(ModelCard.model_validate(card)).items():
         print(f"  {name:48s} clean {100 * res['clean']:5.1f} %  robust {100 * (res['robust'] or 0):5.1f} %  (n={res['n']})")

@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.models import SHIPPED_MODELS
-    from training.pretrain import PretrainConfig, pretrain
+    from clipshield.service.models import SHIPPED_MODELS
+    from clipshield.training.pretrain import PretrainConfig, pretrain
 
     cfg = flag_config(
         PretrainConfig, output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.install:
         import torch
 
-        from service.checkpoint import load_record, load_weights, save_checkpoint
+        from clipshield.service.checkpoint import load_record, load_weights, save_checkpoint
 
         target = SHIPPED_MODELS["miniworld"]
         save_checkpoint(target, load_record(final), load_weights(final / "model.safetensors"), dtype=torch.float16)

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.errors import ConfigError
-    from training.export.release_gate import Margins, compare, format_report, load_card, record_decision
+    from clipshield.service.errors import ConfigError
+    from clipshield.training.export.release_gate import Margins, compare, format_report, load_card, record_decision
 
     if args.force and not args.reason.strip():
         raise ConfigError("--force needs --reason: the override is recorded in the candidate's card")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 from .archive import add_provider_args
 from .common import flag_config
@@ -56,7 +56,7 @@ def _served_line(described: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export.torchserve import (
+    from clipshield.training.export.torchserve import (
         STATE_DIR,
         ServeConfig,
         describe_model,

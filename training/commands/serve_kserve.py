@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlparse
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 from .common import flag_config
 
@@ -34,7 +34,7 @@ def _bundle(args: argparse.Namespace) -> Path:
 
 def run_kserve(args: argparse.Namespace) -> int:
     """Start (or --stop / --ping) the KServe model server; prints how to call it."""
-    from training.export.kserve_server import STATE_DIR, KServeConfig, model_ready, start_kserve, stop_kserve
+    from clipshield.training.export.kserve_server import STATE_DIR, KServeConfig, model_ready, start_kserve, stop_kserve
 
     state = args.model_store.resolve() / STATE_DIR
     address = urlparse(args.address)

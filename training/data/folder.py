@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.errors import DatasetNotFound
+from clipshield.service.errors import DatasetNotFound
 
 from .real import PHOTO, RealDataset, clean_name, image_folder, wrap_dataset
 from .registry import DatasetRequest, register_dataset_family, require_folder
@@ -43,7 +43,7 @@ def build_folder(name: str, req: DatasetRequest) -> RealDataset:
     Images are read from `<root>/<dir>/<split>/<class>/*` (split folders: train; test, else val) or,
     when there are no split folders, from `<root>/<dir>/<class>/*` for every split. Class names as
     `folder_classnames`; prompt `options["templates"]` or "This is a photo of a {}"; the
-    request's preprocessing (`training.data.transforms`, default: the model's own, as served). The name
+    request's preprocessing (`clipshield.training.data.transforms`, default: the model's own, as served). The name
     keys evaluation cells, so each tree gets its own.
     """
     sub = name.split("/", 1)[1]

@@ -1,7 +1,7 @@
 """Mini-world data sets in the registry: `miniworld/<domain>/<label set>/<split>` and `miniworld-train`.
 
 The world renders 8-bit 32x32 images; like every data set's, they reach the model through
-`service.preprocess.to_pixels` with the request's resolved preprocessing (an identity for the
+`clipshield.service.preprocess.to_pixels` with the request's resolved preprocessing (an identity for the
 shipped 32-pixel model under the `model` preset; a 224-pixel model gets them resized exactly as
 serving would resize the same images sent as PNG).
 """
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.config import PreprocessConfig
-from service.errors import UnknownName
-from service.preprocess import to_pixels
-from training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
-from training.miniworld.world import DOMAINS, Split
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import UnknownName
+from clipshield.service.preprocess import to_pixels
+from clipshield.training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
+from clipshield.training.miniworld.world import DOMAINS, Split
 
 from .recipe import FinetuneRecipe
 from .registry import DatasetRequest, register_dataset, register_dataset_family

@@ -2,7 +2,7 @@
 
 Each builder wraps a torchvision data set (`download=False`) in a `RealDataset` with the reference
 loaders' class names and prompt (docs/methods.md §0.7); the wnid-folder sets (Tiny-ImageNet, ImageNet)
-live in `training.data.wnid` on the same helpers. Items are (float image [3, H, W] in [0, 1], int label).
+live in `clipshield.training.data.wnid` on the same helpers. Items are (float image [3, H, W] in [0, 1], int label).
 `DatasetRequest.root` is the parent folder holding every data set's own folder (the torchvision
 convention), so one `--data-root` serves all of them. A missing folder raises `DatasetNotFound`
 naming it and the expected layout, before torchvision is called (so nothing is created or fetched).
@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from service.config import PreprocessConfig
-from service.errors import ConfigError, DatasetNotFound
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import ConfigError, DatasetNotFound
 
 from .registry import DatasetRequest, register_dataset, require_folder, subset_indices
 from .transforms import LOWRES_CHOICES, PixelTransform, image_transform, open_image  # noqa: F401  (LOWRES_CHOICES re-exported)

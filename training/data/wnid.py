@@ -1,6 +1,6 @@
 """ImageNet-style data sets (Tiny-ImageNet, ImageNet): wnid class folders, class names from a wnid table.
 
-Kept apart from the torchvision-class data sets of `training.data.real`: these read plain folders
+Kept apart from the torchvision-class data sets of `clipshield.training.data.real`: these read plain folders
 (`ImageFolder`, or Tiny-ImageNet's val split as shipped) and map WordNet ids to names
 (docs/methods.md §0.5, §0.7).
 """
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from service.errors import DatasetNotFound
+from clipshield.service.errors import DatasetNotFound
 
 from .real import PHOTO, RealDataset, locate_root, split_choice, clean_name, image_folder, wrap_dataset
 from .registry import DatasetRequest, register_dataset, require_folder

@@ -8,7 +8,7 @@ attack success (top-1 wrong), AUROC of the score (attacked vs clean), TPR at 1 %
 from that set's clean scores), and the calibrated flag's rate; clean images give the held-out FPR. The
 adaptive rows run `ScoreAwarePGD` (loss - lambda * score, EOT over the score's noise) at the reference eps.
 
-    python -m training.eval.detection --out runs/detection --n-calibration 128 --n-eval 128
+    python -m clipshield.training.eval.detection --out runs/detection --n-calibration 128 --n-eval 128
 """
 from __future__ import annotations
 
@@ -22,18 +22,18 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
-from service.config import StrictModel
-from service.errors import ClipshieldError, ConfigError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.purify import blank_anchor
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
-from training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import batches
-from training.export.flag_calibration import auroc
+from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError, ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import blank_anchor
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.eval.zeroshot import batches
+from clipshield.training.export.flag_calibration import auroc
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def markdown(result: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     d = DetectionConfig()
-    p = argparse.ArgumentParser(prog="python -m training.eval.detection", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m clipshield.training.eval.detection", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld")
     p.add_argument("--weights", default=None)
     p.add_argument("--reference", default=None, help="original (non-robust) model for the agreement signal")

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from training.attacks.adaptive import GRADIENT_MASKED
+from clipshield.training.attacks.adaptive import GRADIENT_MASKED
 
 from .schema import CLEAN, CellResult, Summary
 

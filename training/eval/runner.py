@@ -1,9 +1,9 @@
 """Evaluation runner: model x data sets x attacks -> one resumable JSON cell per combination.
 
-The classifier under attack is the serving one: `service.zero_shot.ZeroShotClassifier` over a text
-head from `TextHeadCache` (prompt ensemble, model logit scale), or `service.purify.PurifiedClassifier`
+The classifier under attack is the serving one: `clipshield.service.zero_shot.ZeroShotClassifier` over a text
+head from `TextHeadCache` (prompt ensemble, model logit scale), or `clipshield.service.purify.PurifiedClassifier`
 when purification is on (then every attack is run in the three adaptive modes of
-`training.attacks.adaptive` and the cell's robust accuracy is the per-sample worst case).
+`clipshield.training.attacks.adaptive` and the cell's robust accuracy is the per-sample worst case).
 """
 from __future__ import annotations
 
@@ -16,26 +16,26 @@ from typing import Optional, Protocol
 import torch
 from pydantic import Field
 
-from service.config import PreprocessConfig, StrictModel
-from service.errors import ConfigError, DatasetNotFound
-from service.pixel_model import PixelCLIP
-from service.preprocess import Preset
-from service.provenance import weights_digest
-from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
-from service.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head
-from training.attacks import get_attack, list_attacks
-from training.attacks.base import Attack
-from training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
-from training.attacks.pgd import StopRule
-from training.data import DatasetRequest, build_dataset
-from training.data.transforms import at_size
-from training.precision import Precision, check_precision, with_precision
-from training.sharding import SINGLE, Shard, batch_generator, current_shard
+from clipshield.service.config import PreprocessConfig, StrictModel
+from clipshield.service.errors import ConfigError, DatasetNotFound
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.preprocess import Preset
+from clipshield.service.provenance import weights_digest
+from clipshield.service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
+from clipshield.service.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack, list_attacks
+from clipshield.training.attacks.base import Attack
+from clipshield.training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
+from clipshield.training.attacks.pgd import StopRule
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.data.transforms import at_size
+from clipshield.training.precision import Precision, check_precision, with_precision
+from clipshield.training.sharding import SINGLE, Shard, batch_generator, current_shard
 
 from .schema import CLEAN, CellKey, CellResult, load_finished, write_cell
 from .zeroshot import batches, sharded_accuracy
 
-EARLY_STOP_ATTACKS = ("pgd", "cw")  # attacks whose early stop is exact (per-sample sign steps); see training.attacks.pgd
+EARLY_STOP_ATTACKS = ("pgd", "cw")  # attacks whose early stop is exact (per-sample sign steps); see clipshield.training.attacks.pgd
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class EvalConfig(StrictModel):
     skip_missing: bool = False
     data_options: dict[str, str] = Field(default_factory=dict, description="builder options, e.g. lowres=native")
     preprocess: Preset = Field(
-        default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
+        default="model", description="preprocessing preset (clipshield.service.preprocess.PRESETS); model = what serving does")
     image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
     stop: StopRule = Field(default="early", description="PGD/CW: stop each sample at its first fooling iterate (early) or run all steps (final)")
     precision: Precision = Field(default="fp32", description="autocast precision of evaluation forward passes")

@@ -17,10 +17,10 @@ from typing import Optional
 
 from pydantic import Field, ValidationError
 
-from service.config import PreprocessConfig, StrictModel
-from service.errors import ConfigError
-from service.purify import PurifyConfig
-from training.attacks.adaptive import AdaptiveReport
+from clipshield.service.config import PreprocessConfig, StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.attacks.adaptive import AdaptiveReport
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ CLEAN = "none"  # attack name of a clean-only cell
 class CellKey(StrictModel):
     """Identity of one evaluation cell; equal keys mean the same numbers (deterministic given the seed).
 
-    `weights` is `service.provenance.weights_digest` of the evaluated model; the model's display
+    `weights` is `clipshield.service.provenance.weights_digest` of the evaluated model; the model's display
     name lives in `CellResult.model_id` and is not part of the identity. `preprocess` is the data
     set's resolved preprocessing (size, resize mode and ratio, interpolation, antialias, mean/std).
     """

@@ -6,7 +6,7 @@ classifier, then TTC), plus the adaptive one: PGD on `StraightThroughTTC` (the c
 forward, held constant in the backward, logits averaged over `eot` fresh TTC starts), every adversarial
 image then classified by the real, randomised `TTCClassifier` (defender's own generator).
 
-    python -m training.eval.ttc_adaptive --finetuned runs/ft_tecoa/final --seeds 0 1 2 --out runs/ttc_adaptive
+    python -m clipshield.training.eval.ttc_adaptive --finetuned runs/ft_tecoa/final --seeds 0 1 2 --out runs/ttc_adaptive
 """
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.ttc import TTCClassifier
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
-from training.attacks.adaptive_defences import StraightThroughTTC
-from training.eval.ttc_eval import TTCEvalConfig, _load, evaluate_ttc
-from training.eval.zeroshot import batches
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.ttc import TTCClassifier
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.attacks.adaptive_defences import StraightThroughTTC
+from clipshield.training.eval.ttc_eval import TTCEvalConfig, _load, evaluate_ttc
+from clipshield.training.eval.zeroshot import batches
 
 
 class AdaptiveTTCConfig(StrictModel):
@@ -91,7 +91,7 @@ def markdown(result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.eval.ttc_adaptive", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m clipshield.training.eval.ttc_adaptive", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld", help="base (original) model")
     p.add_argument("--finetuned", default=None, help="fine-tuned checkpoint folder; its tau uses --model")
     p.add_argument("--dataset", default=AdaptiveTTCConfig().base.dataset)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from training.sharding import SINGLE, Shard, own_batches, sum_counts
+from clipshield.training.sharding import SINGLE, Shard, own_batches, sum_counts
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ConfigError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
 
 TABLES_FILE = Path(__file__).with_name("paper_tables.json")
 # evaluation split sizes of the 16 data sets (docs/datasets.md; Caltech: every image of the folder tree)

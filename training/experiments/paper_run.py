@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigError
-from training.commands.budget import budget_help, to_pixels
-from training.commands.common import flag_config
+from clipshield.service.errors import ConfigError
+from clipshield.training.commands.budget import budget_help, to_pixels
+from clipshield.training.commands.common import flag_config
 
 from .paper import (
     EVAL_SIZES,
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list[str], int]:
     """(table spec, methods, data sets, attack steps) after defaults, checking method names."""
-    from training.methods import list_methods
+    from clipshield.training.methods import list_methods
 
     spec = table_spec(args.table)
     methods = args.methods or list(spec["rows"])
@@ -72,8 +72,8 @@ def dry_run(args: argparse.Namespace) -> int:
     """Print the plan; sizes of data sets outside the 16 are counted by building them (e.g. the mini world)."""
     import torch
 
-    from service.models import build_clip, load_model
-    from training.data import DatasetRequest, build_dataset
+    from clipshield.service.models import build_clip, load_model
+    from clipshield.training.data import DatasetRequest, build_dataset
 
     _spec, methods, datasets, steps = resolve(args)
     sizes = {d: EVAL_SIZES[d] if d in EVAL_SIZES else len(build_dataset(d, DatasetRequest(root=args.data_root))) for d in datasets}
@@ -94,9 +94,9 @@ def dry_run(args: argparse.Namespace) -> int:
 
 def _architecture(name: str, pretrained: Any, build_clip: Any, load_model: Any) -> Any:
     """The model for size and timing: loaded when local, else the open_clip architecture with random weights."""
-    from service.config import ModelRecord, PreprocessConfig
-    from service.models import SHIPPED_MODELS
-    from service.pixel_model import PixelCLIP
+    from clipshield.service.config import ModelRecord, PreprocessConfig
+    from clipshield.service.models import SHIPPED_MODELS
+    from clipshield.service.pixel_model import PixelCLIP
 
     if name in SHIPPED_MODELS or Path(name).exists():
         return load_model(name, pretrained=pretrained)
@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _method_model(args: argparse.Namespace, method: str) -> Any:
     """The base model, a given checkpoint, or a fresh (resumable) fine-tuning run."""
-    from service.models import load_model
-    from training.finetune import finetune
-    from training.finetune_config import recipe_config
+    from clipshield.service.models import load_model
+    from clipshield.training.finetune import finetune
+    from clipshield.training.finetune_config import recipe_config
 
     if method == "base":
         return load_model(args.model, pretrained=args.pretrained)
@@ -145,7 +145,7 @@ def _method_model(args: argparse.Namespace, method: str) -> Any:
 
 def _evaluate(args: argparse.Namespace, method: str, model: Any, datasets: list[str], steps: int) -> dict[str, float]:
     """{data set: accuracy %} of the table's metric (clean or robust) through the evaluation runner."""
-    from training.eval.runner import EvalConfig, Evaluator
+    from clipshield.training.eval.runner import EvalConfig, Evaluator
 
     spec = table_spec(args.table)
     cfg = flag_config(

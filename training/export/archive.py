@@ -20,10 +20,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from service import bundle as B
-from service.bundle_info import current_build, read_bundle_info, write_bundle_info
-from service.config import StrictModel
-from service.settings import ServingConfig
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import current_build, read_bundle_info, write_bundle_info
+from clipshield.service.config import StrictModel
+from clipshield.service.settings import ServingConfig
 
 from .onnx_export import ExportError
 

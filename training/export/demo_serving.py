@@ -13,9 +13,9 @@ from typing import Optional
 
 import torch
 
-from service.bundle import AccuracyEntry, ModelCard, PurifyDefaults
-from service.pixel_model import PixelCLIP
-from service.preprocess import encode_png
+from clipshield.service.bundle import AccuracyEntry, ModelCard, PurifyDefaults
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.preprocess import encode_png
 
 from .archive import build_archive
 from .client import ServingClient
@@ -27,8 +27,8 @@ METRIC_PREFIXES = ("clipshield_requests_total", "clipshield_flipped_total", "cli
 
 def attacked_images(model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, eps: float, seed: int) -> torch.Tensor:
     """PGD-10 adversarial images [B, 3, H, W] in [0, 1] against the un-purified zero-shot classifier."""
-    from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.attacks.pgd import PGD
+    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+    from clipshield.training.attacks.pgd import PGD
 
     clf = ZeroShotClassifier(model, build_text_head(model, classnames, templates))
     return PGD(clf, eps=eps, steps=10, generator=torch.Generator().manual_seed(seed))(images, labels)
@@ -54,7 +54,7 @@ def serving_demo(
     The model is exported as `model.record.name` at `version` (the model card's name and version, which
     every answer carries).
     """
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     measured = ExportMeasurements(purify=purify or PurifyDefaults(), accuracy=accuracy, notes=notes)
     bundle = export_model(model, Path(work_dir) / "export", version=version, measured=measured, finetune_card=finetune_card)

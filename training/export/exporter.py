@@ -1,6 +1,6 @@
 """`export_model`: write a complete, verified serving bundle for a PixelCLIP.
 
-Bundle layout and loading live in `service.bundle`; this module produces it: both ONNX encoders,
+Bundle layout and loading live in `clipshield.service.bundle`; this module produces it: both ONNX encoders,
 the model record, the default label set with its precomputed zero-shot head, the CLIPure anchor
 (blank-template embedding), the tokenizer's BPE vocabulary, the model card (with ONNX parity
 numbers, the fine-tune card's provenance and results, and what export measured) and the sha256 manifest.
@@ -16,15 +16,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from service import bundle as B
-from service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
-from service.card import ModelCard, accuracy_key, current_provenance
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.provenance import weights_digest
-from service.purify import blank_anchor
-from service.tokenizer import open_clip_vocab
-from service.zero_shot import build_text_head
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
+from clipshield.service.card import ModelCard, accuracy_key, current_provenance
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.provenance import weights_digest
+from clipshield.service.purify import blank_anchor
+from clipshield.service.tokenizer import open_clip_vocab
+from clipshield.service.zero_shot import build_text_head
 
 from .onnx_export import ExportError, check_parity, export_image_encoder, export_text_encoder
 
@@ -35,7 +35,7 @@ DEFAULT_LABEL_DATASET = "miniworld/plain/color_shape/seen"
 
 def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
     """Label set (class names + templates) of a registered data set, e.g. the mini world's 64 classes."""
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset(name, DatasetRequest(limit=1))
     return B.LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))

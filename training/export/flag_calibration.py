@@ -22,12 +22,12 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service import bundle as B
-from service.card import attack_label
-from service.config import StrictModel
-from service.errors import ConfigError
-from service.pixel_model import PixelCLIP
-from service.purify import blank_anchor
+from clipshield.service import bundle as B
+from clipshield.service.card import attack_label
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import blank_anchor
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ def flag_rate(scores: torch.Tensor, anchor_below: float) -> float:
 
 def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None) -> B.FlagCalibration:
     """Threshold at `cfg.target_fpr` on clean calibration images; held-out flag rates and AUROC."""
-    from training.data.registry import DatasetRequest, build_dataset
-    from training.eval.runner import AttackRecipe, zero_shot_task
-    from training.eval.zeroshot import batches
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.eval.runner import AttackRecipe, zero_shot_task
+    from clipshield.training.eval.zeroshot import batches
 
     cfg = cfg or FlagCalibrationConfig()
     model = model.eval()

@@ -1,7 +1,7 @@
 """Start and stop the KServe (Open Inference Protocol v2) server on a serving bundle.
 
 `clipshield serve --runtime kserve`, the integration tests and the runtime benchmark use this; it is
-the KServe twin of `training/export/torchserve.py`. The server is `python -m handlers.kserve_app`
+the KServe twin of `training/export/torchserve.py`. The server is `python -m clipshield.handlers.kserve_app`
 in its own session; its pid, config and log live in a state folder (default
 `<model_store>/.kserve/`), so `stop_kserve(state_dir)` stops exactly the server started there.
 """
@@ -21,12 +21,11 @@ from typing import Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
 
 from .torchserve import wait_process_gone  # one "wait until the server process has gone" for both runtimes
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ".kserve"
 
 
@@ -62,17 +61,16 @@ class KServeHandle:
 
 def _command(bundle: Path, cfg: KServeConfig) -> list[str]:
     return [
-        sys.executable, "-m", "handlers.kserve_app", "--bundle", str(bundle), "--model-name", cfg.model_name,
+        sys.executable, "-m", "clipshield.handlers.kserve_app", "--bundle", str(bundle), "--model-name", cfg.model_name,
         "--host-port", str(cfg.http_port), "--grpc-port", str(cfg.grpc_port),
     ]
 
 
 def _env(cfg: KServeConfig) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if cfg.ort_threads is not None:
         env["CLIPSHIELD_ORT_THREADS"] = str(cfg.ort_threads)
-    if cfg.providers:  # read by service.settings.load_serving_config, as in the TorchServe image
+    if cfg.providers:  # read by clipshield.service.settings.load_serving_config, as in the TorchServe image
         env["CLIPSHIELD_ORT_PROVIDERS"] = ",".join(cfg.providers)
     if cfg.provider_policy:
         env["CLIPSHIELD_ORT_PROVIDER_POLICY"] = cfg.provider_policy

@@ -2,7 +2,7 @@
 
 For each candidate (steps, step_size) of per-sample purification, measure on a labelled data set:
 clean accuracy of the purified classifier, and robust accuracy under PGD through a straight-through
-(BPDA) view of the purification (`training.attacks.adaptive.StraightThroughPurified`), which is
+(BPDA) view of the purification (`clipshield.training.attacks.adaptive.StraightThroughPurified`), which is
 the attack that does not suffer from the vanishing gradients of docs/methods.md §7.3. Baselines without
 purification (clean, PGD) are measured too. Purification is on by default only when the candidate with
 the best BPDA robust accuracy (among those keeping clean accuracy within `max_clean_drop` of the
@@ -19,11 +19,11 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service import bundle as B
-from service.card import attack_label
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
+from clipshield.service import bundle as B
+from clipshield.service.card import attack_label
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SweepResult(StrictModel):
 
 def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tensor, cfg: SweepConfig) -> tuple[float, float]:
     """Clean and PGD top-1 of `classifier`, the attack differentiating `attack_model` (evaluation runner)."""
-    from training.eval.runner import AttackRecipe, measure
+    from clipshield.training.eval.runner import AttackRecipe, measure
 
     clean, robust, _ = measure(classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed,
                                target=attack_model)
@@ -70,8 +70,8 @@ def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tens
 
 def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> SweepResult:
     """Measure every candidate of `cfg.grid` and choose the serving default (see module docstring)."""
-    from training.attacks.adaptive import StraightThroughPurified
-    from training.eval.runner import zero_shot_task
+    from clipshield.training.attacks.adaptive import StraightThroughPurified
+    from clipshield.training.eval.runner import zero_shot_task
 
     cfg = cfg or SweepConfig()
     ds, plain, labels = zero_shot_task(model, cfg.dataset, cfg.n)
@@ -85,7 +85,7 @@ def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> S
         clean, robust = _accuracy(pc, StraightThroughPurified(pc), images, labels, cfg)
         rows.append(SweepRow(steps=steps, step_size=step_size, clean=clean, robust_bpda=robust))
         log.info("purify steps=%d step_size=%g: clean %.3f, BPDA-PGD %.3f", steps, step_size, clean, robust)
-    from training.model_card import preprocessing
+    from clipshield.training.model_card import preprocessing
 
     return _choose(cfg, base_clean, base_pgd, rows, len(labels), preprocessing(model.record.preprocess))
 

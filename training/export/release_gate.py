@@ -15,10 +15,10 @@ from typing import Optional
 
 from pydantic import Field
 
-from service import bundle as B
-from service.card import CLEAN, AccuracyEntry, ModelCard, ReleaseDecision, read_card_file
-from service.config import StrictModel
-from service.errors import ConfigError
+from clipshield.service import bundle as B
+from clipshield.service.card import CLEAN, AccuracyEntry, ModelCard, ReleaseDecision, read_card_file
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
 
 EntryKey = tuple[str, str, bool]
 

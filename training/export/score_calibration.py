@@ -2,7 +2,7 @@
 
 Follows `flag_calibration`: the first `n_calibration` images of `dataset` (any registered data set; clean,
 and PGD-10 at the reference eps against that set's own zero-shot classifier) fit the logistic combination
-of `service.attack_score`, and the threshold sits at `target_fpr` on those clean images; the next `n_eval`
+of `clipshield.service.attack_score`, and the threshold sits at `target_fpr` on those clean images; the next `n_eval`
 images give the held-out false-positive rate, and the detection rate and AUROC of PGD at the reference eps.
 The score's margin and anchor signals use the bundle's default head and anchor (`labels`), exactly what
 the server computes, whatever data set calibrates it. Images are rounded to 8 bits first, as a PNG request
@@ -16,13 +16,13 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service import bundle as B
-from service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer
-from service.card import AttackScoreCalibration, attack_label
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.purify import blank_anchor
-from service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.service import bundle as B
+from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer
+from clipshield.service.card import AttackScoreCalibration, attack_label
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import blank_anchor
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 
 from .flag_calibration import auroc, quantize
 
@@ -44,7 +44,7 @@ class ScoreCalibrationConfig(StrictModel):
 
 
 def _pgd(classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor, cfg: ScoreCalibrationConfig) -> torch.Tensor:
-    from training.attacks import get_attack
+    from clipshield.training.attacks import get_attack
 
     attack = get_attack("pgd")(classifier, eps=cfg.eps, alpha=cfg.eps / 4, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
     bs = cfg.batch_size
@@ -59,7 +59,7 @@ def _scores(scorer: AttackScorer, images: torch.Tensor, cfg: ScoreCalibrationCon
 
 def calibrate_attack_score(model: PixelCLIP, labels: B.LabelSet, cfg: Optional[ScoreCalibrationConfig] = None) -> AttackScoreCalibration:
     """Fit and calibrate the score for a bundle whose default label set is `labels` (see module docstring)."""
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     cfg = cfg or ScoreCalibrationConfig()
     model = model.eval()

@@ -11,9 +11,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from service import bundle as B
-from service.bundle_info import BUNDLE_INFO, BundleInfo, read_bundle_info
-from service.errors import ModelLoadError
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import BUNDLE_INFO, BundleInfo, read_bundle_info
+from clipshield.service.errors import ModelLoadError
 
 
 def _extract(archive: Path, names: tuple[str, ...], into: Path) -> None:

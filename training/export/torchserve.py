@@ -33,9 +33,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
-from service.settings import POLICY_ENV, PROVIDERS_ENV, Provider, ProviderPolicy
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
+from clipshield.service.settings import POLICY_ENV, PROVIDERS_ENV, Provider, ProviderPolicy
 
 from .served_archive import archive_card, check_archives
 

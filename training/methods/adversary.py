@@ -1,8 +1,8 @@
 """Training adversaries: each method carries one (`Method.adversary`); the loop only calls `perturb`.
 
 `NO_ADVERSARY` (FT-Clean), `ClassifierPGD` (the PGD of docs/methods.md §0.6 through
-`training.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
-PGD (`training.methods.fare.FARE_ADVERSARY`). Randomness comes only from the `generator` argument
+`clipshield.training.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
+PGD (`clipshield.training.methods.fare.FARE_ADVERSARY`). Randomness comes only from the `generator` argument
 (the fine-tuning loop derives it from (seed, step)), so a resumed run draws the same random starts
 as an uninterrupted one.
 """
@@ -14,10 +14,10 @@ from typing import Any, Optional, Protocol
 
 import torch
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.zero_shot import ZeroShotClassifier
-from training.attacks.pgd import pgd_delta, random_start
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.zero_shot import ZeroShotClassifier
+from clipshield.training.attacks.pgd import pgd_delta, random_start
 
 from .inputs import AttackBudget, LossInputs
 

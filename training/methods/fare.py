@@ -11,9 +11,9 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from training.attacks.pgd import random_start
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.training.attacks.pgd import random_start
 
 from .frozen_reference import FrozenBatch
 from .inputs import AttackBudget, LossInputs, LossOutput

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from service.pixel_model import PixelCLIP
+from clipshield.service.pixel_model import PixelCLIP
 
 log = logging.getLogger(__name__)
 

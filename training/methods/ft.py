@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
 
 from .adversary import NO_ADVERSARY, PGD_ADVERSARY
 from .common import cosine_logits

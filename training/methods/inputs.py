@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from service.pixel_model import PixelCLIP
+from clipshield.service.pixel_model import PixelCLIP
 
 from .frozen_reference import FrozenBatch
 

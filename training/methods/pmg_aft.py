@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
 
 from .adversary import ClassifierPGD
 from .common import cosine_logits, imagenet_view, paired_forward

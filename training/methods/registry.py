@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from service.config import StrictModel
-from service.errors import UnknownName
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import UnknownName
 
 from .adversary import Adversary
 from .inputs import LossInputs, LossOutput

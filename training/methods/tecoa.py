@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 from .adversary import PGD_ADVERSARY
 from .common import cosine_logits

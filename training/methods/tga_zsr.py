@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 from .adversary import PGD_ADVERSARY
 from .attention import Distance, TokenNorm, grid_scores, map_distance, upsample

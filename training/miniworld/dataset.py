@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.errors import UnknownName
+from clipshield.service.errors import UnknownName
 
 from .captions import EVAL_TEMPLATES, FINETUNE_TEMPLATE
 from .render import ImageSpec, render

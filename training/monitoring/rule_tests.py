@@ -1,7 +1,7 @@
 """`promtool test rules` cases for every clipshield alert: one where it fires, one where it must not.
 
 Series are written in promtool's expanding notation (`a+bxn`: n+1 samples, one per `interval`).
-Metric names come from `service.metrics` through `rules`, so a renamed metric renames the tests.
+Metric names come from `clipshield.service.metrics` through `rules`, so a renamed metric renames the tests.
 """
 from __future__ import annotations
 

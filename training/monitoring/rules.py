@@ -1,4 +1,4 @@
-"""Prometheus recording rules and alerts for clipshield, built from `service.metrics.METRICS`.
+"""Prometheus recording rules and alerts for clipshield, built from `clipshield.service.metrics.METRICS`.
 
 Recorded series are named `clipshield:<what>:<operation>` and aggregated `by (namespace, job)`.
 The latency SLO uses the multi-window, multi-burn-rate alerts of the Google SRE workbook
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.metrics import METRICS
+from clipshield.service.metrics import METRICS
 
 JOB = "clipshield"  # the job label Prometheus gives the serving pods: the Service's name (ServiceMonitor)
 BY = "namespace, job"
@@ -21,13 +21,13 @@ OK_OUTCOME = "ok"
 # Bucket bounds of TorchServe's Prometheus histograms (the Java client's defaults): an SLO threshold
 # must be one of them, since the ratio is read from the `le` bucket.
 TORCHSERVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-# A gauge that exists once a pod has loaded its model; the first one service.metrics declares is used.
+# A gauge that exists once a pod has loaded its model; the first one clipshield.service.metrics declares is used.
 LOADED_GAUGES = ("clipshield_runtime_info", "clipshield_model_accuracy")
 WINDOWS = ("5m", "30m", "1h", "6h")
 
 
 class MonitoringConfigError(ValueError):
-    """The monitoring definitions do not fit the metrics `service.metrics` declares."""
+    """The monitoring definitions do not fit the metrics `clipshield.service.metrics` declares."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ RUNBOOK = "docs/deploy.md"  # one section per alert, anchored by the lower-cased
 def _metric(name: str, kind: str) -> tuple[str, str, tuple[str, ...]]:
     if name not in METRICS or METRICS[name][0] != kind:
         known = sorted(n for n, spec in METRICS.items() if spec[0] == kind)
-        raise MonitoringConfigError(f"{name} is not a {kind} in service.metrics.METRICS; {kind}s: {known}")
+        raise MonitoringConfigError(f"{name} is not a {kind} in clipshield.service.metrics.METRICS; {kind}s: {known}")
     return METRICS[name]
 
 
@@ -84,7 +84,7 @@ def loaded_gauge() -> str:
     for name in LOADED_GAUGES:
         if name in METRICS and METRICS[name][0] == "gauge":
             return name
-    raise MonitoringConfigError(f"none of {LOADED_GAUGES} is a gauge in service.metrics.METRICS")
+    raise MonitoringConfigError(f"none of {LOADED_GAUGES} is a gauge in clipshield.service.metrics.METRICS")
 
 
 def check_definitions(slo: LatencySLO = SLO) -> None:

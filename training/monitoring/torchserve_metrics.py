@@ -1,4 +1,4 @@
-"""TorchServe's `metrics.yaml`, generated from `service.metrics.METRICS`.
+"""TorchServe's `metrics.yaml`, generated from `clipshield.service.metrics.METRICS`.
 
 In Prometheus mode TorchServe drops backend (handler) metrics it has not been told about, so every
 `clipshield_*` metric is declared under `model_metrics` with the dimensions the handler emits
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
+from clipshield.service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
 
 TS_DIMENSIONS = ["model_name", "model_version", "hostname"]
 # TorchServe frontend counters kept on the Prometheus endpoint: name -> unit
