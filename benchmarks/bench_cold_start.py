@@ -10,6 +10,7 @@ archive --workers 1`) and metrics.yaml, and POSTs the PNG to /predictions/clipsh
     python benchmarks/bench_cold_start.py --bundle /tmp/bundle --runs 3 \\
         --env full=/work/main/.venv/bin/python:/path/to/checkout --env lean=/tmp/lean/bin/python:
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,13 +56,26 @@ def _torchserve(python: str, target: Path, cwd: Path) -> tuple[list[str], str, b
     """(command, URL, body, content type) of TorchServe on the model store `target` (1 worker, no token)."""
     ports = [_free_port() for _ in range(5)]
     props = cwd / "config.properties"
-    props.write_text("\n".join([
-        f"inference_address=http://127.0.0.1:{ports[0]}", f"management_address=http://127.0.0.1:{ports[1]}",
-        f"metrics_address=http://127.0.0.1:{ports[2]}", "grpc_inference_address=127.0.0.1", "grpc_management_address=127.0.0.1",
-        f"grpc_inference_port={ports[3]}", f"grpc_management_port={ports[4]}", "disable_token_authorization=true",
-        f"model_store={target}", "load_models=clipshield=clipshield.mar", "default_workers_per_model=1",
-        f"metrics_config={target / 'metrics.yaml'}", "install_py_dep_per_model=false",
-    ]) + "\n")
+    props.write_text(
+        "\n".join(
+            [
+                f"inference_address=http://127.0.0.1:{ports[0]}",
+                f"management_address=http://127.0.0.1:{ports[1]}",
+                f"metrics_address=http://127.0.0.1:{ports[2]}",
+                "grpc_inference_address=127.0.0.1",
+                "grpc_management_address=127.0.0.1",
+                f"grpc_inference_port={ports[3]}",
+                f"grpc_management_port={ports[4]}",
+                "disable_token_authorization=true",
+                f"model_store={target}",
+                "load_models=clipshield=clipshield.mar",
+                "default_workers_per_model=1",
+                f"metrics_config={target / 'metrics.yaml'}",
+                "install_py_dep_per_model=false",
+            ]
+        )
+        + "\n"
+    )
     launcher = str(Path(python).parent / "torchserve")
     cmd = [launcher, "--start", "--foreground", "--ncs", "--ts-config", str(props), "--model-store", str(target)]
     return cmd, f"http://127.0.0.1:{ports[0]}/predictions/clipshield", _png(), "image/png"
@@ -130,7 +144,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", required=True, help="NAME=PYTHON:PYTHONPATH (PYTHONPATH may be empty)")
     args = parser.parse_args()
     envs = {name: spec.split(":", 1) for name, spec in (e.split("=", 1) for e in args.env)}
-    for name, (python, pythonpath) in envs.items():  # warm-up: page cache and .pyc files, not timed
+    for python, pythonpath in envs.values():  # warm-up: page cache and .pyc files, not timed
         cold_start(args.runtime, python, pythonpath, args.bundle)
     times: dict[str, list[float]] = {name: [] for name in envs}
     for _ in range(args.runs):

@@ -8,6 +8,7 @@ the final-iterate protocol and of early stopping, and their ratio. Early stoppin
 forward and backward passes of samples already fooled; its robust accuracy is the worst case over
 iterates, so it can only be lower or equal. Not a test: timings depend on the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,20 @@ def fine_tuned(steps: int) -> torch.nn.Module:
     from clipshield.training.finetune import FinetuneConfig, finetune
 
     out = Path(tempfile.mkdtemp(prefix="bench-early-"))
-    cfg = FinetuneConfig(method="tga-zsr", model="miniworld", output=out, steps=steps, batch_size=32, lr=0.005,
-                         eps=EPS, warmup=None, data_limit=3200, eval_datasets=[], seed=0, threads=torch.get_num_threads())
+    cfg = FinetuneConfig(
+        method="tga-zsr",
+        model="miniworld",
+        output=out,
+        steps=steps,
+        batch_size=32,
+        lr=0.005,
+        eps=EPS,
+        warmup=None,
+        data_limit=3200,
+        eval_datasets=[],
+        seed=0,
+        threads=torch.get_num_threads(),
+    )
     return finetune(cfg)[0]
 
 

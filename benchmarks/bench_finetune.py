@@ -10,6 +10,7 @@ back (`clipshield.training.methods.FrozenReference`). Examples:
     python benchmarks/bench_finetune.py                                  # mini world, CPU
     python benchmarks/bench_finetune.py --model ViT-B-32 --random-init --device cuda --batch-size 128 --precision bf16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,15 @@ class MethodRun:
     def __init__(self, name: str, base, args: argparse.Namespace, later_epoch: bool = False) -> None:
         self.name, self.args = name + (" epoch 2+" if later_epoch else ""), args
         self.method = method = get_method(name)
-        self.cfg = FinetuneConfig(method=name, eps=args.eps / 255, device=args.device, precision=args.precision, steps=1,
-                                  batch_size=args.batch_size, output=Path("unused")).resolved(1)
+        self.cfg = FinetuneConfig(
+            method=name,
+            eps=args.eps / 255,
+            device=args.device,
+            precision=args.precision,
+            steps=1,
+            batch_size=args.batch_size,
+            output=Path("unused"),
+        ).resolved(1)
         self.target = copy.deepcopy(base).to(args.device)
         for p in self.target.parameters():
             p.requires_grad_(False)
@@ -131,7 +139,9 @@ def main(argv=None) -> int:
     base = base_model(args)
     rows = bench(base, args)
     mem_note = "CUDA max allocated per step" if args.device.startswith("cuda") else "process max RSS, cumulative"
-    print(f"model {base.record.name}, batch {args.batch_size}, device {args.device}, precision {args.precision}, median of {args.steps} steps")
+    print(
+        f"model {base.record.name}, batch {args.batch_size}, device {args.device}, precision {args.precision}, median of {args.steps} steps"
+    )
     print(f"{'method':18s} {'s/step':>8s} {'img/s':>8s} {'peak MB':>9s}  ({mem_note})")
     for r in rows:
         print(f"{r['method']:18s} {r['s_per_step']:8.4f} {r['images_per_s']:8.1f} {r['peak_mem_mb']:9.0f}")
@@ -141,11 +151,17 @@ def main(argv=None) -> int:
         first = by["tga-zsr"]["s_per_step"] / by["tecoa"]["s_per_step"]
         later = by["tga-zsr epoch 2+"]["s_per_step"] / by["tecoa"]["s_per_step"]
         epochs = args.epochs
-        mean = ((first + (epochs - 1) * later) / epochs)
-        result.update(ratio_tga_zsr_over_tecoa_first_epoch=first, ratio_tga_zsr_over_tecoa_later_epochs=later,
-                      ratio_tga_zsr_over_tecoa=mean, epochs=epochs)
-        print(f"ratio TGA-ZSR / TeCoA: first epoch {first:.2f}, later epochs {later:.2f}, "
-              f"over a {epochs}-epoch run {mean:.2f} (paper: 1.74; target <= 1.3)")
+        mean = (first + (epochs - 1) * later) / epochs
+        result.update(
+            ratio_tga_zsr_over_tecoa_first_epoch=first,
+            ratio_tga_zsr_over_tecoa_later_epochs=later,
+            ratio_tga_zsr_over_tecoa=mean,
+            epochs=epochs,
+        )
+        print(
+            f"ratio TGA-ZSR / TeCoA: first epoch {first:.2f}, later epochs {later:.2f}, "
+            f"over a {epochs}-epoch run {mean:.2f} (paper: 1.74; target <= 1.3)"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

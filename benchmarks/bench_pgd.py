@@ -6,6 +6,7 @@ Prints images*steps/s for both and their ratio (ours / torchattacks; target >= 1
 the same `ZeroShotClassifier` (the serving code path) on mini-world images (resized inside the
 model when it is not a 32x32 model). Not a test: timings depend on the machine.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@ prints requests/s, p50/p95 latency per runtime and the KServe / TorchServe throu
 
 Usage: python benchmarks/bench_runtimes.py [--model miniworld] [--seconds 10] [--clients 4] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,14 @@ def drive(send: Callable[[object], tuple[int, str]], seconds: float, clients: in
         th.join()
     elapsed = time.monotonic() - start
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 20 else [float("nan")] * 19
-    return {"requests": len(latencies), "errors": len(errors), "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": 1e3 * statistics.median(latencies), "p95_ms": 1e3 * q[18], "top1": sorted(labels)}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1e3 * statistics.median(latencies),
+        "p95_ms": 1e3 * q[18],
+        "top1": sorted(labels),
+    }
 
 
 def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
@@ -64,15 +71,30 @@ def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -
     from clipshield.training.export.archive import BatchingConfig
 
     store = work / "store"
-    build_archive(bundle, store, archive_format="no-archive", serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads)),
-                  batching=BatchingConfig(batch_size=8, max_batch_delay_ms=5, min_workers=1, max_workers=1))
+    build_archive(
+        bundle,
+        store,
+        archive_format="no-archive",
+        serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads)),
+        batching=BatchingConfig(batch_size=8, max_batch_delay_ms=5, min_workers=1, max_workers=1),
+    )
     ports = [free_port() for _ in range(5)]
-    cfg = ServeConfig(inference_address=f"http://127.0.0.1:{ports[0]}", management_address=f"http://127.0.0.1:{ports[1]}",
-                      metrics_address=f"http://127.0.0.1:{ports[2]}", grpc_inference_port=ports[3], grpc_management_port=ports[4],
-                      models="clipshield=clipshield", workers=1, startup_timeout_s=300)
+    cfg = ServeConfig(
+        inference_address=f"http://127.0.0.1:{ports[0]}",
+        management_address=f"http://127.0.0.1:{ports[1]}",
+        metrics_address=f"http://127.0.0.1:{ports[2]}",
+        grpc_inference_port=ports[3],
+        grpc_management_port=ports[4],
+        models="clipshield=clipshield",
+        workers=1,
+        startup_timeout_s=300,
+    )
     handle = start_server(store, cfg)
     try:
-        url, headers = cfg.inference_address + "/predictions/clipshield", {"Authorization": f"Bearer {handle.keys()['inference']}", "Content-Type": "image/png"}
+        url, headers = (
+            cfg.inference_address + "/predictions/clipshield",
+            {"Authorization": f"Bearer {handle.keys()['inference']}", "Content-Type": "image/png"},
+        )
 
         def send(session) -> tuple[int, str]:
             r = session.post(url, data=png, headers=headers, timeout=60)
@@ -117,7 +139,9 @@ def main(argv=None) -> int:
     print(f"== {args.model}: {args.seconds:g} s per runtime, {args.clients} clients, ORT threads {args.threads}, one PNG per request")
     print(f"{'runtime':<11} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7}  top-1")
     for name, r in results.items():
-        print(f"{name:<11} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>8.1f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}  {r['top1']}")
+        print(
+            f"{name:<11} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>8.1f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}  {r['top1']}"
+        )
     ratio = results["kserve"]["requests_per_s"] / results["torchserve"]["requests_per_s"]
     print(f"KServe / TorchServe throughput: {ratio:.2f}")
     same = results["kserve"]["top1"] == results["torchserve"]["top1"]

@@ -8,6 +8,7 @@ step eps/4, sent as 8-bit PNGs); optionally on clean images of other data sets.
     python benchmarks/served_score_rates.py --bundle runs/export/miniworld --skip 256 --n 256 \
         --other miniworld/plain/color_shape/heldout_caption
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,21 @@ def main(argv=None) -> int:
     cal = service.card.attack_score
     model = load_model(args.model).eval()
     ds = build_dataset(cal.params.dataset, DatasetRequest(limit=args.skip + args.n, preprocess=model.record.preprocess))
-    x, y = ds.images()[args.skip:], torch.tensor(ds.labels[args.skip:])
+    x, y = ds.images()[args.skip :], torch.tensor(ds.labels[args.skip :])
     clf = ZeroShotClassifier(model, build_text_head(model, list(ds.classnames), list(ds.templates))).eval()
     eps = args.eps / 255
     adv = get_attack("pgd")(clf, eps=eps, alpha=eps / 4, steps=10, generator=torch.Generator().manual_seed(0))(x, y)
     t = cal.params.threshold
     clean, attacked = served(service, x), served(service, adv)
-    out = {"threshold": t, "target_fpr": cal.params.target_fpr, "n": len(x),
-           "clean_fpr": float(np.mean(clean > t)), "pgd_flagged": float(np.mean(attacked > t)),
-           "pgd_auroc": auroc(torch.from_numpy(clean), torch.from_numpy(attacked)), "card_rates": [r.model_dump() for r in cal.rates]}
+    out = {
+        "threshold": t,
+        "target_fpr": cal.params.target_fpr,
+        "n": len(x),
+        "clean_fpr": float(np.mean(clean > t)),
+        "pgd_flagged": float(np.mean(attacked > t)),
+        "pgd_auroc": auroc(torch.from_numpy(clean), torch.from_numpy(attacked)),
+        "card_rates": [r.model_dump() for r in cal.rates],
+    }
     for name in args.other:
         other = build_dataset(name, DatasetRequest(limit=args.n, preprocess=model.record.preprocess)).images()
         out[f"clean_fpr {name}"] = float(np.mean(served(service, other) > t))

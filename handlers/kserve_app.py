@@ -6,13 +6,15 @@ Prometheus `/metrics` on the same port; gRPC v2 optional) and adds three things 
 to 500), a request body limit (TorchServe's frontend refuses bodies over `max_request_size`), and
 the model card in the model-metadata answer. Started and stopped by `training/export/kserve_server.py`.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,8 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     from fastapi.responses import ORJSONResponse
     from kserve.errors import ModelNotFound
 
-    from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
-
     from clipshield.handlers.kserve_model import error_body
+    from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
 
     async def clipshield_error(_request: Request, exc: ClipshieldError) -> ORJSONResponse:
         return ORJSONResponse(status_code=exc.http_status, content=error_body(exc))
@@ -47,7 +48,9 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> ORJSONResponse:
         first = (exc.errors() or [{}])[0]
         where = ".".join(str(p) for p in first.get("loc", ())[1:3])
-        return await clipshield_error(request, BadInput(f"not a valid v2 inference request: {first.get('msg', 'invalid')} at {where or 'body'}"))
+        return await clipshield_error(
+            request, BadInput(f"not a valid v2 inference request: {first.get('msg', 'invalid')} at {where or 'body'}")
+        )
 
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length", "")
@@ -102,14 +105,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.argv = sys.argv[:1]
     from kserve import ModelServer
     from kserve.model_server import app
-
     from prometheus_client import REGISTRY
 
+    from clipshield.handlers.kserve_model import ClipshieldKServeModel
     from clipshield.service.errors import ClipshieldError
     from clipshield.service.metrics import PrometheusClientSink
     from clipshield.service.settings import load_serving_config
-
-    from clipshield.handlers.kserve_model import ClipshieldKServeModel
 
     config = load_serving_config(args.bundle / "serving.json", os.environ)
     model = ClipshieldKServeModel(args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY))  # kserve's /metrics serves REGISTRY

@@ -1,5 +1,6 @@
 """`clipshield.service.metrics.MetricsSink` over TorchServe's metrics cache (kept out of the handler module:
 TorchServe requires exactly one class in the handler file)."""
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ class TorchServeSink:
         values = [self.model_name, "Model", *[(labels or {})[k] for k in label_names]]
         try:
             self._metrics[name].add_or_update(float(value), values)
-        except Exception:  # noqa: BLE001 - a metrics failure must never fail a request
+        except Exception:
             log.warning("could not record metric %s", name, exc_info=True)
 
     observe = _emit

@@ -4,6 +4,7 @@ One definition shared by the PyTorch score (`clipshield.service.attack_score`, d
 adaptive attacks), the NumPy score of the served path (`clipshield.service.attack_score_np`, no torch) and the
 model card (`clipshield.service.card.AttackScoreCalibration`).
 """
+
 from __future__ import annotations
 
 from pydantic import Field

@@ -8,10 +8,12 @@ Hugging Face `tokenizers` CLIP pipeline cleans text differently (no ftfy), so it
 The vocabulary comes from the export bundle (`bpe_simple_vocab_16e6.txt.gz`), so a server
 tokenizes with exactly the file the model was exported with.
 """
+
 from __future__ import annotations
 
 import gzip
 import html
+import itertools
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def clean_lower(text: str) -> str:
 
 
 def _pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
-    return set(zip(word, word[1:]))
+    return set(itertools.pairwise(word))
 
 
 def _merge(word: tuple[str, ...], first: str, second: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ and templates), `text_head.npy` [C, E] and `anchor.npy` [E] (precomputed, float3
 other file). Loading verifies every checksum and refuses a bundle with a missing or modified file,
 and one whose BPE vocabulary is missing or not CLIP's (the server's tokenizer reads the bundle's copy).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,8 @@ import logging
 from pathlib import Path
 
 from pydantic import Field
+
+from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
 
 # The model card lives in `clipshield.service.card` (one type from fine-tuning to serving); re-exported here
 # (`X as X`: an explicit re-export, which mypy's strict mode requires).
@@ -34,7 +37,6 @@ from .card import (
     read_card_file as read_card_file,
     write_card_file as write_card_file,
 )
-from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
 from .config import StrictModel
 from .errors import ModelLoadError
 

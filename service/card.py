@@ -7,6 +7,7 @@ measured, the purification sweep and the flag calibration; `clipshield.service.i
 describe answer and the `clipshield_model_accuracy` gauges). Every accuracy names its attack with
 `attack_label`, the one spelling of an attack in cards, metric labels, the demo and the docs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,8 +57,7 @@ class PurifyDefaults(StrictModel):
     enabled: bool = False
     steps: int = Field(default=1, ge=0, le=1000)
     step_size: float = Field(default=0.1, ge=0.0)
-    chosen_by: str = ("not measured: off by default (requests may ask for it; "
-                      "`clipshield export --measure-purify N` measures it)")
+    chosen_by: str = "not measured: off by default (requests may ask for it; `clipshield export --measure-purify N` measures it)"
 
 
 class PurifyMeasurement(StrictModel):
@@ -236,7 +236,7 @@ class ModelCard(StrictModel):
     notes: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _one_accuracy_per_gauge(self) -> "ModelCard":
+    def _one_accuracy_per_gauge(self) -> ModelCard:
         """Each (dataset, attack, purified) at most once: it is one `clipshield_model_accuracy` sample."""
         keys = [accuracy_key(e) for e in self.accuracy]
         dupes = sorted({k for k in keys if keys.count(k) > 1})

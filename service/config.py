@@ -4,6 +4,7 @@ A model is described by a `ModelRecord` (architecture + preprocessing + tokenize
 next to its safetensors weights. Training, evaluation, export and serving all read this one record,
 so the same pixels are preprocessed the same way everywhere.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
@@ -79,7 +80,7 @@ class TokenizerConfig(StrictModel):
     bpe_ids: Optional[list[int]] = None
 
     @model_validator(mode="after")
-    def _compact_needs_ids(self) -> "TokenizerConfig":
+    def _compact_needs_ids(self) -> TokenizerConfig:
         if self.kind == "compact" and not self.bpe_ids:
             raise ValueError("a compact tokenizer needs its bpe_ids list")
         return self
@@ -108,7 +109,7 @@ class ModelRecord(StrictModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelRecord":
+    def _consistent(self) -> ModelRecord:
         if (self.open_clip_name is None) == (self.arch is None):
             raise ValueError("set exactly one of open_clip_name (built-in architecture) or arch (inline config)")
         if self.preprocess.resize_mode == "none":

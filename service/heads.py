@@ -7,14 +7,15 @@ them in a `HeadCache` under `head_key`. The scaled-cosine logits are written onc
 `clipshield.service.purify_np.logits` (numpy, serving) and `clipshield.service.zero_shot.cosine_logits` (torch, with
 gradients for attacks and fine-tuning); `tests/unit/test_zero_shot.py` checks they agree.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Callable, Generic, Optional, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, Optional, TypeVar
 
 import numpy as np
 

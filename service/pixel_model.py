@@ -4,6 +4,7 @@ Attacks, purification, fine-tuning, ONNX export and serving all use this wrapper
 always measured in pixel units and the same pixels give the same embeddings everywhere
 (docs/methods.md §0.2).
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ float32 CHW in [0, 1]. Serving, evaluation, fine-tuning, calibration and the dem
 `to_pixels`; data sets reach it through `clipshield.training.data.transforms`, with a named preset
 (`PRESETS`: model, paper, squash). For the mini world's 32x32 images under `model` it is an identity.
 """
+
 from __future__ import annotations
 
 import io
@@ -152,8 +153,9 @@ def preset_config(name: str, model: PreprocessConfig) -> PreprocessConfig:
     if name == "model":
         return model
     if name == "paper":
-        return model.model_copy(update={"resize_mode": "shortest", "interpolation": "bilinear",
-                                        "resize_ratio": PAPER_RESIZE_RATIO, "antialias": True})
+        return model.model_copy(
+            update={"resize_mode": "shortest", "interpolation": "bilinear", "resize_ratio": PAPER_RESIZE_RATIO, "antialias": True}
+        )
     if name == "squash":
         return model.model_copy(update={"resize_mode": "squash", "interpolation": "bilinear", "resize_ratio": 1.0, "antialias": True})
     raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")

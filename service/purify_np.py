@@ -8,6 +8,7 @@ direction towards the anchor, then is renormalised (a rotation by arctan(step_si
 the L2 distance it moves a unit-norm embedding is the same for every input; `prediction_shift`
 measures what purification did to the answer instead).
 """
+
 from __future__ import annotations
 
 import numpy as np

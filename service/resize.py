@@ -10,6 +10,7 @@ matches torch to float rounding (same float32 source positions; torch weights an
 float32, these in float64: 1e-5, `tests/unit/test_service_preprocess.py`), and serving and
 evaluation both run this one function, so served == evaluated stays exact.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -29,8 +30,8 @@ def shorter_side_size(width: int, height: int, short: int) -> tuple[int, int]:
 
 def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the centred size x size crop, offsets rounded as torchvision does."""
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
     return left, top, left + size, top + size
 
 

@@ -3,6 +3,7 @@
 Read once when a serving adapter starts (from the archive's `serving.json` plus any overrides the
 adapter passes) and never mutated; every limit and default lives here, not in code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

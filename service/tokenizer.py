@@ -6,6 +6,7 @@ the few BPE tokens its world uses, instead of CLIP's 49,408. Token ids are numpy
 file: a server passes its bundle's copy, training the one open_clip installs. No torch here: this
 module is on the serving path.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -2,6 +2,7 @@
 
 Thresholds carry margin below the measured numbers (see README, 'The mini world').
 """
+
 from __future__ import annotations
 
 import pytest

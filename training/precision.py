@@ -4,6 +4,7 @@ Attacks stay float32 unless asked: low precision can round small input gradients
 weaken an attack without anyone noticing (a robustness number that is too high). fp16 needs a
 GPU (CPU autocast supports bf16 only); bf16 runs on CPU too, which is how the tests exercise it.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ The loss is CLIP's symmetric contrastive loss with multi-positive targets: in th
 captions in a batch describe several images ("a red object"), and treating them as negatives slows
 learning about 2x. `--loss clip` uses open_clip's plain `ClipLoss` instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,9 +116,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     clip_loss = None
     if cfg.loss == "clip":
         from open_clip.loss import ClipLoss

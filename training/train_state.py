@@ -3,6 +3,7 @@
 Randomness in our loops is derived from (seed, step), so weights + optimiser + step are the whole
 state: a resumed run continues bit-for-bit like an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
 
 META_NAME = "train_state.json"
 

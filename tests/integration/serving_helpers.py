@@ -3,6 +3,7 @@
 Not a test module: free ports, a started server on a mini-world archive, authenticated posts,
 worker pids from the management API, and image bytes in every format/mode the tests need.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,12 @@ def serve_config(**kw: Any):
 
     p = [free_port() for _ in range(5)]
     return ServeConfig(
-        inference_address=f"http://127.0.0.1:{p[0]}", management_address=f"http://127.0.0.1:{p[1]}",
-        metrics_address=f"http://127.0.0.1:{p[2]}", grpc_inference_port=p[3], grpc_management_port=p[4], **kw,
+        inference_address=f"http://127.0.0.1:{p[0]}",
+        management_address=f"http://127.0.0.1:{p[1]}",
+        metrics_address=f"http://127.0.0.1:{p[2]}",
+        grpc_inference_port=p[3],
+        grpc_management_port=p[4],
+        **kw,
     )
 
 

@@ -5,6 +5,7 @@ restarts the server on the new archive (or refuses with --if-running fail), refu
 another server, and refuses an archive of a bundle format it cannot read before starting anything.
 Tiny mini-world model, one worker: a few seconds per start.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,17 +39,35 @@ def _archive(bundle, store):
 
 
 def _serve_args(store, ports, *extra):
-    return ["serve", "--model-store", str(store), "--address", f"http://127.0.0.1:{ports[0]}",
-            "--management-address", f"http://127.0.0.1:{ports[1]}", "--metrics-address", f"http://127.0.0.1:{ports[2]}",
-            "--grpc-ports", str(ports[3]), str(ports[4]), "--workers", "1", *extra]
+    return [
+        "serve",
+        "--model-store",
+        str(store),
+        "--address",
+        f"http://127.0.0.1:{ports[0]}",
+        "--management-address",
+        f"http://127.0.0.1:{ports[1]}",
+        "--metrics-address",
+        f"http://127.0.0.1:{ports[2]}",
+        "--grpc-ports",
+        str(ports[3]),
+        str(ports[4]),
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 def _answer(store, port):
     from clipshield.training.export.torchserve import STATE_DIR, read_keys
 
     key = read_keys(store / STATE_DIR)["inference"]
-    r = requests.post(f"http://127.0.0.1:{port}/predictions/clipshield", data=image(seed=1),
-                      headers={"Content-Type": "image/png", "Authorization": f"Bearer {key}"}, timeout=30)
+    r = requests.post(
+        f"http://127.0.0.1:{port}/predictions/clipshield",
+        data=image(seed=1),
+        headers={"Content-Type": "image/png", "Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     return r.json()["model"]
 

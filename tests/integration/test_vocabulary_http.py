@@ -3,6 +3,7 @@
 
 Skips only where Java (needed by TorchServe's frontend) is missing.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ An answer counts as a failure unless it is HTTP 200 with the documented JSON bod
 section 3): top-k predictions sorted by score, labels from the request's label set when one was sent,
 and `purified` matching an explicit `purify` field.
 """
+
 from __future__ import annotations
 
 import json

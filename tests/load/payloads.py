@@ -6,6 +6,7 @@ for the served model), and `payloads.json`, the manifest the locust users read: 
 their kind, domain and true label, plus named custom label sets (shapes, colours, random subsets of
 the colour+shape classes).
 """
+
 from __future__ import annotations
 
 import json
@@ -104,8 +105,14 @@ def build_payloads(model: PixelCLIP, out_dir: Path, cfg: Optional[PayloadConfig]
     manifest = {
         "images": items,
         "label_sets": _label_sets(cfg, color_shape),
-        "attack": {"name": "pgd", "eps": cfg.eps, "steps": cfg.pgd_steps, "images": attacked,
-                   "right_to_wrong": broken, "success_rate": broken / attacked if attacked else math.nan},
+        "attack": {
+            "name": "pgd",
+            "eps": cfg.eps,
+            "steps": cfg.pgd_steps,
+            "images": attacked,
+            "right_to_wrong": broken,
+            "success_rate": broken / attacked if attacked else math.nan,
+        },
         "config": cfg.model_dump(),
     }
     path = out_dir / MANIFEST

@@ -6,6 +6,7 @@ PGD-perturbed PNGs, label sets), start TorchServe (or KServe: `--runtime kserve`
 server (always), and exit 1 on any failed request, any non-ok server outcome, or p95 above
 `--max-p95-ms`. Usage: `python -m tests.load.run_loadtest [--run-time 30] [--users 8] ...`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,21 +78,56 @@ def loopback_serve_config(workers: int, startup_timeout_s: float):
 
     p = [_free_port() for _ in range(5)]
     return ServeConfig(
-        inference_address=f"http://127.0.0.1:{p[0]}", management_address=f"http://127.0.0.1:{p[1]}",
-        metrics_address=f"http://127.0.0.1:{p[2]}", grpc_inference_port=p[3], grpc_management_port=p[4],
-        workers=workers, startup_timeout_s=startup_timeout_s,
+        inference_address=f"http://127.0.0.1:{p[0]}",
+        management_address=f"http://127.0.0.1:{p[1]}",
+        metrics_address=f"http://127.0.0.1:{p[2]}",
+        grpc_inference_port=p[3],
+        grpc_management_port=p[4],
+        workers=workers,
+        startup_timeout_s=startup_timeout_s,
     )
 
 
 def locust_command(cfg: LoadTestConfig, host: str, payloads: Path, key_file: Optional[Path], out: Path) -> list[str]:
     """The headless locust command line (module form, so it runs with this interpreter's locust)."""
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
-        "--users", str(cfg.users), "--spawn-rate", str(cfg.spawn_rate), "--run-time", f"{cfg.run_time_s}s",
-        "--stop-timeout", str(int(cfg.request_timeout_s) + 1), "--csv", str(out / CSV_PREFIX), "--html", str(out / "report.html"),
-        "--only-summary", "--loglevel", "WARNING", "--logfile", str(out / "locust.log"),
-        "--payloads", str(payloads), "--key-file", str(key_file) if key_file else "", "--request-timeout", str(cfg.request_timeout_s),
-        "--think-ms", str(cfg.think_ms), "--seed", str(cfg.seed), "--runtime", cfg.runtime,
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(cfg.users),
+        "--spawn-rate",
+        str(cfg.spawn_rate),
+        "--run-time",
+        f"{cfg.run_time_s}s",
+        "--stop-timeout",
+        str(int(cfg.request_timeout_s) + 1),
+        "--csv",
+        str(out / CSV_PREFIX),
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--logfile",
+        str(out / "locust.log"),
+        "--payloads",
+        str(payloads),
+        "--key-file",
+        str(key_file) if key_file else "",
+        "--request-timeout",
+        str(cfg.request_timeout_s),
+        "--think-ms",
+        str(cfg.think_ms),
+        "--seed",
+        str(cfg.seed),
+        "--runtime",
+        cfg.runtime,
     ]
 
 
@@ -115,7 +151,9 @@ def _start(cfg: LoadTestConfig, work: Path, store: Path) -> tuple[str, Optional[
     if cfg.runtime == "kserve":
         from clipshield.training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
 
-        handle = start_kserve(work / "export", work / "kserve", KServeConfig(http_port=_free_port(), startup_timeout_s=cfg.startup_timeout_s))
+        handle = start_kserve(
+            work / "export", work / "kserve", KServeConfig(http_port=_free_port(), startup_timeout_s=cfg.startup_timeout_s)
+        )
 
         def kserve_metrics() -> list[str]:
             with urllib.request.urlopen(handle.url + "/metrics", timeout=10) as resp:
@@ -155,10 +193,20 @@ def run_loadtest(cfg: Optional[LoadTestConfig] = None) -> LoadTestResult:
     except ReportError as err:
         raise ReportError(f"{err}; locust exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}") from err
     found = problems(summary, cfg.max_p95_ms)
-    files = {"stats": out / f"{CSV_PREFIX}_stats.csv", "history": out / f"{CSV_PREFIX}_stats_history.csv",
-             "failures": out / f"{CSV_PREFIX}_failures.csv", "html": out / "report.html", "summary": out / "summary.json"}
-    record = {"config": cfg.model_dump(mode="json"), "summary": summary.model_dump(mode="json"), "problems": found,
-              "passed": not found, "attack": json.loads((payloads / MANIFEST).read_text())["attack"]}
+    files = {
+        "stats": out / f"{CSV_PREFIX}_stats.csv",
+        "history": out / f"{CSV_PREFIX}_stats_history.csv",
+        "failures": out / f"{CSV_PREFIX}_failures.csv",
+        "html": out / "report.html",
+        "summary": out / "summary.json",
+    }
+    record = {
+        "config": cfg.model_dump(mode="json"),
+        "summary": summary.model_dump(mode="json"),
+        "problems": found,
+        "passed": not found,
+        "attack": json.loads((payloads / MANIFEST).read_text())["attack"],
+    }
     files["summary"].write_text(json.dumps(record, indent=2))
     return LoadTestResult(summary=summary, problems=tuple(found), files=files)
 
@@ -188,8 +236,17 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[LoadTestConfig, bool]:
     p.add_argument("--payloads-only", action="store_true", help="write the payloads, print a locust command, do not run")
     a = p.parse_args(argv)
     return LoadTestConfig(
-        results_dir=a.results, model=a.model, run_time_s=a.run_time, users=a.users, spawn_rate=a.spawn_rate, think_ms=a.think_ms,
-        request_timeout_s=a.request_timeout, max_p95_ms=a.max_p95_ms, server_workers=a.workers, seed=a.seed, runtime=a.runtime,
+        results_dir=a.results,
+        model=a.model,
+        run_time_s=a.run_time,
+        users=a.users,
+        spawn_rate=a.spawn_rate,
+        think_ms=a.think_ms,
+        request_timeout_s=a.request_timeout,
+        max_p95_ms=a.max_p95_ms,
+        server_workers=a.workers,
+        seed=a.seed,
+        runtime=a.runtime,
         payloads=PayloadConfig(seed=a.seed),
     ), a.payloads_only
 
@@ -200,14 +257,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg, payloads_only = parse_args(argv)
     if payloads_only:
         folder = write_payloads(cfg)
-        print(f"payloads in {folder}; from the repo root run e.g.\n  locust -f {LOCUSTFILE.relative_to(REPO)} --headless "
-              f"--host http://HOST:8080 -u {cfg.users} -r {cfg.spawn_rate:g} -t {cfg.run_time_s}s --payloads {folder} --token KEY "
-              f"--csv {cfg.results_dir}/locust --html {cfg.results_dir}/report.html")
+        print(
+            f"payloads in {folder}; from the repo root run e.g.\n  locust -f {LOCUSTFILE.relative_to(REPO)} --headless "
+            f"--host http://HOST:8080 -u {cfg.users} -r {cfg.spawn_rate:g} -t {cfg.run_time_s}s --payloads {folder} --token KEY "
+            f"--csv {cfg.results_dir}/locust --html {cfg.results_dir}/report.html"
+        )
         return 0
     result = run_loadtest(cfg)
     t = result.summary.total
-    print(f"\nload test: {cfg.users} users for {cfg.run_time_s} s -> {t.rps:.1f} req/s, "
-          f"p50 {t.p50_ms:.0f} ms, p95 {t.p95_ms:.0f} ms, p99 {t.p99_ms:.0f} ms, {t.failures} failed of {t.requests}")
+    print(
+        f"\nload test: {cfg.users} users for {cfg.run_time_s} s -> {t.rps:.1f} req/s, "
+        f"p50 {t.p50_ms:.0f} ms, p95 {t.p95_ms:.0f} ms, p99 {t.p99_ms:.0f} ms, {t.failures} failed of {t.requests}"
+    )
     for line in format_summary(result.summary):
         print(line)
     print("report: " + ", ".join(str(p) for p in result.files.values()))

@@ -1,4 +1,5 @@
 """Golden-model fixtures: the goldens' tiny CLIP built through our loading path, and golden loading."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Tolerance (goldens README sections 5 and 6): at least 99.99 % of delta entries e
 rest may lie anywhere inside the eps-ball (the sign of a near-zero gradient flipped, then clamped to the
 ball and the box), and every entry stays within eps of the clean image. Sizes come from the goldens.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """CLIPure-Cos against the reference goldens (clipure_cos.npz), and batch independence of per-sample mode."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Our loading path + PixelCLIP reproduce the goldens' embeddings and tokens (goldens README section 5)."""
+
 from __future__ import annotations
 
 import torch

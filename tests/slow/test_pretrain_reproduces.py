@@ -1,4 +1,5 @@
 """Slow (not in `make test`): `clipshield pretrain` with default settings reproduces the shipped model's accuracy."""
+
 from __future__ import annotations
 
 import pytest

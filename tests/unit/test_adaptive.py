@@ -1,4 +1,5 @@
 """Adaptive attacks on CLIPure-Cos: the evaluator catches gradient masking on the mini-world model."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Attack score, its calibration, detection metrics and the adaptive attacks on toy models (issue 15)."""
+
 from __future__ import annotations
 
 import pytest
@@ -185,8 +186,25 @@ def test_entry_points_write_json_and_markdown(tmp_path):
 
     from clipshield.training.eval import detection, ttc_adaptive
 
-    assert detection.main(["--out", str(tmp_path / "d"), "--n-calibration", "8", "--n-eval", "8", "--lams", "1",
-                           "--eot", "1", "--eval-datasets", "miniworld/plain/color_shape/heldout_caption"]) == 0
+    assert (
+        detection.main(
+            [
+                "--out",
+                str(tmp_path / "d"),
+                "--n-calibration",
+                "8",
+                "--n-eval",
+                "8",
+                "--lams",
+                "1",
+                "--eot",
+                "1",
+                "--eval-datasets",
+                "miniworld/plain/color_shape/heldout_caption",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "d" / "detection.json").read_text())
     rows = result["sets"]["miniworld/plain/color_shape/heldout_caption"]
     assert {"clean", "pgd@2", "pgd@4", "pgd@8", "cw@4", "adaptive-pgd@4-l1-linear", "adaptive-pgd@4-l1-hinge", "adaptive-best"} <= set(rows)

@@ -1,4 +1,5 @@
 """Contract tests for every registered attack (toy model), PGD determinism and AutoAttack containment."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Bundle versions: written at export and archive, refused when unreadable, shown by describe."""
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,8 @@ def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path)
 def test_handler_describe_and_clean_refusal(exported, tmp_path):
     pytest.importorskip("ts")
     from clipshield.handlers.clipshield_handler import ClipshieldHandler
-    from tests.unit.test_service_handler import FakeContext
     from clipshield.training.export import build_archive
+    from tests.unit.test_service_handler import FakeContext
 
     archive = build_archive(exported, tmp_path / "store", archive_format="no-archive")
     from clipshield.service.preprocess import encode_png

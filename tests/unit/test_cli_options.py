@@ -1,4 +1,5 @@
 """Every option of every subcommand says what it is and its default; pixel budgets have one unit (1/255)."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,17 @@ def label(action: argparse.Action) -> str:
 
 
 def test_every_subcommand_is_walked():
-    assert set(subparsers(build_parser())) == {"pretrain", "finetune", "evaluate", "export", "release", "archive", "serve", "demo", "experiment"}
+    assert set(subparsers(build_parser())) == {
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "export",
+        "release",
+        "archive",
+        "serve",
+        "demo",
+        "experiment",
+    }
     assert {"experiment miniworld", "experiment paper"} <= set(leaf_parsers(build_parser()))
     assert sum(1 for _ in options()) > 80
 
@@ -78,8 +89,15 @@ def test_pixel_budget_flags_state_their_unit():
     seen = {(cmd, label(a)) for cmd, a, text in options() if label(a) in BUDGET_FLAGS and "1/255" in text}
     every = {(cmd, label(a)) for cmd, a, _ in options() if label(a) in BUDGET_FLAGS}
     assert every and seen == every
-    assert {("finetune", "--eps"), ("finetune", "--attack-alpha"), ("finetune", "--eval-eps"), ("experiment miniworld", "--eps"), ("experiment paper", "--eps"),
-            ("evaluate", "--eps"), ("evaluate", "--alpha")} <= every
+    assert {
+        ("finetune", "--eps"),
+        ("finetune", "--attack-alpha"),
+        ("finetune", "--eval-eps"),
+        ("experiment miniworld", "--eps"),
+        ("experiment paper", "--eps"),
+        ("evaluate", "--eps"),
+        ("evaluate", "--alpha"),
+    } <= every
 
 
 def finetune_args(*argv):
@@ -116,14 +134,17 @@ def test_zero_step_size_is_refused_and_zero_budget_allowed():
         to_pixels(0.0, "--alpha", allow_zero=False)
 
 
-@pytest.mark.parametrize("argv", [
-    ["finetune", "--method", "fare", "--eps", "300"],
-    ["finetune", "--method", "tecoa", "--attack-alpha", "-1"],
-    ["finetune", "--method", "tecoa", "--eval-eps", "0.0157"],
-    ["experiment", "miniworld", "--eps", "100"],
-    ["evaluate", "--eps", "-4"],
-    ["evaluate", "--alpha", "70"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["finetune", "--method", "fare", "--eps", "300"],
+        ["finetune", "--method", "tecoa", "--attack-alpha", "-1"],
+        ["finetune", "--method", "tecoa", "--eval-eps", "0.0157"],
+        ["experiment", "miniworld", "--eps", "100"],
+        ["evaluate", "--eps", "-4"],
+        ["evaluate", "--alpha", "70"],
+    ],
+)
 def test_cli_refuses_bad_budgets_in_one_line_before_any_work(argv, tmp_path, capsys):
     out = ["--output", str(tmp_path / "o")] if argv[0] in ("finetune", "experiment") else ["--out", str(tmp_path / "o")]
     assert main([*argv, *out]) == 2

@@ -1,4 +1,5 @@
 """The demo serves its fine-tuned model under a name and version of its own, never as the base model's."""
+
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,7 @@
 """Documentation examples are real: every fenced `clipshield ...` command in README.md and docs/*.md parses
 with the CLI's own parser (flags exist, choices and data set names valid), and a few short offline ones
 run exactly as written (listed in RUN_AS_WRITTEN)."""
+
 from __future__ import annotations
 
 import re

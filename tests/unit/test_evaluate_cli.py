@@ -1,6 +1,7 @@
 """`clipshield evaluate` for a new user: the default eps comes from the data set registry, an opening line
 says what will run before anything slow, progress shows on stderr, and --skip-missing with nothing
 present is an error listing what was looked for."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """ONNX export of the mini-world model: parity with PyTorch at batch 1 and 8, bundle and archive."""
+
 from __future__ import annotations
 
 import json
@@ -125,9 +126,12 @@ def test_purify_no_gain_turns_purification_off_and_never_picks_the_overshoot():
     from clipshield.training.export.purify_calibration import SweepConfig, SweepRow, _choose, overshoots
 
     cfg = SweepConfig()
-    rows = [SweepRow(steps=10, step_size=30.0, clean=0.96, robust_bpda=0.29),  # ~881 degrees: a near no-op
-            SweepRow(steps=2, step_size=0.2, clean=0.95, robust_bpda=0.31), SweepRow(steps=1, step_size=0.2, clean=0.95, robust_bpda=0.30),
-            SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60)]
+    rows = [
+        SweepRow(steps=10, step_size=30.0, clean=0.96, robust_bpda=0.29),  # ~881 degrees: a near no-op
+        SweepRow(steps=2, step_size=0.2, clean=0.95, robust_bpda=0.31),
+        SweepRow(steps=1, step_size=0.2, clean=0.95, robust_bpda=0.30),
+        SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60),
+    ]
     flat = _choose(cfg, 0.96, 0.29, rows, 256)
     assert overshoots(10, 30.0) and not overshoots(2, 0.5)
     assert flat.chosen.enabled is False and (flat.chosen.steps, flat.chosen.step_size) == (1, 0.2)  # cheapest eligible
@@ -170,5 +174,5 @@ def test_bundle_with_other_tokenizer_vocab_refused(exported, tmp_path):
         ClipshieldService.from_folder(copy)
     (copy / B.TOKENIZER_VOCAB).unlink()
     B.write_manifest(copy)
-    with pytest.raises(ModelLoadError, match="tokenizer vocabulary.* is missing"):
+    with pytest.raises(ModelLoadError, match=r"tokenizer vocabulary.* is missing"):
         ClipshieldService.from_folder(copy)

@@ -5,6 +5,7 @@ rate, eps 4/255 for training and evaluation); nothing is tuned per method. Measu
 docs/finetuning.md; the thresholds below are far beyond what a broken loss (no attack, wrong sign,
 text tower updated, frozen model confused with the target) reaches.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,10 @@ def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
     threads = torch.get_num_threads()
     try:
-        return {m: finetune(recipe_config("miniworld-train", method=m, model=MODEL, output=out / m, **RUN))[0]
-                for m in ("tecoa", "tga-zsr", "ft-clean")}
+        return {
+            m: finetune(recipe_config("miniworld-train", method=m, model=MODEL, output=out / m, **RUN))[0]
+            for m in ("tecoa", "tga-zsr", "ft-clean")
+        }
     finally:
         torch.set_num_threads(threads)
 

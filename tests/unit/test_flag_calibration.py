@@ -1,4 +1,5 @@
 """Adversarial-input flag: threshold at a target false-positive rate, AUROC, served `flagged` (issue 7)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The frozen model's remembered clean outputs: same losses as recomputing, fewer frozen forwards."""
+
 from __future__ import annotations
 
 import pytest
@@ -122,8 +123,20 @@ def test_finetune_with_and_without_memory_agree(tmp_path):
     runs = {}
     for mb in (1024.0, 0.0):  # 16 images, batch 8: steps 2-3 are the second epoch
         out = tmp_path / f"mb{mb:g}"
-        finetune(FinetuneConfig(method="tga-zsr", model=str(model_dir), data_limit=16, batch_size=8, steps=4, warmup=1,
-                                eps=EPS, output=out, threads=1, frozen_cache_mb=mb))
+        finetune(
+            FinetuneConfig(
+                method="tga-zsr",
+                model=str(model_dir),
+                data_limit=16,
+                batch_size=8,
+                steps=4,
+                warmup=1,
+                eps=EPS,
+                output=out,
+                threads=1,
+                frozen_cache_mb=mb,
+            )
+        )
         runs[mb] = load_weights(out / "final" / "model.safetensors")
     from safetensors import safe_open
 

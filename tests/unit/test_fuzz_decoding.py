@@ -4,6 +4,7 @@ Contract under test: whatever bytes or form fields arrive, `service/` either ret
 result or raises a `clipshield.service.errors.BadInput` subclass (400/413/415) - never another exception,
 which a server would turn into a 500. Example counts are bounded so the module runs in seconds.
 """
+
 from __future__ import annotations
 
 import io
@@ -117,8 +118,14 @@ ANY_CHAR = st.one_of(
     st.characters(exclude_categories=()),
 )
 _values = st.one_of(
-    st.none(), st.binary(max_size=64), st.text(max_size=64), st.integers(-(10**30), 10**30), st.booleans(),
-    st.floats(allow_nan=True), st.lists(st.text(max_size=8), max_size=5), st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+    st.none(),
+    st.binary(max_size=64),
+    st.text(max_size=64),
+    st.integers(-(10**30), 10**30),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.lists(st.text(max_size=8), max_size=5),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
 )
 _field_names = st.one_of(st.sampled_from(list(FORM_FIELDS) + ["body", "data"]), st.text(max_size=8))
 
@@ -143,7 +150,11 @@ def test_parse_request_returns_options_or_bad_input(parts, content_type):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.one_of(st.binary(max_size=200), st.text(ANY_CHAR, max_size=200), st.lists(st.one_of(st.text(ANY_CHAR, max_size=30), st.integers()), max_size=8)),
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(ANY_CHAR, max_size=200),
+        st.lists(st.one_of(st.text(ANY_CHAR, max_size=30), st.integers()), max_size=8),
+    ),
     st.one_of(st.binary(max_size=12), st.text(max_size=12)),
     st.one_of(st.binary(max_size=12), st.text(max_size=12)),
 )

@@ -1,5 +1,6 @@
 """The serving path needs no torch: a process that cannot import torch, torchvision or open_clip loads a
 real bundle through the KServe adapter and answers like the full install (`pip install .[serve-kserve]`)."""
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ def test_served_answer_without_torch_equals_the_full_install(bundle, tmp_path):
     labels = json.dumps(["red star", "blue circle", "green square"])
     out = subprocess.run(
         [sys.executable, "-c", LEAN_CLIENT, str(bundle), str(tmp_path / "x.png"), labels],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lean = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
 """Contract tests for every registered fine-tuning method on a tiny random mini-world CLIP."""
+
 from __future__ import annotations
 
 import pytest
@@ -99,6 +100,8 @@ def test_per_token_map_norm_is_a_different_option(tiny):
     method = get_method("tga-zsr")
     batch = LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen))
     ref = method.loss(batch, method.params())
-    alt = method.loss(LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen)), method.params(map_norm="per_token"))
+    alt = method.loss(
+        LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen)), method.params(map_norm="per_token")
+    )
     torch.testing.assert_close(alt.terms["ce"], ref.terms["ce"])
     assert not torch.allclose(alt.outputs["map_clean_frozen"], ref.outputs["map_clean_frozen"])

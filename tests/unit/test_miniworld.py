@@ -1,4 +1,5 @@
 """The mini world: deterministic rendering, disjoint seeds, Latin-square hold-outs, captions that respect them."""
+
 from __future__ import annotations
 
 import numpy as np

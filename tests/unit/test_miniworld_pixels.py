@@ -1,5 +1,6 @@
 """Mini-world images reach a model exactly as serving would preprocess the same image sent as a PNG
 (the claim of `clipshield.training.data.miniworld`): identical pixels, not merely close ones, at 224 px."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """What is measured is what is served (issue 11): one model card from `finetune` through `export` and
 `archive` to the handler's describe answer and its `clipshield_model_accuracy` gauges; honest
 purification signals; one spelling of attack labels in the demo and export."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,27 @@ def finetuned(tmp_path_factory):
     from clipshield.training.cli import main
 
     out = tmp_path_factory.mktemp("ft") / "run"
-    argv = ["finetune", "--method", "tecoa", "--steps", str(STEPS), "--batch-size", str(BATCH), "--data-limit", str(IMAGES),
-            "--eval-datasets", EVAL_SET, "--eval-limit", "16", "--eval-steps", "2", "--threads", "1", "--output", str(out)]
+    argv = [
+        "finetune",
+        "--method",
+        "tecoa",
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        str(BATCH),
+        "--data-limit",
+        str(IMAGES),
+        "--eval-datasets",
+        EVAL_SET,
+        "--eval-limit",
+        "16",
+        "--eval-steps",
+        "2",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
     assert main(argv) == 0
     return out / "final"
 
@@ -75,7 +95,8 @@ def test_served_card_and_gauges_carry_the_finetune_results(finetuned, archived):
     assert not {"purify_sweep", "flag"} & set(served) and served["purify"]["enabled"] is False  # not measured: absent
     gauges = ctx.metrics.metrics["clipshield_model_accuracy"].values
     assert sorted((dims[2], dims[3], dims[4], v) for v, dims in gauges) == sorted(
-        (e.dataset, e.attack, "false", e.value) for e in ft.accuracy)
+        (e.dataset, e.attack, "false", e.value) for e in ft.accuracy
+    )
 
 
 def test_export_refuses_a_card_for_other_weights(finetuned, tmp_path, miniworld_model):
@@ -112,8 +133,11 @@ def test_demo_and_export_label_the_same_metrics_alike():
     eps = 4 / 255
     demo = demo_accuracy({EVAL_SET: (0.9, 0.2)}, 16, eps, PreprocessConfig(image_size=32))
     export = _choose(SweepConfig(eps=eps, steps=DEMO_STEPS), 0.9, 0.2, [SweepRow(steps=1, step_size=0.1, clean=0.9, robust_bpda=0.2)], 16)
-    assert {(a.attack, a.purified) for a in demo} == {(a.attack, a.purified) for a in export.accuracy} == {
-        ("none", False), ("pgd10-linf-4/255", False)}
+    assert (
+        {(a.attack, a.purified) for a in demo}
+        == {(a.attack, a.purified) for a in export.accuracy}
+        == {("none", False), ("pgd10-linf-4/255", False)}
+    )
 
 
 def test_describe_is_decided_per_item_not_per_batch(archived):
@@ -147,13 +171,22 @@ def test_export_measurement_replaces_the_same_finetune_gauge_and_cards_refuse_du
     from clipshield.service.card import AccuracyEntry, ModelCard
     from clipshield.training.export.exporter import merge_accuracy
 
-    ft = [AccuracyEntry(dataset=EVAL_SET, attack="none", purified=False, value=0.5, n=16),
-          AccuracyEntry(dataset=EVAL_SET, attack="pgd2-linf-4/255", purified=False, value=0.1, n=16)]
+    ft = [
+        AccuracyEntry(dataset=EVAL_SET, attack="none", purified=False, value=0.5, n=16),
+        AccuracyEntry(dataset=EVAL_SET, attack="pgd2-linf-4/255", purified=False, value=0.1, n=16),
+    ]
     ex = [AccuracyEntry(dataset=EVAL_SET, attack="none", purified=False, value=0.6, n=256)]
     merged, notes = merge_accuracy(ft, ex)
     assert [(e.attack, e.value) for e in merged] == [("pgd2-linf-4/255", 0.1), ("none", 0.6)]
     assert len(notes) == 1 and "60.0% (n=256) measured at export replaces 50.0% (n=16)" in notes[0]
-    base = dict(source="export", name="m", embed_dim=4, image_size=32, logit_scale=1.0, weights_digest="d",
-                provenance={"clipshield_version": "0", "git_commit": "c", "date": "t"})
+    base = dict(
+        source="export",
+        name="m",
+        embed_dim=4,
+        image_size=32,
+        logit_scale=1.0,
+        weights_digest="d",
+        provenance={"clipshield_version": "0", "git_commit": "c", "date": "t"},
+    )
     with pytest.raises(ValidationError, match="repeat"):
         ModelCard(**base, accuracy=(*ft, *ex))

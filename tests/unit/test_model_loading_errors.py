@@ -1,5 +1,6 @@
 """The first hour with real models: no network, missing weights files and unknown architectures give
 one clear line each (issue 17 items 5-7), fast, without the hub client's retry noise."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Model loading: clear errors for every bad source, checkpoints round-trip, no unpickling of arbitrary objects."""
+
 from __future__ import annotations
 
 import pickle

@@ -1,6 +1,7 @@
 """Early-stopping PGD/CW: the same per-sample trajectories as the final-iterate protocol until a
 sample is fooled, each fooled sample keeps its first fooling iterate, and robust accuracy is the
 worst case over iterates (never above the final-iterate number)."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -5,6 +5,7 @@ The evaluation path reads a `folder/<dir>` data set from disk through the regist
 `clipshield.service.preprocess.load_pixels` (as `ClipshieldService` does). Both decode with Pillow and call
 `to_pixels`, so the pixels must be bit-identical: the 1/255 allowance of the issue is not needed.
 """
+
 from __future__ import annotations
 
 import numpy as np

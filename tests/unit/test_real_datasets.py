@@ -1,4 +1,5 @@
 """Real data-set registry: fake folder layouts in tmp_path, class-name rules, prompts, missing folders."""
+
 from __future__ import annotations
 
 import json
@@ -115,8 +116,7 @@ def _tiny_imagenet(root: Path, arranged_val: bool) -> list[str]:
     base.mkdir(parents=True)
     (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
     (base / "words.txt").write_text(
-        "n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\nn03902125\tpay-phone, pay-station\n"
-        "n00001740\tentity\n"
+        "n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\nn03902125\tpay-phone, pay-station\nn00001740\tentity\n"
     )
     for w in wnids:
         _jpg(base / "train" / w / "images" / f"{w}_0.JPEG", (64, 64))
@@ -193,8 +193,18 @@ def test_caltech101_drops_background(tmp_path):
 
 
 def test_eurosat_descriptive_names(tmp_path):
-    folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-               "PermanentCrop", "Residential", "River", "SeaLake"]
+    folders = [
+        "AnnualCrop",
+        "Forest",
+        "HerbaceousVegetation",
+        "Highway",
+        "Industrial",
+        "Pasture",
+        "PermanentCrop",
+        "Residential",
+        "River",
+        "SeaLake",
+    ]
     for f in folders:
         _jpg(tmp_path / "eurosat" / "2750" / f / f"{f}_1.jpg", (64, 64))
     ds = build_dataset("eurosat", DatasetRequest(root=tmp_path, limit=3))
@@ -367,12 +377,27 @@ def test_finetune_on_a_folder(tmp_path):
     record = miniworld_record()
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "model", record, from_record(record).clip.state_dict())
-    _, card = finetune(FinetuneConfig(method="tecoa", model=str(tmp_path / "model"), data="folder/shapes",
-                                      data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
-                                      steps=2, warmup=1, output=tmp_path / "run", threads=1))
+    _, card = finetune(
+        FinetuneConfig(
+            method="tecoa",
+            model=str(tmp_path / "model"),
+            data="folder/shapes",
+            data_root=tmp_path / "data",
+            image_size=record.preprocess.image_size,
+            batch_size=4,
+            steps=2,
+            warmup=1,
+            output=tmp_path / "run",
+            threads=1,
+        )
+    )
     data = card["training"]["data"]
     assert {k: data[k] for k in ("name", "images", "classes", "template")} == {
-        "name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
+        "name": "folder/shapes",
+        "images": 6,
+        "classes": 2,
+        "template": "This is a photo of a {}",
+    }
     # the folder's JPEGs went through the model's own record preprocessing (the `model` preset), recorded in the card
     assert data["preprocess_preset"] == "model"
     assert data["preprocess"] == record.preprocess.model_dump(mode="json")

@@ -1,4 +1,5 @@
 """`clipshield release`: accept, refuse on a drop or a protocol difference, and a recorded --force."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,9 @@ PRE = "[0,1] pixels: resize shortest side to 32 + centre crop 32x32"
 
 
 def entry(attack: str, value: float, preprocessing: str = PRE) -> AccuracyEntry:
-    return AccuracyEntry(dataset="miniworld/plain/color_shape/seen", attack=attack, purified=False, value=value, n=256,
-                         preprocessing=preprocessing)
+    return AccuracyEntry(
+        dataset="miniworld/plain/color_shape/seen", attack=attack, purified=False, value=value, n=256, preprocessing=preprocessing
+    )
 
 
 @pytest.fixture(scope="module")

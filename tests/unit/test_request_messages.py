@@ -3,6 +3,7 @@
 Every request-validation path of `clipshield.service.api` is driven to its error, and each message must be one
 of ours: no "Value error, ...", "Input should be ...", "1 validation error for ...".
 """
+
 from __future__ import annotations
 
 import pytest

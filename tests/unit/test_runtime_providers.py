@@ -3,6 +3,7 @@
 This machine's onnxruntime has no CUDAExecutionProvider, which is exactly the case under test:
 CUDA requested where none exists. The tests check that premise instead of assuming it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Request parsing of the HTTP contract (raw body and multipart fields)."""
+
 from __future__ import annotations
 
 import pytest

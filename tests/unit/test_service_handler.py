@@ -1,4 +1,5 @@
 """The TorchServe adapter with a fake context: per-item status codes, JSON bodies, metrics forwarding."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,11 @@ def test_handler_per_item_status_and_metrics(archive_dir):
     out = handler.handle(data, ctx)
     assert len(out) == 3
     assert ctx.status == {1: (415, "Unsupported Media Type")}
-    assert json.loads(out[1]) == {"code": 415, "type": "UnsupportedMediaType", "message": "image format not accepted; send one of PNG, JPEG"}
+    assert json.loads(out[1]) == {
+        "code": 415,
+        "type": "UnsupportedMediaType",
+        "message": "image format not accepted; send one of PNG, JPEG",
+    }
     first, third = json.loads(out[0]), json.loads(out[2])
     assert len(first["predictions"]) == 5 and first["purified"] is False  # unmeasured card: purification off by default
     assert len(third["predictions"]) == 2 and third["purified"] is False

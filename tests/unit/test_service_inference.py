@@ -1,4 +1,5 @@
 """The ORT inference pipeline: per-sample purification, batch independence, per-item errors, labels."""
+
 from __future__ import annotations
 
 import numpy as np

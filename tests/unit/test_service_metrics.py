@@ -3,6 +3,7 @@
 Both metrics.yaml files and the three config.properties are generated (`python -m clipshield.training.monitoring.generate`):
 the committed text must be what the generator writes now.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,9 @@ def test_metrics_yaml_declares_every_metric_with_its_dimensions():
 def test_metrics_yaml_is_generated_from_the_metric_list(path):
     from clipshield.training.monitoring.torchserve_metrics import metrics_config
 
-    assert yaml.safe_load((REPO / path).read_text()) == metrics_config(), f"{path} is stale: run python -m clipshield.training.monitoring.generate"
+    assert yaml.safe_load((REPO / path).read_text()) == metrics_config(), (
+        f"{path} is stale: run python -m clipshield.training.monitoring.generate"
+    )
 
 
 @pytest.mark.parametrize("path, place", sorted(GENERATED.items()))

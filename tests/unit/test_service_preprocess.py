@@ -1,4 +1,5 @@
 """Image decoding with limits and the resize/crop path to [0, 1] pixels."""
+
 from __future__ import annotations
 
 import io
@@ -173,15 +174,16 @@ def test_torch_free_resize_is_torchvisions(shape, interpolation):
     """`to_pixels` (Pillow + `clipshield.service.resize`, no torch) == torchvision's transforms, the definition it replaced:
     bit for bit on PIL images; to float rounding for the no-antialias tensor resize (up- and downscaling)."""
     import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
+    from torchvision.transforms import InterpolationMode, functional as TF
 
     rng = np.random.default_rng(sum(shape))
     img = Image.fromarray((rng.random((*shape, 3)) * 255).astype(np.uint8), "RGB")
     mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    for cfg in (PreprocessConfig(image_size=24, interpolation=interpolation),
-                PreprocessConfig(image_size=24, interpolation=interpolation, resize_ratio=256 / 224),
-                PreprocessConfig(image_size=24, interpolation=interpolation, resize_mode="squash")):
+    for cfg in (
+        PreprocessConfig(image_size=24, interpolation=interpolation),
+        PreprocessConfig(image_size=24, interpolation=interpolation, resize_ratio=256 / 224),
+        PreprocessConfig(image_size=24, interpolation=interpolation, resize_mode="squash"),
+    ):
         target = [24, 24] if cfg.resize_mode == "squash" else cfg.resize_to
         ref = TF.center_crop(TF.resize(img, target, interpolation=mode), [24, 24])
         np.testing.assert_array_equal(to_pixels(img, cfg), np.asarray(ref, dtype=np.float32).transpose(2, 0, 1) / 255.0)

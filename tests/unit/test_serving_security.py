@@ -1,4 +1,5 @@
 """Safe defaults of the serving path (issue 7): rendered TorchServe config, no unpickling of files."""
+
 from __future__ import annotations
 
 import ast
@@ -48,8 +49,11 @@ def _calls(tree: ast.AST, dotted: str):
     mod, name = dotted.rsplit(".", 1)
     for node in ast.walk(tree):
         if (
-            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == mod
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == name
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == mod
         ):
             yield node
 

@@ -1,4 +1,5 @@
 """TTC counterattack contract on the mini-world model: branches, eps-ball, box, determinism, errors."""
+
 from __future__ import annotations
 
 import math

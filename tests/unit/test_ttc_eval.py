@@ -1,4 +1,5 @@
 """The non-adaptive TTC evaluation entry point on a few mini-world images."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ The mini-world model's compact vocabulary maps every other word to one unknown i
 give confident answers such as 'a woman' at 0.4999 for a picture of a red circle. Real CLIP
 vocabularies (open_clip's byte-level BPE) read any text and are unaffected.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,8 +109,11 @@ def test_service_over_an_open_clip_vocabulary_answers_any_words(tmp_path):
     from clipshield.service.models import from_record, record_from_arch
     from clipshield.training.export import export_model
 
-    arch = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    arch = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     torch.manual_seed(0)
     model = from_record(record_from_arch("tiny-bpe", arch))
     service = ClipshieldService.from_folder(export_model(model, tmp_path / "bundle"))
@@ -125,8 +129,21 @@ def test_cli_evaluate_on_folder_class_names_fails_naming_the_words(tmp_path, cap
     for i, cls in enumerate(["woman", "red_circle", "car"]):
         (tmp_path / "mine" / cls).mkdir(parents=True)
         Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / "mine" / cls / "0.png")
-    rc = main(["evaluate", "--model", "miniworld", "--datasets", "folder/mine", "--data-root", str(tmp_path),
-               "--attacks", "none", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            "miniworld",
+            "--datasets",
+            "folder/mine",
+            "--data-root",
+            str(tmp_path),
+            "--attacks",
+            "none",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 2 and len(err) == 1, err
     words, labels = re.search(r"no word\(s\) (.*?) \(in label\(s\) (.*?)\);", err[0]).groups()

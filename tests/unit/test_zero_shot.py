@@ -1,4 +1,5 @@
 """Zero-shot head: prompt-ensemble maths, caching, and the classifier's logits."""
+
 from __future__ import annotations
 
 import torch

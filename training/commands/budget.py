@@ -5,6 +5,7 @@ Every L-inf radius or attack step size a user types (`--eps`, `--alpha`, `--atta
 ("eps = 1/255" is `--eps 1`). Configs and attacks keep pixel units (a fraction of [0, 1]);
 `to_pixels` is the CLI boundary between the two and refuses values outside a sane range.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Options and helpers shared by several subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,15 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
         "or an open_clip architecture such as ViT-B-32 (then give --pretrained). Default: %(default)s",
     )
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
-    g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only; default: none)")
+    g.add_argument(
+        "--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only; default: none)"
+    )
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
-    g.add_argument("--offline", action="store_true", help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)",
+    )
 
 
 def flag_config(cls: type[ConfigT], flags: Optional[dict[str, str]] = None, **values: Any) -> ConfigT:

@@ -4,6 +4,7 @@ shipped mini-world CLIP -> zero-shot classification -> brief robust fine-tuning 
 clean/robust accuracy before and after -> ONNX export -> TorchServe archive -> TorchServe ->
 classify clean and attacked images with and without purification over HTTP -> metrics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,11 @@ def attacked_note(eps: float) -> str:
     """One sentence saying what "attacked" means in the demo's tables."""
     from clipshield.service.card import attack_label
 
-    return (f"  attacked = {attack_label('pgd', eps, DEMO_STEPS)}: white-box PGD, {DEMO_STEPS} steps of size eps/4, "
-            f"L-inf eps = {eps * 255:g}/255 in [0,1] pixels,\n  crafted against the model in that column (base against "
-            "the base model, fine-tuned against the fine-tuned one).")
+    return (
+        f"  attacked = {attack_label('pgd', eps, DEMO_STEPS)}: white-box PGD, {DEMO_STEPS} steps of size eps/4, "
+        f"L-inf eps = {eps * 255:g}/255 in [0,1] pixels,\n  crafted against the model in that column (base against "
+        "the base model, fine-tuned against the fine-tuned one)."
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -134,11 +137,19 @@ def run(args: argparse.Namespace) -> int:
         from clipshield.training.finetune_config import recipe_config
 
         # the mini world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own
-        cfg = recipe_config("miniworld-train", method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps,
-                            eval_datasets=[], threads=args.threads).resolved(1)
-        print(f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
-              f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '')} lr {cfg.optim.lr:g}, "
-              f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ...")
+        cfg = recipe_config(
+            "miniworld-train",
+            method=args.method,
+            output=args.work_dir / "finetune",
+            steps=args.finetune_steps,
+            eval_datasets=[],
+            threads=args.threads,
+        ).resolved(1)
+        print(
+            f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
+            f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '') } lr {cfg.optim.lr:g}, "
+            f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ..."
+        )
         model, card = finetune(cfg)
     after = _accuracies(model, DEMO_EVAL, args.n, eps)
     print(f"\nclean / attacked top-1 ({args.n} images each):")
@@ -159,8 +170,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nserving the fine-tuned model as {model.record.name} {version} (its card carries the numbers above; attacked")
     print("images are crafted against the un-purified fine-tuned classifier and sent as 8-bit PNGs):")
     print(SERVING_NOTE)
-    serving_demo(model, args.work_dir, args.model_store, out=print, n_images=4, eps=eps, once=args.once, accuracy=accuracy,
-                 version=version, finetune_card=ModelCard.model_validate(card) if card else None)
+    serving_demo(
+        model,
+        args.work_dir,
+        args.model_store,
+        out=print,
+        n_images=4,
+        eps=eps,
+        once=args.once,
+        accuracy=accuracy,
+        version=version,
+        finetune_card=ModelCard.model_validate(card) if card else None,
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ defaults of `clipshield finetune` (no per-method tuning); the comparison table (
 domains, mean +- std over seeds) is written as Markdown, JSON and a PNG plot. Finished runs are
 skipped, so an interrupted experiment continues where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     from clipshield.training.experiments import paper_run
 
     top = sub.add_parser(
-        "experiment", help="compare methods: the mini-world comparison, or a published paper table",
+        "experiment",
+        help="compare methods: the mini-world comparison, or a published paper table",
         description="Experiments: `experiment miniworld` compares every method on the mini world; `experiment paper` "
         "reproduces a published TGA-ZSR table (fine-tune, evaluate 16 data sets, compare; --dry-run for the plan).",
     )
     suites = top.add_subparsers(dest="suite", required=True, metavar="{miniworld,paper}")
     p = suites.add_parser(
-        "miniworld", help="compare the base model and every fine-tuning method on the mini world",
+        "miniworld",
+        help="compare the base model and every fine-tuning method on the mini world",
         description="Fine-tune the shipped mini-world CLIP with every method under one shared budget and several "
         "seeds, evaluate clean and PGD accuracy (eps 4/255) on seen, held-out-combination and held-out-domain sets, "
         "and write OUTPUT/results.{md,json,png}. CPU only; well under a minute per run on 2 cores with the defaults.",
     )
     paper = suites.add_parser(
-        "paper", help="reproduce a published TGA-ZSR table (--dry-run: the plan and its cost)",
+        "paper",
+        help="reproduce a published TGA-ZSR table (--dry-run: the plan and its cost)",
         description=paper_run.__doc__,
     )
     paper_run.add_arguments(paper)
@@ -53,14 +57,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=MINIWORLD_RECIPE.steps, help="optimisation steps per run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=MINIWORLD_RECIPE.batch_size, help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=MINIWORLD_RECIPE.lr["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
-    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_RECIPE.lr["adamw"],
-                   help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
-    p.add_argument("--eps", type=float, default=4.0,
-                   help=budget_help("training and evaluation L-inf radius", "%(default)s (the mini world's reference, 4/255)"))
+    p.add_argument(
+        "--lr", type=float, default=MINIWORLD_RECIPE.lr["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)"
+    )
+    p.add_argument(
+        "--adamw-lr",
+        type=float,
+        default=MINIWORLD_RECIPE.lr["adamw"],
+        help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=4.0,
+        help=budget_help("training and evaluation L-inf radius", "%(default)s (the mini world's reference, 4/255)"),
+    )
     p.add_argument("--eval-limit", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
-    p.add_argument("--output", type=Path, default=Path("runs/experiment-miniworld"), help="output folder; finished runs in it are reused (default: %(default)s)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/experiment-miniworld"),
+        help="output folder; finished runs in it are reused (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
     p.set_defaults(run=run)
 
@@ -73,9 +92,20 @@ def experiment_config(args: argparse.Namespace, method: str, seed: int):
 
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
     return recipe_config(
-        "miniworld-train", method=method, output=args.output / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
-        eps=to_pixels(args.eps, "--eps"), seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
-        eval_datasets=list(EVAL_SETS), eval_limit=args.eval_limit, eval_steps=args.eval_steps,
+        "miniworld-train",
+        method=method,
+        output=args.output / method / f"seed{seed}",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=lr,
+        eps=to_pixels(args.eps, "--eps"),
+        seed=seed,
+        checkpoint_every=max(1, args.steps // 4),
+        resume=True,
+        threads=args.threads,
+        eval_datasets=list(EVAL_SETS),
+        eval_limit=args.eval_limit,
+        eval_steps=args.eval_steps,
         data_limit=max(args.steps * args.batch_size // 2, 512),
     )
 
@@ -96,8 +126,18 @@ def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from clipshield.service.models import load_model
     from clipshield.training.eval.runner import EvalConfig, Evaluator
 
-    ecfg = flag_config(EvalConfig, model_id="miniworld-base", datasets=list(EVAL_SETS), attacks=["pgd"], eps=to_pixels(args.eps, "--eps"), steps=args.eval_steps,
-                      seed=seed, limit=args.eval_limit, image_size=32, out_dir=args.output / "base" / "eval")
+    ecfg = flag_config(
+        EvalConfig,
+        model_id="miniworld-base",
+        datasets=list(EVAL_SETS),
+        attacks=["pgd"],
+        eps=to_pixels(args.eps, "--eps"),
+        steps=args.eval_steps,
+        seed=seed,
+        limit=args.eval_limit,
+        image_size=32,
+        out_dir=args.output / "base" / "eval",
+    )
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(load_model("miniworld"), ecfg).run()}
 
 
@@ -127,8 +167,10 @@ def markdown(table: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} "
         f"(FARE: AdamW lr {args.adamw_lr}), eps {as_255(to_pixels(args.eps, '--eps'))}, "
-        f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).", "",
-        "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
+        f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
     ]
     for method, row in table.items():
         lines.append(f"| {method} | " + " | ".join(f"{row[c]['mean']:.1f} ± {row[c]['std']:.1f}" for c in cols) + " |")
@@ -163,9 +205,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods or list_methods()
-    print(f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
-          f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(EVAL_SETS)} sets; finished runs in "
-          f"{args.output} are reused", flush=True)
+    print(
+        f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
+        f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(EVAL_SETS)} sets; finished runs in "
+        f"{args.output} are reused",
+        flush=True,
+    )
     per_seed: dict[str, list[dict]] = {"base": [run_base(args, s) for s in args.seeds]}
     for method in methods:
         per_seed[method] = []
@@ -174,9 +219,25 @@ def run(args: argparse.Namespace) -> int:
             per_seed[method].append(run_method(args, method, seed))
     table = summarise(per_seed)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps({"table": table, "runs": per_seed, "settings": {
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "adamw_lr": args.adamw_lr, "eps": eps, "seeds": args.seeds,
-        "eval_limit": args.eval_limit, "eval_steps": args.eval_steps}}, indent=2))
+    (args.output / "results.json").write_text(
+        json.dumps(
+            {
+                "table": table,
+                "runs": per_seed,
+                "settings": {
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "lr": args.lr,
+                    "adamw_lr": args.adamw_lr,
+                    "eps": eps,
+                    "seeds": args.seeds,
+                    "eval_limit": args.eval_limit,
+                    "eval_steps": args.eval_steps,
+                },
+            },
+            indent=2,
+        )
+    )
     text = markdown(table, args)
     (args.output / "results.md").write_text(text)
     plot(table, args.output / "results.png")

@@ -1,4 +1,5 @@
 """`clipshield export`: image and text encoders to ONNX, with parity check and model card."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,24 +26,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/export/miniworld"), help="output folder (default: %(default)s)")
-    p.add_argument("--labels", default="miniworld/plain/color_shape/seen",
-                   help="default label set: a data set name, or a JSON file {\"classnames\": [...], \"templates\": [...]} "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--labels",
+        default="miniworld/plain/color_shape/seen",
+        help='default label set: a data set name, or a JSON file {"classnames": [...], "templates": [...]} (default: %(default)s)',
+    )
     p.add_argument("--version", default="1.0", help="model version reported in responses (default: %(default)s)")
-    p.add_argument("--measure-purify", type=int, default=0, metavar="N",
-                   help="choose the purification default by measurement on N mini-world images: on only if it "
-                   "beats no purification under a straight-through attack (0: not measured, off by default)")
+    p.add_argument(
+        "--measure-purify",
+        type=int,
+        default=0,
+        metavar="N",
+        help="choose the purification default by measurement on N mini-world images: on only if it "
+        "beats no purification under a straight-through attack (0: not measured, off by default)",
+    )
     p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
-    p.add_argument("--calibrate-flag", type=int, default=0, metavar="N",
-                   help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
-                   "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)")
+    p.add_argument(
+        "--calibrate-flag",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
+        "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)",
+    )
     p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
-    p.add_argument("--calibrate-score", type=int, default=0, metavar="N",
-                   help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
-                   "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
-                   "0: no attack score in the bundle (default: %(default)s)")
-    p.add_argument("--score-data", default="miniworld/plain/color_shape/seen", metavar="DATASET",
-                   help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)")
+    p.add_argument(
+        "--calibrate-score",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
+        "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
+        "0: no attack score in the bundle (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-data",
+        default="miniworld/plain/color_shape/seen",
+        metavar="DATASET",
+        help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)",
+    )
     p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
@@ -60,7 +82,9 @@ def load_labels(spec: str):
         try:
             return LabelSet.model_validate(json.loads(path.read_text()))
         except (json.JSONDecodeError, ValidationError) as exc:
-            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            problem = (
+                exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            )
             raise ConfigError(f"label file {path} is not a label set: {problem}") from None
     return labels_from_dataset(spec)
 
@@ -118,22 +142,28 @@ def run(args: argparse.Namespace) -> int:
         result = _measure_purify(model, args.measure_purify)
         measured = ExportMeasurements(purify=result.chosen, purify_sweep=result.sweep, accuracy=result.accuracy, notes=result.notes)
     if args.no_purify:
-        measured = measured.model_copy(update={"purify": measured.purify.model_copy(
-            update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"})})
+        measured = measured.model_copy(
+            update={
+                "purify": measured.purify.model_copy(
+                    update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"}
+                )
+            }
+        )
     if args.calibrate_flag:
         measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
     labels = load_labels(args.labels)
     if args.calibrate_score:
         score = _calibrate_score(model, labels, args.calibrate_score, args.score_data, args.score_fpr)
         measured = measured.model_copy(update={"attack_score": score})
-    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured,
-                       finetune_card=finetune_card)
+    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured, finetune_card=finetune_card)
     card = read_card(out)
     print(f"exported {card.name} {card.version} to {out}")
     if card.training is not None:
         t = card.training
-        print(f"fine-tuned: {t.method}, {t.steps} steps ({t.epochs:g} epochs) at {t.image_size} px; "
-              f"{len(card.accuracy)} accuracies carried from its card")
+        print(
+            f"fine-tuned: {t.method}, {t.steps} steps ({t.epochs:g} epochs) at {t.image_size} px; "
+            f"{len(card.accuracy)} accuracies carried from its card"
+        )
     print(f"ONNX parity (max abs diff): {card.parity.model_dump_json() if card.parity else None}")
     print(f"purification default: {card.purify.model_dump_json()}")
     return 0

@@ -1,4 +1,5 @@
 """`clipshield pretrain`: train the mini-world CLIP from scratch on CPU."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay (default: %(default)s)")
     p.add_argument("--pool-size", type=int, default=40_000, help="number of distinct training images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--loss", choices=["multi_positive", "clip"], default="multi_positive",
-                   help="multi_positive (default): a caption is positive for every image it describes; clip: open_clip ClipLoss")
+    p.add_argument(
+        "--loss",
+        choices=["multi_positive", "clip"],
+        default="multi_positive",
+        help="multi_positive (default): a caption is positive for every image it describes; clip: open_clip ClipLoss",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="write resumable state every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/state if present")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads; pin for bit-identical runs (default: torch's own)")
@@ -38,9 +43,18 @@ def run(args: argparse.Namespace) -> int:
     from clipshield.training.pretrain import PretrainConfig, pretrain
 
     cfg = flag_config(
-        PretrainConfig, output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        pool_size=args.pool_size, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, threads=args.threads,
+        PretrainConfig,
+        output=args.output,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        pool_size=args.pool_size,
+        seed=args.seed,
+        loss=args.loss,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        threads=args.threads,
     )
     bar = progress(cfg.steps, "pretrain", "step")
 

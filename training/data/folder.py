@@ -1,4 +1,5 @@
 """`folder/<dir>`: any torchvision-style class-folder tree, the user's own data (fine-tuning or evaluation)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ def folder_classnames(root: Path, folders: Sequence[str]) -> list[str]:
             raise DatasetNotFound(f"{path}: no name for class folder {missing[0]!r} ({len(missing)} missing)")
         return [table[f].strip() for f in folders]
     if len(lines) != len(folders):
-        raise DatasetNotFound(f"{path}: {len(lines)} names for {len(folders)} class folders (one per line, sorted folder order, "
-                              "or 'folder<TAB>name' lines)")
+        raise DatasetNotFound(
+            f"{path}: {len(lines)} names for {len(folders)} class folders (one per line, sorted folder order, or 'folder<TAB>name' lines)"
+        )
     return [line.strip() for line in lines]
 
 
@@ -57,8 +59,9 @@ def build_folder(name: str, req: DatasetRequest) -> RealDataset:
         wanted = SPLIT_FOLDERS.get(req.split, (req.split,))
         found = [d for d in wanted if d in splits]
         if not found:
-            raise DatasetNotFound(f"{name}: no {' or '.join(wanted)} folder in {root} (found {', '.join(splits)}); "
-                                  f"expected layout: {layout}")
+            raise DatasetNotFound(
+                f"{name}: no {' or '.join(wanted)} folder in {root} (found {', '.join(splits)}); expected layout: {layout}"
+            )
         folder = root / found[0]
     transform, protocol = image_transform(req)
     base = image_folder(name, folder, transform, layout)

@@ -5,6 +5,7 @@ The world renders 8-bit 32x32 images; like every data set's, they reach the mode
 shipped 32-pixel model under the `model` preset; a 224-pixel model gets them resized exactly as
 serving would resize the same images sent as PNG).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -29,7 +30,12 @@ MINIWORLD_REFERENCE_EPS = 4 / 255
 # fine-tuning on the mini world: one budget for every method, short enough for a laptop CPU
 # (docs/finetuning.md); one learning rate per optimiser family (SGD, or AdamW for FARE)
 MINIWORLD_RECIPE = FinetuneRecipe(
-    name="miniworld", eps=MINIWORLD_REFERENCE_EPS, steps=200, batch_size=32, data_limit=3200, warmup=None,
+    name="miniworld",
+    eps=MINIWORLD_REFERENCE_EPS,
+    steps=200,
+    batch_size=32,
+    data_limit=3200,
+    warmup=None,
     lr={"sgd": 0.005, "adamw": 1e-4},
     eval_datasets=("miniworld/plain/color_shape/seen", "miniworld/plain/color_shape/heldout_image", "miniworld/outlined/color_shape/seen"),
 )
@@ -55,8 +61,12 @@ class PreprocessedMiniWorld(torch.utils.data.Dataset):
         self.classnames = base.classnames
         self.templates = base.templates
         self.labels = base.labels
-        self.protocol = {"dataset": name, "split": getattr(getattr(base, "task", None), "split", "train"),
-                         "preprocess": choice, "transform": cfg.describe()}
+        self.protocol = {
+            "dataset": name,
+            "split": getattr(getattr(base, "task", None), "split", "train"),
+            "preprocess": choice,
+            "transform": cfg.describe(),
+        }
         self._cache: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
@@ -85,7 +95,9 @@ def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
             f"label set in {LABEL_SETS}, split in {SPLITS}; got {name!r}"
         )
     _, domain, label_set, split = parts
-    task = MiniWorldTask(domain, label_set, split, n=req.limit or 512, world_seed=req.seed, seed_split=_SEED_SPLITS.get(req.split, Split.TEST))
+    task = MiniWorldTask(
+        domain, label_set, split, n=req.limit or 512, world_seed=req.seed, seed_split=_SEED_SPLITS.get(req.split, Split.TEST)
+    )
     cfg, choice = resolve_preprocess(_at_32(req))
     return PreprocessedMiniWorld(MiniWorldClassification(task), cfg, choice, name)
 

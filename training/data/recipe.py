@@ -6,6 +6,7 @@ data sets carry `REFERENCE_RECIPE`, the papers' (docs/methods.md §0.4: 10 epoch
 own recipe; `clipshield.training.finetune_config.recipe_config` applies it, so the CLI, the demo, the
 experiments and the tests train with the same defaults.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional

@@ -7,6 +7,7 @@ expected layout. Each entry also carries its reference L-inf budget (`reference_
 the strength `clipshield evaluate` uses when no `--eps` is given; and its fine-tuning recipe
 (`finetune_recipe`, `clipshield.training.data.recipe`): the defaults `clipshield finetune` trains with on it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -83,9 +84,7 @@ def register_dataset(
     return wrap
 
 
-def register_dataset_family(
-    prefix: str, reference_eps: float = REAL_REFERENCE_EPS, recipe: FinetuneRecipe = REFERENCE_RECIPE
-) -> Callable:
+def register_dataset_family(prefix: str, reference_eps: float = REAL_REFERENCE_EPS, recipe: FinetuneRecipe = REFERENCE_RECIPE) -> Callable:
     """Register a builder for every name starting with `prefix/` (e.g. miniworld/<domain>/...)."""
 
     def wrap(fn: Callable[[str, DatasetRequest], ZeroShotDataset]) -> Callable:

@@ -7,6 +7,7 @@ Resize(256)+CenterCrop(224) protocol; `squash` resizes to S x S). CIFAR/STL keep
 model resizes inside, PMG-AFT/TeCoA); unset, they follow the preset, except that `paper` means
 TGA-ZSR's squash for them, as in the reference code (docs/methods.md §0.7).
 """
+
 from __future__ import annotations
 
 from typing import Optional

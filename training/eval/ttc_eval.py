@@ -7,6 +7,7 @@ adaptive evaluation (BPDA through the sign steps, EOT over the random start; doc
 
     python -m clipshield.training.eval.ttc_eval --model miniworld --limit 64 --eps 4 --steps 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,7 @@ def evaluate_ttc(model: PixelCLIP, cfg: TTCEvalConfig, tau_model: Optional[Pixel
     head = build_text_head(model, classnames, templates)
     plain = ZeroShotClassifier(model, head).eval()
     defended = TTCClassifier(model, head, cfg.ttc, tau_model, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    attack = get_attack("pgd")(plain, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-                               generator=torch.Generator().manual_seed(cfg.seed))
+    attack = get_attack("pgd")(plain, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
     sums: dict[str, float] = {}
     taus: dict[str, list[torch.Tensor]] = {"clean": [], "adv": []}
     for x, y in batches(images, labels, cfg.batch_size):
@@ -99,8 +99,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TTCEvalConfig(dataset=args.dataset, limit=args.limit, eps=args.eps / 255, alpha=args.alpha / 255,
-                        steps=args.steps, seed=args.seed, ttc=TTCConfig(tau_thres=args.tau_thres))
+    cfg = TTCEvalConfig(
+        dataset=args.dataset,
+        limit=args.limit,
+        eps=args.eps / 255,
+        alpha=args.alpha / 255,
+        steps=args.steps,
+        seed=args.seed,
+        ttc=TTCConfig(tau_thres=args.tau_thres),
+    )
     try:
         metrics = evaluate_ttc(load_model(args.model, weights=args.weights), cfg)
     except ClipshieldError as exc:

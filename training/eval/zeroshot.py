@@ -1,4 +1,5 @@
 """Zero-shot top-1 accuracy of a classifier on a data set, clean or under an attack."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

@@ -5,6 +5,7 @@ classifier, then sent as 8-bit PNGs), each with purification off and on, prints 
 `clipshield_` metric lines, then stops the server (`once`) or leaves it running with instructions.
 Output goes through `out` (the CLI passes `print`), so this module itself never prints.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from .torchserve import ServeConfig, start_server, stop_server
 METRIC_PREFIXES = ("clipshield_requests_total", "clipshield_flipped_total", "clipshield_flagged_total", "clipshield_model_accuracy")
 
 
-def attacked_images(model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, eps: float, seed: int) -> torch.Tensor:
+def attacked_images(
+    model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, eps: float, seed: int
+) -> torch.Tensor:
     """PGD-10 adversarial images [B, 3, H, W] in [0, 1] against the un-purified zero-shot classifier."""
     from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
     from clipshield.training.attacks.pgd import PGD
@@ -74,7 +77,9 @@ def serving_demo(
                 status, body = client.predict(encode_png(batch[i].detach().numpy()), purify=purified)
                 top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
                 answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
-                out(f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}")
+                out(
+                    f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}"
+                )
     scraped = client.metrics_after("clipshield_requests_total", len(answers))
     metrics = [line for line in scraped if line.startswith(METRIC_PREFIXES) or "_count{" in line]
     out("\nmetrics (clipshield_*):")

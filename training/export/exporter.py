@@ -5,6 +5,7 @@ the model record, the default label set with its precomputed zero-shot head, the
 (blank-template embedding), the tokenizer's BPE vocabulary, the model card (with ONNX parity
 numbers, the fine-tune card's provenance and results, and what export measured) and the sha256 manifest.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,14 +62,19 @@ def merge_accuracy(
     notes = tuple(
         f"{e.dataset} {e.attack} (purified={str(e.purified).lower()}): {mine[accuracy_key(e)].value:.1%} "
         f"(n={mine[accuracy_key(e)].n}) measured at export replaces {e.value:.1%} (n={e.n}) from fine-tuning"
-        for e in finetuned if accuracy_key(e) in mine
+        for e in finetuned
+        if accuracy_key(e) in mine
     )
     kept = tuple(e for e in finetuned if accuracy_key(e) not in mine)
     return (*kept, *measured), notes
 
 
 def bundle_card(
-    model: PixelCLIP, version: str, embed_dim: int, parity: B.ParityReport, measured: ExportMeasurements,
+    model: PixelCLIP,
+    version: str,
+    embed_dim: int,
+    parity: B.ParityReport,
+    measured: ExportMeasurements,
     finetune_card: Optional[ModelCard] = None,
 ) -> ModelCard:
     """The bundle's card: the fine-tune card's provenance and results (when given) plus export's own.
@@ -80,16 +86,34 @@ def bundle_card(
     accuracy, notes = merge_accuracy(finetune_card.accuracy if finetune_card else (), measured.accuracy)
     if finetune_card is not None:
         if finetune_card.weights_digest != digest:
-            raise ExportError(f"the model card describes image-tower weights {finetune_card.weights_digest}, "
-                              f"but the exported model's are {digest}: refusing to ship a card for other weights")
-        carried = {"base_model": finetune_card.base_model, "training": finetune_card.training,
-                   "finetune_provenance": finetune_card.provenance, "description": finetune_card.description}
+            raise ExportError(
+                f"the model card describes image-tower weights {finetune_card.weights_digest}, "
+                f"but the exported model's are {digest}: refusing to ship a card for other weights"
+            )
+        carried = {
+            "base_model": finetune_card.base_model,
+            "training": finetune_card.training,
+            "finetune_provenance": finetune_card.provenance,
+            "description": finetune_card.description,
+        }
     return ModelCard(
-        source="export", name=model.record.name, version=version, description=carried.pop("description", model.record.description),
-        embed_dim=embed_dim, image_size=model.image_size, logit_scale=model.logit_scale, weights_digest=digest,
-        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag,
-        attack_score=measured.attack_score, parity=parity,
-        provenance=current_provenance(), notes=(*measured.notes, *notes), **carried,
+        source="export",
+        name=model.record.name,
+        version=version,
+        description=carried.pop("description", model.record.description),
+        embed_dim=embed_dim,
+        image_size=model.image_size,
+        logit_scale=model.logit_scale,
+        weights_digest=digest,
+        accuracy=accuracy,
+        purify=measured.purify,
+        purify_sweep=measured.purify_sweep,
+        flag=measured.flag,
+        attack_score=measured.attack_score,
+        parity=parity,
+        provenance=current_provenance(),
+        notes=(*measured.notes, *notes),
+        **carried,
     )
 
 

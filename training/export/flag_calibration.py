@@ -14,6 +14,7 @@ Images are rounded to 8 bits before scoring, as a PNG request would be. This is 
 non-adaptive attacks only: an attacker who knows the score can add a term keeping the anchor
 cosine in range (see docs/security.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -107,17 +108,30 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
         scores = anchor_scores(model, anchor, adv, cfg.batch_size)
         name = attack_label("pgd", eps / 255, steps)
         # A lower anchor cosine is more suspicious, so AUROC ranks the negated scores.
-        rates.append(B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held),
-                                dataset=cfg.dataset))
+        rates.append(
+            B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held), dataset=cfg.dataset)
+        )
         log.info("flag %s: rate %.3f, AUROC %.3f", name, rates[-1].flag_rate, rates[-1].auroc)
     for name in cfg.extra_clean:
         other = build_dataset(name, DatasetRequest(limit=cfg.n_eval, preprocess=model.record.preprocess)).images()
-        rates.append(B.FlagRate(attack=B.CLEAN, flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold),
-                                n=len(other), dataset=name))
+        rates.append(
+            B.FlagRate(
+                attack=B.CLEAN,
+                flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold),
+                n=len(other),
+                dataset=name,
+            )
+        )
     notes = (
         f"flagged = anchor_score < {threshold:.4f} (the {cfg.target_fpr:.0%} quantile of {cfg.n_calibration} clean "
         f"{cfg.dataset} images), or purification flipped the top-1; rates measured on {cfg.n_eval} held-out images. "
         "A hint against non-adaptive attacks only; clean images of other domains may be flagged more often.",
     )
-    return B.FlagCalibration(anchor_below=threshold, target_fpr=cfg.target_fpr, dataset=cfg.dataset,
-                             n_calibration=cfg.n_calibration, rates=tuple(rates), notes=notes)
+    return B.FlagCalibration(
+        anchor_below=threshold,
+        target_fpr=cfg.target_fpr,
+        dataset=cfg.dataset,
+        n_calibration=cfg.n_calibration,
+        rates=tuple(rates),
+        notes=notes,
+    )

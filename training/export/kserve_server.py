@@ -5,6 +5,7 @@ the KServe twin of `training/export/torchserve.py`. The server is `python -m cli
 in its own session; its pid, config and log live in a state folder (default
 `<model_store>/.kserve/`), so `stop_kserve(state_dir)` stops exactly the server started there.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,17 @@ class KServeHandle:
 
 def _command(bundle: Path, cfg: KServeConfig) -> list[str]:
     return [
-        sys.executable, "-m", "clipshield.handlers.kserve_app", "--bundle", str(bundle), "--model-name", cfg.model_name,
-        "--host-port", str(cfg.http_port), "--grpc-port", str(cfg.grpc_port),
+        sys.executable,
+        "-m",
+        "clipshield.handlers.kserve_app",
+        "--bundle",
+        str(bundle),
+        "--model-name",
+        cfg.model_name,
+        "--host-port",
+        str(cfg.http_port),
+        "--grpc-port",
+        str(cfg.grpc_port),
     ]
 
 
@@ -85,7 +95,9 @@ def start_kserve(bundle: Path, state_dir: Path, cfg: Optional[KServeConfig] = No
         raise KServeError(f"no serving bundle at {bundle}; run `clipshield export --out {bundle}` first")
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / "server.log").open("ab") as log_file:  # the child keeps its own descriptor
-        proc = subprocess.Popen(_command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            _command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     (state_dir / "server.json").write_text(json.dumps({"pid": proc.pid, "bundle": str(bundle), **cfg.model_dump()}, indent=2))
     handle = KServeHandle(proc, cfg, state_dir)
     try:
@@ -114,7 +126,9 @@ def wait_ready(handle: KServeHandle) -> None:
         if model_ready(handle.url, handle.config.model_name):
             return
         time.sleep(0.3)
-    raise KServeError(f"the KServe server was not ready within {handle.config.startup_timeout_s:.0f} s; see {handle.state_dir / 'server.log'}")
+    raise KServeError(
+        f"the KServe server was not ready within {handle.config.startup_timeout_s:.0f} s; see {handle.state_dir / 'server.log'}"
+    )
 
 
 def stop_kserve(state_dir: Path, timeout_s: float = 20.0) -> bool:

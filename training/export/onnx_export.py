@@ -8,6 +8,7 @@ at batch 1 and 8. The TorchScript-based exporter (`dynamo=False`) is used: the d
 needs `onnxscript`, which is not a dependency. Weights are embedded in each .onnx file (protobuf's
 2 GB limit holds every CLIP image tower up to ViT-L/14).
 """
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@ the best BPDA robust accuracy (among those keeping clean accuracy within `max_cl
 baseline and rotating less than 90 degrees) beats the un-purified robust accuracy by `min_gain`;
 otherwise it is off by default, and the card's `purify.chosen_by` and notes say so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,9 @@ def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tens
     """Clean and PGD top-1 of `classifier`, the attack differentiating `attack_model` (evaluation runner)."""
     from clipshield.training.eval.runner import AttackRecipe, measure
 
-    clean, robust, _ = measure(classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed,
-                               target=attack_model)
+    clean, robust, _ = measure(
+        classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed, target=attack_model
+    )
     return clean, robust
 
 
@@ -105,27 +107,39 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
     """Default = best BPDA robust accuracy among eligible candidates, only if it beats no purification
     by `min_gain`; otherwise purification is off by default (the cheapest eligible setting is kept for
     requests that ask for it). Overshooting candidates and those losing clean accuracy are ineligible."""
-    rows = [r.model_copy(update={"eligible": not overshoots(r.steps, r.step_size) and r.clean >= base_clean - cfg.max_clean_drop})
-            for r in rows]
+    rows = [
+        r.model_copy(update={"eligible": not overshoots(r.steps, r.step_size) and r.clean >= base_clean - cfg.max_clean_drop}) for r in rows
+    ]
     keep = [r for r in rows if r.eligible]
     attack = attack_label("pgd", cfg.eps, cfg.steps)
-    rule = (f"best straight-through (BPDA) {attack} robust accuracy among candidates that keep clean accuracy within "
-            f"{cfg.max_clean_drop:.0%} of no purification and rotate less than 90 degrees; on only if it beats "
-            f"no purification by at least {cfg.min_gain:.0%}")
+    rule = (
+        f"best straight-through (BPDA) {attack} robust accuracy among candidates that keep clean accuracy within "
+        f"{cfg.max_clean_drop:.0%} of no purification and rotate less than 90 degrees; on only if it beats "
+        f"no purification by at least {cfg.min_gain:.0%}"
+    )
     best = max(keep, key=lambda r: (r.robust_bpda, -rotation_deg(r.steps, r.step_size))) if keep else None
     gain = best is not None and best.robust_bpda >= base_pgd + cfg.min_gain
-    sweep = B.PurifySweep(dataset=cfg.dataset, n=n, attack=attack, baseline_clean=base_clean, baseline_robust=base_pgd,
-                          rule=rule, rows=tuple(rows), gain=gain)
+    sweep = B.PurifySweep(
+        dataset=cfg.dataset, n=n, attack=attack, baseline_clean=base_clean, baseline_robust=base_pgd, rule=rule, rows=tuple(rows), gain=gain
+    )
     notes = []
     if gain:
-        chosen = B.PurifyDefaults(enabled=True, steps=best.steps, step_size=best.step_size,
-                                  chosen_by=f"measured on {cfg.dataset} (n={n}): BPDA robust accuracy {best.robust_bpda:.1%} "
-                                  f"vs {base_pgd:.1%} without purification")
+        chosen = B.PurifyDefaults(
+            enabled=True,
+            steps=best.steps,
+            step_size=best.step_size,
+            chosen_by=f"measured on {cfg.dataset} (n={n}): BPDA robust accuracy {best.robust_bpda:.1%} "
+            f"vs {base_pgd:.1%} without purification",
+        )
     else:
         cheapest = min(keep, key=lambda r: (r.steps, r.step_size)) if keep else None
-        chosen = B.PurifyDefaults(enabled=False, steps=cheapest.steps if cheapest else 0, step_size=cheapest.step_size if cheapest else 0.0,
-                                  chosen_by=f"measured on {cfg.dataset} (n={n}): no robustness gain, so purification is off by "
-                                  "default; steps and step size are the cheapest eligible candidate, used only when a request asks")
+        chosen = B.PurifyDefaults(
+            enabled=False,
+            steps=cheapest.steps if cheapest else 0,
+            step_size=cheapest.step_size if cheapest else 0.0,
+            chosen_by=f"measured on {cfg.dataset} (n={n}): no robustness gain, so purification is off by "
+            "default; steps and step size are the cheapest eligible candidate, used only when a request asks",
+        )
         notes.append(
             f"Purification buys no robustness under adaptive attack on {cfg.dataset} (n={n}): robust accuracy "
             f"{base_pgd:.1%} without it, at most {max((r.robust_bpda for r in keep), default=0.0):.1%} with an eligible "
@@ -138,7 +152,13 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
     if gain:
         accuracy += [
             B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=True, value=best.clean, n=n, preprocessing=pre),
-            B.AccuracyEntry(dataset=cfg.dataset, attack=attack_label("pgd", cfg.eps, cfg.steps, via="bpda"), purified=True,
-                            value=best.robust_bpda, n=n, preprocessing=pre),
+            B.AccuracyEntry(
+                dataset=cfg.dataset,
+                attack=attack_label("pgd", cfg.eps, cfg.steps, via="bpda"),
+                purified=True,
+                value=best.robust_bpda,
+                n=n,
+                preprocessing=pre,
+            ),
         ]
     return SweepResult(sweep=sweep, chosen=chosen, accuracy=tuple(accuracy), notes=tuple(notes))

@@ -4,6 +4,7 @@
 cannot read before launching anything, and checks after start that the server answers with the
 archive's model name and version. Works on `.mar` files (zip) and `no-archive` folders alike.
 """
+
 from __future__ import annotations
 
 import shutil

@@ -6,6 +6,7 @@ PGD (`clipshield.training.methods.fare.FARE_ADVERSARY`). Randomness comes only f
 (the fine-tuning loop derives it from (seed, step)), so a resumed run draws the same random starts
 as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,9 +36,7 @@ class Adversary(Protocol):
     kind: str
     alpha_per_eps: float
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """Adversarial images [B,3,H,W] in [0,1] for `batch.images`, or None (no attack)."""
         ...
 
@@ -49,9 +48,7 @@ class NoAdversary:
     kind: str = "none"
     alpha_per_eps: float = 1.0
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """None: the loss trains on the clean images."""
         return None
 
@@ -68,9 +65,7 @@ class ClassifierPGD:
     kind: str = "pgd"
     alpha_per_eps: float = 1.0
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """images + delta, |delta| <= eps, from a uniform random start drawn from `generator`."""
         images, target = batch.images, batch.target
         init = random_start(images, budget.eps, generator)

@@ -1,4 +1,5 @@
 """Pieces shared by the method losses: scaled cosine logits and the batched clean+adversarial forward."""
+
 from __future__ import annotations
 
 from typing import Optional

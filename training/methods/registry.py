@@ -5,6 +5,7 @@ its training adversary, whether it needs a frozen copy of the original model, it
 hyper-parameter model and the recipe defaults of docs/methods.md §0.4. Modules register by explicit
 import in `training/methods/__init__.py`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

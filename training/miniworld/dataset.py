@@ -3,6 +3,7 @@
 Images are generated on demand from per-image seeds: `seed = hash(world seed, split, index)`, so
 evaluation sets (VAL/TEST splits) never share a seed with pre-training (TRAIN split).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -170,4 +171,3 @@ class MiniWorldFinetune(Dataset):
 def all_tasks(n: int = 512, world_seed: int = 0) -> list[MiniWorldTask]:
     """Every (domain, label set, split) zero-shot task of the mini world."""
     return [MiniWorldTask(d, ls, sp, n, world_seed) for d in DOMAINS for ls in LABEL_SETS for sp in SPLITS]
-

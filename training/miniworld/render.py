@@ -4,6 +4,7 @@ Every image is a pure function of its attributes and a per-image seed, so data s
 reproducible without storing pixels. Shapes are drawn at 4x resolution with Pillow and box-filtered
 down, which gives anti-aliased edges at ~1 ms per image on one core.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,9 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]]:
         return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
     if shape == "heart":
         ts = np.linspace(0, 2 * math.pi, 48, endpoint=False)
-        return [(math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 16 - 0.15) for t in ts]
+        return [
+            (math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 16 - 0.15) for t in ts
+        ]
     if shape == "crescent":
         # Outer arc on the left, inner arc (circle offset to the right) back up.
         outer = [(math.cos(t), math.sin(t)) for t in np.linspace(0.35 * math.pi, 1.65 * math.pi, 28)]

@@ -9,6 +9,7 @@ in model_store/ and k8s/.
 After regenerating, re-render the kustomization (`make k8s-render`): the dashboard ConfigMap in
 k8s/rendered/monitoring.yaml embeds the dashboard file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,11 @@ def generated() -> dict[str, str]:
     """Repository-relative path -> file text, for every generated file."""
     from .dashboard import dashboard_json  # grafana-foundation-sdk: the `monitoring` extra
 
-    metrics_yaml = HEADER + "# TorchServe drops undeclared handler metrics in prometheus mode (see training/monitoring/torchserve_metrics.py).\n" \
+    metrics_yaml = (
+        HEADER
+        + "# TorchServe drops undeclared handler metrics in prometheus mode (see training/monitoring/torchserve_metrics.py).\n"
         + to_yaml(torchserve_metrics.metrics_config())
+    )
     return {
         f"{MONITORING}/{RULE_RESOURCE}": HEADER + to_yaml(rules.prometheus_rule(LABELS)),
         f"{MONITORING}/{RULE_TESTS}": HEADER

@@ -6,6 +6,7 @@ In Prometheus mode TorchServe drops backend (handler) metrics it has not been to
 counters under `ts_metrics` are TorchServe's own; the dashboard reads two of them. The same text
 goes to `model_store/` (local TorchServe) and `k8s/base/` (the ConfigMap).
 """
+
 from __future__ import annotations
 
 from typing import Any
