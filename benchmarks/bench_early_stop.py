@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipshield.service.models import load_model
-from clipshield.training.eval.runner import AttackRecipe, zero_shot_task
+from clipshield.training.eval.measure import AttackRecipe, zero_shot_task
 from clipshield.training.eval.zeroshot import accuracy, batches
 
 DATASET = "miniworld/plain/color_shape/seen"

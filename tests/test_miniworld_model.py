@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+from clipshield.training.eval.measure import AttackRecipe, measure, zero_shot_task
 from clipshield.training.miniworld.world import DOMAINS
 
 N = 256

@@ -6,7 +6,7 @@ import pytest
 
 from clipshield.service.models import load_checkpoint_dir, load_model
 from clipshield.training.cli import main
-from clipshield.training.eval.runner import measure, zero_shot_task
+from clipshield.training.eval.measure import measure, zero_shot_task
 
 NAMES = ["miniworld/plain/color_shape/seen", "miniworld/outlined/shape/seen", "miniworld/noisy/color/seen"]
 

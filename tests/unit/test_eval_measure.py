@@ -12,7 +12,7 @@ import torch
 
 from clipshield.service.config import PreprocessConfig
 from clipshield.training.attacks.pgd import PGD
-from clipshield.training.eval.runner import AttackRecipe, clean_and_attacked, measure, zero_shot_task
+from clipshield.training.eval.measure import AttackRecipe, clean_and_attacked, measure, zero_shot_task
 from clipshield.training.eval.schema import CellKey
 from clipshield.training.eval.zeroshot import accuracy, batches
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clipshield.service.pixel_model import PixelCLIP
-from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+from clipshield.training.eval.measure import AttackRecipe, measure, zero_shot_task
 from clipshield.training.finetune import finetune
 from clipshield.training.finetune_config import recipe_config
 

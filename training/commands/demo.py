@@ -73,7 +73,7 @@ def _method_names() -> list[str]:
 
 def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
     """Clean and PGD top-1 (DEMO_STEPS steps) per data set, measured by the evaluation runner."""
-    from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+    from clipshield.training.eval.measure import AttackRecipe, measure, zero_shot_task
 
     out = {}
     for name in names:
@@ -84,7 +84,7 @@ def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, floa
 
 
 def _show_predictions(model) -> None:
-    from clipshield.training.eval.runner import zero_shot_task
+    from clipshield.training.eval.measure import zero_shot_task
 
     ds, clf, labels = zero_shot_task(model, "miniworld/plain/color_shape/seen", 6)
     with torch.no_grad():
@@ -97,7 +97,7 @@ def _show_predictions(model) -> None:
 
 def _clean_suite(model, n: int) -> None:
     from clipshield.training.data.miniworld import standard_eval_names
-    from clipshield.training.eval.runner import measure, zero_shot_task
+    from clipshield.training.eval.measure import measure, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names():

@@ -44,8 +44,6 @@ PAPER_DATASETS = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipshield.training.attacks import list_attacks
-
     p = sub.add_parser(
         "evaluate",
         help="clean and robust zero-shot accuracy (PGD, CW, AutoAttack; adaptive attacks on purification)",
@@ -56,21 +54,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
+    _data_args(p)
+    _attack_args(p)
+    _purify_args(p)
     p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
         "--datasets",
         nargs="+",
         default=[MINIWORLD_SUITE],
         help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite, '{PAPER_SUITE}' = the papers' 16 real sets, "
         "folder/<dir> = any class-folder tree under --data-root (default: %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
+        "--limit", type=int, default=None, help="evaluate only the first N images of each data set (default: all; mini world: 512)"
+    )
+    g.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=0, help="data loader worker processes for real data sets (default: %(default)s)")
+    g.add_argument("--data-root", type=Path, default=None, help="parent folder of the real data sets' folders (default: none)")
+    g.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="evaluate the data sets that exist, warn about missing ones (still an error when none exists)",
+    )
+    g.add_argument(
+        "--preprocess",
+        choices=list(PRESETS),
+        default="model",
+        help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
+        "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)",
+    )
+    g.add_argument(
+        "--lowres",
+        choices=["tga224", "native"],
+        default=None,
+        help="CIFAR/STL resolution (docs/methods.md §0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)",
+    )
+
+
+def _attack_args(p: argparse.ArgumentParser) -> None:
+    from clipshield.training.attacks import list_attacks
+
+    g = p.add_argument_group("attacks")
+    g.add_argument(
         "--attacks",
         nargs="*",
         default=["pgd"],
         choices=["none", *list_attacks()],
         help="attacks, one cell each per data set (none = clean only; default: %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--eps",
         type=float,
         default=None,
@@ -79,49 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "each data set's registered reference: 4 (4/255) for the mini world, 1 (1/255) for real data sets, recorded in every cell",
         ),
     )
-    p.add_argument("--alpha", type=float, default=None, help=budget_help("attack step size", "the attack's own (PGD: eps/4)"))
-    p.add_argument("--steps", type=int, default=100, help="attack iterations (default: %(default)s)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts (PGD/CW; APGD restarts for AutoAttack) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="attack randomness (default: %(default)s)")
-    p.add_argument(
-        "--limit", type=int, default=None, help="evaluate only the first N images of each data set (default: all; mini world: 512)"
-    )
-    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes for real data sets (default: %(default)s)")
-    p.add_argument("--data-root", type=Path, default=None, help="parent folder of the real data sets' folders (default: none)")
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="evaluate the data sets that exist, warn about missing ones (still an error when none exists)",
-    )
-    p.add_argument(
-        "--preprocess",
-        choices=list(PRESETS),
-        default="model",
-        help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
-        "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)",
-    )
-    p.add_argument(
-        "--lowres",
-        choices=["tga224", "native"],
-        default=None,
-        help="CIFAR/STL resolution (docs/methods.md §0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)",
-    )
-    p.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
-    p.add_argument("--purify-steps", type=int, default=10, help="CLIPure-Cos purification steps (default: %(default)s)")
-    p.add_argument(
-        "--purify-step-size", type=float, default=30.0, help="CLIPure-Cos step size in embedding space, not pixels (default: %(default)s)"
-    )
-    p.add_argument(
-        "--purify-mode",
-        choices=["per_sample", "batch"],
-        default="per_sample",
-        help="per_sample: as served; batch: the reference code's batch-coupled variant (default: %(default)s)",
-    )
-    p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)"
-    )
-    p.add_argument(
+    g.add_argument("--alpha", type=float, default=None, help=budget_help("attack step size", "the attack's own (PGD: eps/4)"))
+    g.add_argument("--steps", type=int, default=100, help="attack iterations (default: %(default)s)")
+    g.add_argument("--restarts", type=int, default=1, help="random restarts (PGD/CW; APGD restarts for AutoAttack) (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="attack randomness (default: %(default)s)")
+    g.add_argument(
         "--stop",
         choices=list(STOP_RULES),
         default="early",
@@ -129,20 +131,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "case over iterates, as AutoAttack/RobustBench report; the same trajectories, less work); final = every "
         "image runs all steps and the last iterate counts (the papers' tables) (default: %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--precision",
         choices=list(PRECISIONS),
         default="fp32",
         help="autocast for the evaluation forward passes: bf16 (CPU or CUDA) or fp16 (CUDA) (default: %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--attack-precision",
         choices=list(PRECISIONS),
         default="fp32",
         help="autocast inside the attacks; float32 unless asked, since low precision can zero attack gradients (default: %(default)s)",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default: %(default)s)")
-    p.set_defaults(run=run)
+
+
+def _purify_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("purification")
+    g.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
+    g.add_argument("--purify-steps", type=int, default=10, help="CLIPure-Cos purification steps (default: %(default)s)")
+    g.add_argument(
+        "--purify-step-size", type=float, default=30.0, help="CLIPure-Cos step size in embedding space, not pixels (default: %(default)s)"
+    )
+    g.add_argument(
+        "--purify-mode",
+        choices=["per_sample", "batch"],
+        default="per_sample",
+        help="per_sample: as served; batch: the reference code's batch-coupled variant (default: %(default)s)",
+    )
 
 
 def expand_datasets(names: list[str]) -> list[str]:

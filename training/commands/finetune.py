@@ -31,6 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--eval-eps) are in units of 1/255: --eps 4 means 4/255.",
     )
     p.add_argument("--method", required=True, choices=_method_names(), help="fine-tuning method (required)")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_optim_args(p)
+    _add_run_args(p)
+    _add_eval_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The base model to fine-tune."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -41,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weights", default=None, help="state dict for a config-JSON model (default: none)")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
     g.add_argument("--offline", action="store_true", help="never download weights")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Training set, its preprocessing and prompt."""
     d = p.add_argument_group("data")
     d.add_argument(
         "--data",
@@ -59,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)",
     )
     d.add_argument("--template", default=None, help="training prompt (default: the data set's, e.g. 'This is a photo of a {}')")
+
+
+def _add_optim_args(p: argparse.ArgumentParser) -> None:
+    """Optimiser, schedule and training attack (unset: the recipe)."""
     o = p.add_argument_group("optimisation (unset = method recipe default)")
     o.add_argument("--epochs", type=int, default=None, help="training epochs (default 10; mini world: 200 steps instead)")
     o.add_argument(
@@ -87,6 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="method option, e.g. alpha=0.08, distance=l2, normalization=model (repeatable; JSON values; default: the method's)",
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Output folder, seed, resume, precision, device."""
     r = p.add_argument_group("run")
     r.add_argument("--output", type=Path, default=None, help="run folder (default runs/finetune/<method>)")
     r.add_argument("--seed", type=int, default=0, help="seed of data order, attack and initialisation (default: %(default)s)")
@@ -111,8 +133,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "so they are computed once, not every epoch (valid because the built-in data sets have no random "
         "augmentation); 0 recomputes every step (default: %(default)s)",
     )
-    _add_eval_args(p)
-    p.set_defaults(run=run)
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:

@@ -88,7 +88,7 @@ def flag_rate(scores: torch.Tensor, anchor_below: float) -> float:
 def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None) -> B.FlagCalibration:
     """Threshold at `cfg.target_fpr` on clean calibration images; held-out flag rates and AUROC."""
     from clipshield.training.data.registry import DatasetRequest, build_dataset
-    from clipshield.training.eval.runner import AttackRecipe, zero_shot_task
+    from clipshield.training.eval.measure import AttackRecipe, zero_shot_task
     from clipshield.training.eval.zeroshot import batches
 
     cfg = cfg or FlagCalibrationConfig()

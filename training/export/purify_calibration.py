@@ -62,7 +62,7 @@ class SweepResult(StrictModel):
 
 def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tensor, cfg: SweepConfig) -> tuple[float, float]:
     """Clean and PGD top-1 of `classifier`, the attack differentiating `attack_model` (evaluation runner)."""
-    from clipshield.training.eval.runner import AttackRecipe, measure
+    from clipshield.training.eval.measure import AttackRecipe, measure
 
     clean, robust, _ = measure(
         classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed, target=attack_model
@@ -73,7 +73,7 @@ def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tens
 def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> SweepResult:
     """Measure every candidate of `cfg.grid` and choose the serving default (see module docstring)."""
     from clipshield.training.attacks.adaptive import StraightThroughPurified
-    from clipshield.training.eval.runner import zero_shot_task
+    from clipshield.training.eval.measure import zero_shot_task
 
     cfg = cfg or SweepConfig()
     ds, plain, labels = zero_shot_task(model, cfg.dataset, cfg.n)
