@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attack_score_config import SIGNALS, AttackScoreConfig, ScoreParams, check_signals  # noqa: F401 (re-exported)
+# The score's configuration types live in `attack_score_config` (numpy serving imports them without torch);
+# re-exported here for callers of the torch scorer (`X as X`: an explicit re-export, which strict mypy requires).
+from .attack_score_config import SIGNALS as SIGNALS, AttackScoreConfig as AttackScoreConfig, ScoreParams as ScoreParams, check_signals
 from .errors import BadInput, ConfigError
 from .pixel_model import PixelCLIP
 from .ttc import random_init
@@ -35,6 +37,9 @@ class SignalExtractor(nn.Module):
 
     The noise of `tau` is drawn from `generator` (CPU), so callers control its randomness (EOT for attackers).
     """
+
+    # Buffers registered in __init__, typed here (nn.Module's __getattr__ would read them as Tensor | Module).
+    anchor: torch.Tensor
 
     def __init__(
         self, classifier: ZeroShotClassifier, anchor: torch.Tensor, cfg: AttackScoreConfig, reference: Optional[PixelCLIP] = None
@@ -92,11 +97,11 @@ def fit_logistic(
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = F.binary_cross_entropy_with_logits(x @ w + b, y) + cfg.l2 * w.pow(2).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
         return loss
 
     with torch.enable_grad():
-        opt.step(closure)
+        opt.step(closure)  # type: ignore[no-untyped-call]  # torch's LBFGS.step has no annotations
     return mean.float(), std.float(), w.detach().float(), b.detach().float()
 
 
@@ -113,6 +118,11 @@ class AttackScorer(nn.Module):
 
     Tensor contract: images float32 [B, 3, H, W] in [0, 1] -> score float32 [B].
     """
+
+    # Buffers registered in __init__, typed here (nn.Module's __getattr__ would read them as Tensor | Module).
+    mean: torch.Tensor
+    std: torch.Tensor
+    weights: torch.Tensor
 
     def __init__(self, extractor: SignalExtractor, params: ScoreParams) -> None:
         super().__init__()

@@ -39,7 +39,7 @@ def draw_noise(pixels: np.ndarray, seeds: Sequence[int], cfg: AttackScoreConfig)
     """U(-noise_eps, noise_eps) noise [n_noise, B, 3, H, W] float32, image b's from its own generator `seeds[b]`."""
     per_image = [np.random.default_rng(s).random((cfg.n_noise, *pixels.shape[1:]), dtype=np.float32) for s in seeds]
     noise = np.stack(per_image, axis=1) if per_image else np.zeros((cfg.n_noise, *pixels.shape), np.float32)
-    return ((noise * 2 - 1) * np.float32(cfg.noise_eps)).astype(np.float32)
+    return np.asarray((noise * 2 - 1) * np.float32(cfg.noise_eps), dtype=np.float32)
 
 
 def tau(encode: Encode, pixels: np.ndarray, unit_base: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -48,13 +48,15 @@ def tau(encode: Encode, pixels: np.ndarray, unit_base: np.ndarray, noise: np.nda
     All n_noise x B noisy copies go through the encoder in one call (one batch: fewer runtime calls)."""
     noisy = (pixels[None] + np.clip(noise, -pixels[None], 1 - pixels[None])).reshape(-1, *pixels.shape[1:])
     moved = purify_np.normalize(encode(noisy).astype(np.float32)).reshape(len(noise), len(pixels), -1)
-    return np.mean(np.sqrt(np.sum((moved - unit_base[None]) ** 2, axis=-1)), axis=0)
+    shifts: np.ndarray = np.mean(np.sqrt(np.sum((moved - unit_base[None]) ** 2, axis=-1)), axis=0)
+    return shifts
 
 
 def margin(unit_base: np.ndarray, head: np.ndarray, logit_scale: float) -> np.ndarray:
     """Top-1 minus top-2 zero-shot logit [B] (head [C, E], C >= 2)."""
     top2 = -np.sort(-purify_np.logits(unit_base, head, logit_scale), axis=-1)[:, :2]
-    return top2[:, 0] - top2[:, 1]
+    gap: np.ndarray = top2[:, 0] - top2[:, 1]
+    return gap
 
 
 class NumpyAttackScorer:

@@ -57,6 +57,12 @@ class _Item:
     embedding: Optional[np.ndarray] = field(default=None)
     attack_score: Optional[float] = None
 
+    def encoded(self) -> np.ndarray:
+        """The image embedding [E]: set by `_encode` on every item that reaches scoring and answering."""
+        if self.embedding is None:
+            raise RuntimeError(f"request {self.index} reached the head without an embedding")
+        return self.embedding
+
 
 def outcome_of(error: Optional[ClipshieldError]) -> str:
     """Label of `clipshield_requests_total` for a result."""
@@ -71,7 +77,7 @@ def outcome_of(error: Optional[ClipshieldError]) -> str:
 def _load_array(path: Path) -> np.ndarray:
     """float32 array from a bundle .npy; never unpickles (a pickled object array is refused)."""
     try:
-        return np.load(path, allow_pickle=False).astype(np.float32)
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
     except ValueError as exc:
         raise ModelLoadError(f"{path.name} is not a plain numeric array (pickled objects are refused)") from exc
 
@@ -193,7 +199,7 @@ class ClipshieldService:
         opts = item.options
         start = time.perf_counter()
         classnames, head = self.head_for(opts.labels)
-        e = purify_np.normalize(item.embedding[None, :])
+        e = purify_np.normalize(item.encoded()[None, :])
         base = purify_np.logits(e, head, self.card.logit_scale)
         self.metrics.observe("clipshield_head_seconds", time.perf_counter() - start)
         anchor_score = float(purify_np.cosine(e, self.anchor)[0])
@@ -294,7 +300,7 @@ class ClipshieldService:
         try:
             scores = self.scorer.score(
                 np.stack([it.pixels for it in wanted]).astype(np.float32),
-                np.stack([it.embedding for it in wanted]),
+                np.stack([it.encoded() for it in wanted]),
                 self.config.attack_score.seed,
             )
         except Exception as exc:

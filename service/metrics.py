@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol, cast
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.metrics import MetricWrapperBase
 
 # name -> (kind, help, label names)
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -70,7 +74,10 @@ class MetricsSink(Protocol):
     def set_gauge(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None: ...
 
 
-def _key(name: str, labels: Optional[dict[str, str]]) -> tuple:
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _key(name: str, labels: Optional[dict[str, str]]) -> MetricKey:
     return (name, tuple(sorted((labels or {}).items())))
 
 
@@ -91,9 +98,9 @@ class RecordingSink:
     """In-memory sink for tests and debugging: observations, counters and gauges by (name, labels)."""
 
     def __init__(self) -> None:
-        self.observations: dict[tuple, list[float]] = defaultdict(list)
-        self.counters: dict[tuple, float] = defaultdict(float)
-        self.gauges: dict[tuple, float] = {}
+        self.observations: dict[MetricKey, list[float]] = defaultdict(list)
+        self.counters: dict[MetricKey, float] = defaultdict(float)
+        self.gauges: dict[MetricKey, float] = {}
         self._lock = threading.Lock()
 
     def observe(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
@@ -115,25 +122,26 @@ class RecordingSink:
 class PrometheusClientSink:
     """prometheus_client backend for adapters that expose /metrics themselves (not TorchServe)."""
 
-    def __init__(self, registry=None) -> None:
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
         import prometheus_client as pc
 
         kinds = {"histogram": pc.Histogram, "counter": pc.Counter, "gauge": pc.Gauge}
-        self._metrics = {}
+        self._metrics: dict[str, MetricWrapperBase] = {}
         for name, (kind, help_text, label_names) in METRICS.items():
             short = name[: -len("_total")] if kind == "counter" else name
             extra = {"buckets": BUCKETS[name]} if name in BUCKETS else {}
             self._metrics[name] = kinds[kind](short, help_text, label_names, registry=registry, **extra)
 
-    def _get(self, name: str, labels: Optional[dict[str, str]]):
+    def _get(self, name: str, labels: Optional[dict[str, str]]) -> MetricWrapperBase:
+        """The metric (its labelled child when `labels`); its kind is METRICS[name]'s, which the caller names."""
         metric = self._metrics[name]
         return metric.labels(**labels) if labels else metric
 
     def observe(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
-        self._get(name, labels).observe(value)
+        cast("Histogram", self._get(name, labels)).observe(value)
 
     def increment(self, name: str, value: float = 1.0, labels: Optional[dict[str, str]] = None) -> None:
-        self._get(name, labels).inc(value)
+        cast("Counter", self._get(name, labels)).inc(value)
 
     def set_gauge(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:
-        self._get(name, labels).set(value)
+        cast("Gauge", self._get(name, labels)).set(value)

@@ -79,7 +79,7 @@ def hub_reachable(host: str, port: int, timeout: float = HUB_PROBE_TIMEOUT_S) ->
     return bool(result and result[0])
 
 
-def _weights_host(cfg: dict) -> Optional[tuple[str, int]]:
+def _weights_host(cfg: dict[str, Any]) -> Optional[tuple[str, int]]:
     """(host, port) open_clip would download a tag's weights from (the hub when the tag has one)."""
     url = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co") if cfg.get("hf_hub") else cfg.get("url")
     parsed = urlparse(url or "")
@@ -109,17 +109,19 @@ def build_clip(record: ModelRecord) -> nn.Module:
 
     if record.arch is not None:
         arch = dict(record.arch)
-        return open_clip.model.CLIP(
+        clip: nn.Module = open_clip.model.CLIP(
             embed_dim=arch.pop("embed_dim"),
             vision_cfg=arch.pop("vision_cfg"),
             text_cfg=arch.pop("text_cfg"),
             quick_gelu=arch.pop("quick_gelu", False),
             **{k: v for k, v in arch.items() if k in ("init_logit_scale", "init_logit_bias")},
         )
+        return clip
     name = record.open_clip_name or ""
     if name not in open_clip.list_models():
         raise unknown_architecture(name)
-    return open_clip.create_model(name, pretrained=None)
+    created: nn.Module = open_clip.create_model(name, pretrained=None)
+    return created
 
 
 def record_from_arch(name: str, arch: dict[str, Any], preprocess: Optional[PreprocessConfig] = None) -> ModelRecord:
@@ -184,13 +186,21 @@ def _load_open_clip(name: str, tag: str, cache_dir: Optional[str], offline: bool
         open_clip_name=name if not quick_gelu else _quickgelu_name(name),
         preprocess=PreprocessConfig(
             image_size=int(size),
-            mean=tuple(pcfg.get("mean", cfg.get("mean"))),
-            std=tuple(pcfg.get("std", cfg.get("std"))),
+            mean=_preprocess_stat(name, "mean", pcfg, cfg),
+            std=_preprocess_stat(name, "std", pcfg, cfg),
             interpolation=pcfg.get("interpolation", "bicubic") if pcfg.get("interpolation") in ("bicubic", "bilinear") else "bicubic",
         ),
         tokenizer=TokenizerConfig(kind="open_clip", context_length=int(clip.context_length)),
     )
     return PixelCLIP(clip.float().eval(), record)
+
+
+def _preprocess_stat(name: str, key: str, pcfg: dict[str, Any], cfg: dict[str, Any]) -> tuple[float, ...]:
+    """Per-channel `key` ("mean" or "std") from the model's preprocess_cfg, else from the pretrained tag's config."""
+    stat = pcfg.get(key, cfg.get(key))
+    if stat is None:
+        raise ModelLoadError(f"open_clip gives no normalisation {key} for {name}")
+    return tuple(stat)
 
 
 def _quickgelu_name(name: str) -> str:
@@ -202,7 +212,7 @@ def _quickgelu_name(name: str) -> str:
     raise ModelLoadError(f"{name} needs QuickGELU but open_clip has no {candidate} config")
 
 
-def _fetch_weights(name: str, tag: str, cfg: dict, cache_dir: Optional[str], offline: bool) -> Path:
+def _fetch_weights(name: str, tag: str, cfg: dict[str, Any], cache_dir: Optional[str], offline: bool) -> Path:
     """Path of the weights for a tag: from the local cache, or downloaded when the host answers.
 
     Without network a short probe fails fast (instead of the hub client's minute of retries): cached
@@ -241,7 +251,7 @@ def _fetch_weights(name: str, tag: str, cfg: dict, cache_dir: Optional[str], off
     return Path(path)
 
 
-def _cached_hf_file(cfg: dict, cache_dir: Optional[str]) -> Optional[Path]:
+def _cached_hf_file(cfg: dict[str, Any], cache_dir: Optional[str]) -> Optional[Path]:
     repo = (cfg.get("hf_hub") or "").rstrip("/")
     if not repo:
         return None

@@ -7,6 +7,8 @@ always measured in pixel units and the same pixels give the same embeddings ever
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,15 @@ class TokenMapsUnsupported(ConfigError, ValueError):
     choice of model and method that do not fit, reported as one line by the CLI."""
 
 
+class OpenClipParts(Protocol):
+    """What this module reads from an open_clip `CLIP` (open_clip ships no type information)."""
+
+    visual: nn.Module
+    logit_scale: nn.Parameter
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
 class PixelCLIP(nn.Module):
     """open_clip CLIP over [0, 1] pixels.
 
@@ -30,6 +41,10 @@ class PixelCLIP(nn.Module):
     resized inside the forward by `prepare` (see there): a documented, differentiable step of the
     attacked function, recorded in the data set's protocol, never a second image preprocessing.
     """
+
+    # Buffers registered in __init__, typed here (nn.Module's __getattr__ would read them as Tensor | Module).
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, clip: nn.Module, record: ModelRecord) -> None:
         super().__init__()
@@ -43,13 +58,25 @@ class PixelCLIP(nn.Module):
         self.tokenizer: Tokenizer = create_tokenizer(record.tokenizer)
 
     @property
+    def parts(self) -> OpenClipParts:
+        """`clip` typed as what this module uses: the one place that names open_clip's attribute types
+        (nn.Module's __getattr__ would read them as Tensor | Module)."""
+        return cast(OpenClipParts, self.clip)
+
+    @property
     def visual(self) -> nn.Module:
-        return self.clip.visual
+        """The image tower (open_clip's `CLIP.visual`): pixels normalised by `prepare` -> embeddings [B, E]."""
+        return self.parts.visual
+
+    @property
+    def logit_scale_param(self) -> nn.Parameter:
+        """The checkpoint's trainable log temperature (open_clip's `CLIP.logit_scale`, a scalar parameter)."""
+        return self.parts.logit_scale
 
     @property
     def logit_scale(self) -> float:
         """exp(logit_scale) of the checkpoint (about 100 for OpenAI weights)."""
-        return float(self.clip.logit_scale.detach().exp())
+        return float(self.logit_scale_param.detach().exp())
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised encoder input [B, 3, S, S] from [0, 1] pixels [B, 3, H, W].
@@ -66,7 +93,7 @@ class PixelCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image embeddings [B, E] (projected class token); unit-norm when `normalize`."""
-        feats = self.clip.visual(self.prepare(images))
+        feats: torch.Tensor = self.visual(self.prepare(images))
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_image_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,20 +103,20 @@ class PixelCLIP(nn.Module):
         row-major order. This is the feature map the text-guided attention of TGA-ZSR reads
         (docs/methods.md §3.1 step 1 and §10).
         """
-        visual = self.clip.visual
-        _check_token_support(visual)
+        visual = self.visual
+        ln_post, proj = _token_parts(visual)
         captured: list[torch.Tensor] = []
-        handle = visual.ln_post.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        handle = ln_post.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            pooled = visual(self.prepare(images))
+            pooled: torch.Tensor = visual(self.prepare(images))
         finally:
             handle.remove()
-        tokens = captured[0] @ visual.proj
+        tokens = captured[0] @ proj
         return pooled, tokens
 
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text embeddings [N, E] for token ids [N, context_length]."""
-        feats = self.clip.encode_text(token_ids)
+        feats = self.parts.encode_text(token_ids)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -101,10 +128,13 @@ class PixelCLIP(nn.Module):
         return self.encode_image(images, normalize=True)
 
 
-def _check_token_support(visual: nn.Module) -> None:
-    if not hasattr(visual, "ln_post") or getattr(visual, "proj", None) is None:
+def _token_parts(visual: nn.Module) -> tuple[nn.Module, torch.Tensor]:
+    """The image tower's `ln_post` module and `proj` matrix [W, E], checked to give per-patch tokens."""
+    ln_post, proj = getattr(visual, "ln_post", None), getattr(visual, "proj", None)
+    if not isinstance(ln_post, nn.Module) or not isinstance(proj, torch.Tensor):
         raise TokenMapsUnsupported("text-guided attention maps need a ViT image tower with ln_post and proj")
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
         raise TokenMapsUnsupported("text-guided attention maps need class-token pooling (no attentional pooling)")
     if getattr(visual, "pool_type", "tok") != "tok":
         raise TokenMapsUnsupported(f"text-guided attention maps need pool_type 'tok', not {visual.pool_type!r}")
+    return ln_post, proj

@@ -76,6 +76,10 @@ class PurifiedClassifier(nn.Module):
     Tensor contract: images float [B, 3, H, W] in [0, 1] -> logits [B, C].
     """
 
+    # Buffers registered in __init__, typed here (nn.Module's __getattr__ would read them as Tensor | Module).
+    head: torch.Tensor
+    anchor: torch.Tensor
+
     def __init__(
         self, model: PixelCLIP, head: torch.Tensor, anchor: torch.Tensor, cfg: PurifyConfig, logit_scale: float | None = None
     ) -> None:

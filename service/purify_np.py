@@ -17,18 +17,21 @@ _TINY = np.finfo(np.float32).tiny
 
 
 def _rownorm(x: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    norms: np.ndarray = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    return norms
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
     """Row-wise unit-norm copy of float32 [B, E]."""
-    return x / np.maximum(_rownorm(x), 1e-12)
+    unit: np.ndarray = x / np.maximum(_rownorm(x), 1e-12)
+    return unit
 
 
 def cosine(x: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     """Cosine [B] between each row of x [B, E] and anchor [E]."""
     a = anchor[None, :].astype(np.float32)
-    return (np.sum(x * a, axis=-1) / np.maximum(_rownorm(x)[:, 0] * float(np.linalg.norm(a)), 1e-8)).astype(np.float32)
+    cos = np.sum(x * a, axis=-1) / np.maximum(_rownorm(x)[:, 0] * float(np.linalg.norm(a)), 1e-8)
+    return np.asarray(cos, dtype=np.float32)
 
 
 def purify(embeddings: np.ndarray, anchor: np.ndarray, steps: int, step_size: float) -> np.ndarray:
@@ -59,7 +62,7 @@ def logits(embeddings: np.ndarray, head: np.ndarray, scale: float) -> np.ndarray
     Computed row by row (not one GEMM) so that each row is bit-identical whatever the batch size.
     """
     e = normalize(np.asarray(embeddings, dtype=np.float32))
-    return np.stack([np.float32(scale) * (head @ row) for row in e]).astype(np.float32)
+    return np.asarray(np.stack([np.float32(scale) * (head @ row) for row in e]), dtype=np.float32)
 
 
 def prediction_shift(before: np.ndarray, after: np.ndarray) -> float:
@@ -76,4 +79,5 @@ def softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise softmax of [B, C]."""
     z = x - x.max(axis=-1, keepdims=True)
     p = np.exp(z)
-    return p / p.sum(axis=-1, keepdims=True)
+    probs: np.ndarray = p / p.sum(axis=-1, keepdims=True)
+    return probs

@@ -40,10 +40,12 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
     a = CUBIC_A
 
     def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
+        weights: np.ndarray = ((a + 2) * x - (a + 3)) * x * x + 1
+        return weights
 
     def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        weights: np.ndarray = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return weights
 
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
 

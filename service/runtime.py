@@ -15,11 +15,15 @@ import logging
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ModelLoadError
 from .settings import POLICY_ENV, RuntimeConfig
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def select_providers(cfg: RuntimeConfig, available: Sequence[str]) -> list[str]:
     return chosen
 
 
-def session_options(cfg: RuntimeConfig):
+def session_options(cfg: RuntimeConfig) -> ort.SessionOptions:
     """`onnxruntime.SessionOptions` from a RuntimeConfig."""
     import onnxruntime as ort
 
@@ -136,13 +140,16 @@ class OnnxEncoder:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Embeddings [B, E] float32 for a batch (float32 pixels or int64 token ids)."""
+        # onnxruntime ships no type information: its outputs are typed here.
         if not self.io_binding:
-            return self.session.run([OUTPUT], {self.input_name: batch})[0]
+            out: np.ndarray = self.session.run([OUTPUT], {self.input_name: batch})[0]
+            return out
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
         binding.bind_output(OUTPUT)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        bound_out: np.ndarray = binding.copy_outputs_to_cpu()[0]
+        return bound_out
 
 
 def image_encoder(path: Path, cfg: RuntimeConfig) -> OnnxEncoder:

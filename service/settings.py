@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -107,9 +107,9 @@ def parse_policy(raw: str) -> str:
     return value
 
 
-def _runtime_overrides(environ: Mapping[str, str]) -> dict:
+def _runtime_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """RuntimeConfig fields set by the deployment's environment (empty variables are ignored)."""
-    update: dict = {}
+    update: dict[str, Any] = {}
     raw = environ.get(THREADS_ENV, "").strip()
     if raw:
         try:

@@ -63,7 +63,8 @@ def relative_shift(encoder: PixelCLIP, images: torch.Tensor, delta: torch.Tensor
     with torch.no_grad():
         base = encoder.encode_image(images)
         moved = encoder.encode_image(images + delta)
-    return (moved - base).norm(dim=-1) / base.norm(dim=-1)
+    shift: torch.Tensor = (moved - base).norm(dim=-1) / base.norm(dim=-1)  # Tensor.norm is untyped in torch
+    return shift
 
 
 def step_weights(tau: torch.Tensor, cfg: TTCConfig) -> torch.Tensor:
@@ -123,6 +124,9 @@ class TTCClassifier(nn.Module):
     Tensor contract: images float32 [B, 3, H, W] in [0, 1] -> logits [B, C]. Randomness (delta_0)
     comes from `generator`; `tau_model` as in `counterattack`.
     """
+
+    # Buffers registered in __init__, typed here (nn.Module's __getattr__ would read them as Tensor | Module).
+    head: torch.Tensor
 
     def __init__(
         self,

@@ -84,6 +84,9 @@ class ZeroShotClassifier(nn.Module):
     logits (docs/methods.md §5.1). Tensor contract: images float [B, 3, H, W] in [0, 1]; logits [B, C].
     """
 
+    # Buffers registered in __init__, typed here (nn.Module's __getattr__ would read them as Tensor | Module).
+    head: torch.Tensor
+
     def __init__(self, model: PixelCLIP, head: torch.Tensor, logit_scale: Optional[float] = None) -> None:
         super().__init__()
         self.model = model

@@ -134,7 +134,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
         x = images[idx].float() / 255.0
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
-        scale = model.clip.logit_scale.exp()
+        scale = model.logit_scale_param.exp()
         if clip_loss is not None:
             loss = clip_loss(img, txt, scale)
         else:
@@ -143,7 +143,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
         loss.backward()
         opt.step()
         with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, np.log(100.0))
+            model.logit_scale_param.clamp_(0, np.log(100.0))
         if progress is not None:
             progress(step, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "scale": float(scale.detach())})
         done = step + 1
