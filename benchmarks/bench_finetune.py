@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipshield.service.config import ModelRecord, PreprocessConfig
 from clipshield.service.models import from_record, load_model
 from clipshield.training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
+from clipshield.training.finetune_config import AttackSettings, OptimSettings, RunSettings
 from clipshield.training.methods import FrozenReference, LossInputs, get_method
 
 METHODS = ("tecoa", "pmg-aft", "fare", "tga-zsr")
@@ -74,12 +75,9 @@ class MethodRun:
         self.method = method = get_method(name)
         self.cfg = FinetuneConfig(
             method=name,
-            eps=args.eps / 255,
-            device=args.device,
-            precision=args.precision,
-            steps=1,
-            batch_size=args.batch_size,
-            output=Path("unused"),
+            attack=AttackSettings(eps=args.eps / 255),
+            optim=OptimSettings(steps=1, batch_size=args.batch_size),
+            run=RunSettings(device=args.device, precision=args.precision, output=Path("unused")),
         ).resolved(1)
         self.target = copy.deepcopy(base).to(args.device)
         for p in self.target.parameters():

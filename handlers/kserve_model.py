@@ -143,13 +143,14 @@ def to_outputs(results: list[Result]) -> list[InferOutput]:
     k = max((len(a.predictions) for a in answers if a is not None), default=0)
     rows: dict[str, list[Any]] = {name: [] for name, _ in OUTPUTS}
     for result, answer in zip(results, answers):
+        error = None if isinstance(result, PredictResponse) else result
         preds = answer.predictions if answer is not None else []
         rows["labels"].append([p.label for p in preds] + [""] * (k - len(preds)))
         rows["scores"].append([p.score for p in preds] + [0.0] * (k - len(preds)))
         for name in ("purified", "anchor_score", "prediction_shift", "flipped", "flagged"):
             rows[name].append(getattr(answer, name) if answer is not None else 0)
-        rows["status"].append(200 if answer is not None else result.http_status)
-        rows["error"].append("" if answer is not None else _error_json(result))
+        rows["status"].append(200 if error is None else error.http_status)
+        rows["error"].append("" if error is None else _error_json(error))
     return [_tensor(name, dtype, rows[name]) for name, dtype in OUTPUTS] + _score_outputs(answers)
 
 
@@ -178,6 +179,13 @@ class ClipshieldKServeModel(Model):
         self.ready = True
         return self.ready
 
+    @property
+    def loaded(self) -> ClipshieldService:
+        """The service `load` built; KServe routes requests to a model only once it is ready."""
+        if self.service is None:
+            raise RuntimeError(f"model {self.name} was asked to answer before load()")
+        return self.service
+
     async def predict(self, payload: InferRequest, headers: Optional[dict[str, str]] = None) -> InferResponse:
         """Answer every image of the request; raises the item's error when no image was answered."""
         try:
@@ -185,10 +193,11 @@ class ClipshieldKServeModel(Model):
         except ClipshieldError as exc:  # a malformed v2 request is counted like any refused request
             self.metrics.increment("clipshield_requests_total", labels={"outcome": outcome_of(exc)})
             raise
-        results = await asyncio.get_running_loop().run_in_executor(None, self.service.predict, requests)
-        if not any(isinstance(r, PredictResponse) for r in results):
-            raise results[0]
-        info = self.service.info
+        results = await asyncio.get_running_loop().run_in_executor(None, self.loaded.predict, requests)
+        errors = [r for r in results if isinstance(r, ClipshieldError)]
+        if len(errors) == len(results):  # no image answered: the request fails with the first item's error
+            raise errors[0]
+        info = self.loaded.info
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
@@ -220,9 +229,9 @@ class ClipshieldKServeModel(Model):
         model card, bundle versions, execution providers, server version)."""
         return {
             "name": self.name,
-            "versions": [self.service.card.version],
+            "versions": [self.loaded.card.version],
             "platform": "clipshield-onnxruntime",
             "inputs": self.get_input_types(),
             "outputs": self.get_output_types(),
-            "parameters": self.service.describe(),
+            "parameters": self.loaded.describe(),
         }

@@ -78,7 +78,7 @@ class StepBatches(torch.utils.data.Sampler):
         return self.total - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm, epoch = None, -1
+        perm, epoch = torch.empty(0, dtype=torch.long), -1  # replaced at the first step (epoch -1 never matches)
         for step in range(self.start, self.total):
             e, i = divmod(step, self.per_epoch)
             if e != epoch:
@@ -233,11 +233,8 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     run = _start(cfg)
     cfg, target = run.cfg, run.target
     base_record, base_digest = target.record, weights_digest(target.visual)
-    state_dir, start = cfg.run.output / "state", 0
-    if cfg.run.resume and has_train_state(state_dir):
-        start, saved = load_train_state(state_dir, target.visual, run.opt, run.reference)
-        _check_resumable(saved, cfg)
-        log.info("resumed %s at step %d of %d", cfg.method, start, cfg.optim.steps)
+    state_dir = cfg.run.output / "state"
+    start = _resume(cfg, state_dir, target, run.opt, run.reference)
     cfg.run.output.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     _train(run, start, progress)
@@ -252,20 +249,19 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
         cfg, target, base_record, base_digest, run.data, run.template, evaluate_model(cfg, target), time.perf_counter() - t_start
     )
     record = base_record.model_copy(update={"name": card.name, "description": card.description})
-    save_checkpoint(cfg.run.output / "final", record, target.clip.state_dict(), extra={RUN_CONFIG: meta})
-    write_card_file(cfg.run.output / "final" / MODEL_CARD, card)
+    _write_final(cfg.run.output / "final", target, record, meta, card)
     return target, card.model_dump(mode="json")
 
 
 def _resume(
     cfg: FinetuneConfig, state_dir: Path, target: PixelCLIP, opt: torch.optim.Optimizer, reference: Optional[FrozenReference]
 ) -> int:
-    """The step to start at: 0, or the saved one when `cfg.resume` finds a compatible state (loaded in place)."""
-    if not (cfg.resume and has_train_state(state_dir)):
+    """The step to start at: 0, or the saved one when `cfg.run.resume` finds a compatible state (loaded in place)."""
+    if not (cfg.run.resume and has_train_state(state_dir)):
         return 0
     start, saved = load_train_state(state_dir, target.visual, opt, reference)
     _check_resumable(saved, cfg)
-    log.info("resumed %s at step %d of %d", cfg.method, start, cfg.steps)
+    log.info("resumed %s at step %d of %d", cfg.method, start, cfg.optim.steps)
     return start
 
 

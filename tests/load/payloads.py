@@ -77,7 +77,7 @@ def _label_sets(cfg: PayloadConfig, color_shape: list[str]) -> dict[str, list[st
 
 def build_payloads(model: PixelCLIP, out_dir: Path, cfg: Optional[PayloadConfig] = None) -> Path:
     """Write the PNGs and `payloads.json` into `out_dir` (default `PayloadConfig()`); returns the manifest path."""
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_in_memory_dataset
 
     cfg = cfg or PayloadConfig()
     out_dir = Path(out_dir)
@@ -89,7 +89,7 @@ def build_payloads(model: PixelCLIP, out_dir: Path, cfg: Optional[PayloadConfig]
         domain = cfg.domains[d]
         if n_clean + n_adv == 0:
             continue
-        ds = build_dataset(f"miniworld/{domain}/color_shape/seen", DatasetRequest(limit=n_clean + n_adv))
+        ds = build_in_memory_dataset(f"miniworld/{domain}/color_shape/seen", DatasetRequest(limit=n_clean + n_adv))
         color_shape = list(ds.classnames)
         images, labels = ds.images(), torch.tensor(ds.labels)
         batches = [("clean", images[:n_clean], labels[:n_clean])]

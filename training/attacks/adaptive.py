@@ -127,7 +127,7 @@ def evaluate_adaptive(
     Tensor contract: `data` yields float images [B, 3, H, W] in [0, 1] and int64 labels [B].
     """
     attacks = {m: make_attack(surrogate(purified, m)) for m in modes}
-    counts = {"clean": 0, "worst": 0, "n": 0, **dict.fromkeys(modes, 0)}
+    counts: dict[str, int] = {"clean": 0, "worst": 0, "n": 0, **dict.fromkeys(modes, 0)}
     g_full: list[torch.Tensor] = []
     g_plain: list[torch.Tensor] = []
     for index, images, labels in own_batches(data, shard):
@@ -143,7 +143,7 @@ def evaluate_adaptive(
     full_med = float(gather_values(torch.cat(g_full) if g_full else torch.zeros(0), shard).median())
     plain_med = float(gather_values(torch.cat(g_plain) if g_plain else torch.zeros(0), shard).median())
     ratio = full_med / plain_med if plain_med > 0 else float("inf")
-    rob = {m: counts[m] / n for m in modes}
+    rob: dict[str, float] = {m: counts[m] / n for m in modes}
     verdict = masking_verdict(ratio, rob)
     log.info(
         "adaptive attack: clean %.3f, robust %s, worst %.3f, grad ratio %.2e: %s",

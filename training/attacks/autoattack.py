@@ -114,6 +114,7 @@ class AutoAttack(Attack):
             log.warning("AutoAttack ignores alpha=%g: APGD adapts its own step size (starting at 2*eps)", alpha)
         if not isinstance(model, nn.Module):
             raise TypeError("AutoAttack needs an nn.Module classifier (torchattacks reads its device)")
+        self.module: nn.Module = model  # `model`, narrowed by the check above: what torchattacks is given
         if steps < 1:
             raise ValueError(f"AutoAttack steps must be >= 1, got {steps}")
         if restarts < 1:
@@ -129,7 +130,7 @@ class AutoAttack(Attack):
         return int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        model = self.model
+        model = self.module
         with torch.no_grad():
             logits = model(images)
         n_classes = logits.shape[-1]

@@ -10,7 +10,7 @@ train/eval mode is restored in `finally`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
@@ -40,7 +40,16 @@ def list_attacks() -> list[str]:
     return sorted(_ATTACKS)
 
 
-def get_attack(name: str) -> type[Attack]:
+class AttackFactory(Protocol):
+    """A registered Attack subclass as callers use it: built from a classifier, eps and the options its class
+    defines (alpha, steps, generator, ...; each class checks its own)."""
+
+    name: str
+
+    def __call__(self, model: Classifier, eps: float, *args: Any, **options: Any) -> Attack: ...
+
+
+def get_attack(name: str) -> AttackFactory:
     """Attack class by registry name; unknown names list the known ones."""
     if name not in _ATTACKS:
         raise UnknownName(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")

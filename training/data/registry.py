@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
 from clipshield.service.config import PreprocessConfig
-from clipshield.service.errors import DatasetNotFound, UnknownName
+from clipshield.service.errors import ConfigError, DatasetNotFound, UnknownName
 
 from .recipe import REFERENCE_RECIPE, FinetuneRecipe
 
@@ -38,6 +38,17 @@ class ZeroShotDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]: ...
+
+
+@runtime_checkable
+class InMemoryDataset(ZeroShotDataset, Protocol):
+    """A data set small enough to hold at once (the mini world): what quick measurements, calibrations
+    and the demo read. `images()` is float [N, 3, S, S] in [0, 1]; `labels` the N integer labels."""
+
+    @property
+    def labels(self) -> Sequence[int] | torch.Tensor: ...
+
+    def images(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,14 @@ def build_dataset(name: str, request: DatasetRequest) -> ZeroShotDataset:
     """Build a registered data set; unknown names list the known ones."""
     key = _entry_key(name)
     return _BUILDERS[name](request) if key == name else _PREFIX_BUILDERS[key](name, request)
+
+
+def build_in_memory_dataset(name: str, request: DatasetRequest) -> InMemoryDataset:
+    """`build_dataset` for callers that take all images at once; other data sets raise ConfigError."""
+    ds = build_dataset(name, request)
+    if not isinstance(ds, InMemoryDataset):
+        raise ConfigError(f"{name} is read image by image; this step needs an in-memory data set (miniworld/<domain>/<label set>/<split>)")
+    return ds
 
 
 def reference_eps(name: str) -> float:

@@ -57,14 +57,14 @@ def serving_demo(
     The model is exported as `model.record.name` at `version` (the model card's name and version, which
     every answer carries).
     """
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_in_memory_dataset
 
     measured = ExportMeasurements(purify=purify or PurifyDefaults(), accuracy=accuracy, notes=notes)
     bundle = export_model(model, Path(work_dir) / "export", version=version, measured=measured, finetune_card=finetune_card)
     archive = build_archive(bundle, model_store)
     out(f"exported {bundle} and archived {archive}; starting TorchServe ...")
     handle = start_server(model_store, serve or ServeConfig())
-    ds = build_dataset(DEFAULT_LABEL_DATASET, DatasetRequest(limit=n_images, preprocess=model.record.preprocess))
+    ds = build_in_memory_dataset(DEFAULT_LABEL_DATASET, DatasetRequest(limit=n_images, preprocess=model.record.preprocess))
     images, labels = ds.images(), torch.tensor(ds.labels)
     adv = attacked_images(model, images, labels, ds.classnames, ds.templates, eps, seed=0)
     client = ServingClient(handle)

@@ -87,7 +87,7 @@ def flag_rate(scores: torch.Tensor, anchor_below: float) -> float:
 
 def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None) -> B.FlagCalibration:
     """Threshold at `cfg.target_fpr` on clean calibration images; held-out flag rates and AUROC."""
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_in_memory_dataset
     from clipshield.training.eval.measure import AttackRecipe, zero_shot_task
     from clipshield.training.eval.zeroshot import batches
 
@@ -113,7 +113,7 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
         )
         log.info("flag %s: rate %.3f, AUROC %.3f", name, rates[-1].flag_rate, rates[-1].auroc)
     for name in cfg.extra_clean:
-        other = build_dataset(name, DatasetRequest(limit=cfg.n_eval, preprocess=model.record.preprocess)).images()
+        other = build_in_memory_dataset(name, DatasetRequest(limit=cfg.n_eval, preprocess=model.record.preprocess)).images()
         rates.append(
             B.FlagRate(
                 attack=B.CLEAN,

@@ -62,12 +62,12 @@ def _scores(scorer: AttackScorer, images: torch.Tensor, cfg: ScoreCalibrationCon
 
 def calibrate_attack_score(model: PixelCLIP, labels: B.LabelSet, cfg: Optional[ScoreCalibrationConfig] = None) -> AttackScoreCalibration:
     """Fit and calibrate the score for a bundle whose default label set is `labels` (see module docstring)."""
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_in_memory_dataset
 
     cfg = cfg or ScoreCalibrationConfig()
     model = model.eval()
     need = cfg.n_calibration + cfg.n_eval
-    ds = build_dataset(cfg.dataset, DatasetRequest(limit=need, preprocess=model.record.preprocess))
+    ds = build_in_memory_dataset(cfg.dataset, DatasetRequest(limit=need, preprocess=model.record.preprocess))
     images, targets = quantize(ds.images()), torch.tensor(ds.labels)
     if len(images) < need:
         raise ValueError(f"{cfg.dataset} has {len(images)} images; score calibration needs {need}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from clipshield.service.config import IMAGENET_MEAN, IMAGENET_STD
@@ -11,24 +9,22 @@ from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
 
 
-def paired_forward(
-    model: PixelCLIP, images: torch.Tensor, adv: Optional[torch.Tensor], tokens: bool
-) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """One forward over [clean; adversarial] (the batching the reference does not do).
-
-    Returns (clean embeddings, adversarial embeddings or None, clean tokens, adversarial tokens);
-    tokens are None unless `tokens`. Tensor contract: images/adv float [B, 3, H, W] in [0, 1].
-    """
-    batch = images if adv is None else torch.cat([images, adv])
-    if tokens:
-        pooled, toks = model.encode_image_with_tokens(batch)
-    else:
-        pooled, toks = model.encode_image(batch), None
+def paired_embeddings(model: PixelCLIP, images: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and adversarial embeddings [B, E] from one forward over [clean; adversarial] (the batching the
+    reference does not do). Tensor contract: images/adv float [B, 3, H, W] in [0, 1]."""
+    pooled = model.encode_image(torch.cat([images, adv]))
     n = images.shape[0]
-    emb_cln, emb_adv = pooled[:n], (pooled[n:] if adv is not None else None)
-    if toks is None:
-        return emb_cln, emb_adv, None, None
-    return emb_cln, emb_adv, toks[:n], (toks[n:] if adv is not None else None)
+    return pooled[:n], pooled[n:]
+
+
+def paired_tokens(
+    model: PixelCLIP, images: torch.Tensor, adv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`paired_embeddings` plus the tokens [B, 1+P, E] (`PixelCLIP.encode_image_with_tokens`), in one forward:
+    (clean embeddings, adversarial embeddings, clean tokens, adversarial tokens)."""
+    pooled, toks = model.encode_image_with_tokens(torch.cat([images, adv]))
+    n = images.shape[0]
+    return pooled[:n], pooled[n:], toks[:n], toks[n:]
 
 
 def imagenet_view(model: PixelCLIP) -> PixelCLIP:

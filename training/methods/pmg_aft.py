@@ -18,7 +18,7 @@ from clipshield.service.config import StrictModel
 from clipshield.service.pixel_model import PixelCLIP
 
 from .adversary import ClassifierPGD
-from .common import cosine_logits, imagenet_view, paired_forward
+from .common import cosine_logits, imagenet_view, paired_embeddings
 from .inputs import LossInputs, LossOutput
 from .registry import register_method
 
@@ -64,7 +64,7 @@ def pmg_aft_loss(batch: LossInputs, params: PMGParams) -> LossOutput:
     heads, labels = batch.heads, batch.labels
     view, scale = pmg_view(batch.target, params)
     frozen_view, _ = pmg_view(frozen.model, params)
-    emb_cln, emb_adv, _, _ = paired_forward(view, batch.images, adv, tokens=False)
+    emb_cln, emb_adv = paired_embeddings(view, batch.images, adv)
     logits_adv = cosine_logits(emb_adv, heads.classes, scale)
     logits_cln = cosine_logits(emb_cln, heads.classes, scale)
     with torch.no_grad():

@@ -21,7 +21,7 @@ from clipshield.service.config import StrictModel
 
 from .adversary import PGD_ADVERSARY
 from .attention import Distance, TokenNorm, grid_scores, map_distance, upsample
-from .common import cosine_logits, paired_forward
+from .common import cosine_logits, paired_tokens
 from .inputs import LossInputs, LossOutput, TextHeads
 from .registry import register_method
 
@@ -71,7 +71,7 @@ def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: Atten
     adv = batch.require_adv(method)
     target, images, labels, heads = batch.target, batch.images, batch.labels, batch.heads
     size = target.image_size
-    _, emb_adv, tok_cln, tok_adv = paired_forward(target, images, adv, tokens=True)
+    _, emb_adv, tok_cln, tok_adv = paired_tokens(target, images, adv)
     grids_ori = frozen.clean(
         attention.name,
         images,
