@@ -15,6 +15,7 @@ from clipshield.service.config import PAPER_RESIZE_RATIO, PreprocessConfig
 from clipshield.service.preprocess import load_pixels
 from clipshield.service.settings import DecodeLimits
 from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.data.real import RealDataset
 
 from .photo_helpers import write_photo_folder
 
@@ -36,6 +37,7 @@ def photo_root(tmp_path_factory):
 def _pairs(photo_root, record: PreprocessConfig, preset: str = "model"):
     root, sent = photo_root
     ds = build_dataset("folder/photos", DatasetRequest(root=root, split="test", preprocess=record, preset=preset))
+    assert isinstance(ds, RealDataset)  # a folder data set wraps torchvision's ImageFolder (`base`)
     assert len(ds) == len(sent) == 12
     for i, (_path, label) in enumerate(ds.base.samples):
         evaluated, ds_label = ds[i]

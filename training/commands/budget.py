@@ -9,13 +9,21 @@ Every L-inf radius or attack step size a user types (`--eps`, `--alpha`, `--atta
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, overload
 
 from clipshield.service.errors import ConfigError
 
 UNIT = "units of 1/255"
 MAX_BUDGET = 64.0  # 64/255 = 0.25 of the pixel range: beyond it the "imperceptible" budget is meaningless
 MIN_NONZERO = 0.1  # below 0.1/255 the value was almost certainly meant as a fraction of [0, 1]
+
+
+@overload
+def to_pixels(value: float, flag: str, allow_zero: bool = True) -> float: ...
+@overload
+def to_pixels(value: None, flag: str, allow_zero: bool = True) -> None: ...
+@overload
+def to_pixels(value: Optional[float], flag: str, allow_zero: bool = True) -> Optional[float]: ...
 
 
 def to_pixels(value: Optional[float], flag: str, allow_zero: bool = True) -> Optional[float]:

@@ -67,6 +67,8 @@ def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tens
     clean, robust, _ = measure(
         classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed, target=attack_model
     )
+    if robust is None:  # `measure` leaves it out only when given no attack
+        raise RuntimeError("measure gave no robust accuracy for an attack recipe")
     return clean, robust
 
 
@@ -118,17 +120,18 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
         f"no purification by at least {cfg.min_gain:.0%}"
     )
     best = max(keep, key=lambda r: (r.robust_bpda, -rotation_deg(r.steps, r.step_size))) if keep else None
-    gain = best is not None and best.robust_bpda >= base_pgd + cfg.min_gain
+    winner = best if best is not None and best.robust_bpda >= base_pgd + cfg.min_gain else None
+    gain = winner is not None
     sweep = B.PurifySweep(
         dataset=cfg.dataset, n=n, attack=attack, baseline_clean=base_clean, baseline_robust=base_pgd, rule=rule, rows=tuple(rows), gain=gain
     )
     notes = []
-    if gain:
+    if winner is not None:
         chosen = B.PurifyDefaults(
             enabled=True,
-            steps=best.steps,
-            step_size=best.step_size,
-            chosen_by=f"measured on {cfg.dataset} (n={n}): BPDA robust accuracy {best.robust_bpda:.1%} "
+            steps=winner.steps,
+            step_size=winner.step_size,
+            chosen_by=f"measured on {cfg.dataset} (n={n}): BPDA robust accuracy {winner.robust_bpda:.1%} "
             f"vs {base_pgd:.1%} without purification",
         )
     else:
@@ -149,14 +152,14 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
         B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=False, value=base_clean, n=n, preprocessing=pre),
         B.AccuracyEntry(dataset=cfg.dataset, attack=attack, purified=False, value=base_pgd, n=n, preprocessing=pre),
     ]
-    if gain:
+    if winner is not None:
         accuracy += [
-            B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=True, value=best.clean, n=n, preprocessing=pre),
+            B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=True, value=winner.clean, n=n, preprocessing=pre),
             B.AccuracyEntry(
                 dataset=cfg.dataset,
                 attack=attack_label("pgd", cfg.eps, cfg.steps, via="bpda"),
                 purified=True,
-                value=best.robust_bpda,
+                value=winner.robust_bpda,
                 n=n,
                 preprocessing=pre,
             ),
