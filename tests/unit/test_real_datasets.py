@@ -22,6 +22,7 @@ from clipshield.training.data.real import (
     image_transform,
     stanford_cars_name,
 )
+from clipshield.training.data.registry import build_in_memory_dataset
 from clipshield.training.data.wnid import read_wnid_table
 
 
@@ -350,6 +351,14 @@ def test_folder_without_splits_uses_cleaned_folder_names(tmp_path):
     for split in ("train", "test"):
         ds = build_dataset("folder/mine", DatasetRequest(root=tmp_path, split=split))
         assert ds.classnames == ["golden retriever", "sea lion"] and len(ds) == 3
+
+
+def test_in_memory_steps_take_the_mini_world_and_refuse_a_folder(tmp_path):
+    small = build_in_memory_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=3))
+    assert small.images().shape == (3, 3, 32, 32) and len(small.labels) == 3
+    _class_tree(tmp_path / "mine", {"a": 1, "b": 1})
+    with pytest.raises(ConfigError, match=r"folder/mine is read image by image; .*miniworld/<domain>"):
+        build_in_memory_dataset("folder/mine", DatasetRequest(root=tmp_path))
 
 
 def test_folder_errors_are_one_line(tmp_path):
