@@ -34,7 +34,7 @@ tools:
 demo: venv
 	$(BIN)/clipshield demo $(ARGS)
 
-test: venv tools
+test: venv tools lint
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: venv

@@ -9,7 +9,7 @@ shortcuts the quick measurements use. The resumable, cached cells are `clipshiel
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Optional
+from typing import Any, Optional, overload
 
 import torch
 from pydantic import Field
@@ -20,7 +20,8 @@ from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.training.attacks import get_attack
 from clipshield.training.attacks.base import Attack
 from clipshield.training.attacks.pgd import StopRule
-from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.data import DatasetRequest
+from clipshield.training.data.registry import InMemoryDataset, build_in_memory_dataset
 from clipshield.training.sharding import SINGLE, Shard
 
 from .schema import CellKey
@@ -49,7 +50,7 @@ class AttackRecipe(StrictModel):
 
     def build(self, classifier: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator) -> Attack:
         """The attack on `classifier`, drawing random starts from `generator`."""
-        kwargs = {"eps": self.eps, "steps": self.steps, "restarts": self.restarts, "generator": generator}
+        kwargs: dict[str, Any] = {"eps": self.eps, "steps": self.steps, "restarts": self.restarts, "generator": generator}
         if self.alpha is not None:
             kwargs["alpha"] = self.alpha
         if self.name in EARLY_STOP_ATTACKS:
@@ -86,6 +87,38 @@ def clean_and_attacked(
     return clean, robust, n
 
 
+@overload  # robust accuracy is measured exactly when a recipe is given
+def measure(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: AttackRecipe,
+    batch_size: int = 256,
+    seed: int = 0,
+    target: Optional[Callable] = None,
+) -> tuple[float, float, int]: ...
+@overload
+def measure(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    target: Optional[Callable] = None,
+) -> tuple[float, None, int]: ...
+@overload
+def measure(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Optional[AttackRecipe] = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    target: Optional[Callable] = None,
+) -> tuple[float, Optional[float], int]: ...
+
+
 def measure(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -101,9 +134,9 @@ def measure(
     return clean_and_attacked(classifier, lambda: batches(images, labels, batch_size), recipe, target, lambda _b: shared)
 
 
-def zero_shot_task(model: PixelCLIP, name: str, limit: int) -> tuple[object, ZeroShotClassifier, torch.Tensor]:
+def zero_shot_task(model: PixelCLIP, name: str, limit: int) -> tuple[InMemoryDataset, ZeroShotClassifier, torch.Tensor]:
     """(data set, zero-shot classifier, labels int64 [N]) for `limit` images of an in-memory registered
     data set (the mini world) under the model's own preprocessing: the set-up of every quick measurement."""
-    ds = build_dataset(name, DatasetRequest(limit=limit, preprocess=model.record.preprocess))
+    ds = build_in_memory_dataset(name, DatasetRequest(limit=limit, preprocess=model.record.preprocess))
     clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates)).eval()
     return ds, clf, torch.as_tensor(ds.labels, dtype=torch.int64)

@@ -271,13 +271,15 @@ class Evaluator:
         """
         start = time.perf_counter()
         classifier = self._classifier(dataset)
-        purified = isinstance(classifier, PurifiedClassifier)
+        purified = classifier if isinstance(classifier, PurifiedClassifier) else None
         bar = (
             self.progress(-(-len(dataset) // shard.world) * (1 if key.attack == CLEAN else 2), f"{key.dataset} | {key.attack}")
             if self.progress and shard.rank == 0
             else None
         )
-        ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
+        ticker = (
+            _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified is not None else 1)) if bar is not None else None
+        )
         step = ticker.batch_done if ticker is not None else None
         attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)
         data = lambda: _on_device(_tensors(dataset, self.cfg.batch_size, self.cfg.workers), self.cfg.device)  # noqa: E731
@@ -285,12 +287,12 @@ class Evaluator:
         judge = with_precision(classifier, self.cfg.device, key.precision)
         target = attacked(with_precision(classifier, self.cfg.device, key.attack_precision))
         try:
-            recipe = None if key.attack == CLEAN or purified else AttackRecipe.of_cell(key)
+            recipe = None if key.attack == CLEAN or purified is not None else AttackRecipe.of_cell(key)
             clean, robust, n = clean_and_attacked(judge, data, recipe, target, seeds, on_batch=step, shard=shard)
             adaptive = None
-            if key.attack != CLEAN and purified:
+            if key.attack != CLEAN and purified is not None:
                 adaptive = evaluate_adaptive(
-                    classifier,
+                    purified,
                     lambda surrogate: self._make_attack(key, attacked(surrogate)),
                     data(),
                     on_batch=step,

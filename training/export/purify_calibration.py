@@ -67,8 +67,6 @@ def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tens
     clean, robust, _ = measure(
         classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed, target=attack_model
     )
-    if robust is None:  # `measure` leaves it out only when given no attack
-        raise RuntimeError("measure gave no robust accuracy for an attack recipe")
     return clean, robust
 
 
