@@ -86,12 +86,12 @@ def _check_alerts(prom: Prometheus) -> None:
 
 def test_prometheus_scrapes_counters_and_evaluates_rules(miniworld_model, tmp_path):
     from clipshield.training.export import stop_server
-    from clipshield.training.monitoring.generate import OUT, RULE_RESOURCE, rule_file_from_resource
+    from clipshield.training.monitoring.generate import MONITORING, REPO, RULE_RESOURCE, rule_file_from_resource
     from clipshield.training.monitoring.rules import JOB
 
     require_tool("prometheus")  # before the slow TorchServe start
     rule_file = tmp_path / "clipshield.rules.yaml"
-    rule_file.write_text(rule_file_from_resource((OUT / RULE_RESOURCE).read_text()))
+    rule_file.write_text(rule_file_from_resource((REPO / MONITORING / RULE_RESOURCE).read_text()))
     (tmp_path / "prom").mkdir()
     handle, store = H.start(miniworld_model, tmp_path / "ts")
     prom = None
