@@ -12,7 +12,15 @@ from pathlib import Path
 import torch
 
 BASE_VERSION = "1.0"  # the version export_model gives the shipped model
-DEMO_EVAL = ("miniworld/plain/color_shape/seen", "miniworld/outlined/color_shape/seen")
+WORLD_NAMES = ("miniworld", "miniworld224")  # training.miniworld.worlds.WORLDS
+
+
+def demo_eval(world: str = "miniworld") -> tuple[str, str]:
+    """The before/after sets of the demo: plain and outlined colour+shape, seen combinations."""
+    return (f"{world}/plain/color_shape/seen", f"{world}/outlined/color_shape/seen")
+
+
+DEMO_EVAL = demo_eval()
 DEMO_STEPS = 10  # PGD steps of every "attacked" number and image in the demo
 
 HELDOUT_NOTE = (
@@ -51,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "without CLIPure purification over HTTP and print the clipshield_ metrics. Without --once the server keeps "
         "running afterwards (stop it with `clipshield serve --stop`).",
     )
+    p.add_argument("--world", choices=WORLD_NAMES, default="miniworld",
+                   help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
+                   "ViT-B/32-geometry model, eps 1/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)")
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--method", default="tga-zsr", help="fine-tuning method (default: %(default)s)")
@@ -87,8 +98,8 @@ def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, floa
     return out
 
 
-def _show_predictions(model) -> None:
-    ds, clf, labels = _task(model, "miniworld/plain/color_shape/seen", 6)
+def _show_predictions(model, world: str) -> None:
+    ds, clf, labels = _task(model, f"{world}/plain/color_shape/seen", 6)
     with torch.no_grad():
         probs = clf(ds.images()).softmax(-1)
     print("\nzero-shot predictions (plain domain, 64 colour+shape labels):")
@@ -97,12 +108,12 @@ def _show_predictions(model) -> None:
         print(f"  true: {ds.classnames[label]:18s} predicted: {ds.classnames[top]:18s} p={float(probs[i, top]):.2f}")
 
 
-def _clean_suite(model, n: int) -> None:
+def _clean_suite(model, n: int, world: str) -> None:
     from training.data.miniworld import standard_eval_names
     from training.eval.zeroshot import accuracy, batches
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
-    for name in standard_eval_names():
+    for name in standard_eval_names(world=world):
         ds, clf, labels = _task(model, name, n)
         acc, count = accuracy(clf, batches(ds.images(), labels, 256))
         print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
@@ -125,29 +136,32 @@ def run(args: argparse.Namespace) -> int:
     from service.card import ModelCard
     from service.models import load_model
 
+    from training.data import reference_eps
+
     torch.set_num_threads(args.threads)
-    eps = 4 / 255
-    base = load_model("miniworld")
+    world, sets = args.world, demo_eval(args.world)
+    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 1/255 at 224 px (training.miniworld.worlds)
+    base = load_model(world)
     print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
-    _show_predictions(base)
-    _clean_suite(base, args.n)
+    _show_predictions(base, world)
+    _clean_suite(base, args.n, world)
 
     model, card = base, None
-    before = _accuracies(base, DEMO_EVAL, args.n, eps)
+    before = _accuracies(base, sets, args.n, eps)
     if args.finetune_steps > 0:
         from training.finetune import FinetuneConfig, finetune
 
-        print(f"\nfine-tuning with {args.method} for {args.finetune_steps} steps (batch 32, SGD lr 0.005, PGD-2 at eps=4/255) ...")
+        print(f"\nfine-tuning with {args.method} for {args.finetune_steps} steps (batch 32, SGD lr 0.005, PGD-2 at eps={eps * 255:g}/255) ...")
         cfg = FinetuneConfig(
-            method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps, eps=eps, warmup=None,
+            method=args.method, model=world, data=f"{world}-train", output=args.work_dir / "finetune", steps=args.finetune_steps, eps=eps, warmup=None,
             batch_size=32, lr=0.005, eval_datasets=[], threads=args.threads,  # the mini-world budget of docs/finetuning.md
         )
         model, card = finetune(cfg)
-    after = _accuracies(model, DEMO_EVAL, args.n, eps)
+    after = _accuracies(model, sets, args.n, eps)
     print(f"\nclean / attacked top-1 ({args.n} images each):")
     print(attacked_note(eps))
     print(f"  {'data set':42s} {'base':>15s} {'fine-tuned':>15s}")
-    for name in DEMO_EVAL:
+    for name in sets:
         (c0, r0), (c1, r1) = before[name], after[name]
         print(f"  {name:42s} {100 * c0:5.1f} / {100 * r0:5.1f}   {100 * c1:5.1f} / {100 * r1:5.1f}")
     if args.finetune_steps > 0:
@@ -163,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     print("images are crafted against the un-purified fine-tuned classifier and sent as 8-bit PNGs):")
     print(SERVING_NOTE)
     serving_demo(model, args.work_dir, args.model_store, out=print, n_images=4, eps=eps, once=args.once, accuracy=accuracy,
-                 version=version, finetune_card=ModelCard.model_validate(card) if card else None)
+                 version=version, finetune_card=ModelCard.model_validate(card) if card else None,
+                 dataset=sets[0], real_photos=world == "miniworld224")
     return 0
 
 

@@ -14,7 +14,6 @@ MINIWORLD_BUDGET = {"steps": 200, "batch_size": 32, "data_limit": 3200}
 # one learning rate per optimiser family on the mini world (each method keeps its recipe's optimiser:
 # SGD, or AdamW for FARE); shared by `clipshield finetune` and `clipshield experiment`
 MINIWORLD_LR = {"sgd": 0.005, "adamw": 1e-4}
-MINIWORLD_EVAL = ("miniworld/plain/color_shape/seen", "miniworld/plain/color_shape/heldout_image", "miniworld/outlined/color_shape/seen")
 
 
 def _method_names() -> list[str]:
@@ -35,15 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", required=True, choices=_method_names(), help="fine-tuning method (required)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="miniworld",
-                   help="'miniworld', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) (default: %(default)s)")
+    g.add_argument("--model", default=None,
+                   help="'miniworld', 'miniworld224', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) "
+                   "(default: the shipped model of the --data world, e.g. miniworld224 for miniworld224-train; else miniworld)")
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
     g.add_argument("--weights", default=None, help="state dict for a config-JSON model (default: none)")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
     g.add_argument("--offline", action="store_true", help="never download weights")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="miniworld-train",
-                   help="training set: miniworld-train, tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
+                   help="training set: miniworld-train, miniworld224-train (224-px world, eps 1/255), tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
                    "--data-root), ... (default: %(default)s)")
     d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded; default: none)")
     d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images (default: all; mini world: 3200)")
@@ -107,10 +107,13 @@ def config_from_args(args: argparse.Namespace):
     from training.finetune import FinetuneConfig
     from training.methods import get_method
 
+    from training.miniworld.worlds import world_of_dataset
+
     mini = args.data.startswith("miniworld")
+    world = world_of_dataset(args.data)
     eps = to_pixels(args.eps, "--eps")
     values = dict(
-        method=args.method, model=args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir,
+        method=args.method, model=args.model or (world.name if world else "miniworld"), pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir,
         offline=args.offline or None, data=args.data, data_root=args.data_root, data_limit=args.data_limit,
         image_size=args.image_size, preprocess=args.preprocess, template=args.template, output=args.output or Path("runs/finetune") / args.method,
         epochs=args.epochs or 10, steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -119,7 +122,7 @@ def config_from_args(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every, resume=args.resume, precision=args.precision, device=args.device,
         workers=args.workers, threads=args.threads, frozen_cache_mb=args.frozen_cache_mb, eval_limit=args.eval_limit, eval_steps=args.eval_steps,
         eval_eps=to_pixels(args.eval_eps, "--eval-eps"),
-        eval_datasets=list(args.eval_datasets) if args.eval_datasets is not None else (list(MINIWORLD_EVAL) if mini else []),
+        eval_datasets=list(args.eval_datasets) if args.eval_datasets is not None else (list(world.finetune_eval) if world else []),
     )
     values["warmup"] = args.warmup if args.warmup is not None else (None if mini else 1000)
     if mini:  # the shared mini-world budget of the tests and `clipshield experiment` (docs/finetuning.md)
