@@ -73,6 +73,17 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (Linux: KiB)
 
 
+def class_names(model, n: int) -> list[str]:
+    """`n` prompt class names the model's tokenizer knows: mini-world colour+shape names for the compact
+    mini-world vocabulary (which has no digits), else 'class i'."""
+    if model.record.tokenizer.kind == "compact":
+        from training.miniworld.world import COLORS, SHAPES, combo_name
+
+        names = [combo_name(s, c) for s in range(len(SHAPES)) for c in range(len(COLORS))]
+        return [names[i % len(names)] for i in range(n)]
+    return [f"class {i}" for i in range(n)]
+
+
 class MethodRun:
     """Everything one method needs for repeated training steps on a fixed batch."""
 
@@ -90,7 +101,7 @@ class MethodRun:
         self.indices = torch.arange(args.batch_size) if later_epoch else None
         for p in self.target.visual.parameters():
             p.requires_grad_(True)
-        classnames = [f"class {i}" for i in range(args.classes)]
+        classnames = class_names(base, args.classes)
         self.heads = build_heads(self.target, classnames, "This is a photo of a {}", method, self.cfg.negative_template)
         self.params = method.params()
         self.opt = make_optimizer(method, list(self.target.visual.parameters()), self.cfg)

@@ -25,6 +25,7 @@ from service.tokenizer import build_compact_vocab
 from .miniworld.captions import caption_for, match_matrix, vocabulary_corpus
 from .miniworld.dataset import pretraining_specs, render_specs, spec_attributes
 from .miniworld.worlds import WORLDS, get_world
+from .pretrain_teacher import distill_loss
 from .schedule import warmup_cosine_lr
 from .train_state import has_train_state, load_train_state, save_train_state
 
@@ -51,6 +52,8 @@ class PretrainConfig(StrictModel):
     checkpoint_every: int = 200
     resume: bool = False
     threads: Optional[int] = None
+    teacher: Optional[str] = None  # shipped model whose text tower is locked in and whose image embeddings are distilled
+    distill_weight: float = Field(default=1.0, ge=0.0)
 
 
 def miniworld_record(name: str = "miniworld-vit-tiny", arch_file: Path = ARCH_FILE) -> ModelRecord:
@@ -111,6 +114,20 @@ class CaptionBatcher:
         return torch.from_numpy(idx), self._tokens(list(caps)), match
 
 
+def _warm_start(cfg: PretrainConfig, model: PixelCLIP, specs: list) -> Optional[torch.Tensor]:
+    """With `cfg.teacher`: lock the teacher's text tower into `model`, return its image embeddings [N, E] of `specs`."""
+    if cfg.teacher is None:
+        return None
+    from service.models import load_model
+
+    from .pretrain_teacher import lock_text_tower, teacher_targets
+
+    teacher = load_model(cfg.teacher)
+    lock_text_tower(model, teacher)
+    log.info("text tower locked from %s; computing its image embeddings of %d scenes", cfg.teacher, len(specs))
+    return teacher_targets(teacher, specs)
+
+
 def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]] = None) -> PixelCLIP:
     """Train the mini-world CLIP; writes resumable state and the final checkpoint to `cfg.output`."""
     if cfg.threads:
@@ -123,6 +140,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
     specs = pretraining_specs(cfg.pool_size, cfg.world_seed)
     log.info("rendering %d pre-training images at %d px", len(specs), world.render_size)
     images = render_specs(specs, world.render_size)
+    targets = _warm_start(cfg, model, specs)
     batcher = CaptionBatcher(model, spec_attributes(specs), cfg.batch_size, cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -152,6 +170,8 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
             loss = clip_loss(img, txt, scale)
         else:
             loss = multi_positive_loss(scale * img @ txt.t(), match)
+        if targets is not None:
+            loss = loss + cfg.distill_weight * distill_loss(img, targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -160,6 +180,8 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
         if progress is not None:
             progress(step, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "scale": float(scale.detach())})
         done = step + 1
+        if done % 25 == 0:
+            log.info("step %d/%d loss %.3f", done, cfg.steps, float(loss.detach()))
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             save_train_state(state_dir, model, opt, done, cfg.model_dump(mode="json"))
     model.eval()

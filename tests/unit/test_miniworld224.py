@@ -77,3 +77,21 @@ def test_two_step_tga_zsr_finetune_on_the_224_world(tmp_path):
     model, _ = finetune(cfg)
     tuned = model.clip.visual.state_dict()
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
+
+
+def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary():
+    from training.pretrain import MODEL_CONFIGS, miniworld_record
+    from training.pretrain_teacher import lock_text_tower
+    from service.models import from_record
+
+    teacher = load_model("miniworld")
+    student = from_record(miniworld_record("s", MODEL_CONFIGS / "miniworld-vit-b32-tiny.json"))
+    assert lock_text_tower(student, teacher) > 0
+    tokens = teacher.tokenizer(["a photo of a red star ."])
+    torch.testing.assert_close(student.encode_text(tokens), teacher.encode_text(tokens))
+    assert not any(p.requires_grad for n, p in student.clip.named_parameters() if not n.startswith("visual."))
+    assert all(p.requires_grad for p in student.clip.visual.parameters())
+    other = from_record(miniworld_record("o", MODEL_CONFIGS / "miniworld-vit-b32-tiny.json"))
+    other.record = other.record.model_copy(update={"tokenizer": other.record.tokenizer.model_copy(update={"context_length": 10})})
+    with pytest.raises(ConfigError, match="another text tower or vocabulary"):
+        lock_text_tower(other, teacher)

@@ -22,6 +22,7 @@ from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, model_from_args, progress
 
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
+MINIWORLD224_SUITE = "miniworld224"  # the same suite on the 224-pixel world
 PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (spec 0.7)
 PAPER_DATASETS = (
     "tinyimagenet", "cifar10", "cifar100", "stl10", "food101", "oxford_pets", "flowers102", "dtd", "eurosat",
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
     p.add_argument(
         "--datasets", nargs="+", default=[MINIWORLD_SUITE],
-        help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite, '{PAPER_SUITE}' = the papers' 16 real sets, "
+        help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite ('{MINIWORLD224_SUITE}': on the 224-px world), '{PAPER_SUITE}' = the papers' 16 real sets, "
         "folder/<dir> = any class-folder tree under --data-root (default: %(default)s)",
     )
     p.add_argument("--attacks", nargs="*", default=["pgd"], choices=["none", *list_attacks()],
@@ -93,7 +94,10 @@ def expand_datasets(names: list[str]) -> list[str]:
 
     out: list[str] = []
     for name in names:
-        group = standard_eval_names() if name == MINIWORLD_SUITE else PAPER_DATASETS if name == PAPER_SUITE else [name]
+        if name in (MINIWORLD_SUITE, MINIWORLD224_SUITE):
+            group = standard_eval_names(world=name)
+        else:
+            group = PAPER_DATASETS if name == PAPER_SUITE else [name]
         out += [n for n in group if n not in out]
     return out
 

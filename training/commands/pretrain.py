@@ -19,8 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--world", choices=["miniworld", "miniworld224"], default="miniworld",
                    help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
-                   "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 500 --batch-size 64 "
-                   "--lr 2e-3 --warmup 40 --pool-size 20000, see docs/datasets.md) (default: %(default)s)")
+                   "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 300 --batch-size 64 "
+                   "--lr 2e-3 --warmup 30 --pool-size 20000 --teacher miniworld, see docs/datasets.md) (default: %(default)s)")
+    p.add_argument("--teacher", default=None, help="shipped model whose text tower is copied and locked and whose image "
+                   "embeddings are distilled (the shipped miniworld224 model used --teacher miniworld) (default: none, from scratch)")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the cosine distillation term with --teacher (default: %(default)s)")
     p.add_argument("--output", type=Path, default=Path("runs/pretrain"), help="run folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="image+caption pairs per step (default: %(default)s)")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from training.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
-        output=args.output, world=args.world, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        output=args.output, world=args.world, teacher=args.teacher, distill_weight=args.distill_weight, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         pool_size=args.pool_size, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
         resume=args.resume, threads=args.threads,
     )
