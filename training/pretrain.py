@@ -170,8 +170,8 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
             loss = clip_loss(img, txt, scale)
         else:
             loss = multi_positive_loss(scale * img @ txt.t(), match)
-        if targets is not None:
-            loss = loss + cfg.distill_weight * distill_loss(img, targets[idx])
+        distill = distill_loss(img, targets[idx]) if targets is not None else torch.zeros(())
+        loss = loss + cfg.distill_weight * distill
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -181,7 +181,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
             progress(step, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "scale": float(scale.detach())})
         done = step + 1
         if done % 25 == 0:
-            log.info("step %d/%d loss %.3f", done, cfg.steps, float(loss.detach()))
+            log.info("step %d/%d loss %.3f (distillation %.3f)", done, cfg.steps, float(loss.detach()), float(distill.detach()))
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             save_train_state(state_dir, model, opt, done, cfg.model_dump(mode="json"))
     model.eval()

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--world", choices=["miniworld", "miniworld224"], default="miniworld",
                    help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
-                   "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 300 --batch-size 64 "
-                   "--lr 2e-3 --warmup 30 --pool-size 20000 --teacher miniworld, see docs/datasets.md) (default: %(default)s)")
+                   "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 1500 --batch-size 64 "
+                   "--lr 3e-3 --warmup 100 --pool-size 20000 --teacher miniworld --distill-weight 5 --threads 1, see docs/datasets.md) (default: %(default)s)")
     p.add_argument("--teacher", default=None, help="shipped model whose text tower is copied and locked and whose image "
                    "embeddings are distilled (the shipped miniworld224 model used --teacher miniworld) (default: none, from scratch)")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the cosine distillation term with --teacher (default: %(default)s)")
