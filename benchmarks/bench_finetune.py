@@ -8,7 +8,7 @@ the frozen model's clean outputs are computed, and in later epochs ("epoch 2+"),
 back (`training.methods.FrozenReference`). Examples:
 
     python benchmarks/bench_finetune.py                                  # mini world, CPU
-    python benchmarks/bench_finetune.py --world miniworld224 --threads 2 --methods tecoa tga-zsr   # ViT-B/32 geometry, eps 1/255
+    python benchmarks/bench_finetune.py --world miniworld224 --threads 2 --methods tecoa tga-zsr   # ViT-B/32 geometry, eps 2/255
     python benchmarks/bench_finetune.py --model ViT-B-32 --random-init --device cuda --batch-size 128 --precision bf16
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="miniworld", help="miniworld, miniworld224, a checkpoint folder, or an open_clip name")
     p.add_argument("--world", choices=["miniworld", "miniworld224"], default=None,
-                   help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 1/255)")
+                   help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 2/255)")
     p.add_argument("--pretrained", default=None)
     p.add_argument("--random-init", action="store_true", help="open_clip architecture with random weights (timing only)")
     p.add_argument("--batch-size", type=int, default=32)

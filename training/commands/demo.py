@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--world", choices=WORLD_NAMES, default="miniworld",
                    help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
-                   "ViT-B/32-geometry model, eps 1/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)")
+                   "ViT-B/32-geometry model, eps 2/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)")
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--method", default="tga-zsr", help="fine-tuning method (default: %(default)s)")
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     world, sets = args.world, demo_eval(args.world)
-    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 1/255 at 224 px (training.miniworld.worlds)
+    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 2/255 at 224 px (training.miniworld.worlds)
     base = load_model(world)
     print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
     _show_predictions(base, world)

@@ -1,6 +1,6 @@
 """`clipshield experiment miniworld`: the base model and every fine-tuning method, same budget, several seeds.
 
-`--world miniworld224` runs it on the 224-pixel world (ViT-B/32 geometry, eps 1/255) instead of the 32-pixel one.
+`--world miniworld224` runs it on the 224-pixel world (ViT-B/32 geometry, eps 2/255) instead of the 32-pixel one.
 
 Every method gets the same steps, batch size, training epsilon and data, and its recipe's optimiser
 (SGD momentum 0.9; AdamW for FARE) at one learning rate per optimiser family, the mini-world
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     paper.set_defaults(run=paper_run.run)
     p.add_argument("--world", choices=WORLD_NAMES, default="miniworld",
                    help="miniworld: 32-px world, shipped `miniworld` model, eps 4/255; miniworld224: 224-px world (ViT-B/32 "
-                   "geometry), shipped `miniworld224` model, eps 1/255 (default: %(default)s)")
+                   "geometry), shipped `miniworld224` model, eps 2/255 (default: %(default)s)")
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"], help="optimisation steps per run (default: %(default)s)")
@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adamw-lr", type=float, default=MINIWORLD_LR["adamw"],
                    help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
     p.add_argument("--eps", type=float, default=None,
-                   help=budget_help("training and evaluation L-inf radius", "the world's reference: 4 (4/255) at 32 px, 1 (1/255) at 224 px"))
+                   help=budget_help("training and evaluation L-inf radius", "the world's reference: 4 (4/255) at 32 px, 2 (2/255) at 224 px; the papers' 1 with --eps 1"))
     p.add_argument("--eval-limit", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
     p.add_argument("--output", type=Path, default=None, help="output folder; finished runs in it are reused (default: runs/experiment-<world>)")

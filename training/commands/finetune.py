@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--offline", action="store_true", help="never download weights")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="miniworld-train",
-                   help="training set: miniworld-train, miniworld224-train (224-px world, eps 1/255), tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
+                   help="training set: miniworld-train, miniworld224-train (224-px world, eps 2/255), tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
                    "--data-root), ... (default: %(default)s)")
     d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded; default: none)")
     d.add_argument("--data-limit", type=int, default=None, help="use at most this many training images (default: all; mini world: 3200)")

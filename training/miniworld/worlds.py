@@ -45,8 +45,10 @@ class MiniWorld:
 WORLDS: dict[str, MiniWorld] = {
     # at 32x32 an L-inf budget of 4/255 plays the role 1/255 plays on 224x224 ImageNet (docs/evaluation.md)
     "miniworld": MiniWorld("miniworld", 32, 32, "miniworld-vit-tiny.json", 4 / 255),
-    # the papers' geometry and budget (docs/datasets.md, "The 224-pixel mini world")
-    "miniworld224": MiniWorld("miniworld224", 56, 224, "miniworld-vit-b32-tiny.json", 1 / 255),
+    # the papers' geometry; their budget 1/255 left the shipped base model at 35 % of its clean accuracy under
+    # PGD-10 (plain colour+shape, 21.9 of 62.1 %), above the one-third collapse line; 2/255 is the smallest
+    # integer budget that collapses it (7.4 %), so it is this world's reference (docs/datasets.md)
+    "miniworld224": MiniWorld("miniworld224", 56, 224, "miniworld-vit-b32-tiny.json", 2 / 255),
 }
 
 
