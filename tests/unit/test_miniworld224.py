@@ -95,3 +95,24 @@ def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary(
     other.record = other.record.model_copy(update={"tokenizer": other.record.tokenizer.model_copy(update={"context_length": 10})})
     with pytest.raises(ConfigError, match="another text tower or vocabulary"):
         lock_text_tower(other, teacher)
+
+
+def test_demo_sends_real_photos_as_jpeg_of_their_own_size():
+    import io
+
+    from training.export.demo_serving import send_photos
+
+    class Client:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def predict(self, data: bytes, purify: bool):
+            self.sent.append(data)
+            return 200, {"predictions": [{"label": "red circle", "score": 0.5}], "flipped": False}
+
+    client, lines = Client(), []
+    answers = send_photos(client, lines.append)
+    assert [a["index"] for a in answers] == ["chelsea", "astronaut", "coffee"]
+    sizes = [Image.open(io.BytesIO(data)).size for data in client.sent]
+    assert all(Image.open(io.BytesIO(d)).format == "JPEG" for d in client.sent) and sizes[0] == (451, 300)
+    assert any("chelsea" in line and "451x300" in line for line in lines)

@@ -79,7 +79,7 @@ def serving_demo(
                 answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
                 out(f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}")
     if real_photos:
-        answers += _send_photos(client, out)
+        answers += send_photos(client, out)
     scraped = client.metrics_after("clipshield_requests_total", len(answers))
     metrics = [line for line in scraped if line.startswith(METRIC_PREFIXES) or "_count{" in line]
     out("\nmetrics (clipshield_*):")
@@ -95,7 +95,7 @@ def serving_demo(
     return {"answers": answers, "metrics": metrics}
 
 
-def _send_photos(client: ServingClient, out: Callable[[str], None]) -> list[dict]:
+def send_photos(client: ServingClient, out: Callable[[str], None]) -> list[dict]:
     """Send scikit-image's sample photos as JPEGs (clean, no purification); the server resizes them to the model's input.
 
     They show no colour-shape scene, so the answer is whichever label is nearest: the point is the path
