@@ -128,6 +128,16 @@ def _warm_start(cfg: PretrainConfig, model: PixelCLIP, specs: list) -> Optional[
     return teacher_targets(teacher, specs)
 
 
+def _adamw(model: PixelCLIP, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, weight decay on matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+
+
 def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]] = None) -> PixelCLIP:
     """Train the mini-world CLIP; writes resumable state and the final checkpoint to `cfg.output`."""
     if cfg.threads:
@@ -142,12 +152,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
     images = render_specs(specs, world.render_size)
     targets = _warm_start(cfg, model, specs)
     batcher = CaptionBatcher(model, spec_attributes(specs), cfg.batch_size, cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    opt = _adamw(model, cfg)
     clip_loss = None
     if cfg.loss == "clip":
         from open_clip.loss import ClipLoss
