@@ -2,21 +2,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml Makefile; echo "$(TORCH_INDEX_URL)") | cksum | cut -d' ' -f1)
 ARGS ?=
 PYTEST_ARGS ?=
 # Exact torch pair: both install from local files on the build machines; an unpinned torch
 # would download a multi-GB build, and a mismatched torchvision fails at import.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Where the torch pair comes from. Empty (default): pip's configured indexes, which give the CUDA build
+# (NVIDIA libraries + triton: 4.0 GiB of the 6.5 GiB venv); it is what installs on the build machines.
+# CPU wheels (venv about 2 GiB, README): make clean-venv venv TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 
-.PHONY: venv tools demo test test-slow loadtest bench k8s-render monitoring clean-venv
+.PHONY: venv tools demo test test-slow lint loadtest bench k8s-render monitoring clean-venv
 
 $(STAMP):
 	rm -f $(VENV)/.installed-*
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[cpu,serve,kserve,load,dev,data,monitoring]"
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)") $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[train,cpu,serve,kserve,load,dev,data,monitoring]"
 	# torchattacks pins requests~=2.25 (conflicts with locust); its real needs are declared above.
 	$(BIN)/python -m pip install -q --no-deps "torchattacks==3.5.1"
 	touch $@
@@ -36,6 +40,12 @@ test: venv tools
 test-slow: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
+# ruff (lint + format check) and mypy, configured in pyproject.toml (mypy: strict on service/).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 loadtest: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m tests.load.run_loadtest $(ARGS)
 
@@ -48,7 +58,8 @@ k8s-render:
 	for o in cpu gpu; do kubectl kustomize k8s/overlays/$$o > k8s/rendered/$$o.yaml; done
 	kubectl kustomize k8s/monitoring > k8s/rendered/monitoring.yaml
 
-# Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py.
+# Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py,
+# and TorchServe's metrics.yaml + config.properties (model_store/, k8s/), then re-render k8s/rendered/.
 monitoring: venv
 	$(BIN)/python -m training.monitoring.generate
 	$(MAKE) k8s-render

@@ -20,11 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model  # noqa: E402
-from service.zero_shot import ZeroShotClassifier, build_text_head  # noqa: E402
-from training.attacks.pgd import PGD  # noqa: E402
-from training.data import DatasetRequest, build_dataset  # noqa: E402
-from training.eval.zeroshot import accuracy, batches  # noqa: E402
+from service.models import load_model
+from training.eval.runner import AttackRecipe, zero_shot_task
+from training.eval.zeroshot import accuracy, batches
 
 DATASET = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255
@@ -42,12 +40,11 @@ def fine_tuned(steps: int) -> torch.nn.Module:
 
 def compare(name: str, model: torch.nn.Module, steps: int, limit: int) -> None:
     """Print one row per protocol for `model`: seconds, robust top-1, and the speed-up."""
-    ds = build_dataset(DATASET, DatasetRequest(limit=limit))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates)).eval()
-    images, labels = ds.images(), torch.as_tensor(ds.labels)
+    ds, clf, labels = zero_shot_task(model, DATASET, limit)
+    images = ds.images()
     rows = {}
     for stop in ("final", "early"):
-        attack = PGD(clf, eps=EPS, steps=steps, generator=torch.Generator().manual_seed(0), stop=stop)
+        attack = AttackRecipe(eps=EPS, steps=steps, stop=stop).build(clf, torch.Generator().manual_seed(0))
         start = time.perf_counter()
         robust, n = accuracy(clf, batches(images, labels, 256), attack)
         rows[stop] = (time.perf_counter() - start, 100 * robust)

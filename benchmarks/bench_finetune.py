@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import ModelRecord, PreprocessConfig  # noqa: E402
-from service.models import from_record, load_model  # noqa: E402
-from training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step  # noqa: E402
-from training.methods import FrozenReference, get_method  # noqa: E402
+from service.config import ModelRecord, PreprocessConfig
+from service.models import from_record, load_model
+from training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
+from training.methods import FrozenReference, LossInputs, get_method
 
 METHODS = ("tecoa", "pmg-aft", "fare", "tga-zsr")
 REMEMBERS = ("fare", "tga-zsr", "comp-tga")  # methods whose frozen-model outputs on clean images are remembered
@@ -102,7 +102,7 @@ class MethodRun:
         for p in self.target.visual.parameters():
             p.requires_grad_(True)
         classnames = class_names(base, args.classes)
-        self.heads = build_heads(self.target, classnames, "This is a photo of a {}", method, self.cfg.negative_template)
+        self.heads = build_heads(self.target, classnames, "This is a photo of a {}", method, self.cfg.dataset.negative_template)
         self.params = method.params()
         self.opt = make_optimizer(method, list(self.target.visual.parameters()), self.cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=args.precision == "fp16" and args.device.startswith("cuda"))
@@ -118,11 +118,10 @@ class MethodRun:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        if self.frozen is not None:
-            self.frozen.bind(self.indices)
+        frozen = self.frozen.for_batch(self.indices) if self.frozen is not None else None
         t0 = time.perf_counter()
-        train_step(self.method, self.target, self.frozen, self.images, self.labels, self.heads, self.params,
-                   self.opt, self.scaler, self.cfg, torch.Generator().manual_seed(i))
+        batch = LossInputs(self.target, self.images, self.labels, self.heads, frozen=frozen)
+        train_step(self.method, batch, self.params, self.opt, self.scaler, self.cfg, torch.Generator().manual_seed(i))
         if cuda:
             torch.cuda.synchronize()
         if record:

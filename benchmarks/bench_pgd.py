@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model  # noqa: E402
-from service.zero_shot import ZeroShotClassifier, build_text_head  # noqa: E402
-from training.attacks import get_attack  # noqa: E402
-from training.data import DatasetRequest, build_dataset  # noqa: E402
+from service.models import load_model
+from service.zero_shot import ZeroShotClassifier, build_text_head
+from training.attacks import get_attack
+from training.data import DatasetRequest, build_dataset
 
 
 def _once(fn) -> float:

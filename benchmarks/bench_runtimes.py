@@ -17,13 +17,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.serving_helpers import free_port, image  # noqa: E402
-from tests.load.oip import as_torchserve, infer_body  # noqa: E402
+from tests.integration.serving_helpers import free_port, image
+from tests.load.oip import as_torchserve, infer_body
 
 
 def drive(send: Callable[[object], tuple[int, str]], seconds: float, clients: int) -> dict:

@@ -6,7 +6,11 @@ ViT-B/32 architecture with random weights, since real weights cannot be download
    optimisation level and with/without IO binding (same thread count), and the best speed-up;
 2. raw ORT session throughput vs end-to-end TorchServe throughput (same model, batch, threads;
    one worker, `batch` concurrent clients), as a ratio;
-3. request p50 through TorchServe with purification on vs off, and the overhead in percent.
+3. request p50 through TorchServe with purification on vs off, and the overhead in percent;
+4. request p50 with the attack score on vs off (issue 15: `n_noise` extra encoder passes per image),
+   in process (`ClipshieldService.predict`, one request at a time) and through TorchServe, same run.
+   The bench bundle carries a latency-only score calibration (unfitted parameters: the cost of the score
+   does not depend on them; `clipshield export --calibrate-score N` fits real ones).
 
 Usage: python benchmarks/bench_serving.py [--models miniworld,vit-b-32] [--threads 1] [--batch 8]
 Numbers depend on the host; run it on an otherwise idle machine.
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service import bundle as B  # noqa: E402
-from service.runtime import image_encoder  # noqa: E402
-from service.settings import RuntimeConfig, ServingConfig  # noqa: E402
+from service import bundle as B
+from service.runtime import image_encoder
+from service.settings import RuntimeConfig, ServingConfig
 
 
 def build(name: str):
@@ -66,13 +71,13 @@ def eager_vs_ort(model, bundle: Path, threads: int, iters: int) -> dict:
     for batch in (1, 8):
         x = torch.rand(batch, 3, size, size)
         with torch.inference_mode():
-            eager = timed(lambda: model(x), iters)
+            eager = timed(partial(model, x), iters)
         row = {"eager_ms": 1e3 * eager}
         for level in ("disable", "basic", "all"):
             for io in (False, True):
                 enc = image_encoder(bundle / B.IMAGE_ONNX, RuntimeConfig(intra_op_threads=threads, graph_optimization=level, io_binding=io))
                 xn = x.numpy()
-                row[f"ort_{level}{'_iobind' if io else ''}_ms"] = 1e3 * timed(lambda: enc(xn), iters)
+                row[f"ort_{level}{'_iobind' if io else ''}_ms"] = 1e3 * timed(partial(enc, xn), iters)
         best = min(v for k, v in row.items() if k.startswith("ort_"))
         row["best_speedup"] = row["eager_ms"] / best
         out[f"batch_{batch}"] = row
@@ -111,9 +116,10 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
         png = encode_png(x[0])
         session = requests.Session()
 
-        def post(purify: str) -> float:
+        def post(purify: str, score: str = "false") -> float:
             t = time.perf_counter()
-            r = session.post(url, files={"image": ("x.png", png, "image/png")}, data={"purify": purify}, headers=auth, timeout=120)
+            r = session.post(url, files={"image": ("x.png", png, "image/png")}, data={"purify": purify, "attack_score": score},
+                             headers=auth, timeout=120)
             r.raise_for_status()
             return time.perf_counter() - t
 
@@ -130,15 +136,53 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
             list(pool.map(client, range(batch)))
         served_tput = batch * max(1, n_requests // batch) / (time.perf_counter() - t)
         p50 = {}
-        for mode in ("false", "true"):
-            p50[mode] = statistics.median(post(mode) for _ in range(n_requests))
+        for mode in ("false", "true", "score"):  # interleaved rounds, so load drift hits every mode alike
+            p50[mode] = []
+        for _ in range(n_requests):
+            for mode in p50:
+                p50[mode].append(post("false", "true") if mode == "score" else post(mode))
+        p50 = {mode: statistics.median(times) for mode, times in p50.items()}
     finally:
         stop_server(store)
     return {
         "raw_ort_images_per_s": raw_tput, "torchserve_images_per_s": served_tput, "ratio": served_tput / raw_tput,
         "p50_ms_purify_off": 1e3 * p50["false"], "p50_ms_purify_on": 1e3 * p50["true"],
         "purify_overhead_pct": 100 * (p50["true"] / p50["false"] - 1),
+        "p50_ms_score_on": 1e3 * p50["score"], "score_overhead_pct": 100 * (p50["score"] / p50["false"] - 1),
     }
+
+
+def latency_only_score():
+    """An attack-score calibration with unfitted parameters (zero weights), for timing the score only."""
+    from service.attack_score_config import AttackScoreConfig, ScoreParams
+
+    cfg = AttackScoreConfig()
+    n = len(cfg.signals)
+    params = ScoreParams(signals=cfg.signals, mean=(0.0,) * n, std=(1.0,) * n, weights=(0.0,) * n, bias=0.0, threshold=0.0,
+                         target_fpr=0.05, dataset="benchmark: not fitted (latency only)", n_calibration=1)
+    return B.AttackScoreCalibration(config=cfg, params=params, attack="none", notes=("latency benchmark only",))
+
+
+def in_process_score(bundle: Path, threads: int, n_requests: int) -> dict:
+    """Request p50 through `ClipshieldService.predict` (decode included, no HTTP), attack score off vs on."""
+    from service.inference import ClipshieldService, RawRequest
+    from service.preprocess import encode_png
+
+    service = ClipshieldService.from_folder(bundle, ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)))
+    size = service.record.preprocess.image_size
+    png = encode_png(np.random.default_rng(0).random((3, size, size), dtype=np.float32))
+    requests = {mode: [RawRequest({"image": png, "attack_score": mode}, None)] for mode in ("false", "true")}
+    times: dict[str, list[float]] = {"false": [], "true": []}
+    for _ in range(3):
+        service.predict(requests["true"])
+    for _ in range(n_requests):  # interleaved, so load drift hits both modes alike
+        for mode in times:
+            t = time.perf_counter()
+            service.predict(requests[mode])
+            times[mode].append(time.perf_counter() - t)
+    off, on = statistics.median(times["false"]), statistics.median(times["true"])
+    return {"p50_ms_score_off": 1e3 * off, "p50_ms_score_on": 1e3 * on, "score_overhead_pct": 100 * (on / off - 1),
+            "n_noise": service.card.attack_score.config.n_noise}
 
 
 def main(argv=None) -> int:
@@ -150,22 +194,28 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=48)
     p.add_argument("--skip-torchserve", action="store_true")
     p.add_argument("--skip-eager", action="store_true", help="only the serving part (split runs on small hosts)")
+    p.add_argument("--score-only", action="store_true", help="only the attack-score p50 in process (and through TorchServe unless skipped)")
     args = p.parse_args(argv)
     from training.export import export_model
+    from training.export.exporter import ExportMeasurements
 
     results = {}
     for name in args.models.split(","):
         model, labels = build(name)
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             work = Path(tmp)
-            bundle = export_model(model, work / "export", labels=labels)
-            res = {} if args.skip_eager else {"eager_vs_ort": eager_vs_ort(model, bundle, args.threads, args.iters)}
+            score = ExportMeasurements(attack_score=latency_only_score())
+            bundle = export_model(model, work / "export", labels=labels, measured=score)
+            res = {"score_in_process": in_process_score(bundle, args.threads, args.requests)}
+            if not (args.skip_eager or args.score_only):
+                res["eager_vs_ort"] = eager_vs_ort(model, bundle, args.threads, args.iters)
             if not args.skip_torchserve:
                 res["serving"] = serving(model, bundle, work, args.threads, args.batch, args.requests, args.iters)
         results[name] = res
         print(f"== {name} (threads={args.threads}, batch={args.batch})")
         for b, row in res.get("eager_vs_ort", {}).items():
             print(f"  {b}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items()))
+        print("  attack score in process: " + ", ".join(f"{k}={v:.2f}" for k, v in res["score_in_process"].items()))
         if "serving" in res:
             print("  serving: " + ", ".join(f"{k}={v:.3f}" for k, v in res["serving"].items()))
     print(json.dumps(results, indent=2))

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> dict[st
     """Run every phase within the budget; a failing phase is recorded (traceback printed) and the rest still run."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary: dict[str, Any] = {"environment": environment(args), "phases": {p: "not run" for p in PHASES},
+    summary: dict[str, Any] = {"environment": environment(args), "phases": dict.fromkeys(PHASES, "not run"),
                                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     out("environment: " + ", ".join(f"{k} {v}" for k, v in summary["environment"].items()))
     start = time.perf_counter()

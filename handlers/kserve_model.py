@@ -8,12 +8,13 @@ Request: input `image` BYTES `[N]` (or `[N, 1]`), one base64-encoded PNG/JPEG pe
 strings: kserve 0.21's REST decoder turns binary-extension BYTES into UTF-8 text and fails on image
 bytes; text that is not base64 is refused with 415 like a text form field). Options are the
 TorchServe form fields, as request parameters (`labels`: JSON-list text, as OIP parameters are scalars; `purify`,
-`top_k`) or one-element named inputs of the same names; `content_type` (request parameter) plays the
+`top_k`, `attack_score`) or one-element named inputs of the same names; `content_type` (request parameter) plays the
 Content-Type header. Every value goes through `service.api.parse_request`, so limits and messages
 are the TorchServe path's.
 
 Response: `labels` BYTES `[N, K]`, `scores` FP32 `[N, K]`, `purified`/`flipped`/`flagged` BOOL `[N]`,
-`anchor_score`/`prediction_shift` FP32 `[N]`, and per item `status` INT32 `[N]` (200 or the item's
+`anchor_score`/`prediction_shift` FP32 `[N]`, when the attack score was computed (asked for, or the model
+default) `attack_score`/`attack_score_threshold` FP32 `[N]` and `attack_flagged` BOOL `[N]`, and per item `status` INT32 `[N]` (200 or the item's
 4xx/5xx) with `error` BYTES `[N]` (the `ErrorResponse` JSON, "" when answered). A request whose every
 item fails is answered in the protocol's error shape instead: the item's HTTP status and
 `{"error": message, "code": status, "type": error type}`.
@@ -48,6 +49,10 @@ PROTOCOL_PARAMS = frozenset({"binary_data_output", "binary_data", "binary_data_s
 OUTPUTS: tuple[tuple[str, str], ...] = (
     ("labels", "BYTES"), ("scores", "FP32"), ("purified", "BOOL"), ("anchor_score", "FP32"),
     ("prediction_shift", "FP32"), ("flipped", "BOOL"), ("flagged", "BOOL"), ("status", "INT32"), ("error", "BYTES"),
+)
+# Present only when the request's answered items carry the attack score (`PredictResponse.attack_score`).
+SCORE_OUTPUTS: tuple[tuple[str, str, str], ...] = (
+    ("attack_score", "FP32", "score"), ("attack_score_threshold", "FP32", "threshold"), ("attack_flagged", "BOOL", "flagged"),
 )
 
 
@@ -135,7 +140,16 @@ def to_outputs(results: list[Result]) -> list[InferOutput]:
             rows[name].append(getattr(answer, name) if answer is not None else 0)
         rows["status"].append(200 if answer is not None else result.http_status)
         rows["error"].append("" if answer is not None else _error_json(result))
-    return [_tensor(name, dtype, rows[name]) for name, dtype in OUTPUTS]
+    return [_tensor(name, dtype, rows[name]) for name, dtype in OUTPUTS] + _score_outputs(answers)
+
+
+def _score_outputs(answers: list[Optional[PredictResponse]]) -> list[InferOutput]:
+    """The attack-score tensors when any answer carries the score (options are per request, so all answered
+    items do); failed items are padded with 0 / false like the other outputs."""
+    if not any(a is not None and a.attack_score is not None for a in answers):
+        return []
+    scored = [a.attack_score if a is not None else None for a in answers]
+    return [_tensor(name, dtype, [getattr(s, field) if s is not None else 0 for s in scored]) for name, dtype, field in SCORE_OUTPUTS]
 
 
 class ClipshieldKServeModel(Model):
@@ -178,12 +192,14 @@ class ClipshieldKServeModel(Model):
             {"name": "labels", "datatype": "BYTES", "shape": [1]},
             {"name": "purify", "datatype": "BOOL", "shape": [1]},
             {"name": "top_k", "datatype": "INT32", "shape": [1]},
+            {"name": "attack_score", "datatype": "BOOL", "shape": [1]},
         ]
 
     def get_output_types(self) -> list[dict]:
-        """Metadata of the outputs (K = top_k, at most the label count)."""
+        """Metadata of the outputs (K = top_k, at most the label count; the attack-score ones only when computed)."""
         shapes = {"labels": [-1, -1], "scores": [-1, -1]}
-        return [{"name": name, "datatype": dtype, "shape": shapes.get(name, [-1])} for name, dtype in OUTPUTS]
+        named = [*OUTPUTS, *((name, dtype) for name, dtype, _ in SCORE_OUTPUTS)]
+        return [{"name": name, "datatype": dtype, "shape": shapes.get(name, [-1])} for name, dtype in named]
 
     def metadata(self) -> dict[str, Any]:
         """The v2 model metadata; `parameters` is `service.describe()` (the TorchServe describe answer:

@@ -7,13 +7,11 @@ from typing import Any, Optional
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from service.metrics import METRICS
+from service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
 
 log = logging.getLogger(__name__)
 
 _TYPES = {"histogram": MetricTypes.HISTOGRAM, "counter": MetricTypes.COUNTER, "gauge": MetricTypes.GAUGE}
-_UNITS = {"histogram": "seconds", "counter": "count", "gauge": "ratio"}
-_UNIT_OF = {"clipshield_prediction_shift": "ratio", "clipshield_anchor_score": "ratio", "clipshield_runtime_info": "info"}
 
 
 class TorchServeSink:
@@ -23,9 +21,8 @@ class TorchServeSink:
         self.model_name = model_name
         self._metrics = {}
         for name, (kind, _help, labels) in METRICS.items():
-            unit = _UNIT_OF.get(name, _UNITS[kind])
             self._metrics[name] = metrics_cache.add_metric_to_cache(
-                metric_name=name, unit=unit, dimension_names=["ModelName", "Level", *labels], metric_type=_TYPES[kind]
+                metric_name=name, unit=unit_of(name), dimension_names=[*HANDLER_DIMENSIONS, *labels], metric_type=_TYPES[kind]
             )
 
     def _emit(self, name: str, value: float, labels: Optional[dict[str, str]] = None) -> None:

@@ -2,7 +2,7 @@
 
 A request is either a raw PNG/JPEG body (`Content-Type: image/png|image/jpeg`), or
 `multipart/form-data` with an `image` file and optional `labels` (JSON list of strings),
-`purify` (`true`/`false`) and `top_k` fields. Servers hand the parts over as a dict; `parse_request`
+`purify` and `attack_score` (`true`/`false`) and `top_k` fields. Servers hand the parts over as a dict; `parse_request`
 turns it into image bytes plus a validated `PredictOptions`, raising `service.errors` exceptions
 (400 / 413 / 415) for the item alone.
 """
@@ -22,7 +22,7 @@ from .preprocess import ACCEPTED_CONTENT_TYPES
 from .settings import RequestLimits
 
 RAW_KEYS = ("body", "data")
-FORM_FIELDS = ("image", "labels", "purify", "top_k")
+FORM_FIELDS = ("image", "labels", "purify", "top_k", "attack_score")
 
 
 class PredictOptions(StrictModel):
@@ -31,6 +31,7 @@ class PredictOptions(StrictModel):
     labels: Optional[tuple[str, ...]] = None
     purify: Optional[bool] = None
     top_k: Optional[int] = Field(default=None, ge=1)
+    attack_score: Optional[bool] = None
 
     @field_validator("labels")
     @classmethod
@@ -89,6 +90,15 @@ class Prediction(StrictModel):
     score: float
 
 
+class AttackScoreResult(StrictModel):
+    """The calibrated attack score of one image (`service.attack_score_np`): a logit, higher = more suspicious;
+    `flagged` when above `threshold` (set at the model card's target false-positive rate on clean images)."""
+
+    score: float
+    threshold: float
+    flagged: bool
+
+
 class ModelInfo(StrictModel):
     name: str
     version: str
@@ -101,7 +111,8 @@ class PredictResponse(StrictModel):
     `prediction_shift`: total-variation distance between the class probabilities without and with
     purification (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`:
     flipped, or anchor score below the model card's calibrated threshold (a hint that the input may
-    be adversarial, docs/security.md).
+    be adversarial, docs/security.md). `attack_score`: the calibrated attack score when the request or
+    the model default asked for it, else null (docs/security.md section 5.1).
     """
 
     predictions: list[Prediction]
@@ -111,6 +122,7 @@ class PredictResponse(StrictModel):
     flipped: bool
     flagged: bool
     model: ModelInfo
+    attack_score: Optional[AttackScoreResult] = None
 
 
 class ErrorResponse(StrictModel):
@@ -133,15 +145,15 @@ def _text(value: Any, name: str) -> str:
         raise BadInput(f"field {name!r} has an unsupported value type") from exc
 
 
-def _parse_bool(value: Any) -> bool:
+def _parse_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
-    text = _text(value, "purify").strip().lower()
+    text = _text(value, name).strip().lower()
     if text in ("true", "1", "yes", "on"):
         return True
     if text in ("false", "0", "no", "off"):
         return False
-    raise BadInput(f"field 'purify' must be true or false, not {text[:20]!r}")
+    raise BadInput(f"field {name!r} must be true or false, not {text[:20]!r}")
 
 
 def _parse_labels(value: Any, limits: RequestLimits) -> tuple[str, ...]:
@@ -215,8 +227,9 @@ def parse_request(
     raw: dict[str, Any] = {}
     if parts.get("labels") is not None:
         raw["labels"] = _parse_labels(parts["labels"], limits)
-    if parts.get("purify") is not None:
-        raw["purify"] = _parse_bool(parts["purify"])
+    for name in ("purify", "attack_score"):
+        if parts.get(name) is not None:
+            raw[name] = _parse_bool(parts[name], name)
     if parts.get("top_k") is not None:
         raw["top_k"] = _parse_top_k(parts["top_k"], limits)
     return bytes(image), options_from(raw)

@@ -1,8 +1,10 @@
 """Attack score: forward-only signals that an input may be adversarial, combined and calibrated (issue 15).
 
 Signals, per image x (all from forward passes the served path could afford; no input gradient):
-* `tau`:       mean relative shift ||f(x + n) - f(x)|| / ||f(x)|| of the unnormalised embedding over
-               `n_noise` draws of n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" tau, spec 11.2);
+* `tau`:       mean shift ||f^(x + n) - f^(x)|| of the unit-norm embedding f^ over `n_noise` draws of
+               n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" signal, docs/methods.md §11.2, on the unit-norm
+               embedding the served ONNX encoder returns; TTC's own tau in `service.ttc` uses the
+               unnormalised one and drives the counterattack, not this score);
 * `anchor`:    cosine of the embedding with the CLIPure blank anchor (the serving flag's score);
 * `margin`:    top-1 minus top-2 zero-shot logit;
 * `agreement`: cosine between the embeddings of the defended and the original (non-robust) encoder,
@@ -18,49 +20,13 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from .config import StrictModel
+from .attack_score_config import SIGNALS, AttackScoreConfig, ScoreParams, check_signals  # noqa: F401 (re-exported)
 from .errors import BadInput, ConfigError
 from .pixel_model import PixelCLIP
 from .ttc import random_init
 from .zero_shot import ZeroShotClassifier
-
-SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement")
-
-
-class AttackScoreConfig(StrictModel):
-    """Which signals, their noise, and the logistic fit's settings."""
-
-    signals: tuple[str, ...] = ("tau", "anchor", "margin")
-    n_noise: int = Field(default=4, ge=1, le=64)
-    noise_eps: float = Field(default=4 / 255, gt=0.0, le=1.0)
-    l2: float = Field(default=1e-2, ge=0.0, description="ridge penalty of the logistic fit (standardised signals)")
-    fit_iters: int = Field(default=100, ge=1)
-
-
-class ScoreParams(StrictModel):
-    """A fitted, calibrated score: standardisation, logistic weights and the flag threshold."""
-
-    signals: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    weights: tuple[float, ...]
-    bias: float
-    threshold: float
-    target_fpr: float
-    dataset: str
-    n_calibration: int
-
-
-def check_signals(signals: tuple[str, ...], has_reference: bool) -> None:
-    """Raise ConfigError for unknown signals, or `agreement` without an original encoder."""
-    unknown = [s for s in signals if s not in SIGNALS]
-    if unknown or not signals:
-        raise ConfigError(f"unknown or empty attack-score signals {unknown or list(signals)}; known: {', '.join(SIGNALS)}")
-    if "agreement" in signals and not has_reference:
-        raise ConfigError("the 'agreement' signal needs the original (non-robust) encoder as reference")
 
 
 class SignalExtractor(nn.Module):
@@ -79,13 +45,13 @@ class SignalExtractor(nn.Module):
         self.register_buffer("anchor", F.normalize(anchor.detach().float(), dim=-1), persistent=False)
 
     def tau(self, images: torch.Tensor, base: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Mean relative embedding shift [B] under `n_noise` uniform noise draws."""
+        """Mean shift [B] of the unit-norm embedding under `n_noise` uniform noise draws (`base`: unnormalised)."""
         shifts = []
         for _ in range(self.cfg.n_noise):
             noise = random_init(images, self.cfg.noise_eps, generator)
             noise = torch.clamp(noise, -images.detach(), 1 - images.detach())
             moved = self.classifier.model.encode_image(images + noise)
-            shifts.append((moved - base).norm(dim=-1) / base.norm(dim=-1))
+            shifts.append((F.normalize(moved, dim=-1) - F.normalize(base, dim=-1)).norm(dim=-1))
         return torch.stack(shifts).mean(dim=0)
 
     def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

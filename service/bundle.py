@@ -1,12 +1,12 @@
 """The exported model bundle: file names, model card, sha256 manifest, verified loading.
 
 An export folder (and the TorchServe archive built from it) holds:
-`image_encoder.onnx`, `text_encoder.onnx` (weights embedded; `*.onnx.data` beside them for models
-over 2 GB), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
+`image_encoder.onnx`, `text_encoder.onnx` (weights embedded in each file, no external-data files:
+see `training.export.onnx_export`), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
 and templates), `text_head.npy` [C, E] and `anchor.npy` [E] (precomputed, float32),
 `model_card.json`, the tokenizer's BPE vocabulary, and `clipshield_manifest.json` (sha256 of every
 other file). Loading verifies every checksum and refuses a bundle with a missing or modified file,
-and one whose BPE vocabulary differs from the one the serving tokenizer would use.
+and one whose BPE vocabulary is missing or not CLIP's (the server's tokenizer reads the bundle's copy).
 """
 from __future__ import annotations
 
@@ -17,11 +17,24 @@ from pathlib import Path
 
 from pydantic import Field
 
-# The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here.
-from .card import (  # noqa: F401
-    CLEAN, AccuracyEntry, FlagCalibration, FlagRate, ModelCard, ParityReport, PurifyDefaults, PurifyMeasurement,
-    PurifySweep, attack_label, read_card_file, write_card_file,
+# The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here
+# (`X as X`: an explicit re-export, which mypy's strict mode requires).
+from .card import (
+    CLEAN as CLEAN,
+    AccuracyEntry as AccuracyEntry,
+    AttackScoreCalibration as AttackScoreCalibration,
+    FlagCalibration as FlagCalibration,
+    FlagRate as FlagRate,
+    ModelCard as ModelCard,
+    ParityReport as ParityReport,
+    PurifyDefaults as PurifyDefaults,
+    PurifyMeasurement as PurifyMeasurement,
+    PurifySweep as PurifySweep,
+    attack_label as attack_label,
+    read_card_file as read_card_file,
+    write_card_file as write_card_file,
 )
+from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
 from .config import StrictModel
 from .errors import ModelLoadError
 
@@ -35,7 +48,7 @@ TEXT_HEAD = "text_head.npy"
 ANCHOR = "anchor.npy"
 MODEL_CARD = "model_card.json"
 MANIFEST = "clipshield_manifest.json"
-TOKENIZER_VOCAB = "bpe_simple_vocab_16e6.txt.gz"
+TOKENIZER_VOCAB = VOCAB_FILE
 
 
 class LabelSet(StrictModel):
@@ -89,19 +102,21 @@ def verify_manifest(folder: Path) -> dict[str, str]:
     return files
 
 
-def runtime_vocab() -> Path:
-    """The BPE vocabulary file the installed tokenizer (open_clip's) reads."""
-    from open_clip.tokenizer import default_bpe
-
-    return Path(default_bpe())
+def vocab_file(folder: Path) -> Path:
+    """The bundle's BPE vocabulary, which its tokenizer reads; ModelLoadError when the bundle has none."""
+    path = folder / TOKENIZER_VOCAB
+    if not path.is_file():
+        log.error("refusing to load %s: %s is missing", folder, TOKENIZER_VOCAB)
+        raise ModelLoadError(f"{TOKENIZER_VOCAB} (the tokenizer vocabulary) is missing from {folder}; re-export the bundle")
+    return path
 
 
 def check_vocab(folder: Path) -> None:
-    """ModelLoadError when the bundle's BPE vocabulary differs from the runtime tokenizer's."""
-    shipped = folder / TOKENIZER_VOCAB
-    if shipped.is_file() and sha256_file(shipped) != sha256_file(runtime_vocab()):
-        log.error("refusing to load %s: its BPE vocabulary differs from the installed tokenizer's (%s)", folder, runtime_vocab())
-        raise ModelLoadError("the bundle's tokenizer vocabulary differs from the installed open_clip's; labels would tokenize differently")
+    """ModelLoadError when the bundle's BPE vocabulary is not CLIP's (every clipshield text tower reads CLIP's ids)."""
+    digest = sha256_file(vocab_file(folder))
+    if digest != CLIP_VOCAB_SHA256:
+        log.error("refusing to load %s: its BPE vocabulary has sha256 %s, not CLIP's %s", folder, digest, CLIP_VOCAB_SHA256)
+        raise ModelLoadError("the bundle's tokenizer vocabulary differs from CLIP's BPE vocabulary; labels would tokenize differently")
 
 
 def read_card(folder: Path) -> ModelCard:

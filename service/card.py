@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
+from .attack_score_config import AttackScoreConfig, ScoreParams
 from .config import StrictModel
 
 SCHEMA_VERSION = 2
@@ -118,6 +119,23 @@ class FlagCalibration(StrictModel):
     notes: tuple[str, ...] = ()
 
 
+class AttackScoreCalibration(StrictModel):
+    """Calibrated attack score (`service.attack_score`; served by `service.attack_score_np`).
+
+    `config` (signals, noise) and `params` (standardisation, logistic weights, threshold at `params.target_fpr`
+    on `params.n_calibration` clean images of `params.dataset`) are what serving computes; the fit used those
+    clean images and the same number attacked by `attack`. `rates` are measured on held-out images of the
+    calibration data set (clean first: its flag_rate is the false-positive rate; AUROC: score, attacked vs clean).
+    """
+
+    config: AttackScoreConfig
+    params: ScoreParams
+    attack: str
+    seed: int = 0
+    rates: tuple[FlagRate, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
 class BaseModelInfo(StrictModel):
     """What a fine-tuning run started from: the `--model` spelling and the image tower's digest."""
 
@@ -210,6 +228,7 @@ class ModelCard(StrictModel):
     purify: PurifyDefaults = PurifyDefaults()
     purify_sweep: Optional[PurifySweep] = None
     flag: Optional[FlagCalibration] = None
+    attack_score: Optional[AttackScoreCalibration] = None
     parity: Optional[ParityReport] = None
     provenance: Provenance
     finetune_provenance: Optional[Provenance] = None

@@ -35,7 +35,7 @@ class PreprocessConfig(StrictModel):
     side to round(S * `resize_ratio`) then centre-crops S x S (ratio 1: open_clip's eval transform;
     256/224: the papers' Resize(256)+CenterCrop(224)); `squash` resizes to S x S ignoring the aspect
     ratio (TGA-ZSR's CIFAR/STL loader); `none` keeps the decoded size (the `native` CIFAR/STL protocol:
-    `PixelCLIP` resizes inside its forward, spec 0.2) and is never a model record's choice.
+    `PixelCLIP` resizes inside its forward, docs/methods.md §0.2) and is never a model record's choice.
     `antialias` True resizes with Pillow (antialiased when downscaling, what torchvision does to PIL
     images); False resizes the float tensor with `F.interpolate` without antialiasing. The model
     wrapper normalises with `mean`/`std` inside its forward, so attacks perturb [0, 1] pixels.

@@ -4,15 +4,15 @@
 `predict(requests)` answers a server-side batch: each item is parsed and decoded on its own, so a
 bad item gets its own 4xx (as an exception object in its slot) and never fails its batch mates; the
 valid images go through the image encoder together, then each item gets its own zero-shot head,
-optional per-sample CLIPure-Cos purification and top-k softmax. A new server needs only a new
+optional per-sample CLIPure-Cos purification and top-k softmax; items that ask for the attack score
+(or all, when the serving config's default is on) get it from `service.attack_score_np`, which runs
+the same encoder on a few noisy copies of each image. A new server needs only a new
 adapter that builds `RawRequest`s and maps results to HTTP.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +22,19 @@ import numpy as np
 
 from . import bundle as B
 from . import purify_np
-from .api import ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
+from .api import AttackScoreResult, ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
+from .attack_score_np import NumpyAttackScorer
 from .bundle_info import read_bundle_info
 from .card import gauge_samples
 from .config import ModelRecord
-from .errors import BadInput, ClipshieldError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadInput, ClipshieldError, ConfigError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
+from .heads import HeadCache, ensemble, ensemble_prompts, head_key
 from .metrics import MetricsSink, NullSink
 from .preprocess import load_pixels
 from .provenance import package_version
 from .runtime import OnnxEncoder, image_encoder, onnxruntime_package, text_encoder
 from .settings import ServingConfig
-from .tokenizer import check_known_words
-from .zero_shot import head_key
+from .tokenizer import check_known_words, create_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class _Item:
     options: PredictOptions
     pixels: np.ndarray
     embedding: Optional[np.ndarray] = field(default=None)
+    attack_score: Optional[float] = None
 
 
 def outcome_of(error: Optional[ClipshieldError]) -> str:
@@ -74,32 +76,6 @@ def _load_array(path: Path) -> np.ndarray:
         raise ModelLoadError(f"{path.name} is not a plain numeric array (pickled objects are refused)") from exc
 
 
-class LabelHeadCache:
-    """Thread-safe LRU of zero-shot heads [C, E] for caller-supplied label sets."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[np.ndarray]:
-        with self._lock:
-            head = self._items.get(key)
-            if head is not None:
-                self._items.move_to_end(key)
-            return head
-
-    def put(self, key: str, head: np.ndarray) -> None:
-        with self._lock:
-            self._items[key] = head
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class ClipshieldService:
     """Zero-shot classification with optional purification over an exported bundle."""
 
@@ -118,19 +94,36 @@ class ClipshieldService:
         self.anchor = _load_array(folder / B.ANCHOR)
         self.image_encoder: OnnxEncoder = image_encoder(folder / B.IMAGE_ONNX, config.runtime)
         self.text_encoder: OnnxEncoder = text_encoder(folder / B.TEXT_ONNX, config.runtime)
-        from .tokenizer import create_tokenizer
-
-        self.tokenizer = create_tokenizer(self.record.tokenizer)
-        self.heads = LabelHeadCache(config.label_cache_size)
+        self.tokenizer = create_tokenizer(self.record.tokenizer, B.vocab_file(folder))  # the bundle's own vocabulary
+        self.heads: HeadCache[np.ndarray] = HeadCache(config.label_cache_size)
         self.info = ModelInfo(name=self.card.name, version=self.card.version)
         # Calibrated adversarial-input flag (model card, training/export/flag_calibration.py); -inf: off.
         self.anchor_below = self.card.flag.anchor_below if self.card.flag else float("-inf")
+        self.scorer = self._attack_scorer()
         for value, labels in gauge_samples(self.card):
             metrics.set_gauge("clipshield_model_accuracy", value, labels)
         metrics.set_gauge("clipshield_runtime_info", 1.0, self.runtime_labels())
         log.info("loaded %s %s from %s (%d default labels; bundle format %d, exported by clipshield %s; on %s)",
                  self.info.name, self.info.version, folder, len(self.labels.classnames), self.bundle_info.format_version,
                  self.bundle_info.exported_by.clipshield_version, self.image_encoder.provider)
+
+    def _attack_scorer(self) -> Optional[NumpyAttackScorer]:
+        """The card's calibrated attack score over the image encoder; None without one (ModelLoadError when the
+        serving config turns it on by default, or the card's score needs what a bundle does not carry)."""
+        cal = self.card.attack_score
+        if cal is None:
+            if self.config.attack_score.default:
+                raise ModelLoadError("the serving config turns the attack score on by default, but the model card has no "
+                                     "calibrated attack score (export with `clipshield export --calibrate-score N`)")
+            return None
+        try:
+            return NumpyAttackScorer(cal.config, cal.params, self.image_encoder, self.head, self.anchor, self.card.logit_scale)
+        except ConfigError as exc:
+            raise ModelLoadError(f"the model card's attack score cannot be served from this bundle: {exc}") from exc
+
+    def wants_score(self, options: PredictOptions) -> bool:
+        """Whether a request gets the attack score: its `attack_score` field, else the serving default."""
+        return self.config.attack_score.default if options.attack_score is None else options.attack_score
 
     def runtime_labels(self) -> dict[str, str]:
         """Labels of the `clipshield_runtime_info` gauge: execution provider, onnxruntime, bundle versions."""
@@ -169,27 +162,22 @@ class ClipshieldService:
         BadInput (400, per item) when a label has words the model's vocabulary cannot represent.
         """
         check_known_words(self.tokenizer, classnames)
-        templates = list(templates or self.labels.templates)
-        prompts = [t.format(c) for c in classnames for t in templates]
-        tokens = self.tokenizer(prompts).numpy().astype(np.int64)
+        tokens = self.tokenizer(ensemble_prompts(classnames, templates or self.labels.templates))
         emb = np.concatenate([self.text_encoder(tokens[i : i + 256]) for i in range(0, len(tokens), 256)])
-        emb = purify_np.normalize(emb).reshape(len(classnames), len(templates), -1).mean(axis=1)
-        return purify_np.normalize(emb).astype(np.float32)
+        return ensemble(emb, len(classnames))
 
     def head_for(self, labels: Optional[Sequence[str]]) -> tuple[tuple[str, ...], np.ndarray]:
         """(class names, head) for a request: the precomputed default, or a cached custom head."""
         if labels is None or tuple(labels) == self.labels.classnames:
             return self.labels.classnames, self.head
         key = head_key(self.info.name + ":" + self.info.version, labels, self.labels.templates)
-        head = self.heads.get(key)
-        if head is None:
-            head = self.encode_labels(labels)
-            self.heads.put(key, head)
-        return tuple(labels), head
+        return tuple(labels), self.heads.get_or_build(key, lambda: self.encode_labels(labels))
 
     def _decode(self, index: int, request: RawRequest) -> _Item:
         start = time.perf_counter()
         image, options = parse_request(request.parts, request.content_type, self.config.requests)
+        if options.attack_score and self.scorer is None:
+            raise BadInput("this model has no calibrated attack score: field 'attack_score' must be false or left out")
         pixels = load_pixels(image, self.record.preprocess, self.config.decode)
         self.metrics.observe("clipshield_decode_seconds", time.perf_counter() - start)
         return _Item(index, options, pixels)
@@ -221,6 +209,7 @@ class ClipshieldService:
             self.metrics.increment("clipshield_flipped_total")
         if flagged:
             self.metrics.increment("clipshield_flagged_total")
+        score = self._score_result(item)
         k = min(opts.top_k or self.config.requests.default_top_k, len(classnames))
         order = np.argsort(-probs, kind="stable")[:k]
         return PredictResponse(
@@ -231,7 +220,19 @@ class ClipshieldService:
             flipped=flipped,
             flagged=flagged,
             model=self.info,
+            attack_score=score,
         )
+
+    def _score_result(self, item: _Item) -> Optional[AttackScoreResult]:
+        """The response's `attack_score` for an item scored in `_score` (None when not asked for), recorded in metrics."""
+        if item.attack_score is None or self.scorer is None:
+            return None
+        threshold = self.scorer.params.threshold
+        flagged = item.attack_score > threshold
+        self.metrics.observe("clipshield_attack_score", item.attack_score)
+        if flagged:
+            self.metrics.increment("clipshield_attack_flagged_total")
+        return AttackScoreResult(score=item.attack_score, threshold=threshold, flagged=flagged)
 
     def predict(self, requests: Sequence[RawRequest]) -> list[Result]:
         """One result per request, in order: a response, or the ClipshieldError for that item alone."""
@@ -247,6 +248,7 @@ class ClipshieldService:
                 results[i] = ClipshieldError(f"internal error decoding the request ({type(exc).__name__})")
         if items:
             self._encode(items, results)
+            self._score(items, results)
         for item in items:
             if results[item.index] is not None:
                 continue
@@ -275,3 +277,21 @@ class ClipshieldService:
         self.metrics.observe("clipshield_encode_seconds", time.perf_counter() - start)
         for it, row in zip(items, emb):
             it.embedding = row
+
+    def _score(self, items: list[_Item], results: list[Optional[Result]]) -> None:
+        """Attack scores of the encoded items that want one, in one pass over their noisy copies."""
+        wanted = [it for it in items if results[it.index] is None and self.wants_score(it.options)]
+        if not wanted or self.scorer is None:
+            return
+        start = time.perf_counter()
+        try:
+            scores = self.scorer.score(np.stack([it.pixels for it in wanted]).astype(np.float32),
+                                       np.stack([it.embedding for it in wanted]), self.config.attack_score.seed)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("attack score failed on a batch of %d", len(wanted))
+            for it in wanted:
+                results[it.index] = ClipshieldError(f"internal error in the attack score ({type(exc).__name__})")
+            return
+        self.metrics.observe("clipshield_attack_score_seconds", time.perf_counter() - start)
+        for it, value in zip(wanted, scores):
+            it.attack_score = float(value)

@@ -1,7 +1,8 @@
 """Metrics recording behind a small interface, so any server adapter can plug in its own backend.
 
 The inference core calls a `MetricsSink`; the TorchServe adapter forwards to TorchServe's metrics
-cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`), another server
+cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`, which
+`python -m training.monitoring.generate` writes from `METRICS`), another server
 can use `PrometheusClientSink` (prometheus_client) directly, and tests use `RecordingSink`.
 All names start with `clipshield_`; latencies are in seconds.
 """
@@ -22,9 +23,31 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_anchor_score": ("histogram", "Cosine of the image embedding with the blank anchor", ()),
     "clipshield_flipped_total": ("counter", "Requests whose top-1 purification changed", ()),
     "clipshield_flagged_total": ("counter", "Requests flagged as possibly adversarial", ()),
+    "clipshield_attack_score": ("histogram", "Calibrated attack score (logit; higher = more suspicious) of requests that asked for it", ()),
+    "clipshield_attack_score_seconds": ("histogram", "Attack-score latency per batch (noisy encoder passes included)", ()),
+    "clipshield_attack_flagged_total": ("counter", "Requests whose attack score is above the model card's threshold", ()),
     "clipshield_model_accuracy": ("gauge", "Model-card accuracy per data set and attack (service.card.attack_label)", ("dataset", "attack", "purified")),
     "clipshield_runtime_info": ("gauge", "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
                                 "bundle format and the clipshield version that exported it", ("provider", "onnxruntime", "bundle_format", "built_by")),
+}
+
+HANDLER_DIMENSIONS = ("ModelName", "Level")  # TorchServe dimensions emitted before a metric's own labels
+
+
+def unit_of(name: str) -> str:
+    """The unit TorchServe records for a metric, from its name: *_seconds, *_total (count), *_info,
+    the attack score's own unit (a logit, not a ratio), else ratio."""
+    if name == "clipshield_attack_score":
+        return "score"
+    for suffix, unit in (("_seconds", "seconds"), ("_total", "count"), ("_info", "info")):
+        if name.endswith(suffix):
+            return unit
+    return "ratio"
+
+
+# Histograms whose values are not latencies (prometheus_client's default buckets are 5 ms .. 10 s).
+BUCKETS: dict[str, tuple[float, ...]] = {
+    "clipshield_attack_score": (-8.0, -4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, float("inf")),
 }
 
 
@@ -90,7 +113,8 @@ class PrometheusClientSink:
         self._metrics = {}
         for name, (kind, help_text, label_names) in METRICS.items():
             short = name[: -len("_total")] if kind == "counter" else name
-            self._metrics[name] = kinds[kind](short, help_text, label_names, registry=registry)
+            extra = {"buckets": BUCKETS[name]} if name in BUCKETS else {}
+            self._metrics[name] = kinds[kind](short, help_text, label_names, registry=registry, **extra)
 
     def _get(self, name: str, labels: Optional[dict[str, str]]):
         metric = self._metrics[name]

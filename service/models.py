@@ -4,7 +4,7 @@
 HF_HUB_OFFLINE=1); online, one short probe of the weights host comes first (no network: cached
 weights or one clear `ModelLoadError` at once, not a minute of hub retries), then open_clip's hub
 loading is used as real users expect, and a failure becomes one clear `ModelLoadError`. OpenAI weights need QuickGELU; the factory turns it on from the tag's own
-pretrained config instead of silently building the GELU variant (spec section 10).
+pretrained config instead of silently building the GELU variant (docs/methods.md §10).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Attacks, purification, fine-tuning, ONNX export and serving all use this wrapper, so an epsilon is
 always measured in pixel units and the same pixels give the same embeddings everywhere
-(spec section 0.2).
+(docs/methods.md §0.2).
 """
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelRecord
+from .errors import ConfigError
 from .tokenizer import Tokenizer, create_tokenizer
 
 
-class TokenMapsUnsupported(ValueError):
-    """The image tower cannot give per-patch tokens (needed for text-guided attention maps)."""
+class TokenMapsUnsupported(ConfigError, ValueError):
+    """The image tower cannot give per-patch tokens (needed for text-guided attention maps): a user's
+    choice of model and method that do not fit, reported as one line by the CLI."""
 
 
 class PixelCLIP(nn.Module):
@@ -54,7 +56,7 @@ class PixelCLIP(nn.Module):
         S x S input (everything `to_pixels` produces under a record's preprocessing, and all served
         input) is only normalised: no resampling. Any other size is resized to S x S with
         `F.interpolate(mode=record interpolation, align_corners=False)`, the reference's in-model
-        resize (spec 0.2), so attacks on native-resolution images perturb native pixels. Serving
+        resize (docs/methods.md §0.2), so attacks on native-resolution images perturb native pixels. Serving
         never takes this branch: the exported graph is traced at S x S.
         """
         if images.shape[-2:] != (self.image_size, self.image_size):
@@ -71,7 +73,7 @@ class PixelCLIP(nn.Module):
 
         Token 0 is the class token (equal to the embedding); tokens 1.. are the patches in
         row-major order. This is the feature map the text-guided attention of TGA-ZSR reads
-        (spec section 3.1 step 1 and section 10).
+        (docs/methods.md §3.1 step 1 and §10).
         """
         visual = self.clip.visual
         _check_token_support(visual)
@@ -91,7 +93,7 @@ class PixelCLIP(nn.Module):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids for `texts` on the model's device."""
-        return self.tokenizer(texts).to(self.mean.device)
+        return torch.from_numpy(self.tokenizer(texts)).to(self.mean.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm image embeddings: the function exported to ONNX and served."""

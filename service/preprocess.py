@@ -20,6 +20,7 @@ from PIL import Image
 
 from .config import PAPER_RESIZE_RATIO, PreprocessConfig
 from .errors import BadInput, ConfigError, PayloadTooLarge, UnsupportedMediaType
+from .resize import crop_box, interpolate, shorter_side_size
 from .settings import DecodeLimits
 
 log = logging.getLogger(__name__)
@@ -95,28 +96,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def to_pixels(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """float32 [3, S, S] in [0, 1] from a decoded RGB image (S = cfg.image_size): THE preprocessing.
 
-    Serving (`load_pixels`), evaluation and fine-tuning data sets (`training.data.transforms`),
-    calibration and the demo all call this function. `resize_mode='none'` returns the image at its
-    own size [3, H, W] (the `native` CIFAR/STL protocol). Pillow resampling, the path open_clip's
-    and torchvision's PIL transforms take, unless `cfg.antialias` is False.
+    Serving (`load_pixels`), evaluation and fine-tuning data sets (`training.data.transforms`, which
+    wrap the result with `torch.from_numpy`), calibration and the demo all call this function.
+    `resize_mode='none'` returns the image at its own size [3, H, W] (the `native` CIFAR/STL protocol).
+    Pillow resampling, the path open_clip's and torchvision's PIL transforms take (bit for bit, see
+    `service.resize`), unless `cfg.antialias` is False. No torch: this runs in the server.
     """
     if cfg.resize_mode == "none":
         return _chw(np.asarray(img, dtype=np.float32) / 255.0)
     if not cfg.antialias:
-        return _tensor_resize(np.asarray(img, dtype=np.float32) / 255.0, cfg)
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
-
+        return _resize_without_antialias(_chw(np.asarray(img, dtype=np.float32) / 255.0), cfg)
     size = cfg.image_size
-    mode = InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    resample = Image.Resampling.BICUBIC if cfg.interpolation == "bicubic" else Image.Resampling.BILINEAR
     if cfg.resize_mode == "squash":
         if img.size != (size, size):
-            img = TF.resize(img, [size, size], interpolation=mode)
+            img = img.resize((size, size), resample)
     else:
-        if min(img.size) != cfg.resize_to:
-            img = TF.resize(img, cfg.resize_to, interpolation=mode)
+        target = shorter_side_size(*img.size, cfg.resize_to)
+        if img.size != target:
+            img = img.resize(target, resample)
         if img.size != (size, size):
-            img = TF.center_crop(img, [size, size])
+            img = img.crop(crop_box(*img.size, size))
     return _chw(np.asarray(img, dtype=np.float32) / 255.0)
 
 
@@ -124,26 +124,23 @@ def _chw(hwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
-def _tensor_resize(hwc: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """The `antialias=False` branch of `to_pixels`: torchvision's tensor resize (F.interpolate), clamped to [0, 1]."""
-    import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
-
+def _resize_without_antialias(chw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The `antialias=False` branch of `to_pixels`: resize the float pixels (`service.resize.interpolate`),
+    centre-crop, clamp to [0, 1]."""
     size = cfg.image_size
-    mode = InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
-    x = torch.from_numpy(_chw(hwc))
-    target = [size, size] if cfg.resize_mode == "squash" else cfg.resize_to
-    x = TF.resize(x, target, interpolation=mode, antialias=False)
-    x = TF.center_crop(x, [size, size]).clamp(0.0, 1.0)
-    return np.ascontiguousarray(x.numpy())
+    _, h, w = chw.shape
+    width, height = (size, size) if cfg.resize_mode == "squash" else shorter_side_size(w, h, cfg.resize_to)
+    if (width, height) != (w, h):
+        chw = interpolate(chw, height, width, cfg.interpolation)
+    left, top, right, bottom = crop_box(width, height, size)
+    return np.ascontiguousarray(np.clip(chw[:, top:bottom, left:right], 0.0, 1.0))
 
 
 Preset = Literal["model", "paper", "squash"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Named preprocessing choices: `model` = the model record's own (what serving does, the default);
 `paper` = Resize(round(S*256/224), bilinear) + CenterCrop(S), the TGA-ZSR / PMG-AFT / TeCoA protocol
-(spec 0.7; their CIFAR/STL loaders squash instead, see `training.data.transforms`); `squash` = resize
+(docs/methods.md §0.7; their CIFAR/STL loaders squash instead, see `training.data.transforms`); `squash` = resize
 to S x S bilinear ignoring the aspect ratio (TGA-ZSR's CIFAR/STL loader)."""
 
 

@@ -1,7 +1,8 @@
 """Where a model or a number came from: weights digest, clipshield version, git commit.
 
 One implementation shared by evaluation cells, model cards, bundles and archives, so that two
-records naming the same digest or version mean the same thing.
+records naming the same digest or version mean the same thing. Torch appears in type hints only:
+servers import this module (bundle versions) without torch installed.
 """
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import hashlib
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 

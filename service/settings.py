@@ -60,6 +60,15 @@ class RequestLimits(StrictModel):
     default_top_k: int = Field(default=5, ge=1)
 
 
+class AttackScoreServing(StrictModel):
+    """The attack score on the served path (model card `attack_score`): computed for a request that asks
+    (`attack_score` field), else when `default` is on. It costs `n_noise` extra encoder passes per image.
+    `seed` is mixed into each image's noise seed (a digest of its pixels), so answers are reproducible."""
+
+    default: bool = False
+    seed: int = Field(default=0, ge=-(2**63), lt=2**63)
+
+
 class ServingConfig(StrictModel):
     """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
 
@@ -71,6 +80,7 @@ class ServingConfig(StrictModel):
     runtime: RuntimeConfig = RuntimeConfig()
     requests: RequestLimits = RequestLimits()
     label_cache_size: int = Field(default=64, ge=1)
+    attack_score: AttackScoreServing = AttackScoreServing()
     verify_checksums: bool = True
 
 

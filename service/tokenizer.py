@@ -1,16 +1,20 @@
 """Text tokenizers: the standard CLIP BPE, and a compact remapping of it for tiny models.
 
 The compact form keeps the shipped mini-world model small: its token embedding only has rows for
-the few BPE tokens its world uses, instead of CLIP's 49,408.
+the few BPE tokens its world uses, instead of CLIP's 49,408. Token ids are numpy int64 arrays
+(torch callers wrap them with `torch.from_numpy`), and the BPE (`service.bpe`) reads a vocabulary
+file: a server passes its bundle's copy, training the one open_clip installs. No torch here: this
+module is on the serving path.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
-from typing import Protocol
+from pathlib import Path
+from typing import Optional, Protocol
 
-import torch
+import numpy as np
 
+from .bpe import ClipBpe, load_bpe
 from .config import TokenizerConfig
 from .errors import BadInput
 
@@ -19,33 +23,37 @@ UNK_ID = 1
 
 
 class Tokenizer(Protocol):
-    """Maps strings to a [N, context_length] int64 tensor of token ids."""
+    """Maps strings to a [N, context_length] int64 array of token ids."""
 
     context_length: int
 
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor: ...
+    def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def unknown_words(self, texts: Sequence[str]) -> list[str]: ...
 
     def known_words(self) -> list[str]: ...
 
 
-@lru_cache(maxsize=4)
-def _simple_tokenizer(context_length: int):
-    from open_clip.tokenizer import SimpleTokenizer
+def open_clip_vocab() -> Path:
+    """The BPE vocabulary file open_clip installs (training and export; a server reads its bundle's copy)."""
+    from open_clip.tokenizer import default_bpe
 
-    return SimpleTokenizer(context_length=context_length)
+    return Path(default_bpe())
+
+
+def _bpe(vocab: Optional[Path]) -> ClipBpe:
+    return load_bpe(Path(vocab) if vocab is not None else open_clip_vocab())
 
 
 class ClipBpeTokenizer:
-    """open_clip's standard CLIP tokenizer (start token, BPE ids, end token, zero padding)."""
+    """The standard CLIP tokenizer (start token, BPE ids, end token, zero padding): open_clip's ids."""
 
-    def __init__(self, context_length: int = 77) -> None:
+    def __init__(self, context_length: int = 77, vocab: Optional[Path] = None) -> None:
         self.context_length = context_length
-        self._bpe = _simple_tokenizer(context_length)
+        self._bpe = _bpe(vocab)
 
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        return self._bpe(list(texts), context_length=self.context_length)
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self._bpe(list(texts), self.context_length)
 
     def unknown_words(self, texts: Sequence[str]) -> list[str]:
         """Always empty: byte-level BPE over the full vocabulary represents any text."""
@@ -59,20 +67,20 @@ class ClipBpeTokenizer:
 class CompactTokenizer:
     """CLIP BPE with ids remapped to a small vocabulary; unknown BPE tokens map to `UNK_ID`."""
 
-    def __init__(self, bpe_ids: Sequence[int], context_length: int) -> None:
+    def __init__(self, bpe_ids: Sequence[int], context_length: int, vocab: Optional[Path] = None) -> None:
         self.context_length = context_length
-        self._bpe = _simple_tokenizer(context_length)
+        self._bpe = _bpe(vocab)
         self._map = {int(b): i + 2 for i, b in enumerate(bpe_ids)}
         self.sot_id = len(bpe_ids) + 2
         self.eot_id = len(bpe_ids) + 3
         self.vocab_size = len(bpe_ids) + 4
 
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        out = torch.full((len(texts), self.context_length), PAD_ID, dtype=torch.long)
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.full((len(texts), self.context_length), PAD_ID, dtype=np.int64)
         for row, text in enumerate(texts):
             ids = [self._map.get(b, UNK_ID) for b in self._bpe.encode(text)]
             ids = [self.sot_id] + ids[: self.context_length - 2] + [self.eot_id]
-            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out[row, : len(ids)] = ids
         return out
 
     def _word_ids(self, word: str) -> list[int]:
@@ -104,9 +112,9 @@ class CompactTokenizer:
         return sorted(words)
 
 
-def build_compact_vocab(corpus: Iterable[str]) -> list[int]:
+def build_compact_vocab(corpus: Iterable[str], vocab: Optional[Path] = None) -> list[int]:
     """Sorted BPE ids used by `corpus`: the vocabulary of a `CompactTokenizer`."""
-    bpe = _simple_tokenizer(77)
+    bpe = _bpe(vocab)
     used: set[int] = set()
     for text in corpus:
         used.update(bpe.encode(text))
@@ -130,8 +138,9 @@ def check_known_words(tokenizer: Tokenizer, labels: Sequence[str]) -> None:
     )
 
 
-def create_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
-    """Tokenizer described by a model record's tokenizer config."""
+def create_tokenizer(cfg: TokenizerConfig, vocab: Optional[Path] = None) -> Tokenizer:
+    """Tokenizer described by a model record's tokenizer config, over the BPE vocabulary file `vocab`
+    (None: open_clip's installed copy, which needs open_clip)."""
     if cfg.kind == "compact":
-        return CompactTokenizer(cfg.bpe_ids or [], cfg.context_length)
-    return ClipBpeTokenizer(cfg.context_length)
+        return CompactTokenizer(cfg.bpe_ids or [], cfg.context_length, vocab)
+    return ClipBpeTokenizer(cfg.context_length, vocab)

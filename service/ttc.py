@@ -1,4 +1,4 @@
-"""TTC test-time counterattacks (Xing, Zhao, Sebe, CVPR 2025, "CLIP is Strong Enough to Fight Back"; spec section 11).
+"""TTC test-time counterattacks (Xing, Zhao, Sebe, CVPR 2025, "CLIP is Strong Enough to Fight Back"; docs/methods.md §11).
 
 Before classifying x, push it away from its own embedding with a short L-inf PGD. Adversarial images
 are "falsely stable": random noise moves their embedding less than a clean image's. So:
@@ -13,7 +13,7 @@ Every step is per sample, so an image's result does not depend on its batch mate
 K + 3 forwards and K input backwards per image (two more forwards with a separate f_tau).
 
 The defence is random and not differentiated through here: an adaptive evaluation must add BPDA/EOT
-(spec 11.4). Not wired into serving.
+(docs/methods.md §11.4). Not wired into serving.
 """
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ from torch import nn
 from .config import StrictModel
 from .errors import BadInput
 from .pixel_model import PixelCLIP
+from .zero_shot import cosine_logits
 
 
 class TTCConfig(StrictModel):
-    """Counterattack settings; the defaults are the paper's (spec 11.1)."""
+    """Counterattack settings; the defaults are the paper's (docs/methods.md §11.1)."""
 
     eps: float = Field(default=4 / 255, ge=0.0, le=1.0)
     steps: int = Field(default=2, ge=0, le=100)
@@ -57,7 +58,7 @@ def random_init(images: torch.Tensor, eps: float, generator: Optional[torch.Gene
 
 
 def relative_shift(encoder: PixelCLIP, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """tau [B] = ||f(x + delta) - f(x)||_2 / ||f(x)||_2 with unnormalised embeddings f (spec 11.2 step 2)."""
+    """tau [B] = ||f(x + delta) - f(x)||_2 / ||f(x)||_2 with unnormalised embeddings f (docs/methods.md §11.2 step 2)."""
     with torch.no_grad():
         base = encoder.encode_image(images)
         moved = encoder.encode_image(images + delta)
@@ -73,7 +74,7 @@ def step_weights(tau: torch.Tensor, cfg: TTCConfig) -> torch.Tensor:
 
 
 def counterattack_steps(model: PixelCLIP, images: torch.Tensor, delta0: torch.Tensor, cfg: TTCConfig) -> torch.Tensor:
-    """delta_0..delta_K stacked [K+1, B, 3, H, W]: sign ascent on ||f(x + delta) - f(x)||^2 (spec 11.2 step 3)."""
+    """delta_0..delta_K stacked [K+1, B, 3, H, W]: sign ascent on ||f(x + delta) - f(x)||^2 (docs/methods.md §11.2 step 3)."""
     with torch.no_grad():
         anchor = model.encode_image(images)
     deltas = [delta0]
@@ -96,7 +97,7 @@ def counterattack(
     cfg: TTCConfig,
     tau_model: Optional[PixelCLIP] = None,
 ) -> Counterattack:
-    """TTC's perturbation for `images` from the random start `init` (spec 11.2 steps 1-4).
+    """TTC's perturbation for `images` from the random start `init` (docs/methods.md §11.2 steps 1-4).
 
     `tau_model` is the original CLIP when `model` is a fine-tuned one (None: `model` itself).
     Tensor contract: images float32 [B, 3, H, W] in [0, 1]; init like images, U(-eps, eps), not yet
@@ -145,10 +146,10 @@ class TTCClassifier(nn.Module):
         return counterattack(self.model, images, init, self.cfg, self.tau_model)
 
     def classify(self, images: torch.Tensor, counter: Counterattack) -> torch.Tensor:
-        """Logits [B, C] of `images` + `counter.delta` (step 5 of spec 11.2)."""
+        """Logits [B, C] of `images` + `counter.delta` (step 5 of docs/methods.md §11.2)."""
         with torch.no_grad():
             embeddings = self.model.encode_image(images.detach() + counter.delta)
-        return self.scale * F.normalize(embeddings, dim=-1) @ self.head.t()
+        return cosine_logits(embeddings, self.head, self.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(images, self.defend(images))

@@ -1,16 +1,14 @@
-"""Zero-shot head: class text embeddings from prompt templates, and the zero-shot classifier.
+"""Zero-shot head on the torch text tower, the torch scaled-cosine logits, and the zero-shot classifier.
 
-One code path for evaluation, fine-tuning, attacks and serving: `build_text_head` encodes
-`template.format(classname)` for every template, normalises each embedding, averages over
-templates and renormalises (the CLIP prompt ensemble). Heads are cached by content hash, so a label
-set is encoded once per model, not once per batch.
+One code path for evaluation, fine-tuning, attacks and export: `build_text_head` encodes
+`template.format(classname)` for every template and hands the embeddings to the prompt ensemble of
+`service.heads` (the one the server uses on ONNX embeddings: normalise, average over templates,
+renormalise). Heads are cached by content hash (`service.heads.head_key`), so a label set is
+encoded once per model, not once per batch. `cosine_logits` is the torch scaled-cosine logit
+(`service.purify_np.logits` is the numpy one; `tests/unit/test_zero_shot.py` checks they agree).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Optional
 
@@ -18,8 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import HeadCache, ensemble, ensemble_prompts, head_key
 from .pixel_model import PixelCLIP
 from .tokenizer import check_known_words
+
+
+def cosine_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
+    """`scale * cos(embedding, class)` logits [B, C] for embeddings [B, E] (any norm) and a unit-norm head [C, E].
+
+    Differentiable: the logits of attacks, fine-tuning losses and evaluation.
+    """
+    return scale * F.normalize(embeddings, dim=-1) @ head.t()
 
 
 def format_prompts(classnames: Sequence[str], template: str) -> list[str]:
@@ -41,60 +48,43 @@ def encode_prompts(model: PixelCLIP, prompts: Sequence[str], batch_size: int = 2
 def build_text_head(
     model: PixelCLIP, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
-    """Class embeddings [C, E], unit-norm: mean over templates of unit-norm prompt embeddings.
+    """Class embeddings [C, E] float32, unit-norm, on the model's device: `service.heads.ensemble` of the prompts.
 
     BadInput when a class name has words the model's (compact) vocabulary cannot represent.
     """
-    if not classnames:
-        raise ValueError("a zero-shot head needs at least one class name")
-    if not templates:
-        raise ValueError("a zero-shot head needs at least one prompt template")
+    prompts = ensemble_prompts(classnames, templates)
     check_known_words(model.tokenizer, classnames)
-    prompts = [t.format(c) for c in classnames for t in templates]
-    emb = encode_prompts(model, prompts, batch_size).view(len(classnames), len(templates), -1)
-    return F.normalize(emb.mean(dim=1), dim=-1)
-
-
-def head_key(model_id: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    """Content hash of (model, labels, templates): the cache key of a text head."""
-    blob = json.dumps([model_id, list(classnames), list(templates)], ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    emb = encode_prompts(model, prompts, batch_size)
+    return torch.from_numpy(ensemble(emb.cpu().numpy(), len(classnames))).to(emb.device)
 
 
 class TextHeadCache:
-    """Thread-safe LRU cache of text heads keyed by `head_key`."""
+    """Thread-safe LRU of torch text heads keyed by `head_key` (a `service.heads.HeadCache`)."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self._cache: HeadCache[torch.Tensor] = HeadCache(capacity)
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     def get_or_build(
         self, model: PixelCLIP, model_id: str, classnames: Sequence[str], templates: Sequence[str]
     ) -> torch.Tensor:
+        """The head of (model, labels, templates), built with `build_text_head` on a miss."""
         key = head_key(model_id, classnames, templates)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-        head = build_text_head(model, classnames, templates)
-        with self._lock:
-            self.misses += 1
-            self._items[key] = head
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return head
+        return self._cache.get_or_build(key, lambda: build_text_head(model, classnames, templates))
 
 
 class ZeroShotClassifier(nn.Module):
     """Differentiable zero-shot classifier over [0, 1] pixels: logits = s * cos(image, class).
 
     `logit_scale` defaults to the model's exp(logit_scale); pass 1.0 for PMG-AFT's raw-cosine
-    logits (spec section 5.1). Tensor contract: images float [B, 3, H, W] in [0, 1]; logits [B, C].
+    logits (docs/methods.md §5.1). Tensor contract: images float [B, 3, H, W] in [0, 1]; logits [B, C].
     """
 
     def __init__(self, model: PixelCLIP, head: torch.Tensor, logit_scale: Optional[float] = None) -> None:
@@ -105,7 +95,7 @@ class ZeroShotClassifier(nn.Module):
 
     def logits_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Scaled cosine logits for (not necessarily unit-norm) image embeddings [B, E]."""
-        return self.scale * F.normalize(embeddings, dim=-1) @ self.head.t()
+        return cosine_logits(embeddings, self.head, self.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits_from_embeddings(self.model.encode_image(images))

@@ -5,25 +5,18 @@ Thresholds carry margin below the measured numbers (see README, 'The mini world'
 from __future__ import annotations
 
 import pytest
-import torch
 
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import PGD
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import accuracy, batches
+from training.eval.runner import AttackRecipe, measure, zero_shot_task
 from training.miniworld.world import DOMAINS
 
 N = 256
 
 
 def _accuracy(model, name: str, attack_eps: float | None = None) -> float:
-    ds = build_dataset(name, DatasetRequest(limit=N))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-    attack = None
-    if attack_eps is not None:
-        attack = PGD(clf, eps=attack_eps, alpha=attack_eps / 4, steps=10, generator=torch.Generator().manual_seed(0))
-    acc, _ = accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 128), attack)
-    return acc
+    ds, clf, labels = zero_shot_task(model, name, N)
+    recipe = None if attack_eps is None else AttackRecipe(eps=attack_eps, alpha=attack_eps / 4, steps=10)
+    clean, robust, _ = measure(clf, ds.images(), labels, recipe, batch_size=128)
+    return clean if robust is None else robust
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

@@ -1,7 +1,8 @@
 """`clipshield` command line: one subcommand per job, each in its own module under `training/commands/`.
 
 `main(argv) -> int` is testable with a list of arguments. Errors a user can fix (missing data set,
-unknown model, bad option) are printed as one line and exit with status 2, never as a stack trace.
+unknown model, bad option) are the product's own `ClipshieldError`s: printed as one line, exit status
+2, never a stack trace. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -40,10 +41,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.run(args) or 0)
     except ClipshieldError as exc:
         print(f"clipshield {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"clipshield {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clipshield {args.command}: interrupted", file=sys.stderr)

@@ -1,7 +1,9 @@
 """The fine-tuned model's card (`service.card.ModelCard`, source "finetune") and its evaluation.
 
-Written next to the final checkpoint by `training.finetune`; `clipshield export --model <final>`
-carries it into the serving bundle, so what was measured here is what the server reports.
+Written next to the final checkpoint by `training.finetune`. `clipshield export --model <final>` reads
+it (`read_finetune_card`) and builds the bundle's own card from it (`training.export.exporter.bundle_card`):
+its accuracies, base model, training settings and provenance, with export's measurements replacing
+equal entries; so what was measured here is what the server reports.
 """
 from __future__ import annotations
 
@@ -11,8 +13,17 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import ValidationError
 
 from service.card import (
-    CLEAN, SCHEMA_VERSION, AccuracyEntry, AttackSpec, BaseModelInfo, ModelCard, TrainingData, TrainingInfo, attack_label,
-    current_provenance, read_card_file,
+    CLEAN,
+    SCHEMA_VERSION,
+    AccuracyEntry,
+    AttackSpec,
+    BaseModelInfo,
+    ModelCard,
+    TrainingData,
+    TrainingInfo,
+    attack_label,
+    current_provenance,
+    read_card_file,
 )
 from service.config import ModelRecord, PreprocessConfig
 from service.errors import ConfigError
@@ -25,7 +36,7 @@ if TYPE_CHECKING:
     from .finetune import FinetuneConfig
 
 MODEL_CARD = "model_card.json"
-# Keys of the resolved FinetuneConfig that are not hyper-parameters, or are recorded as measured values.
+# Flat keys of the resolved FinetuneConfig that are not hyper-parameters, or are recorded as measured values.
 _NOT_HYPERPARAMETERS = ("output", "resume", "threads", "workers", "image_size", "epochs", "steps", "batch_size")
 
 
@@ -34,22 +45,24 @@ def preprocessing(pre: PreprocessConfig) -> str:
     return f"[0,1] pixels: {pre.describe()}; normalised inside the model (mean {pre.mean}, std {pre.std})"
 
 
-def eval_attack(cfg: "FinetuneConfig") -> AttackSpec:
+def eval_attack(cfg: FinetuneConfig) -> AttackSpec:
     """The evaluation attack of the card: PGD through `training.eval.runner` (alpha eps/4, one restart)."""
-    eps = cfg.eval_eps or 0.0
-    return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=cfg.eval_steps, label=attack_label("pgd", eps, cfg.eval_steps))
+    ev = cfg.evaluation
+    eps = ev.eps or 0.0
+    return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=ev.steps, label=attack_label("pgd", eps, ev.steps))
 
 
 def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntry]:
-    """Clean and PGD accuracy on `cfg.eval_datasets` through the evaluation harness (`training.eval.runner`)."""
-    if not cfg.eval_datasets:
+    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`training.eval.runner`)."""
+    ev = cfg.evaluation
+    if not ev.datasets:
         return []
     from .eval.runner import EvalConfig, Evaluator
 
     ecfg = EvalConfig(
-        model_id=f"{cfg.method}:{weights_digest(model.visual)}", datasets=list(cfg.eval_datasets), attacks=["pgd"],
-        eps=cfg.eval_eps, steps=cfg.eval_steps, seed=cfg.seed, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
-        data_root=cfg.data_root, image_size=cfg.image_size, device=cfg.device, out_dir=cfg.output / "eval",
+        model_id=f"{cfg.method}:{weights_digest(model.visual)}", datasets=list(ev.datasets), attacks=["pgd"],
+        eps=ev.eps, steps=ev.steps, seed=cfg.run.seed, limit=ev.limit, batch_size=ev.batch_size,
+        data_root=cfg.dataset.root, image_size=cfg.dataset.image_size, device=cfg.run.device, out_dir=cfg.run.output / "eval",
     )
     pre, robust = preprocessing(model.record.preprocess), eval_attack(cfg).label
     out = []
@@ -60,20 +73,20 @@ def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntr
     return out
 
 
-def training_info(cfg: "FinetuneConfig", data: Any, template: str, seconds: float) -> TrainingInfo:
+def training_info(cfg: FinetuneConfig, data: Any, template: str, seconds: float) -> TrainingInfo:
     """What ran: method, resolved hyper-parameters, the training images' size, steps and epochs taken."""
     method = get_method(cfg.method)
     image = data[0][0]
     # unset (None) values are left out: JSON nulls do not survive TorchServe's describe answer
-    hyper = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_HYPERPARAMETERS and v is not None}
-    attack = AttackSpec(kind=method.attack, eps=cfg.eps, alpha=cfg.attack_alpha, steps=cfg.attack_steps,
-                        label=attack_label(method.attack, cfg.eps, cfg.attack_steps))
+    hyper = {k: v for k, v in cfg.flat().items() if k not in _NOT_HYPERPARAMETERS and v is not None}
+    kind, a, steps, batch_size = method.adversary.kind, cfg.attack, cfg.optim.steps or 0, cfg.optim.batch_size or 0
+    attack = AttackSpec(kind=kind, eps=a.eps, alpha=a.alpha, steps=a.steps or 0, label=attack_label(kind, a.eps, a.steps or 0))
     return TrainingInfo(
-        method=cfg.method, method_description=method.description, image_size=int(image.shape[-1]), steps=cfg.steps,
-        epochs=round(cfg.steps * cfg.batch_size / max(len(data), 1), 4), batch_size=cfg.batch_size, hyperparameters=hyper,
-        data=TrainingData(name=cfg.data, images=len(data), classes=len(data.classnames), template=template,
+        method=cfg.method, method_description=method.description, image_size=int(image.shape[-1]), steps=steps,
+        epochs=round(steps * batch_size / max(len(data), 1), 4), batch_size=batch_size, hyperparameters=hyper,
+        data=TrainingData(name=cfg.dataset.name, images=len(data), classes=len(data.classnames), template=template,
                           preprocess_preset=data.protocol.get("preprocess"), preprocess=data.preprocess.model_dump(mode="json")),
-        training_attack=attack, eval_attack=eval_attack(cfg) if cfg.eval_datasets else None, train_seconds=round(seconds, 2),
+        training_attack=attack, eval_attack=eval_attack(cfg) if cfg.evaluation.datasets else None, train_seconds=round(seconds, 2),
     )
 
 
@@ -86,15 +99,15 @@ def embed_dim(model: PixelCLIP) -> int:
 
 
 def model_card(
-    cfg: "FinetuneConfig", model: PixelCLIP, base_record: ModelRecord, base_digest: str, data: Any, template: str,
+    cfg: FinetuneConfig, model: PixelCLIP, base_record: ModelRecord, base_digest: str, data: Any, template: str,
     results: list[AccuracyEntry], seconds: float,
 ) -> ModelCard:
     """The card of a fine-tuned model (`cfg` resolved; `base_digest`: image tower digest before training)."""
     return ModelCard(
-        source="finetune", name=f"{base_record.name}+{cfg.method}", description=f"{cfg.method} fine-tuned from {cfg.model}",
+        source="finetune", name=f"{base_record.name}+{cfg.method}", description=f"{cfg.method} fine-tuned from {cfg.source.model}",
         embed_dim=embed_dim(model), image_size=model.image_size, logit_scale=model.logit_scale,
         weights_digest=weights_digest(model.visual),
-        base_model=BaseModelInfo(model=cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, record=base_record.name,
+        base_model=BaseModelInfo(model=cfg.source.model, pretrained=cfg.source.pretrained, weights=cfg.source.weights, record=base_record.name,
                                  weights_digest=base_digest),
         training=training_info(cfg, data, template, seconds), accuracy=tuple(results), provenance=current_provenance(),
     )

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.config import PreprocessConfig, StrictModel, TokenizerConfig, ModelRecord
 from service.checkpoint import save_checkpoint
+from service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
 from service.models import from_record
 from service.pixel_model import PixelCLIP
 from service.tokenizer import build_compact_vocab
@@ -102,7 +103,7 @@ class CaptionBatcher:
         missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
         if missing:
             for t, row in zip(missing, self.model.tokenizer(missing)):
-                self._token_cache[t] = row
+                self._token_cache[t] = torch.from_numpy(row)
         return torch.stack([self._token_cache[t] for t in texts])
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

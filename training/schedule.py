@@ -1,7 +1,7 @@
 """Learning-rate schedule shared by pre-training and fine-tuning: linear warm-up, then cosine.
 
-Written out (five lines) rather than imported because the spec pins the exact formula
-(section 0.4): lr_i = base*(i+1)/W for i < W, else 0.5*(1+cos(pi*(i-W)/(T-W)))*base, set before
+Written out (five lines) rather than imported because the reference pins the exact formula
+(docs/methods.md §0.4): lr_i = base*(i+1)/W for i < W, else 0.5*(1+cos(pi*(i-W)/(T-W)))*base, set before
 step i. open_clip's own scheduler lives in the separate open_clip_train package.
 """
 from __future__ import annotations

@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import pytest
+import requests
 
 from . import serving_helpers as H
 from .test_reliability import CASES
 
 pytestmark = pytest.mark.integration
-requests = pytest.importorskip("requests")
 http = pytest.importorskip("tritonclient.http")
 pytest.importorskip("kserve")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -76,7 +77,7 @@ def oip_case(kwargs: dict) -> tuple[Optional[list[Any]], list[Any], dict[str, An
     return images, options, {}
 
 
-def infer(client, images: Optional[list[Any]], options: list[Any] = (), parameters: Optional[dict] = None):
+def infer(client, images: Optional[list[Any]], options: Sequence[Any] = (), parameters: Optional[dict] = None):
     inputs = ([bytes_input("image", images)] if images is not None else []) + list(options)
     return client.infer(MODEL, inputs, parameters=parameters or None)
 
@@ -93,7 +94,7 @@ def answer(result, i: int = 0) -> dict[str, Any]:
     """Item `i` of an InferResult in the TorchServe response's terms."""
     labels = [s.decode() for s in result.as_numpy("labels")[i] if s]
     scores = result.as_numpy("scores")[i][: len(labels)]
-    out = {"predictions": [{"label": lab, "score": float(s)} for lab, s in zip(labels, scores)]}
+    out: dict[str, Any] = {"predictions": [{"label": lab, "score": float(s)} for lab, s in zip(labels, scores)]}
     for name in ("purified", "flipped", "flagged"):
         out[name] = bool(result.as_numpy(name)[i])
     for name in ("anchor_score", "prediction_shift"):
@@ -186,7 +187,7 @@ def test_health_and_metadata_with_tritonclient(client, bundle):
     described = meta["parameters"]  # service.describe(), as TorchServe's describe API answers it
     assert described["model"] == card.model_dump(mode="json", exclude_none=True) and described["bundle"]["format_version"] >= 1
     assert described["runtime"]["image_encoder_provider"]
-    assert {t["name"] for t in meta["inputs"]} == {"image", "labels", "purify", "top_k"}
+    assert {t["name"] for t in meta["inputs"]} == {"image", "labels", "purify", "top_k", "attack_score"}
     assert {"labels", "scores", "flagged", "flipped", "status", "error"} <= {t["name"] for t in meta["outputs"]}
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("no-such-model")

@@ -27,7 +27,7 @@ KINDS = {"raw clean", "raw adversarial", "custom labels purify=true", "custom la
 def _answer(labels=("red circle", "blue square"), purified=True, scores=(0.9, 0.1)) -> str:
     preds = [{"label": lab, "score": s} for lab, s in zip(labels, scores)]
     return json.dumps({"predictions": preds, "purified": purified, "anchor_score": 0.2, "prediction_shift": 0.1,
-                       "flipped": False, "flagged": False, "model": {"name": "m", "version": "1"}})
+                       "flipped": False, "flagged": False, "model": {"name": "m", "version": "1"}, "attack_score": None})
 
 
 def test_contract_accepts_a_conforming_answer():

@@ -76,9 +76,9 @@ def _check_alerts(prom: Prometheus) -> None:
 
 
 def test_prometheus_scrapes_counters_and_evaluates_rules(miniworld_model, tmp_path):
+    from training.export import stop_server
     from training.monitoring.generate import OUT, RULE_RESOURCE, rule_file_from_resource
     from training.monitoring.rules import JOB
-    from training.export import stop_server
 
     require_tool("prometheus")  # before the slow TorchServe start
     rule_file = tmp_path / "clipshield.rules.yaml"

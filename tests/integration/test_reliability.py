@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,8 @@ CASES = [
     ("top_k-not-int", _form(top_k="2.5"), 400, "BadInput", "top_k"),
     ("top_k-huge", _form(top_k="9" * 40), 400, "BadInput", "top_k"),
     ("purify-not-bool", _form(purify="maybe"), 400, "BadInput", "purify"),
+    ("attack_score-not-bool", _form(attack_score="maybe"), 400, "BadInput", "attack_score"),
+    ("attack_score-without-calibration", _form(attack_score="true"), 400, "BadInput", "no calibrated attack score"),
     ("unknown-field", _form(colour="red"), 400, "BadInput", "unknown"),
     ("multipart-without-image", {"files": H.form(None, labels='["cat"]')}, 400, "BadInput", "no image"),
     ("image-field-not-image", {"files": {"image": ("x.txt", b"plain text", "text/plain")}}, 415, "UnsupportedMediaType", "PNG/JPEG"),
@@ -108,7 +111,8 @@ def test_bad_input_matrix(server, reference, case):
 
     def send(i: int):
         if i == 0:
-            return H.post(server, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()})
+            fresh: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()}
+            return H.post(server, **fresh)
         return H.post_png(server, GOOD[i - 1])
 
     with ThreadPoolExecutor(4) as pool:

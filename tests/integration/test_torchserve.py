@@ -35,6 +35,16 @@ def _serve_config(**kw):
     )
 
 
+def unfitted_score():
+    """An attack-score calibration with made-up parameters: the HTTP contract, not the fit, is under test here."""
+    from service.attack_score_config import AttackScoreConfig, ScoreParams
+    from service.card import AttackScoreCalibration
+
+    params = ScoreParams(signals=("tau", "anchor", "margin"), mean=(0.02, 0.5, 5.0), std=(0.01, 0.1, 3.0), weights=(0.2, -0.1, -0.4),
+                         bias=0.0, threshold=0.9, target_fpr=0.05, dataset="test: not fitted", n_calibration=1)
+    return AttackScoreCalibration(config=AttackScoreConfig(n_noise=2), params=params, attack="none")
+
+
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
     from training.export import build_archive, export_model, start_server, stop_server
@@ -47,7 +57,8 @@ def server(miniworld_model, tmp_path_factory):
     from service.card import PurifyDefaults
     from training.export.exporter import ExportMeasurements
 
-    measured = ExportMeasurements(accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"))
+    measured = ExportMeasurements(accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"),
+                                  attack_score=unfitted_score())
     bundle = export_model(miniworld_model, root / "export", version="0.9", measured=measured)
     store = root / "model_store"
     build_archive(bundle, store, batching=BatchingConfig(min_workers=1, max_workers=1, max_batch_delay_ms=50))
@@ -78,7 +89,8 @@ def test_raw_png_contract(server, pngs):
     r = requests.post(_url(server), data=images[0], headers={"Content-Type": "image/png", **_auth(server)}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model"}
+    assert set(body) == {"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model", "attack_score"}
+    assert body["attack_score"] is None  # off by default (serving config), not asked for
     assert body["model"]["version"] == "0.9" and body["model"]["name"]
     scores = [p["score"] for p in body["predictions"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
@@ -118,15 +130,30 @@ def test_token_required_and_ping(server):
     assert ping(server.config.inference_address, server.state_dir)
 
 
+def test_attack_score_on_request(server, pngs):
+    images, _ = pngs
+    files = {"image": ("x.png", images[0], "image/png")}
+    body = requests.post(_url(server), files=files, data={"attack_score": "true"}, headers=_auth(server), timeout=30).json()
+    score = body["attack_score"]
+    assert set(score) == {"score", "threshold", "flagged"} and score["threshold"] == 0.9
+    assert score["flagged"] is (score["score"] > 0.9)
+    again = requests.post(_url(server), files=files, data={"attack_score": "true"}, headers=_auth(server), timeout=30).json()
+    assert again["attack_score"] == score  # noise seeded by the image: the same answer every time
+    off = requests.post(_url(server), files=files, data={"attack_score": "false"}, headers=_auth(server), timeout=30).json()
+    assert off["attack_score"] is None
+
+
 def test_metrics_endpoint_has_clipshield_metrics(server, pngs):
     images, _ = pngs
     requests.post(_url(server), data=images[0], headers={"Content-Type": "image/png", **_auth(server)}, timeout=30)
+    requests.post(_url(server), files={"image": ("x.png", images[0], "image/png")}, data={"attack_score": "true"}, headers=_auth(server),
+                  timeout=30)
     text = requests.get(server.config.metrics_address + "/metrics", timeout=10).text
     lines = [line for line in text.splitlines() if line.startswith("clipshield_")]
     names = {line.split("{")[0] for line in lines}
     for expected in ("clipshield_requests_total", "clipshield_decode_seconds_count", "clipshield_encode_seconds_count",
                      "clipshield_purify_seconds_count", "clipshield_head_seconds_count", "clipshield_prediction_shift_count",
-                     "clipshield_anchor_score_count"):
+                     "clipshield_anchor_score_count", "clipshield_attack_score_count", "clipshield_attack_score_seconds_count"):
         assert expected in names, sorted(names)
     assert any('outcome="ok"' in line for line in lines if line.startswith("clipshield_requests_total"))
     gauges = [line for line in lines if line.startswith("clipshield_model_accuracy{")]
@@ -169,4 +196,5 @@ def test_describe_answers_the_model_card(server):
     card = r.json()[0]["customizedMetadata"]["model"]  # TorchServe embeds the handler's JSON answer as an object
     assert card["source"] == "export" and card["version"] == "0.9" and card["purify"]["chosen_by"] == "test: on by default"
     assert [(a["dataset"], a["attack"], a["value"]) for a in card["accuracy"]] == [("miniworld/plain/color_shape/seen", "none", 0.75)]
+    assert card["attack_score"]["params"]["dataset"] == "test: not fitted"
     assert not {"purify_sweep", "flag", "training"} & set(card) and card["provenance"]["git_commit"]  # unmeasured: absent

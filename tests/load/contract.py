@@ -14,7 +14,7 @@ from typing import Any, Optional
 from service.config import StrictModel
 
 MANIFEST = "payloads.json"  # the payload folder's manifest, written by tests/load/payloads.py
-RESPONSE_KEYS = frozenset({"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model"})
+RESPONSE_KEYS = frozenset({"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model", "attack_score"})
 DEFAULT_TOP_K = 5  # service.settings.RequestLimits.default_top_k, the server default when a request sends none
 
 
@@ -46,7 +46,7 @@ def check_response(status: int, text: str, expect: Expectation) -> Optional[str]
     count = expected_count(expect)
     if len(preds) != count:
         return f"{len(preds)} predictions, expected {count}"
-    scores = [p.get("score") for p in preds]
+    scores: list[Any] = [p.get("score") for p in preds]
     if not all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores) or scores != sorted(scores, reverse=True):
         return f"scores not in [0, 1] and descending: {scores}"
     if expect.labels is not None and not {p.get("label") for p in preds} <= set(expect.labels):

@@ -41,6 +41,10 @@ def as_torchserve(body: Mapping[str, Any], item: int = 0) -> dict[str, Any]:
     }
     for name in ITEM_FIELDS:
         answer[name] = outputs[name][item]
+    answer["attack_score"] = None
+    if "attack_score" in outputs:  # present only when the score was computed
+        answer["attack_score"] = {"score": float(outputs["attack_score"][item]), "threshold": float(outputs["attack_score_threshold"][item]),
+                                  "flagged": bool(outputs["attack_flagged"][item])}
     params = body.get("parameters") or {}
     answer["model"] = {"name": params.get("model"), "version": params.get("model_version")}
     return answer

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 from pydantic import Field
@@ -73,10 +74,11 @@ def _label_sets(cfg: PayloadConfig, color_shape: list[str]) -> dict[str, list[st
     return sets
 
 
-def build_payloads(model: PixelCLIP, out_dir: Path, cfg: PayloadConfig = PayloadConfig()) -> Path:
-    """Write the PNGs and `payloads.json` into `out_dir`; returns the manifest path."""
+def build_payloads(model: PixelCLIP, out_dir: Path, cfg: Optional[PayloadConfig] = None) -> Path:
+    """Write the PNGs and `payloads.json` into `out_dir` (default `PayloadConfig()`); returns the manifest path."""
     from training.data.registry import DatasetRequest, build_dataset
 
+    cfg = cfg or PayloadConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items: list[dict] = []

@@ -128,8 +128,9 @@ def _start(cfg: LoadTestConfig, work: Path, store: Path) -> tuple[str, Optional[
     return ts.config.inference_address, ts.state_dir / "key_file.json", ServingClient(ts, timeout_s=10).metrics, lambda: stop_server(store)
 
 
-def run_loadtest(cfg: LoadTestConfig = LoadTestConfig()) -> LoadTestResult:
-    """Run the whole load test; the server is stopped even when locust or a check fails."""
+def run_loadtest(cfg: Optional[LoadTestConfig] = None) -> LoadTestResult:
+    """Run the whole load test (default `LoadTestConfig()`); the server is stopped even when locust or a check fails."""
+    cfg = cfg or LoadTestConfig()
     out = cfg.results_dir.resolve()
     work = out / "work"
     for stale in [*out.glob(f"{CSV_PREFIX}_*.csv"), out / "report.html", out / "summary.json"]:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.zero_shot import build_text_head
-from training.methods import TextHeads, get_method
+from service.zero_shot import ZeroShotClassifier, build_text_head
+from training.attacks.pgd import pgd_delta
+from training.methods import FrozenBatch, LossInputs, TextHeads, get_method
 from training.methods.fare import embedding_loss, fare_pgd
 from training.methods.pmg_aft import pmg_view
-from service.zero_shot import ZeroShotClassifier
-from training.attacks.pgd import pgd_delta
 
 from .conftest import assert_attack_matches, load_golden, stepped_copy
 
@@ -38,9 +37,9 @@ def run_method(name, target, frozen, inputs, adv, negatives=False, text_model=No
     method = get_method(name)
     text_model = text_model or frozen or target
     target.zero_grad(set_to_none=True)
-    out = method.loss(
-        target, frozen, inputs["images"], adv, labels_of(inputs), heads_for(text_model, inputs, negatives), method.params(**params)
-    )
+    batch = LossInputs(target, inputs["images"], labels_of(inputs), heads_for(text_model, inputs, negatives), adv,
+                       FrozenBatch(frozen) if frozen is not None else None)
+    out = method.loss(batch, method.params(**params))
     if not backward:
         return out, {}
     out.total.backward()
@@ -98,7 +97,7 @@ def test_attention_methods_losses_logits_grads(goldens, target_model, frozen_mod
 def test_target_grids_at_stepped_weights(goldens, target_model, frozen_model, golden_inputs, adv, name, file):
     g = load_golden(goldens, file)
     tga = load_golden(goldens, "tga_zsr.npz")
-    # comp_tga.npz has no lr key: both scripts use lr 1e-4 with 1000 warm-up steps (spec 0.4)
+    # comp_tga.npz has no lr key: both scripts use lr 1e-4 with 1000 warm-up steps (docs/methods.md §0.4)
     lr = float(g["lr_at_step0"]) if "lr_at_step0" in g else float(tga["lr_at_step0"])
     stepped = stepped_copy(target_model, golden_grads(g), lr)
     out, _ = run_method(name, stepped, frozen_model, golden_inputs, adv, negatives=name == "comp-tga", backward=False)

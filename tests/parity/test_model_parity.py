@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from service.zero_shot import format_prompts, encode_prompts
+from service.zero_shot import encode_prompts, format_prompts
 
 from .conftest import ROUNDING_ATOL, load_golden, stepped_copy
 

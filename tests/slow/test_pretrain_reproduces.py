@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from service.models import load_checkpoint_dir, load_model
-from service.zero_shot import ZeroShotClassifier, build_text_head
 from training.cli import main
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import accuracy, batches
+from training.eval.runner import measure, zero_shot_task
 
 NAMES = ["miniworld/plain/color_shape/seen", "miniworld/outlined/shape/seen", "miniworld/noisy/color/seen"]
 
 
 def _acc(model, name):
-    ds = build_dataset(name, DatasetRequest(limit=256))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-    return accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 256))[0]
+    ds, clf, labels = zero_shot_task(model, name, 256)
+    return measure(clf, ds.images(), labels)[0]
 
 
 @pytest.mark.slow

@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from service.attack_score import (
+    AttackScoreConfig,
+    SignalExtractor,
+    calibrate_scorer,
+    threshold_above_fpr,
+)
 from service.errors import ConfigError
 from service.ttc import TTCClassifier, TTCConfig
 from service.zero_shot import ZeroShotClassifier

@@ -1,6 +1,8 @@
 """Contract tests for every registered attack (toy model), PGD determinism and AutoAttack containment."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -14,10 +16,11 @@ EPS = 8 / 255
 def toy_classifier(n_classes: int, seed: int = 0) -> nn.Module:
     """A linear classifier over 3x8x8 images: cheap, differentiable, deterministic."""
     g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, n_classes))
+    linear = nn.Linear(3 * 8 * 8, n_classes)
+    model = nn.Sequential(nn.Flatten(), linear)
     with torch.no_grad():
-        model[1].weight.copy_(torch.randn(model[1].weight.shape, generator=g) * 0.5)
-        model[1].bias.zero_()
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) * 0.5)
+        linear.bias.zero_()
     return model.eval()
 
 
@@ -31,7 +34,7 @@ def toy_batch(n: int, model: nn.Module, seed: int = 1) -> tuple[torch.Tensor, to
 
 
 def build(name: str, model: nn.Module, eps: float = EPS, seed: int = 0, steps: int = 5):
-    kwargs = {"steps": steps, "generator": torch.Generator().manual_seed(seed)}
+    kwargs: dict[str, Any] = {"steps": steps, "generator": torch.Generator().manual_seed(seed)}
     if name.startswith("autoattack"):
         kwargs["square_queries"] = 20
     return get_attack(name)(model, eps=eps, **kwargs)

@@ -58,9 +58,11 @@ def test_unreadable_format_refused_with_one_log_line(exported, tmp_path, caplog)
     from service.inference import ClipshieldService
 
     bundle = _with_format(exported, tmp_path / "future", FORMAT_VERSION + 98)
-    with caplog.at_level(logging.ERROR, logger="service.bundle_info"):
-        with pytest.raises(ModelLoadError, match=rf"bundle format {FORMAT_VERSION + 98} .*reads formats \[{FORMAT_VERSION}\]"):
-            ClipshieldService.from_folder(bundle)
+    with (
+        caplog.at_level(logging.ERROR, logger="service.bundle_info"),
+        pytest.raises(ModelLoadError, match=rf"bundle format {FORMAT_VERSION + 98} .*reads formats \[{FORMAT_VERSION}\]"),
+    ):
+        ClipshieldService.from_folder(bundle)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith(f"refusing to load {bundle}") and package_version() in errors[0]
 
@@ -73,9 +75,9 @@ def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path)
     shutil.copytree(exported, legacy)
     (legacy / BUNDLE_INFO).unlink()
     B.write_manifest(legacy)
-    with pytest.raises(ModelLoadError, match="bundle_info.json is missing"):
+    with pytest.raises(ModelLoadError, match=r"bundle_info\.json is missing"):
         read_bundle_info(legacy)
-    with pytest.raises(ModelLoadError, match="bundle_info.json is missing"):
+    with pytest.raises(ModelLoadError, match=r"bundle_info\.json is missing"):
         build_archive(legacy, tmp_path / "store")
     # a .mar whose bundle has an unreadable format is refused by serve's pre-check, before TorchServe starts
     store = tmp_path / "store3"

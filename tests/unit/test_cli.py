@@ -29,3 +29,45 @@ def test_demo_model_half_runs_offline(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "zero-shot predictions" in out and "miniworld/outlined/shape/seen" in out
     assert "fine-tuned" in out and (tmp_path / "finetune" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["finetune", "--method", "tecoa", "--batch-size", "1"], "--batch-size"),
+    (["finetune", "--method", "tecoa", "--data", "no-such-set"], "unknown data set 'no-such-set'"),
+    (["finetune", "--method", "tecoa", "--param", "alpha"], "KEY=VALUE"),
+    (["pretrain", "--steps", "0"], "--steps"),
+    (["archive", "--threads", "0"], "--threads"),
+])
+def test_bad_flag_values_are_one_line_product_errors(argv, flag, tmp_path, capsys):
+    out = {"finetune": "--output", "pretrain": "--output", "archive": "--model-store"}[argv[0]]
+    assert main([*argv, out, str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    """Only the product's own errors become one-line exits; a bug's ValueError/KeyError propagates."""
+    import training.commands.finetune as command
+
+    def broken(_args):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(command, "config_from_args", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["finetune", "--method", "tecoa"])
+
+
+def test_unknown_registry_names_are_product_errors_and_key_errors():
+    from service.errors import ConfigError, UnknownName
+    from training.attacks import get_attack
+    from training.data import build_dataset
+    from training.data.registry import DatasetRequest
+    from training.methods import get_method
+
+    for lookup in (lambda: get_method("trades"), lambda: get_attack("fgsm-typo"), lambda: build_dataset("nope", DatasetRequest()),
+                   lambda: build_dataset("miniworld/nowhere/shape/seen", DatasetRequest(limit=1))):
+        with pytest.raises(UnknownName, match="known") as info:
+            lookup()
+        assert isinstance(info.value, ConfigError) and isinstance(info.value, KeyError)
+        assert not str(info.value).startswith("'")  # printed as the message, not KeyError's repr

@@ -68,9 +68,9 @@ def test_numeric_defaults_appear_in_help():
     bad = []
     for cmd, action, text in options():
         default = action.default
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and action.nargs != 0:
-            if f"{default:g}" not in text and str(default) not in text:
-                bad.append(f"{cmd} {label(action)} (default {default})")
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool) and action.nargs != 0
+        if numeric and f"{default:g}" not in text and str(default) not in text:
+            bad.append(f"{cmd} {label(action)} (default {default})")
     assert not bad, f"numeric defaults missing from help (use %(default)s): {bad}"
 
 
@@ -89,19 +89,19 @@ def finetune_args(*argv):
 def test_finetune_eps_is_in_units_of_1_255():
     """`finetune --method fare --eps 4` used to train against eps 4.0 (the whole pixel range)."""
     cfg = config_from_args(finetune_args("--method", "fare", "--eps", "4", "--attack-alpha", "1", "--eval-eps", "2"))
-    assert cfg.eps == pytest.approx(4 / 255) and cfg.attack_alpha == pytest.approx(1 / 255)
-    assert cfg.eval_eps == pytest.approx(2 / 255)
+    assert cfg.attack.eps == pytest.approx(4 / 255) and cfg.attack.alpha == pytest.approx(1 / 255)
+    assert cfg.evaluation.eps == pytest.approx(2 / 255)
     real = config_from_args(finetune_args("--method", "tecoa", "--data", "tinyimagenet", "--eps", "1"))
-    assert real.eps == pytest.approx(1 / 255)
+    assert real.attack.eps == pytest.approx(1 / 255)
 
 
 def test_experiment_eps_is_in_units_of_1_255(tmp_path):
     from training.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--eps", "2", "--output", str(tmp_path)])
-    assert experiment_config(args, "tecoa", seed=0).eps == pytest.approx(2 / 255)
+    assert experiment_config(args, "tecoa", seed=0).attack.eps == pytest.approx(2 / 255)
     default = build_parser().parse_args(["experiment", "miniworld", "--output", str(tmp_path)])
-    assert experiment_config(default, "tecoa", seed=0).eps == pytest.approx(4 / 255)
+    assert experiment_config(default, "tecoa", seed=0).attack.eps == pytest.approx(4 / 255)
 
 
 @pytest.mark.parametrize("value", [-1.0, MAX_BUDGET + 1, 255.0, float("nan"), 0.0157])
@@ -112,7 +112,7 @@ def test_budget_out_of_range_is_refused_naming_the_range(value):
 
 def test_zero_step_size_is_refused_and_zero_budget_allowed():
     assert to_pixels(0.0, "--eps") == 0.0 and to_pixels(None, "--eps") is None
-    with pytest.raises(ConfigError, match="--alpha 0 is out of range; allowed: 0.1 to 64"):
+    with pytest.raises(ConfigError, match=r"--alpha 0 is out of range; allowed: 0\.1 to 64"):
         to_pixels(0.0, "--alpha", allow_zero=False)
 
 
@@ -145,6 +145,6 @@ def test_finetune_through_main_trains_at_the_budget_it_prints(tmp_path, capsys, 
     monkeypatch.setattr(training.finetune, "finetune", fake_finetune)
     assert main(["finetune", "--method", "fare", "--eps", "4", "--eval-eps", "1", "--output", str(tmp_path)]) == 0
     (cfg,) = seen
-    assert cfg.eps == pytest.approx(4 / 255) and cfg.eval_eps == pytest.approx(1 / 255)
+    assert cfg.attack.eps == pytest.approx(4 / 255) and cfg.evaluation.eps == pytest.approx(1 / 255)
     out = capsys.readouterr().out
     assert "training eps 4/255, model card at eval eps 1/255" in out

@@ -8,11 +8,11 @@ import torch
 
 from service.config import PreprocessConfig
 from service.purify import PurifyConfig
+from tests.conftest import golden_weights
 from training.cli import main
 from training.eval.report import markdown
 from training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
 from training.eval.schema import SCHEMA_VERSION, CellKey, load_all
-from tests.conftest import golden_weights
 
 SHAPE = "miniworld/plain/shape/seen"
 COLOR = "miniworld/plain/color/seen"

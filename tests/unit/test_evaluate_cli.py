@@ -21,7 +21,7 @@ TINY = ["evaluate", "--steps", "2", "--limit", "8", "--batch-size", "8", "--devi
 def test_registry_carries_each_data_set_reference_eps():
     assert reference_eps(SHAPE) == pytest.approx(4 / 255) and reference_eps("miniworld-train") == pytest.approx(4 / 255)
     assert reference_eps("cifar10") == pytest.approx(1 / 255) and reference_eps("folder/mine") == pytest.approx(1 / 255)
-    with pytest.raises(KeyError, match="unknown data set 'nope'; known: .*cifar10"):
+    with pytest.raises(KeyError, match=r"unknown data set 'nope'; known: .*cifar10"):
         reference_eps("nope")
 
 
@@ -99,7 +99,8 @@ def test_skip_missing_keeps_working_across_eps_groups(tmp_path, capsys):
 
 class FakeBar:
     def __init__(self, total: int) -> None:
-        self.total, self.n, self.updates = total, 0, []
+        self.total, self.n = total, 0
+        self.updates: list[int] = []
 
     def update(self, n: int) -> None:
         assert n >= 0

@@ -59,7 +59,7 @@ def test_manifest_detects_tampering(exported, tmp_path):
     assert B.IMAGE_ONNX in B.verify_manifest(copy)
     anchor = np.load(copy / B.ANCHOR)
     np.save(copy / B.ANCHOR, anchor + 1e-3)
-    with pytest.raises(ModelLoadError, match="sha256 mismatch for anchor.npy"):
+    with pytest.raises(ModelLoadError, match=r"sha256 mismatch for anchor\.npy"):
         B.verify_manifest(copy)
     (copy / B.MANIFEST).unlink()
     with pytest.raises(ModelLoadError, match="missing"):
@@ -159,11 +159,16 @@ def test_bundle_with_other_tokenizer_vocab_refused(exported, tmp_path):
     import shutil
 
     from service.inference import ClipshieldService
+    from service.tokenizer import open_clip_vocab
 
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)
-    assert (copy / B.TOKENIZER_VOCAB).read_bytes() == B.runtime_vocab().read_bytes()
+    assert (copy / B.TOKENIZER_VOCAB).read_bytes() == open_clip_vocab().read_bytes()
     (copy / B.TOKENIZER_VOCAB).write_bytes(gzip.compress(b"#version: 0.2\na b\n"))
     B.write_manifest(copy)  # consistent checksums: only the vocabulary check can catch it
     with pytest.raises(ModelLoadError, match="tokenizer vocabulary differs"):
+        ClipshieldService.from_folder(copy)
+    (copy / B.TOKENIZER_VOCAB).unlink()
+    B.write_manifest(copy)
+    with pytest.raises(ModelLoadError, match="tokenizer vocabulary.* is missing"):
         ClipshieldService.from_folder(copy)

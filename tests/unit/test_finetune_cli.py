@@ -13,30 +13,32 @@ def parse(*argv):
 
 def test_miniworld_defaults():
     cfg = config_from_args(parse("--method", "tga-zsr"))
-    assert cfg.data == "miniworld-train" and cfg.eps == pytest.approx(4 / 255)
-    assert cfg.steps == 200 and cfg.batch_size == 32 and cfg.lr == 0.005 and cfg.warmup is None and cfg.eval_datasets
+    assert cfg.dataset.name == "miniworld-train" and cfg.attack.eps == pytest.approx(4 / 255)
+    o = cfg.optim
+    assert o.steps == 200 and o.batch_size == 32 and o.lr == 0.005 and o.warmup is None and cfg.evaluation.datasets
     resolved = cfg.resolved(batches_per_epoch=100)
-    assert resolved.steps == 200 and resolved.warmup == 20 and resolved.optimizer == "sgd"
-    assert config_from_args(parse("--method", "fare")).lr == 1e-4  # AdamW
-    assert config_from_args(parse("--method", "tecoa", "--lr", "0.1", "--epochs", "2")).steps is None
+    assert resolved.optim.steps == 200 and resolved.optim.warmup == 20 and resolved.optim.optimizer == "sgd"
+    assert config_from_args(parse("--method", "fare")).optim.lr == 1e-4  # AdamW
+    assert config_from_args(parse("--method", "tecoa", "--lr", "0.1", "--epochs", "2")).optim.steps is None
     assert resolved.method_params == {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis"}
 
 
 def test_real_data_defaults_and_params():
     cfg = config_from_args(parse("--method", "pmg-aft", "--data", "tinyimagenet", "--param", "normalization=model",
                                  "--param", "general_weight=0.5"))
-    assert cfg.eps == pytest.approx(1 / 255) and cfg.epochs == 10 and cfg.warmup == 1000 and cfg.eval_datasets == []
+    assert cfg.attack.eps == pytest.approx(1 / 255) and cfg.optim.epochs == 10 and cfg.optim.warmup == 1000 and cfg.evaluation.datasets == []
     resolved = cfg.resolved(batches_per_epoch=391)
-    assert resolved.batch_size == 256 and resolved.lr == 5e-5 and resolved.steps == 3910
+    assert resolved.optim.batch_size == 256 and resolved.optim.lr == 5e-5 and resolved.optim.steps == 3910
     assert resolved.method_params["normalization"] == "model" and resolved.method_params["general_weight"] == 0.5
 
 
 def test_bad_inputs():
     with pytest.raises(SystemExit):
         parse("--method", "trades")
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_params(["alpha"])
     from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_params(["alpha"])
 
     with pytest.raises(ConfigError, match="distance.*options: alpha, beta, distance, map_norm"):
         config_from_args(parse("--method", "tga-zsr", "--param", "distance=kl"))
@@ -67,8 +69,8 @@ def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_pat
     args = build_parser().parse_args(["experiment", "miniworld", "--output", str(tmp_path), "--lr", "0.01", "--adamw-lr", "3e-4"])
     runs = {m: experiment_config(args, m, seed=1).resolved(batches_per_epoch=50) for m in ("tecoa", "tga-zsr", "pmg-aft", "fare")}
     for cfg in runs.values():
-        assert (cfg.steps, cfg.batch_size, cfg.eps, cfg.seed) == (200, 32, pytest.approx(4 / 255), 1)
-    assert {m: (c.optimizer, c.lr) for m, c in runs.items()} == {
+        assert (cfg.optim.steps, cfg.optim.batch_size, cfg.attack.eps, cfg.run.seed) == (200, 32, pytest.approx(4 / 255), 1)
+    assert {m: (c.optim.optimizer, c.optim.lr) for m, c in runs.items()} == {
         "tecoa": ("sgd", 0.01), "tga-zsr": ("sgd", 0.01), "pmg-aft": ("sgd", 0.01), "fare": ("adamw", 3e-4)}
-    assert runs["fare"].weight_decay == 1e-4 and runs["tecoa"].weight_decay == 0.0
-    assert runs["fare"].output == tmp_path / "fare" / "seed1"
+    assert runs["fare"].optim.weight_decay == 1e-4 and runs["tecoa"].optim.weight_decay == 0.0
+    assert runs["fare"].run.output == tmp_path / "fare" / "seed1"

@@ -1,37 +1,35 @@
 """Short mini-world fine-tuning runs reproduce the qualitative claims the product relies on.
 
-One shared budget for every method (same steps, batch, learning rate, eps 4/255 for training and
-evaluation); nothing is tuned per method. Measured margins on the shipped model are in
+One shared budget for every method, the mini world's registry recipe (same steps, batch, learning
+rate, eps 4/255 for training and evaluation); nothing is tuned per method. Measured margins on the shipped model are in
 docs/finetuning.md; the thresholds below are far beyond what a broken loss (no attack, wrong sign,
 text tower updated, frozen model confused with the target) reaches.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from service.pixel_model import PixelCLIP
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import PGD
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import accuracy, batches
-from training.finetune import FinetuneConfig, finetune
+from training.eval.runner import AttackRecipe, measure, zero_shot_task
+from training.finetune import finetune
+from training.finetune_config import recipe_config
 
 MODEL = "miniworld"
 EPS = 4 / 255
-# threads=1: tiny models lose far more to thread contention than they gain from a second thread
-BUDGET = dict(steps=200, batch_size=32, lr=0.005, eps=EPS, warmup=None, data_limit=3200, eval_datasets=[], seed=0, threads=1)
+# the recipe's budget; threads=1: tiny models lose far more to thread contention than they gain from a second thread
+RUN: dict[str, Any] = dict(eval_datasets=[], seed=0, threads=1)
 SEEN = "miniworld/plain/color_shape/seen"
 OUTLINED = "miniworld/outlined/color_shape/seen"
 
 
 def zero_shot(model: PixelCLIP, name: str, attack: bool) -> float:
     """Top-1 (%) on 256 images of `name`, clean or under PGD-10 at eps 4/255."""
-    ds = build_dataset(name, DatasetRequest(limit=256))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates)).eval()
-    pgd = PGD(clf, eps=EPS, steps=10, generator=torch.Generator().manual_seed(0)) if attack else None
-    acc, _ = accuracy(clf, batches(ds.images(), torch.tensor(ds.labels), 256), pgd)
-    return 100 * acc
+    ds, clf, labels = zero_shot_task(model, name, 256)
+    clean, robust, _ = measure(clf, ds.images(), labels, AttackRecipe(eps=EPS, steps=10) if attack else None)
+    return 100 * (robust if attack else clean)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,8 @@ def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
     threads = torch.get_num_threads()
     try:
-        return {m: finetune(FinetuneConfig(method=m, model=MODEL, output=out / m, **BUDGET))[0] for m in ("tecoa", "tga-zsr", "ft-clean")}
+        return {m: finetune(recipe_config("miniworld-train", method=m, model=MODEL, output=out / m, **RUN))[0]
+                for m in ("tecoa", "tga-zsr", "ft-clean")}
     finally:
         torch.set_num_threads(threads)
 

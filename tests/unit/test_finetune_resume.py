@@ -91,7 +91,7 @@ def test_model_card_and_run_config(random_model_dir, tmp_path):
 def test_step_batches_are_a_function_of_the_step():
     full = list(StepBatches(n=10, batch_size=4, total=7, seed=1))
     assert [len(b) for b in full] == [4, 4, 2, 4, 4, 2, 4]  # last partial batch kept
-    assert sorted(sum(full[:3], [])) == list(range(10))
+    assert sorted(i for batch in full[:3] for i in batch) == list(range(10))
     assert list(StepBatches(n=10, batch_size=4, total=7, seed=1, start=4)) == full[4:]
     assert list(StepBatches(n=10, batch_size=4, total=3, seed=2)) != full[:3]
 

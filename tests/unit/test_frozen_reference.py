@@ -7,7 +7,7 @@ import torch
 from service.checkpoint import load_weights, save_checkpoint
 from service.models import from_record
 from training.finetune import FinetuneConfig, finetune
-from training.methods import FrozenReference, TextHeads, get_method, make_adversarial
+from training.methods import AttackBudget, FrozenBatch, FrozenReference, LossInputs, TextHeads, get_method
 from training.pretrain import miniworld_record
 from training.train_state import STATE_NAME
 
@@ -49,16 +49,15 @@ def test_attention_losses_read_frozen_maps_back_unchanged(tiny, name):
     method = get_method(name)
     params = method.params()
     adv = (images + EPS * torch.sign(torch.randn_like(images))).clamp(0, 1)
-    direct = method.loss(target, frozen, images, adv, labels, heads, params)
+    direct = method.loss(LossInputs(target, images, labels, heads, adv, FrozenBatch(frozen)), params)
 
     counter = ForwardCounter(frozen)
     ref = FrozenReference(frozen, dataset_size=50)
     idx = torch.tensor([3, 7, 11, 19, 23, 29, 31, 37, 41, 43])
-    ref.bind(idx)
-    first = method.loss(target, ref, images, adv, labels, heads, params)
+    first = method.loss(LossInputs(target, images, labels, heads, adv, ref.for_batch(idx)), params)
     assert counter.images == 10 and ref.hits == 0
-    ref.bind(idx)  # the same images in a later epoch: nothing recomputed
-    second = method.loss(target, ref, images, adv, labels, heads, params)
+    # the same images in a later epoch: nothing recomputed
+    second = method.loss(LossInputs(target, images, labels, heads, adv, ref.for_batch(idx)), params)
     assert counter.images == 10 and ref.hits == 10
     for out in (first, second):
         torch.testing.assert_close(out.total, direct.total, rtol=0, atol=1e-6)
@@ -75,12 +74,11 @@ def test_partly_seen_batch_computes_only_new_images(tiny):
     adv = images.flip(0)
     counter = ForwardCounter(frozen)
     ref = FrozenReference(frozen, dataset_size=20)
-    ref.bind(torch.arange(5))
-    method.loss(target, ref, images[:5], adv[:5], labels[:5], heads, params)
-    ref.bind(torch.arange(10))  # 0..4 remembered, 5..9 new
-    mixed = method.loss(target, ref, images, adv, labels, heads, params)
+    method.loss(LossInputs(target, images[:5], labels[:5], heads, adv[:5], ref.for_batch(torch.arange(5))), params)
+    # 0..4 remembered, 5..9 new
+    mixed = method.loss(LossInputs(target, images, labels, heads, adv, ref.for_batch(torch.arange(10))), params)
     assert counter.images == 10 and ref.hits == 5 and ref.computed == 10
-    direct = method.loss(target, frozen, images, adv, labels, heads, params)
+    direct = method.loss(LossInputs(target, images, labels, heads, adv, FrozenBatch(frozen)), params)
     torch.testing.assert_close(mixed.outputs["map_clean_frozen"], direct.outputs["map_clean_frozen"], rtol=0, atol=1e-6)
 
 
@@ -91,9 +89,9 @@ def test_fare_computes_the_clean_embedding_once_per_step(tiny):
     counter = ForwardCounter(frozen)
     ref = FrozenReference(frozen)  # no data set: shared within the step only
     for step in range(2):
-        ref.bind(None)
-        adv = make_adversarial(method, target, ref, images, labels, heads, params, EPS, EPS / 4, 2, torch.Generator().manual_seed(step))
-        method.loss(target, ref, images, adv, labels, heads, params)
+        batch = LossInputs(target, images, labels, heads, frozen=ref.for_batch(None))
+        adv = method.adversary.perturb(batch, params, AttackBudget(EPS, EPS / 4, 2), torch.Generator().manual_seed(step))
+        method.loss(batch.with_adv(adv), params)
         assert counter.images == 10 * (step + 1), "attack and loss must share f_phi(x); each step computes it anew"
 
 
@@ -102,22 +100,18 @@ def test_budget_and_state_round_trip(tiny):
     embed = lambda model, rows: model.encode_image(images[rows])  # noqa: E731
     over = FrozenReference(frozen, dataset_size=100, budget_mb=0)
     for _ in range(2):
-        over.bind(torch.arange(10))
-        over.clean("embedding", images, embed)
+        over.for_batch(torch.arange(10)).clean("embedding", images, embed)
     assert over.computed == 20 and over.hits == 0 and over.state_dict() == {}
 
     ref = FrozenReference(frozen, dataset_size=100)
-    ref.bind(torch.arange(10, 20))
-    want = ref.clean("embedding", images, embed)
+    want = ref.for_batch(torch.arange(10, 20)).clean("embedding", images, embed)
     state = ref.state_dict()
     assert int(state["embedding.filled"].sum()) == 10
     restored = FrozenReference(frozen, dataset_size=100)
     restored.load_state_dict(state)
-    restored.bind(torch.arange(10, 20))
-    assert torch.equal(restored.clean("embedding", images, embed), want) and restored.computed == 0
+    assert torch.equal(restored.for_batch(torch.arange(10, 20)).clean("embedding", images, embed), want) and restored.computed == 0
     with pytest.raises(ValueError, match="bound to 3 indices but given 10 images"):
-        restored.bind(torch.arange(3))
-        restored.clean("embedding", images, embed)
+        restored.for_batch(torch.arange(3)).clean("embedding", images, embed)
 
 
 def test_finetune_with_and_without_memory_agree(tmp_path):
@@ -134,7 +128,7 @@ def test_finetune_with_and_without_memory_agree(tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "mb1024" / "state" / STATE_NAME), "pt") as fh:
-        cached = [k for k in fh.keys() if k.startswith("cache.")]
+        cached = [k for k in fh.keys() if k.startswith("cache.")]  # noqa: SIM118 - safe_open is not iterable
     assert sorted(cached) == ["cache.tga_grids.filled", "cache.tga_grids.values"]
     for key, value in runs[1024.0].items():
         torch.testing.assert_close(value, runs[0.0][key], rtol=0, atol=1e-5)

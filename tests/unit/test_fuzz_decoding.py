@@ -11,8 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 
 from service.api import FORM_FIELDS, PredictOptions, check_content_type, parse_request

@@ -50,7 +50,7 @@ def check(value: Any, type_name: str, path: str = "") -> list[str]:
     m = re.fullmatch(r"(?:dict\(str, |Dict\[str, )(.+)[)\]]", type_name)
     if m:
         return [p for k, v in value.items() for p in check(v, m.group(1), f"{path}.{k}")] if isinstance(value, dict) else [f"{path}: not a map"]
-    prims = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+    prims: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "bool": bool, "float": (int, float)}
     if type_name in prims:
         ok = isinstance(value, prims[type_name]) and not (type_name != "bool" and isinstance(value, bool))
         return [] if ok else [f"{path}: {value!r} is not {type_name}"]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("kserve")
-from kserve import InferInput, InferRequest  # noqa: E402
+from kserve import InferInput, InferRequest
 
-from handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs  # noqa: E402
-from service.api import ModelInfo, Prediction, PredictResponse  # noqa: E402
-from service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType  # noqa: E402
+from handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
+from service.api import ModelInfo, Prediction, PredictResponse
+from service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
 
 
 def _bytes(name: str, values: list) -> InferInput:

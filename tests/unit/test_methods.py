@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from service.models import from_record
-from training.methods import TextHeads, get_method, list_methods, make_adversarial
+from training.methods import AttackBudget, FrozenBatch, LossInputs, TextHeads, get_method, list_methods
 from training.methods.attention import complementary_map, map_distance, text_guided_map
 from training.pretrain import miniworld_record
 
@@ -41,16 +41,16 @@ def test_method_step_contract(tiny, name):
     method = get_method(name)
     params = method.params()
     gen = torch.Generator().manual_seed(0)
-    adv = make_adversarial(method, target, frozen if method.needs_frozen else None, images, labels, heads, params,
-                           EPS, EPS / 4 if method.attack == "fare_pgd" else EPS, 2, gen)
-    if method.attack == "none":
+    batch = LossInputs(target, images, labels, heads, frozen=FrozenBatch(frozen) if method.needs_frozen else None)
+    adv = method.adversary.perturb(batch, params, AttackBudget(EPS, EPS * method.adversary.alpha_per_eps, 2), gen)
+    if method.adversary.kind == "none":
         assert adv is None
     else:
         assert adv.shape == images.shape and adv.min() >= 0 and adv.max() <= 1
         assert (adv - images).abs().max() <= EPS + 1e-6
         assert (adv - images).abs().max() > EPS / 2, "the attack must move the images"
     target.zero_grad(set_to_none=True)
-    out = method.loss(target, frozen if method.needs_frozen else None, images, adv, labels, heads, params)
+    out = method.loss(batch.with_adv(adv), params)
     assert out.total.ndim == 0 and torch.isfinite(out.total)
     out.total.backward()
     with_grad = {n for n, p in target.clip.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -63,7 +63,7 @@ def test_methods_without_frozen_model_fail_clearly(tiny):
     target, _, images, labels, heads = tiny
     method = get_method("tga-zsr")
     with pytest.raises(ValueError, match="frozen"):
-        method.loss(target, None, images, images, labels, heads, method.params())
+        method.loss(LossInputs(target, images, labels, heads, adv=images), method.params())
 
 
 def test_attention_map_properties():
@@ -97,7 +97,8 @@ def test_map_distances():
 def test_per_token_map_norm_is_a_different_option(tiny):
     target, frozen, images, labels, heads = tiny
     method = get_method("tga-zsr")
-    ref = method.loss(target, frozen, images, images, labels, heads, method.params())
-    alt = method.loss(target, frozen, images, images, labels, heads, method.params(map_norm="per_token"))
+    batch = LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen))
+    ref = method.loss(batch, method.params())
+    alt = method.loss(LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen)), method.params(map_norm="per_token"))
     torch.testing.assert_close(alt.terms["ce"], ref.terms["ce"])
     assert not torch.allclose(alt.outputs["map_clean_frozen"], ref.outputs["map_clean_frozen"])

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from training.miniworld.captions import COLOR, SHAPE, caption_for, match_matrix
-from training.miniworld.dataset import MiniWorldClassification, MiniWorldFinetune, MiniWorldTask, image_seed, pretraining_specs
+from training.miniworld.dataset import (
+    MiniWorldClassification,
+    MiniWorldFinetune,
+    MiniWorldTask,
+    image_seed,
+    pretraining_specs,
+)
 from training.miniworld.render import ImageSpec, render
 from training.miniworld.world import COLORS, DOMAINS, SHAPES, Split, combos, holdout_kind
 

@@ -95,7 +95,7 @@ def test_download_failure_keeps_the_clients_noise_out(online, monkeypatch, caplo
     def noisy_download(cfg, cache_dir=None):
         logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
         logging.getLogger("urllib3.connectionpool").warning("Retrying (Retry(total=4))")
-        warnings.warn("hub says hello", UserWarning)
+        warnings.warn("hub says hello", UserWarning, stacklevel=2)
         raise OSError("connection reset")
 
     monkeypatch.setattr(models, "hub_reachable", lambda host, port, timeout=2.0: True)

@@ -47,5 +47,5 @@ def test_pickled_objects_are_refused(tmp_path):
 
 def test_missing_checkpoint_folder_is_reported(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model(str(tmp_path / "empty"))

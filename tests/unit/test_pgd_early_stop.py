@@ -3,12 +3,14 @@ sample is fooled, each fooled sample keeps its first fooling iterate, and robust
 worst case over iterates (never above the final-iterate number)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 
-from training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
 from service.models import load_model
 from service.zero_shot import ZeroShotClassifier, build_text_head
+from training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
 from training.data import DatasetRequest, build_dataset
 
 from .test_attacks import toy_batch, toy_classifier
@@ -17,7 +19,7 @@ EPS = 2 / 255
 STEPS = 12
 
 
-def final_trajectory(model, images, labels, init, loss: str) -> list[torch.Tensor]:
+def final_trajectory(model, images, labels, init, loss: Literal["ce", "cw"]) -> list[torch.Tensor]:
     """Iterates 0..STEPS of the final-iterate protocol (iterate k = `pgd_delta` with k steps)."""
     return [pgd_delta(model, images, labels, EPS, EPS / 4, k, init, loss) for k in range(STEPS + 1)]
 
@@ -61,7 +63,7 @@ def test_early_stop_robust_accuracy_is_the_worst_case_over_iterates():
 
 
 def test_attack_class_accepts_only_known_stop_rules():
-    model, images, labels, _ = toy_problem(4)
+    model, _images, _labels, _ = toy_problem(4)
     assert set(STOP_RULES) == {"early", "final"}
     with pytest.raises(ValueError, match="early, final"):
         PGD(model, eps=EPS, stop="best")

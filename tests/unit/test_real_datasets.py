@@ -19,9 +19,9 @@ from training.data.real import (
     clean_name,
     fgvc_name,
     image_transform,
-    read_wnid_table,
     stanford_cars_name,
 )
+from training.data.wnid import read_wnid_table
 
 
 def _jpg(path: Path, size: tuple[int, int] = (40, 30), value: int = 128, mode: str = "RGB") -> None:
@@ -343,7 +343,7 @@ def test_folder_without_splits_uses_cleaned_folder_names(tmp_path):
 
 
 def test_folder_errors_are_one_line(tmp_path):
-    with pytest.raises(DatasetNotFound, match="folder/absent: folder .*absent not found"):
+    with pytest.raises(DatasetNotFound, match=r"folder/absent: folder .*absent not found"):
         build_dataset("folder/absent", DatasetRequest(root=tmp_path))
     _class_tree(tmp_path / "only_train" / "train", {"a": 1})
     with pytest.raises(DatasetNotFound, match="no test or val folder"):

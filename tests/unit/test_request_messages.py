@@ -33,6 +33,8 @@ REQUESTS = [
     ({"image": PNG, "labels": b'["a\\u0007"]'}, None, {}, "control character"),
     ({"image": PNG, "purify": b"maybe"}, None, {}, "true or false"),
     ({"image": PNG, "purify": b"\xff"}, None, {}, "UTF-8"),
+    ({"image": PNG, "attack_score": b"sometimes"}, None, {}, "field 'attack_score' must be true or false"),
+    ({"image": PNG, "attack_score": b"\xff"}, None, {}, "field 'attack_score' is not UTF-8"),
     ({"image": PNG, "top_k": b"0"}, None, {}, "top_k"),
     ({"image": PNG, "top_k": b"x"}, None, {}, "top_k"),
     ({"image": PNG, "top_k": b"\xc2\xb2"}, None, {}, "top_k"),
@@ -64,7 +66,8 @@ def test_every_request_error_is_in_our_words(parts, content_type, limits, words)
         ({"top_k": "x"}, "field 'top_k' must be an integer"),
         ({"top_k": 1.5}, "field 'top_k' must be an integer"),
         ({"purify": "maybe"}, "field 'purify' must be true or false"),
-        ({"colour": "red"}, "unknown field 'colour'; accepted: ['image', 'labels', 'purify', 'top_k']"),
+        ({"attack_score": "maybe"}, "field 'attack_score' must be true or false"),
+        ({"colour": "red"}, "unknown field 'colour'; accepted: ['image', 'labels', 'purify', 'top_k', 'attack_score']"),
     ],
 )
 def test_option_validation_fallback_is_in_our_words(raw, words):

@@ -45,7 +45,7 @@ def test_environment_overrides_archive_providers(tmp_path):
     runtime = load_serving_config(path, env).runtime
     assert (runtime.providers, runtime.provider_policy, runtime.intra_op_threads) == (("cuda", "cpu"), "fallback", 3)
     assert load_serving_config(path, {"CLIPSHIELD_ORT_PROVIDERS": "  "}).runtime.providers == ("cpu",)  # empty: ignored
-    with pytest.raises(ConfigError, match="CLIPSHIELD_ORT_PROVIDERS|execution providers"):
+    with pytest.raises(ConfigError, match=r"CLIPSHIELD_ORT_PROVIDERS|execution providers"):
         load_serving_config(path, {"CLIPSHIELD_ORT_PROVIDERS": "tensorcore"})
     with pytest.raises(ConfigError, match=r"\['fail', 'fallback'\]"):
         load_serving_config(path, {"CLIPSHIELD_ORT_PROVIDER_POLICY": "maybe"})
@@ -150,7 +150,7 @@ def test_silent_fallback_of_onnxruntime_is_caught(bundle, monkeypatch, caplog):
 
     listed = ["CUDAExecutionProvider", *ort.get_available_providers()]
     monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
-    with pytest.raises(ModelLoadError, match="could not be initialised for image_encoder.onnx, ONNX Runtime chose CPUExecutionProvider"):
+    with pytest.raises(ModelLoadError, match=r"could not be initialised for image_encoder\.onnx, ONNX Runtime chose CPUExecutionProvider"):
         image_encoder(bundle / IMAGE_ONNX, RuntimeConfig(providers=("cuda", "cpu")))
     with caplog.at_level(logging.WARNING, logger="service.runtime"):
         encoder = image_encoder(bundle / IMAGE_ONNX, RuntimeConfig(providers=("cuda", "cpu"), provider_policy="fallback"))

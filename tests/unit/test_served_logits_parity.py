@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from service import bundle as B
-from service import purify_np
+from service import bundle as B, purify_np
 from service.inference import ClipshieldService, RawRequest
 from service.models import load_model
 from service.preprocess import load_pixels
 from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.data import DatasetRequest, build_dataset
 from tests.conftest import golden_weights
+from training.data import DatasetRequest, build_dataset
 from training.export import export_model
 
 from .photo_helpers import write_photo_folder
@@ -45,7 +44,7 @@ def served_and_evaluated(goldens, tmp_path_factory):
     emb = purify_np.normalize(service.image_encoder(pixels))
     served = purify_np.logits(emb, service.head, service.card.logit_scale)
     answers = service.predict([RawRequest({"image": p, "top_k": str(len(ds.classnames)), "purify": "false"}) for p in payloads])
-    probs = np.stack([[dict((q.label, q.score) for q in a.predictions)[c] for c in ds.classnames] for a in answers])
+    probs = np.stack([[{q.label: q.score for q in a.predictions}[c] for c in ds.classnames] for a in answers])
     return served, evaluated, probs
 
 

@@ -63,7 +63,7 @@ def test_wrong_media_types_are_415():
 
 def test_response_contract_fields():
     fields = set(PredictResponse.model_fields)
-    assert fields == {"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model"}
+    assert fields == {"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model", "attack_score"}
 
 
 def test_deployment_thread_override(tmp_path):

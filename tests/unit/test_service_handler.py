@@ -90,7 +90,7 @@ def test_handler_refuses_tampered_archive(archive_dir, tmp_path, caplog):
     shutil.copytree(archive_dir, copy)
     with (copy / "labels.json").open("a") as fh:
         fh.write(" ")
-    with pytest.raises(ModelLoadError, match="sha256 mismatch for labels.json"):
+    with pytest.raises(ModelLoadError, match=r"sha256 mismatch for labels\.json"):
         ClipshieldHandler().initialize(FakeContext(copy, []))
     assert "refusing to load" in caplog.text
 

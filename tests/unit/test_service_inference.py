@@ -37,9 +37,8 @@ def test_numpy_purify_and_head_are_batch_independent():
 
 @pytest.fixture(scope="module")
 def service(miniworld_model, tmp_path_factory):
-    from training.export import export_model
-
     from service.card import PurifyDefaults
+    from training.export import export_model
     from training.export.exporter import ExportMeasurements
 
     on = ExportMeasurements(purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"))

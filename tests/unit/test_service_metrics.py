@@ -1,13 +1,20 @@
-"""Metric names: declared in model_store/metrics.yaml exactly as the service and handler emit them."""
+"""Metric names: declared in model_store/metrics.yaml exactly as the service and handler emit them.
+
+Both metrics.yaml files and the three config.properties are generated (`python -m training.monitoring.generate`):
+the committed text must be what the generator writes now.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.metrics import METRICS, PrometheusClientSink, RecordingSink
+from training.monitoring.torchserve_config import GENERATED, OVERLAYS, properties
 
-STORE = Path(__file__).resolve().parents[2] / "model_store"
+REPO = Path(__file__).resolve().parents[2]
+STORE = REPO / "model_store"
 
 
 def test_metrics_yaml_declares_every_metric_with_its_dimensions():
@@ -16,6 +23,27 @@ def test_metrics_yaml_declares_every_metric_with_its_dimensions():
     for name, (kind, _help, labels) in METRICS.items():
         assert name.startswith("clipshield_")
         assert declared[name] == (kind, ["ModelName", "Level", *labels]), name
+
+
+@pytest.mark.parametrize("path", ["model_store/metrics.yaml", "k8s/base/metrics.yaml"])
+def test_metrics_yaml_is_generated_from_the_metric_list(path):
+    from training.monitoring.torchserve_metrics import metrics_config
+
+    assert yaml.safe_load((REPO / path).read_text()) == metrics_config(), f"{path} is stale: run python -m training.monitoring.generate"
+
+
+@pytest.mark.parametrize("path, place", sorted(GENERATED.items()))
+def test_config_properties_are_generated_from_one_table(path, place):
+    assert (REPO / path).read_text() == properties(place), f"{path} is stale: run python -m training.monitoring.generate"
+
+
+def test_overlays_patch_only_what_differs():
+    def keys(place: str) -> dict[str, str]:
+        return dict(ln.split("=", 1) for ln in properties(place).splitlines() if not ln.startswith("#"))
+
+    base, gpu = keys("cluster"), keys("gpu")
+    assert {k for k in base.keys() | gpu.keys() if base.get(k) != gpu.get(k)} == set(OVERLAYS["gpu"]) == {"number_of_gpu"}
+    assert gpu["number_of_gpu"] == "1" and base["number_of_gpu"] == "0"
 
 
 def test_config_properties_security_defaults():

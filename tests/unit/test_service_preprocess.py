@@ -149,7 +149,7 @@ def test_antialias_off_resizes_the_float_tensor_without_antialiasing():
 
 def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
     """`resize_mode='none'` (CIFAR/STL `native`): pixels at their own size; `PixelCLIP.prepare` resizes them
-    with F.interpolate (spec 0.2) and leaves S x S input unresampled."""
+    with F.interpolate (docs/methods.md §0.2) and leaves S x S input unresampled."""
     import torch
     import torch.nn.functional as F
 
@@ -165,3 +165,28 @@ def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
     assert torch.equal(model.prepare(x), (inside - model.mean) / model.std)
     square = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.prepare(square), (square - model.mean) / model.std)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (53, 37), (224, 301), (10, 10)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_torch_free_resize_is_torchvisions(shape, interpolation):
+    """`to_pixels` (Pillow + `service.resize`, no torch) == torchvision's transforms, the definition it replaced:
+    bit for bit on PIL images; to float rounding for the no-antialias tensor resize (up- and downscaling)."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(sum(shape))
+    img = Image.fromarray((rng.random((*shape, 3)) * 255).astype(np.uint8), "RGB")
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    for cfg in (PreprocessConfig(image_size=24, interpolation=interpolation),
+                PreprocessConfig(image_size=24, interpolation=interpolation, resize_ratio=256 / 224),
+                PreprocessConfig(image_size=24, interpolation=interpolation, resize_mode="squash")):
+        target = [24, 24] if cfg.resize_mode == "squash" else cfg.resize_to
+        ref = TF.center_crop(TF.resize(img, target, interpolation=mode), [24, 24])
+        np.testing.assert_array_equal(to_pixels(img, cfg), np.asarray(ref, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+        tensor_ref = TF.center_crop(TF.resize(x, target, interpolation=mode, antialias=False), [24, 24]).clamp(0, 1)
+        ours = to_pixels(img, cfg.model_copy(update={"antialias": False}))
+        # torch interpolates in float32, `service.resize` in float64: differences are float32 rounding (< 1/400 of a level)
+        np.testing.assert_allclose(ours, tensor_ref.numpy(), atol=1e-5, rtol=0)

@@ -47,9 +47,11 @@ def test_token_auth_off_only_when_asked(tmp_path):
 def _calls(tree: ast.AST, dotted: str):
     mod, name = dotted.rsplit(".", 1)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name:
-            if isinstance(node.func.value, ast.Name) and node.func.value.id == mod:
-                yield node
+        if (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == mod
+        ):
+            yield node
 
 
 def _kw(call: ast.Call, key: str):

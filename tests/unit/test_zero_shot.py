@@ -33,3 +33,47 @@ def test_classifier_logits_are_scaled_cosines(miniworld_model):
     with torch.no_grad():
         emb = miniworld_model.encode_image(x, normalize=True)
         torch.testing.assert_close(clf(x), miniworld_model.logit_scale * emb @ head.t())
+
+
+def test_numpy_and_torch_scaled_cosine_logits_agree():
+    """The two implementations (numpy for serving, torch with gradients for training) on un-normalised embeddings."""
+    import numpy as np
+
+    from service.heads import ensemble
+    from service.purify_np import logits
+    from service.zero_shot import cosine_logits
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(5, 48, generator=gen) * 3.0
+    head = torch.from_numpy(ensemble(torch.randn(4 * 3, 48, generator=gen).numpy(), 4))
+    ours = logits(emb.numpy(), head.numpy(), 100.0)
+    ref = cosine_logits(emb, head, 100.0)
+    assert ours.dtype == np.float32 and ours.shape == (5, 4)
+    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4, rtol=0)  # values up to 100: a few float32 ulps
+    emb.requires_grad_(True)
+    cosine_logits(emb, head, 100.0).sum().backward()  # the torch one stays differentiable (attacks need it)
+    assert emb.grad is not None and float(emb.grad.abs().sum()) > 0
+
+
+def test_served_head_equals_the_training_head(miniworld_model, tmp_path):
+    """Custom labels: the server's head (ONNX text encoder + numpy ensemble) == `build_text_head` (torch tower)."""
+    from service.inference import ClipshieldService
+    from training.export import export_model
+
+    service = ClipshieldService.from_folder(export_model(miniworld_model, tmp_path / "bundle"))
+    names = ["red star", "blue circle", "green square"]
+    served = service.encode_labels(names)
+    trained = build_text_head(miniworld_model, names, list(service.labels.templates))
+    torch.testing.assert_close(torch.from_numpy(served), trained, atol=1e-4, rtol=0)  # the ONNX parity bound
+
+
+def test_head_cache_is_an_lru():
+    import numpy as np
+
+    from service.heads import HeadCache
+
+    cache: HeadCache[np.ndarray] = HeadCache(capacity=2)
+    built = []
+    for key in ["a", "b", "a", "c", "b"]:  # "a" is refreshed before "c" arrives, so "b" is evicted
+        cache.get_or_build(key, lambda key=key: built.append(key) or np.zeros(1))
+    assert built == ["a", "b", "c", "b"] and len(cache) == 2 and cache.hits == 1

@@ -1,4 +1,4 @@
-"""Adaptive attacks on CLIPure-Cos purification (spec section 7.3) and a gradient-masking check.
+"""Adaptive attacks on CLIPure-Cos purification (docs/methods.md §7.3) and a gradient-masking check.
 
 The published robustness of CLIPure-Cos comes from attacking the whole pipeline by autograd, but
 10 normalised purification steps shrink the input gradient to rounding noise (about 1e-8 of its
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Literal, Optional
 
 import torch
@@ -127,11 +128,11 @@ def evaluate_adaptive(
     Tensor contract: `data` yields float images [B, 3, H, W] in [0, 1] and int64 labels [B].
     """
     attacks = {m: make_attack(surrogate(purified, m)) for m in modes}
-    counts = {"clean": 0, "worst": 0, "n": 0, **{m: 0 for m in modes}}
+    counts = {"clean": 0, "worst": 0, "n": 0, **dict.fromkeys(modes, 0)}
     g_full: list[torch.Tensor] = []
     g_plain: list[torch.Tensor] = []
     for index, images, labels in own_batches(data, shard):
-        _attack_batch(purified, attacks, images, labels, counts, None if generator_for is None else lambda: generator_for(index))
+        _attack_batch(purified, attacks, images, labels, counts, None if generator_for is None else partial(generator_for, index))
         g_full.append(input_gradient_norm(purified, images, labels))
         g_plain.append(input_gradient_norm(unpurified(purified), images, labels))
         if on_batch is not None:

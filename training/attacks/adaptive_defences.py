@@ -18,6 +18,7 @@ from torch import nn
 
 from service.attack_score import AttackScorer
 from service.ttc import TTCClassifier, counterattack, random_init
+from service.zero_shot import cosine_logits
 
 from .base import Attack, Classifier
 from .pgd import LossName, attack_loss, random_start
@@ -94,5 +95,5 @@ class StraightThroughTTC(nn.Module):
             delta = self.counter_delta(images.clamp(0, 1))
             moved = torch.clamp(images + delta, 0.0, 1.0)
             emb = self.ttc.model.encode_image(moved)
-            logits.append(self.ttc.scale * nn.functional.normalize(emb, dim=-1) @ self.ttc.head.t())
+            logits.append(cosine_logits(emb, self.ttc.head, self.ttc.scale))
         return torch.stack(logits).mean(dim=0)

@@ -1,6 +1,6 @@
 """AutoAttack (Croce & Hein, ICML 2020) behind our `Attack` interface, via torchattacks' components.
 
-Versions (spec section 0.7 / 7.3):
+Versions (docs/methods.md §0.7 / §7.3):
 * `autoattack`        standard: APGD-CE, APGD-T, FAB-T, Square (PMG-AFT's evaluation);
 * `autoattack-ce-dlr` custom APGD-CE + APGD-DLR, untargeted (TGA-ZSR / TeCoA tables);
 * `autoattack-ce-t`   custom APGD-CE + APGD-T (CLIPure's evaluation).
@@ -171,6 +171,6 @@ class AutoAttackCeDlr(AutoAttack):
 
 @register_attack("autoattack-ce-t")
 class AutoAttackCeT(AutoAttack):
-    """Custom AutoAttack APGD-CE + APGD-T (CLIPure-Cos' protocol, spec section 7.3)."""
+    """Custom AutoAttack APGD-CE + APGD-T (CLIPure-Cos' protocol, docs/methods.md §7.3)."""
 
     version: Version = "ce-t"

@@ -2,7 +2,7 @@
 
 Shape borrowed from torchattacks' `Attack`: an attack wraps a differentiable classifier
 `f(x) -> logits` over images in [0, 1] pixel space (normalisation and resizing happen inside the
-classifier, spec section 0.2) and `attack(images, labels)` returns adversarial images in [0, 1]
+classifier, docs/methods.md §0.2) and `attack(images, labels)` returns adversarial images in [0, 1]
 within the L-inf epsilon-ball. Randomness comes from an explicit `torch.Generator`; the model's
 train/eval mode is restored in `finally`.
 """
@@ -14,15 +14,17 @@ from typing import Optional
 import torch
 from torch import nn
 
+from service.errors import UnknownName
+
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
-_ATTACKS: dict[str, type["Attack"]] = {}
+_ATTACKS: dict[str, type[Attack]] = {}
 
 
-def register_attack(name: str) -> Callable[[type["Attack"]], type["Attack"]]:
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator adding an attack to the registry under `name`."""
 
-    def wrap(cls: type["Attack"]) -> type["Attack"]:
+    def wrap(cls: type[Attack]) -> type[Attack]:
         if name in _ATTACKS:
             raise ValueError(f"attack {name!r} registered twice")
         _ATTACKS[name] = cls
@@ -37,10 +39,10 @@ def list_attacks() -> list[str]:
     return sorted(_ATTACKS)
 
 
-def get_attack(name: str) -> type["Attack"]:
+def get_attack(name: str) -> type[Attack]:
     """Attack class by registry name; unknown names list the known ones."""
     if name not in _ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")
+        raise UnknownName(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")
     return _ATTACKS[name]
 
 

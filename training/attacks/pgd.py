@@ -1,4 +1,4 @@
-"""L-inf PGD (Madry et al., ICLR 2018) with the reference code's exact update (spec sections 0.6, 0.7).
+"""L-inf PGD (Madry et al., ICLR 2018) with the reference code's exact update (docs/methods.md §0.6, §0.7).
 
 delta_0 ~ U(-eps, eps), clipped to the image box; then K times: g = d loss / d delta,
 delta <- clip(delta + alpha * sign(g), -eps, eps), clipped to the box. With restarts > 1 each

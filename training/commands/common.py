@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from service.errors import ConfigError
 from service.models import load_model
 from service.pixel_model import PixelCLIP
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "miniworld") -> None:
@@ -24,18 +29,19 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
     g.add_argument("--offline", action="store_true", help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)")
 
 
+def flag_config(cls: type[ConfigT], flags: Optional[dict[str, str]] = None, **values: Any) -> ConfigT:
+    """`cls(**values)` for values taken from flags: an out-of-range value is a `ConfigError` naming the
+    flag (one line, exit status 2), not a pydantic traceback. `flags` maps field names to flag names
+    where they differ (intra_op_threads -> threads)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        names = flags or {}
+        raise ConfigError.from_validation(exc, lambda loc: names.get(str(loc[-1]), str(loc[-1])) if loc else "option") from None
+
+
 def model_from_args(args: argparse.Namespace) -> PixelCLIP:
     return load_model(args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir, offline=args.offline or None)
-
-
-def not_available(name: str, issue: str):
-    """`run` for a subcommand whose implementation has not landed yet."""
-
-    def run(_args: argparse.Namespace) -> int:
-        print(f"clipshield {name}: not yet available ({issue})", file=sys.stderr)
-        return 3
-
-    return run
 
 
 def progress(total: Optional[int], desc: str, unit: str = "it", disable: Optional[bool] = None):

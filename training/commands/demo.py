@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "ViT-B/32-geometry model, eps 2/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)")
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
-    p.add_argument("--method", default="tga-zsr", help="fine-tuning method (default: %(default)s)")
+    p.add_argument("--method", default="tga-zsr", choices=_method_names(), help="fine-tuning method (default: %(default)s)")
     p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default: %(default)s; 0 skips)")
     p.add_argument("--no-serve", action="store_true", help="stop after fine-tuning and evaluation (no export/serving)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where runs and exports go (default: %(default)s)")
@@ -73,33 +73,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _task(model, name: str, n: int):
-    """(data set, zero-shot classifier, labels) for a registered data set: the one path every demo step uses."""
-    from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.data.registry import DatasetRequest, build_dataset
+def _method_names() -> list[str]:
+    from training.methods import list_methods
 
-    ds = build_dataset(name, DatasetRequest(limit=n, preprocess=model.record.preprocess))
-    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
-    return ds, clf, torch.tensor(ds.labels)
+    return list_methods()
 
 
 def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
-    """Clean and PGD top-1 (DEMO_STEPS steps) per data set."""
-    from training.attacks.pgd import PGD
-    from training.eval.zeroshot import accuracy, batches
+    """Clean and PGD top-1 (DEMO_STEPS steps) per data set, measured by the evaluation runner."""
+    from training.eval.runner import AttackRecipe, measure, zero_shot_task
 
     out = {}
     for name in names:
-        ds, clf, labels = _task(model, name, n)
-        clean, _ = accuracy(clf, batches(ds.images(), labels, 256))
-        attack = PGD(clf, eps=eps, steps=DEMO_STEPS, generator=torch.Generator().manual_seed(0))
-        robust, _ = accuracy(clf, batches(ds.images(), labels, 256), attack=attack)
+        ds, clf, labels = zero_shot_task(model, name, n)
+        clean, robust, _ = measure(clf, ds.images(), labels, AttackRecipe(eps=eps, steps=DEMO_STEPS))
         out[name] = (clean, robust)
     return out
 
 
 def _show_predictions(model, world: str) -> None:
-    ds, clf, labels = _task(model, f"{world}/plain/color_shape/seen", 6)
+    from training.eval.runner import zero_shot_task
+
+    ds, clf, labels = zero_shot_task(model, f"{world}/plain/color_shape/seen", 6)
     with torch.no_grad():
         probs = clf(ds.images()).softmax(-1)
     print("\nzero-shot predictions (plain domain, 64 colour+shape labels):")
@@ -110,12 +105,12 @@ def _show_predictions(model, world: str) -> None:
 
 def _clean_suite(model, n: int, world: str) -> None:
     from training.data.miniworld import standard_eval_names
-    from training.eval.zeroshot import accuracy, batches
+    from training.eval.runner import measure, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names(world=world):
-        ds, clf, labels = _task(model, name, n)
-        acc, count = accuracy(clf, batches(ds.images(), labels, 256))
+        ds, clf, labels = zero_shot_task(model, name, n)
+        acc, _, count = measure(clf, ds.images(), labels)
         print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
     print(HELDOUT_NOTE)
 
@@ -149,13 +144,15 @@ def run(args: argparse.Namespace) -> int:
     model, card = base, None
     before = _accuracies(base, sets, args.n, eps)
     if args.finetune_steps > 0:
-        from training.finetune import FinetuneConfig, finetune
+        from training.finetune import finetune
+        from training.finetune_config import recipe_config
 
-        print(f"\nfine-tuning with {args.method} for {args.finetune_steps} steps (batch 32, SGD lr 0.005, PGD-2 at eps={eps * 255:g}/255) ...")
-        cfg = FinetuneConfig(
-            method=args.method, model=world, data=f"{world}-train", output=args.work_dir / "finetune", steps=args.finetune_steps, eps=eps, warmup=None,
-            batch_size=32, lr=0.005, eval_datasets=[], threads=args.threads,  # the mini-world budget of docs/finetuning.md
-        )
+        # the world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own
+        cfg = recipe_config(f"{world}-train", method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps,
+                            eval_datasets=[], threads=args.threads).resolved(1)
+        print(f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
+              f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '')} lr {cfg.optim.lr:g}, "
+              f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ...")
         model, card = finetune(cfg)
     after = _accuracies(model, sets, args.n, eps)
     print(f"\nclean / attacked top-1 ({args.n} images each):")

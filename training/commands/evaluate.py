@@ -14,16 +14,15 @@ import torch
 
 from service.preprocess import PRESETS
 from service.purify import PurifyConfig
-
 from training.attacks.pgd import STOP_RULES
 from training.precision import PRECISIONS
 
 from .budget import as_255, budget_help, to_pixels
-from .common import add_model_args, model_from_args, progress
+from .common import add_model_args, flag_config, model_from_args, progress
 
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
 MINIWORLD224_SUITE = "miniworld224"  # the same suite on the 224-pixel world
-PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (spec 0.7)
+PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
 PAPER_DATASETS = (
     "tinyimagenet", "cifar10", "cifar100", "stl10", "food101", "oxford_pets", "flowers102", "dtd", "eurosat",
     "fgvc_aircraft", "caltech101", "caltech256", "stanford_cars", "pcam", "imagenet", "sun397",
@@ -67,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
                    "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
     p.add_argument("--lowres", choices=["tga224", "native"], default=None,
-                   help="CIFAR/STL resolution (spec 0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
+                   help="CIFAR/STL resolution (docs/methods.md §0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
     p.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
     p.add_argument("--purify-steps", type=int, default=10, help="CLIPure-Cos purification steps (default: %(default)s)")
     p.add_argument("--purify-step-size", type=float, default=30.0,
@@ -139,9 +138,11 @@ def config_from_args(
     datasets = datasets if datasets is not None else expand_datasets(args.datasets)
     if eps is None:  # --eps, else the (first) registered reference of these data sets
         eps = next(iter(eps_groups(args.eps, datasets)))
-    purify = PurifyConfig(steps=args.purify_steps, step_size=args.purify_step_size, mode=args.purify_mode) if args.purify else None
-    return EvalConfig(
-        model_id=model_id, datasets=datasets, attacks=args.attacks, eps=eps, steps=args.steps, restarts=args.restarts,
+    purify_flags = {"steps": "purify-steps", "step_size": "purify-step-size", "mode": "purify-mode"}
+    purify = flag_config(PurifyConfig, purify_flags, steps=args.purify_steps, step_size=args.purify_step_size,
+                         mode=args.purify_mode) if args.purify else None
+    return flag_config(
+        EvalConfig, {"out_dir": "out", "purification": "purify"}, model_id=model_id, datasets=datasets, attacks=args.attacks, eps=eps, steps=args.steps, restarts=args.restarts,
         alpha=to_pixels(args.alpha, "--alpha", allow_zero=False), seed=args.seed, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, purification=purify, data_root=args.data_root, skip_missing=args.skip_missing,
         data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size,
@@ -161,11 +162,10 @@ def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.distributed import init_distributed
     from training.eval.report import write_reports
     from training.eval.runner import Evaluator, check_attacks
     from training.eval.schema import load_all
-
-    from training.distributed import init_distributed
 
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))

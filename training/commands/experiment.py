@@ -17,8 +17,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from training.data.miniworld import MINIWORLD_RECIPE
+
 from .budget import as_255, budget_help, to_pixels
-from .finetune import MINIWORLD_BUDGET, MINIWORLD_LR
+from .common import flag_config
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "geometry), shipped `miniworld224` model, eps 2/255 (default: %(default)s)")
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
-    p.add_argument("--steps", type=int, default=MINIWORLD_BUDGET["steps"], help="optimisation steps per run (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=MINIWORLD_LR["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
-    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_LR["adamw"],
+    p.add_argument("--steps", type=int, default=MINIWORLD_RECIPE.steps, help="optimisation steps per run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=MINIWORLD_RECIPE.batch_size, help="images per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=MINIWORLD_RECIPE.lr["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
+    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_RECIPE.lr["adamw"],
                    help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
     p.add_argument("--eps", type=float, default=None,
                    help=budget_help("training and evaluation L-inf radius", "the world's reference: 4 (4/255) at 32 px, 2 (2/255) at 224 px; the papers' 1 with --eps 1"))
@@ -82,14 +84,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def experiment_config(args: argparse.Namespace, method: str, seed: int):
-    """The FinetuneConfig of one run: the shared budget, the method's recipe optimiser at its family's lr."""
-    from training.finetune import FinetuneConfig
+    """The FinetuneConfig of one run: the mini world's recipe with the shared budget given on the command line,
+    the method's recipe optimiser at its family's lr."""
+    from training.finetune_config import recipe_config
     from training.methods import get_method
 
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
-    return FinetuneConfig(
-        method=method, model=args.world, data=f"{args.world}-train", output=output_dir(args) / method / f"seed{seed}",
-        steps=args.steps, batch_size=args.batch_size, lr=lr, eps=experiment_eps(args), warmup=None, seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
+    return recipe_config(
+        f"{args.world}-train", method=method, output=output_dir(args) / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
+        eps=to_pixels(args.eps, "--eps"), seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
         eval_datasets=list(eval_sets(args.world)), eval_limit=args.eval_limit, eval_steps=args.eval_steps,
         data_limit=max(args.steps * args.batch_size // 2, 512),
     )
@@ -112,7 +115,7 @@ def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from training.eval.runner import EvalConfig, Evaluator
 
     model = load_model(args.world)
-    ecfg = EvalConfig(model_id=f"{args.world}-base", datasets=list(eval_sets(args.world)), attacks=["pgd"], eps=experiment_eps(args),
+    ecfg = flag_config(EvalConfig, model_id=f"{args.world}-base", datasets=list(eval_sets(args.world)), attacks=["pgd"], eps=experiment_eps(args),
                       steps=args.eval_steps, seed=seed, limit=args.eval_limit, image_size=model.record.preprocess.image_size,
                       out_dir=output_dir(args) / "base" / "eval")
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(model, ecfg).run()}

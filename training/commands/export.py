@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from service.bundle import read_card
+from service.errors import ConfigError
 
-from .common import add_model_args, model_from_args
+from .common import add_model_args, flag_config, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
                    "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)")
     p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
+    p.add_argument("--calibrate-score", type=int, default=0, metavar="N",
+                   help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
+                   "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
+                   "0: no attack score in the bundle (default: %(default)s)")
+    p.add_argument("--score-data", default="miniworld/plain/color_shape/seen", metavar="DATASET",
+                   help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)")
+    p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
 
@@ -47,8 +56,12 @@ def load_labels(spec: str):
     path = Path(spec)
     if path.suffix == ".json":
         if not path.is_file():
-            raise FileNotFoundError(f"label file not found: {path}")
-        return LabelSet.model_validate(json.loads(path.read_text()))
+            raise ConfigError(f"label file not found: {path}")
+        try:
+            return LabelSet.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            raise ConfigError(f"label file {path} is not a label set: {problem}") from None
     return labels_from_dataset(spec)
 
 
@@ -56,7 +69,7 @@ def _measure_purify(model, n: int):
     """Purification sweep on n mini-world images, printed; returns its SweepResult."""
     from training.export.purify_calibration import SweepConfig, sweep_purification
 
-    result = sweep_purification(model, SweepConfig(n=n))
+    result = sweep_purification(model, flag_config(SweepConfig, n=n))
     sweep = result.sweep
     print(f"no purification: clean {sweep.baseline_clean:.1%}, {sweep.attack} {sweep.baseline_robust:.1%}")
     for row in sweep.rows:
@@ -71,13 +84,25 @@ def _calibrate_flag(model, n: int, fpr: float):
     """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
     from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
 
-    flag = calibrate_flag(model, FlagCalibrationConfig(n_calibration=n, n_eval=n, target_fpr=fpr))
+    flag = calibrate_flag(model, flag_config(FlagCalibrationConfig, n_calibration=n, n_eval=n, target_fpr=fpr))
     print(f"flag: anchor_score < {flag.anchor_below:.4f}")
     for rate in flag.rates:
         auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
         where = f" ({rate.dataset})" if rate.dataset else ""
         print(f"  {rate.attack + where:<48s} flagged {rate.flag_rate:6.1%}{auc}")
     return flag
+
+
+def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
+    """Attack-score calibration on n + n images of `dataset`, printed; returns the AttackScoreCalibration."""
+    from training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
+
+    cal = calibrate_attack_score(model, labels, ScoreCalibrationConfig(dataset=dataset, n_calibration=n, n_eval=n, target_fpr=fpr))
+    print(f"attack score: > {cal.params.threshold:.4f} (weights {[round(w, 3) for w in cal.params.weights]} on {list(cal.params.signals)})")
+    for rate in cal.rates:
+        auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
+        print(f"  {rate.attack + f' ({rate.dataset})':<48s} flagged {rate.flag_rate:6.1%}{auc}")
+    return cal
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
             update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"})})
     if args.calibrate_flag:
         measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
-    out = export_model(model, args.out, labels=load_labels(args.labels), version=args.version, measured=measured,
+    labels = load_labels(args.labels)
+    if args.calibrate_score:
+        score = _calibrate_score(model, labels, args.calibrate_score, args.score_data, args.score_fpr)
+        measured = measured.model_copy(update={"attack_score": score})
+    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured,
                        finetune_card=finetune_card)
     card = read_card(out)
     print(f"exported {card.name} {card.version} to {out}")

@@ -5,15 +5,11 @@ import argparse
 import json
 from pathlib import Path
 
+from service.errors import ConfigError
 from service.preprocess import PRESETS
 
 from .budget import as_255, budget_help, to_pixels
 from .common import progress
-
-MINIWORLD_BUDGET = {"steps": 200, "batch_size": 32, "data_limit": 3200}
-# one learning rate per optimiser family on the mini world (each method keeps its recipe's optimiser:
-# SGD, or AdamW for FARE); shared by `clipshield finetune` and `clipshield experiment`
-MINIWORLD_LR = {"sgd": 0.005, "adamw": 1e-4}
 
 
 def _method_names() -> list[str]:
@@ -27,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="robust fine-tuning (TGA-ZSR, Comp-TGA, TeCoA, PMG-AFT, FARE, FT-Clean, FT-Adv)",
         description="Fine-tune the image tower of a CLIP model with a robust method (text tower frozen), then "
-        "evaluate zero-shot clean and PGD accuracy and write a model card. Defaults follow each method's "
-        "reference recipe (docs/finetuning.md); on the mini world (--data miniworld-train, the default) "
+        "evaluate zero-shot clean and PGD accuracy and write a model card. Unset options take the training "
+        "set's registered recipe, then the method's reference defaults (docs/finetuning.md); on the mini world "
+        "(--data miniworld-train, the default) "
         "eps defaults to 4/255 and the run is short enough for a laptop CPU. Budgets (--eps, --attack-alpha, "
         "--eval-eps) are in units of 1/255: --eps 4 means 4/255.",
     )
@@ -79,12 +76,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="memory in MB for the frozen model's clean outputs per training image (TGA-ZSR, Comp-TGA, FARE), "
                    "so they are computed once, not every epoch (valid because the built-in data sets have no random "
                    "augmentation); 0 recomputes every step (default: %(default)s)")
+    _add_eval_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The model card's evaluation: data sets, size and PGD strength."""
     e = p.add_argument_group("evaluation (model card)")
-    e.add_argument("--eval-datasets", nargs="*", default=None, help="default: mini-world plain seen / held-out, outlined seen (none on real data)")
+    e.add_argument("--eval-datasets", nargs="*", default=None, help="default: the training set's recipe (mini world: plain seen / held-out, outlined seen; none on real data)")
     e.add_argument("--eval-limit", type=int, default=512, help="images per evaluation data set (default: %(default)s)")
     e.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
     e.add_argument("--eval-eps", type=float, default=None, help=budget_help("evaluation PGD L-inf radius", "--eps"))
-    p.set_defaults(run=run)
 
 
 def parse_params(items: list[str]) -> dict:
@@ -92,7 +94,7 @@ def parse_params(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -102,50 +104,37 @@ def parse_params(items: list[str]) -> dict:
 
 
 def config_from_args(args: argparse.Namespace):
-    """FinetuneConfig from parsed arguments, with the mini-world defaults when training on it."""
-    from training.data import reference_eps
-    from training.finetune import FinetuneConfig
-    from training.methods import get_method
+    """FinetuneConfig from parsed arguments; unset flags take the training data set's registry recipe."""
+    from training.finetune_config import recipe_config
 
-    from training.miniworld.worlds import world_of_dataset
-
-    mini = args.data.startswith("miniworld")
-    world = world_of_dataset(args.data)
-    eps = to_pixels(args.eps, "--eps")
-    values = dict(
-        method=args.method, model=args.model or (world.name if world else "miniworld"), pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir,
-        offline=args.offline or None, data=args.data, data_root=args.data_root, data_limit=args.data_limit,
-        image_size=args.image_size, preprocess=args.preprocess, template=args.template, output=args.output or Path("runs/finetune") / args.method,
-        epochs=args.epochs or 10, steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        eps=eps if eps is not None else reference_eps(args.data), attack_steps=args.attack_steps,
-        attack_alpha=to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False), method_params=parse_params(args.param), seed=args.seed,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, precision=args.precision, device=args.device,
-        workers=args.workers, threads=args.threads, frozen_cache_mb=args.frozen_cache_mb, eval_limit=args.eval_limit, eval_steps=args.eval_steps,
-        eval_eps=to_pixels(args.eval_eps, "--eval-eps"),
-        eval_datasets=list(args.eval_datasets) if args.eval_datasets is not None else (list(world.finetune_eval) if world else []),
+    return recipe_config(
+        args.data, method=args.method, model=args.model, pretrained=args.pretrained, weights=args.weights,
+        cache_dir=args.cache_dir, offline=args.offline or None, data_root=args.data_root, data_limit=args.data_limit,
+        image_size=args.image_size, preprocess=args.preprocess, template=args.template,
+        output=args.output or Path("runs/finetune") / args.method, epochs=args.epochs, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, warmup=args.warmup,
+        eps=to_pixels(args.eps, "--eps"), attack_steps=args.attack_steps,
+        attack_alpha=to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False), method_params=parse_params(args.param),
+        seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume, precision=args.precision, device=args.device,
+        workers=args.workers, threads=args.threads, frozen_cache_mb=args.frozen_cache_mb, eval_limit=args.eval_limit,
+        eval_steps=args.eval_steps, eval_eps=to_pixels(args.eval_eps, "--eval-eps"),
+        eval_datasets=None if args.eval_datasets is None else list(args.eval_datasets),
     )
-    values["warmup"] = args.warmup if args.warmup is not None else (None if mini else 1000)
-    if mini:  # the shared mini-world budget of the tests and `clipshield experiment` (docs/finetuning.md)
-        for key, value in MINIWORLD_BUDGET.items():
-            if values[key] is None and not (key == "steps" and args.epochs):
-                values[key] = value
-        if values["lr"] is None:
-            values["lr"] = MINIWORLD_LR[args.optimizer or get_method(args.method).optimizer]
-    return FinetuneConfig(**values)
 
 
 def run(args: argparse.Namespace) -> int:
     from training.finetune import finetune
 
     cfg = config_from_args(args)
-    length = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epochs"
-    print(f"finetune: {cfg.method} on {cfg.data}, {length}, training eps {as_255(cfg.eps)}, model card at eval eps "
-          f"{as_255(cfg.eps if cfg.eval_eps is None else cfg.eval_eps)}; output {cfg.output}", flush=True)
+    steps, eps, eval_eps = cfg.optim.steps, cfg.attack.eps, cfg.evaluation.eps
+    length = f"{steps} steps" if steps else f"{cfg.optim.epochs} epochs"
+    print(f"finetune: {cfg.method} on {cfg.dataset.name}, {length}, training eps {as_255(eps)}, model card at eval eps "
+          f"{as_255(eps if eval_eps is None else eval_eps)}; output {cfg.run.output}", flush=True)
     bar = progress(None, f"finetune {cfg.method}", "step")
 
     def on_step(step: int, stats: dict) -> None:
-        if bar.total is None and cfg.steps:
-            bar.total = cfg.steps
+        if bar.total is None and steps:
+            bar.total = steps
         bar.n = step + 1
         terms = {k: f"{v:.3g}" for k, v in stats.items() if k not in ("lr", "images_per_s")}
         bar.set_postfix(**terms, lr=f"{stats['lr']:.1e}", img_s=f"{stats['images_per_s']:.0f}", refresh=False)
@@ -155,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if not card:  # a non-zero torchrun rank: rank 0 reports
         return 0
-    final = cfg.output / "final"
+    final = cfg.run.output / "final"
     print(f"checkpoint and model card: {final}")
     from service.card import ModelCard
     from training.model_card import results_by_dataset

@@ -5,7 +5,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .common import progress
+from .common import flag_config, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from service.models import SHIPPED_MODELS
     from training.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(
-        output=args.output, world=args.world, teacher=args.teacher, distill_weight=args.distill_weight, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+    cfg = flag_config(
+        PretrainConfig, output=args.output, world=args.world, teacher=args.teacher, distill_weight=args.distill_weight,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         pool_size=args.pool_size, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
         resume=args.resume, threads=args.threads,
     )
@@ -61,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     final = cfg.output / "final"
     print(f"checkpoint: {final}")
     if args.install:
-        from service.checkpoint import load_record, load_weights, save_checkpoint
         import torch
+
+        from service.checkpoint import load_record, load_weights, save_checkpoint
 
         target = SHIPPED_MODELS[args.world]
         save_checkpoint(target, load_record(final), load_weights(final / "model.safetensors"), dtype=torch.float16)

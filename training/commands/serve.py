@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.errors import ConfigError
+
 from .archive import add_provider_args
+from .common import flag_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +45,7 @@ def _model_arg(store: Path, name: str) -> str:
         return f"{name}={name}"
     if (store / f"{name}.mar").is_file():
         return f"{name}={name}.mar"
-    raise FileNotFoundError(f"no archive {name}.mar or folder {name} in {store}; run `clipshield archive` first")
+    raise ConfigError(f"no archive {name}.mar or folder {name} in {store}; run `clipshield archive` first")
 
 
 def _served_line(described: dict) -> str:
@@ -53,7 +56,15 @@ def _served_line(described: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export.torchserve import STATE_DIR, ServeConfig, describe_model, ping, read_keys, start_server, stop_server
+    from training.export.torchserve import (
+        STATE_DIR,
+        ServeConfig,
+        describe_model,
+        ping,
+        read_keys,
+        start_server,
+        stop_server,
+    )
 
     store = args.model_store.resolve()
     if args.runtime == "kserve":  # the KServe runtime lives in serve_kserve.py
@@ -64,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.ping:
         return 0 if ping(args.address, store / STATE_DIR) else 1
-    cfg = ServeConfig(
-        inference_address=args.address, management_address=args.management_address, metrics_address=args.metrics_address,
+    flags = {"inference_address": "address", "grpc_inference_port": "grpc-ports", "grpc_management_port": "grpc-ports"}
+    cfg = flag_config(
+        ServeConfig, flags, inference_address=args.address, management_address=args.management_address, metrics_address=args.metrics_address,
         grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
         models=_model_arg(store, args.name), token_auth=not args.no_token_auth, workers=args.workers,
         providers=args.providers, provider_policy=args.provider_policy, if_running=args.if_running,

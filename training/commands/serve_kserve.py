@@ -9,6 +9,10 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlparse
 
+from service.errors import ConfigError
+
+from .common import flag_config
+
 RUNTIMES = ("torchserve", "kserve")
 
 
@@ -24,7 +28,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 def _bundle(args: argparse.Namespace) -> Path:
     bundle = args.bundle or args.model_store / args.name
     if not (bundle / "clipshield_manifest.json").is_file():
-        raise FileNotFoundError(f"no serving bundle at {bundle}; pass --bundle <clipshield export --out folder>")
+        raise ConfigError(f"no serving bundle at {bundle}; pass --bundle <clipshield export --out folder>")
     return bundle
 
 
@@ -34,7 +38,7 @@ def run_kserve(args: argparse.Namespace) -> int:
 
     state = args.model_store.resolve() / STATE_DIR
     address = urlparse(args.address)
-    cfg = KServeConfig(host=address.hostname or "127.0.0.1", http_port=address.port or 8080, model_name=args.name,
+    cfg = flag_config(KServeConfig, host=address.hostname or "127.0.0.1", http_port=address.port or 8080, model_name=args.name,
                        providers=getattr(args, "providers", None), provider_policy=getattr(args, "provider_policy", None))
     url = f"http://{cfg.host}:{cfg.http_port}"
     if args.stop:

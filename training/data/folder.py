@@ -6,7 +6,7 @@ from pathlib import Path
 
 from service.errors import DatasetNotFound
 
-from .real import PHOTO, RealDataset, wrap_dataset, clean_name, image_folder
+from .real import PHOTO, RealDataset, clean_name, image_folder, wrap_dataset
 from .registry import DatasetRequest, register_dataset_family, require_folder
 from .transforms import image_transform
 
@@ -43,7 +43,8 @@ def build_folder(name: str, req: DatasetRequest) -> RealDataset:
     Images are read from `<root>/<dir>/<split>/<class>/*` (split folders: train; test, else val) or,
     when there are no split folders, from `<root>/<dir>/<class>/*` for every split. Class names as
     `folder_classnames`; prompt `options["templates"]` or "This is a photo of a {}"; the
-    request's preprocessing (`training.data.transforms`, default: the model's own, as served). The name keys evaluation cells, so each tree gets its own.
+    request's preprocessing (`training.data.transforms`, default: the model's own, as served). The name
+    keys evaluation cells, so each tree gets its own.
     """
     sub = name.split("/", 1)[1]
     layout = f"<root>/{sub}/[train/|test/|val/]<class>/<images> (+ optional {CLASSNAMES_FILE})"

@@ -17,15 +17,30 @@ import torch
 from PIL import Image
 
 from service.config import PreprocessConfig
+from service.errors import UnknownName
 from service.preprocess import to_pixels
 from training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
 from training.miniworld.world import DOMAINS, Split
 from training.miniworld.worlds import WORLDS, MiniWorld, get_world
 
+from .recipe import FinetuneRecipe
 from .registry import DatasetRequest, register_dataset, register_dataset_family
 from .transforms import resolve_preprocess
 
 MINIWORLD_REFERENCE_EPS = WORLDS["miniworld"].reference_eps  # 4/255 at 32x32 (training.miniworld.worlds)
+
+
+def world_recipe(world: MiniWorld) -> FinetuneRecipe:
+    """A world's fine-tuning recipe: one budget for every method, short enough for a laptop CPU
+    (docs/finetuning.md), one learning rate per optimiser family (SGD, or AdamW for FARE), the
+    world's reference budget for training and evaluation, its own shipped model and card sets."""
+    return FinetuneRecipe(
+        name=world.name, model=world.name, eps=world.reference_eps, steps=200, batch_size=32, data_limit=3200, warmup=None,
+        lr={"sgd": 0.005, "adamw": 1e-4}, eval_datasets=world.finetune_eval,
+    )
+
+
+MINIWORLD_RECIPE = world_recipe(WORLDS["miniworld"])
 _SEED_SPLITS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
 
 
@@ -77,7 +92,7 @@ def _build_task(world: MiniWorld, name: str, req: DatasetRequest) -> Preprocesse
     """Zero-shot task `<world>/<domain>/<label set>/<split>`; `req.limit` images (default 512)."""
     parts = name.split("/")
     if len(parts) != 4:
-        raise KeyError(
+        raise UnknownName(
             f"mini-world data sets are named {world.name}/<domain>/<label set>/<split> with domain in {DOMAINS}, "
             f"label set in {LABEL_SETS}, split in {SPLITS}; got {name!r}"
         )
@@ -105,8 +120,9 @@ def _at_model_size(req: DatasetRequest, world: MiniWorld) -> DatasetRequest:
 
 def _register(world: MiniWorld) -> None:
     """`<world>/<domain>/<label set>/<split>` and `<world>-train`, with the world's reference budget."""
-    register_dataset_family(world.name, reference_eps=world.reference_eps)(partial(_build_task, world))
-    register_dataset(world.train_set, reference_eps=world.reference_eps)(partial(_build_train, world))
+    recipe = world_recipe(world)
+    register_dataset_family(world.name, reference_eps=world.reference_eps, recipe=recipe)(partial(_build_task, world))
+    register_dataset(world.train_set, reference_eps=world.reference_eps, recipe=recipe)(partial(_build_train, world))
 
 
 for _world in WORLDS.values():

@@ -1,7 +1,8 @@
-"""Real zero-shot data sets (spec 0.5, 0.7) read from torchvision-style folders, never downloaded.
+"""Real zero-shot data sets (docs/methods.md §0.5, §0.7) read from torchvision-style folders, never downloaded.
 
-Each builder wraps a torchvision data set (`download=False`) or an `ImageFolder` in a `RealDataset`
-with the spec's class names and prompt. Items are (float image [3, H, W] in [0, 1], int label).
+Each builder wraps a torchvision data set (`download=False`) in a `RealDataset` with the reference
+loaders' class names and prompt (docs/methods.md §0.7); the wnid-folder sets (Tiny-ImageNet, ImageNet)
+live in `training.data.wnid` on the same helpers. Items are (float image [3, H, W] in [0, 1], int label).
 `DatasetRequest.root` is the parent folder holding every data set's own folder (the torchvision
 convention), so one `--data-root` serves all of them. A missing folder raises `DatasetNotFound`
 naming it and the expected layout, before torchvision is called (so nothing is created or fetched).
@@ -27,7 +28,7 @@ from .transforms import LOWRES_CHOICES, PixelTransform, image_transform, open_im
 logger = logging.getLogger(__name__)
 
 PHOTO = "This is a photo of a {}"
-PCAM_PROMPTS = [  # fixed per-class prompts of the reference loader; the typo is kept on purpose (spec 0.7)
+PCAM_PROMPTS = [  # fixed per-class prompts of the reference loader; the typo is kept on purpose (docs/methods.md §0.7)
     "Tthis is a photo of healthy lymph node tissue.",
     "This is a photo of lymph node tumor tissue.",
 ]
@@ -35,7 +36,7 @@ _CLASSNAMES_DIR = Path(__file__).with_name("classnames")
 
 
 class RealDataset(Dataset):
-    """A torchvision data set with the spec's class names, templates and transform record.
+    """A torchvision data set with the reference loaders' class names, templates and transform record.
 
     `protocol` records the choices that change results (split, preprocessing preset and description);
     `preprocess` is the resolved `PreprocessConfig` every image went through.
@@ -60,21 +61,6 @@ class RealDataset(Dataset):
         return image, int(label)
 
 
-class _AnnotatedFolder(Dataset):
-    """Flat image folder + (file, class) list: the official Tiny-ImageNet val split, used as shipped."""
-
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable):
-        self.samples = samples
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[idx]
-        return self.transform(open_image(str(path))), label
-
-
 def clean_name(name: str, chars: str = "_-/") -> str:
     """Spec 0.5 cleaning: lower-case, `_`, `-`, `/` (or the given `chars`) replaced by spaces."""
     name = name.lower()
@@ -84,12 +70,12 @@ def clean_name(name: str, chars: str = "_-/") -> str:
 
 
 def caltech256_name(folder: str) -> str:
-    """`012.binoculars` -> `binoculars`; `-101` suffix dropped (spec 0.7)."""
+    """`012.binoculars` -> `binoculars`; `-101` suffix dropped (docs/methods.md §0.7)."""
     return clean_name(folder[4:].replace("-101", ""), "_-").strip()
 
 
 def stanford_cars_name(name: str) -> str:
-    """`AM General Hummer SUV 2000` -> `am general hummer suv` (trailing 5 chars = year, spec 0.7)."""
+    """`AM General Hummer SUV 2000` -> `am general hummer suv` (trailing 5 chars = year, docs/methods.md §0.7)."""
     return clean_name(name[:-5], "_-")
 
 
@@ -103,13 +89,14 @@ def load_classnames(name: str) -> list[str]:
     return json.loads((_CLASSNAMES_DIR / f"{name}.json").read_text())
 
 
-def _split(name: str, req: DatasetRequest, allowed: dict[str, Any]) -> Any:
+def split_choice(name: str, req: DatasetRequest, allowed: dict[str, Any]) -> Any:
+    """The builder's own value for `req.split` (ConfigError naming the allowed splits otherwise)."""
     if req.split not in allowed:
         raise ConfigError(f"{name}: split {req.split!r} not available; choose one of {sorted(allowed)}")
     return allowed[req.split]
 
 
-def _locate(name: str, req: DatasetRequest, layout: str, markers: Sequence[str]) -> Path:
+def locate_root(name: str, req: DatasetRequest, layout: str, markers: Sequence[str]) -> Path:
     """The data root after checking that every marker path below it exists (else `DatasetNotFound`)."""
     root = require_folder(req.root, name, layout)
     for marker in markers:
@@ -137,7 +124,7 @@ def wrap_dataset(name: str, req: DatasetRequest, base: Any, classnames: list[str
 def _torchvision(name: str, req: DatasetRequest, layout: str, markers: Sequence[str], cls: Callable, kwargs: dict,
                  names: Callable[[Any], list[str]], templates: list[str], lowres: bool = False) -> RealDataset:
     """Shared path of every torchvision-class data set: locate, open with download=False, wrap."""
-    root = _locate(name, req, layout, markers)
+    root = locate_root(name, req, layout, markers)
     transform, protocol = image_transform(req, lowres)
     base = _open(name, layout, lambda: cls(str(root), transform=transform, download=False, **kwargs))
     return wrap_dataset(name, req, base, names(base), templates, transform, protocol)
@@ -147,29 +134,33 @@ def _refined(attr: str) -> Callable[[Any], list[str]]:
     return lambda base: [clean_name(c) for c in getattr(base, attr)]
 
 
+def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> tvd.ImageFolder:
+    """`ImageFolder` decoding like serving (`open_image` + `PixelTransform`); missing folders -> `DatasetNotFound`."""
+    return _open(name, layout, lambda: tvd.ImageFolder(str(folder), transform=transform, loader=open_image))
+
+
+def _cifar(name: str, req: DatasetRequest, folder: str, files: str, cls: Callable) -> RealDataset:
+    """CIFAR-10/100 (test: 10 000 images each); `options["lowres"]` in tga224|native."""
+    train = split_choice(name, req, {"train": True, "test": False})
+    return _torchvision(name, req, f"<root>/{folder}/{{{files}}}", [folder], cls, {"train": train},
+                        _refined("classes"), [PHOTO], lowres=True)
+
+
 @register_dataset("cifar10")
 def build_cifar10(req: DatasetRequest) -> RealDataset:
-    """CIFAR-10 (test: 10 000 images); `options["lowres"]` in tga224|native."""
-    layout = "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"
-    train = _split("cifar10", req, {"train": True, "test": False})
-    return _torchvision("cifar10", req, layout, ["cifar-10-batches-py"], tvd.CIFAR10, {"train": train},
-                        _refined("classes"), [PHOTO], lowres=True)
+    return _cifar("cifar10", req, "cifar-10-batches-py", "data_batch_1..5,test_batch,batches.meta", tvd.CIFAR10)
 
 
 @register_dataset("cifar100")
 def build_cifar100(req: DatasetRequest) -> RealDataset:
-    """CIFAR-100 (test: 10 000 images); `options["lowres"]` in tga224|native."""
-    layout = "<root>/cifar-100-python/{train,test,meta}"
-    train = _split("cifar100", req, {"train": True, "test": False})
-    return _torchvision("cifar100", req, layout, ["cifar-100-python"], tvd.CIFAR100, {"train": train},
-                        _refined("classes"), [PHOTO], lowres=True)
+    return _cifar("cifar100", req, "cifar-100-python", "train,test,meta", tvd.CIFAR100)
 
 
 @register_dataset("stl10")
 def build_stl10(req: DatasetRequest) -> RealDataset:
     """STL-10 (test: 8 000 images at 96x96); `options["lowres"]` in tga224|native."""
     layout = "<root>/stl10_binary/{test_X.bin,test_y.bin,train_X.bin,train_y.bin,class_names.txt}"
-    split = _split("stl10", req, {"train": "train", "test": "test"})
+    split = split_choice("stl10", req, {"train": "train", "test": "test"})
     return _torchvision("stl10", req, layout, ["stl10_binary"], tvd.STL10, {"split": split},
                         _refined("classes"), [PHOTO], lowres=True)
 
@@ -178,7 +169,7 @@ def build_stl10(req: DatasetRequest) -> RealDataset:
 def build_sun397(req: DatasetRequest) -> RealDataset:
     """SUN397 (all images, as the reference); names from ClassName.txt minus `/x/`, `/` -> space."""
     layout = "<root>/SUN397/{ClassName.txt,a/abbey/sun_*.jpg,...}"
-    _split("sun397", req, {"test": None})
+    split_choice("sun397", req, {"test": None})
     return _torchvision("sun397", req, layout, ["SUN397/ClassName.txt"], tvd.SUN397, {}, _refined("classes"), [PHOTO])
 
 
@@ -186,7 +177,7 @@ def build_sun397(req: DatasetRequest) -> RealDataset:
 def build_food101(req: DatasetRequest) -> RealDataset:
     """Food-101 (test: 25 250 images)."""
     layout = "<root>/food-101/{meta/{train,test}.json,images/<class>/*.jpg}"
-    split = _split("food101", req, {"train": "train", "test": "test"})
+    split = split_choice("food101", req, {"train": "train", "test": "test"})
     return _torchvision("food101", req, layout, ["food-101/meta", "food-101/images"], tvd.Food101, {"split": split},
                         _refined("classes"), ["A photo of {}, a type of food."])
 
@@ -195,7 +186,7 @@ def build_food101(req: DatasetRequest) -> RealDataset:
 def build_oxford_pets(req: DatasetRequest) -> RealDataset:
     """Oxford-IIIT Pet (test: 3 669 images)."""
     layout = "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}"
-    split = _split("oxford_pets", req, {"train": "trainval", "test": "test"})
+    split = split_choice("oxford_pets", req, {"train": "trainval", "test": "test"})
     return _torchvision("oxford_pets", req, layout, ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations"],
                         tvd.OxfordIIITPet, {"split": split}, _refined("classes"), ["A photo of a {}, a type of pet."])
 
@@ -204,7 +195,7 @@ def build_oxford_pets(req: DatasetRequest) -> RealDataset:
 def build_flowers102(req: DatasetRequest) -> RealDataset:
     """Flowers-102 (test: 6 149 images); names: the reference loader's list (classnames/flowers102.json)."""
     layout = "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}"
-    split = _split("flowers102", req, {"train": "train", "val": "val", "test": "test"})
+    split = split_choice("flowers102", req, {"train": "train", "val": "val", "test": "test"})
     names = [clean_name(c, "_-") for c in load_classnames("flowers102")]
     return _torchvision("flowers102", req, layout, ["flowers-102/jpg", "flowers-102/setid.mat"], tvd.Flowers102,
                         {"split": split}, lambda _: names, ["A photo of a {}, a type of flower."])
@@ -214,7 +205,7 @@ def build_flowers102(req: DatasetRequest) -> RealDataset:
 def build_dtd(req: DatasetRequest) -> RealDataset:
     """Describable Textures (test split of partition 1: 1 880 images)."""
     layout = "<root>/dtd/dtd/{images/<class>/*.jpg,labels/test1.txt}"
-    split = _split("dtd", req, {"train": "train", "val": "val", "test": "test"})
+    split = split_choice("dtd", req, {"train": "train", "val": "val", "test": "test"})
     return _torchvision("dtd", req, layout, ["dtd/dtd/images", "dtd/dtd/labels"], tvd.DTD, {"split": split},
                         _refined("classes"), ["A surface with a {} texture."])
 
@@ -223,7 +214,7 @@ def build_dtd(req: DatasetRequest) -> RealDataset:
 def build_eurosat(req: DatasetRequest) -> RealDataset:
     """EuroSAT RGB (all 27 000 images); names: the reference loader's descriptive ones (classnames/eurosat.json)."""
     layout = "<root>/eurosat/2750/<AnnualCrop|Forest|...>/*.jpg"
-    _split("eurosat", req, {"test": None})
+    split_choice("eurosat", req, {"test": None})
     names = load_classnames("eurosat")
     ds = _torchvision("eurosat", req, layout, ["eurosat/2750"], tvd.EuroSAT, {}, lambda _: names,
                       ["A centered satellite photo of {}."])
@@ -236,7 +227,7 @@ def build_eurosat(req: DatasetRequest) -> RealDataset:
 def build_fgvc_aircraft(req: DatasetRequest) -> RealDataset:
     """FGVC-Aircraft variants (test: 3 333 images); `Boeing ` prefixed to names starting with 7."""
     layout = "<root>/fgvc-aircraft-2013b/data/{variants.txt,images_variant_test.txt,images/*.jpg}"
-    split = _split("fgvc_aircraft", req, {"train": "train", "val": "val", "trainval": "trainval", "test": "test"})
+    split = split_choice("fgvc_aircraft", req, {"train": "train", "val": "val", "trainval": "trainval", "test": "test"})
     return _torchvision("fgvc_aircraft", req, layout, ["fgvc-aircraft-2013b/data"], tvd.FGVCAircraft,
                         {"split": split, "annotation_level": "variant"},
                         lambda base: [fgvc_name(c) for c in base.classes], ["A photo of a {}, a type of aircraft."])
@@ -246,7 +237,7 @@ def build_fgvc_aircraft(req: DatasetRequest) -> RealDataset:
 def build_caltech101(req: DatasetRequest) -> RealDataset:
     """Caltech-101 (all images, BACKGROUND_Google dropped); names: folder names, cleaned."""
     layout = "<root>/caltech101/101_ObjectCategories/<category>/image_0001.jpg"
-    _split("caltech101", req, {"test": None})
+    split_choice("caltech101", req, {"test": None})
     return _torchvision("caltech101", req, layout, ["caltech101/101_ObjectCategories"], tvd.Caltech101, {},
                         _refined("categories"), [PHOTO])
 
@@ -255,7 +246,7 @@ def build_caltech101(req: DatasetRequest) -> RealDataset:
 def build_caltech256(req: DatasetRequest) -> RealDataset:
     """Caltech-256 (all images); names: folder name minus `NNN.` and `-101`."""
     layout = "<root>/caltech256/256_ObjectCategories/<NNN.name>/<NNN>_<MMMM>.jpg"
-    _split("caltech256", req, {"test": None})
+    split_choice("caltech256", req, {"test": None})
     return _torchvision("caltech256", req, layout, ["caltech256/256_ObjectCategories"], tvd.Caltech256, {},
                         lambda base: [caltech256_name(c) for c in base.categories], ["A photo of a {}."])
 
@@ -264,7 +255,7 @@ def build_caltech256(req: DatasetRequest) -> RealDataset:
 def build_stanford_cars(req: DatasetRequest) -> RealDataset:
     """Stanford Cars (test: 8 041 images); names minus the trailing year."""
     layout = "<root>/stanford_cars/{devkit/{cars_meta.mat,cars_train_annos.mat},cars_train/,cars_test/,cars_test_annos_withlabels.mat}"
-    split = _split("stanford_cars", req, {"train": "train", "test": "test"})
+    split = split_choice("stanford_cars", req, {"train": "train", "test": "test"})
     return _torchvision("stanford_cars", req, layout, ["stanford_cars/devkit"], tvd.StanfordCars, {"split": split},
                         lambda base: [stanford_cars_name(c) for c in base.classes], ["A photo of a {}."])
 
@@ -272,106 +263,16 @@ def build_stanford_cars(req: DatasetRequest) -> RealDataset:
 @register_dataset("pcam")
 def build_pcam(req: DatasetRequest) -> RealDataset:
     """PatchCamelyon (test: 32 768 images); two fixed prompts (class names are whole prompts, template `{}`)."""
-    split = _split("pcam", req, {"train": "train", "val": "valid", "test": "test"})
+    split = split_choice("pcam", req, {"train": "train", "val": "valid", "test": "test"})
     layout = f"<root>/pcam/camelyonpatch_level_2_split_{split}_{{x,y}}.h5"
     markers = [f"pcam/camelyonpatch_level_2_split_{split}_{xy}.h5" for xy in "xy"]
-    _locate("pcam", req, layout, markers)
+    locate_root("pcam", req, layout, markers)
     try:
         import h5py  # noqa: F401  (torchvision's PCAM needs it; checked here for a one-line message)
     except ImportError:
         raise ConfigError("pcam: the h5py package is needed to read PCAM's .h5 files (pip install 'clipshield[data]')") from None
     tv_split = {"valid": "val"}.get(split, split)
     return _torchvision("pcam", req, layout, markers, tvd.PCAM, {"split": tv_split}, lambda _: list(PCAM_PROMPTS), ["{}"])
-
-
-# --- ImageFolder data sets (Tiny-ImageNet, ImageNet): wnid class folders, names from a wnid table ---
-
-
-def read_wnid_table(path: Path) -> dict[str, str]:
-    """wnid -> name from `words.txt` (`wnid<TAB>name, synonym, ...`: first synonym) or a reference
-    table (`wnid<TAB>index<TAB>name`, TGA's `*_classes_name(s).txt`: third column)."""
-    table: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        parts = line.strip().split("\t")
-        if len(parts) >= 3:
-            table[parts[0]] = parts[2]
-        elif len(parts) == 2:
-            table[parts[0]] = parts[1].split(",")[0].strip()
-    return table
-
-
-def _names_for(name: str, wnids: Sequence[str], table: dict[str, str], source: Path) -> list[str]:
-    missing = [w for w in wnids if w not in table]
-    if missing:
-        raise DatasetNotFound(f"{name}: no class name for wnid {missing[0]} in {source} ({len(missing)} missing)")
-    return [clean_name(table[w]) for w in wnids]
-
-
-def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> tvd.ImageFolder:
-    """`ImageFolder` decoding like serving (`open_image` + `PixelTransform`); missing folders -> `DatasetNotFound`."""
-    return _open(name, layout, lambda: tvd.ImageFolder(str(folder), transform=transform, loader=open_image))
-
-
-@register_dataset("tinyimagenet")
-def build_tinyimagenet(req: DatasetRequest) -> RealDataset:
-    """Tiny-ImageNet (test = official val, 10 000 images; train = 100 000), spec 0.5.
-
-    val may be re-arranged into class folders (`val/<wnid>/*.JPEG`, as the reference) or used as
-    shipped (`val/images/*.JPEG` + `val/val_annotations.txt`). Names: `words.txt` first synonym,
-    or `options["wnid_table"]` (a `wnid<TAB>index<TAB>name` file), cleaned.
-    """
-    layout = ("<root>/tiny-imagenet-200/{wnids.txt,words.txt,train/<wnid>/images/*.JPEG,"
-              "val/<wnid>/*.JPEG or val/{images/*.JPEG,val_annotations.txt}}")
-    split = _split("tinyimagenet", req, {"train": "train", "test": "val", "val": "val"})
-    root = _locate("tinyimagenet", req, layout, ["tiny-imagenet-200/wnids.txt", f"tiny-imagenet-200/{split}"])
-    base_dir = root / "tiny-imagenet-200"
-    table_path = Path(req.options.get("wnid_table", base_dir / "words.txt"))
-    if not table_path.is_file():
-        raise DatasetNotFound(f"tinyimagenet: {table_path} not found; expected layout: {layout}")
-    table = read_wnid_table(table_path)
-    transform, protocol = image_transform(req)
-    folder = base_dir / split
-    annotations = folder / "val_annotations.txt"
-    if split == "val" and annotations.is_file() and (folder / "images").is_dir():
-        wnids = sorted(base_dir.joinpath("wnids.txt").read_text().split())
-        index = {w: i for i, w in enumerate(wnids)}
-        rows = [line.split("\t")[:2] for line in annotations.read_text().splitlines() if line.strip()]
-        unknown = sorted({w for _, w in rows if w not in index})
-        if unknown:
-            raise DatasetNotFound(f"tinyimagenet: {annotations} names wnid {unknown[0]}, not in wnids.txt")
-        base: Any = _AnnotatedFolder([(folder / "images" / f, index[w]) for f, w in rows], transform)
-    else:
-        base = image_folder("tinyimagenet", folder, transform, layout)
-        wnids = base.classes
-    return wrap_dataset("tinyimagenet", req, base, _names_for("tinyimagenet", wnids, table, table_path), [PHOTO], transform, protocol)
-
-
-@register_dataset("imagenet")
-def build_imagenet(req: DatasetRequest) -> RealDataset:
-    """ImageNet-1k (test = val, 50 000 images) as `ImageFolder` over 1000 wnid folders, like the reference.
-
-    torchvision's `ImageNet` class needs the devkit archives; plain wnid folders are what users have.
-    Names: `open_clip`'s `IMAGENET_CLASSNAMES` (offline, in sorted-wnid order), or
-    `options["wnid_table"]` (TGA's `imagenet_classes_names.txt`, third column), cleaned.
-    """
-    layout = "<root>/ImageNet/{val,train}/<wnid>/*.JPEG (1000 wnid folders; 'imagenet' also accepted)"
-    split = _split("imagenet", req, {"train": "train", "test": "val", "val": "val"})
-    root = require_folder(req.root, "imagenet", layout)
-    found = [root / d / split for d in ("ImageNet", "imagenet") if (root / d / split).is_dir()]
-    if not found:
-        raise DatasetNotFound(f"imagenet: {root / 'ImageNet' / split} not found; expected layout: {layout}")
-    transform, protocol = image_transform(req)
-    base = image_folder("imagenet", found[0], transform, layout)
-    if "wnid_table" in req.options:
-        names = _names_for("imagenet", base.classes, read_wnid_table(Path(req.options["wnid_table"])), Path(req.options["wnid_table"]))
-    else:
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-        if len(base.classes) != len(IMAGENET_CLASSNAMES):
-            raise DatasetNotFound(f"imagenet: {found[0]} has {len(base.classes)} class folders, expected "
-                                  f"{len(IMAGENET_CLASSNAMES)}; expected layout: {layout}")
-        names = [clean_name(c) for c in IMAGENET_CLASSNAMES]
-    return wrap_dataset("imagenet", req, base, names, [PHOTO], transform, protocol)
 
 
 REAL_DATASETS: tuple[str, ...] = (

@@ -4,7 +4,8 @@ Every data set, real or mini-world, is a `ZeroShotDataset`: images as float [3, 
 integer labels, class names and prompt templates. Real data sets are read from torchvision-style
 folders with `download=False`; a missing folder raises `DatasetNotFound` naming the folder and the
 expected layout. Each entry also carries its reference L-inf budget (`reference_eps`, pixel units):
-the strength `clipshield evaluate` uses when no `--eps` is given.
+the strength `clipshield evaluate` uses when no `--eps` is given; and its fine-tuning recipe
+(`finetune_recipe`, `training.data.recipe`): the defaults `clipshield finetune` trains with on it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Optional, Protocol
 import torch
 
 from service.config import PreprocessConfig
-from service.errors import DatasetNotFound
+from service.errors import DatasetNotFound, UnknownName
+
+from .recipe import REFERENCE_RECIPE, FinetuneRecipe
 
 
 class ZeroShotDataset(Protocol):
@@ -58,30 +61,37 @@ Builder = Callable[[DatasetRequest], ZeroShotDataset]
 _BUILDERS: dict[str, Builder] = {}
 _PREFIX_BUILDERS: dict[str, Callable[[str, DatasetRequest], ZeroShotDataset]] = {}
 _REFERENCE_EPS: dict[str, float] = {}  # name or family prefix -> reference L-inf budget (pixel units)
+_RECIPES: dict[str, FinetuneRecipe] = {}  # name or family prefix -> fine-tuning recipe
 
 # the papers' evaluation budget on 224 px real images (TGA-ZSR, PMG-AFT: eps = 1/255)
 REAL_REFERENCE_EPS = 1 / 255
 
 
-def register_dataset(name: str, reference_eps: float = REAL_REFERENCE_EPS) -> Callable[[Builder], Builder]:
-    """Function decorator registering a builder under `name`, with its reference eps (pixel units)."""
+def register_dataset(
+    name: str, reference_eps: float = REAL_REFERENCE_EPS, recipe: FinetuneRecipe = REFERENCE_RECIPE
+) -> Callable[[Builder], Builder]:
+    """Function decorator registering a builder under `name`, with its reference eps (pixel units) and recipe."""
 
     def wrap(fn: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"data set {name!r} registered twice")
         _BUILDERS[name] = fn
         _REFERENCE_EPS[name] = reference_eps
+        _RECIPES[name] = recipe
         return fn
 
     return wrap
 
 
-def register_dataset_family(prefix: str, reference_eps: float = REAL_REFERENCE_EPS) -> Callable:
+def register_dataset_family(
+    prefix: str, reference_eps: float = REAL_REFERENCE_EPS, recipe: FinetuneRecipe = REFERENCE_RECIPE
+) -> Callable:
     """Register a builder for every name starting with `prefix/` (e.g. miniworld/<domain>/...)."""
 
     def wrap(fn: Callable[[str, DatasetRequest], ZeroShotDataset]) -> Callable:
         _PREFIX_BUILDERS[prefix] = fn
         _REFERENCE_EPS[prefix] = reference_eps
+        _RECIPES[prefix] = recipe
         return fn
 
     return wrap
@@ -92,24 +102,30 @@ def list_datasets() -> list[str]:
     return sorted(_BUILDERS) + sorted(f"{p}/..." for p in _PREFIX_BUILDERS)
 
 
-def build_dataset(name: str, request: DatasetRequest) -> ZeroShotDataset:
-    """Build a registered data set; unknown names list the known ones."""
+def _entry_key(name: str) -> str:
+    """The registry key of `name` (itself, or its family prefix); `UnknownName` listing the known ones."""
     if name in _BUILDERS:
-        return _BUILDERS[name](request)
+        return name
     prefix = name.split("/", 1)[0]
     if prefix in _PREFIX_BUILDERS and "/" in name:
-        return _PREFIX_BUILDERS[prefix](name, request)
-    raise KeyError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
+        return prefix
+    raise UnknownName(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
+
+
+def build_dataset(name: str, request: DatasetRequest) -> ZeroShotDataset:
+    """Build a registered data set; unknown names list the known ones."""
+    key = _entry_key(name)
+    return _BUILDERS[name](request) if key == name else _PREFIX_BUILDERS[key](name, request)
 
 
 def reference_eps(name: str) -> float:
     """The registered reference L-inf budget of a data set (pixel units); unknown names list the known ones."""
-    if name in _BUILDERS:
-        return _REFERENCE_EPS[name]
-    prefix = name.split("/", 1)[0]
-    if prefix in _PREFIX_BUILDERS and "/" in name:
-        return _REFERENCE_EPS[prefix]
-    raise KeyError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
+    return _REFERENCE_EPS[_entry_key(name)]
+
+
+def finetune_recipe(name: str) -> FinetuneRecipe:
+    """The fine-tuning recipe registered with a training data set; unknown names list the known ones."""
+    return _RECIPES[_entry_key(name)]
 
 
 def require_folder(root: Optional[Path], name: str, layout: str) -> Path:

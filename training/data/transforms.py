@@ -5,7 +5,7 @@ A data set's preprocessing is resolved from the model's record preprocessing and
 Resize(256)+CenterCrop(224) protocol; `squash` resizes to S x S). CIFAR/STL keep their own switch,
 `options["lowres"]`: `tga224` (squash, TGA-ZSR's loader), `native` (no resize in the loader, the
 model resizes inside, PMG-AFT/TeCoA); unset, they follow the preset, except that `paper` means
-TGA-ZSR's squash for them, as in the reference code (spec 0.7).
+TGA-ZSR's squash for them, as in the reference code (docs/methods.md §0.7).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from service.preprocess import preset_config, to_pixels, to_rgb
 
 from .registry import DatasetRequest
 
-LOWRES_CHOICES = ("tga224", "native")  # spec 0.7 PITFALL: CIFAR/STL squashed to S (TGA) or native size
+LOWRES_CHOICES = ("tga224", "native")  # docs/methods.md §0.7: CIFAR/STL squashed to S (TGA) or native size
 
 
 class PixelTransform:

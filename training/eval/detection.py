@@ -201,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               score=AttackScoreConfig(signals=tuple(signals)), seed=args.seed)
         reference = load_model(args.reference) if args.reference else None
         result = evaluate_detection(load_model(args.model, weights=args.weights), cfg, reference)
-    except (ClipshieldError, KeyError) as exc:  # KeyError: unknown data set or model name (lists the known ones)
+    except ClipshieldError as exc:  # e.g. an unknown data set or model name (the message lists the known ones)
         print(f"detection: error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

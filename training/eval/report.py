@@ -76,7 +76,7 @@ def _table(title: str, rows: dict[str, dict[str, float]], datasets: list[str]) -
 
 
 def _adaptive_table(cells: list[CellResult]) -> list[str]:
-    rows = [c for c in cells if c.adaptive is not None]
+    rows = [(c, c.adaptive) for c in cells if c.adaptive is not None]
     if not rows:
         return []
     lines = [
@@ -91,8 +91,7 @@ def _adaptive_table(cells: list[CellResult]) -> list[str]:
         "| Method | Data set | Attack | n | clean | full | bpda | transfer | worst case | grad ratio | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in rows:
-        a = c.adaptive
+    for c, a in rows:
         verdict = f"**{a.verdict}**" if a.verdict == GRADIENT_MASKED else a.verdict
         lines.append(
             f"| {method_label(c)} | {c.key.dataset} | {attack_label(c)} | {a.n} | {_pct(a.clean)} | "

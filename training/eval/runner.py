@@ -22,13 +22,13 @@ from service.pixel_model import PixelCLIP
 from service.preprocess import Preset
 from service.provenance import weights_digest
 from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
-from service.zero_shot import TextHeadCache, ZeroShotClassifier
+from service.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head
 from training.attacks import get_attack, list_attacks
+from training.attacks.base import Attack
 from training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
 from training.attacks.pgd import StopRule
 from training.data import DatasetRequest, build_dataset
 from training.data.transforms import at_size
-
 from training.precision import Precision, check_precision, with_precision
 from training.sharding import SINGLE, Shard, batch_generator, current_shard
 
@@ -192,6 +192,81 @@ def cell_generator(key: CellKey) -> torch.Generator:
     return torch.Generator().manual_seed(int(key.digest(), 16) % (2**63))
 
 
+class AttackRecipe(StrictModel):
+    """One attack as the runner builds it: a registry name and the settings that change its images.
+
+    The one place attack keyword arguments are assembled, for evaluation cells and for the quick
+    measurements of the demo, the purification sweep and the flag calibration.
+    """
+
+    name: str = "pgd"
+    eps: float = Field(ge=0)
+    steps: int = Field(ge=0)
+    alpha: Optional[float] = None
+    restarts: int = Field(default=1, ge=1)
+    stop: StopRule = "final"
+
+    @classmethod
+    def of_cell(cls, key: CellKey) -> "AttackRecipe":
+        return cls(name=key.attack, eps=key.eps, steps=key.steps, alpha=key.alpha, restarts=key.restarts, stop=key.stop)
+
+    def build(self, classifier: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator) -> Attack:
+        """The attack on `classifier`, drawing random starts from `generator`."""
+        kwargs = {"eps": self.eps, "steps": self.steps, "restarts": self.restarts, "generator": generator}
+        if self.alpha is not None:
+            kwargs["alpha"] = self.alpha
+        if self.name in EARLY_STOP_ATTACKS:
+            kwargs["stop"] = self.stop
+        return get_attack(self.name)(classifier, **kwargs)
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def clean_and_attacked(
+    judge: Callable[[torch.Tensor], torch.Tensor],
+    data: Callable[[], Batches],
+    recipe: Optional[AttackRecipe] = None,
+    target: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    generator_for: Optional[Callable[[int], torch.Generator]] = None,
+    on_batch: Optional[Callable[[int], None]] = None,
+    shard: Shard = SINGLE,
+) -> tuple[float, Optional[float], int]:
+    """(clean top-1, attacked top-1 or None without `recipe`, n) of `judge` over `data()`.
+
+    The attack of batch b differentiates `target` (default: `judge`; e.g. a straight-through view of
+    a purified classifier) and draws its random starts from `generator_for(b)` (required with a
+    `recipe`; the runner seeds each batch from the cell key). Tensor contract: `data()` yields float
+    images [B, 3, H, W] in [0, 1] and int64 labels [B].
+    """
+    clean, n = sharded_accuracy(judge, data(), on_batch=on_batch, shard=shard)
+    if recipe is None:
+        return clean, None, n
+    if generator_for is None:
+        raise ValueError("clean_and_attacked: an attack recipe needs generator_for (random starts per batch)")
+    attacked = target if target is not None else judge
+    robust, _ = sharded_accuracy(judge, data(), lambda b: recipe.build(attacked, generator_for(b)), on_batch=on_batch, shard=shard)
+    return clean, robust, n
+
+
+def measure(
+    classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+    recipe: Optional[AttackRecipe] = None, batch_size: int = 256, seed: int = 0, target: Optional[Callable] = None,
+) -> tuple[float, Optional[float], int]:
+    """`clean_and_attacked` on in-memory images [N, 3, H, W] and labels [N]; the attack's random starts
+    come from one generator seeded `seed`, shared by all batches (a quick, single-process measurement)."""
+    shared = torch.Generator().manual_seed(seed)
+    return clean_and_attacked(classifier, lambda: batches(images, labels, batch_size), recipe, target, lambda _b: shared)
+
+
+def zero_shot_task(model: PixelCLIP, name: str, limit: int) -> tuple[object, ZeroShotClassifier, torch.Tensor]:
+    """(data set, zero-shot classifier, labels int64 [N]) for `limit` images of an in-memory registered
+    data set (the mini world) under the model's own preprocessing: the set-up of every quick measurement."""
+    ds = build_dataset(name, DatasetRequest(limit=limit, preprocess=model.record.preprocess))
+    clf = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates)).eval()
+    return ds, clf, torch.as_tensor(ds.labels, dtype=torch.int64)
+
+
 class Evaluator:
     """Runs the cells of an `EvalConfig` for one loaded model, skipping cells already on disk."""
 
@@ -224,12 +299,7 @@ class Evaluator:
         return PurifiedClassifier(self.model, head, anchor, self.cfg.purification).eval()
 
     def _make_attack(self, key: CellKey, classifier: torch.nn.Module, generator: Optional[torch.Generator] = None):
-        kwargs = {"eps": key.eps, "steps": key.steps, "restarts": key.restarts, "generator": generator or cell_generator(key)}
-        if key.alpha is not None:
-            kwargs["alpha"] = key.alpha
-        if key.attack in EARLY_STOP_ATTACKS:
-            kwargs["stop"] = key.stop
-        return get_attack(key.attack)(classifier, **kwargs)
+        return AttackRecipe.of_cell(key).build(classifier, generator or cell_generator(key))
 
     def prepare(self, strict: bool = True) -> dict:
         """Build every data set once (cached); missing ones are recorded in `self.missing`.
@@ -263,20 +333,19 @@ class Evaluator:
             if self.progress and shard.rank == 0 else None
         ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
         step = ticker.batch_done if ticker is not None else None
-        attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)  # noqa: E731
+        attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)
         data = lambda: _on_device(_tensors(dataset, self.cfg.batch_size, self.cfg.workers), self.cfg.device)  # noqa: E731
         seeds = lambda b: batch_generator(key.digest(), b)  # noqa: E731
         judge = with_precision(classifier, self.cfg.device, key.precision)
         target = attacked(with_precision(classifier, self.cfg.device, key.attack_precision))
         try:
-            clean, n = sharded_accuracy(judge, data(), on_batch=step, shard=shard)
-            robust, adaptive = None, None
+            recipe = None if key.attack == CLEAN or purified else AttackRecipe.of_cell(key)
+            clean, robust, n = clean_and_attacked(judge, data, recipe, target, seeds, on_batch=step, shard=shard)
+            adaptive = None
             if key.attack != CLEAN and purified:
                 adaptive = evaluate_adaptive(classifier, lambda surrogate: self._make_attack(key, attacked(surrogate)), data(),
                                              on_batch=step, generator_for=seeds, shard=shard)
                 robust = adaptive.worst_case
-            elif key.attack != CLEAN:
-                robust, _ = sharded_accuracy(judge, data(), lambda b: self._make_attack(key, target, seeds(b)), on_batch=step, shard=shard)
         finally:
             if bar is not None:
                 bar.close()

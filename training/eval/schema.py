@@ -48,7 +48,7 @@ class CellKey(StrictModel):
     seed: int
     purification: Optional[PurifyConfig] = None
     limit: Optional[int] = None
-    data_options: dict[str, str] = {}
+    data_options: dict[str, str] = Field(default_factory=dict)
     stop: str = Field(default="final", description="attack stopping protocol: early (worst case over iterates) or final iterate")
     precision: str = Field(default="fp32", description="precision of the evaluation forward passes")
     attack_precision: str = Field(default="fp32", description="precision of the attack's forward and backward passes")

@@ -1,7 +1,7 @@
-"""TTC judged by an adaptive attacker (spec 11.4, issue 15): PGD through the counterattack by BPDA + EOT.
+"""TTC judged by an adaptive attacker (docs/methods.md §11.4, issue 15): PGD through the counterattack by BPDA + EOT.
 
 For each model (the base model; optionally a fine-tuned one, whose tau is measured on the original model
-as in spec 11.2) and seed: the non-adaptive numbers of `ttc_eval.evaluate_ttc` (PGD against the undefended
+as in docs/methods.md §11.2) and seed: the non-adaptive numbers of `ttc_eval.evaluate_ttc` (PGD against the undefended
 classifier, then TTC), plus the adaptive one: PGD on `StraightThroughTTC` (the counterattack in the
 forward, held constant in the backward, logits averaged over `eot` fresh TTC starts), every adversarial
 image then classified by the real, randomised `TTCClassifier` (defender's own generator).
@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                alpha=args.eps / 4 / 255, steps=args.steps), eot=args.eot)
     try:
         base = load_model(args.model)
-        models = {args.model: (base, None)}
+        models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]] = {args.model: (base, None)}
         if args.finetuned:
             models[args.finetuned] = (load_model(args.finetuned), base)
         result = evaluate(models, cfg, args.seeds)

@@ -1,8 +1,8 @@
-"""Non-adaptive TTC evaluation, as the paper runs it (spec 11.3): PGD against the UNDEFENDED zero-shot
+"""Non-adaptive TTC evaluation, as the paper runs it (docs/methods.md §11.3): PGD against the UNDEFENDED zero-shot
 classifier, then the adversarial images classified with and without TTC counterattacks.
 
 The attacker never sees the counterattack, so robust accuracy "with TTC" is an upper bound; the
-adaptive evaluation (BPDA through the sign steps, EOT over the random start; spec 11.4) is
+adaptive evaluation (BPDA through the sign steps, EOT over the random start; docs/methods.md §11.4) is
 `training.eval.ttc_adaptive`. Clean accuracy with TTC is reported too, since TTC changes clean images.
 
     python -m training.eval.ttc_eval --model miniworld --limit 64 --eps 4 --steps 10

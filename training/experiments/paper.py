@@ -8,7 +8,6 @@ is either measured on this device (`--measure`) or taken from the paper's own Ta
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path

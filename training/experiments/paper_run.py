@@ -14,8 +14,17 @@ from typing import Any
 
 from service.errors import ConfigError
 from training.commands.budget import budget_help, to_pixels
+from training.commands.common import flag_config
 
-from .paper import EVAL_SIZES, PAPER_SECONDS_PER_PASS, comparison_markdown, format_plan, load_tables, make_plan, table_spec
+from .paper import (
+    EVAL_SIZES,
+    PAPER_SECONDS_PER_PASS,
+    comparison_markdown,
+    format_plan,
+    load_tables,
+    make_plan,
+    table_spec,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess", choices=["model", "paper", "squash"], default="paper",
                    help="image preprocessing preset (default: %(default)s, the papers' Resize(256)+CenterCrop(224); CIFAR/STL squashed)")
     p.add_argument("--stop", choices=["early", "final"], default="final",
-                   help="attack stopping: final = every image runs all steps, as the papers' tables; early = worst case over iterates, faster (default: %(default)s)")
+                   help="attack stopping: final = every image runs all steps, as the papers' tables; "
+                        "early = worst case over iterates, faster (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each data set, for trial runs (default: all)")
     p.add_argument("--checkpoints", type=Path, default=None, help="folder with <method>/final checkpoints to evaluate instead of fine-tuning (default: none: fine-tune)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, images, steps, device-hours, disk) and stop")
@@ -65,7 +75,7 @@ def dry_run(args: argparse.Namespace) -> int:
     from service.models import build_clip, load_model
     from training.data import DatasetRequest, build_dataset
 
-    spec, methods, datasets, steps = resolve(args)
+    _spec, methods, datasets, steps = resolve(args)
     sizes = {d: EVAL_SIZES[d] if d in EVAL_SIZES else len(build_dataset(d, DatasetRequest(root=args.data_root))) for d in datasets}
     if args.limit:
         sizes = {d: min(n, args.limit) for d, n in sizes.items()}
@@ -85,7 +95,8 @@ def dry_run(args: argparse.Namespace) -> int:
 def _architecture(name: str, pretrained: Any, build_clip: Any, load_model: Any) -> Any:
     """The model for size and timing: loaded when local, else the open_clip architecture with random weights."""
     from service.config import ModelRecord, PreprocessConfig
-    from service.models import SHIPPED_MODELS, PixelCLIP
+    from service.models import SHIPPED_MODELS
+    from service.pixel_model import PixelCLIP
 
     if name in SHIPPED_MODELS or Path(name).exists():
         return load_model(name, pretrained=pretrained)
@@ -114,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
 def _method_model(args: argparse.Namespace, method: str) -> Any:
     """The base model, a given checkpoint, or a fresh (resumable) fine-tuning run."""
     from service.models import load_model
-    from training.finetune import FinetuneConfig, finetune
+    from training.finetune import finetune
+    from training.finetune_config import recipe_config
 
     if method == "base":
         return load_model(args.model, pretrained=args.pretrained)
@@ -123,8 +135,8 @@ def _method_model(args: argparse.Namespace, method: str) -> Any:
     final = args.output / "finetune" / method / "final"
     if (final / "model.safetensors").is_file():
         return load_model(str(final))
-    cfg = FinetuneConfig(
-        method=method, model=args.model, pretrained=args.pretrained, data=args.train_data, data_root=args.data_root,
+    cfg = recipe_config(  # the training set's registry recipe: the papers' on real data
+        args.train_data, method=method, model=args.model, pretrained=args.pretrained, data_root=args.data_root,
         epochs=args.epochs, steps=args.steps, data_limit=args.train_limit, eps=to_pixels(args.eps, '--eps'), resume=True, preprocess=args.preprocess,
         output=args.output / "finetune" / method, eval_datasets=[], **({"device": args.device} if args.device else {}),
     )
@@ -136,8 +148,8 @@ def _evaluate(args: argparse.Namespace, method: str, model: Any, datasets: list[
     from training.eval.runner import EvalConfig, Evaluator
 
     spec = table_spec(args.table)
-    cfg = EvalConfig(
-        model_id=method, datasets=datasets, attacks=[spec["attack"]], eps=to_pixels(args.eps, "--eps"), steps=steps,
+    cfg = flag_config(
+        EvalConfig, model_id=method, datasets=datasets, attacks=[spec["attack"]], eps=to_pixels(args.eps, "--eps"), steps=steps,
         alpha=to_pixels(args.eps, "--eps") if spec["attack"] in ("pgd", "cw") else None, limit=args.limit, data_root=args.data_root,
         preprocess=args.preprocess, stop=args.stop,
         out_dir=args.output / "eval" / method, **({"device": args.device} if args.device else {}),

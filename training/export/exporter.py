@@ -23,6 +23,7 @@ from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 from service.provenance import weights_digest
 from service.purify import blank_anchor
+from service.tokenizer import open_clip_vocab
 from service.zero_shot import build_text_head
 
 from .onnx_export import ExportError, check_parity, export_image_encoder, export_text_encoder
@@ -41,11 +42,12 @@ def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
 
 
 class ExportMeasurements(StrictModel):
-    """What export measured or was told, for the card: purification default and sweep, flag, accuracies."""
+    """What export measured or was told, for the card: purification default and sweep, flag, attack score, accuracies."""
 
     purify: B.PurifyDefaults = B.PurifyDefaults()
     purify_sweep: Optional[B.PurifySweep] = None
     flag: Optional[B.FlagCalibration] = None
+    attack_score: Optional[B.AttackScoreCalibration] = None
     accuracy: tuple[B.AccuracyEntry, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -85,7 +87,8 @@ def bundle_card(
     return ModelCard(
         source="export", name=model.record.name, version=version, description=carried.pop("description", model.record.description),
         embed_dim=embed_dim, image_size=model.image_size, logit_scale=model.logit_scale, weights_digest=digest,
-        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag, parity=parity,
+        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag,
+        attack_score=measured.attack_score, parity=parity,
         provenance=current_provenance(), notes=(*measured.notes, *notes), **carried,
     )
 
@@ -120,7 +123,7 @@ def export_model(
     np.save(out_dir / B.ANCHOR, anchor)
     (out_dir / B.RECORD).write_text(model.record.model_dump_json(indent=2) + "\n")
     (out_dir / B.LABELS).write_text(labels.model_dump_json(indent=2) + "\n")
-    shutil.copyfile(B.runtime_vocab(), out_dir / B.TOKENIZER_VOCAB)
+    shutil.copyfile(open_clip_vocab(), out_dir / B.TOKENIZER_VOCAB)
     card = bundle_card(model, version, int(head.shape[1]), parity, measured or ExportMeasurements(), finetune_card)
     B.write_card(out_dir, card)
     write_bundle_info(out_dir, BundleInfo(format_version=FORMAT_VERSION, exported_by=current_build()))

@@ -25,9 +25,9 @@ from pydantic import Field
 from service import bundle as B
 from service.card import attack_label
 from service.config import StrictModel
+from service.errors import ConfigError
 from service.pixel_model import PixelCLIP
 from service.purify import blank_anchor
-from service.zero_shot import ZeroShotClassifier, build_text_head
 
 log = logging.getLogger(__name__)
 
@@ -86,24 +86,24 @@ def flag_rate(scores: torch.Tensor, anchor_below: float) -> float:
 
 def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None) -> B.FlagCalibration:
     """Threshold at `cfg.target_fpr` on clean calibration images; held-out flag rates and AUROC."""
-    from training.attacks.pgd import PGD
     from training.data.registry import DatasetRequest, build_dataset
+    from training.eval.runner import AttackRecipe, zero_shot_task
+    from training.eval.zeroshot import batches
 
     cfg = cfg or FlagCalibrationConfig()
     model = model.eval()
-    ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n_calibration + cfg.n_eval, preprocess=model.record.preprocess))
-    images, labels = ds.images(), torch.tensor(ds.labels)
+    ds, classifier, labels = zero_shot_task(model, cfg.dataset, cfg.n_calibration + cfg.n_eval)
+    images = ds.images()
     if len(images) < cfg.n_calibration + cfg.n_eval:
-        raise ValueError(f"{cfg.dataset} has {len(images)} images; calibration needs {cfg.n_calibration + cfg.n_eval}")
+        raise ConfigError(f"{cfg.dataset} has {len(images)} images; calibration needs {cfg.n_calibration + cfg.n_eval}")
     anchor = blank_anchor(model, ds.templates)
     cal, held, held_y = images[: cfg.n_calibration], images[cfg.n_calibration :], labels[cfg.n_calibration :]
     threshold = threshold_at_fpr(anchor_scores(model, anchor, cal, cfg.batch_size), cfg.target_fpr)
     clean = anchor_scores(model, anchor, held, cfg.batch_size)
     rates = [B.FlagRate(attack=B.CLEAN, flag_rate=flag_rate(clean, threshold), n=len(held), dataset=cfg.dataset)]
-    classifier = ZeroShotClassifier(model, build_text_head(model, ds.classnames, ds.templates))
     for eps, steps in cfg.attacks:
-        attack = PGD(classifier, eps=eps / 255, steps=steps, generator=torch.Generator().manual_seed(cfg.seed))
-        adv = torch.cat([attack(held[i : i + cfg.batch_size], held_y[i : i + cfg.batch_size]) for i in range(0, len(held), cfg.batch_size)])
+        attack = AttackRecipe(eps=eps / 255, steps=steps).build(classifier, torch.Generator().manual_seed(cfg.seed))
+        adv = torch.cat([attack(x, y) for x, y in batches(held, held_y, cfg.batch_size)])
         scores = anchor_scores(model, anchor, adv, cfg.batch_size)
         name = attack_label("pgd", eps / 255, steps)
         # A lower anchor cosine is more suspicious, so AUROC ranks the negated scores.

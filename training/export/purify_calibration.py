@@ -3,7 +3,7 @@
 For each candidate (steps, step_size) of per-sample purification, measure on a labelled data set:
 clean accuracy of the purified classifier, and robust accuracy under PGD through a straight-through
 (BPDA) view of the purification (`training.attacks.adaptive.StraightThroughPurified`), which is
-the attack that does not suffer from the vanishing gradients of spec section 7.3. Baselines without
+the attack that does not suffer from the vanishing gradients of docs/methods.md §7.3. Baselines without
 purification (clean, PGD) are measured too. Purification is on by default only when the candidate with
 the best BPDA robust accuracy (among those keeping clean accuracy within `max_clean_drop` of the
 baseline and rotating less than 90 degrees) beats the un-purified robust accuracy by `min_gain`;
@@ -24,7 +24,6 @@ from service.card import attack_label
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
-from service.zero_shot import ZeroShotClassifier, build_text_head
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +60,23 @@ class SweepResult(StrictModel):
 
 
 def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tensor, cfg: SweepConfig) -> tuple[float, float]:
-    from training.attacks.pgd import PGD
-    from training.eval.zeroshot import accuracy, batches
+    """Clean and PGD top-1 of `classifier`, the attack differentiating `attack_model` (evaluation runner)."""
+    from training.eval.runner import AttackRecipe, measure
 
-    attack = PGD(attack_model, eps=cfg.eps, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
-    clean, _ = accuracy(classifier, batches(images, labels, cfg.batch_size))
-    robust, _ = accuracy(classifier, batches(images, labels, cfg.batch_size), attack=attack)
+    clean, robust, _ = measure(classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed,
+                               target=attack_model)
     return clean, robust
 
 
 def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> SweepResult:
     """Measure every candidate of `cfg.grid` and choose the serving default (see module docstring)."""
     from training.attacks.adaptive import StraightThroughPurified
-    from training.data.registry import DatasetRequest, build_dataset
+    from training.eval.runner import zero_shot_task
 
     cfg = cfg or SweepConfig()
-    ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n, preprocess=model.record.preprocess))
-    images, labels = ds.images(), torch.tensor(ds.labels)
-    head = build_text_head(model, ds.classnames, ds.templates)
+    ds, plain, labels = zero_shot_task(model, cfg.dataset, cfg.n)
+    images, head = ds.images(), plain.head
     anchor = blank_anchor(model, ds.templates)
-    plain = ZeroShotClassifier(model, head)
     base_clean, base_pgd = _accuracy(plain, plain, images, labels, cfg)
     log.info("no purification: clean %.3f, PGD %.3f", base_clean, base_pgd)
     rows = []

@@ -14,6 +14,7 @@ describe answer must name the archive's model and version.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -295,10 +296,8 @@ def stop_server(model_store: Path, timeout_s: float = 30.0) -> bool:
     stopped = wait_process_gone(pid, timeout_s)
     if not stopped:
         log.warning("TorchServe launcher %d still running; sending SIGTERM to its process group", pid)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         stopped = wait_process_gone(pid, 5.0)
     info_file.unlink(missing_ok=True)
     (state_dir / "key_file.json").unlink(missing_ok=True)

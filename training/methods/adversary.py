@@ -1,11 +1,16 @@
-"""Training adversaries: the PGD of spec 0.6 (through `training.attacks.pgd.pgd_delta`) and FARE's PGD.
+"""Training adversaries: each method carries one (`Method.adversary`); the loop only calls `perturb`.
 
-Randomness comes only from the `generator` argument (the fine-tuning loop derives it from
-(seed, step)), so a resumed run draws the same random starts as an uninterrupted one.
+`NO_ADVERSARY` (FT-Clean), `ClassifierPGD` (the PGD of docs/methods.md §0.6 through
+`training.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
+PGD (`training.methods.fare.FARE_ADVERSARY`). Randomness comes only from the `generator` argument
+(the fine-tuning loop derives it from (seed, step)), so a resumed run draws the same random starts
+as an uninterrupted one.
 """
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -14,36 +19,65 @@ from service.pixel_model import PixelCLIP
 from service.zero_shot import ZeroShotClassifier
 from training.attacks.pgd import pgd_delta, random_start
 
-from .fare import clean_embedding, fare_pgd
-from .frozen_reference import FrozenModel
-from .registry import Method, TextHeads
+from .inputs import AttackBudget, LossInputs
+
+# view(target, params) -> (the model as the method's classifier sees it, logit scale); params: the method's own
+ClassifierView = Callable[[PixelCLIP, Any], tuple[PixelCLIP, float]]
 
 
-def make_adversarial(
-    method: Method,
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: StrictModel,
-    eps: float,
-    alpha: float,
-    steps: int,
-    generator: torch.Generator,
-) -> Optional[torch.Tensor]:
-    """Adversarial images [B,3,H,W] in [0,1] for `method`'s training step, or None (FT-Clean).
+class Adversary(Protocol):
+    """How a method makes its training images adversarial.
 
-    PGD methods: CE on the method's logits (PMG-AFT: raw cosines, ImageNet normalisation) against
-    the current target. FARE: momentum PGD on the embedding distance to the frozen model.
+    `kind` names the attack in model cards ("pgd", "fare_pgd", "none"); `alpha_per_eps` is the
+    default step size as a fraction of eps (PGD: 1, FARE: 1/4).
     """
-    if method.attack == "none":
+
+    kind: str
+    alpha_per_eps: float
+
+    def perturb(
+        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
+    ) -> Optional[torch.Tensor]:
+        """Adversarial images [B,3,H,W] in [0,1] for `batch.images`, or None (no attack)."""
+        ...
+
+
+@dataclass(frozen=True)
+class NoAdversary:
+    """Clean training (FT-Clean): no adversarial images."""
+
+    kind: str = "none"
+    alpha_per_eps: float = 1.0
+
+    def perturb(
+        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
+    ) -> Optional[torch.Tensor]:
+        """None: the loss trains on the clean images."""
         return None
-    init = random_start(images, eps, generator)
-    if method.attack == "fare_pgd":
-        if frozen is None:
-            raise ValueError("FARE's attack needs the frozen original model")
-        return fare_pgd(target, images, clean_embedding(frozen, images), eps, alpha, steps, init, getattr(params, "momentum", 0.9))
-    view, scale = method.attack_view(target, params) if method.attack_view else (target, target.logit_scale)
-    classifier = ZeroShotClassifier(view, heads.classes, logit_scale=scale)
-    return images + pgd_delta(classifier, images, labels, eps, alpha, steps, init)
+
+
+@dataclass(frozen=True)
+class ClassifierPGD:
+    """PGD with CE on the method's zero-shot logits against the current target (docs/methods.md §0.6).
+
+    `view` gives the classifier the method itself uses (PMG-AFT: raw cosines, ImageNet
+    normalisation); None: the target with its own logit scale.
+    """
+
+    view: Optional[ClassifierView] = None
+    kind: str = "pgd"
+    alpha_per_eps: float = 1.0
+
+    def perturb(
+        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
+    ) -> Optional[torch.Tensor]:
+        """images + delta, |delta| <= eps, from a uniform random start drawn from `generator`."""
+        images, target = batch.images, batch.target
+        init = random_start(images, budget.eps, generator)
+        model, scale = self.view(target, params) if self.view else (target, target.logit_scale)
+        classifier = ZeroShotClassifier(model, batch.heads.classes, logit_scale=scale)
+        return images + pgd_delta(classifier, images, batch.labels, budget.eps, budget.alpha, budget.steps, init)
+
+
+NO_ADVERSARY = NoAdversary()
+PGD_ADVERSARY = ClassifierPGD()

@@ -1,4 +1,4 @@
-"""Text-guided attention maps of TGA-ZSR (spec section 3.1) and Comp-TGA's complementary map (section 4).
+"""Text-guided attention maps of TGA-ZSR (docs/methods.md §3.1) and Comp-TGA's complementary map (§4).
 
 Tensor contract: tokens float [B, 1+P, E] (class token first, all tokens after ln_post @ proj, from
 `PixelCLIP.encode_image_with_tokens`), text float [B, E] (one query per image); P must be a square
@@ -20,7 +20,7 @@ def grid_scores(tokens: torch.Tensor, text: torch.Tensor, norm: TokenNorm = "tok
     """Min-max normalised patch scores [B, g, g] (the reference's 7x7 map before upsampling).
 
     Tokens are L2-normalised over the token axis (dim 1, class token included) per channel, as the
-    reference does (spec 3.1 step 2, PITFALL 1); patch scores are dotted with the text query and
+    reference does (docs/methods.md §3.1 step 2); patch scores are dotted with the text query and
     min-max normalised per image without epsilon. `norm='per_token'` normalises each token instead
     (probably what the authors meant; changes the published numbers, so it is opt-in).
     """
@@ -50,7 +50,7 @@ def text_guided_map(
 
 def fuse_complementary(pos_grid: torch.Tensor, neg_grid: torch.Tensor, out_size: int) -> torch.Tensor:
     """Comp-TGA's fused map A_pos * (1 - A_neg) [B, out_size**2] from grids min-max normalised
-    separately, fused after upsampling (spec 4)."""
+    separately, fused after upsampling (docs/methods.md §4)."""
     return upsample(pos_grid, out_size) * (1 - upsample(neg_grid, out_size))
 
 

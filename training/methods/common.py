@@ -4,15 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from service.config import IMAGENET_MEAN, IMAGENET_STD
 from service.pixel_model import PixelCLIP
-
-
-def cosine_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
-    """`scale * cos(embedding, class)` logits [B, C] for embeddings [B, E] and a unit-norm head [C, E]."""
-    return scale * F.normalize(embeddings, dim=-1) @ head.t()
+from service.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
 
 
 def paired_forward(
@@ -36,13 +31,6 @@ def paired_forward(
 
 
 def imagenet_view(model: PixelCLIP) -> PixelCLIP:
-    """The same CLIP (shared weights) normalising with ImageNet constants, as PMG-AFT's code does (spec 0.2)."""
+    """The same CLIP (shared weights) normalising with ImageNet constants, as PMG-AFT's code does (docs/methods.md §0.2)."""
     pre = model.record.preprocess.model_copy(update={"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     return PixelCLIP(model.clip, model.record.model_copy(update={"preprocess": pre})).to(model.mean.device)
-
-
-def require(value: Optional[torch.Tensor], what: str, method: str) -> torch.Tensor:
-    """`value`, or a ValueError naming what `method` is missing."""
-    if value is None:
-        raise ValueError(f"{method} needs {what}")
-    return value

@@ -1,22 +1,18 @@
-"""Comp-TGA: TGA-ZSR with the complementary map A_pos * (1 - A_neg) (TGA-ZSR TPAMI follow-up; spec section 4).
+"""Comp-TGA: TGA-ZSR with the complementary map A_pos * (1 - A_neg) (TGA-ZSR TPAMI follow-up; docs/methods.md §4).
 
 A_neg is queried with the negative prompt "This is not a photo of a <class>"; both maps are min-max
 normalised and upsampled separately and fused after upsampling. Unlike the reference we do not reseed
-the global RNG at every map call (spec 4, PITFALL 7): the maps are deterministic anyway.
+the global RNG at every map call (docs/methods.md §4): the maps are deterministic anyway.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from pydantic import Field
 
-from service.pixel_model import PixelCLIP
-
+from .adversary import PGD_ADVERSARY
 from .attention import fuse_complementary, grid_scores
-from .common import require
-from .frozen_reference import FrozenModel
-from .registry import LossOutput, TextHeads, register_method
+from .inputs import LossInputs, LossOutput, TextHeads
+from .registry import register_method
 from .tga_zsr import AttentionMap, TGAParams, attention_guided_loss
 
 
@@ -28,8 +24,10 @@ class CompTGAParams(TGAParams):
 
 
 def comp_grids(tokens: torch.Tensor, labels: torch.Tensor, heads: TextHeads, params: TGAParams) -> torch.Tensor:
-    """Positive and negative grids [B, 2, g, g], each min-max normalised on its own (spec 4)."""
-    negatives = require(heads.negatives, "negative prompt embeddings (TextHeads.negatives)", "Comp-TGA")
+    """Positive and negative grids [B, 2, g, g], each min-max normalised on its own (docs/methods.md §4)."""
+    if heads.negatives is None:
+        raise ValueError("Comp-TGA needs negative prompt embeddings (TextHeads.negatives)")
+    negatives = heads.negatives
     pos = grid_scores(tokens, heads.classes[labels], params.map_norm)
     neg = grid_scores(tokens, negatives[labels], params.map_norm)
     return torch.stack([pos, neg], dim=1)
@@ -44,17 +42,10 @@ COMP_MAP = AttentionMap(
 
 
 @register_method(
-    "comp-tga", params=CompTGAParams, needs_frozen=True, attack="pgd", lr=1e-4, batch_size=128, needs_negatives=True,
-    description="Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps",
+    "comp-tga", params=CompTGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, batch_size=128,
+    needs_negatives=True, description="Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps",
 )
-def comp_tga_loss(
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    adv: Optional[torch.Tensor],
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: CompTGAParams,
-) -> LossOutput:
-    """Comp-TGA loss terms (spec 4). Tensor contract as TGA-ZSR; `heads.negatives` required."""
-    return attention_guided_loss(target, frozen, images, adv, labels, heads, params, COMP_MAP)
+def comp_tga_loss(batch: LossInputs, params: CompTGAParams) -> LossOutput:
+    """Comp-TGA loss terms (docs/methods.md §4). Contract as TGA-ZSR; `batch.heads.negatives` required."""
+    batch.require_negatives("Comp-TGA")
+    return attention_guided_loss(batch, params, COMP_MAP, "Comp-TGA")

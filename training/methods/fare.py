@@ -1,10 +1,11 @@
-"""FARE: unsupervised adversarial fine-tuning of the image encoder (Schlarmann et al., ICML 2024; spec section 6).
+"""FARE: unsupervised adversarial fine-tuning of the image encoder (Schlarmann et al., ICML 2024; docs/methods.md §6).
 
 L = (1/B) sum_b ||f_theta(x_adv,b) - f_phi(x_b)||_2^2 on unnormalised embeddings; x_adv maximises the
 same loss with FARE's own momentum PGD (`fare_pgd`, RobustVLM train/pgd_train.py). No text, no labels.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -12,10 +13,11 @@ from pydantic import Field
 
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
+from training.attacks.pgd import random_start
 
-from .common import require
-from .frozen_reference import FrozenModel, frozen_clean
-from .registry import LossOutput, TextHeads, register_method
+from .frozen_reference import FrozenBatch
+from .inputs import AttackBudget, LossInputs, LossOutput
+from .registry import register_method
 
 
 class FAREParams(StrictModel):
@@ -29,10 +31,10 @@ def embedding_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.T
     return ((embeddings - reference) ** 2).sum(dim=1).mean()
 
 
-def clean_embedding(frozen: FrozenModel, images: torch.Tensor) -> torch.Tensor:
+def clean_embedding(frozen: FrozenBatch, images: torch.Tensor) -> torch.Tensor:
     """f_phi(x) [B, E]: the frozen model's clean embedding, shared by FARE's attack and loss (and
     remembered per training image across epochs)."""
-    return frozen_clean(frozen, "embedding", images, lambda model, rows: model.encode_image(images[rows]))
+    return frozen.clean("embedding", images, lambda model, rows: model.encode_image(images[rows]))
 
 
 def fare_pgd(
@@ -62,24 +64,34 @@ def fare_pgd(
     return (images + delta).detach()
 
 
+@dataclass(frozen=True)
+class FareAdversary:
+    """FARE's training attack: `fare_pgd` away from the frozen model's clean embedding; step size eps/4 by default."""
+
+    kind: str = "fare_pgd"
+    alpha_per_eps: float = 0.25
+
+    def perturb(
+        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
+    ) -> Optional[torch.Tensor]:
+        """Adversarial images [B,3,H,W] in [0,1]; needs `batch.frozen`."""
+        init = random_start(batch.images, budget.eps, generator)
+        reference = clean_embedding(batch.require_frozen("FARE's attack"), batch.images)
+        momentum = params.momentum if isinstance(params, FAREParams) else FAREParams().momentum
+        return fare_pgd(batch.target, batch.images, reference, budget.eps, budget.alpha, budget.steps, init, momentum)
+
+
+FARE_ADVERSARY = FareAdversary()
+
+
 @register_method(
-    "fare", params=FAREParams, needs_frozen=True, attack="fare_pgd", lr=1e-5, batch_size=128, attack_steps=10,
+    "fare", params=FAREParams, adversary=FARE_ADVERSARY, needs_frozen=True, lr=1e-5, batch_size=128, attack_steps=10,
     optimizer="adamw", weight_decay=1e-4,
     description="FARE: keep adversarial embeddings close to the original model's clean embeddings",
 )
-def fare_loss(
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    adv: Optional[torch.Tensor],
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: FAREParams,
-) -> LossOutput:
-    """FARE loss (labels and heads unused). Tensor contract: images/adv float [B,3,H,W] in [0,1]."""
-    frozen = require(frozen, "the frozen original model", "FARE")
-    adv = require(adv, "adversarial images", "FARE")
-    reference = clean_embedding(frozen, images)
-    emb_adv = target.encode_image(adv)
+def fare_loss(batch: LossInputs, params: FAREParams) -> LossOutput:
+    """FARE loss (labels and heads unused); `batch.frozen` and `batch.adv` required."""
+    reference = clean_embedding(batch.require_frozen("FARE"), batch.images)
+    emb_adv = batch.target.encode_image(batch.require_adv("FARE"))
     loss = embedding_loss(emb_adv, reference)
     return LossOutput(loss, {"l2": loss}, {"embedding_adv_target": emb_adv.detach(), "embedding_orig_clean": reference})

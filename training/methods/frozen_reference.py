@@ -3,9 +3,13 @@
 TGA-ZSR and Comp-TGA compare the target's attention maps with the frozen model's map of the clean
 image (A(phi, x, t_y)); FARE compares with the frozen model's clean embedding f_phi(x), and needs it
 twice per step (attack and loss). The frozen model never changes and the training transforms are
-deterministic (spec 0.5: no augmentation), so these outputs are the same for an image in every epoch:
+deterministic (docs/methods.md §0.5: no augmentation), so these outputs are the same for an image in every epoch:
 they are computed once per data set item and then read back. That removes the frozen forward from
-every step after the first epoch (spec 3.2's compute note: no duplicate forwards of the frozen model).
+every step after the first epoch (docs/methods.md §3.2: no duplicate forwards of the frozen model).
+
+The memory is explicit: `FrozenReference.for_batch(indices)` gives the step's `FrozenBatch` (phi, the
+memory and the batch's data set indices), which the loop puts into the losses' `LossInputs`; a
+plain `FrozenBatch(model)` has no memory (parity tests, one-off calls).
 
 What is kept is small (TGA-ZSR: the g x g grid, 49 floats per image on ViT-B/32; FARE: one
 embedding), allocated per data set up to a memory budget; past the budget the outputs are computed
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
@@ -31,10 +35,9 @@ Compute = Callable[[PixelCLIP, torch.Tensor], torch.Tensor]
 class FrozenReference:
     """The frozen model phi plus its remembered clean-image outputs, keyed by data set index.
 
-    `bind(indices)` starts a training step over the data set items `indices` [B]; `clean(name,
-    images, compute)` then returns phi's outputs for the whole batch without gradient, from memory
-    where it can, calling `compute` only for the rows it has not seen.
-    Unbound (indices None), it only shares outputs within the step.
+    `for_batch(indices)` gives the `FrozenBatch` of a training step over data set items `indices`
+    [B] (None: nothing remembered across steps); its `clean(name, images, compute)` returns phi's
+    outputs for the whole batch without gradient, from memory where it can.
     """
 
     def __init__(self, model: PixelCLIP, dataset_size: int = 0, budget_mb: float = 1024.0) -> None:
@@ -43,25 +46,13 @@ class FrozenReference:
         self.budget_bytes = budget_mb * 2**20
         self.hits = 0
         self.computed = 0
-        self._indices: Optional[torch.Tensor] = None
         self._values: dict[str, torch.Tensor] = {}
         self._filled: dict[str, torch.Tensor] = {}
         self._over_budget: set[str] = set()
-        self._step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def bind(self, indices: Optional[torch.Tensor]) -> None:
-        """Start a step over data set items `indices` (int [B], no repeats), or None: no memory across steps."""
-        self._indices = None if indices is None else torch.as_tensor(indices, dtype=torch.long).cpu()
-        self._step.clear()
-
-    def clean(self, name: str, images: torch.Tensor, compute: Compute) -> torch.Tensor:
-        """Outputs [B, ...] for this step's clean `images` [B,3,H,W], remembered under `name`."""
-        seen = self._step.get(name)
-        if seen is not None and seen[0] is images:
-            return seen[1]
-        out = self._remembered(name, images, compute)
-        self._step[name] = (images, out)
-        return out
+    def for_batch(self, indices: Optional[torch.Tensor]) -> "FrozenBatch":
+        """The frozen model of a step over data set items `indices` (int [B], no repeats), or None."""
+        return FrozenBatch(self.model, self, None if indices is None else torch.as_tensor(indices, dtype=torch.long).cpu())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The remembered outputs (saved with the training state so a resumed run reads the same values)."""
@@ -81,30 +72,30 @@ class FrozenReference:
             self._values[name] = values.to(device)
             self._filled[name] = state[f"{name}.filled"].to(device)
 
-    def _compute(self, rows: torch.Tensor, compute: Compute) -> torch.Tensor:
+    def compute(self, rows: torch.Tensor, compute: Compute) -> torch.Tensor:
+        """`compute(phi, rows)` without gradient, counted."""
         self.computed += rows.shape[0]
         with torch.no_grad():
             return compute(self.model, rows)
 
-    def _remembered(self, name: str, images: torch.Tensor, compute: Compute) -> torch.Tensor:
-        idx = self._indices
+    def remembered(self, name: str, indices: Optional[torch.Tensor], images: torch.Tensor, compute: Compute) -> torch.Tensor:
+        """Outputs [B, ...] for `images` [B,3,H,W], the data set items `indices` [B] (None: computed)."""
         every = torch.arange(images.shape[0], device=images.device)
-        if idx is None or name in self._over_budget or self.dataset_size == 0:
-            return self._compute(every, compute)
-        if idx.shape[0] != images.shape[0]:
-            raise ValueError(f"frozen reference bound to {idx.shape[0]} indices but given {images.shape[0]} images")
+        if indices is None or name in self._over_budget or self.dataset_size == 0:
+            return self.compute(every, compute)
+        if indices.shape[0] != images.shape[0]:
+            raise ValueError(f"frozen reference bound to {indices.shape[0]} indices but given {images.shape[0]} images")
         if name not in self._values:
-            out = self._compute(every, compute)
-            if not self._allocate(name, out):
-                return out
-            self._store(name, idx, out)
+            out = self.compute(every, compute)
+            if self._allocate(name, out):
+                self._store(name, indices, out)
             return out
         filled = self._filled[name]
-        dev_idx = idx.to(filled.device)
+        dev_idx = indices.to(filled.device)
         missing = ~filled[dev_idx]
         if bool(missing.any()):
             rows = missing.nonzero().squeeze(1)
-            self._store(name, dev_idx[rows], self._compute(rows.to(images.device), compute))
+            self._store(name, dev_idx[rows], self.compute(rows.to(images.device), compute))
         self.hits += int((~missing).sum())
         return self._values[name][dev_idx].to(images.device)
 
@@ -125,18 +116,28 @@ class FrozenReference:
         self._filled[name][idx] = True
 
 
-FrozenModel = Union[PixelCLIP, FrozenReference]
+class FrozenBatch:
+    """The frozen model phi for one training step: phi, its memory (or None) and the batch's data set indices.
 
+    Within the step a second request for the same output on the same images is served from the
+    first (FARE's attack and loss share f_phi(x)); a new step gets a new `FrozenBatch`.
+    """
 
-def frozen_model(frozen: FrozenModel) -> PixelCLIP:
-    """The frozen PixelCLIP itself (for outputs on images that change every step, e.g. PMG-AFT's x_adv)."""
-    return frozen.model if isinstance(frozen, FrozenReference) else frozen
+    def __init__(self, model: PixelCLIP, memory: Optional[FrozenReference] = None, indices: Optional[torch.Tensor] = None) -> None:
+        self.model = model
+        self.memory = memory
+        self.indices = indices
+        self._shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-
-def frozen_clean(frozen: FrozenModel, name: str, images: torch.Tensor, compute: Compute) -> torch.Tensor:
-    """phi's outputs [B, ...] on clean training images, without gradient: remembered when `frozen` is a
-    FrozenReference, computed directly for a plain model (parity tests, one-off calls)."""
-    if isinstance(frozen, FrozenReference):
-        return frozen.clean(name, images, compute)
-    with torch.no_grad():
-        return compute(frozen, torch.arange(images.shape[0], device=images.device))
+    def clean(self, name: str, images: torch.Tensor, compute: Compute) -> torch.Tensor:
+        """phi's outputs [B, ...] on this step's clean `images` [B,3,H,W], without gradient, kept under `name`."""
+        seen = self._shared.get(name)
+        if seen is not None and seen[0] is images:
+            return seen[1]
+        if self.memory is not None:
+            out = self.memory.remembered(name, self.indices, images, compute)
+        else:
+            with torch.no_grad():
+                out = compute(self.model, torch.arange(images.shape[0], device=images.device))
+        self._shared[name] = (images, out)
+        return out

@@ -1,4 +1,4 @@
-"""PMG-AFT: pre-trained model guided adversarial fine-tuning (Wang et al., CVPR 2024; spec section 5).
+"""PMG-AFT: pre-trained model guided adversarial fine-tuning (Wang et al., CVPR 2024; docs/methods.md §5).
 
 L = CE(c_theta(x_adv), y) + KL(P_phi(x_adv) || P_theta(x_adv)) + KL(P_theta(x) || P_theta(x_adv)) with
 c = raw cosine logits (no temperature) and, by default, ImageNet normalisation, as the reference
@@ -7,7 +7,7 @@ code does (PITFALL 4); KL terms are summed over batch and classes (reference) un
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,10 @@ from pydantic import Field
 from service.config import StrictModel
 from service.pixel_model import PixelCLIP
 
-from .common import cosine_logits, imagenet_view, paired_forward, require
-from .frozen_reference import FrozenModel, frozen_model
-from .registry import LossOutput, TextHeads, register_method
+from .adversary import ClassifierPGD
+from .common import cosine_logits, imagenet_view, paired_forward
+from .inputs import LossInputs, LossOutput
+from .registry import register_method
 
 
 class PMGParams(StrictModel):
@@ -36,6 +37,10 @@ def pmg_view(model: PixelCLIP, params: PMGParams) -> tuple[PixelCLIP, float]:
     return (imagenet_view(model) if params.normalization == "imagenet" else model), 1.0
 
 
+# PMG-AFT attacks the classifier its loss uses (raw cosines, ImageNet normalisation by default)
+PMG_ADVERSARY = ClassifierPGD(view=pmg_view)
+
+
 def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str) -> torch.Tensor:
     """KL(softmax(ref) || softmax(logits)) summed over classes; summed or averaged over the batch."""
     kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1), reduction="sum", log_target=True)
@@ -43,24 +48,17 @@ def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str
 
 
 @register_method(
-    "pmg-aft", params=PMGParams, needs_frozen=True, attack="pgd", lr=5e-5, batch_size=256, attack_view=pmg_view,
+    "pmg-aft", params=PMGParams, adversary=PMG_ADVERSARY, needs_frozen=True, lr=5e-5, batch_size=256,
     description="PMG-AFT: adversarial CE + KL to the frozen model's and the clean predictions",
 )
-def pmg_aft_loss(
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    adv: Optional[torch.Tensor],
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: PMGParams,
-) -> LossOutput:
-    """PMG-AFT loss terms (spec 5.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
-    frozen = require(frozen, "the frozen original model", "PMG-AFT")
-    adv = require(adv, "adversarial images", "PMG-AFT")
-    view, scale = pmg_view(target, params)
-    frozen_view, _ = pmg_view(frozen_model(frozen), params)
-    emb_cln, emb_adv, _, _ = paired_forward(view, images, adv, tokens=False)
+def pmg_aft_loss(batch: LossInputs, params: PMGParams) -> LossOutput:
+    """PMG-AFT loss terms (docs/methods.md §5.2); `batch.frozen` and `batch.adv` required, tensor contract in `LossInputs`."""
+    frozen = batch.require_frozen("PMG-AFT")
+    adv = batch.require_adv("PMG-AFT")
+    heads, labels = batch.heads, batch.labels
+    view, scale = pmg_view(batch.target, params)
+    frozen_view, _ = pmg_view(frozen.model, params)
+    emb_cln, emb_adv, _, _ = paired_forward(view, batch.images, adv, tokens=False)
     logits_adv = cosine_logits(emb_adv, heads.classes, scale)
     logits_cln = cosine_logits(emb_cln, heads.classes, scale)
     with torch.no_grad():

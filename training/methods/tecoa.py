@@ -1,21 +1,18 @@
-"""TeCoA: text-guided contrastive adversarial training (Mao et al., ICLR 2023; spec section 1).
+"""TeCoA: text-guided contrastive adversarial training (Mao et al., ICLR 2023; docs/methods.md §1).
 
 L = (1/B) sum_i CE(s * cos(f_theta(x_adv,i), T), y_i) over all training-class prompts T. The
 reference runs it as TGA-ZSR with Alpha = Beta = 0, still computing unused maps; we skip them.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 import torch.nn.functional as F
 
 from service.config import StrictModel
-from service.pixel_model import PixelCLIP
 
-from .common import cosine_logits, require
-from .frozen_reference import FrozenModel
-from .registry import LossOutput, TextHeads, register_method
+from .adversary import PGD_ADVERSARY
+from .common import cosine_logits
+from .inputs import LossInputs, LossOutput
+from .registry import register_method
 
 
 class TeCoAParams(StrictModel):
@@ -23,20 +20,12 @@ class TeCoAParams(StrictModel):
 
 
 @register_method(
-    "tecoa", params=TeCoAParams, needs_frozen=False, attack="pgd", lr=1e-5, batch_size=128,
+    "tecoa", params=TeCoAParams, adversary=PGD_ADVERSARY, needs_frozen=False, lr=1e-5, batch_size=128,
     description="TeCoA: cross-entropy over class prompts on adversarial images",
 )
-def tecoa_loss(
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    adv: Optional[torch.Tensor],
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: TeCoAParams,
-) -> LossOutput:
-    """TeCoA loss. Tensor contract: adv float [B,3,H,W] in [0,1], labels int64 [B]."""
-    adv = require(adv, "adversarial images", "TeCoA")
-    logits = cosine_logits(target.encode_image(adv), heads.classes, target.logit_scale)
-    ce = F.cross_entropy(logits, labels)
+def tecoa_loss(batch: LossInputs, params: TeCoAParams) -> LossOutput:
+    """TeCoA loss on `batch.adv` (required); tensor contract in `LossInputs`."""
+    target = batch.target
+    logits = cosine_logits(target.encode_image(batch.require_adv("TeCoA")), batch.heads.classes, target.logit_scale)
+    ce = F.cross_entropy(logits, batch.labels)
     return LossOutput(ce, {"ce": ce}, {"logits_adv": logits.detach()})

@@ -1,34 +1,33 @@
-"""TGA-ZSR: text-guided attention for zero-shot robustness (Yu et al., NeurIPS 2024; spec section 3).
+"""TGA-ZSR: text-guided attention for zero-shot robustness (Yu et al., NeurIPS 2024; docs/methods.md §3).
 
 L = CE(s*cos(f_theta(x_adv), T), y) + alpha * L_AR + beta * L_AMC with
 L_AR = d(A_theta(x_adv), A_phi(x)) and L_AMC = d(A_theta(x), A_phi(x)), A the text-guided attention
-map queried with the ground-truth class embedding (section 3.1), d the unsquared L2 distance by
+map queried with the ground-truth class embedding (docs/methods.md §3.1), d the unsquared L2 distance by
 default. Unlike the reference, the target model runs once over [clean; adversarial], the
 adversarial forward is shared between the CE and the map, and the frozen model's clean map is
-computed once per training image rather than every epoch (spec 3.2 compute note).
+computed once per training image rather than every epoch (docs/methods.md §3.2).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from service.config import StrictModel
-from service.pixel_model import PixelCLIP
 
+from .adversary import PGD_ADVERSARY
 from .attention import Distance, TokenNorm, grid_scores, map_distance, upsample
-from .common import cosine_logits, paired_forward, require
-from .frozen_reference import FrozenModel, frozen_clean
-from .registry import LossOutput, TextHeads, register_method
+from .common import cosine_logits, paired_forward
+from .inputs import LossInputs, LossOutput, TextHeads
+from .registry import register_method
 
 
 class TGAParams(StrictModel):
     """TGA-ZSR loss weights (reference TGA-ZSR.py defaults: Alpha 0.08, Beta 0.05, distance l2) and the
-    token normalisation of the map ('token_axis' = reference, 'per_token' = opt-in fix, spec PITFALL 1)."""
+    token normalisation of the map ('token_axis' = reference, 'per_token' = opt-in fix, docs/methods.md §3.1)."""
 
     alpha: float = Field(default=0.08, ge=0)
     beta: float = Field(default=0.05, ge=0)
@@ -47,7 +46,7 @@ class AttentionMap:
     """
 
     name: str
-    grids: Callable[[torch.Tensor, torch.Tensor, TextHeads, "TGAParams"], torch.Tensor]
+    grids: Callable[[torch.Tensor, torch.Tensor, TextHeads, TGAParams], torch.Tensor]
     compose: Callable[[torch.Tensor, int], torch.Tensor]
     diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -60,28 +59,20 @@ TGA_MAP = AttentionMap(
 )
 
 
-def attention_guided_loss(
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    adv: Optional[torch.Tensor],
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: TGAParams,
-    attention: AttentionMap,
-) -> LossOutput:
-    """The TGA-ZSR / Comp-TGA loss body for a given attention map (spec 3.2, 4).
+def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: AttentionMap, method: str) -> LossOutput:
+    """The TGA-ZSR / Comp-TGA loss body for a given attention map (docs/methods.md §3.2, 4).
 
-    The frozen model's clean grids come from `frozen_clean` (remembered per image across epochs in
+    The frozen model's clean grids come from `batch.frozen` (remembered per image across epochs in
     training); the target runs once over [clean; adversarial], sharing the adversarial forward
     between the CE and the map.
     """
-    frozen = require(frozen, "the frozen original model", "TGA-ZSR")
-    adv = require(adv, "adversarial images", "TGA-ZSR")
+    frozen = batch.require_frozen(method)
+    adv = batch.require_adv(method)
+    target, images, labels, heads = batch.target, batch.images, batch.labels, batch.heads
     size = target.image_size
     _, emb_adv, tok_cln, tok_adv = paired_forward(target, images, adv, tokens=True)
-    grids_ori = frozen_clean(
-        frozen, attention.name, images,
+    grids_ori = frozen.clean(
+        attention.name, images,
         lambda model, rows: attention.grids(model.encode_image_with_tokens(images[rows])[1], labels[rows], heads, params),
     )
     logits = cosine_logits(emb_adv, heads.classes, target.logit_scale)
@@ -101,17 +92,9 @@ def attention_guided_loss(
 
 
 @register_method(
-    "tga-zsr", params=TGAParams, needs_frozen=True, attack="pgd", lr=1e-4, batch_size=128,
+    "tga-zsr", params=TGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, batch_size=128,
     description="TGA-ZSR: adversarial CE + text-guided attention refinement and model constraint",
 )
-def tga_zsr_loss(
-    target: PixelCLIP,
-    frozen: Optional[FrozenModel],
-    images: torch.Tensor,
-    adv: Optional[torch.Tensor],
-    labels: torch.Tensor,
-    heads: TextHeads,
-    params: TGAParams,
-) -> LossOutput:
-    """TGA-ZSR loss terms (spec 3.2). Tensor contract: images/adv float [B,3,H,W] in [0,1], labels int64 [B]."""
-    return attention_guided_loss(target, frozen, images, adv, labels, heads, params, TGA_MAP)
+def tga_zsr_loss(batch: LossInputs, params: TGAParams) -> LossOutput:
+    """TGA-ZSR loss terms (docs/methods.md §3.2); `batch.frozen` and `batch.adv` required, tensor contract in `LossInputs`."""
+    return attention_guided_loss(batch, params, TGA_MAP, "TGA-ZSR")

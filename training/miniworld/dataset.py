@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from service.errors import UnknownName
+
 from .captions import EVAL_TEMPLATES, FINETUNE_TEMPLATE
 from .render import ImageSpec, render
 from .world import BACKGROUNDS, COLORS, DOMAINS, IMAGE_SIZE, SHAPES, SIZES, Split, combo_name, combos
@@ -102,11 +104,11 @@ class MiniWorldClassification(Dataset):
 
     def __init__(self, task: MiniWorldTask) -> None:
         if task.domain not in DOMAINS:
-            raise ValueError(f"unknown domain {task.domain!r}; known: {', '.join(DOMAINS)}")
+            raise UnknownName(f"unknown domain {task.domain!r}; known: {', '.join(DOMAINS)}")
         if task.label_set not in LABEL_SETS:
-            raise ValueError(f"unknown label set {task.label_set!r}; known: {', '.join(LABEL_SETS)}")
+            raise UnknownName(f"unknown label set {task.label_set!r}; known: {', '.join(LABEL_SETS)}")
         if task.split not in SPLITS:
-            raise ValueError(f"unknown split {task.split!r}; known: {', '.join(SPLITS)}")
+            raise UnknownName(f"unknown split {task.split!r}; known: {', '.join(SPLITS)}")
         self.task = task
         self.classnames = task.classnames()
         self.templates = task.templates()

@@ -110,7 +110,7 @@ def render(spec: ImageSpec, size: int = IMAGE_SIZE) -> np.ndarray:
         draw.line(polygon + [polygon[0]], fill=255, width=int(_OUTLINE_WIDTH * scale * _SUPERSAMPLE), joint="curve")
     else:
         draw.polygon(polygon, fill=255)
-    mask = np.asarray(mask_img.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0
+    mask = np.asarray(mask_img.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
 
     fg = np.broadcast_to(np.asarray(COLOR_RGB[color], dtype=np.float32), (size, size, 3))
     if domain == "textured":

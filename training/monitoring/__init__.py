@@ -1,6 +1,8 @@
-"""Monitoring as code: Prometheus rules, promtool unit tests and the Grafana dashboard.
+"""Monitoring and TorchServe configuration as code: Prometheus rules, promtool unit tests, the Grafana
+dashboard, TorchServe's metrics.yaml and its config.properties (one settings table).
 
-Everything is derived from `service.metrics.METRICS` (and TorchServe's own metrics declared in
-`k8s/base/metrics.yaml`); `python -m training.monitoring.generate` writes the files under
-`k8s/monitoring/`, and `tests/unit/test_monitoring.py` checks they are current.
+The metric files derive from `service.metrics.METRICS` (plus TorchServe's own frontend counters,
+`torchserve_metrics.TS_COUNTERS`), the properties files from `torchserve_config.SETTINGS`.
+`python -m training.monitoring.generate` writes them under `k8s/` and `model_store/`;
+`tests/unit/test_monitoring.py` and `tests/unit/test_service_metrics.py` check they are current.
 """

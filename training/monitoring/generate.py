@@ -1,4 +1,6 @@
-"""Write (or check) the generated monitoring files under k8s/monitoring/.
+"""Write (or check) every generated deployment file: monitoring under k8s/monitoring/, TorchServe's
+metrics.yaml (from service/metrics.py) and config.properties (from torchserve_config.py)
+in model_store/ and k8s/.
 
     python -m training.monitoring.generate            # rewrite the files
     python -m training.monitoring.generate --check    # exit 1 when a file is stale
@@ -16,10 +18,10 @@ from typing import Any, Optional
 
 import yaml
 
-from . import rule_tests, rules
+from . import rule_tests, rules, torchserve_config, torchserve_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "k8s" / "monitoring"
+MONITORING = "k8s/monitoring"
 RULE_RESOURCE = "prometheusrule.yaml"
 RULE_TESTS = "prometheusrule.test.yaml"
 DASHBOARD = "dashboards/clipshield-serving.json"
@@ -28,7 +30,10 @@ LABELS = {"app.kubernetes.io/name": "clipshield"}
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (PromQL) as literal blocks, so the rule file reads like PromQL."""
+    """Multi-line strings (PromQL) as literal blocks, so the rule file reads like PromQL; no YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> Any:
@@ -51,27 +56,33 @@ def rule_file_from_resource(resource_text: str) -> str:
 
 
 def generated() -> dict[str, str]:
-    """Relative path under k8s/monitoring/ -> file text, for every generated file."""
+    """Repository-relative path -> file text, for every generated file."""
     from .dashboard import dashboard_json  # grafana-foundation-sdk: the `monitoring` extra
 
+    metrics_yaml = HEADER + "# TorchServe drops undeclared handler metrics in prometheus mode (see training/monitoring/torchserve_metrics.py).\n" \
+        + to_yaml(torchserve_metrics.metrics_config())
     return {
-        RULE_RESOURCE: HEADER + to_yaml(rules.prometheus_rule(LABELS)),
-        RULE_TESTS: HEADER + "# Run: promtool test rules (with the rule file extracted next to it, see tests/unit/test_monitoring.py)\n"
+        f"{MONITORING}/{RULE_RESOURCE}": HEADER + to_yaml(rules.prometheus_rule(LABELS)),
+        f"{MONITORING}/{RULE_TESTS}": HEADER
+        + "# Run: promtool test rules (with the rule file extracted next to it, see tests/unit/test_monitoring.py)\n"
         + to_yaml(rule_tests.unit_tests()),
-        DASHBOARD: dashboard_json(),
+        f"{MONITORING}/{DASHBOARD}": dashboard_json(),
+        "model_store/metrics.yaml": metrics_yaml,
+        "k8s/base/metrics.yaml": metrics_yaml,
+        **{path: torchserve_config.properties(place) for path, place in torchserve_config.GENERATED.items()},
     }
 
 
-def stale(out: Path = OUT) -> list[str]:
+def stale(root: Path = REPO) -> list[str]:
     """Generated files whose committed text differs from what the generator writes now."""
-    return [rel for rel, text in generated().items() if not (out / rel).is_file() or (out / rel).read_text() != text]
+    return [rel for rel, text in generated().items() if not (root / rel).is_file() or (root / rel).read_text() != text]
 
 
-def write(out: Path = OUT) -> list[Path]:
+def write(root: Path = REPO) -> list[Path]:
     """Write every generated file; returns the paths written."""
     paths = []
     for rel, text in generated().items():
-        path = out / rel
+        path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         paths.append(path)
@@ -87,12 +98,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.check:
         bad = stale()
         for rel in bad:
-            print(f"stale: k8s/monitoring/{rel} (run python -m training.monitoring.generate)", file=sys.stderr)
+            print(f"stale: {rel} (run python -m training.monitoring.generate)", file=sys.stderr)
         return 1 if bad else 0
     for path in write():
         print(f"wrote {path.relative_to(REPO)}")
     if args.rules_file:
-        args.rules_file.write_text(rule_file_from_resource(generated()[RULE_RESOURCE]))
+        args.rules_file.write_text(rule_file_from_resource(generated()[f"{MONITORING}/{RULE_RESOURCE}"]))
         print(f"wrote {args.rules_file}")
     return 0
 

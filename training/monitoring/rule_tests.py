@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rules import (BURN_ALERTS, ERROR_OUTCOME, JOB, OK_OUTCOME, REQUESTS, SLO, loaded_gauge,
-                    rule_groups)
+from .rules import BURN_ALERTS, ERROR_OUTCOME, JOB, OK_OUTCOME, REQUESTS, SLO, loaded_gauge, rule_groups
 
 RULE_FILE = "clipshield.rules.yaml"
 NS = "clipshield"

@@ -7,8 +7,9 @@ The latency SLO uses the multi-window, multi-burn-rate alerts of the Google SRE 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from service.metrics import METRICS
 

@@ -1,0 +1,47 @@
+"""Settings and fitted parameters of the attack score (issue 15), torch-free.
+
+One definition shared by the PyTorch score (`service.attack_score`, differentiable, for calibration and
+adaptive attacks), the NumPy score of the served path (`service.attack_score_np`, no torch) and the
+model card (`service.card.AttackScoreCalibration`).
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from .config import StrictModel
+from .errors import ConfigError
+
+SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement")
+
+
+class AttackScoreConfig(StrictModel):
+    """Which signals, their noise, and the logistic fit's settings."""
+
+    signals: tuple[str, ...] = ("tau", "anchor", "margin")
+    n_noise: int = Field(default=4, ge=1, le=64)
+    noise_eps: float = Field(default=4 / 255, gt=0.0, le=1.0)
+    l2: float = Field(default=1e-2, ge=0.0, description="ridge penalty of the logistic fit (standardised signals)")
+    fit_iters: int = Field(default=100, ge=1)
+
+
+class ScoreParams(StrictModel):
+    """A fitted, calibrated score: standardisation, logistic weights and the flag threshold."""
+
+    signals: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    target_fpr: float
+    dataset: str
+    n_calibration: int
+
+
+def check_signals(signals: tuple[str, ...], has_reference: bool) -> None:
+    """Raise ConfigError for unknown signals, or `agreement` without an original encoder."""
+    unknown = [s for s in signals if s not in SIGNALS]
+    if unknown or not signals:
+        raise ConfigError(f"unknown or empty attack-score signals {unknown or list(signals)}; known: {', '.join(SIGNALS)}")
+    if "agreement" in signals and not has_reference:
+        raise ConfigError("the 'agreement' signal needs the original (non-robust) encoder as reference")

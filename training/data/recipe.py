@@ -1,0 +1,43 @@
+"""Fine-tuning recipes: the defaults a training data set's registry entry supplies.
+
+Each registered data set carries one `FinetuneRecipe` (`register_dataset(..., recipe=...)`); real
+data sets carry `REFERENCE_RECIPE`, the papers' (docs/methods.md §0.4: 10 epochs, warm-up 1000 steps, eps
+1/255, each method's own batch size and learning rate). A world with its own budget registers its
+own recipe; `training.finetune_config.recipe_config` applies it, so the CLI, the demo, the
+experiments and the tests train with the same defaults.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from service.config import StrictModel
+
+Optimizer = Literal["sgd", "adamw"]
+
+
+class FinetuneRecipe(StrictModel):
+    """Fine-tuning defaults for one training data set; None means "the method's own default".
+
+    Budgets are in pixel units ([0, 1] images). `steps` applies unless the caller sets steps or
+    epochs; `lr` has one learning rate per optimiser family (methods keep their recipe optimiser);
+    `warmup` None = 10% of the steps; `eval_datasets` are the model card's evaluation sets.
+    """
+
+    name: str
+    eps: float = Field(ge=0)
+    attack_alpha: Optional[float] = Field(default=None, gt=0)
+    attack_steps: Optional[int] = Field(default=None, ge=0)
+    epochs: int = Field(default=10, gt=0)
+    steps: Optional[int] = Field(default=None, gt=0)
+    batch_size: Optional[int] = Field(default=None, gt=1)
+    lr: dict[Optimizer, float] = Field(default_factory=dict)
+    warmup: Optional[int] = Field(default=1000, ge=0)
+    data_limit: Optional[int] = Field(default=None, gt=0)
+    eval_datasets: tuple[str, ...] = ()
+    model: Optional[str] = None  # model a run starts from unless --model is given (a world's shipped model)
+
+
+# the papers' recipe on 224 px real images (TGA-ZSR, PMG-AFT: eps = 1/255)
+REFERENCE_RECIPE = FinetuneRecipe(name="reference", eps=1 / 255)

@@ -1,0 +1,34 @@
+"""TorchServe's `metrics.yaml`, generated from `service.metrics.METRICS`.
+
+In Prometheus mode TorchServe drops backend (handler) metrics it has not been told about, so every
+`clipshield_*` metric is declared under `model_metrics` with the dimensions the handler emits
+(`ModelName`, `Level`, then the metric's own labels; TorchServe adds `Hostname`). The frontend
+counters under `ts_metrics` are TorchServe's own; the dashboard reads two of them. The same text
+goes to `model_store/` (local TorchServe) and `k8s/base/` (the ConfigMap).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
+
+TS_DIMENSIONS = ["model_name", "model_version", "hostname"]
+# TorchServe frontend counters kept on the Prometheus endpoint: name -> unit
+TS_COUNTERS = {
+    "ts_inference_requests_total": "Count",
+    "ts_inference_latency_microseconds": "Microseconds",
+    "ts_queue_latency_microseconds": "Microseconds",
+}
+_KINDS = ("counter", "gauge", "histogram")  # TorchServe's metric types, in the file's order
+
+
+def metrics_config() -> dict[str, Any]:
+    """The `metrics.yaml` document: TorchServe's counters and every `clipshield_*` metric by kind."""
+    model_metrics: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _KINDS}
+    for name, (kind, _help, labels) in METRICS.items():
+        model_metrics[kind].append({"name": name, "unit": unit_of(name), "dimensions": [*HANDLER_DIMENSIONS, *labels]})
+    return {
+        "dimensions": list(HANDLER_DIMENSIONS),
+        "ts_metrics": {"counter": [{"name": n, "unit": u, "dimensions": TS_DIMENSIONS} for n, u in TS_COUNTERS.items()]},
+        "model_metrics": {kind: items for kind, items in model_metrics.items() if items},
+    }
