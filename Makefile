@@ -44,6 +44,7 @@ test-slow: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/clipshield
 	$(BIN)/mypy
 
 loadtest: venv
@@ -61,7 +62,7 @@ k8s-render:
 # Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py,
 # and TorchServe's metrics.yaml + config.properties (model_store/, k8s/), then re-render k8s/rendered/.
 monitoring: venv
-	$(BIN)/python -m training.monitoring.generate
+	$(BIN)/python -m clipshield.training.monitoring.generate
 	$(MAKE) k8s-render
 
 clean-venv:

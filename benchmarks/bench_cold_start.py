@@ -3,13 +3,14 @@
 Compares Python environments (a full `make venv` one, a lean `pip install .[serve-kserve]` one) on
 the same bundle, alternating them run by run so that a busy shared machine slows both alike. Only the
 standard library and Pillow: the script itself runs in any of them. `--runtime kserve` (default)
-starts `python -m handlers.kserve_app --bundle B` and POSTs a v2 infer request; `--runtime torchserve`
+starts `python -m clipshield.handlers.kserve_app --bundle B` and POSTs a v2 infer request; `--runtime torchserve`
 starts `<venv>/bin/torchserve` on `--bundle`, a model store holding clipshield.mar (`clipshield
 archive --workers 1`) and metrics.yaml, and POSTs the PNG to /predictions/clipshield.
 
     python benchmarks/bench_cold_start.py --bundle /tmp/bundle --runs 3 \\
         --env full=/work/main/.venv/bin/python:/path/to/checkout --env lean=/tmp/lean/bin/python:
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def _kserve(python: str, target: Path, cwd: Path) -> tuple[list[str], str, bytes
     port = _free_port()
     image = base64.b64encode(_png()).decode()
     body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}).encode()
-    cmd = [python, "-m", "handlers.kserve_app", "--bundle", str(target), "--model-name", "clipshield", "--host-port", str(port)]
+    cmd = [python, "-m", "clipshield.handlers.kserve_app", "--bundle", str(target), "--model-name", "clipshield", "--host-port", str(port)]
     return cmd, f"http://127.0.0.1:{port}/v2/models/clipshield/infer", body, "application/json"
 
 
@@ -55,13 +56,26 @@ def _torchserve(python: str, target: Path, cwd: Path) -> tuple[list[str], str, b
     """(command, URL, body, content type) of TorchServe on the model store `target` (1 worker, no token)."""
     ports = [_free_port() for _ in range(5)]
     props = cwd / "config.properties"
-    props.write_text("\n".join([
-        f"inference_address=http://127.0.0.1:{ports[0]}", f"management_address=http://127.0.0.1:{ports[1]}",
-        f"metrics_address=http://127.0.0.1:{ports[2]}", "grpc_inference_address=127.0.0.1", "grpc_management_address=127.0.0.1",
-        f"grpc_inference_port={ports[3]}", f"grpc_management_port={ports[4]}", "disable_token_authorization=true",
-        f"model_store={target}", "load_models=clipshield=clipshield.mar", "default_workers_per_model=1",
-        f"metrics_config={target / 'metrics.yaml'}", "install_py_dep_per_model=false",
-    ]) + "\n")
+    props.write_text(
+        "\n".join(
+            [
+                f"inference_address=http://127.0.0.1:{ports[0]}",
+                f"management_address=http://127.0.0.1:{ports[1]}",
+                f"metrics_address=http://127.0.0.1:{ports[2]}",
+                "grpc_inference_address=127.0.0.1",
+                "grpc_management_address=127.0.0.1",
+                f"grpc_inference_port={ports[3]}",
+                f"grpc_management_port={ports[4]}",
+                "disable_token_authorization=true",
+                f"model_store={target}",
+                "load_models=clipshield=clipshield.mar",
+                "default_workers_per_model=1",
+                f"metrics_config={target / 'metrics.yaml'}",
+                "install_py_dep_per_model=false",
+            ]
+        )
+        + "\n"
+    )
     launcher = str(Path(python).parent / "torchserve")
     cmd = [launcher, "--start", "--foreground", "--ncs", "--ts-config", str(props), "--model-store", str(target)]
     return cmd, f"http://127.0.0.1:{ports[0]}/predictions/clipshield", _png(), "image/png"

@@ -8,6 +8,7 @@ the final-iterate protocol and of early stopping, and their ratio. Early stoppin
 forward and backward passes of samples already fooled; its robust accuracy is the worst case over
 iterates, so it can only be lower or equal. Not a test: timings depend on the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model
-from training.eval.runner import AttackRecipe, zero_shot_task
-from training.eval.zeroshot import accuracy, batches
+from clipshield.service.models import load_model
+from clipshield.training.eval.runner import AttackRecipe, zero_shot_task
+from clipshield.training.eval.zeroshot import accuracy, batches
 
 DATASET = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255
@@ -30,11 +31,23 @@ EPS = 4 / 255
 
 def fine_tuned(steps: int) -> torch.nn.Module:
     """A TGA-ZSR model fine-tuned from the shipped one with the mini-world budget."""
-    from training.finetune import FinetuneConfig, finetune
+    from clipshield.training.finetune import FinetuneConfig, finetune
 
     out = Path(tempfile.mkdtemp(prefix="bench-early-"))
-    cfg = FinetuneConfig(method="tga-zsr", model="miniworld", output=out, steps=steps, batch_size=32, lr=0.005,
-                         eps=EPS, warmup=None, data_limit=3200, eval_datasets=[], seed=0, threads=torch.get_num_threads())
+    cfg = FinetuneConfig(
+        method="tga-zsr",
+        model="miniworld",
+        output=out,
+        steps=steps,
+        batch_size=32,
+        lr=0.005,
+        eps=EPS,
+        warmup=None,
+        data_limit=3200,
+        eval_datasets=[],
+        seed=0,
+        threads=torch.get_num_threads(),
+    )
     return finetune(cfg)[0]
 
 

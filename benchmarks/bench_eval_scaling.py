@@ -7,6 +7,7 @@ efficiency is t1 / (2 * t2) (1.0 = perfect). Both runs evaluate the same PGD cel
 mini-world model into separate folders, and the script checks that the two cells agree exactly.
 Not a test: timings depend on the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: %(default)s)")
     args = p.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
-    common = ["evaluate", "--model", "miniworld", "--datasets", "miniworld/plain/color_shape/seen", "--attacks", "pgd",
-              "--eps", "4", "--steps", str(args.steps), "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--device", "cpu",
-              "--stop", "final"]  # every image runs every step: the compute scales, not the early exits
-    one = [sys.executable, "-m", "training.cli", *common, "--out", str(out / "one")]
+    common = [
+        "evaluate",
+        "--model",
+        "miniworld",
+        "--datasets",
+        "miniworld/plain/color_shape/seen",
+        "--attacks",
+        "pgd",
+        "--eps",
+        "4",
+        "--steps",
+        str(args.steps),
+        "--limit",
+        str(args.limit),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        "--stop",
+        "final",
+    ]  # every image runs every step: the compute scales, not the early exits
+    one = [sys.executable, "-m", "clipshield.training.cli", *common, "--out", str(out / "one")]
     torchrun = Path(sys.executable).with_name("torchrun")
-    two = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", *common, "--out", str(out / "two")]
+    two = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "clipshield.training.cli",
+        *common,
+        "--out",
+        str(out / "two"),
+    ]
     t1, t2 = timed(one, args.threads), timed(two, args.threads)
     same = cell(out / "one") == cell(out / "two")
     print(f"PGD-{args.steps} eps 4/255 on {args.limit} mini-world images, batch {args.batch_size}, {args.threads} thread(s) per process")

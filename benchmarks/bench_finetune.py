@@ -2,15 +2,16 @@
 
 Prints a table (s/step, images/s, peak memory) and the ratio TGA-ZSR / TeCoA; the paper reports
 1.74 (1.13 s vs 0.65 s on ViT-B/32, batch 128). Every method runs the full training step of
-`training.finetune.train_step` (training attack, loss, backward, optimiser step) with the text head
+`clipshield.training.finetune.train_step` (training attack, loss, backward, optimiser step) with the text head
 cached once. Methods with a frozen model (TGA-ZSR, FARE) are timed twice: in the first epoch, when
 the frozen model's clean outputs are computed, and in later epochs ("epoch 2+"), when they are read
-back (`training.methods.FrozenReference`). Examples:
+back (`clipshield.training.methods.FrozenReference`). Examples:
 
     python benchmarks/bench_finetune.py                                  # mini world, CPU
     python benchmarks/bench_finetune.py --world miniworld224 --threads 2 --methods tecoa tga-zsr   # ViT-B/32 geometry, eps 2/255
     python benchmarks/bench_finetune.py --model ViT-B-32 --random-init --device cuda --batch-size 128 --precision bf16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import ModelRecord, PreprocessConfig
-from service.models import from_record, load_model
-from training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
-from training.methods import FrozenReference, LossInputs, get_method
+from clipshield.service.config import ModelRecord, PreprocessConfig
+from clipshield.service.models import from_record, load_model
+from clipshield.training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
+from clipshield.training.methods import FrozenReference, LossInputs, get_method
 
 METHODS = ("tecoa", "pmg-aft", "fare", "tga-zsr")
 REMEMBERS = ("fare", "tga-zsr", "comp-tga")  # methods whose frozen-model outputs on clean images are remembered
@@ -37,8 +38,12 @@ REMEMBERS = ("fare", "tga-zsr", "comp-tga")  # methods whose frozen-model output
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="miniworld", help="miniworld, miniworld224, a checkpoint folder, or an open_clip name")
-    p.add_argument("--world", choices=["miniworld", "miniworld224"], default=None,
-                   help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 2/255)")
+    p.add_argument(
+        "--world",
+        choices=["miniworld", "miniworld224"],
+        default=None,
+        help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 2/255)",
+    )
     p.add_argument("--pretrained", default=None)
     p.add_argument("--random-init", action="store_true", help="open_clip architecture with random weights (timing only)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -54,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.world is not None:
-        from training.data import reference_eps
+        from clipshield.training.data import reference_eps
 
         args.model, args.eps = args.world, reference_eps(f"{args.world}-train") * 255
     return args
@@ -77,7 +82,7 @@ def class_names(model, n: int) -> list[str]:
     """`n` prompt class names the model's tokenizer knows: mini-world colour+shape names for the compact
     mini-world vocabulary (which has no digits), else 'class i'."""
     if model.record.tokenizer.kind == "compact":
-        from training.miniworld.world import COLORS, SHAPES, combo_name
+        from clipshield.training.miniworld.world import COLORS, SHAPES, combo_name
 
         names = [combo_name(s, c) for s in range(len(SHAPES)) for c in range(len(COLORS))]
         return [names[i % len(names)] for i in range(n)]
@@ -90,8 +95,15 @@ class MethodRun:
     def __init__(self, name: str, base, args: argparse.Namespace, later_epoch: bool = False) -> None:
         self.name, self.args = name + (" epoch 2+" if later_epoch else ""), args
         self.method = method = get_method(name)
-        self.cfg = FinetuneConfig(method=name, eps=args.eps / 255, device=args.device, precision=args.precision, steps=1,
-                                  batch_size=args.batch_size, output=Path("unused")).resolved(1)
+        self.cfg = FinetuneConfig(
+            method=name,
+            eps=args.eps / 255,
+            device=args.device,
+            precision=args.precision,
+            steps=1,
+            batch_size=args.batch_size,
+            output=Path("unused"),
+        ).resolved(1)
         self.target = copy.deepcopy(base).to(args.device)
         for p in self.target.parameters():
             p.requires_grad_(False)
@@ -150,7 +162,9 @@ def main(argv=None) -> int:
     base = base_model(args)
     rows = bench(base, args)
     mem_note = "CUDA max allocated per step" if args.device.startswith("cuda") else "process max RSS, cumulative"
-    print(f"model {base.record.name}, batch {args.batch_size}, device {args.device}, precision {args.precision}, median of {args.steps} steps")
+    print(
+        f"model {base.record.name}, batch {args.batch_size}, device {args.device}, precision {args.precision}, median of {args.steps} steps"
+    )
     print(f"{'method':18s} {'s/step':>8s} {'img/s':>8s} {'peak MB':>9s}  ({mem_note})")
     for r in rows:
         print(f"{r['method']:18s} {r['s_per_step']:8.4f} {r['images_per_s']:8.1f} {r['peak_mem_mb']:9.0f}")
@@ -160,11 +174,17 @@ def main(argv=None) -> int:
         first = by["tga-zsr"]["s_per_step"] / by["tecoa"]["s_per_step"]
         later = by["tga-zsr epoch 2+"]["s_per_step"] / by["tecoa"]["s_per_step"]
         epochs = args.epochs
-        mean = ((first + (epochs - 1) * later) / epochs)
-        result.update(ratio_tga_zsr_over_tecoa_first_epoch=first, ratio_tga_zsr_over_tecoa_later_epochs=later,
-                      ratio_tga_zsr_over_tecoa=mean, epochs=epochs)
-        print(f"ratio TGA-ZSR / TeCoA: first epoch {first:.2f}, later epochs {later:.2f}, "
-              f"over a {epochs}-epoch run {mean:.2f} (paper: 1.74; target <= 1.3)")
+        mean = (first + (epochs - 1) * later) / epochs
+        result.update(
+            ratio_tga_zsr_over_tecoa_first_epoch=first,
+            ratio_tga_zsr_over_tecoa_later_epochs=later,
+            ratio_tga_zsr_over_tecoa=mean,
+            epochs=epochs,
+        )
+        print(
+            f"ratio TGA-ZSR / TeCoA: first epoch {first:.2f}, later epochs {later:.2f}, "
+            f"over a {epochs}-epoch run {mean:.2f} (paper: 1.74; target <= 1.3)"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

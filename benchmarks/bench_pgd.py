@@ -6,6 +6,7 @@ Prints images*steps/s for both and their ratio (ours / torchattacks; target >= 1
 the same `ZeroShotClassifier` (the serving code path) on mini-world images (resized inside the
 model when it is not a 32x32 model). Not a test: timings depend on the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.models import load_model
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
-from training.data import DatasetRequest, build_dataset
+from clipshield.service.models import load_model
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.data import DatasetRequest, build_dataset
 
 
 def _once(fn) -> float:

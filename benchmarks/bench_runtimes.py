@@ -8,6 +8,7 @@ prints requests/s, p50/p95 latency per runtime and the KServe / TorchServe throu
 
 Usage: python benchmarks/bench_runtimes.py [--model miniworld] [--seconds 10] [--clients 4] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,25 +55,46 @@ def drive(send: Callable[[object], tuple[int, str]], seconds: float, clients: in
         th.join()
     elapsed = time.monotonic() - start
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 20 else [float("nan")] * 19
-    return {"requests": len(latencies), "errors": len(errors), "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": 1e3 * statistics.median(latencies), "p95_ms": 1e3 * q[18], "top1": sorted(labels)}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1e3 * statistics.median(latencies),
+        "p95_ms": 1e3 * q[18],
+        "top1": sorted(labels),
+    }
 
 
 def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
-    from service.settings import RuntimeConfig, ServingConfig
-    from training.export import ServeConfig, build_archive, start_server, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.service.settings import RuntimeConfig, ServingConfig
+    from clipshield.training.export import ServeConfig, build_archive, start_server, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     store = work / "store"
-    build_archive(bundle, store, archive_format="no-archive", serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads)),
-                  batching=BatchingConfig(batch_size=8, max_batch_delay_ms=5, min_workers=1, max_workers=1))
+    build_archive(
+        bundle,
+        store,
+        archive_format="no-archive",
+        serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads)),
+        batching=BatchingConfig(batch_size=8, max_batch_delay_ms=5, min_workers=1, max_workers=1),
+    )
     ports = [free_port() for _ in range(5)]
-    cfg = ServeConfig(inference_address=f"http://127.0.0.1:{ports[0]}", management_address=f"http://127.0.0.1:{ports[1]}",
-                      metrics_address=f"http://127.0.0.1:{ports[2]}", grpc_inference_port=ports[3], grpc_management_port=ports[4],
-                      models="clipshield=clipshield", workers=1, startup_timeout_s=300)
+    cfg = ServeConfig(
+        inference_address=f"http://127.0.0.1:{ports[0]}",
+        management_address=f"http://127.0.0.1:{ports[1]}",
+        metrics_address=f"http://127.0.0.1:{ports[2]}",
+        grpc_inference_port=ports[3],
+        grpc_management_port=ports[4],
+        models="clipshield=clipshield",
+        workers=1,
+        startup_timeout_s=300,
+    )
     handle = start_server(store, cfg)
     try:
-        url, headers = cfg.inference_address + "/predictions/clipshield", {"Authorization": f"Bearer {handle.keys()['inference']}", "Content-Type": "image/png"}
+        url, headers = (
+            cfg.inference_address + "/predictions/clipshield",
+            {"Authorization": f"Bearer {handle.keys()['inference']}", "Content-Type": "image/png"},
+        )
 
         def send(session) -> tuple[int, str]:
             r = session.post(url, data=png, headers=headers, timeout=60)
@@ -84,7 +106,7 @@ def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -
 
 
 def kserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
-    from training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
+    from clipshield.training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
 
     handle = start_kserve(bundle, work / "kserve", KServeConfig(http_port=free_port(), ort_threads=args.threads, startup_timeout_s=300))
     try:
@@ -106,8 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default %(default)s)")
     args = p.parse_args(argv)
-    from service.models import load_model
-    from training.export import export_model
+    from clipshield.service.models import load_model
+    from clipshield.training.export import export_model
 
     with tempfile.TemporaryDirectory(prefix="bench_runtimes_") as tmp:
         work = Path(tmp)
@@ -117,7 +139,9 @@ def main(argv=None) -> int:
     print(f"== {args.model}: {args.seconds:g} s per runtime, {args.clients} clients, ORT threads {args.threads}, one PNG per request")
     print(f"{'runtime':<11} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7}  top-1")
     for name, r in results.items():
-        print(f"{name:<11} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>8.1f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}  {r['top1']}")
+        print(
+            f"{name:<11} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>8.1f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}  {r['top1']}"
+        )
     ratio = results["kserve"]["requests_per_s"] / results["torchserve"]["requests_per_s"]
     print(f"KServe / TorchServe throughput: {ratio:.2f}")
     same = results["kserve"]["top1"] == results["torchserve"]["top1"]

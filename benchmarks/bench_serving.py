@@ -15,6 +15,7 @@ ViT-B/32 architecture with random weights, since real weights cannot be download
 Usage: python benchmarks/bench_serving.py [--models miniworld,vit-b-32] [--threads 1] [--batch 8]
 Numbers depend on the host; run it on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service import bundle as B
-from service.runtime import image_encoder
-from service.settings import RuntimeConfig, ServingConfig
+from clipshield.service import bundle as B
+from clipshield.service.runtime import image_encoder
+from clipshield.service.settings import RuntimeConfig, ServingConfig
 
 
 def build(name: str):
-    from service.config import ModelRecord, PreprocessConfig
-    from service.models import from_record, load_model
+    from clipshield.service.config import ModelRecord, PreprocessConfig
+    from clipshield.service.models import from_record, load_model
 
     if name == "miniworld":
         return load_model("miniworld"), None
@@ -93,9 +94,9 @@ def _free_port() -> int:
 def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_requests: int, iters: int) -> dict:
     import requests
 
-    from service.preprocess import encode_png
-    from training.export import ServeConfig, build_archive, start_server, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.service.preprocess import encode_png
+    from clipshield.training.export import ServeConfig, build_archive, start_server, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     size = model.image_size
     enc = image_encoder(bundle / B.IMAGE_ONNX, RuntimeConfig(intra_op_threads=threads))
@@ -103,12 +104,24 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
     raw_tput = batch / timed(lambda: enc(x), iters)
 
     store = work / "store"
-    build_archive(bundle, store, archive_format="no-archive", serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)),
-                  batching=BatchingConfig(batch_size=batch, max_batch_delay_ms=5, min_workers=1, max_workers=1))
+    build_archive(
+        bundle,
+        store,
+        archive_format="no-archive",
+        serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)),
+        batching=BatchingConfig(batch_size=batch, max_batch_delay_ms=5, min_workers=1, max_workers=1),
+    )
     ports = [_free_port() for _ in range(5)]
-    cfg = ServeConfig(inference_address=f"http://127.0.0.1:{ports[0]}", management_address=f"http://127.0.0.1:{ports[1]}",
-                      metrics_address=f"http://127.0.0.1:{ports[2]}", grpc_inference_port=ports[3], grpc_management_port=ports[4],
-                      models="clipshield=clipshield", workers=1, startup_timeout_s=300)
+    cfg = ServeConfig(
+        inference_address=f"http://127.0.0.1:{ports[0]}",
+        management_address=f"http://127.0.0.1:{ports[1]}",
+        metrics_address=f"http://127.0.0.1:{ports[2]}",
+        grpc_inference_port=ports[3],
+        grpc_management_port=ports[4],
+        models="clipshield=clipshield",
+        workers=1,
+        startup_timeout_s=300,
+    )
     handle = start_server(store, cfg)
     try:
         url = cfg.inference_address + "/predictions/clipshield"
@@ -118,8 +131,9 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
 
         def post(purify: str, score: str = "false") -> float:
             t = time.perf_counter()
-            r = session.post(url, files={"image": ("x.png", png, "image/png")}, data={"purify": purify, "attack_score": score},
-                             headers=auth, timeout=120)
+            r = session.post(
+                url, files={"image": ("x.png", png, "image/png")}, data={"purify": purify, "attack_score": score}, headers=auth, timeout=120
+            )
             r.raise_for_status()
             return time.perf_counter() - t
 
@@ -129,7 +143,9 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
         def client(_i: int) -> None:
             s = requests.Session()
             for _ in range(max(1, n_requests // batch)):
-                s.post(url, files={"image": ("x.png", png, "image/png")}, data={"purify": "false"}, headers=auth, timeout=120).raise_for_status()
+                s.post(
+                    url, files={"image": ("x.png", png, "image/png")}, data={"purify": "false"}, headers=auth, timeout=120
+                ).raise_for_status()
 
         t = time.perf_counter()
         with ThreadPoolExecutor(batch) as pool:
@@ -145,28 +161,41 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
     finally:
         stop_server(store)
     return {
-        "raw_ort_images_per_s": raw_tput, "torchserve_images_per_s": served_tput, "ratio": served_tput / raw_tput,
-        "p50_ms_purify_off": 1e3 * p50["false"], "p50_ms_purify_on": 1e3 * p50["true"],
+        "raw_ort_images_per_s": raw_tput,
+        "torchserve_images_per_s": served_tput,
+        "ratio": served_tput / raw_tput,
+        "p50_ms_purify_off": 1e3 * p50["false"],
+        "p50_ms_purify_on": 1e3 * p50["true"],
         "purify_overhead_pct": 100 * (p50["true"] / p50["false"] - 1),
-        "p50_ms_score_on": 1e3 * p50["score"], "score_overhead_pct": 100 * (p50["score"] / p50["false"] - 1),
+        "p50_ms_score_on": 1e3 * p50["score"],
+        "score_overhead_pct": 100 * (p50["score"] / p50["false"] - 1),
     }
 
 
 def latency_only_score():
     """An attack-score calibration with unfitted parameters (zero weights), for timing the score only."""
-    from service.attack_score_config import AttackScoreConfig, ScoreParams
+    from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
 
     cfg = AttackScoreConfig()
     n = len(cfg.signals)
-    params = ScoreParams(signals=cfg.signals, mean=(0.0,) * n, std=(1.0,) * n, weights=(0.0,) * n, bias=0.0, threshold=0.0,
-                         target_fpr=0.05, dataset="benchmark: not fitted (latency only)", n_calibration=1)
+    params = ScoreParams(
+        signals=cfg.signals,
+        mean=(0.0,) * n,
+        std=(1.0,) * n,
+        weights=(0.0,) * n,
+        bias=0.0,
+        threshold=0.0,
+        target_fpr=0.05,
+        dataset="benchmark: not fitted (latency only)",
+        n_calibration=1,
+    )
     return B.AttackScoreCalibration(config=cfg, params=params, attack="none", notes=("latency benchmark only",))
 
 
 def in_process_score(bundle: Path, threads: int, n_requests: int) -> dict:
     """Request p50 through `ClipshieldService.predict` (decode included, no HTTP), attack score off vs on."""
-    from service.inference import ClipshieldService, RawRequest
-    from service.preprocess import encode_png
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png
 
     service = ClipshieldService.from_folder(bundle, ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)))
     size = service.record.preprocess.image_size
@@ -181,8 +210,12 @@ def in_process_score(bundle: Path, threads: int, n_requests: int) -> dict:
             service.predict(requests[mode])
             times[mode].append(time.perf_counter() - t)
     off, on = statistics.median(times["false"]), statistics.median(times["true"])
-    return {"p50_ms_score_off": 1e3 * off, "p50_ms_score_on": 1e3 * on, "score_overhead_pct": 100 * (on / off - 1),
-            "n_noise": service.card.attack_score.config.n_noise}
+    return {
+        "p50_ms_score_off": 1e3 * off,
+        "p50_ms_score_on": 1e3 * on,
+        "score_overhead_pct": 100 * (on / off - 1),
+        "n_noise": service.card.attack_score.config.n_noise,
+    }
 
 
 def main(argv=None) -> int:
@@ -196,8 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eager", action="store_true", help="only the serving part (split runs on small hosts)")
     p.add_argument("--score-only", action="store_true", help="only the attack-score p50 in process (and through TorchServe unless skipped)")
     args = p.parse_args(argv)
-    from training.export import export_model
-    from training.export.exporter import ExportMeasurements
+    from clipshield.training.export import export_model
+    from clipshield.training.export.exporter import ExportMeasurements
 
     results = {}
     for name in args.models.split(","):

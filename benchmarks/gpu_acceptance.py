@@ -15,16 +15,17 @@ geometry, batch 4, one step; well under a minute):
 
     python benchmarks/gpu_acceptance.py --device cpu --tiny
 
-Phases: (a) random-weight model through `service.models.from_record` (no download); (b) fine-tuning
-steps through `training.finetune.train_step` (via `bench_finetune.MethodRun`: warm-up, then timed steps
+Phases: (a) random-weight model through `clipshield.service.models.from_record` (no download); (b) fine-tuning
+steps through `clipshield.training.finetune.train_step` (via `bench_finetune.MethodRun`: warm-up, then timed steps
 on random 224 px images; TGA-ZSR timed in its first epoch, when the frozen model's clean outputs are
 computed, and in later epochs, when they are read back); (c) one PGD-10 cell of the evaluation runner
 on mini-world images at the model's size (final iterate, so every image takes all 10 steps; accuracies
-of random weights mean nothing); (d) `training.export.onnx_export.export_image_encoder` of the
+of random weights mean nothing); (d) `clipshield.training.export.onnx_export.export_image_encoder` of the
 fine-tuned TGA-ZSR image tower, parity with PyTorch (CPU) through CPU ONNX Runtime at batch 1 and 8.
 The ONNX Runtime CUDA provider is not exercised here (onnxruntime-gpu is too big to carry); the
 provider configuration tests cover it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_finetune import MethodRun  # noqa: E402
-from service.config import ModelRecord, PreprocessConfig  # noqa: E402
-from service.models import from_record, record_from_arch  # noqa: E402
-from service.pixel_model import PixelCLIP  # noqa: E402
+from clipshield.service.config import ModelRecord, PreprocessConfig  # noqa: E402
+from clipshield.service.models import from_record, record_from_arch  # noqa: E402
+from clipshield.service.pixel_model import PixelCLIP  # noqa: E402
 
 TINY_ARCH = REPO / "tests" / "data" / "goldens" / "tiny_clip.json"
 EVAL_DATASET = "miniworld/plain/color_shape/seen"
@@ -118,10 +119,14 @@ def sync(device: str) -> None:
 
 def finetune_phase(base: PixelCLIP, args: argparse.Namespace, out: Callable[[str], None]) -> tuple[dict, PixelCLIP]:
     """Timed train steps for TeCoA, TGA-ZSR (first epoch) and TGA-ZSR (later epochs), interleaved step by step."""
-    bench_args = argparse.Namespace(eps=args.eps, device=args.device, precision=args.precision,
-                                    batch_size=args.batch_size, classes=args.classes)
-    runs = [MethodRun("tecoa", base, bench_args), MethodRun("tga-zsr", base, bench_args),
-            MethodRun("tga-zsr", base, bench_args, later_epoch=True)]
+    bench_args = argparse.Namespace(
+        eps=args.eps, device=args.device, precision=args.precision, batch_size=args.batch_size, classes=args.classes
+    )
+    runs = [
+        MethodRun("tecoa", base, bench_args),
+        MethodRun("tga-zsr", base, bench_args),
+        MethodRun("tga-zsr", base, bench_args, later_epoch=True),
+    ]
     sync(args.device)
     resident = torch.cuda.memory_allocated() / 2**20 if args.device.startswith("cuda") else None
     for i in range(args.warmup_steps + args.steps):
@@ -130,20 +135,36 @@ def finetune_phase(base: PixelCLIP, args: argparse.Namespace, out: Callable[[str
         out(f"  step {i + 1}/{args.warmup_steps + args.steps} done ({'timed' if i >= args.warmup_steps else 'warm-up'})")
     rows = {r.name: r.result() for r in runs}
     tecoa, first, later = (rows[n]["s_per_step"] for n in ("tecoa", "tga-zsr", "tga-zsr epoch 2+"))
-    ratios = {"first_epoch": first / tecoa, "later_epochs": later / tecoa,
-              "whole_run": (first + (RATIO_EPOCHS - 1) * later) / RATIO_EPOCHS / tecoa}
-    result = {"rows": list(rows.values()), "ratio_tga_zsr_over_tecoa": ratios,
-              "peak_mb": max(r["peak_mem_mb"] for r in rows.values()), "resident_mb": resident}
+    ratios = {
+        "first_epoch": first / tecoa,
+        "later_epochs": later / tecoa,
+        "whole_run": (first + (RATIO_EPOCHS - 1) * later) / RATIO_EPOCHS / tecoa,
+    }
+    result = {
+        "rows": list(rows.values()),
+        "ratio_tga_zsr_over_tecoa": ratios,
+        "peak_mb": max(r["peak_mem_mb"] for r in rows.values()),
+        "resident_mb": resident,
+    }
     return result, runs[1].target
 
 
 def pgd_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     """One PGD cell of the evaluation runner (mini world at the model's size, final iterate); on CUDA run twice, the second timed."""
-    from training.eval.runner import EvalConfig, Evaluator, cell_keys
+    from clipshield.training.eval.runner import EvalConfig, Evaluator, cell_keys
 
-    cfg = EvalConfig(model_id=model.record.name, datasets=[EVAL_DATASET], attacks=["pgd"], eps=args.eps / 255,
-                     steps=args.eval_steps, stop="final", limit=args.eval_limit, batch_size=args.eval_batch_size,
-                     device=args.device, out_dir=work / "eval")
+    cfg = EvalConfig(
+        model_id=model.record.name,
+        datasets=[EVAL_DATASET],
+        attacks=["pgd"],
+        eps=args.eps / 255,
+        steps=args.eval_steps,
+        stop="final",
+        limit=args.eval_limit,
+        batch_size=args.eval_batch_size,
+        device=args.device,
+        out_dir=work / "eval",
+    )
     model = model.eval()
     evaluator = Evaluator(model, cfg)
     t0 = time.perf_counter()
@@ -157,17 +178,27 @@ def pgd_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     sync(args.device)
     mem, _ = peak_mb(args.device)
     # work per image: clean forward + 1 start + K attack steps (forward + backward) + judging forward
-    return {"dataset": EVAL_DATASET, "n": cell.n, "steps": args.eval_steps, "eps_255": args.eps, "stop": "final",
-            "seconds": cell.seconds, "images_per_s": cell.n / cell.seconds, "clean_acc": cell.clean, "robust_acc": cell.robust,
-            "render_seconds": render_s, "peak_mb": mem,
-            "note": "random weights: accuracies are meaningless, only throughput and memory count"}
+    return {
+        "dataset": EVAL_DATASET,
+        "n": cell.n,
+        "steps": args.eval_steps,
+        "eps_255": args.eps,
+        "stop": "final",
+        "seconds": cell.seconds,
+        "images_per_s": cell.n / cell.seconds,
+        "clean_acc": cell.clean,
+        "robust_acc": cell.robust,
+        "render_seconds": render_s,
+        "peak_mb": mem,
+        "note": "random weights: accuracies are meaningless, only throughput and memory count",
+    }
 
 
 def onnx_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     """Export the image encoder with our exporter; max abs diff of CPU ONNX Runtime vs PyTorch (CPU; and the device model)."""
-    from service.runtime import image_encoder
-    from service.settings import RuntimeConfig
-    from training.export.onnx_export import export_image_encoder
+    from clipshield.service.runtime import image_encoder
+    from clipshield.service.settings import RuntimeConfig
+    from clipshield.training.export.onnx_export import export_image_encoder
 
     cpu_model = copy.deepcopy(model).cpu().float().eval()
     for p in cpu_model.parameters():
@@ -190,9 +221,18 @@ def onnx_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     sync(args.device)
     mem, _ = peak_mb(args.device)
     worst = max(diffs.values())
-    return {"max_abs_diff": worst, "max_abs_diff_batch_1": diffs[1], "max_abs_diff_batch_8": diffs[8],
-            "max_abs_diff_vs_device_model": device_diff, "tolerance": PARITY_TOLERANCE, "parity_ok": worst <= PARITY_TOLERANCE,
-            "onnx_mb": path.stat().st_size / 2**20, "export_seconds": export_s, "provider": enc.provider, "peak_mb": mem}
+    return {
+        "max_abs_diff": worst,
+        "max_abs_diff_batch_1": diffs[1],
+        "max_abs_diff_batch_8": diffs[8],
+        "max_abs_diff_vs_device_model": device_diff,
+        "tolerance": PARITY_TOLERANCE,
+        "parity_ok": worst <= PARITY_TOLERANCE,
+        "onnx_mb": path.stat().st_size / 2**20,
+        "export_seconds": export_s,
+        "provider": enc.provider,
+        "peak_mb": mem,
+    }
 
 
 @contextlib.contextmanager
@@ -215,8 +255,12 @@ def deadline(seconds: float) -> Iterator[None]:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
-                           "cpu_threads": torch.get_num_threads()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": args.device,
+        "cpu_threads": torch.get_num_threads(),
+    }
     if args.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
         env["cuda"] = torch.version.cuda
@@ -232,8 +276,11 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> dict[st
     """Run every phase within the budget; a failing phase is recorded (traceback printed) and the rest still run."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary: dict[str, Any] = {"environment": environment(args), "phases": dict.fromkeys(PHASES, "not run"),
-                               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    summary: dict[str, Any] = {
+        "environment": environment(args),
+        "phases": dict.fromkeys(PHASES, "not run"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     out("environment: " + ", ".join(f"{k} {v}" for k, v in summary["environment"].items()))
     start = time.perf_counter()
     model: Optional[PixelCLIP] = None
@@ -256,19 +303,27 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> dict[st
         finally:
             summary.setdefault("phase_seconds", {})[name] = round(time.perf_counter() - t0, 2)
 
-    with tempfile.TemporaryDirectory(prefix="gpu_acceptance_") as tmp, contextlib.suppress(BudgetExceeded), \
-            deadline(args.minutes_budget * 60):
+    with (
+        tempfile.TemporaryDirectory(prefix="gpu_acceptance_") as tmp,
+        contextlib.suppress(BudgetExceeded),
+        deadline(args.minutes_budget * 60),
+    ):
         work = Path(tmp)
         model = phase("model", lambda: build_model(args))
         if model is None:
             return summary
-        summary["model"] = {"name": model.record.name, "image_size": model.image_size,
-                            "visual_params_m": sum(p.numel() for p in model.visual.parameters()) / 1e6}
+        summary["model"] = {
+            "name": model.record.name,
+            "image_size": model.image_size,
+            "visual_params_m": sum(p.numel() for p in model.visual.parameters()) / 1e6,
+        }
         ft = phase("finetune", lambda: finetune_phase(model, args, out))
         if ft is not None:
             summary["finetune"], tuned = ft
             for row in summary["finetune"]["rows"]:
-                out(f"  {row['method']:18s} {row['s_per_step']:.4f} s/step  {row['images_per_s']:.4g} images/s  peak {row['peak_mem_mb']:.0f} MB")
+                out(
+                    f"  {row['method']:18s} {row['s_per_step']:.4f} s/step  {row['images_per_s']:.4g} images/s  peak {row['peak_mem_mb']:.0f} MB"
+                )
         evaluated = tuned if tuned is not None else model.to(args.device)
         summary["pgd_eval"] = phase("pgd_eval", lambda: pgd_phase(evaluated, args, work))
         summary["onnx"] = phase("onnx", lambda: onnx_phase(evaluated, args, work))
@@ -281,37 +336,52 @@ def format_summary(s: dict[str, Any]) -> str:
     """The block to quote: one line per measured quantity."""
     env, cfg = s["environment"], s["config"]
     mem_kind = "CUDA max allocated" if env["device"].startswith("cuda") else "CPU run: process max RSS, cumulative"
-    lines = ["==== clipshield GPU acceptance summary ====",
-             f"device        {env['device']} {env.get('gpu', '')} | torch {env['torch']} cuda {env.get('cuda')} | "
-             f"open_clip {env['open_clip']} | onnxruntime {env['onnxruntime']} | python {env['python']}"]
+    lines = [
+        "==== clipshield GPU acceptance summary ====",
+        f"device        {env['device']} {env.get('gpu', '')} | torch {env['torch']} cuda {env.get('cuda')} | "
+        f"open_clip {env['open_clip']} | onnxruntime {env['onnxruntime']} | python {env['python']}",
+    ]
     if "model" in s:
         m = s["model"]
         lines.append(f"model         {m['name']} (random weights), {m['image_size']} px, image tower {m['visual_params_m']:.1f} M params")
     ft = s.get("finetune")
     if ft:
-        lines.append(f"fine-tune     batch {cfg['batch_size']}, precision {cfg['precision']}, eps {cfg['eps']}/255, "
-                     f"median of {cfg['steps']} timed steps after {cfg['warmup_steps']} warm-up")
+        lines.append(
+            f"fine-tune     batch {cfg['batch_size']}, precision {cfg['precision']}, eps {cfg['eps']}/255, "
+            f"median of {cfg['steps']} timed steps after {cfg['warmup_steps']} warm-up"
+        )
         for r in ft["rows"]:
             lines.append(f"  {r['method']:17s} {r['s_per_step']:8.4f} s/step {r['images_per_s']:9.4g} images/s")
         q = ft["ratio_tga_zsr_over_tecoa"]
-        lines.append(f"ratio         TGA-ZSR / TeCoA: first epoch {q['first_epoch']:.2f}, later epochs {q['later_epochs']:.2f}, "
-                     f"{RATIO_EPOCHS}-epoch run {q['whole_run']:.2f} (paper 1.74; target <= 1.3)")
+        lines.append(
+            f"ratio         TGA-ZSR / TeCoA: first epoch {q['first_epoch']:.2f}, later epochs {q['later_epochs']:.2f}, "
+            f"{RATIO_EPOCHS}-epoch run {q['whole_run']:.2f} (paper 1.74; target <= 1.3)"
+        )
     ev = s.get("pgd_eval")
     if ev:
-        lines.append(f"PGD-{ev['steps']} eval   {ev['images_per_s']:.4g} images/s ({ev['n']} images, {ev['seconds']:.2f} s, "
-                     f"eps {ev['eps_255']}/255, final iterate); clean {ev['clean_acc']:.3f} robust {ev['robust_acc']:.3f} "
-                     f"(random weights: meaningless)")
+        lines.append(
+            f"PGD-{ev['steps']} eval   {ev['images_per_s']:.4g} images/s ({ev['n']} images, {ev['seconds']:.2f} s, "
+            f"eps {ev['eps_255']}/255, final iterate); clean {ev['clean_acc']:.3f} robust {ev['robust_acc']:.3f} "
+            f"(random weights: meaningless)"
+        )
     ox = s.get("onnx")
     if ox:
-        lines.append(f"ONNX parity   max abs diff {ox['max_abs_diff']:.2e} (batch 1 {ox['max_abs_diff_batch_1']:.2e}, batch 8 "
-                     f"{ox['max_abs_diff_batch_8']:.2e}; tolerance {ox['tolerance']:.0e}) on {ox['provider']}; vs the "
-                     f"{env['device']} model {ox['max_abs_diff_vs_device_model']:.2e} (information only); export {ox['export_seconds']:.1f} s, {ox['onnx_mb']:.0f} MB")
-    peaks = [f"{name} {s[key]['peak_mb']:.0f} MB" for name, key in (("fine-tune", "finetune"), ("PGD eval", "pgd_eval"), ("ONNX check", "onnx"))
-             if s.get(key)]
+        lines.append(
+            f"ONNX parity   max abs diff {ox['max_abs_diff']:.2e} (batch 1 {ox['max_abs_diff_batch_1']:.2e}, batch 8 "
+            f"{ox['max_abs_diff_batch_8']:.2e}; tolerance {ox['tolerance']:.0e}) on {ox['provider']}; vs the "
+            f"{env['device']} model {ox['max_abs_diff_vs_device_model']:.2e} (information only); export {ox['export_seconds']:.1f} s, {ox['onnx_mb']:.0f} MB"
+        )
+    peaks = [
+        f"{name} {s[key]['peak_mb']:.0f} MB"
+        for name, key in (("fine-tune", "finetune"), ("PGD eval", "pgd_eval"), ("ONNX check", "onnx"))
+        if s.get(key)
+    ]
     lines.append(f"peak memory   {', '.join(peaks) or 'n/a'} ({mem_kind})")
     if ft and ft.get("resident_mb") is not None:
-        lines.append(f"              (the fine-tune peak includes {ft['resident_mb']:.0f} MB allocated before the first step: "
-                     "the models and frozen copies of all three runs)")
+        lines.append(
+            f"              (the fine-tune peak includes {ft['resident_mb']:.0f} MB allocated before the first step: "
+            "the models and frozen copies of all three runs)"
+        )
     lines.append("phases        " + ", ".join(f"{k}: {v}" for k, v in s["phases"].items()))
     lines.append(f"total         {s.get('total_seconds', float('nan')):.1f} s; RESULT {'PASS' if s.get('passed') else 'FAIL'}")
     return "\n".join(lines)

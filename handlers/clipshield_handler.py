@@ -1,4 +1,4 @@
-"""TorchServe adapter over `service.inference` (thin: every decision lives in `service/`).
+"""TorchServe adapter over `clipshield.service.inference` (thin: every decision lives in `service/`).
 
 `initialize` builds one `ClipshieldService` from the archive folder (`model_dir`, whose
 `clipshield_manifest.json` is verified: a modified file refuses to load with a clear log line) and
@@ -12,6 +12,7 @@ fails `initialize` with one log line and a one-line error, without a chained tra
 `GET /models/<name>?customized=true` (TorchServe's describe API) answers `service.describe()`:
 model card, bundle versions, execution provider actually running, onnxruntime package.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,11 @@ from typing import Any, Optional
 
 from ts.torch_handler.base_handler import BaseHandler
 
-from service.api import ErrorResponse
-from service.errors import ClipshieldError, ModelLoadError
-from service.inference import ClipshieldService, RawRequest
-from service.settings import load_serving_config
-
-from handlers.torchserve_metrics import TorchServeSink
+from clipshield.handlers.torchserve_metrics import TorchServeSink
+from clipshield.service.api import ErrorResponse
+from clipshield.service.errors import ClipshieldError, ModelLoadError
+from clipshield.service.inference import ClipshieldService, RawRequest
+from clipshield.service.settings import load_serving_config
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,20 @@
-"""The KServe model server process for clipshield: `python -m handlers.kserve_app --bundle DIR ...`.
+"""The KServe model server process for clipshield: `python -m clipshield.handlers.kserve_app --bundle DIR ...`.
 
-Wires `handlers.kserve_model.ClipshieldKServeModel` into kserve's `ModelServer` (REST v2 on one port,
+Wires `clipshield.handlers.kserve_model.ClipshieldKServeModel` into kserve's `ModelServer` (REST v2 on one port,
 Prometheus `/metrics` on the same port; gRPC v2 optional) and adds three things kserve's app lacks:
 `ClipshieldError` -> its own HTTP status in the protocol's error shape (kserve maps unknown exceptions
 to 500), a request body limit (TorchServe's frontend refuses bodies over `max_request_size`), and
 the model card in the model-metadata answer. Started and stopped by `training/export/kserve_server.py`.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # as TorchServe's max_request_size in model_s
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Options of the server process (distinct from kserve's own `--http_port` style flags)."""
-    p = argparse.ArgumentParser(prog="python -m handlers.kserve_app", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m clipshield.handlers.kserve_app", description=__doc__)
     p.add_argument("--bundle", type=Path, required=True, help="serving bundle folder (`clipshield export --out`)")
     p.add_argument("--model-name", default="clipshield", help="name in /v2/models/<name> (default: %(default)s)")
     p.add_argument("--host-port", type=int, default=8080, help="REST v2 + /metrics port (default: %(default)s)")
@@ -37,9 +39,8 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     from fastapi.responses import ORJSONResponse
     from kserve.errors import ModelNotFound
 
-    from service.errors import BadInput, ClipshieldError, PayloadTooLarge
-
-    from handlers.kserve_model import error_body
+    from clipshield.handlers.kserve_model import error_body
+    from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
 
     async def clipshield_error(_request: Request, exc: ClipshieldError) -> ORJSONResponse:
         return ORJSONResponse(status_code=exc.http_status, content=error_body(exc))
@@ -47,7 +48,9 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> ORJSONResponse:
         first = (exc.errors() or [{}])[0]
         where = ".".join(str(p) for p in first.get("loc", ())[1:3])
-        return await clipshield_error(request, BadInput(f"not a valid v2 inference request: {first.get('msg', 'invalid')} at {where or 'body'}"))
+        return await clipshield_error(
+            request, BadInput(f"not a valid v2 inference request: {first.get('msg', 'invalid')} at {where or 'body'}")
+        )
 
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length", "")
@@ -78,7 +81,7 @@ def decoding_dataplane(registry: Any) -> Any:
     from kserve.errors import InferenceError
     from kserve.protocol.dataplane import DataPlane
 
-    from service.errors import BadInput
+    from clipshield.service.errors import BadInput
 
     class DecodingDataPlane(DataPlane):
         def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
@@ -102,14 +105,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.argv = sys.argv[:1]
     from kserve import ModelServer
     from kserve.model_server import app
-
     from prometheus_client import REGISTRY
 
-    from service.errors import ClipshieldError
-    from service.metrics import PrometheusClientSink
-    from service.settings import load_serving_config
-
-    from handlers.kserve_model import ClipshieldKServeModel
+    from clipshield.handlers.kserve_model import ClipshieldKServeModel
+    from clipshield.service.errors import ClipshieldError
+    from clipshield.service.metrics import PrometheusClientSink
+    from clipshield.service.settings import load_serving_config
 
     config = load_serving_config(args.bundle / "serving.json", os.environ)
     model = ClipshieldKServeModel(args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY))  # kserve's /metrics serves REGISTRY

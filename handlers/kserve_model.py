@@ -1,4 +1,4 @@
-"""KServe (Open Inference Protocol v2) adapter over `service.inference` (thin: every decision lives in `service/`).
+"""KServe (Open Inference Protocol v2) adapter over `clipshield.service.inference` (thin: every decision lives in `service/`).
 
 The counterpart of `handlers/clipshield_handler.py` for the `kserve` Python model server: `load`
 builds one `ClipshieldService` from a serving bundle (manifest verified); `predict` turns an OIP
@@ -9,7 +9,7 @@ strings: kserve 0.21's REST decoder turns binary-extension BYTES into UTF-8 text
 bytes; text that is not base64 is refused with 415 like a text form field). Options are the
 TorchServe form fields, as request parameters (`labels`: JSON-list text, as OIP parameters are scalars; `purify`,
 `top_k`, `attack_score`) or one-element named inputs of the same names; `content_type` (request parameter) plays the
-Content-Type header. Every value goes through `service.api.parse_request`, so limits and messages
+Content-Type header. Every value goes through `clipshield.service.api.parse_request`, so limits and messages
 are the TorchServe path's.
 
 Response: `labels` BYTES `[N, K]`, `scores` FP32 `[N, K]`, `purified`/`flipped`/`flagged` BOOL `[N]`,
@@ -19,6 +19,7 @@ default) `attack_score`/`attack_score_threshold` FP32 `[N]` and `attack_flagged`
 item fails is answered in the protocol's error shape instead: the item's HTTP status and
 `{"error": message, "code": status, "type": error type}`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,11 +32,11 @@ from typing import Any, Optional
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
-from service.api import ErrorResponse, PredictResponse
-from service.errors import BadInput, ClipshieldError, PayloadTooLarge
-from service.inference import ClipshieldService, RawRequest, Result, outcome_of
-from service.metrics import MetricsSink
-from service.settings import ServingConfig
+from clipshield.service.api import ErrorResponse, PredictResponse
+from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
+from clipshield.service.inference import ClipshieldService, RawRequest, Result, outcome_of
+from clipshield.service.metrics import MetricsSink
+from clipshield.service.settings import ServingConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,21 @@ CONTENT_TYPE_PARAM = "content_type"
 # Parameters the protocol and its clients set themselves; never treated as request fields.
 PROTOCOL_PARAMS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "priority", "timeout", "headers"})
 OUTPUTS: tuple[tuple[str, str], ...] = (
-    ("labels", "BYTES"), ("scores", "FP32"), ("purified", "BOOL"), ("anchor_score", "FP32"),
-    ("prediction_shift", "FP32"), ("flipped", "BOOL"), ("flagged", "BOOL"), ("status", "INT32"), ("error", "BYTES"),
+    ("labels", "BYTES"),
+    ("scores", "FP32"),
+    ("purified", "BOOL"),
+    ("anchor_score", "FP32"),
+    ("prediction_shift", "FP32"),
+    ("flipped", "BOOL"),
+    ("flagged", "BOOL"),
+    ("status", "INT32"),
+    ("error", "BYTES"),
 )
 # Present only when the request's answered items carry the attack score (`PredictResponse.attack_score`).
 SCORE_OUTPUTS: tuple[tuple[str, str, str], ...] = (
-    ("attack_score", "FP32", "score"), ("attack_score_threshold", "FP32", "threshold"), ("attack_flagged", "BOOL", "flagged"),
+    ("attack_score", "FP32", "score"),
+    ("attack_score_threshold", "FP32", "threshold"),
+    ("attack_flagged", "BOOL", "flagged"),
 )
 
 
@@ -180,9 +190,13 @@ class ClipshieldKServeModel(Model):
             raise results[0]
         info = self.service.info
         return InferResponse(
-            response_id=payload.id or "", model_name=self.name, model_version=info.version, infer_outputs=to_outputs(results),
+            response_id=payload.id or "",
+            model_name=self.name,
+            model_version=info.version,
+            infer_outputs=to_outputs(results),
             parameters={"model": info.name, "model_version": info.version},
-            use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs,
+            use_binary_outputs=payload.use_binary_outputs,
+            requested_outputs=payload.request_outputs,
         )
 
     def get_input_types(self) -> list[dict]:
@@ -205,6 +219,10 @@ class ClipshieldKServeModel(Model):
         """The v2 model metadata; `parameters` is `service.describe()` (the TorchServe describe answer:
         model card, bundle versions, execution providers, server version)."""
         return {
-            "name": self.name, "versions": [self.service.card.version], "platform": "clipshield-onnxruntime",
-            "inputs": self.get_input_types(), "outputs": self.get_output_types(), "parameters": self.service.describe(),
+            "name": self.name,
+            "versions": [self.service.card.version],
+            "platform": "clipshield-onnxruntime",
+            "inputs": self.get_input_types(),
+            "outputs": self.get_output_types(),
+            "parameters": self.service.describe(),
         }

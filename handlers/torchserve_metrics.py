@@ -1,5 +1,6 @@
-"""`service.metrics.MetricsSink` over TorchServe's metrics cache (kept out of the handler module:
+"""`clipshield.service.metrics.MetricsSink` over TorchServe's metrics cache (kept out of the handler module:
 TorchServe requires exactly one class in the handler file)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,7 @@ from typing import Any, Optional
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
+from clipshield.service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,7 @@ _TYPES = {"histogram": MetricTypes.HISTOGRAM, "counter": MetricTypes.COUNTER, "g
 
 
 class TorchServeSink:
-    """`service.metrics.MetricsSink` over TorchServe's metrics cache (dimensions: ModelName, Level, labels)."""
+    """`clipshield.service.metrics.MetricsSink` over TorchServe's metrics cache (dimensions: ModelName, Level, labels)."""
 
     def __init__(self, metrics_cache: Any, model_name: str) -> None:
         self.model_name = model_name
@@ -30,7 +31,7 @@ class TorchServeSink:
         values = [self.model_name, "Model", *[(labels or {})[k] for k in label_names]]
         try:
             self._metrics[name].add_or_update(float(value), values)
-        except Exception:  # noqa: BLE001 - a metrics failure must never fail a request
+        except Exception:
             log.warning("could not record metric %s", name, exc_info=True)
 
     observe = _emit

@@ -3,9 +3,10 @@
 A request is either a raw PNG/JPEG body (`Content-Type: image/png|image/jpeg`), or
 `multipart/form-data` with an `image` file and optional `labels` (JSON list of strings),
 `purify` and `attack_score` (`true`/`false`) and `top_k` fields. Servers hand the parts over as a dict; `parse_request`
-turns it into image bytes plus a validated `PredictOptions`, raising `service.errors` exceptions
+turns it into image bytes plus a validated `PredictOptions`, raising `clipshield.service.errors` exceptions
 (400 / 413 / 415) for the item alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,7 @@ class Prediction(StrictModel):
 
 
 class AttackScoreResult(StrictModel):
-    """The calibrated attack score of one image (`service.attack_score_np`): a logit, higher = more suspicious;
+    """The calibrated attack score of one image (`clipshield.service.attack_score_np`): a logit, higher = more suspicious;
     `flagged` when above `threshold` (set at the model card's target false-positive rate on clean images)."""
 
     score: float
@@ -204,14 +205,10 @@ def check_content_type(content_type: Optional[str]) -> None:
     base = content_type.split(";")[0].strip().lower()
     if base.startswith("multipart/form-data") or base in ACCEPTED_CONTENT_TYPES:
         return
-    raise UnsupportedMediaType(
-        f"content type {base!r} not accepted; send image/png, image/jpeg or multipart/form-data"
-    )
+    raise UnsupportedMediaType(f"content type {base!r} not accepted; send image/png, image/jpeg or multipart/form-data")
 
 
-def parse_request(
-    parts: Mapping[str, Any], content_type: Optional[str], limits: RequestLimits
-) -> tuple[bytes, PredictOptions]:
+def parse_request(parts: Mapping[str, Any], content_type: Optional[str], limits: RequestLimits) -> tuple[bytes, PredictOptions]:
     """Image bytes and options from one request's parts (raw body, or multipart form fields)."""
     check_content_type(content_type)
     unknown = sorted(k for k in parts if k not in FORM_FIELDS and k not in RAW_KEYS)

@@ -3,7 +3,7 @@
 Signals, per image x (all from forward passes the served path could afford; no input gradient):
 * `tau`:       mean shift ||f^(x + n) - f^(x)|| of the unit-norm embedding f^ over `n_noise` draws of
                n ~ U(-noise_eps, noise_eps) (TTC's "falsely stable" signal, docs/methods.md §11.2, on the unit-norm
-               embedding the served ONNX encoder returns; TTC's own tau in `service.ttc` uses the
+               embedding the served ONNX encoder returns; TTC's own tau in `clipshield.service.ttc` uses the
                unnormalised one and drives the counterattack, not this score);
 * `anchor`:    cosine of the embedding with the CLIPure blank anchor (the serving flag's score);
 * `margin`:    top-1 minus top-2 zero-shot logit;
@@ -14,6 +14,7 @@ spread, fitted on clean (0) vs PGD (1) calibration images; the score is its logi
 suspicious). The threshold is set on clean calibration images so that at most `target_fpr` of them
 score above it. Everything is differentiable in the images, so an adaptive attacker can use it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -35,8 +36,9 @@ class SignalExtractor(nn.Module):
     The noise of `tau` is drawn from `generator` (CPU), so callers control its randomness (EOT for attackers).
     """
 
-    def __init__(self, classifier: ZeroShotClassifier, anchor: torch.Tensor, cfg: AttackScoreConfig,
-                 reference: Optional[PixelCLIP] = None) -> None:
+    def __init__(
+        self, classifier: ZeroShotClassifier, anchor: torch.Tensor, cfg: AttackScoreConfig, reference: Optional[PixelCLIP] = None
+    ) -> None:
         super().__init__()
         check_signals(cfg.signals, reference is not None)
         self.classifier = classifier
@@ -73,7 +75,9 @@ class SignalExtractor(nn.Module):
         return torch.stack(columns, dim=-1)
 
 
-def fit_logistic(clean: torch.Tensor, attacked: torch.Tensor, cfg: AttackScoreConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    clean: torch.Tensor, attacked: torch.Tensor, cfg: AttackScoreConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean [S], std [S], weights [S], bias []) of a ridge logistic regression, clean = 0 vs attacked = 1.
 
     Signals are standardised by the clean rows' mean and spread. Deterministic (full-batch L-BFGS).
@@ -131,16 +135,31 @@ class AttackScorer(nn.Module):
         return scores > self.params.threshold
 
 
-def calibrate_scorer(extractor: SignalExtractor, clean: torch.Tensor, attacked: torch.Tensor, target_fpr: float,
-                     dataset: str, generator: Optional[torch.Generator] = None, batch_size: int = 128) -> AttackScorer:
+def calibrate_scorer(
+    extractor: SignalExtractor,
+    clean: torch.Tensor,
+    attacked: torch.Tensor,
+    target_fpr: float,
+    dataset: str,
+    generator: Optional[torch.Generator] = None,
+    batch_size: int = 128,
+) -> AttackScorer:
     """Fit the combination on clean vs attacked calibration images [N, 3, H, W] and set the threshold
     at `target_fpr` on the clean ones (`dataset` is recorded, not loaded)."""
     with torch.no_grad():
-        sig_clean = torch.cat([extractor(clean[i:i + batch_size], generator) for i in range(0, len(clean), batch_size)])
-        sig_adv = torch.cat([extractor(attacked[i:i + batch_size], generator) for i in range(0, len(attacked), batch_size)])
+        sig_clean = torch.cat([extractor(clean[i : i + batch_size], generator) for i in range(0, len(clean), batch_size)])
+        sig_adv = torch.cat([extractor(attacked[i : i + batch_size], generator) for i in range(0, len(attacked), batch_size)])
     mean, std, w, b = fit_logistic(sig_clean, sig_adv, extractor.cfg)
     scores = ((sig_clean - mean) / std) @ w + b
-    params = ScoreParams(signals=extractor.cfg.signals, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
-                         weights=tuple(w.tolist()), bias=float(b), threshold=threshold_above_fpr(scores, target_fpr),
-                         target_fpr=target_fpr, dataset=dataset, n_calibration=len(clean))
+    params = ScoreParams(
+        signals=extractor.cfg.signals,
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+        weights=tuple(w.tolist()),
+        bias=float(b),
+        threshold=threshold_above_fpr(scores, target_fpr),
+        target_fpr=target_fpr,
+        dataset=dataset,
+        n_calibration=len(clean),
+    )
     return AttackScorer(extractor, params)

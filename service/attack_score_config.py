@@ -1,9 +1,10 @@
 """Settings and fitted parameters of the attack score (issue 15), torch-free.
 
-One definition shared by the PyTorch score (`service.attack_score`, differentiable, for calibration and
-adaptive attacks), the NumPy score of the served path (`service.attack_score_np`, no torch) and the
-model card (`service.card.AttackScoreCalibration`).
+One definition shared by the PyTorch score (`clipshield.service.attack_score`, differentiable, for calibration and
+adaptive attacks), the NumPy score of the served path (`clipshield.service.attack_score_np`, no torch) and the
+model card (`clipshield.service.card.AttackScoreCalibration`).
 """
+
 from __future__ import annotations
 
 from pydantic import Field

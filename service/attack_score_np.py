@@ -1,6 +1,6 @@
 """The attack score on the served path: NumPy over any `encode(pixels) -> embeddings` callable (no torch).
 
-Same signals and combination as `service.attack_score` (the PyTorch definition, differentiable, used to
+Same signals and combination as `clipshield.service.attack_score` (the PyTorch definition, differentiable, used to
 calibrate the score and by adaptive attackers); `tests/unit/test_attack_score_np.py` holds the two to the
 same numbers on the same images and noise. Signals per image x, from forward passes only:
 `tau` (mean shift of the unit-norm embedding under `n_noise` uniform noise draws), `anchor` (cosine with
@@ -11,6 +11,7 @@ logit; the image counts as flagged when the score is above the calibrated thresh
 The noise of an image is drawn from a generator seeded by a digest of its pixels (and an operator seed),
 so an image gets the same score every time, whatever its batch mates, on every replica.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,9 @@ Encode = Callable[[np.ndarray], np.ndarray]
 
 def image_seed(pixels: np.ndarray, seed: int = 0) -> int:
     """64-bit noise seed of one image [3, H, W]: blake2b of its float32 pixels and `seed`."""
-    digest = hashlib.blake2b(np.ascontiguousarray(pixels, dtype=np.float32).tobytes(), digest_size=8,
-                             key=int(seed).to_bytes(8, "little", signed=True))
+    digest = hashlib.blake2b(
+        np.ascontiguousarray(pixels, dtype=np.float32).tobytes(), digest_size=8, key=int(seed).to_bytes(8, "little", signed=True)
+    )
     return int.from_bytes(digest.digest(), "little")
 
 
@@ -63,10 +65,20 @@ class NumpyAttackScorer:
     (the score is calibrated on them); `reference` is the original encoder for `agreement`.
     """
 
-    def __init__(self, cfg: AttackScoreConfig, params: ScoreParams, encode: Encode, head: np.ndarray, anchor: np.ndarray,
-                 logit_scale: float, reference: Optional[Encode] = None) -> None:
+    def __init__(
+        self,
+        cfg: AttackScoreConfig,
+        params: ScoreParams,
+        encode: Encode,
+        head: np.ndarray,
+        anchor: np.ndarray,
+        logit_scale: float,
+        reference: Optional[Encode] = None,
+    ) -> None:
         check_signals(cfg.signals, reference is not None)
-        if tuple(params.signals) != tuple(cfg.signals) or not len(params.mean) == len(params.std) == len(params.weights) == len(cfg.signals):
+        if tuple(params.signals) != tuple(cfg.signals) or not len(params.mean) == len(params.std) == len(params.weights) == len(
+            cfg.signals
+        ):
             raise ConfigError(f"score fitted on signals {params.signals}, configured for {cfg.signals}")
         if "margin" in cfg.signals and head.shape[0] < 2:
             raise ConfigError("the 'margin' signal needs at least 2 classes in the default head")

@@ -8,6 +8,7 @@ Hugging Face `tokenizers` CLIP pipeline cleans text differently (no ftfy), so it
 The vocabulary comes from the export bundle (`bpe_simple_vocab_16e6.txt.gz`), so a server
 tokenizes with exactly the file the model was exported with.
 """
+
 from __future__ import annotations
 
 import gzip

@@ -2,12 +2,13 @@
 
 An export folder (and the TorchServe archive built from it) holds:
 `image_encoder.onnx`, `text_encoder.onnx` (weights embedded in each file, no external-data files:
-see `training.export.onnx_export`), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
+see `clipshield.training.export.onnx_export`), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
 and templates), `text_head.npy` [C, E] and `anchor.npy` [E] (precomputed, float32),
 `model_card.json`, the tokenizer's BPE vocabulary, and `clipshield_manifest.json` (sha256 of every
 other file). Loading verifies every checksum and refuses a bundle with a missing or modified file,
 and one whose BPE vocabulary is missing or not CLIP's (the server's tokenizer reads the bundle's copy).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-# The model card lives in `service.card` (one type from fine-tuning to serving); re-exported here
+from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
+
+# The model card lives in `clipshield.service.card` (one type from fine-tuning to serving); re-exported here
 # (`X as X`: an explicit re-export, which mypy's strict mode requires).
 from .card import (
     CLEAN as CLEAN,
@@ -34,7 +37,6 @@ from .card import (
     read_card_file as read_card_file,
     write_card_file as write_card_file,
 )
-from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
 from .config import StrictModel
 from .errors import ModelLoadError
 
@@ -120,7 +122,7 @@ def check_vocab(folder: Path) -> None:
 
 
 def read_card(folder: Path) -> ModelCard:
-    """The bundle's model card (`service.card.ModelCard`)."""
+    """The bundle's model card (`clipshield.service.card.ModelCard`)."""
     return read_card_file(folder / MODEL_CARD)
 
 

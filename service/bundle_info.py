@@ -7,6 +7,7 @@ naming both versions, so an image never half-loads a bundle written for another 
 is listed in the sha256 manifest like every other bundle file. Kept apart from the model card:
 the card describes the model, this record describes the files.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ READABLE_FORMATS: tuple[int, ...] = (1,)
 
 
 class BuildInfo(StrictModel):
-    """The clipshield that wrote a bundle step (`service.provenance`)."""
+    """The clipshield that wrote a bundle step (`clipshield.service.provenance`)."""
 
     clipshield_version: str
     git_commit: str
@@ -67,8 +68,11 @@ def read_bundle_info(folder: Path) -> BundleInfo:
     folder = Path(folder)
     path = folder / BUNDLE_INFO
     if not path.is_file():
-        raise _refuse(folder, f"{BUNDLE_INFO} is missing: the bundle predates versioned bundles; "
-                              "rebuild it with `clipshield export` and `clipshield archive`")
+        raise _refuse(
+            folder,
+            f"{BUNDLE_INFO} is missing: the bundle predates versioned bundles; "
+            "rebuild it with `clipshield export` and `clipshield archive`",
+        )
     try:
         raw = json.loads(path.read_text())
         version = raw["format_version"]
@@ -76,9 +80,13 @@ def read_bundle_info(folder: Path) -> BundleInfo:
         raise _refuse(folder, f"{BUNDLE_INFO} has no readable format_version ({type(exc).__name__})") from None
     if version not in READABLE_FORMATS:
         built = raw.get("exported_by") if isinstance(raw.get("exported_by"), dict) else {}
-        raise _refuse(folder, (
-            f"bundle format {version!r} (exported by clipshield {built.get('clipshield_version', 'unknown')}, "
-            f"commit {built.get('git_commit', 'unknown')}) cannot be read by this clipshield "
-            f"{package_version()}, which reads formats {list(READABLE_FORMATS)}; "
-            "rebuild the bundle with this version or serve it with the version that built it"))
+        raise _refuse(
+            folder,
+            (
+                f"bundle format {version!r} (exported by clipshield {built.get('clipshield_version', 'unknown')}, "
+                f"commit {built.get('git_commit', 'unknown')}) cannot be read by this clipshield "
+                f"{package_version()}, which reads formats {list(READABLE_FORMATS)}; "
+                "rebuild the bundle with this version or serve it with the version that built it"
+            ),
+        )
     return BundleInfo.model_validate(raw)

@@ -1,12 +1,13 @@
 """The one model card, from fine-tuning through export into the bundle, the archive and the server.
 
-`training.model_card` fills the training half (method, the hyper-parameters that actually ran,
-base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `training.export`
+`clipshield.training.model_card` fills the training half (method, the hyper-parameters that actually ran,
+base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `clipshield.training.export`
 copies that card into the bundle and adds ONNX parity, the purification default and, only when
-measured, the purification sweep and the flag calibration; `service.inference` serves it (the
+measured, the purification sweep and the flag calibration; `clipshield.service.inference` serves it (the
 describe answer and the `clipshield_model_accuracy` gauges). Every accuracy names its attack with
 `attack_label`, the one spelling of an attack in cards, metric labels, the demo and the docs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,7 @@ class AccuracyEntry(StrictModel):
 
 
 class PurifyDefaults(StrictModel):
-    """Model-default CLIPure-Cos settings (per-sample steps; see `service.purify_np`).
+    """Model-default CLIPure-Cos settings (per-sample steps; see `clipshield.service.purify_np`).
 
     Off unless a measurement (`PurifySweep`) found a robustness gain; `steps`/`step_size` are what a
     request asking for purification gets. `chosen_by` says how the default was set, never more.
@@ -56,8 +57,7 @@ class PurifyDefaults(StrictModel):
     enabled: bool = False
     steps: int = Field(default=1, ge=0, le=1000)
     step_size: float = Field(default=0.1, ge=0.0)
-    chosen_by: str = ("not measured: off by default (requests may ask for it; "
-                      "`clipshield export --measure-purify N` measures it)")
+    chosen_by: str = "not measured: off by default (requests may ask for it; `clipshield export --measure-purify N` measures it)"
 
 
 class PurifyMeasurement(StrictModel):
@@ -120,7 +120,7 @@ class FlagCalibration(StrictModel):
 
 
 class AttackScoreCalibration(StrictModel):
-    """Calibrated attack score (`service.attack_score`; served by `service.attack_score_np`).
+    """Calibrated attack score (`clipshield.service.attack_score`; served by `clipshield.service.attack_score_np`).
 
     `config` (signals, noise) and `params` (standardisation, logistic weights, threshold at `params.target_fpr`
     on `params.n_calibration` clean images of `params.dataset`) are what serving computes; the fit used those
@@ -236,7 +236,7 @@ class ModelCard(StrictModel):
     notes: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _one_accuracy_per_gauge(self) -> "ModelCard":
+    def _one_accuracy_per_gauge(self) -> ModelCard:
         """Each (dataset, attack, purified) at most once: it is one `clipshield_model_accuracy` sample."""
         keys = [accuracy_key(e) for e in self.accuracy]
         dupes = sorted({k for k in keys if keys.count(k) > 1})

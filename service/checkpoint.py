@@ -3,6 +3,7 @@
 safetensors never executes code on load, so a checkpoint from an untrusted source can at worst be
 wrong, not hostile. Extra JSON documents (run config, model card) live beside them.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,7 +97,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     elif path.suffix in (".pt", ".pth", ".bin"):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a load error
+        except Exception as exc:
             raise ModelLoadError(f"cannot load {path} safely (weights_only): {exc}") from exc
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]

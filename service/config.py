@@ -4,6 +4,7 @@ A model is described by a `ModelRecord` (architecture + preprocessing + tokenize
 next to its safetensors weights. Training, evaluation, export and serving all read this one record,
 so the same pixels are preprocessed the same way everywhere.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
@@ -29,7 +30,7 @@ PAPER_RESIZE_RATIO = 256 / 224  # the papers' Resize(256) + CenterCrop(224), at 
 
 
 class PreprocessConfig(StrictModel):
-    """How a decoded image becomes model input pixels (`service.preprocess.to_pixels`, the one path).
+    """How a decoded image becomes model input pixels (`clipshield.service.preprocess.to_pixels`, the one path).
 
     `image_size` S is the encoder's input resolution. `resize_mode`: `shortest` resizes the shortest
     side to round(S * `resize_ratio`) then centre-crops S x S (ratio 1: open_clip's eval transform;
@@ -79,7 +80,7 @@ class TokenizerConfig(StrictModel):
     bpe_ids: Optional[list[int]] = None
 
     @model_validator(mode="after")
-    def _compact_needs_ids(self) -> "TokenizerConfig":
+    def _compact_needs_ids(self) -> TokenizerConfig:
         if self.kind == "compact" and not self.bpe_ids:
             raise ValueError("a compact tokenizer needs its bpe_ids list")
         return self
@@ -108,7 +109,7 @@ class ModelRecord(StrictModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelRecord":
+    def _consistent(self) -> ModelRecord:
         if (self.open_clip_name is None) == (self.arch is None):
             raise ValueError("set exactly one of open_clip_name (built-in architecture) or arch (inline config)")
         if self.preprocess.resize_mode == "none":

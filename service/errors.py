@@ -3,6 +3,7 @@
 Serving maps `BadInput` subclasses to HTTP 4xx responses; the CLI prints any `ClipshieldError` as
 one line and exits non-zero, never with a stack trace.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,7 +31,7 @@ class ConfigError(ClipshieldError):
     """A configuration value is invalid."""
 
     @classmethod
-    def from_validation(cls, exc: "ValidationError", name_of: Optional[Callable[[tuple[Any, ...]], str]] = None) -> "ConfigError":
+    def from_validation(cls, exc: ValidationError, name_of: Optional[Callable[[tuple[Any, ...]], str]] = None) -> ConfigError:
         """One line for settings a user gave as flags: the first problem, named as its `--flag`
         (`name_of(loc)`, default: the field name), and how many more there are."""
         err = exc.errors()[0]

@@ -1,20 +1,21 @@
 """Zero-shot heads without torch: prompts, the prompt ensemble, cache keys and the LRU cache of heads.
 
 One implementation of each for every runtime: the server builds heads for caller-supplied labels
-from ONNX text embeddings (`service.inference`), training and evaluation from the torch text tower
-(`service.zero_shot.build_text_head`, which hands its embeddings to `ensemble`), and both cache
+from ONNX text embeddings (`clipshield.service.inference`), training and evaluation from the torch text tower
+(`clipshield.service.zero_shot.build_text_head`, which hands its embeddings to `ensemble`), and both cache
 them in a `HeadCache` under `head_key`. The scaled-cosine logits are written once per runtime:
-`service.purify_np.logits` (numpy, serving) and `service.zero_shot.cosine_logits` (torch, with
+`clipshield.service.purify_np.logits` (numpy, serving) and `clipshield.service.zero_shot.cosine_logits` (torch, with
 gradients for attacks and fine-tuning); `tests/unit/test_zero_shot.py` checks they agree.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Callable, Generic, Optional, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, Optional, TypeVar
 
 import numpy as np
 

@@ -1,14 +1,15 @@
 """The runtime-agnostic inference pipeline a server adapter calls (no server imports here).
 
-`ClipshieldService.from_folder(bundle)` loads a verified export bundle (see `service.bundle`);
+`ClipshieldService.from_folder(bundle)` loads a verified export bundle (see `clipshield.service.bundle`);
 `predict(requests)` answers a server-side batch: each item is parsed and decoded on its own, so a
 bad item gets its own 4xx (as an exception object in its slot) and never fails its batch mates; the
 valid images go through the image encoder together, then each item gets its own zero-shot head,
 optional per-sample CLIPure-Cos purification and top-k softmax; items that ask for the attack score
-(or all, when the serving config's default is on) get it from `service.attack_score_np`, which runs
+(or all, when the serving config's default is on) get it from `clipshield.service.attack_score_np`, which runs
 the same encoder on a few noisy copies of each image. A new server needs only a new
 adapter that builds `RawRequest`s and maps results to HTTP.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import bundle as B
-from . import purify_np
+from . import bundle as B, purify_np
 from .api import AttackScoreResult, ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
 from .attack_score_np import NumpyAttackScorer
 from .bundle_info import read_bundle_info
@@ -103,9 +103,16 @@ class ClipshieldService:
         for value, labels in gauge_samples(self.card):
             metrics.set_gauge("clipshield_model_accuracy", value, labels)
         metrics.set_gauge("clipshield_runtime_info", 1.0, self.runtime_labels())
-        log.info("loaded %s %s from %s (%d default labels; bundle format %d, exported by clipshield %s; on %s)",
-                 self.info.name, self.info.version, folder, len(self.labels.classnames), self.bundle_info.format_version,
-                 self.bundle_info.exported_by.clipshield_version, self.image_encoder.provider)
+        log.info(
+            "loaded %s %s from %s (%d default labels; bundle format %d, exported by clipshield %s; on %s)",
+            self.info.name,
+            self.info.version,
+            folder,
+            len(self.labels.classnames),
+            self.bundle_info.format_version,
+            self.bundle_info.exported_by.clipshield_version,
+            self.image_encoder.provider,
+        )
 
     def _attack_scorer(self) -> Optional[NumpyAttackScorer]:
         """The card's calibrated attack score over the image encoder; None without one (ModelLoadError when the
@@ -113,8 +120,10 @@ class ClipshieldService:
         cal = self.card.attack_score
         if cal is None:
             if self.config.attack_score.default:
-                raise ModelLoadError("the serving config turns the attack score on by default, but the model card has no "
-                                     "calibrated attack score (export with `clipshield export --calibrate-score N`)")
+                raise ModelLoadError(
+                    "the serving config turns the attack score on by default, but the model card has no "
+                    "calibrated attack score (export with `clipshield export --calibrate-score N`)"
+                )
             return None
         try:
             return NumpyAttackScorer(cal.config, cal.params, self.image_encoder, self.head, self.anchor, self.card.logit_scale)
@@ -151,9 +160,7 @@ class ClipshieldService:
         }
 
     @classmethod
-    def from_folder(
-        cls, folder: Path, config: Optional[ServingConfig] = None, metrics: Optional[MetricsSink] = None
-    ) -> "ClipshieldService":
+    def from_folder(cls, folder: Path, config: Optional[ServingConfig] = None, metrics: Optional[MetricsSink] = None) -> ClipshieldService:
         return cls(Path(folder), config or ServingConfig(), metrics or NullSink())
 
     def encode_labels(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
@@ -243,7 +250,7 @@ class ClipshieldService:
                 items.append(self._decode(i, req))
             except ClipshieldError as exc:
                 results[i] = exc
-            except Exception as exc:  # noqa: BLE001 - a bad item must never fail its batch mates
+            except Exception as exc:
                 log.exception("unexpected error decoding request %d", i)
                 results[i] = ClipshieldError(f"internal error decoding the request ({type(exc).__name__})")
         if items:
@@ -256,7 +263,7 @@ class ClipshieldService:
                 results[item.index] = self._answer(item)
             except ClipshieldError as exc:
                 results[item.index] = exc
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("unexpected error answering request %d", item.index)
                 results[item.index] = ClipshieldError(f"internal error ({type(exc).__name__})")
         final: list[Result] = [r if r is not None else ClipshieldError("internal error: request left unanswered") for r in results]
@@ -269,7 +276,7 @@ class ClipshieldService:
         start = time.perf_counter()
         try:
             emb = self.image_encoder(np.stack([it.pixels for it in items]).astype(np.float32))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("image encoder failed on a batch of %d", len(items))
             for it in items:
                 results[it.index] = ClipshieldError(f"internal error in the image encoder ({type(exc).__name__})")
@@ -285,9 +292,12 @@ class ClipshieldService:
             return
         start = time.perf_counter()
         try:
-            scores = self.scorer.score(np.stack([it.pixels for it in wanted]).astype(np.float32),
-                                       np.stack([it.embedding for it in wanted]), self.config.attack_score.seed)
-        except Exception as exc:  # noqa: BLE001
+            scores = self.scorer.score(
+                np.stack([it.pixels for it in wanted]).astype(np.float32),
+                np.stack([it.embedding for it in wanted]),
+                self.config.attack_score.seed,
+            )
+        except Exception as exc:
             log.exception("attack score failed on a batch of %d", len(wanted))
             for it in wanted:
                 results[it.index] = ClipshieldError(f"internal error in the attack score ({type(exc).__name__})")

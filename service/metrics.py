@@ -2,10 +2,11 @@
 
 The inference core calls a `MetricsSink`; the TorchServe adapter forwards to TorchServe's metrics
 cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`, which
-`python -m training.monitoring.generate` writes from `METRICS`), another server
+`python -m clipshield.training.monitoring.generate` writes from `METRICS`), another server
 can use `PrometheusClientSink` (prometheus_client) directly, and tests use `RecordingSink`.
 All names start with `clipshield_`; latencies are in seconds.
 """
+
 from __future__ import annotations
 
 import threading
@@ -26,9 +27,17 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_attack_score": ("histogram", "Calibrated attack score (logit; higher = more suspicious) of requests that asked for it", ()),
     "clipshield_attack_score_seconds": ("histogram", "Attack-score latency per batch (noisy encoder passes included)", ()),
     "clipshield_attack_flagged_total": ("counter", "Requests whose attack score is above the model card's threshold", ()),
-    "clipshield_model_accuracy": ("gauge", "Model-card accuracy per data set and attack (service.card.attack_label)", ("dataset", "attack", "purified")),
-    "clipshield_runtime_info": ("gauge", "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
-                                "bundle format and the clipshield version that exported it", ("provider", "onnxruntime", "bundle_format", "built_by")),
+    "clipshield_model_accuracy": (
+        "gauge",
+        "Model-card accuracy per data set and attack (clipshield.service.card.attack_label)",
+        ("dataset", "attack", "purified"),
+    ),
+    "clipshield_runtime_info": (
+        "gauge",
+        "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
+        "bundle format and the clipshield version that exported it",
+        ("provider", "onnxruntime", "bundle_format", "built_by"),
+    ),
 }
 
 HANDLER_DIMENSIONS = ("ModelName", "Level")  # TorchServe dimensions emitted before a metric's own labels

@@ -6,6 +6,7 @@ weights or one clear `ModelLoadError` at once, not a minute of hub retries), the
 loading is used as real users expect, and a failure becomes one clear `ModelLoadError`. OpenAI weights need QuickGELU; the factory turns it on from the tag's own
 pretrained config instead of silently building the GELU variant (docs/methods.md §10).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -172,7 +173,7 @@ def _load_open_clip(name: str, tag: str, cache_dir: Optional[str], offline: bool
         log.info("%s/%s was trained with QuickGELU: building the QuickGELU variant", name, tag)
     try:
         clip = open_clip.create_model(name, pretrained=str(local), force_quick_gelu=quick_gelu, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; all mean "could not load"
+    except Exception as exc:
         raise ModelLoadError(f"could not load {name} with weights {local}: {exc}") from exc
     pcfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
     size = pcfg.get("size", clip.visual.image_size)
@@ -229,7 +230,7 @@ def _fetch_weights(name: str, tag: str, cfg: dict, cache_dir: Optional[str], off
     try:
         with _quiet_download_clients():
             path = download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception as exc:  # noqa: BLE001 - the hub client raises many kinds; all mean "not downloaded"
+    except Exception as exc:
         raise ModelLoadError(
             f"could not download weights for {name}/{tag} ({type(exc).__name__}): {local_hint}, "
             f"or use --offline (CLIPSHIELD_OFFLINE=1) with weights already in the cache"

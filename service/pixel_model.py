@@ -4,6 +4,7 @@ Attacks, purification, fine-tuning, ONNX export and serving all use this wrapper
 always measured in pixel units and the same pixels give the same embeddings everywhere
 (docs/methods.md §0.2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ class PixelCLIP(nn.Module):
     """open_clip CLIP over [0, 1] pixels.
 
     Tensor contract: images are float32 [B, 3, H, W] in [0, 1] on the model's device. Images that
-    came through `service.preprocess.to_pixels` are S x S (S = the record's `image_size`) and are
+    came through `clipshield.service.preprocess.to_pixels` are S x S (S = the record's `image_size`) and are
     only normalised. Other sizes (the `native` CIFAR/STL protocol, or a loader size override) are
     resized inside the forward by `prepare` (see there): a documented, differentiable step of the
     attacked function, recorded in the data set's protocol, never a second image preprocessing.

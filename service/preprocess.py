@@ -3,9 +3,10 @@
 Pipeline (open_clip's eval transform minus `Normalize`, which `PixelCLIP` and the exported ONNX
 encoder do inside): decode -> RGB -> `to_pixels` (resize per `PreprocessConfig`, centre crop) ->
 float32 CHW in [0, 1]. Serving, evaluation, fine-tuning, calibration and the demo all call
-`to_pixels`; data sets reach it through `training.data.transforms`, with a named preset
+`to_pixels`; data sets reach it through `clipshield.training.data.transforms`, with a named preset
 (`PRESETS`: model, paper, squash). For the mini world's 32x32 images under `model` it is an identity.
 """
+
 from __future__ import annotations
 
 import io
@@ -96,11 +97,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def to_pixels(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """float32 [3, S, S] in [0, 1] from a decoded RGB image (S = cfg.image_size): THE preprocessing.
 
-    Serving (`load_pixels`), evaluation and fine-tuning data sets (`training.data.transforms`, which
+    Serving (`load_pixels`), evaluation and fine-tuning data sets (`clipshield.training.data.transforms`, which
     wrap the result with `torch.from_numpy`), calibration and the demo all call this function.
     `resize_mode='none'` returns the image at its own size [3, H, W] (the `native` CIFAR/STL protocol).
     Pillow resampling, the path open_clip's and torchvision's PIL transforms take (bit for bit, see
-    `service.resize`), unless `cfg.antialias` is False. No torch: this runs in the server.
+    `clipshield.service.resize`), unless `cfg.antialias` is False. No torch: this runs in the server.
     """
     if cfg.resize_mode == "none":
         return _chw(np.asarray(img, dtype=np.float32) / 255.0)
@@ -125,7 +126,7 @@ def _chw(hwc: np.ndarray) -> np.ndarray:
 
 
 def _resize_without_antialias(chw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """The `antialias=False` branch of `to_pixels`: resize the float pixels (`service.resize.interpolate`),
+    """The `antialias=False` branch of `to_pixels`: resize the float pixels (`clipshield.service.resize.interpolate`),
     centre-crop, clamp to [0, 1]."""
     size = cfg.image_size
     _, h, w = chw.shape
@@ -140,7 +141,7 @@ Preset = Literal["model", "paper", "squash"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Named preprocessing choices: `model` = the model record's own (what serving does, the default);
 `paper` = Resize(round(S*256/224), bilinear) + CenterCrop(S), the TGA-ZSR / PMG-AFT / TeCoA protocol
-(docs/methods.md §0.7; their CIFAR/STL loaders squash instead, see `training.data.transforms`); `squash` = resize
+(docs/methods.md §0.7; their CIFAR/STL loaders squash instead, see `clipshield.training.data.transforms`); `squash` = resize
 to S x S bilinear ignoring the aspect ratio (TGA-ZSR's CIFAR/STL loader)."""
 
 
@@ -152,8 +153,9 @@ def preset_config(name: str, model: PreprocessConfig) -> PreprocessConfig:
     if name == "model":
         return model
     if name == "paper":
-        return model.model_copy(update={"resize_mode": "shortest", "interpolation": "bilinear",
-                                        "resize_ratio": PAPER_RESIZE_RATIO, "antialias": True})
+        return model.model_copy(
+            update={"resize_mode": "shortest", "interpolation": "bilinear", "resize_ratio": PAPER_RESIZE_RATIO, "antialias": True}
+        )
     if name == "squash":
         return model.model_copy(update={"resize_mode": "squash", "interpolation": "bilinear", "resize_ratio": 1.0, "antialias": True})
     raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")

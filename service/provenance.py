@@ -4,6 +4,7 @@ One implementation shared by evaluation cells, model cards, bundles and archives
 records naming the same digest or version mean the same thing. Torch appears in type hints only:
 servers import this module (bundle versions) without torch installed.
 """
+
 from __future__ import annotations
 
 import hashlib

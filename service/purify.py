@@ -11,6 +11,7 @@ move, independent of its batch mates, so a request's answer never depends on the
 `mode="batch"` reproduces the released code, which divides by the Frobenius norm of the whole
 batch's gradient (batch-coupled; kept only for parity with the goldens).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Resize and centre-crop arithmetic of `service.preprocess.to_pixels`, without torch.
+"""Resize and centre-crop arithmetic of `clipshield.service.preprocess.to_pixels`, without torch.
 
 THE definition of the preprocessing is torchvision's (open_clip's eval transform and the papers'
 loaders use it), written here so that serving needs no torch: `shorter_side_size` and `crop_box`
@@ -10,6 +10,7 @@ matches torch to float rounding (same float32 source positions; torch weights an
 float32, these in float64: 1e-5, `tests/unit/test_service_preprocess.py`), and serving and
 evaluation both run this one function, so served == evaluated stays exact.
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -8,6 +8,7 @@ back to CPU by itself when, say, CUDA libraries fail to load). Input names are t
 image encoder `pixels` float32 [B, 3, S, S] in [0, 1] -> `embedding` float32 [B, E] (unit norm);
 text encoder `token_ids` int64 [N, L] -> `embedding` float32 [N, E] (unit norm).
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,10 @@ def select_providers(cfg: RuntimeConfig, available: Sequence[str]) -> list[str]:
         else:
             log.warning("%s; falling back to the next provider", _missing(name, cfg, available, "is not available"))
     if not chosen:
-        raise ModelLoadError(f"none of the requested execution providers {list(cfg.providers)} is available; "
-                             f"available: {list(available)}; installed: {onnxruntime_package()}")
+        raise ModelLoadError(
+            f"none of the requested execution providers {list(cfg.providers)} is available; "
+            f"available: {list(available)}; installed: {onnxruntime_package()}"
+        )
     return chosen
 
 
@@ -112,12 +115,18 @@ class OnnxEncoder:
         providers = select_providers(cfg, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(path), session_options(cfg), providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own, untyped errors
+        except Exception as exc:
             raise ModelLoadError(f"could not load ONNX model {path.name}: {exc}") from exc
         self.provider: str = self.session.get_providers()[0]
         _check_active(path, cfg, providers[0], self.provider)
-        log.info("%s runs on %s (requested %s, policy %s; %s)", path.name, self.provider,
-                 ",".join(cfg.providers), cfg.provider_policy, onnxruntime_package())
+        log.info(
+            "%s runs on %s (requested %s, policy %s; %s)",
+            path.name,
+            self.provider,
+            ",".join(cfg.providers),
+            cfg.provider_policy,
+            onnxruntime_package(),
+        )
         names = [i.name for i in self.session.get_inputs()]
         if names != [input_name]:
             raise ModelLoadError(f"{path.name} has inputs {names}; expected [{input_name!r}]")

@@ -3,6 +3,7 @@
 Read once when a serving adapter starts (from the archive's `serving.json` plus any overrides the
 adapter passes) and never mutated; every limit and default lives here, not in code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -73,7 +74,7 @@ class ServingConfig(StrictModel):
     """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
 
     `flagged` needs no setting here: it uses the threshold calibrated in the model card
-    (`service.card.FlagCalibration`) and purification flips.
+    (`clipshield.service.card.FlagCalibration`) and purification flips.
     """
 
     decode: DecodeLimits = DecodeLimits()

@@ -2,10 +2,11 @@
 
 The compact form keeps the shipped mini-world model small: its token embedding only has rows for
 the few BPE tokens its world uses, instead of CLIP's 49,408. Token ids are numpy int64 arrays
-(torch callers wrap them with `torch.from_numpy`), and the BPE (`service.bpe`) reads a vocabulary
+(torch callers wrap them with `torch.from_numpy`), and the BPE (`clipshield.service.bpe`) reads a vocabulary
 file: a server passes its bundle's copy, training the one open_clip installs. No torch here: this
 module is on the serving path.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -15,6 +15,7 @@ K + 3 forwards and K input backwards per image (two more forwards with a separat
 The defence is random and not differentiated through here: an adaptive evaluation must add BPDA/EOT
 (docs/methods.md §11.4). Not wired into serving.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -2,11 +2,12 @@
 
 One code path for evaluation, fine-tuning, attacks and export: `build_text_head` encodes
 `template.format(classname)` for every template and hands the embeddings to the prompt ensemble of
-`service.heads` (the one the server uses on ONNX embeddings: normalise, average over templates,
-renormalise). Heads are cached by content hash (`service.heads.head_key`), so a label set is
+`clipshield.service.heads` (the one the server uses on ONNX embeddings: normalise, average over templates,
+renormalise). Heads are cached by content hash (`clipshield.service.heads.head_key`), so a label set is
 encoded once per model, not once per batch. `cosine_logits` is the torch scaled-cosine logit
-(`service.purify_np.logits` is the numpy one; `tests/unit/test_zero_shot.py` checks they agree).
+(`clipshield.service.purify_np.logits` is the numpy one; `tests/unit/test_zero_shot.py` checks they agree).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -45,10 +46,8 @@ def encode_prompts(model: PixelCLIP, prompts: Sequence[str], batch_size: int = 2
 
 
 @torch.no_grad()
-def build_text_head(
-    model: PixelCLIP, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
-) -> torch.Tensor:
-    """Class embeddings [C, E] float32, unit-norm, on the model's device: `service.heads.ensemble` of the prompts.
+def build_text_head(model: PixelCLIP, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Class embeddings [C, E] float32, unit-norm, on the model's device: `clipshield.service.heads.ensemble` of the prompts.
 
     BadInput when a class name has words the model's (compact) vocabulary cannot represent.
     """
@@ -59,7 +58,7 @@ def build_text_head(
 
 
 class TextHeadCache:
-    """Thread-safe LRU of torch text heads keyed by `head_key` (a `service.heads.HeadCache`)."""
+    """Thread-safe LRU of torch text heads keyed by `head_key` (a `clipshield.service.heads.HeadCache`)."""
 
     def __init__(self, capacity: int = 64) -> None:
         self._cache: HeadCache[torch.Tensor] = HeadCache(capacity)
@@ -72,9 +71,7 @@ class TextHeadCache:
     def misses(self) -> int:
         return self._cache.misses
 
-    def get_or_build(
-        self, model: PixelCLIP, model_id: str, classnames: Sequence[str], templates: Sequence[str]
-    ) -> torch.Tensor:
+    def get_or_build(self, model: PixelCLIP, model_id: str, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """The head of (model, labels, templates), built with `build_text_head` on a miss."""
         key = head_key(model_id, classnames, templates)
         return self._cache.get_or_build(key, lambda: build_text_head(model, classnames, templates))

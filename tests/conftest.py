@@ -1,4 +1,5 @@
 """Shared fixtures: pinned threads, the goldens directory, the shipped mini-world model."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ def _pinned_threads():
     and so the last bits of attack trajectories compared with the goldens, depend on it."""
     torch.set_num_threads(TEST_THREADS)
     yield
+
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDENS_ENV = "CLIPSHIELD_GOLDENS"
@@ -50,8 +52,9 @@ def goldens() -> Path:
     """The goldens folder, checked complete. Missing goldens fail (never skip) every test that needs them."""
     path = goldens_dir()
     missing = [name for name in GOLDEN_FILES if not (path / name).is_file()]
-    missing += [f"{stem}{'|'.join(WEIGHT_SUFFIXES)}" for stem in GOLDEN_WEIGHTS
-                if not any((path / f"{stem}{s}").is_file() for s in WEIGHT_SUFFIXES)]
+    missing += [
+        f"{stem}{'|'.join(WEIGHT_SUFFIXES)}" for stem in GOLDEN_WEIGHTS if not any((path / f"{stem}{s}").is_file() for s in WEIGHT_SUFFIXES)
+    ]
     if missing:
         pytest.fail(
             f"parity goldens missing in {path}: {', '.join(missing)}. The repository ships them in "
@@ -63,6 +66,6 @@ def goldens() -> Path:
 
 @pytest.fixture(scope="session")
 def miniworld_model():
-    from service.models import load_model
+    from clipshield.service.models import load_model
 
     return load_model("miniworld")

@@ -2,12 +2,13 @@
 
 Thresholds carry margin below the measured numbers (see README, 'The mini world').
 """
+
 from __future__ import annotations
 
 import pytest
 
-from training.eval.runner import AttackRecipe, measure, zero_shot_task
-from training.miniworld.world import DOMAINS
+from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+from clipshield.training.miniworld.world import DOMAINS
 
 N = 256
 

@@ -4,6 +4,7 @@
 unknown model, bad option) are the product's own `ClipshieldError`s: printed as one line, exit status
 2, never a stack trace. Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from service.errors import ClipshieldError
+from clipshield.service.errors import ClipshieldError
 
 from .commands import COMMANDS
 
@@ -34,9 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
     except ClipshieldError as exc:

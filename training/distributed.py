@@ -2,6 +2,7 @@
 
 Gloo on CPU (how the 2-process test runs), NCCL on CUDA; a single process needs neither.
 """
+
 from __future__ import annotations
 
 import os

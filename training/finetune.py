@@ -6,6 +6,7 @@ only for methods that need one, its outputs on clean training images computed on
 CSV; a model card with zero-shot clean/robust accuracy at the end. All randomness (batch order, attack
 starts) is derived from (seed, step), so `resume` continues bit-for-bit like an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,14 +22,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from service.card import write_card_file
-from service.checkpoint import save_checkpoint
-from service.config import StrictModel
-from service.errors import ConfigError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.provenance import weights_digest
-from service.zero_shot import build_text_head
+from clipshield.service.card import write_card_file
+from clipshield.service.checkpoint import save_checkpoint
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.provenance import weights_digest
+from clipshield.service.zero_shot import build_text_head
 
 from .data import DatasetRequest, build_dataset
 from .data.transforms import at_size
@@ -123,7 +124,9 @@ def training_request(cfg: FinetuneConfig, model: PixelCLIP) -> DatasetRequest:
     """The training set's request: the model's record preprocessing under the preset (size override: `image_size`)."""
     ds = cfg.dataset
     pre = at_size(model.record.preprocess, ds.image_size)
-    return DatasetRequest(root=ds.root, split="train", image_size=pre.image_size, limit=ds.limit, seed=0, preprocess=pre, preset=ds.preprocess)
+    return DatasetRequest(
+        root=ds.root, split="train", image_size=pre.image_size, limit=ds.limit, seed=0, preprocess=pre, preset=ds.preprocess
+    )
 
 
 def attack_budget(cfg: FinetuneConfig) -> AttackBudget:
@@ -135,8 +138,14 @@ def attack_budget(cfg: FinetuneConfig) -> AttackBudget:
 
 
 def train_step(
-    method: Method, batch: LossInputs, params: StrictModel, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    cfg: FinetuneConfig, generator: torch.Generator, world: int = 1,
+    method: Method,
+    batch: LossInputs,
+    params: StrictModel,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: FinetuneConfig,
+    generator: torch.Generator,
+    world: int = 1,
 ) -> LossOutput:
     """One optimisation step: the method's adversary, its loss, backward, optimiser step (cfg resolved)."""
     # the training attack stays float32 (docs/methods.md §7.3: low precision can zero attack gradients)
@@ -239,16 +248,18 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
         log.info("frozen model: %d clean outputs computed, %d read back", run.reference.computed, run.reference.hits)
     meta = cfg.flat()
     save_train_state(state_dir, target.visual, run.opt, cfg.optim.steps or 0, meta, run.reference)
-    card = model_card(cfg, target, base_record, base_digest, run.data, run.template, evaluate_model(cfg, target),
-                      time.perf_counter() - t_start)
+    card = model_card(
+        cfg, target, base_record, base_digest, run.data, run.template, evaluate_model(cfg, target), time.perf_counter() - t_start
+    )
     record = base_record.model_copy(update={"name": card.name, "description": card.description})
     save_checkpoint(cfg.run.output / "final", record, target.clip.state_dict(), extra={RUN_CONFIG: meta})
     write_card_file(cfg.run.output / "final" / MODEL_CARD, card)
     return target, card.model_dump(mode="json")
 
 
-def _resume(cfg: FinetuneConfig, state_dir: Path, target: PixelCLIP, opt: torch.optim.Optimizer,
-            reference: Optional[FrozenReference]) -> int:
+def _resume(
+    cfg: FinetuneConfig, state_dir: Path, target: PixelCLIP, opt: torch.optim.Optimizer, reference: Optional[FrozenReference]
+) -> int:
     """The step to start at: 0, or the saved one when `cfg.resume` finds a compatible state (loaded in place)."""
     if not (cfg.resume and has_train_state(state_dir)):
         return 0
@@ -264,8 +275,26 @@ def _write_final(folder: Path, target: PixelCLIP, record: Any, meta: dict[str, A
     write_card_file(folder / MODEL_CARD, card)
 
 
-RESUME_KEYS = ("method", "model", "pretrained", "weights", "data", "data_limit", "image_size", "preprocess", "batch_size",
-               "steps", "lr", "optimizer", "warmup", "eps", "attack_alpha", "attack_steps", "method_params", "seed")
+RESUME_KEYS = (
+    "method",
+    "model",
+    "pretrained",
+    "weights",
+    "data",
+    "data_limit",
+    "image_size",
+    "preprocess",
+    "batch_size",
+    "steps",
+    "lr",
+    "optimizer",
+    "warmup",
+    "eps",
+    "attack_alpha",
+    "attack_steps",
+    "method_params",
+    "seed",
+)
 
 
 def _check_resumable(saved: dict, cfg: FinetuneConfig) -> None:

@@ -6,6 +6,7 @@ and `flat()` writes them back, so saved runs, model cards and resumed runs keep 
 `resolved()` fills every "method default" (None) from the method and validates the result;
 `recipe_config(data, ...)` fills the defaults of the training data set's registry recipe first.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,16 +14,16 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from service.config import StrictModel
-from service.errors import ConfigError
-from service.preprocess import Preset
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.preprocess import Preset
 
 from .data import finetune_recipe
 from .methods import get_method
 
 
 class ModelSource(StrictModel):
-    """The model to fine-tune, as `service.models.load_model` takes it."""
+    """The model to fine-tune, as `clipshield.service.models.load_model` takes it."""
 
     model: str = "miniworld"
     pretrained: Optional[str] = None
@@ -39,7 +40,9 @@ class DatasetSettings(StrictModel):
     root: Optional[Path] = None
     limit: Optional[int] = Field(default=None, gt=0)
     image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
-    preprocess: Preset = Field(default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
+    preprocess: Preset = Field(
+        default="model", description="preprocessing preset (clipshield.service.preprocess.PRESETS); model = what serving does"
+    )
     template: Optional[str] = Field(default=None, description="training prompt; default: the data set's (single) template")
     negative_template: str = "This is not a photo of a {}"
 
@@ -86,7 +89,9 @@ class RunSettings(StrictModel):
     output: Path = Path("runs/finetune")
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
-    frozen_cache_mb: float = Field(default=1024.0, ge=0, description="memory for the frozen model's per-image clean outputs; 0: recompute every step")
+    frozen_cache_mb: float = Field(
+        default=1024.0, ge=0, description="memory for the frozen model's per-image clean outputs; 0: recompute every step"
+    )
     resume: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "cpu"
@@ -97,8 +102,13 @@ class RunSettings(StrictModel):
 class EvalSettings(StrictModel):
     """The model card's evaluation: data sets, images per set and the PGD attack (eps None: the training eps)."""
 
-    FLAT: ClassVar[dict[str, str]] = {"datasets": "eval_datasets", "limit": "eval_limit", "eps": "eval_eps", "steps": "eval_steps",
-                                      "batch_size": "eval_batch_size"}
+    FLAT: ClassVar[dict[str, str]] = {
+        "datasets": "eval_datasets",
+        "limit": "eval_limit",
+        "eps": "eval_eps",
+        "steps": "eval_steps",
+        "batch_size": "eval_batch_size",
+    }
     datasets: list[str] = Field(default_factory=list)
     limit: Optional[int] = Field(default=512, gt=0)
     eps: Optional[float] = Field(default=None, ge=0, description="default: the training eps")
@@ -106,16 +116,58 @@ class EvalSettings(StrictModel):
     batch_size: int = Field(default=256, gt=0)
 
 
-GROUPS: dict[str, type[StrictModel]] = {"source": ModelSource, "dataset": DatasetSettings, "optim": OptimSettings,
-                                         "attack": AttackSettings, "run": RunSettings, "evaluation": EvalSettings}
+GROUPS: dict[str, type[StrictModel]] = {
+    "source": ModelSource,
+    "dataset": DatasetSettings,
+    "optim": OptimSettings,
+    "attack": AttackSettings,
+    "run": RunSettings,
+    "evaluation": EvalSettings,
+}
 # flat name (CLI flag, run_config.json key) -> (group, field), in the order run_config.json has always used
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     getattr(cls, "FLAT", {}).get(field, field): (group, field) for group, cls in GROUPS.items() for field in cls.model_fields
 }
-_FLAT_ORDER = ("model", "pretrained", "weights", "cache_dir", "offline", "data", "data_root", "data_limit", "image_size", "preprocess",
-               "template", "negative_template", "output", "epochs", "steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-               "warmup", "eps", "attack_alpha", "attack_steps", "method_params", "seed", "checkpoint_every", "frozen_cache_mb", "resume",
-               "precision", "device", "workers", "threads", "eval_datasets", "eval_limit", "eval_eps", "eval_steps", "eval_batch_size")
+_FLAT_ORDER = (
+    "model",
+    "pretrained",
+    "weights",
+    "cache_dir",
+    "offline",
+    "data",
+    "data_root",
+    "data_limit",
+    "image_size",
+    "preprocess",
+    "template",
+    "negative_template",
+    "output",
+    "epochs",
+    "steps",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "warmup",
+    "eps",
+    "attack_alpha",
+    "attack_steps",
+    "method_params",
+    "seed",
+    "checkpoint_every",
+    "frozen_cache_mb",
+    "resume",
+    "precision",
+    "device",
+    "workers",
+    "threads",
+    "eval_datasets",
+    "eval_limit",
+    "eval_eps",
+    "eval_steps",
+    "eval_batch_size",
+)
 
 
 class FinetuneConfig(StrictModel):
@@ -145,7 +197,7 @@ class FinetuneConfig(StrictModel):
         return nested
 
     @model_validator(mode="after")
-    def _check(self) -> "FinetuneConfig":
+    def _check(self) -> FinetuneConfig:
         method = get_method(self.method)  # UnknownName lists the known methods
         try:  # unknown or invalid loss options fail here, before any work, as one line
             method.params(**self.method_params)
@@ -164,26 +216,29 @@ class FinetuneConfig(StrictModel):
         values["method_params"] = dict(self.method_params)
         return {"method": self.method, **{k: values[k] for k in _FLAT_ORDER}}
 
-    def updated(self, **flat: Any) -> "FinetuneConfig":
+    def updated(self, **flat: Any) -> FinetuneConfig:
         """A validated copy with settings replaced by flat name (`updated(device="cuda:1")`)."""
         unknown = set(flat) - set(FLAT_NAMES) - {"method", "method_params"}
         if unknown:
             raise ConfigError(f"unknown fine-tuning setting(s) {', '.join(sorted(unknown))}; known: {', '.join(_FLAT_ORDER)}")
         return FinetuneConfig.model_validate(self.flat() | flat)
 
-    def resolved(self, batches_per_epoch: int) -> "FinetuneConfig":
+    def resolved(self, batches_per_epoch: int) -> FinetuneConfig:
         """A validated copy with every method default filled in (recorded in the model card)."""
         m = get_method(self.method)
         o, a = self.optim, self.attack
         steps = o.steps or o.epochs * batches_per_epoch
         optimizer = o.optimizer or m.optimizer
         values = {
-            "batch_size": o.batch_size or m.batch_size, "lr": o.lr or m.lr, "optimizer": optimizer,
+            "batch_size": o.batch_size or m.batch_size,
+            "lr": o.lr or m.lr,
+            "optimizer": optimizer,
             # the method's weight decay belongs to its own optimiser; another optimiser starts without one
             "weight_decay": (m.weight_decay if optimizer == m.optimizer else 0.0) if o.weight_decay is None else o.weight_decay,
             "attack_alpha": a.eps * m.adversary.alpha_per_eps if a.alpha is None else a.alpha,
             "attack_steps": m.attack_steps if a.steps is None else a.steps,
-            "steps": steps, "warmup": o.warmup if o.warmup is not None else steps // 10,
+            "steps": steps,
+            "warmup": o.warmup if o.warmup is not None else steps // 10,
             "eval_eps": a.eps if self.evaluation.eps is None else self.evaluation.eps,
             "method_params": m.params(**self.method_params).model_dump(),
         }
@@ -201,7 +256,7 @@ def flat_name(loc: tuple[Any, ...]) -> str:
 def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneConfig:
     """FinetuneConfig for training on `data`: `settings` (flat names; None = unset) over the data set's recipe.
 
-    The recipe comes from the data set's registry entry (`training.data.finetune_recipe`); what it
+    The recipe comes from the data set's registry entry (`clipshield.training.data.finetune_recipe`); what it
     leaves unset falls back to the method's defaults at `resolved()`. Recipe steps apply unless
     `steps` or `epochs` is given; the learning rate is the recipe's for the run's optimiser family.
     Settings come from users (flags), so a value out of range is a one-line `ConfigError` naming it.
@@ -211,9 +266,16 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
     method = get_method(given["method"]) if "method" in given else None
     optimizer = given.get("optimizer") or (method.optimizer if method else "sgd")
     defaults: dict[str, Any] = {
-        "eps": recipe.eps, "attack_alpha": recipe.attack_alpha, "attack_steps": recipe.attack_steps, "epochs": recipe.epochs,
-        "steps": None if "epochs" in given else recipe.steps, "batch_size": recipe.batch_size, "data_limit": recipe.data_limit,
-        "lr": recipe.lr.get(optimizer), "warmup": recipe.warmup, "eval_datasets": list(recipe.eval_datasets),
+        "eps": recipe.eps,
+        "attack_alpha": recipe.attack_alpha,
+        "attack_steps": recipe.attack_steps,
+        "epochs": recipe.epochs,
+        "steps": None if "epochs" in given else recipe.steps,
+        "batch_size": recipe.batch_size,
+        "data_limit": recipe.data_limit,
+        "lr": recipe.lr.get(optimizer),
+        "warmup": recipe.warmup,
+        "eval_datasets": list(recipe.eval_datasets),
     }
     if recipe.model is not None:
         defaults["model"] = recipe.model

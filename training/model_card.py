@@ -1,10 +1,11 @@
-"""The fine-tuned model's card (`service.card.ModelCard`, source "finetune") and its evaluation.
+"""The fine-tuned model's card (`clipshield.service.card.ModelCard`, source "finetune") and its evaluation.
 
-Written next to the final checkpoint by `training.finetune`. `clipshield export --model <final>` reads
-it (`read_finetune_card`) and builds the bundle's own card from it (`training.export.exporter.bundle_card`):
+Written next to the final checkpoint by `clipshield.training.finetune`. `clipshield export --model <final>` reads
+it (`read_finetune_card`) and builds the bundle's own card from it (`clipshield.training.export.exporter.bundle_card`):
 its accuracies, base model, training settings and provenance, with export's measurements replacing
 equal entries; so what was measured here is what the server reports.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import ValidationError
 
-from service.card import (
+from clipshield.service.card import (
     CLEAN,
     SCHEMA_VERSION,
     AccuracyEntry,
@@ -25,10 +26,10 @@ from service.card import (
     current_provenance,
     read_card_file,
 )
-from service.config import ModelRecord, PreprocessConfig
-from service.errors import ConfigError
-from service.pixel_model import PixelCLIP
-from service.provenance import weights_digest
+from clipshield.service.config import ModelRecord, PreprocessConfig
+from clipshield.service.errors import ConfigError
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.provenance import weights_digest
 
 from .methods import get_method
 
@@ -46,23 +47,32 @@ def preprocessing(pre: PreprocessConfig) -> str:
 
 
 def eval_attack(cfg: FinetuneConfig) -> AttackSpec:
-    """The evaluation attack of the card: PGD through `training.eval.runner` (alpha eps/4, one restart)."""
+    """The evaluation attack of the card: PGD through `clipshield.training.eval.runner` (alpha eps/4, one restart)."""
     ev = cfg.evaluation
     eps = ev.eps or 0.0
     return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=ev.steps, label=attack_label("pgd", eps, ev.steps))
 
 
-def evaluate_model(cfg: "FinetuneConfig", model: PixelCLIP) -> list[AccuracyEntry]:
-    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`training.eval.runner`)."""
+def evaluate_model(cfg: FinetuneConfig, model: PixelCLIP) -> list[AccuracyEntry]:
+    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`clipshield.training.eval.runner`)."""
     ev = cfg.evaluation
     if not ev.datasets:
         return []
     from .eval.runner import EvalConfig, Evaluator
 
     ecfg = EvalConfig(
-        model_id=f"{cfg.method}:{weights_digest(model.visual)}", datasets=list(ev.datasets), attacks=["pgd"],
-        eps=ev.eps, steps=ev.steps, seed=cfg.run.seed, limit=ev.limit, batch_size=ev.batch_size,
-        data_root=cfg.dataset.root, image_size=cfg.dataset.image_size, device=cfg.run.device, out_dir=cfg.run.output / "eval",
+        model_id=f"{cfg.method}:{weights_digest(model.visual)}",
+        datasets=list(ev.datasets),
+        attacks=["pgd"],
+        eps=ev.eps,
+        steps=ev.steps,
+        seed=cfg.run.seed,
+        limit=ev.limit,
+        batch_size=ev.batch_size,
+        data_root=cfg.dataset.root,
+        image_size=cfg.dataset.image_size,
+        device=cfg.run.device,
+        out_dir=cfg.run.output / "eval",
     )
     pre, robust = preprocessing(model.record.preprocess), eval_attack(cfg).label
     out = []
@@ -82,11 +92,24 @@ def training_info(cfg: FinetuneConfig, data: Any, template: str, seconds: float)
     kind, a, steps, batch_size = method.adversary.kind, cfg.attack, cfg.optim.steps or 0, cfg.optim.batch_size or 0
     attack = AttackSpec(kind=kind, eps=a.eps, alpha=a.alpha, steps=a.steps or 0, label=attack_label(kind, a.eps, a.steps or 0))
     return TrainingInfo(
-        method=cfg.method, method_description=method.description, image_size=int(image.shape[-1]), steps=steps,
-        epochs=round(steps * batch_size / max(len(data), 1), 4), batch_size=batch_size, hyperparameters=hyper,
-        data=TrainingData(name=cfg.dataset.name, images=len(data), classes=len(data.classnames), template=template,
-                          preprocess_preset=data.protocol.get("preprocess"), preprocess=data.preprocess.model_dump(mode="json")),
-        training_attack=attack, eval_attack=eval_attack(cfg) if cfg.evaluation.datasets else None, train_seconds=round(seconds, 2),
+        method=cfg.method,
+        method_description=method.description,
+        image_size=int(image.shape[-1]),
+        steps=steps,
+        epochs=round(steps * batch_size / max(len(data), 1), 4),
+        batch_size=batch_size,
+        hyperparameters=hyper,
+        data=TrainingData(
+            name=cfg.dataset.name,
+            images=len(data),
+            classes=len(data.classnames),
+            template=template,
+            preprocess_preset=data.protocol.get("preprocess"),
+            preprocess=data.preprocess.model_dump(mode="json"),
+        ),
+        training_attack=attack,
+        eval_attack=eval_attack(cfg) if cfg.evaluation.datasets else None,
+        train_seconds=round(seconds, 2),
     )
 
 
@@ -99,17 +122,34 @@ def embed_dim(model: PixelCLIP) -> int:
 
 
 def model_card(
-    cfg: FinetuneConfig, model: PixelCLIP, base_record: ModelRecord, base_digest: str, data: Any, template: str,
-    results: list[AccuracyEntry], seconds: float,
+    cfg: FinetuneConfig,
+    model: PixelCLIP,
+    base_record: ModelRecord,
+    base_digest: str,
+    data: Any,
+    template: str,
+    results: list[AccuracyEntry],
+    seconds: float,
 ) -> ModelCard:
     """The card of a fine-tuned model (`cfg` resolved; `base_digest`: image tower digest before training)."""
     return ModelCard(
-        source="finetune", name=f"{base_record.name}+{cfg.method}", description=f"{cfg.method} fine-tuned from {cfg.source.model}",
-        embed_dim=embed_dim(model), image_size=model.image_size, logit_scale=model.logit_scale,
+        source="finetune",
+        name=f"{base_record.name}+{cfg.method}",
+        description=f"{cfg.method} fine-tuned from {cfg.source.model}",
+        embed_dim=embed_dim(model),
+        image_size=model.image_size,
+        logit_scale=model.logit_scale,
         weights_digest=weights_digest(model.visual),
-        base_model=BaseModelInfo(model=cfg.source.model, pretrained=cfg.source.pretrained, weights=cfg.source.weights, record=base_record.name,
-                                 weights_digest=base_digest),
-        training=training_info(cfg, data, template, seconds), accuracy=tuple(results), provenance=current_provenance(),
+        base_model=BaseModelInfo(
+            model=cfg.source.model,
+            pretrained=cfg.source.pretrained,
+            weights=cfg.source.weights,
+            record=base_record.name,
+            weights_digest=base_digest,
+        ),
+        training=training_info(cfg, data, template, seconds),
+        accuracy=tuple(results),
+        provenance=current_provenance(),
     )
 
 
@@ -124,8 +164,10 @@ def read_finetune_card(folder: Path) -> Optional[ModelCard]:
     try:
         return read_card_file(path)
     except ValidationError as exc:
-        raise ConfigError(f"{path} is not a schema-{SCHEMA_VERSION} model card ({exc.error_count()} problems; written by an "
-                          "older clipshield?): re-run `clipshield finetune`, or move the file aside to export without it") from None
+        raise ConfigError(
+            f"{path} is not a schema-{SCHEMA_VERSION} model card ({exc.error_count()} problems; written by an "
+            "older clipshield?): re-run `clipshield finetune`, or move the file aside to export without it"
+        ) from None
 
 
 def results_by_dataset(card: ModelCard) -> dict[str, dict[str, Any]]:

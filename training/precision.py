@@ -4,6 +4,7 @@ Attacks stay float32 unless asked: low precision can round small input gradients
 weaken an attack without anyone noticing (a robustness number that is too high). fp16 needs a
 GPU (CPU autocast supports bf16 only); bf16 runs on CPU too, which is how the tests exercise it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")

@@ -4,6 +4,7 @@ The loss is CLIP's symmetric contrastive loss with multi-positive targets: in th
 captions in a batch describe several images ("a red object"), and treating them as negatives slows
 learning about 2x. `--loss clip` uses open_clip's plain `ClipLoss` instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.checkpoint import save_checkpoint
-from service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
-from service.models import from_record
-from service.pixel_model import PixelCLIP
-from service.tokenizer import build_compact_vocab
+from clipshield.service.checkpoint import save_checkpoint
+from clipshield.service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
+from clipshield.service.models import from_record
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.tokenizer import build_compact_vocab
 
 from .miniworld.captions import caption_for, match_matrix, vocabulary_corpus
 from .miniworld.dataset import pretraining_specs, render_specs, spec_attributes
@@ -119,7 +120,7 @@ def _warm_start(cfg: PretrainConfig, model: PixelCLIP, specs: list) -> Optional[
     """With `cfg.teacher`: lock the teacher's text tower into `model`, return its image embeddings [N, E] of `specs`."""
     if cfg.teacher is None:
         return None
-    from service.models import load_model
+    from clipshield.service.models import load_model
 
     from .pretrain_teacher import lock_text_tower, teacher_targets
 
@@ -134,9 +135,7 @@ def _adamw(model: PixelCLIP, cfg: PretrainConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
 
 def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]] = None) -> PixelCLIP:

@@ -7,13 +7,14 @@ teacher's embedding of the same scene rendered at the teacher's own size. Measur
 the 224-px model was still at chance (2.1 % colour+shape top-1, loss 2.80) after 200 of 500 steps on the
 shared 2-core machine, where a step took ~6 s; the 25-minute budget allows a few hundred steps at most.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from service.errors import ConfigError
-from service.pixel_model import PixelCLIP
+from clipshield.service.errors import ConfigError
+from clipshield.service.pixel_model import PixelCLIP
 
 from .miniworld.dataset import render_specs
 from .miniworld.render import ImageSpec
@@ -25,8 +26,10 @@ def lock_text_tower(student: PixelCLIP, teacher: PixelCLIP) -> int:
     Raises ConfigError when the two models' text architectures or vocabularies differ.
     """
     if student.record.arch.get("text_cfg") != teacher.record.arch.get("text_cfg") or student.record.tokenizer != teacher.record.tokenizer:
-        raise ConfigError(f"teacher {teacher.record.name!r} has another text tower or vocabulary than {student.record.name!r}; "
-                          "a teacher must share text_cfg, embed_dim and the tokenizer")
+        raise ConfigError(
+            f"teacher {teacher.record.name!r} has another text tower or vocabulary than {student.record.name!r}; "
+            "a teacher must share text_cfg, embed_dim and the tokenizer"
+        )
     source = teacher.clip.state_dict()
     copied = 0
     for name, param in student.clip.named_parameters():
@@ -46,7 +49,7 @@ def teacher_targets(teacher: PixelCLIP, specs: list[ImageSpec], batch_size: int 
     size = teacher.record.preprocess.image_size
     out = []
     for start in range(0, len(specs), batch_size):
-        pixels = render_specs(specs[start:start + batch_size], size).float() / 255.0
+        pixels = render_specs(specs[start : start + batch_size], size).float() / 255.0
         out.append(teacher.encode_image(pixels, normalize=True).float())
     return torch.cat(out)
 

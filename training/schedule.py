@@ -4,6 +4,7 @@ Written out (five lines) rather than imported because the reference pins the exa
 (docs/methods.md §0.4): lr_i = base*(i+1)/W for i < W, else 0.5*(1+cos(pi*(i-W)/(T-W)))*base, set before
 step i. open_clip's own scheduler lives in the separate open_clip_train package.
 """
+
 from __future__ import annotations
 
 import math

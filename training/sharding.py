@@ -5,6 +5,7 @@ batch's attack randomness is seeded from (cell, b), never from what ran before o
 every batch computes the same numbers whichever process runs it. Integer counts are summed and
 per-sample values gathered, so the merged cell equals the single-process cell exactly.
 """
+
 from __future__ import annotations
 
 import hashlib

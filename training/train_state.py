@@ -3,6 +3,7 @@
 Randomness in our loops is derived from (seed, step), so weights + optimiser + step are the whole
 state: a resumed run continues bit-for-bit like an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from typing import Any, Optional, Protocol
 import torch
 from safetensors.torch import load_file
 
-from service.checkpoint import write_safetensors
+from clipshield.service.checkpoint import write_safetensors
 
 STATE_NAME = "train_state.safetensors"
 CACHE_PREFIX = "cache."
@@ -24,6 +25,7 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
 
 META_NAME = "train_state.json"
 

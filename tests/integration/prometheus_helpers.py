@@ -3,6 +3,7 @@
 Not a test module. A missing binary is a test failure that says how to install it (`make tools`),
 never a skip. The server runs on a free loopback port with its own config and storage in a temp dir.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ import yaml
 
 from .serving_helpers import free_port
 
-INSTALL_HINT = ("install Prometheus: `make tools` (as root: apt-get install --no-install-recommends prometheus), "
-                "or put the prometheus and promtool binaries of a release on PATH")
+INSTALL_HINT = (
+    "install Prometheus: `make tools` (as root: apt-get install --no-install-recommends prometheus), "
+    "or put the prometheus and promtool binaries of a release on PATH"
+)
 
 
 def require_tool(name: str) -> str:
@@ -81,8 +84,13 @@ def start_prometheus(root: Path, target: str, rule_file: Path, job: str, interva
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = root / "prometheus.log"
-    cmd = [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"]
+    cmd = [
+        binary,
+        f"--config.file={root / 'prometheus.yml'}",
+        f"--storage.tsdb.path={root / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1h",
+    ]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root)
     prom = Prometheus(process, f"http://127.0.0.1:{port}", log)

@@ -3,6 +3,7 @@
 Not a test module: free ports, a started server on a mini-world archive, authenticated posts,
 worker pids from the management API, and image bytes in every format/mode the tests need.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,19 +28,23 @@ def free_port() -> int:
 
 def serve_config(**kw: Any):
     """ServeConfig on free loopback ports for all five TorchServe listeners."""
-    from training.export import ServeConfig
+    from clipshield.training.export import ServeConfig
 
     p = [free_port() for _ in range(5)]
     return ServeConfig(
-        inference_address=f"http://127.0.0.1:{p[0]}", management_address=f"http://127.0.0.1:{p[1]}",
-        metrics_address=f"http://127.0.0.1:{p[2]}", grpc_inference_port=p[3], grpc_management_port=p[4], **kw,
+        inference_address=f"http://127.0.0.1:{p[0]}",
+        management_address=f"http://127.0.0.1:{p[1]}",
+        metrics_address=f"http://127.0.0.1:{p[2]}",
+        grpc_inference_port=p[3],
+        grpc_management_port=p[4],
+        **kw,
     )
 
 
 def start(model, root: Path, workers: int = 1, batch_delay_ms: int = 100, **serve_kw: Any):
     """Export the model, build a no-archive store and start TorchServe; returns (handle, store)."""
-    from training.export import build_archive, export_model, start_server
-    from training.export.archive import BatchingConfig
+    from clipshield.training.export import build_archive, export_model, start_server
+    from clipshield.training.export.archive import BatchingConfig
 
     bundle = export_model(model, root / "export")
     store = root / "model_store"

@@ -3,6 +3,7 @@
 The server runs the deployment defaults (2 workers) with a deliberately small job queue, so a
 flood can exceed it on this small machine. Every client call has a timeout: a hang fails the test.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,21 +30,23 @@ log = logging.getLogger(__name__)
 
 QUEUE = 4
 PNG = H.image(seed=5)
-VOCAB_LABELS = [f"{a} {c} {s}".strip() for a in ("", "small", "large", "striped", "noisy")
-                for c in ("red", "blue", "green", "yellow", "orange", "purple", "pink", "cyan")
-                for s in ("circle", "square", "triangle", "diamond", "star", "cross", "heart", "crescent")]
+VOCAB_LABELS = [
+    f"{a} {c} {s}".strip()
+    for a in ("", "small", "large", "striped", "noisy")
+    for c in ("red", "blue", "green", "yellow", "orange", "purple", "pink", "cyan")
+    for s in ("circle", "square", "triangle", "diamond", "star", "cross", "heart", "crescent")
+]
 CLIENT_TIMEOUT_S = 15
 
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from training.export import ServeConfig, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.training.export import ServeConfig, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     workers = ServeConfig().workers
     assert workers == 2 and BatchingConfig().min_workers == 2  # deployment default: a dead worker is not an outage
-    handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("faults"), workers=workers, batch_delay_ms=10,
-                            job_queue_size=QUEUE)
+    handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("faults"), workers=workers, batch_delay_ms=10, job_queue_size=QUEUE)
     yield handle
     assert stop_server(store)
 
@@ -120,8 +123,12 @@ def test_flood_gets_fast_503_then_recovers(server):
         results = list(pool.map(lambda i: _send_labels(server, i), range(240)))
     outcomes = Counter(o for o, _ in results)
     rejected = [s for o, s in results if o == "503"]
-    log.info("flood: outcomes %s, slowest rejection %.2f s, slowest answer %.2f s", dict(outcomes), max(rejected, default=0),
-             max((s for o, s in results if o == "200"), default=0))
+    log.info(
+        "flood: outcomes %s, slowest rejection %.2f s, slowest answer %.2f s",
+        dict(outcomes),
+        max(rejected, default=0),
+        max((s for o, s in results if o == "200"), default=0),
+    )
     assert outcomes["200"] > 0 and len(rejected) > 0, outcomes
     assert set(outcomes) <= {"200", "503"}, outcomes  # no hangs, no connection errors, no other 5xx
     rejected.sort()

@@ -5,6 +5,7 @@ Content-Type headers, multipart forms with random field names and values, nasty 
 sent 8 at a time with client timeouts. Pass: no 5xx, no connection error or hang, every 4xx has a
 JSON error body, the worker was never restarted, and a good request still gets its answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,20 @@ log = logging.getLogger(__name__)
 N_REQUESTS = 400
 SEED = 7
 SEEDS = [H.image(seed=1), H.image(fmt="JPEG", seed=2), H.image("P", seed=3), H.image("RGBA", size=(40, 24), seed=4)]
-CONTENT_TYPES = ["image/png", "image/jpeg", None, "application/octet-stream", "text/plain", "image/gif", "application/json",
-                 "multipart/form-data", "multipart/form-data; boundary=zzz", ";;", "image/png; charset=\u00ff", "a" * 300]
+CONTENT_TYPES = [
+    "image/png",
+    "image/jpeg",
+    None,
+    "application/octet-stream",
+    "text/plain",
+    "image/gif",
+    "application/json",
+    "multipart/form-data",
+    "multipart/form-data; boundary=zzz",
+    ";;",
+    "image/png; charset=\u00ff",
+    "a" * 300,
+]
 NASTY = ["\\ud800", "\\u0000", "\u202e", "\ufeff", "%s%n", "{}", "{0}", "' OR 1=1 --", "<script>", "\u00ff" * 50, "cat"]
 
 
@@ -68,15 +81,18 @@ def fuzz_request(rng: np.random.Generator) -> dict[str, Any]:
         return {"data": image, "headers": {"Content-Type": ctype} if ctype else {}}
     fields: dict[str, Any] = {}
     for name in rng.choice(["labels", "top_k", "purify", "colour", "image\u00e9"], size=int(rng.integers(0, 4)), replace=False):
-        fields[str(name)] = {"labels": _labels(rng), "top_k": str(int(rng.integers(-5, 200))), "purify": rng.choice(["true", "no", "2"])}.get(
-            str(name), rng.bytes(8))
+        fields[str(name)] = {
+            "labels": _labels(rng),
+            "top_k": str(int(rng.integers(-5, 200))),
+            "purify": rng.choice(["true", "no", "2"]),
+        }.get(str(name), rng.bytes(8))
     files = H.form(image if rng.random() < 0.9 else None, **fields)
     return {"files": files}
 
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from training.export import stop_server
+    from clipshield.training.export import stop_server
 
     handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("fuzz"), workers=1, batch_delay_ms=10)
     yield handle

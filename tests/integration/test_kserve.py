@@ -8,6 +8,7 @@ TorchServe bad-input matrix (`test_reliability.CASES`) is replayed in OIP form: 
 type and message words; bad images inside a batch get their own per-item status while their batch
 mates are answered exactly as alone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -114,7 +115,7 @@ def same(got: dict, want: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("kserve") / "export")
 
@@ -132,7 +133,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(bundle):
     """Started and stopped through the CLI: `clipshield serve --runtime kserve [--stop | --ping]`."""
-    from training.cli import main
+    from clipshield.training.cli import main
 
     store, port = bundle.parent / "model_store", H.free_port()
     common = ["serve", "--runtime", "kserve", "--model-store", str(store), "--address", f"http://127.0.0.1:{port}"]
@@ -144,7 +145,9 @@ def server(bundle):
 
 @pytest.fixture(scope="module")
 def client(server):
-    c = http.InferenceServerClient(f"{server.host}:{server.port}", concurrency=4, connection_timeout=H.TIMEOUT_S, network_timeout=H.TIMEOUT_S)
+    c = http.InferenceServerClient(
+        f"{server.host}:{server.port}", concurrency=4, connection_timeout=H.TIMEOUT_S, network_timeout=H.TIMEOUT_S
+    )
     yield c
     c.close()
 
@@ -152,7 +155,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def local(bundle):
     """The same bundle in-process: what the adapter must answer."""
-    from service.inference import ClipshieldService, RawRequest
+    from clipshield.service.inference import ClipshieldService, RawRequest
 
     service = ClipshieldService.from_folder(bundle)
     return lambda parts: service.predict([RawRequest(parts=parts, content_type="image/png")])[0].model_dump()
@@ -170,14 +173,14 @@ def reference(client, local):
 
 
 def test_cli_ping(server):
-    from training.cli import main
+    from clipshield.training.cli import main
 
     assert main(["serve", "--runtime", "kserve", "--ping", "--address", server.url]) == 0
     assert main(["serve", "--runtime", "kserve", "--ping", "--address", f"http://127.0.0.1:{H.free_port()}"]) == 1
 
 
 def test_health_and_metadata_with_tritonclient(client, bundle):
-    from service.bundle import read_card
+    from clipshield.service.bundle import read_card
 
     card = read_card(bundle)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
@@ -208,7 +211,11 @@ def test_labels_purify_top_k(client, local, how):
     if how == "parameters":
         result = infer(client, [b64(GOOD[0])], parameters={"labels": json.dumps(LABELS), "purify": False, "top_k": 2})
     else:
-        options = [bytes_input("labels", [json.dumps(LABELS)]), http.InferInput("purify", [1], "BOOL"), http.InferInput("top_k", [1], "INT32")]
+        options = [
+            bytes_input("labels", [json.dumps(LABELS)]),
+            http.InferInput("purify", [1], "BOOL"),
+            http.InferInput("top_k", [1], "INT32"),
+        ]
         options[1].set_data_from_numpy(np.array([False]), binary_data=False)
         options[2].set_data_from_numpy(np.array([2], dtype=np.int32), binary_data=False)
         result = infer(client, [b64(GOOD[0])], options)
@@ -288,10 +295,17 @@ def test_bad_image_inside_a_batch(client, reference, case):
     assert all(same(answer(result, i + 1), want) for i, want in enumerate(reference))
 
 
-@pytest.mark.parametrize("name,data", [
-    ("1x1", H.image(size=(1, 1))), ("cmyk-jpeg", H.image("CMYK", fmt="JPEG")), ("16-bit-png", H.image("I;16")),
-    ("rgba-png", H.image("RGBA")), ("palette-png", H.image("P")), ("1-bit-png", H.image("1")),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("1x1", H.image(size=(1, 1))),
+        ("cmyk-jpeg", H.image("CMYK", fmt="JPEG")),
+        ("16-bit-png", H.image("I;16")),
+        ("rgba-png", H.image("RGBA")),
+        ("palette-png", H.image("P")),
+        ("1-bit-png", H.image("1")),
+    ],
+)
 def test_unusual_but_valid_images_are_answered(client, name, data):
     result = infer(client, [b64(data)])
     assert list(result.as_numpy("status")) == [200] and len(answer(result)["predictions"]) == 5
@@ -305,7 +319,12 @@ def test_parameters_must_be_scalars(server):
 
 
 def test_body_over_the_limit_is_refused_before_parsing(server, client):
-    r = requests.post(f"{server.url}/v2/models/{MODEL}/infer", data=b"{" + bytes(17 * 1024 * 1024), headers={"Content-Type": "application/json"}, timeout=H.TIMEOUT_S)
+    r = requests.post(
+        f"{server.url}/v2/models/{MODEL}/infer",
+        data=b"{" + bytes(17 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=H.TIMEOUT_S,
+    )
     _check_error_body(r, 413, "PayloadTooLarge", "limit")
     assert list(infer(client, [b64(GOOD[0])]).as_numpy("status")) == [200]
 
@@ -351,9 +370,12 @@ def test_load_test_translation_meets_the_torchserve_contract(server, local):
 def test_malformed_v2_requests_are_refused_and_counted(server, client):
     """Protocol-level mistakes (two image inputs, a non-BYTES image, a multi-element option) are
     400s in the protocol's error shape, and counted in clipshield_requests_total like any refusal."""
+
     def bad_outcomes() -> float:
         text = requests.get(f"{server.url}/metrics", timeout=H.TIMEOUT_S).text
-        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith('clipshield_requests_total{outcome="bad_input"}'))
+        return sum(
+            float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith('clipshield_requests_total{outcome="bad_input"}')
+        )
 
     before = bad_outcomes()
     fp32 = http.InferInput("image", [1], "FP32")
@@ -381,7 +403,7 @@ def test_a_changed_bundle_is_refused_with_one_log_line(bundle, tmp_path):
     """The manifest check of `service/` refuses a modified bundle: the server exits, the start fails."""
     import shutil
 
-    from training.export.kserve_server import KServeConfig, KServeError, start_kserve
+    from clipshield.training.export.kserve_server import KServeConfig, KServeError, start_kserve
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

@@ -3,6 +3,7 @@ response contract and the pass/fail rules the runner applies.
 
 The load run takes ~30 s in all (15 s of load); it skips only where Java (TorchServe's frontend) is missing.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,14 +21,30 @@ needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe
 
 RUN_TIME_S = 15
 USERS = 4
-KINDS = {"raw clean", "raw adversarial", "custom labels purify=true", "custom labels purify=false",
-         "default labels purify=true", "default labels purify=false"}
+KINDS = {
+    "raw clean",
+    "raw adversarial",
+    "custom labels purify=true",
+    "custom labels purify=false",
+    "default labels purify=true",
+    "default labels purify=false",
+}
 
 
 def _answer(labels=("red circle", "blue square"), purified=True, scores=(0.9, 0.1)) -> str:
     preds = [{"label": lab, "score": s} for lab, s in zip(labels, scores)]
-    return json.dumps({"predictions": preds, "purified": purified, "anchor_score": 0.2, "prediction_shift": 0.1,
-                       "flipped": False, "flagged": False, "model": {"name": "m", "version": "1"}, "attack_score": None})
+    return json.dumps(
+        {
+            "predictions": preds,
+            "purified": purified,
+            "anchor_score": 0.2,
+            "prediction_shift": 0.1,
+            "flipped": False,
+            "flagged": False,
+            "model": {"name": "m", "version": "1"},
+            "attack_score": None,
+        }
+    )
 
 
 def test_contract_accepts_a_conforming_answer():
@@ -35,16 +52,19 @@ def test_contract_accepts_a_conforming_answer():
     assert check_response(200, _answer(), expect) is None
 
 
-@pytest.mark.parametrize("status, text, expect, reason", [
-    (503, "queue full", Expectation(), "HTTP 503"),
-    (200, "<html>", Expectation(), "not JSON"),
-    (200, json.dumps({"predictions": []}), Expectation(), "unexpected keys"),
-    (200, _answer(), Expectation(top_k=3, labels=("red circle", "blue square", "green star")), "2 predictions, expected 3"),
-    (200, _answer(), Expectation(), "2 predictions, expected 5"),
-    (200, _answer(scores=(0.1, 0.9)), Expectation(top_k=2), "descending"),
-    (200, _answer(), Expectation(labels=("red circle", "green star"), top_k=2), "not all in the requested set"),
-    (200, _answer(purified=True), Expectation(top_k=2, purify=False), "requested purify=False"),
-])
+@pytest.mark.parametrize(
+    "status, text, expect, reason",
+    [
+        (503, "queue full", Expectation(), "HTTP 503"),
+        (200, "<html>", Expectation(), "not JSON"),
+        (200, json.dumps({"predictions": []}), Expectation(), "unexpected keys"),
+        (200, _answer(), Expectation(top_k=3, labels=("red circle", "blue square", "green star")), "2 predictions, expected 3"),
+        (200, _answer(), Expectation(), "2 predictions, expected 5"),
+        (200, _answer(scores=(0.1, 0.9)), Expectation(top_k=2), "descending"),
+        (200, _answer(), Expectation(labels=("red circle", "green star"), top_k=2), "not all in the requested set"),
+        (200, _answer(purified=True), Expectation(top_k=2, purify=False), "requested purify=False"),
+    ],
+)
 def test_contract_rejects(status, text, expect, reason):
     problem = check_response(status, text, expect)
     assert problem is not None and reason in problem
@@ -52,9 +72,30 @@ def test_contract_rejects(status, text, expect, reason):
 
 def _write_stats(prefix: Path, rows: list[tuple[str, int, int, str]]) -> None:
     """A stats CSV in locust's column layout: (name, requests, failures, p95)."""
-    cols = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
-            "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
-            "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
+    cols = [
+        "Type",
+        "Name",
+        "Request Count",
+        "Failure Count",
+        "Median Response Time",
+        "Average Response Time",
+        "Min Response Time",
+        "Max Response Time",
+        "Average Content Size",
+        "Requests/s",
+        "Failures/s",
+        "50%",
+        "66%",
+        "75%",
+        "80%",
+        "90%",
+        "95%",
+        "98%",
+        "99%",
+        "99.9%",
+        "99.99%",
+        "100%",
+    ]
     with open(f"{prefix}_stats.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -64,8 +105,13 @@ def _write_stats(prefix: Path, rows: list[tuple[str, int, int, str]]) -> None:
 
 def test_report_fails_on_failures_server_errors_and_p95(tmp_path):
     _write_stats(tmp_path / "locust", [("raw clean", 10, 2, "30"), ("Aggregated", 10, 2, "30")])
-    outcomes = parse_outcomes(['clipshield_requests_total{Level="Model",outcome="ok",ModelName="clipshield"} 8.0',
-                               'clipshield_requests_total{outcome="bad_input",Level="Model"} 2.0', "other_metric 1.0"])
+    outcomes = parse_outcomes(
+        [
+            'clipshield_requests_total{Level="Model",outcome="ok",ModelName="clipshield"} 8.0',
+            'clipshield_requests_total{outcome="bad_input",Level="Model"} 2.0',
+            "other_metric 1.0",
+        ]
+    )
     assert outcomes == {"ok": 8.0, "bad_input": 2.0}
     summary = read_stats(tmp_path / "locust", outcomes)
     assert summary.total.requests == 10 and summary.total.p95_ms == 30 and [r.name for r in summary.rows] == ["raw clean"]
@@ -91,8 +137,13 @@ def load_run(tmp_path_factory):
     from tests.load.run_loadtest import LoadTestConfig, run_loadtest
 
     cfg = LoadTestConfig(
-        results_dir=tmp_path_factory.mktemp("loadtest"), run_time_s=RUN_TIME_S, users=USERS, spawn_rate=USERS,
-        server_workers=1, max_p95_ms=1000, payloads=PayloadConfig(n_clean=8, n_adversarial=8),
+        results_dir=tmp_path_factory.mktemp("loadtest"),
+        run_time_s=RUN_TIME_S,
+        users=USERS,
+        spawn_rate=USERS,
+        server_workers=1,
+        max_p95_ms=1000,
+        payloads=PayloadConfig(n_clean=8, n_adversarial=8),
     )
     return cfg, run_loadtest(cfg)
 
@@ -148,8 +199,13 @@ def test_kserve_runtime_bounded_run_meets_the_same_contract(tmp_path_factory):
     from tests.load.run_loadtest import LoadTestConfig, run_loadtest
 
     cfg = LoadTestConfig(
-        results_dir=tmp_path_factory.mktemp("loadtest_kserve"), run_time_s=RUN_TIME_S, users=USERS, spawn_rate=USERS,
-        max_p95_ms=1000, runtime="kserve", payloads=PayloadConfig(n_clean=4, n_adversarial=4),
+        results_dir=tmp_path_factory.mktemp("loadtest_kserve"),
+        run_time_s=RUN_TIME_S,
+        users=USERS,
+        spawn_rate=USERS,
+        max_p95_ms=1000,
+        runtime="kserve",
+        payloads=PayloadConfig(n_clean=4, n_adversarial=4),
     )
     result = run_loadtest(cfg)
     t = result.summary.total

@@ -4,6 +4,7 @@ Known requests go in (ok and bad input); the counters, the recording rules and t
 are read back through Prometheus's HTTP API. Needs Java (TorchServe) and the prometheus binary
 (`make tools`; a missing binary fails with that hint).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -45,8 +46,12 @@ def _close(value: float | None, expected: float, tol: float) -> bool:
 
 def _check_recordings(prom: Prometheus) -> None:
     share = N_BAD / (N_OK + N_BAD)
-    wait_for(lambda: _close(_scalar(prom, 'clipshield:requests:ratio_rate5m{outcome="bad_input"}'), share, 0.05),
-             15, f"bad_input share of the measured phase ~ {share}", prom)
+    wait_for(
+        lambda: _close(_scalar(prom, 'clipshield:requests:ratio_rate5m{outcome="bad_input"}'), share, 0.05),
+        15,
+        f"bad_input share of the measured phase ~ {share}",
+        prom,
+    )
     shares = _by_outcome(prom, "clipshield:requests:ratio_rate5m")
     assert set(shares) == {"ok", "bad_input"} and _close(sum(shares.values()), 1.0, 1e-9), shares
     rates = _by_outcome(prom, "clipshield:requests:rate5m")
@@ -60,7 +65,7 @@ def _check_recordings(prom: Prometheus) -> None:
 
 
 def _check_alerts(prom: Prometheus) -> None:
-    from training.monitoring.rules import loaded_gauge
+    from clipshield.training.monitoring.rules import loaded_gauge
 
     rules = prom.rules()
     assert rules and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
@@ -69,16 +74,20 @@ def _check_alerts(prom: Prometheus) -> None:
     # The pod is up; the model-loaded alert holds (pending, for 10m) only while the loaded gauge is missing
     # (clipshield_model_accuracy is absent when the model card lists no accuracy).
     expected_no_model = "inactive" if loaded else "pending"
-    wait_for(lambda: {r["name"]: r["state"] for r in prom.rules() if r["type"] == "alerting"}["ClipshieldNoModelLoaded"]
-             == expected_no_model, 10, f"ClipshieldNoModelLoaded {expected_no_model}", prom)
+    wait_for(
+        lambda: {r["name"]: r["state"] for r in prom.rules() if r["type"] == "alerting"}["ClipshieldNoModelLoaded"] == expected_no_model,
+        10,
+        f"ClipshieldNoModelLoaded {expected_no_model}",
+        prom,
+    )
     quiet = {name: state for name, state in states.items() if name != "ClipshieldNoModelLoaded"}
     assert set(quiet.values()) == {"inactive"}, quiet
 
 
 def test_prometheus_scrapes_counters_and_evaluates_rules(miniworld_model, tmp_path):
-    from training.export import stop_server
-    from training.monitoring.generate import OUT, RULE_RESOURCE, rule_file_from_resource
-    from training.monitoring.rules import JOB
+    from clipshield.training.export import stop_server
+    from clipshield.training.monitoring.generate import OUT, RULE_RESOURCE, rule_file_from_resource
+    from clipshield.training.monitoring.rules import JOB
 
     require_tool("prometheus")  # before the slow TorchServe start
     rule_file = tmp_path / "clipshield.rules.yaml"

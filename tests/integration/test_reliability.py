@@ -5,6 +5,7 @@ delay, one worker, so they share a batch): the bad one gets its own 4xx with a J
 the problem, its batch mates get exactly the answer they get alone, the next good request is
 answered 200, and the worker process is never restarted.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,7 +81,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from training.export import stop_server
+    from clipshield.training.export import stop_server
 
     handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("rel"), workers=1, batch_delay_ms=100)
     yield handle
@@ -170,7 +171,6 @@ def test_worker_never_restarted(server, reference):
     _, pids = reference
     now = H.workers(server)
     assert {w["pid"] for w in now} == pids and all(w["status"] == "READY" for w in now)
-
 
 
 def _metric_sum(server, prefix: str, contains: str = "") -> float:

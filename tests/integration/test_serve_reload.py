@@ -5,6 +5,7 @@ restarts the server on the new archive (or refuses with --if-running fail), refu
 another server, and refuses an archive of a bundle format it cannot read before starting anything.
 Tiny mini-world model, one worker: a few seconds per start.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,31 +25,49 @@ requests = pytest.importorskip("requests")
 @pytest.fixture(scope="module")
 def bundles(miniworld_model, tmp_path_factory):
     """Export bundles of the mini-world model as versions A and B (exported once, archived per test)."""
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     root = tmp_path_factory.mktemp("reload")
     return {v: export_model(miniworld_model, root / f"export-{v}", version=v) for v in ("A", "B")}
 
 
 def _archive(bundle, store):
-    from training.export import build_archive
-    from training.export.archive import BatchingConfig
+    from clipshield.training.export import build_archive
+    from clipshield.training.export.archive import BatchingConfig
 
     return build_archive(bundle, store, batching=BatchingConfig(min_workers=1, max_workers=1, max_batch_delay_ms=5))
 
 
 def _serve_args(store, ports, *extra):
-    return ["serve", "--model-store", str(store), "--address", f"http://127.0.0.1:{ports[0]}",
-            "--management-address", f"http://127.0.0.1:{ports[1]}", "--metrics-address", f"http://127.0.0.1:{ports[2]}",
-            "--grpc-ports", str(ports[3]), str(ports[4]), "--workers", "1", *extra]
+    return [
+        "serve",
+        "--model-store",
+        str(store),
+        "--address",
+        f"http://127.0.0.1:{ports[0]}",
+        "--management-address",
+        f"http://127.0.0.1:{ports[1]}",
+        "--metrics-address",
+        f"http://127.0.0.1:{ports[2]}",
+        "--grpc-ports",
+        str(ports[3]),
+        str(ports[4]),
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 def _answer(store, port):
-    from training.export.torchserve import STATE_DIR, read_keys
+    from clipshield.training.export.torchserve import STATE_DIR, read_keys
 
     key = read_keys(store / STATE_DIR)["inference"]
-    r = requests.post(f"http://127.0.0.1:{port}/predictions/clipshield", data=image(seed=1),
-                      headers={"Content-Type": "image/png", "Authorization": f"Bearer {key}"}, timeout=30)
+    r = requests.post(
+        f"http://127.0.0.1:{port}/predictions/clipshield",
+        data=image(seed=1),
+        headers={"Content-Type": "image/png", "Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     return r.json()["model"]
 
@@ -57,7 +76,7 @@ def _check_runtime_reported(store, ports):
     """The workers got serve's provider settings: describe and the runtime-info gauge name the provider running."""
     import time
 
-    from training.export.torchserve import STATE_DIR, ServeConfig, ServerHandle, describe_model
+    from clipshield.training.export.torchserve import STATE_DIR, ServeConfig, ServerHandle, describe_model
 
     cfg = ServeConfig(management_address=f"http://127.0.0.1:{ports[1]}")
     runtime = describe_model(ServerHandle(None, cfg, store / STATE_DIR), "clipshield")["runtime"]
@@ -74,8 +93,8 @@ def _check_runtime_reported(store, ports):
 
 
 def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
-    from training.cli import main
-    from training.export.torchserve import running_launcher, stop_server
+    from clipshield.training.cli import main
+    from clipshield.training.export.torchserve import running_launcher, stop_server
 
     store = tmp_path / "model_store"
     ports = [free_port() for _ in range(5)]
@@ -112,9 +131,9 @@ def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
 def test_serve_refuses_unreadable_bundle_before_starting(bundles, tmp_path, capsys):
     import zipfile
 
-    from service.bundle_info import BUNDLE_INFO
-    from training.cli import main
-    from training.export.torchserve import running_launcher
+    from clipshield.service.bundle_info import BUNDLE_INFO
+    from clipshield.training.cli import main
+    from clipshield.training.export.torchserve import running_launcher
 
     store = tmp_path / "model_store"
     mar = _archive(bundles["A"], store)

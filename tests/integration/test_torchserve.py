@@ -2,6 +2,7 @@
 
 Skips only where Java (needed by TorchServe's frontend) is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,39 +27,54 @@ def _free_port() -> int:
 
 def _serve_config(**kw):
     """Free ports for all five TorchServe listeners (HTTP inference/management/metrics, gRPC x2)."""
-    from training.export import ServeConfig
+    from clipshield.training.export import ServeConfig
 
     p = [_free_port() for _ in range(5)]
     return ServeConfig(
-        inference_address=f"http://127.0.0.1:{p[0]}", management_address=f"http://127.0.0.1:{p[1]}",
-        metrics_address=f"http://127.0.0.1:{p[2]}", grpc_inference_port=p[3], grpc_management_port=p[4], workers=1, **kw,
+        inference_address=f"http://127.0.0.1:{p[0]}",
+        management_address=f"http://127.0.0.1:{p[1]}",
+        metrics_address=f"http://127.0.0.1:{p[2]}",
+        grpc_inference_port=p[3],
+        grpc_management_port=p[4],
+        workers=1,
+        **kw,
     )
 
 
 def unfitted_score():
     """An attack-score calibration with made-up parameters: the HTTP contract, not the fit, is under test here."""
-    from service.attack_score_config import AttackScoreConfig, ScoreParams
-    from service.card import AttackScoreCalibration
+    from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
+    from clipshield.service.card import AttackScoreCalibration
 
-    params = ScoreParams(signals=("tau", "anchor", "margin"), mean=(0.02, 0.5, 5.0), std=(0.01, 0.1, 3.0), weights=(0.2, -0.1, -0.4),
-                         bias=0.0, threshold=0.9, target_fpr=0.05, dataset="test: not fitted", n_calibration=1)
+    params = ScoreParams(
+        signals=("tau", "anchor", "margin"),
+        mean=(0.02, 0.5, 5.0),
+        std=(0.01, 0.1, 3.0),
+        weights=(0.2, -0.1, -0.4),
+        bias=0.0,
+        threshold=0.9,
+        target_fpr=0.05,
+        dataset="test: not fitted",
+        n_calibration=1,
+    )
     return AttackScoreCalibration(config=AttackScoreConfig(n_noise=2), params=params, attack="none")
 
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from training.export import build_archive, export_model, start_server, stop_server
-    from training.export.archive import BatchingConfig
+    from clipshield.training.export import build_archive, export_model, start_server, stop_server
+    from clipshield.training.export.archive import BatchingConfig
 
     root = tmp_path_factory.mktemp("ts")
-    from service.bundle import AccuracyEntry
+    from clipshield.service.bundle import AccuracyEntry
 
     card_acc = [AccuracyEntry(dataset="miniworld/plain/color_shape/seen", attack="none", purified=False, value=0.75, n=8)]
-    from service.card import PurifyDefaults
-    from training.export.exporter import ExportMeasurements
+    from clipshield.service.card import PurifyDefaults
+    from clipshield.training.export.exporter import ExportMeasurements
 
-    measured = ExportMeasurements(accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"),
-                                  attack_score=unfitted_score())
+    measured = ExportMeasurements(
+        accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"), attack_score=unfitted_score()
+    )
     bundle = export_model(miniworld_model, root / "export", version="0.9", measured=measured)
     store = root / "model_store"
     build_archive(bundle, store, batching=BatchingConfig(min_workers=1, max_workers=1, max_batch_delay_ms=50))
@@ -69,8 +85,8 @@ def server(miniworld_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pngs():
-    from service.preprocess import encode_png
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.service.preprocess import encode_png
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=4))
     return [encode_png(img.numpy()) for img in ds.images()], [ds.classnames[i] for i in ds.labels]
@@ -123,7 +139,7 @@ def test_bad_item_gets_own_status_in_batch(server, pngs):
 
 
 def test_token_required_and_ping(server):
-    from training.export.torchserve import ping
+    from clipshield.training.export.torchserve import ping
 
     r = requests.post(_url(server), data=b"x", headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code in (400, 401)
@@ -146,14 +162,23 @@ def test_attack_score_on_request(server, pngs):
 def test_metrics_endpoint_has_clipshield_metrics(server, pngs):
     images, _ = pngs
     requests.post(_url(server), data=images[0], headers={"Content-Type": "image/png", **_auth(server)}, timeout=30)
-    requests.post(_url(server), files={"image": ("x.png", images[0], "image/png")}, data={"attack_score": "true"}, headers=_auth(server),
-                  timeout=30)
+    requests.post(
+        _url(server), files={"image": ("x.png", images[0], "image/png")}, data={"attack_score": "true"}, headers=_auth(server), timeout=30
+    )
     text = requests.get(server.config.metrics_address + "/metrics", timeout=10).text
     lines = [line for line in text.splitlines() if line.startswith("clipshield_")]
     names = {line.split("{")[0] for line in lines}
-    for expected in ("clipshield_requests_total", "clipshield_decode_seconds_count", "clipshield_encode_seconds_count",
-                     "clipshield_purify_seconds_count", "clipshield_head_seconds_count", "clipshield_prediction_shift_count",
-                     "clipshield_anchor_score_count", "clipshield_attack_score_count", "clipshield_attack_score_seconds_count"):
+    for expected in (
+        "clipshield_requests_total",
+        "clipshield_decode_seconds_count",
+        "clipshield_encode_seconds_count",
+        "clipshield_purify_seconds_count",
+        "clipshield_head_seconds_count",
+        "clipshield_prediction_shift_count",
+        "clipshield_anchor_score_count",
+        "clipshield_attack_score_count",
+        "clipshield_attack_score_seconds_count",
+    ):
         assert expected in names, sorted(names)
     assert any('outcome="ok"' in line for line in lines if line.startswith("clipshield_requests_total"))
     gauges = [line for line in lines if line.startswith("clipshield_model_accuracy{")]
@@ -161,7 +186,7 @@ def test_metrics_endpoint_has_clipshield_metrics(server, pngs):
 
 
 def test_serving_client(server, pngs):
-    from training.export import ServingClient
+    from clipshield.training.export import ServingClient
 
     images, truth = pngs
     client = ServingClient(server)
@@ -173,7 +198,7 @@ def test_serving_client(server, pngs):
 
 
 def test_serving_demo_end_to_end(miniworld_model, tmp_path):
-    from training.export.demo_serving import serving_demo
+    from clipshield.training.export.demo_serving import serving_demo
 
     cfg = _serve_config()
     lines: list[str] = []
@@ -190,8 +215,11 @@ def test_serving_demo_end_to_end(miniworld_model, tmp_path):
 
 def test_describe_answers_the_model_card(server):
     """`GET /models/clipshield?customized=true` (management API) returns the served card, accuracies included."""
-    r = requests.get(server.config.management_address + "/models/clipshield?customized=true",
-                     headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=30)
+    r = requests.get(
+        server.config.management_address + "/models/clipshield?customized=true",
+        headers={"Authorization": f"Bearer {server.keys()['management']}"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     card = r.json()[0]["customizedMetadata"]["model"]  # TorchServe embeds the handler's JSON answer as an object
     assert card["source"] == "export" and card["version"] == "0.9" and card["purify"]["chosen_by"] == "test: on by default"

@@ -5,17 +5,18 @@ An answer counts as a failure unless it is HTTP 200 with the documented JSON bod
 section 3): top-k predictions sorted by score, labels from the request's label set when one was sent,
 and `purified` matching an explicit `purify` field.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 MANIFEST = "payloads.json"  # the payload folder's manifest, written by tests/load/payloads.py
 RESPONSE_KEYS = frozenset({"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model", "attack_score"})
-DEFAULT_TOP_K = 5  # service.settings.RequestLimits.default_top_k, the server default when a request sends none
+DEFAULT_TOP_K = 5  # clipshield.service.settings.RequestLimits.default_top_k, the server default when a request sends none
 
 
 class Expectation(StrictModel):

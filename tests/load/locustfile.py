@@ -11,6 +11,7 @@ Mix (task weights): raw clean PNG 4, raw adversarial PNG 2, multipart with a cus
 random purify/top_k 3, multipart with the default labels and an explicit purify 2. Request names
 group the statistics by kind (the HTML report and CSV show one row per name).
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,13 @@ def _add_options(parser) -> None:
     parser.add_argument("--request-timeout", env_var="LOCUST_REQUEST_TIMEOUT", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--think-ms", env_var="LOCUST_THINK_MS", type=float, default=50.0, help="max think time between requests")
     parser.add_argument("--seed", env_var="LOCUST_SEED", type=int, default=0, help="base seed of the users' choices")
-    parser.add_argument("--runtime", env_var="LOCUST_RUNTIME", choices=("torchserve", "kserve"), default="torchserve",
-                        help="torchserve: /predictions/clipshield; kserve: Open Inference Protocol v2 (same contract)")
+    parser.add_argument(
+        "--runtime",
+        env_var="LOCUST_RUNTIME",
+        choices=("torchserve", "kserve"),
+        default="torchserve",
+        help="torchserve: /predictions/clipshield; kserve: Open Inference Protocol v2 (same contract)",
+    )
 
 
 @events.quitting.add_listener
@@ -77,8 +83,10 @@ class ClipshieldUser(HttpUser):
         opts = self.environment.parsed_options
         folder = Path(opts.payloads)
         manifest = json.loads((folder / MANIFEST).read_text())
-        self.images = {kind: [(folder / it["file"]).read_bytes() for it in manifest["images"] if it["kind"] == kind]
-                       for kind in ("clean", "adversarial")}
+        self.images = {
+            kind: [(folder / it["file"]).read_bytes() for it in manifest["images"] if it["kind"] == kind]
+            for kind in ("clean", "adversarial")
+        }
         self.all_images = self.images["clean"] + self.images["adversarial"]
         self.label_sets = {name: tuple(labels) for name, labels in manifest["label_sets"].items()}
         self.timeout = opts.request_timeout
@@ -130,11 +138,19 @@ class ClipshieldUser(HttpUser):
         name = self.rng.choice(sorted(self.label_sets))
         labels, purify, top_k = self.label_sets[name], self.rng.random() < 0.5, self.rng.randint(1, 5)
         fields = {"labels": json.dumps(list(labels)), "purify": str(purify).lower(), "top_k": str(top_k)}
-        self._post(f"custom labels purify={str(purify).lower()}", self.rng.choice(self.all_images), fields,
-                   Expectation(labels=labels, purify=purify, top_k=top_k))
+        self._post(
+            f"custom labels purify={str(purify).lower()}",
+            self.rng.choice(self.all_images),
+            fields,
+            Expectation(labels=labels, purify=purify, top_k=top_k),
+        )
 
     @task(2)
     def purify_toggle(self) -> None:
         purify = self.rng.random() < 0.5
-        self._post(f"default labels purify={str(purify).lower()}", self.rng.choice(self.all_images), {"purify": str(purify).lower()},
-                   Expectation(purify=purify))
+        self._post(
+            f"default labels purify={str(purify).lower()}",
+            self.rng.choice(self.all_images),
+            {"purify": str(purify).lower()},
+            Expectation(purify=purify),
+        )

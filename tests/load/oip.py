@@ -5,6 +5,7 @@ multipart form fields a TorchServe request would carry (image base64, fields as 
 `as_torchserve(body)` turns a v2 response back into the TorchServe JSON answer, so one contract
 (`tests.load.contract.check_response`) judges both runtimes. Free of locust imports.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,11 @@ def as_torchserve(body: Mapping[str, Any], item: int = 0) -> dict[str, Any]:
         answer[name] = outputs[name][item]
     answer["attack_score"] = None
     if "attack_score" in outputs:  # present only when the score was computed
-        answer["attack_score"] = {"score": float(outputs["attack_score"][item]), "threshold": float(outputs["attack_score_threshold"][item]),
-                                  "flagged": bool(outputs["attack_flagged"][item])}
+        answer["attack_score"] = {
+            "score": float(outputs["attack_score"][item]),
+            "threshold": float(outputs["attack_score_threshold"][item]),
+            "flagged": bool(outputs["attack_flagged"][item]),
+        }
     params = body.get("parameters") or {}
     answer["model"] = {"name": params.get("model"), "version": params.get("model_version")}
     return answer

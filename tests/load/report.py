@@ -5,6 +5,7 @@ times are in milliseconds (locust buckets them to 10 ms above 100 ms, to 100 ms 
 The server-side view comes from TorchServe's `clipshield_requests_total{outcome}` counter, so an
 error the client did not see (or miscounted) still fails the run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
 
 AGGREGATED = "Aggregated"
 _OUTCOME = re.compile(r'^clipshield_requests_total\{.*?outcome="([^"]+)".*\}\s+([0-9.eE+-]+)$')
@@ -57,8 +58,14 @@ def _num(value: str) -> float:
 
 def _row(rec: dict[str, str]) -> RowStats:
     return RowStats(
-        name=rec["Name"], requests=int(rec["Request Count"]), failures=int(rec["Failure Count"]), rps=_num(rec["Requests/s"]),
-        p50_ms=_num(rec["50%"]), p95_ms=_num(rec["95%"]), p99_ms=_num(rec["99%"]), max_ms=_num(rec["Max Response Time"]),
+        name=rec["Name"],
+        requests=int(rec["Request Count"]),
+        failures=int(rec["Failure Count"]),
+        rps=_num(rec["Requests/s"]),
+        p50_ms=_num(rec["50%"]),
+        p95_ms=_num(rec["95%"]),
+        p99_ms=_num(rec["99%"]),
+        max_ms=_num(rec["Max Response Time"]),
     )
 
 
@@ -103,9 +110,12 @@ def problems(summary: LoadSummary, max_p95_ms: float) -> list[str]:
 
 def format_summary(summary: LoadSummary) -> list[str]:
     """Human-readable lines: the aggregate first, then one line per request kind."""
+
     def line(r: RowStats) -> str:
-        return (f"{r.name:32s} {r.requests:7d} req {r.failures:4d} fail {r.rps:8.1f} req/s  "
-                f"p50 {r.p50_ms:6.0f}  p95 {r.p95_ms:6.0f}  p99 {r.p99_ms:6.0f}  max {r.max_ms:6.0f} ms")
+        return (
+            f"{r.name:32s} {r.requests:7d} req {r.failures:4d} fail {r.rps:8.1f} req/s  "
+            f"p50 {r.p50_ms:6.0f}  p95 {r.p95_ms:6.0f}  p99 {r.p99_ms:6.0f}  max {r.max_ms:6.0f} ms"
+        )
 
     lines = [line(summary.total)] + ["  " + line(r) for r in sorted(summary.rows, key=lambda r: r.name)]
     if summary.server_outcomes:

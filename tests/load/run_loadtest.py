@@ -6,6 +6,7 @@ PGD-perturbed PNGs, label sets), start TorchServe (or KServe: `--runtime kserve`
 server (always), and exit 1 on any failed request, any non-ok server outcome, or p95 above
 `--max-p95-ms`. Usage: `python -m tests.load.run_loadtest [--run-time 30] [--users 8] ...`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 from .contract import MANIFEST
 from .payloads import PayloadConfig, build_payloads
@@ -73,33 +74,68 @@ def _free_port() -> int:
 
 def loopback_serve_config(workers: int, startup_timeout_s: float):
     """A ServeConfig with all five TorchServe listeners on free 127.0.0.1 ports (never a public address)."""
-    from training.export import ServeConfig
+    from clipshield.training.export import ServeConfig
 
     p = [_free_port() for _ in range(5)]
     return ServeConfig(
-        inference_address=f"http://127.0.0.1:{p[0]}", management_address=f"http://127.0.0.1:{p[1]}",
-        metrics_address=f"http://127.0.0.1:{p[2]}", grpc_inference_port=p[3], grpc_management_port=p[4],
-        workers=workers, startup_timeout_s=startup_timeout_s,
+        inference_address=f"http://127.0.0.1:{p[0]}",
+        management_address=f"http://127.0.0.1:{p[1]}",
+        metrics_address=f"http://127.0.0.1:{p[2]}",
+        grpc_inference_port=p[3],
+        grpc_management_port=p[4],
+        workers=workers,
+        startup_timeout_s=startup_timeout_s,
     )
 
 
 def locust_command(cfg: LoadTestConfig, host: str, payloads: Path, key_file: Optional[Path], out: Path) -> list[str]:
     """The headless locust command line (module form, so it runs with this interpreter's locust)."""
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
-        "--users", str(cfg.users), "--spawn-rate", str(cfg.spawn_rate), "--run-time", f"{cfg.run_time_s}s",
-        "--stop-timeout", str(int(cfg.request_timeout_s) + 1), "--csv", str(out / CSV_PREFIX), "--html", str(out / "report.html"),
-        "--only-summary", "--loglevel", "WARNING", "--logfile", str(out / "locust.log"),
-        "--payloads", str(payloads), "--key-file", str(key_file) if key_file else "", "--request-timeout", str(cfg.request_timeout_s),
-        "--think-ms", str(cfg.think_ms), "--seed", str(cfg.seed), "--runtime", cfg.runtime,
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(cfg.users),
+        "--spawn-rate",
+        str(cfg.spawn_rate),
+        "--run-time",
+        f"{cfg.run_time_s}s",
+        "--stop-timeout",
+        str(int(cfg.request_timeout_s) + 1),
+        "--csv",
+        str(out / CSV_PREFIX),
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--logfile",
+        str(out / "locust.log"),
+        "--payloads",
+        str(payloads),
+        "--key-file",
+        str(key_file) if key_file else "",
+        "--request-timeout",
+        str(cfg.request_timeout_s),
+        "--think-ms",
+        str(cfg.think_ms),
+        "--seed",
+        str(cfg.seed),
+        "--runtime",
+        cfg.runtime,
     ]
 
 
 def _prepare(cfg: LoadTestConfig, work: Path) -> tuple[Path, Path]:
     """Export + archive the model and write the payloads; returns (model store, payload folder)."""
-    from service.models import load_model
-    from training.export import build_archive, export_model
-    from training.export.archive import BatchingConfig
+    from clipshield.service.models import load_model
+    from clipshield.training.export import build_archive, export_model
+    from clipshield.training.export.archive import BatchingConfig
 
     model = load_model(cfg.model)
     bundle = export_model(model, work / "export")
@@ -113,16 +149,18 @@ def _prepare(cfg: LoadTestConfig, work: Path) -> tuple[Path, Path]:
 def _start(cfg: LoadTestConfig, work: Path, store: Path) -> tuple[str, Optional[Path], Callable[[], list[str]], Callable[[], object]]:
     """Start the configured runtime: (host, key file or None, clipshield_ metric lines, stop)."""
     if cfg.runtime == "kserve":
-        from training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
+        from clipshield.training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
 
-        handle = start_kserve(work / "export", work / "kserve", KServeConfig(http_port=_free_port(), startup_timeout_s=cfg.startup_timeout_s))
+        handle = start_kserve(
+            work / "export", work / "kserve", KServeConfig(http_port=_free_port(), startup_timeout_s=cfg.startup_timeout_s)
+        )
 
         def kserve_metrics() -> list[str]:
             with urllib.request.urlopen(handle.url + "/metrics", timeout=10) as resp:
                 return [line for line in resp.read().decode().splitlines() if line.startswith("clipshield_")]
 
         return handle.url, None, kserve_metrics, lambda: stop_kserve(handle.state_dir)
-    from training.export import ServingClient, start_server, stop_server
+    from clipshield.training.export import ServingClient, start_server, stop_server
 
     ts = start_server(store, loopback_serve_config(cfg.server_workers, cfg.startup_timeout_s))
     return ts.config.inference_address, ts.state_dir / "key_file.json", ServingClient(ts, timeout_s=10).metrics, lambda: stop_server(store)
@@ -155,17 +193,27 @@ def run_loadtest(cfg: Optional[LoadTestConfig] = None) -> LoadTestResult:
     except ReportError as err:
         raise ReportError(f"{err}; locust exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}") from err
     found = problems(summary, cfg.max_p95_ms)
-    files = {"stats": out / f"{CSV_PREFIX}_stats.csv", "history": out / f"{CSV_PREFIX}_stats_history.csv",
-             "failures": out / f"{CSV_PREFIX}_failures.csv", "html": out / "report.html", "summary": out / "summary.json"}
-    record = {"config": cfg.model_dump(mode="json"), "summary": summary.model_dump(mode="json"), "problems": found,
-              "passed": not found, "attack": json.loads((payloads / MANIFEST).read_text())["attack"]}
+    files = {
+        "stats": out / f"{CSV_PREFIX}_stats.csv",
+        "history": out / f"{CSV_PREFIX}_stats_history.csv",
+        "failures": out / f"{CSV_PREFIX}_failures.csv",
+        "html": out / "report.html",
+        "summary": out / "summary.json",
+    }
+    record = {
+        "config": cfg.model_dump(mode="json"),
+        "summary": summary.model_dump(mode="json"),
+        "problems": found,
+        "passed": not found,
+        "attack": json.loads((payloads / MANIFEST).read_text())["attack"],
+    }
     files["summary"].write_text(json.dumps(record, indent=2))
     return LoadTestResult(summary=summary, problems=tuple(found), files=files)
 
 
 def write_payloads(cfg: LoadTestConfig) -> Path:
     """Only the payload folder (`<results>/work/payloads`), for running the locustfile by hand against any server."""
-    from service.models import load_model
+    from clipshield.service.models import load_model
 
     return build_payloads(load_model(cfg.model), cfg.results_dir.resolve() / "work" / "payloads", cfg.payloads).parent
 
@@ -188,8 +236,17 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[LoadTestConfig, bool]:
     p.add_argument("--payloads-only", action="store_true", help="write the payloads, print a locust command, do not run")
     a = p.parse_args(argv)
     return LoadTestConfig(
-        results_dir=a.results, model=a.model, run_time_s=a.run_time, users=a.users, spawn_rate=a.spawn_rate, think_ms=a.think_ms,
-        request_timeout_s=a.request_timeout, max_p95_ms=a.max_p95_ms, server_workers=a.workers, seed=a.seed, runtime=a.runtime,
+        results_dir=a.results,
+        model=a.model,
+        run_time_s=a.run_time,
+        users=a.users,
+        spawn_rate=a.spawn_rate,
+        think_ms=a.think_ms,
+        request_timeout_s=a.request_timeout,
+        max_p95_ms=a.max_p95_ms,
+        server_workers=a.workers,
+        seed=a.seed,
+        runtime=a.runtime,
         payloads=PayloadConfig(seed=a.seed),
     ), a.payloads_only
 
@@ -200,14 +257,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg, payloads_only = parse_args(argv)
     if payloads_only:
         folder = write_payloads(cfg)
-        print(f"payloads in {folder}; from the repo root run e.g.\n  locust -f {LOCUSTFILE.relative_to(REPO)} --headless "
-              f"--host http://HOST:8080 -u {cfg.users} -r {cfg.spawn_rate:g} -t {cfg.run_time_s}s --payloads {folder} --token KEY "
-              f"--csv {cfg.results_dir}/locust --html {cfg.results_dir}/report.html")
+        print(
+            f"payloads in {folder}; from the repo root run e.g.\n  locust -f {LOCUSTFILE.relative_to(REPO)} --headless "
+            f"--host http://HOST:8080 -u {cfg.users} -r {cfg.spawn_rate:g} -t {cfg.run_time_s}s --payloads {folder} --token KEY "
+            f"--csv {cfg.results_dir}/locust --html {cfg.results_dir}/report.html"
+        )
         return 0
     result = run_loadtest(cfg)
     t = result.summary.total
-    print(f"\nload test: {cfg.users} users for {cfg.run_time_s} s -> {t.rps:.1f} req/s, "
-          f"p50 {t.p50_ms:.0f} ms, p95 {t.p95_ms:.0f} ms, p99 {t.p99_ms:.0f} ms, {t.failures} failed of {t.requests}")
+    print(
+        f"\nload test: {cfg.users} users for {cfg.run_time_s} s -> {t.rps:.1f} req/s, "
+        f"p50 {t.p50_ms:.0f} ms, p95 {t.p95_ms:.0f} ms, p99 {t.p99_ms:.0f} ms, {t.failures} failed of {t.requests}"
+    )
     for line in format_summary(result.summary):
         print(line)
     print("report: " + ", ".join(str(p) for p in result.files.values()))

@@ -1,4 +1,5 @@
 """Golden-model fixtures: the goldens' tiny CLIP built through our loading path, and golden loading."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.checkpoint import load_weights
-from service.models import from_record, load_model, record_from_arch
+from clipshield.service.checkpoint import load_weights
+from clipshield.service.models import from_record, load_model, record_from_arch
 from tests.conftest import GOLDENS_ENV, golden_weights
 
 

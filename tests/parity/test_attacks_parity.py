@@ -4,13 +4,14 @@ Tolerance (goldens README sections 5 and 6): at least 99.99 % of delta entries e
 rest may lie anywhere inside the eps-ball (the sign of a near-zero gradient flipped, then clamped to the
 ball and the box), and every entry stays within eps of the clean image. Sizes come from the goldens.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
 
 from .conftest import assert_attack_matches, load_golden
 

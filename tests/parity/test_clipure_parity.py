@@ -1,11 +1,12 @@
 """CLIPure-Cos against the reference goldens (clipure_cos.npz), and batch independence of per-sample mode."""
+
 from __future__ import annotations
 
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from service.purify import PurifyConfig, blank_anchor, purify_embeddings
-from service.zero_shot import build_text_head
+from clipshield.service.purify import PurifyConfig, blank_anchor, purify_embeddings
+from clipshield.service.zero_shot import build_text_head
 
 from .conftest import ROUNDING_ATOL, load_golden
 

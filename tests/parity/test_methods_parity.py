@@ -7,16 +7,17 @@ the 7x7 target grids (map7_*_target) and image_tokens_adv_target were captured a
 (lr_at_step0, momentum buffers empty) and match only `stepped_copy(target, grads, lr)` (2e-7; the
 un-stepped grids are 1.9e-4 away). Frozen-model maps match directly. Same for Comp-TGA.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import pgd_delta
-from training.methods import FrozenBatch, LossInputs, TextHeads, get_method
-from training.methods.fare import embedding_loss, fare_pgd
-from training.methods.pmg_aft import pmg_view
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks.pgd import pgd_delta
+from clipshield.training.methods import FrozenBatch, LossInputs, TextHeads, get_method
+from clipshield.training.methods.fare import embedding_loss, fare_pgd
+from clipshield.training.methods.pmg_aft import pmg_view
 
 from .conftest import assert_attack_matches, load_golden, stepped_copy
 
@@ -37,8 +38,14 @@ def run_method(name, target, frozen, inputs, adv, negatives=False, text_model=No
     method = get_method(name)
     text_model = text_model or frozen or target
     target.zero_grad(set_to_none=True)
-    batch = LossInputs(target, inputs["images"], labels_of(inputs), heads_for(text_model, inputs, negatives), adv,
-                       FrozenBatch(frozen) if frozen is not None else None)
+    batch = LossInputs(
+        target,
+        inputs["images"],
+        labels_of(inputs),
+        heads_for(text_model, inputs, negatives),
+        adv,
+        FrozenBatch(frozen) if frozen is not None else None,
+    )
     out = method.loss(batch, method.params(**params))
     if not backward:
         return out, {}
@@ -140,8 +147,15 @@ def test_pmg_aft(goldens, target_model, frozen_model, golden_inputs, variant):
     g = load_golden(goldens, "pmg_aft.npz")
     delta = golden_inputs["delta_big"] if variant == "big_" else golden_inputs["delta"]
     normalization = "model" if variant == "clipnorm_" else "imagenet"
-    out, grads = run_method("pmg-aft", target_model, frozen_model, golden_inputs, golden_inputs["images"] + delta,
-                            backward=variant == "", normalization=normalization)
+    out, grads = run_method(
+        "pmg-aft",
+        target_model,
+        frozen_model,
+        golden_inputs,
+        golden_inputs["images"] + delta,
+        backward=variant == "",
+        normalization=normalization,
+    )
     assert_scalar(out.total, g[f"{variant}loss_total"])
     assert_scalar(out.terms["ce"], g[f"{variant}loss_ce"])
     assert_scalar(out.terms["kl_general"], g[f"{variant}loss_kl_adv_vs_orig_sum"], atol=1e-6, rtol=0)

@@ -1,9 +1,10 @@
 """Our loading path + PixelCLIP reproduce the goldens' embeddings and tokens (goldens README section 5)."""
+
 from __future__ import annotations
 
 import torch
 
-from service.zero_shot import encode_prompts, format_prompts
+from clipshield.service.zero_shot import encode_prompts, format_prompts
 
 from .conftest import ROUNDING_ATOL, load_golden, stepped_copy
 

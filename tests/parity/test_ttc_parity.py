@@ -11,12 +11,13 @@ set: 4 to 15 of 150k entries per image between batched and one-at-a-time runs of
 >= 99 % of crop entries must be equal within 1e-6 with the rest inside the eps-ball and the box, and
 the embedding must agree within 1e-3 of the distance the counterattack moved it (measured < 2e-4).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.ttc import TTCConfig, counterattack
+from clipshield.service.ttc import TTCConfig, counterattack
 
 from .conftest import ROUNDING_ATOL, load_golden
 

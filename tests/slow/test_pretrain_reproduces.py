@@ -1,11 +1,12 @@
 """Slow (not in `make test`): `clipshield pretrain` with default settings reproduces the shipped model's accuracy."""
+
 from __future__ import annotations
 
 import pytest
 
-from service.models import load_checkpoint_dir, load_model
-from training.cli import main
-from training.eval.runner import measure, zero_shot_task
+from clipshield.service.models import load_checkpoint_dir, load_model
+from clipshield.training.cli import main
+from clipshield.training.eval.runner import measure, zero_shot_task
 
 NAMES = ["miniworld/plain/color_shape/seen", "miniworld/outlined/shape/seen", "miniworld/noisy/color/seen"]
 

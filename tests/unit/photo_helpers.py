@@ -1,4 +1,5 @@
 """Real photographs of several shapes and encodings (scikit-image's bundled samples), as files and as bytes."""
+
 from __future__ import annotations
 
 import io

@@ -1,13 +1,14 @@
 """Adaptive attacks on CLIPure-Cos: the evaluator catches gradient masking on the mini-world model."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
-from service.zero_shot import build_text_head
-from training.attacks import get_attack
-from training.attacks.adaptive import (
+from clipshield.service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
+from clipshield.service.zero_shot import build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.attacks.adaptive import (
     GRADIENT_MASKED,
     NOT_MASKED,
     StraightThroughPurified,
@@ -17,8 +18,8 @@ from training.attacks.adaptive import (
     surrogate,
     unpurified,
 )
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import batches
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.eval.zeroshot import batches
 
 DATASET = "miniworld/plain/shape/seen"
 N = 48

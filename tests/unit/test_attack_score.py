@@ -1,4 +1,5 @@
 """Attack score, its calibration, detection metrics and the adaptive attacks on toy models (issue 15)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,19 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.attack_score import (
+from clipshield.service.attack_score import (
     AttackScoreConfig,
     SignalExtractor,
     calibrate_scorer,
     threshold_above_fpr,
 )
-from service.errors import ConfigError
-from service.ttc import TTCClassifier, TTCConfig
-from service.zero_shot import ZeroShotClassifier
-from training.attacks.adaptive_defences import ScoreAwarePGD, StraightThroughTTC
-from training.attacks.pgd import PGD
-from training.eval.detection import tpr_at_fpr
-from training.export.flag_calibration import auroc
+from clipshield.service.errors import ConfigError
+from clipshield.service.ttc import TTCClassifier, TTCConfig
+from clipshield.service.zero_shot import ZeroShotClassifier
+from clipshield.training.attacks.adaptive_defences import ScoreAwarePGD, StraightThroughTTC
+from clipshield.training.attacks.pgd import PGD
+from clipshield.training.eval.detection import tpr_at_fpr
+from clipshield.training.export.flag_calibration import auroc
 
 SIDE = 6
 
@@ -163,7 +164,7 @@ def test_straight_through_ttc_forward_is_ttc_and_its_gradient_is_not_masked():
 
 
 def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
-    from training.eval.detection import DetectionConfig, adaptive_rows
+    from clipshield.training.eval.detection import DetectionConfig, adaptive_rows
 
     clf, images, labels = toy_setup(40)
     scorer = scorer_for(clf, images[:20], labels[:20])
@@ -183,10 +184,27 @@ def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
 def test_entry_points_write_json_and_markdown(tmp_path):
     import json
 
-    from training.eval import detection, ttc_adaptive
+    from clipshield.training.eval import detection, ttc_adaptive
 
-    assert detection.main(["--out", str(tmp_path / "d"), "--n-calibration", "8", "--n-eval", "8", "--lams", "1",
-                           "--eot", "1", "--eval-datasets", "miniworld/plain/color_shape/heldout_caption"]) == 0
+    assert (
+        detection.main(
+            [
+                "--out",
+                str(tmp_path / "d"),
+                "--n-calibration",
+                "8",
+                "--n-eval",
+                "8",
+                "--lams",
+                "1",
+                "--eot",
+                "1",
+                "--eval-datasets",
+                "miniworld/plain/color_shape/heldout_caption",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "d" / "detection.json").read_text())
     rows = result["sets"]["miniworld/plain/color_shape/heldout_caption"]
     assert {"clean", "pgd@2", "pgd@4", "pgd@8", "cw@4", "adaptive-pgd@4-l1-linear", "adaptive-pgd@4-l1-hinge", "adaptive-best"} <= set(rows)

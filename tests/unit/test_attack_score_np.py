@@ -1,5 +1,6 @@
 """The served attack score (issue 15): NumPy vs PyTorch parity, per-request noise, export calibration,
 the response field, per-request opt-in/out, the model default, metrics and the KServe tensors."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor
-from service.attack_score_np import NumpyAttackScorer, draw_noise, image_seed
-from service.errors import BadInput, ConfigError, ModelLoadError
-from service.purify import blank_anchor
-from service.ttc import random_init
-from service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor
+from clipshield.service.attack_score_np import NumpyAttackScorer, draw_noise, image_seed
+from clipshield.service.errors import BadInput, ConfigError, ModelLoadError
+from clipshield.service.purify import blank_anchor
+from clipshield.service.ttc import random_init
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 
 CFG = AttackScoreConfig(signals=("tau", "anchor", "margin"), n_noise=3, noise_eps=4 / 255)
 
@@ -30,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(miniworld_model):
     """The shipped 32-px model, its default head and anchor, 12 mini-world images and their labels."""
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=12))
     head = build_text_head(miniworld_model, list(ds.classnames), list(ds.templates))
@@ -40,16 +41,27 @@ def world(miniworld_model):
 
 def torch_encode(model):
     """The served encoder's function (unit-norm embeddings of [0, 1] pixels) as a NumPy callable, over PyTorch."""
+
     def encode(pixels: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(pixels)).numpy()
+
     return encode
 
 
 def params_for(signals, std=(0.01, 0.05, 2.0, 0.05)) -> ScoreParams:
     n = len(signals)
-    return ScoreParams(signals=signals, mean=(0.02, 0.4, 3.0, 0.9)[:n], std=std[:n], weights=(0.5, -0.3, -0.8, 0.6)[:n],
-                       bias=0.1, threshold=0.5, target_fpr=0.05, dataset="test", n_calibration=8)
+    return ScoreParams(
+        signals=signals,
+        mean=(0.02, 0.4, 3.0, 0.9)[:n],
+        std=std[:n],
+        weights=(0.5, -0.3, -0.8, 0.6)[:n],
+        bias=0.1,
+        threshold=0.5,
+        target_fpr=0.05,
+        dataset="test",
+        n_calibration=8,
+    )
 
 
 @pytest.mark.parametrize("signals", [("tau", "anchor", "margin"), ("tau", "anchor", "margin", "agreement")])
@@ -58,8 +70,15 @@ def test_numpy_signals_and_score_match_torch_on_the_same_noise(world, miniworld_
     cfg = CFG.model_copy(update={"signals": signals})
     reference = clf.model if "agreement" in signals else None  # the same tower as "original": agreement ~ 1, still computed
     params = params_for(signals)
-    ours = NumpyAttackScorer(cfg, params, torch_encode(miniworld_model), clf.head.numpy(), anchor.numpy(), clf.scale,
-                             reference=torch_encode(miniworld_model) if reference is not None else None)
+    ours = NumpyAttackScorer(
+        cfg,
+        params,
+        torch_encode(miniworld_model),
+        clf.head.numpy(),
+        anchor.numpy(),
+        clf.scale,
+        reference=torch_encode(miniworld_model) if reference is not None else None,
+    )
     theirs = AttackScorer(SignalExtractor(clf, anchor, cfg, reference), params)
     g = torch.Generator().manual_seed(5)
     noise = np.stack([random_init(images, cfg.noise_eps, g).numpy() for _ in range(cfg.n_noise)])  # the draws theirs makes
@@ -71,11 +90,14 @@ def test_numpy_signals_and_score_match_torch_on_the_same_noise(world, miniworld_
     # agree to ~1e-7 (float32 rounding; measured 1.2e-7), tau (about 0.027 here) to ~4e-9, and the margin,
     # a logit (scale 100 x a cosine difference), to ~7e-6. Bounds: 1e-5 on cosines and tau, 1e-4 on margin.
     for column, name in enumerate(signals):
-        np.testing.assert_allclose(got[:, column], expected_signals[:, column], rtol=0, atol=1e-4 if name == "margin" else 1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            got[:, column], expected_signals[:, column], rtol=0, atol=1e-4 if name == "margin" else 1e-5, err_msg=name
+        )
     assert got[:, 0].min() > 0  # the noise moved every embedding: tau was measured, not zero
     # The score divides by std (0.01 for tau): 1e-5 / 0.01 x weight 0.5 -> about 1e-3 at worst.
-    np.testing.assert_allclose(ours.combine(got), theirs.score_signals(torch.from_numpy(expected_signals).float()).numpy(),
-                               rtol=0, atol=2e-3)
+    np.testing.assert_allclose(
+        ours.combine(got), theirs.score_signals(torch.from_numpy(expected_signals).float()).numpy(), rtol=0, atol=2e-3
+    )
 
 
 def test_noise_is_per_image_deterministic_and_batch_independent(world, miniworld_model):
@@ -89,7 +111,7 @@ def test_noise_is_per_image_deterministic_and_batch_independent(world, miniworld
     assert np.array_equal(noise[:, 2:3], draw_noise(x[2:3], [image_seed(x[2])], CFG))  # an image's noise ignores batch mates
     emb = torch_encode(miniworld_model)(x)
     batch = scorer.score(x, emb)
-    alone = np.concatenate([scorer.score(x[i:i + 1], emb[i:i + 1]) for i in range(len(x))])
+    alone = np.concatenate([scorer.score(x[i : i + 1], emb[i : i + 1]) for i in range(len(x))])
     np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-4)  # only the encoder's batched float32 sums differ
     np.testing.assert_array_equal(batch, scorer.score(x, emb))  # reproducible
     assert not np.allclose(batch, scorer.score(x, emb, seed=7), rtol=0, atol=1e-9)  # the operator seed changes the noise
@@ -110,11 +132,27 @@ def test_numpy_scorer_refuses_mismatched_settings(world, miniworld_model):
 @pytest.fixture(scope="module")
 def scored_bundle(tmp_path_factory):
     """A bundle exported by the CLI with the score calibrated on another data set than its labels."""
-    from training.cli import main
+    from clipshield.training.cli import main
 
     out = tmp_path_factory.mktemp("score") / "export"
-    assert main(["export", "--out", str(out), "--calibrate-score", "24", "--score-fpr", "0.1",
-                 "--score-data", "miniworld/plain/color_shape/heldout_caption", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--out",
+                str(out),
+                "--calibrate-score",
+                "24",
+                "--score-fpr",
+                "0.1",
+                "--score-data",
+                "miniworld/plain/color_shape/heldout_caption",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -130,9 +168,9 @@ def test_export_records_the_calibration_in_the_card(scored_bundle, capsys):
 
 
 def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld_model):
-    from service.inference import ClipshieldService, RawRequest
-    from service.metrics import RecordingSink
-    from service.preprocess import encode_png, load_pixels
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.metrics import RecordingSink
+    from clipshield.service.preprocess import encode_png, load_pixels
 
     sink = RecordingSink()
     service = ClipshieldService.from_folder(scored_bundle, metrics=sink)
@@ -142,14 +180,17 @@ def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld
     plain = service.predict([RawRequest({"body": pngs[0]}, "image/png"), RawRequest({"image": pngs[1], "attack_score": "false"}, None)])
     assert all(r.attack_score is None for r in plain)  # model default off; explicit false
     params = service.card.attack_score.params
-    assert all(r.attack_score.threshold == params.threshold and r.attack_score.flagged == (r.attack_score.score > params.threshold)
-               for r in asked)
+    assert all(
+        r.attack_score.threshold == params.threshold and r.attack_score.flagged == (r.attack_score.score > params.threshold) for r in asked
+    )
     assert len(sink.observations[("clipshield_attack_score", ())]) == 4
     assert len(sink.observations[("clipshield_attack_score_seconds", ())]) == 1
     # The served score is the NumPy score of the decoded pixels over the same function in PyTorch.
     cal = service.card.attack_score
     pixels = np.stack([load_pixels(p, service.record.preprocess, service.config.decode) for p in pngs])
-    mirror = NumpyAttackScorer(cal.config, cal.params, torch_encode(miniworld_model), service.head, service.anchor, service.card.logit_scale)
+    mirror = NumpyAttackScorer(
+        cal.config, cal.params, torch_encode(miniworld_model), service.head, service.anchor, service.card.logit_scale
+    )
     expected = mirror.score(pixels, torch_encode(miniworld_model)(pixels))
     # ONNX and PyTorch embeddings agree to ~1e-7 here (export's parity check bounds them at 1e-4); through the
     # standardisation that gave score differences of 8e-6 on the shipped model's calibration (32 images).
@@ -161,15 +202,17 @@ def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld
 def test_model_default_and_refusals(scored_bundle, tmp_path):
     import shutil
 
-    from service import bundle as B
-    from service.inference import ClipshieldService, RawRequest
-    from service.preprocess import encode_png
-    from service.settings import AttackScoreServing, ServingConfig
+    from clipshield.service import bundle as B
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png
+    from clipshield.service.settings import AttackScoreServing, ServingConfig
 
     png = encode_png(np.full((3, 32, 32), 0.5, np.float32))
     on = ServingConfig(attack_score=AttackScoreServing(default=True))
     service = ClipshieldService.from_folder(scored_bundle, on)
-    by_default, opted_out = service.predict([RawRequest({"body": png}, "image/png"), RawRequest({"image": png, "attack_score": b"no"}, None)])
+    by_default, opted_out = service.predict(
+        [RawRequest({"body": png}, "image/png"), RawRequest({"image": png, "attack_score": b"no"}, None)]
+    )
     assert by_default.attack_score is not None and opted_out.attack_score is None
     bare = tmp_path / "bare"
     shutil.copytree(scored_bundle, bare)
@@ -178,11 +221,14 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
     B.write_manifest(bare)
     with pytest.raises(ModelLoadError, match="--calibrate-score"):
         ClipshieldService.from_folder(bare, on)
-    from training.cli import main
+    from clipshield.training.cli import main
 
     store = tmp_path / "store"
     assert main(["archive", "--export", str(bare), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"]) == 2
-    assert main(["archive", "--export", str(scored_bundle), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"]) == 0
+    assert (
+        main(["archive", "--export", str(scored_bundle), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"])
+        == 0
+    )
     (serving_json,) = store.rglob("serving.json")
     assert ServingConfig.model_validate_json(serving_json.read_text()).attack_score.default is True
     (refused,) = ClipshieldService.from_folder(bare).predict([RawRequest({"image": png, "attack_score": "true"}, None)])
@@ -193,12 +239,20 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
 
 def test_kserve_outputs_carry_the_score_as_named_tensors():
     pytest.importorskip("kserve")
-    from handlers.kserve_model import to_outputs
-    from service.api import AttackScoreResult, ModelInfo, Prediction, PredictResponse
+    from clipshield.handlers.kserve_model import to_outputs
+    from clipshield.service.api import AttackScoreResult, ModelInfo, Prediction, PredictResponse
 
     def answer(score):
-        return PredictResponse(predictions=[Prediction(label="cat", score=1.0)], purified=False, anchor_score=0.3, prediction_shift=0.0,
-                               flipped=False, flagged=False, model=ModelInfo(name="m", version="1"), attack_score=score)
+        return PredictResponse(
+            predictions=[Prediction(label="cat", score=1.0)],
+            purified=False,
+            anchor_score=0.3,
+            prediction_shift=0.0,
+            flipped=False,
+            flagged=False,
+            model=ModelInfo(name="m", version="1"),
+            attack_score=score,
+        )
 
     scored = to_outputs([answer(AttackScoreResult(score=1.5, threshold=0.5, flagged=True)), BadInput("x")])
     by_name = {o.name: o for o in scored}
@@ -212,8 +266,10 @@ def test_served_score_modules_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import service.attack_score_np, service.card, service.api, service.settings; "
-            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys; import clipshield.service.attack_score_np, clipshield.service.card, clipshield.service.api, clipshield.service.settings; "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]  # `python -c` puts the working directory first on sys.path

@@ -1,4 +1,5 @@
 """Contract tests for every registered attack (toy model), PGD determinism and AutoAttack containment."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.attacks import get_attack, list_attacks
-from training.attacks.autoattack import COMPONENTS
+from clipshield.training.attacks import get_attack, list_attacks
+from clipshield.training.attacks.autoattack import COMPONENTS
 
 EPS = 8 / 255
 

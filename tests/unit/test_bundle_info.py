@@ -1,4 +1,5 @@
 """Bundle versions: written at export and archive, refused when unreadable, shown by describe."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from service import bundle as B
-from service.bundle_info import BUNDLE_INFO, FORMAT_VERSION, READABLE_FORMATS, read_bundle_info
-from service.errors import ModelLoadError
-from service.provenance import git_commit, package_version
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import BUNDLE_INFO, FORMAT_VERSION, READABLE_FORMATS, read_bundle_info
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.provenance import git_commit, package_version
 
 
 @pytest.fixture(scope="module")
 def exported(miniworld_model, tmp_path_factory):
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("info") / "export", version="3.1")
 
@@ -41,8 +42,8 @@ def test_export_records_format_and_build(exported):
 
 
 def test_archive_adds_its_build_and_keeps_the_export(exported, tmp_path):
-    from training.export import build_archive
-    from training.export.served_archive import archive_card, archive_info
+    from clipshield.training.export import build_archive
+    from clipshield.training.export.served_archive import archive_card, archive_info
 
     folder = build_archive(exported, tmp_path / "store", archive_format="no-archive")
     mar = build_archive(exported, tmp_path / "store2")
@@ -55,11 +56,11 @@ def test_archive_adds_its_build_and_keeps_the_export(exported, tmp_path):
 
 
 def test_unreadable_format_refused_with_one_log_line(exported, tmp_path, caplog):
-    from service.inference import ClipshieldService
+    from clipshield.service.inference import ClipshieldService
 
     bundle = _with_format(exported, tmp_path / "future", FORMAT_VERSION + 98)
     with (
-        caplog.at_level(logging.ERROR, logger="service.bundle_info"),
+        caplog.at_level(logging.ERROR, logger="clipshield.service.bundle_info"),
         pytest.raises(ModelLoadError, match=rf"bundle format {FORMAT_VERSION + 98} .*reads formats \[{FORMAT_VERSION}\]"),
     ):
         ClipshieldService.from_folder(bundle)
@@ -68,8 +69,8 @@ def test_unreadable_format_refused_with_one_log_line(exported, tmp_path, caplog)
 
 
 def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path):
-    from training.export import build_archive
-    from training.export.served_archive import check_archives
+    from clipshield.training.export import build_archive
+    from clipshield.training.export.served_archive import check_archives
 
     legacy = tmp_path / "legacy"
     shutil.copytree(exported, legacy)
@@ -89,12 +90,12 @@ def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path)
 
 def test_handler_describe_and_clean_refusal(exported, tmp_path):
     pytest.importorskip("ts")
-    from handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.training.export import build_archive
     from tests.unit.test_service_handler import FakeContext
-    from training.export import build_archive
 
     archive = build_archive(exported, tmp_path / "store", archive_format="no-archive")
-    from service.preprocess import encode_png
+    from clipshield.service.preprocess import encode_png
 
     png = encode_png(np.random.default_rng(0).random((3, 32, 32)))
     ctx = FakeContext(archive, [{"Content-Type": "image/png"}, {"describe": "True"}])  # decided per item, not by item 0

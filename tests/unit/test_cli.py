@@ -1,9 +1,10 @@
 """The CLI: every subcommand has --help, user errors are one line with exit status 2, the demo runs offline."""
+
 from __future__ import annotations
 
 import pytest
 
-from training.cli import build_parser, main
+from clipshield.training.cli import build_parser, main
 
 SUBCOMMANDS = ["pretrain", "finetune", "evaluate", "export", "archive", "serve", "demo", "experiment"]
 
@@ -31,13 +32,16 @@ def test_demo_model_half_runs_offline(capsys, tmp_path):
     assert "fine-tuned" in out and (tmp_path / "finetune" / "final" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["finetune", "--method", "tecoa", "--batch-size", "1"], "--batch-size"),
-    (["finetune", "--method", "tecoa", "--data", "no-such-set"], "unknown data set 'no-such-set'"),
-    (["finetune", "--method", "tecoa", "--param", "alpha"], "KEY=VALUE"),
-    (["pretrain", "--steps", "0"], "--steps"),
-    (["archive", "--threads", "0"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["finetune", "--method", "tecoa", "--batch-size", "1"], "--batch-size"),
+        (["finetune", "--method", "tecoa", "--data", "no-such-set"], "unknown data set 'no-such-set'"),
+        (["finetune", "--method", "tecoa", "--param", "alpha"], "KEY=VALUE"),
+        (["pretrain", "--steps", "0"], "--steps"),
+        (["archive", "--threads", "0"], "--threads"),
+    ],
+)
 def test_bad_flag_values_are_one_line_product_errors(argv, flag, tmp_path, capsys):
     out = {"finetune": "--output", "pretrain": "--output", "archive": "--model-store"}[argv[0]]
     assert main([*argv, out, str(tmp_path / "o")]) == 2
@@ -48,7 +52,7 @@ def test_bad_flag_values_are_one_line_product_errors(argv, flag, tmp_path, capsy
 
 def test_bugs_keep_their_traceback(monkeypatch):
     """Only the product's own errors become one-line exits; a bug's ValueError/KeyError propagates."""
-    import training.commands.finetune as command
+    import clipshield.training.commands.finetune as command
 
     def broken(_args):
         raise KeyError("a bug, not a user error")
@@ -59,14 +63,18 @@ def test_bugs_keep_their_traceback(monkeypatch):
 
 
 def test_unknown_registry_names_are_product_errors_and_key_errors():
-    from service.errors import ConfigError, UnknownName
-    from training.attacks import get_attack
-    from training.data import build_dataset
-    from training.data.registry import DatasetRequest
-    from training.methods import get_method
+    from clipshield.service.errors import ConfigError, UnknownName
+    from clipshield.training.attacks import get_attack
+    from clipshield.training.data import build_dataset
+    from clipshield.training.data.registry import DatasetRequest
+    from clipshield.training.methods import get_method
 
-    for lookup in (lambda: get_method("trades"), lambda: get_attack("fgsm-typo"), lambda: build_dataset("nope", DatasetRequest()),
-                   lambda: build_dataset("miniworld/nowhere/shape/seen", DatasetRequest(limit=1))):
+    for lookup in (
+        lambda: get_method("trades"),
+        lambda: get_attack("fgsm-typo"),
+        lambda: build_dataset("nope", DatasetRequest()),
+        lambda: build_dataset("miniworld/nowhere/shape/seen", DatasetRequest(limit=1)),
+    ):
         with pytest.raises(UnknownName, match="known") as info:
             lookup()
         assert isinstance(info.value, ConfigError) and isinstance(info.value, KeyError)

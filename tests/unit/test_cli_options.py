@@ -1,14 +1,15 @@
 """Every option of every subcommand says what it is and its default; pixel budgets have one unit (1/255)."""
+
 from __future__ import annotations
 
 import argparse
 
 import pytest
 
-from service.errors import ConfigError
-from training.cli import build_parser, main
-from training.commands.budget import MAX_BUDGET, to_pixels
-from training.commands.finetune import config_from_args
+from clipshield.service.errors import ConfigError
+from clipshield.training.cli import build_parser, main
+from clipshield.training.commands.budget import MAX_BUDGET, to_pixels
+from clipshield.training.commands.finetune import config_from_args
 
 BUDGET_FLAGS = {"--eps", "--alpha", "--attack-alpha", "--eval-eps"}
 
@@ -44,7 +45,17 @@ def label(action: argparse.Action) -> str:
 
 
 def test_every_subcommand_is_walked():
-    assert set(subparsers(build_parser())) == {"pretrain", "finetune", "evaluate", "export", "release", "archive", "serve", "demo", "experiment"}
+    assert set(subparsers(build_parser())) == {
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "export",
+        "release",
+        "archive",
+        "serve",
+        "demo",
+        "experiment",
+    }
     assert {"experiment miniworld", "experiment paper"} <= set(leaf_parsers(build_parser()))
     assert sum(1 for _ in options()) > 80
 
@@ -78,8 +89,15 @@ def test_pixel_budget_flags_state_their_unit():
     seen = {(cmd, label(a)) for cmd, a, text in options() if label(a) in BUDGET_FLAGS and "1/255" in text}
     every = {(cmd, label(a)) for cmd, a, _ in options() if label(a) in BUDGET_FLAGS}
     assert every and seen == every
-    assert {("finetune", "--eps"), ("finetune", "--attack-alpha"), ("finetune", "--eval-eps"), ("experiment miniworld", "--eps"), ("experiment paper", "--eps"),
-            ("evaluate", "--eps"), ("evaluate", "--alpha")} <= every
+    assert {
+        ("finetune", "--eps"),
+        ("finetune", "--attack-alpha"),
+        ("finetune", "--eval-eps"),
+        ("experiment miniworld", "--eps"),
+        ("experiment paper", "--eps"),
+        ("evaluate", "--eps"),
+        ("evaluate", "--alpha"),
+    } <= every
 
 
 def finetune_args(*argv):
@@ -96,7 +114,7 @@ def test_finetune_eps_is_in_units_of_1_255():
 
 
 def test_experiment_eps_is_in_units_of_1_255(tmp_path):
-    from training.commands.experiment import experiment_config
+    from clipshield.training.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--eps", "2", "--output", str(tmp_path)])
     assert experiment_config(args, "tecoa", seed=0).attack.eps == pytest.approx(2 / 255)
@@ -116,14 +134,17 @@ def test_zero_step_size_is_refused_and_zero_budget_allowed():
         to_pixels(0.0, "--alpha", allow_zero=False)
 
 
-@pytest.mark.parametrize("argv", [
-    ["finetune", "--method", "fare", "--eps", "300"],
-    ["finetune", "--method", "tecoa", "--attack-alpha", "-1"],
-    ["finetune", "--method", "tecoa", "--eval-eps", "0.0157"],
-    ["experiment", "miniworld", "--eps", "100"],
-    ["evaluate", "--eps", "-4"],
-    ["evaluate", "--alpha", "70"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["finetune", "--method", "fare", "--eps", "300"],
+        ["finetune", "--method", "tecoa", "--attack-alpha", "-1"],
+        ["finetune", "--method", "tecoa", "--eval-eps", "0.0157"],
+        ["experiment", "miniworld", "--eps", "100"],
+        ["evaluate", "--eps", "-4"],
+        ["evaluate", "--alpha", "70"],
+    ],
+)
 def test_cli_refuses_bad_budgets_in_one_line_before_any_work(argv, tmp_path, capsys):
     out = ["--output", str(tmp_path / "o")] if argv[0] in ("finetune", "experiment") else ["--out", str(tmp_path / "o")]
     assert main([*argv, *out]) == 2
@@ -134,7 +155,7 @@ def test_cli_refuses_bad_budgets_in_one_line_before_any_work(argv, tmp_path, cap
 
 def test_finetune_through_main_trains_at_the_budget_it_prints(tmp_path, capsys, monkeypatch):
     """`finetune --method fare --eps 4` reaches the training loop as 4/255 and says so before training."""
-    import training.finetune
+    import clipshield.training.finetune
 
     seen = []
 
@@ -142,7 +163,7 @@ def test_finetune_through_main_trains_at_the_budget_it_prints(tmp_path, capsys, 
         seen.append(cfg)
         return None, {}  # what a non-zero torchrun rank gets: nothing to report
 
-    monkeypatch.setattr(training.finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(clipshield.training.finetune, "finetune", fake_finetune)
     assert main(["finetune", "--method", "fare", "--eps", "4", "--eval-eps", "1", "--output", str(tmp_path)]) == 0
     (cfg,) = seen
     assert cfg.attack.eps == pytest.approx(4 / 255) and cfg.evaluation.eps == pytest.approx(1 / 255)

@@ -3,13 +3,14 @@ no module over 400 lines, no function over 60 lines; and every package-data patt
 
 Fast: it parses source with `ast`, imports nothing of the product.
 """
+
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("service", "training", "handlers")
@@ -24,9 +25,11 @@ def product_modules() -> list[Path]:
 def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
     """`name (first line, length)` of every function or method in `path` longer than `limit` lines."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    return [f"{node.name} (line {node.lineno}, {node.end_lineno - node.lineno + 1} lines)"
-            for node in ast.walk(tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit]
+    return [
+        f"{node.name} (line {node.lineno}, {node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit
+    ]
 
 
 def test_the_checker_sees_every_package_and_measures_functions(tmp_path):
@@ -49,7 +52,9 @@ def test_no_function_over_60_lines():
 SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 
-@pytest.mark.parametrize("package, pattern", [(pkg, pattern) for pkg, patterns in SETUPTOOLS["package-data"].items() for pattern in patterns])
+@pytest.mark.parametrize(
+    "package, pattern", [(pkg, pattern) for pkg, patterns in SETUPTOOLS["package-data"].items() for pattern in patterns]
+)
 def test_every_package_data_pattern_matches_a_file(package, pattern):
     folder = REPO / SETUPTOOLS.get("package-dir", {}).get(package, package.replace(".", "/"))
     assert any(p.is_file() for p in folder.glob(pattern)), f"{package}: {pattern} matches nothing"

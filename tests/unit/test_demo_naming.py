@@ -1,4 +1,5 @@
 """The demo serves its fine-tuned model under a name and version of its own, never as the base model's."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ import torch
 
 
 def test_finetuned_export_named_apart_from_base(miniworld_model):
-    from service.provenance import weights_digest
-    from training.commands.demo import BASE_VERSION, _name_served
+    from clipshield.service.provenance import weights_digest
+    from clipshield.training.commands.demo import BASE_VERSION, _name_served
 
     base = miniworld_model
     base_name = base.record.name

@@ -1,6 +1,7 @@
 """Documentation examples are real: every fenced `clipshield ...` command in README.md and docs/*.md parses
 with the CLI's own parser (flags exist, choices and data set names valid), and a few short offline ones
 run exactly as written (listed in RUN_AS_WRITTEN)."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import build_parser, main
+from clipshield.training.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -82,8 +83,8 @@ def test_docs_document_commands_of_every_kind():
 
 def check_names(args) -> None:
     """Data set names are not argparse choices: resolve them through the registry like the commands do."""
-    from training.commands.evaluate import expand_datasets
-    from training.data import reference_eps
+    from clipshield.training.commands.evaluate import expand_datasets
+    from clipshield.training.data import reference_eps
 
     if args.command == "evaluate":
         for name in expand_datasets(args.datasets):

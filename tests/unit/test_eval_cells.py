@@ -4,6 +4,7 @@ One test per key field (and per purification / preprocessing setting), a guard t
 field is covered here, and end-to-end checks through `Evaluator`: renaming a model reuses its cells,
 new weights or another preset recompute them, and cells of an older schema are never reused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,15 +14,27 @@ import logging
 import pytest
 import torch
 
-from service.config import PreprocessConfig
-from service.purify import PurifyConfig
-from training.eval.runner import EvalConfig, Evaluator
-from training.eval.schema import CellKey, CellResult, cell_path, load_all, load_finished, write_cell
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.eval.runner import EvalConfig, Evaluator
+from clipshield.training.eval.schema import CellKey, CellResult, cell_path, load_all, load_finished, write_cell
 
 PRE = PreprocessConfig(image_size=32)
-BASE = CellKey(weights="0123456789abcdef", dataset="miniworld/plain/shape/seen", split="test", preprocess=PRE,
-               attack="pgd", eps=4 / 255, steps=10, alpha=1 / 255, restarts=1, seed=0,
-               purification=PurifyConfig(steps=10, step_size=30.0, mode="per_sample"), limit=16, data_options={})
+BASE = CellKey(
+    weights="0123456789abcdef",
+    dataset="miniworld/plain/shape/seen",
+    split="test",
+    preprocess=PRE,
+    attack="pgd",
+    eps=4 / 255,
+    steps=10,
+    alpha=1 / 255,
+    restarts=1,
+    seed=0,
+    purification=PurifyConfig(steps=10, step_size=30.0, mode="per_sample"),
+    limit=16,
+    data_options={},
+)
 
 CHANGES = {
     "weights": {"weights": "fedcba9876543210"},
@@ -92,8 +105,9 @@ def test_old_schema_cells_are_never_reused_nor_reported(tmp_path, caplog):
 
 
 def _run(model, out, model_id="mw", preprocess="model"):
-    cfg = EvalConfig(model_id=model_id, datasets=["miniworld/plain/shape/seen"], attacks=[], limit=8, batch_size=8,
-                     preprocess=preprocess, out_dir=out)
+    cfg = EvalConfig(
+        model_id=model_id, datasets=["miniworld/plain/shape/seen"], attacks=[], limit=8, batch_size=8, preprocess=preprocess, out_dir=out
+    )
     evaluator = Evaluator(model, cfg)
     (result,) = evaluator.run()
     return evaluator, result
@@ -117,11 +131,12 @@ def test_renaming_reuses_cells_new_weights_or_preset_recompute(miniworld_model, 
 
 @pytest.mark.parametrize("command", ["evaluate", "finetune"])
 def test_preprocess_option_defaults_to_the_model_and_names_the_presets(command, capsys):
-    from training.cli import build_parser
-    from training.commands import evaluate, finetune
+    from clipshield.training.cli import build_parser
+    from clipshield.training.commands import evaluate, finetune
 
     parser = build_parser()
     extra = ["--method", "tecoa"] if command == "finetune" else []
+
     def preset(argv):  # evaluation keeps it at the top of its config, fine-tuning in the data set settings
         if command == "evaluate":
             return evaluate.config_from_args(parser.parse_args(argv)).preprocess

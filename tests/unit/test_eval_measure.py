@@ -4,16 +4,17 @@
 starts come from a single generator seeded once, over consecutive batches. `AttackRecipe` must build
 the attack the runner built from a cell key before it existed.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.config import PreprocessConfig
-from training.attacks.pgd import PGD
-from training.eval.runner import AttackRecipe, clean_and_attacked, measure, zero_shot_task
-from training.eval.schema import CellKey
-from training.eval.zeroshot import accuracy, batches
+from clipshield.service.config import PreprocessConfig
+from clipshield.training.attacks.pgd import PGD
+from clipshield.training.eval.runner import AttackRecipe, clean_and_attacked, measure, zero_shot_task
+from clipshield.training.eval.schema import CellKey
+from clipshield.training.eval.zeroshot import accuracy, batches
 
 NAME = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255
@@ -51,8 +52,18 @@ def test_an_attack_without_seeds_is_refused():
 
 @pytest.mark.parametrize("attack, stop, alpha", [("pgd", "early", None), ("cw", "final", 0.5 / 255)])
 def test_recipe_of_a_cell_builds_its_attack(attack, stop, alpha):
-    key = CellKey(weights="0" * 16, dataset=NAME, preprocess=PreprocessConfig(image_size=32), attack=attack, eps=EPS, steps=7,
-                  alpha=alpha, restarts=2, seed=0, stop=stop)
+    key = CellKey(
+        weights="0" * 16,
+        dataset=NAME,
+        preprocess=PreprocessConfig(image_size=32),
+        attack=attack,
+        eps=EPS,
+        steps=7,
+        alpha=alpha,
+        restarts=2,
+        seed=0,
+        stop=stop,
+    )
     built = AttackRecipe.of_cell(key).build(lambda x: x, torch.Generator())
     assert type(built).name == attack and built.eps == EPS and built.steps == 7 and built.restarts == 2
     assert built.stop == stop and built.alpha == (EPS / 4 if alpha is None else alpha)

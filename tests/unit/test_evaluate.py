@@ -1,4 +1,5 @@
 """`clipshield evaluate` end to end on the mini world: JSON schema, resume, Markdown, PNG, errors."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,13 @@ import json
 import pytest
 import torch
 
-from service.config import PreprocessConfig
-from service.purify import PurifyConfig
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.cli import main
+from clipshield.training.eval.report import markdown
+from clipshield.training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
+from clipshield.training.eval.schema import SCHEMA_VERSION, CellKey, load_all
 from tests.conftest import golden_weights
-from training.cli import main
-from training.eval.report import markdown
-from training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
-from training.eval.schema import SCHEMA_VERSION, CellKey, load_all
 
 SHAPE = "miniworld/plain/shape/seen"
 COLOR = "miniworld/plain/color/seen"
@@ -70,8 +71,15 @@ def test_same_seed_gives_same_numbers(miniworld_model, tmp_path):
 def test_pgd_at_reference_eps_collapses_the_base_model(miniworld_model, tmp_path):
     """Foundation numbers through the evaluator: clean >= 0.85, PGD-10 at 4/255 below a third of it."""
     cfg = EvalConfig(
-        model_id="miniworld", datasets=["miniworld/plain/color_shape/seen"], attacks=["pgd"], eps=4 / 255,
-        alpha=1 / 255, steps=10, limit=128, batch_size=128, out_dir=tmp_path,
+        model_id="miniworld",
+        datasets=["miniworld/plain/color_shape/seen"],
+        attacks=["pgd"],
+        eps=4 / 255,
+        alpha=1 / 255,
+        steps=10,
+        limit=128,
+        batch_size=128,
+        out_dir=tmp_path,
     )
     (cell,) = Evaluator(miniworld_model, cfg).run()
     assert cell.clean >= 0.85, cell

@@ -1,18 +1,19 @@
 """`clipshield evaluate` for a new user: the default eps comes from the data set registry, an opening line
 says what will run before anything slow, progress shows on stderr, and --skip-missing with nothing
 present is an error listing what was looked for."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from PIL import Image
 
-from training.cli import main
-from training.commands import evaluate as evaluate_command
-from training.commands.evaluate import eps_groups
-from training.data import reference_eps
-from training.eval.runner import EvalConfig, Evaluator, _StepProgress
-from training.eval.schema import load_all
+from clipshield.training.cli import main
+from clipshield.training.commands import evaluate as evaluate_command
+from clipshield.training.commands.evaluate import eps_groups
+from clipshield.training.data import reference_eps
+from clipshield.training.eval.runner import EvalConfig, Evaluator, _StepProgress
+from clipshield.training.eval.schema import load_all
 
 SHAPE = "miniworld/plain/shape/seen"
 TINY = ["evaluate", "--steps", "2", "--limit", "8", "--batch-size", "8", "--device", "cpu"]
@@ -146,7 +147,7 @@ def test_progress_ticks_during_attack_steps_without_changing_numbers(miniworld_m
 
 
 def test_evaluator_with_skip_missing_and_nothing_present_raises(miniworld_model, tmp_path):
-    from service.errors import DatasetNotFound
+    from clipshield.service.errors import DatasetNotFound
 
     cfg = EvalConfig(model_id="m", datasets=["cifar10"], data_root=tmp_path / "none", skip_missing=True, out_dir=tmp_path / "o")
     with pytest.raises(DatasetNotFound, match=r"none of the 1 requested data set\(s\) was found.*cifar10: folder"):

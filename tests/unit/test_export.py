@@ -1,4 +1,5 @@
 """ONNX export of the mini-world model: parity with PyTorch at batch 1 and 8, bundle and archive."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from service import bundle as B
-from service.errors import ModelLoadError
-from service.runtime import image_encoder, text_encoder
-from service.settings import RuntimeConfig
+from clipshield.service import bundle as B
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.runtime import image_encoder, text_encoder
+from clipshield.service.settings import RuntimeConfig
 
 
 @pytest.fixture(scope="module")
 def exported(miniworld_model, tmp_path_factory):
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("export"))
 
@@ -67,7 +68,7 @@ def test_manifest_detects_tampering(exported, tmp_path):
 
 
 def test_archive_no_archive_format(exported, tmp_path):
-    from training.export import build_archive
+    from clipshield.training.export import build_archive
 
     path = build_archive(exported, tmp_path / "store", name="mw", archive_format="no-archive")
     assert path == tmp_path / "store" / "mw"
@@ -82,7 +83,7 @@ def test_archive_no_archive_format(exported, tmp_path):
 def test_archive_mar_format(exported, tmp_path):
     import zipfile
 
-    from training.export import build_archive
+    from clipshield.training.export import build_archive
 
     path = build_archive(exported, tmp_path / "store", archive_format="zip-store")
     assert path.name == "clipshield.mar"
@@ -93,7 +94,7 @@ def test_archive_mar_format(exported, tmp_path):
 
 
 def test_cli_export_archive_and_serve_errors(tmp_path, capsys, miniworld_model):
-    from training.cli import main
+    from clipshield.training.cli import main
 
     out = tmp_path / "export"
     assert main(["export", "--out", str(out), "--version", "2.0", "--no-purify", "--threads", "1"]) == 0
@@ -110,7 +111,7 @@ def test_cli_export_archive_and_serve_errors(tmp_path, capsys, miniworld_model):
 
 
 def test_purify_default_choice_rule():
-    from training.export.purify_calibration import SweepConfig, SweepRow, _choose
+    from clipshield.training.export.purify_calibration import SweepConfig, SweepRow, _choose
 
     cfg = SweepConfig()
     rows = [SweepRow(steps=1, step_size=0.1, clean=0.95, robust_bpda=0.30), SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60)]
@@ -122,12 +123,15 @@ def test_purify_default_choice_rule():
 
 
 def test_purify_no_gain_turns_purification_off_and_never_picks_the_overshoot():
-    from training.export.purify_calibration import SweepConfig, SweepRow, _choose, overshoots
+    from clipshield.training.export.purify_calibration import SweepConfig, SweepRow, _choose, overshoots
 
     cfg = SweepConfig()
-    rows = [SweepRow(steps=10, step_size=30.0, clean=0.96, robust_bpda=0.29),  # ~881 degrees: a near no-op
-            SweepRow(steps=2, step_size=0.2, clean=0.95, robust_bpda=0.31), SweepRow(steps=1, step_size=0.2, clean=0.95, robust_bpda=0.30),
-            SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60)]
+    rows = [
+        SweepRow(steps=10, step_size=30.0, clean=0.96, robust_bpda=0.29),  # ~881 degrees: a near no-op
+        SweepRow(steps=2, step_size=0.2, clean=0.95, robust_bpda=0.31),
+        SweepRow(steps=1, step_size=0.2, clean=0.95, robust_bpda=0.30),
+        SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60),
+    ]
     flat = _choose(cfg, 0.96, 0.29, rows, 256)
     assert overshoots(10, 30.0) and not overshoots(2, 0.5)
     assert flat.chosen.enabled is False and (flat.chosen.steps, flat.chosen.step_size) == (1, 0.2)  # cheapest eligible
@@ -146,7 +150,7 @@ def test_unmeasured_card_claims_no_measurement(exported):
 
 
 def test_attack_labels_are_one_spelling():
-    from service.card import CLEAN, attack_label
+    from clipshield.service.card import CLEAN, attack_label
 
     assert attack_label("pgd", 4 / 255, 10) == "pgd10-linf-4/255"
     assert attack_label("pgd", 4 / 255, 10, via="bpda") == "bpda-pgd10-linf-4/255"
@@ -158,8 +162,8 @@ def test_bundle_with_other_tokenizer_vocab_refused(exported, tmp_path):
     import gzip
     import shutil
 
-    from service.inference import ClipshieldService
-    from service.tokenizer import open_clip_vocab
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.service.tokenizer import open_clip_vocab
 
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)

@@ -3,6 +3,7 @@
 safetensors creates files with mode 0600; a fine-tuned `final/model.safetensors` used to be the one
 file others on a shared machine (or a serving container's user) could not read.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.checkpoint import save_checkpoint, write_safetensors
-from training.finetune import FinetuneConfig, finetune
-from training.pretrain import miniworld_record
+from clipshield.service.checkpoint import save_checkpoint, write_safetensors
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.pretrain import miniworld_record
 
 
 @pytest.fixture
@@ -39,15 +40,27 @@ def test_write_safetensors_respects_the_umask(tmp_path, umask, mask):
 
 
 def test_every_file_of_a_tiny_finetune_has_the_same_mode(tmp_path, umask):
-    from service.models import from_record
+    from clipshield.service.models import from_record
 
     umask(0o022)
     torch.manual_seed(0)
     record = miniworld_record()
     save_checkpoint(tmp_path / "base", record, from_record(record).clip.state_dict())
     out = tmp_path / "run"
-    cfg = FinetuneConfig(method="tecoa", model=str(tmp_path / "base"), data_limit=16, batch_size=8, steps=2, warmup=1,
-                         eps=4 / 255, checkpoint_every=1, output=out, eval_datasets=[], threads=1, seed=0)
+    cfg = FinetuneConfig(
+        method="tecoa",
+        model=str(tmp_path / "base"),
+        data_limit=16,
+        batch_size=8,
+        steps=2,
+        warmup=1,
+        eps=4 / 255,
+        checkpoint_every=1,
+        output=out,
+        eval_datasets=[],
+        threads=1,
+        seed=0,
+    )
     finetune(cfg)
     files = [p for p in out.rglob("*") if p.is_file()]
     assert out / "final" / "model.safetensors" in files

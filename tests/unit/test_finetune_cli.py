@@ -1,10 +1,11 @@
 """`clipshield finetune` argument handling: method choices, mini-world defaults, --param parsing."""
+
 from __future__ import annotations
 
 import pytest
 
-from training.cli import build_parser
-from training.commands.finetune import config_from_args, parse_params
+from clipshield.training.cli import build_parser
+from clipshield.training.commands.finetune import config_from_args, parse_params
 
 
 def parse(*argv):
@@ -24,9 +25,12 @@ def test_miniworld_defaults():
 
 
 def test_real_data_defaults_and_params():
-    cfg = config_from_args(parse("--method", "pmg-aft", "--data", "tinyimagenet", "--param", "normalization=model",
-                                 "--param", "general_weight=0.5"))
-    assert cfg.attack.eps == pytest.approx(1 / 255) and cfg.optim.epochs == 10 and cfg.optim.warmup == 1000 and cfg.evaluation.datasets == []
+    cfg = config_from_args(
+        parse("--method", "pmg-aft", "--data", "tinyimagenet", "--param", "normalization=model", "--param", "general_weight=0.5")
+    )
+    assert (
+        cfg.attack.eps == pytest.approx(1 / 255) and cfg.optim.epochs == 10 and cfg.optim.warmup == 1000 and cfg.evaluation.datasets == []
+    )
     resolved = cfg.resolved(batches_per_epoch=391)
     assert resolved.optim.batch_size == 256 and resolved.optim.lr == 5e-5 and resolved.optim.steps == 3910
     assert resolved.method_params["normalization"] == "model" and resolved.method_params["general_weight"] == 0.5
@@ -35,7 +39,7 @@ def test_real_data_defaults_and_params():
 def test_bad_inputs():
     with pytest.raises(SystemExit):
         parse("--method", "trades")
-    from service.errors import ConfigError
+    from clipshield.service.errors import ConfigError
 
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_params(["alpha"])
@@ -45,7 +49,7 @@ def test_bad_inputs():
 
 
 def test_experiment_table_mean_and_std(tmp_path):
-    from training.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
+    from clipshield.training.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
 
     def result(clean, robust):
         return {name: {"clean": clean, "robust": robust, "n": 10} for name in EVAL_SETS}
@@ -64,13 +68,17 @@ def test_experiment_table_mean_and_std(tmp_path):
 
 
 def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_path):
-    from training.commands.experiment import experiment_config
+    from clipshield.training.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--output", str(tmp_path), "--lr", "0.01", "--adamw-lr", "3e-4"])
     runs = {m: experiment_config(args, m, seed=1).resolved(batches_per_epoch=50) for m in ("tecoa", "tga-zsr", "pmg-aft", "fare")}
     for cfg in runs.values():
         assert (cfg.optim.steps, cfg.optim.batch_size, cfg.attack.eps, cfg.run.seed) == (200, 32, pytest.approx(4 / 255), 1)
     assert {m: (c.optim.optimizer, c.optim.lr) for m, c in runs.items()} == {
-        "tecoa": ("sgd", 0.01), "tga-zsr": ("sgd", 0.01), "pmg-aft": ("sgd", 0.01), "fare": ("adamw", 3e-4)}
+        "tecoa": ("sgd", 0.01),
+        "tga-zsr": ("sgd", 0.01),
+        "pmg-aft": ("sgd", 0.01),
+        "fare": ("adamw", 3e-4),
+    }
     assert runs["fare"].optim.weight_decay == 1e-4 and runs["tecoa"].optim.weight_decay == 0.0
     assert runs["fare"].run.output == tmp_path / "fare" / "seed1"

@@ -1,4 +1,5 @@
 """torchrun data parallelism on CPU (gloo, 2 processes) gives the single-process result."""
+
 from __future__ import annotations
 
 import os
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.models import from_record
-from training.finetune import FinetuneConfig, finetune
-from training.pretrain import miniworld_record
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.models import from_record
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.pretrain import miniworld_record
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -34,15 +35,58 @@ def test_two_gloo_ranks_match_one_process(tmp_path, method):
     # eps 0 makes the attack a no-op, so the only difference is the split of each batch over ranks;
     # every loss term is a batch mean, so averaging two equal halves gives the full-batch gradient
     # (TGA-ZSR also runs each rank's frozen-model memory over its own share of the data set indices)
-    args = ["--method", method, "--model", str(tmp_path / "model"), "--data-limit", "16", "--batch-size", "8",
-            "--steps", "3", "--warmup", "1", "--lr", "0.01", "--eps", "0", "--eval-datasets", "--threads", "1"]
+    args = [
+        "--method",
+        method,
+        "--model",
+        str(tmp_path / "model"),
+        "--data-limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--lr",
+        "0.01",
+        "--eps",
+        "0",
+        "--eval-datasets",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "training.cli", "finetune",
-           *args, "--output", str(tmp_path / "ddp")]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "clipshield.training.cli",
+        "finetune",
+        *args,
+        "--output",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    finetune(FinetuneConfig(method=method, model=str(tmp_path / "model"), data_limit=16, batch_size=8, steps=3, warmup=1,
-                            lr=0.01, eps=0.0, eval_datasets=[], threads=1, output=tmp_path / "single"))
+    finetune(
+        FinetuneConfig(
+            method=method,
+            model=str(tmp_path / "model"),
+            data_limit=16,
+            batch_size=8,
+            steps=3,
+            warmup=1,
+            lr=0.01,
+            eps=0.0,
+            eval_datasets=[],
+            threads=1,
+            output=tmp_path / "single",
+        )
+    )
     ddp = load_weights(tmp_path / "ddp" / "final" / "model.safetensors")
     single = load_weights(tmp_path / "single" / "final" / "model.safetensors")
     base = load_weights(tmp_path / "model" / "model.safetensors")

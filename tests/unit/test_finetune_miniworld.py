@@ -5,6 +5,7 @@ rate, eps 4/255 for training and evaluation); nothing is tuned per method. Measu
 docs/finetuning.md; the thresholds below are far beyond what a broken loss (no attack, wrong sign,
 text tower updated, frozen model confused with the target) reaches.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from service.pixel_model import PixelCLIP
-from training.eval.runner import AttackRecipe, measure, zero_shot_task
-from training.finetune import finetune
-from training.finetune_config import recipe_config
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
+from clipshield.training.finetune import finetune
+from clipshield.training.finetune_config import recipe_config
 
 MODEL = "miniworld"
 EPS = 4 / 255
@@ -37,15 +38,17 @@ def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
     threads = torch.get_num_threads()
     try:
-        return {m: finetune(recipe_config("miniworld-train", method=m, model=MODEL, output=out / m, **RUN))[0]
-                for m in ("tecoa", "tga-zsr", "ft-clean")}
+        return {
+            m: finetune(recipe_config("miniworld-train", method=m, model=MODEL, output=out / m, **RUN))[0]
+            for m in ("tecoa", "tga-zsr", "ft-clean")
+        }
     finally:
         torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def base():
-    from service.models import load_model
+    from clipshield.service.models import load_model
 
     return load_model(MODEL)
 

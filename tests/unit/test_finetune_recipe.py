@@ -1,32 +1,75 @@
 """Fine-tuning recipes come from the training data set's registry entry; the grouped config validates what it resolves."""
+
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from service.errors import ConfigError, UnknownName
-from training.data import DatasetRequest, build_dataset, finetune_recipe, register_dataset
-from training.data import registry
-from training.data.miniworld import MINIWORLD_RECIPE
-from training.data.recipe import REFERENCE_RECIPE, FinetuneRecipe
-from training.finetune_config import FinetuneConfig, recipe_config
+from clipshield.service.errors import ConfigError, UnknownName
+from clipshield.training.data import DatasetRequest, build_dataset, finetune_recipe, register_dataset, registry
+from clipshield.training.data.miniworld import MINIWORLD_RECIPE
+from clipshield.training.data.recipe import REFERENCE_RECIPE, FinetuneRecipe
+from clipshield.training.finetune_config import FinetuneConfig, recipe_config
 
 # the keys of run_config.json / train_state.json as every earlier version wrote them: resumed runs compare these
 LEGACY_RUN_KEYS = [
-    "method", "model", "pretrained", "weights", "cache_dir", "offline", "data", "data_root", "data_limit", "image_size", "preprocess",
-    "template", "negative_template", "output", "epochs", "steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup",
-    "eps", "attack_alpha", "attack_steps", "method_params", "seed", "checkpoint_every", "frozen_cache_mb", "resume", "precision", "device",
-    "workers", "threads", "eval_datasets", "eval_limit", "eval_eps", "eval_steps", "eval_batch_size",
+    "method",
+    "model",
+    "pretrained",
+    "weights",
+    "cache_dir",
+    "offline",
+    "data",
+    "data_root",
+    "data_limit",
+    "image_size",
+    "preprocess",
+    "template",
+    "negative_template",
+    "output",
+    "epochs",
+    "steps",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "warmup",
+    "eps",
+    "attack_alpha",
+    "attack_steps",
+    "method_params",
+    "seed",
+    "checkpoint_every",
+    "frozen_cache_mb",
+    "resume",
+    "precision",
+    "device",
+    "workers",
+    "threads",
+    "eval_datasets",
+    "eval_limit",
+    "eval_eps",
+    "eval_steps",
+    "eval_batch_size",
 ]
 
 
 @pytest.fixture()
 def other_world():
     """A second world registered with its own recipe, removed afterwards."""
-    recipe = FinetuneRecipe(name="other", eps=1 / 255, attack_alpha=1 / 255, attack_steps=2, steps=50, batch_size=16,
-                            lr={"sgd": 0.01}, warmup=None, eval_datasets=("miniworld/plain/shape/seen",))
-    register_dataset("other-world-train", reference_eps=1 / 255, recipe=recipe)(
-        lambda req: build_dataset("miniworld-train", req))
+    recipe = FinetuneRecipe(
+        name="other",
+        eps=1 / 255,
+        attack_alpha=1 / 255,
+        attack_steps=2,
+        steps=50,
+        batch_size=16,
+        lr={"sgd": 0.01},
+        warmup=None,
+        eval_datasets=("miniworld/plain/shape/seen",),
+    )
+    register_dataset("other-world-train", reference_eps=1 / 255, recipe=recipe)(lambda req: build_dataset("miniworld-train", req))
     yield recipe
     for table in (registry._BUILDERS, registry._REFERENCE_EPS, registry._RECIPES):
         table.pop("other-world-train", None)

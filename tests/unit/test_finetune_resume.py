@@ -1,4 +1,5 @@
 """Fine-tuning loop mechanics: resume is bit-identical, checkpoints and model card are written."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,10 @@ import json
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.models import from_record
-from training.finetune import FinetuneConfig, StepBatches, finetune
-from training.pretrain import miniworld_record
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.models import from_record
+from clipshield.training.finetune import FinetuneConfig, StepBatches, finetune
+from clipshield.training.pretrain import miniworld_record
 
 
 class Interrupt(Exception):
@@ -26,8 +27,20 @@ def random_model_dir(tmp_path_factory):
 
 
 def small_config(model_dir, out, **kw) -> FinetuneConfig:
-    values = dict(method="tga-zsr", model=str(model_dir), data_limit=24, batch_size=8, steps=5, warmup=2,
-                  eps=4 / 255, checkpoint_every=2, output=out, eval_datasets=[], threads=1, seed=3)
+    values = dict(
+        method="tga-zsr",
+        model=str(model_dir),
+        data_limit=24,
+        batch_size=8,
+        steps=5,
+        warmup=2,
+        eps=4 / 255,
+        checkpoint_every=2,
+        output=out,
+        eval_datasets=[],
+        threads=1,
+        seed=3,
+    )
     values.update(kw)
     return FinetuneConfig(**values)
 
@@ -59,7 +72,7 @@ def test_resume_gives_identical_weights(random_model_dir, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(random_model_dir, tmp_path):
-    from service.errors import ConfigError
+    from clipshield.service.errors import ConfigError
 
     finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0))
     with pytest.raises(ConfigError, match="lr"):
@@ -67,8 +80,16 @@ def test_resume_with_other_settings_is_refused(random_model_dir, tmp_path):
 
 
 def test_model_card_and_run_config(random_model_dir, tmp_path):
-    cfg = small_config(random_model_dir, tmp_path, method="fare", steps=2, checkpoint_every=0,
-                       eval_datasets=["miniworld/plain/color_shape/seen"], eval_limit=16, eval_steps=1)
+    cfg = small_config(
+        random_model_dir,
+        tmp_path,
+        method="fare",
+        steps=2,
+        checkpoint_every=0,
+        eval_datasets=["miniworld/plain/color_shape/seen"],
+        eval_limit=16,
+        eval_steps=1,
+    )
     _, card = finetune(cfg)
     on_disk = json.loads((tmp_path / "final" / "model_card.json").read_text())
     assert on_disk == card
@@ -80,7 +101,9 @@ def test_model_card_and_run_config(random_model_dir, tmp_path):
     assert training["epochs"] == pytest.approx(2 * 8 / 24, abs=1e-4)
     assert "epochs" not in training["hyperparameters"] and "image_size" not in training["hyperparameters"]
     assert {(a["dataset"], a["attack"]) for a in card["accuracy"]} == {
-        ("miniworld/plain/color_shape/seen", "none"), ("miniworld/plain/color_shape/seen", "pgd1-linf-4/255")}
+        ("miniworld/plain/color_shape/seen", "none"),
+        ("miniworld/plain/color_shape/seen", "pgd1-linf-4/255"),
+    }
     assert all(0 <= a["value"] <= 1 and a["n"] == 16 for a in card["accuracy"])
     assert card["provenance"]["git_commit"] and card["provenance"]["clipshield_version"] and card["provenance"]["date"]
     assert card["base_model"]["weights_digest"] != card["weights_digest"]  # fine-tuning changed the image tower
@@ -99,7 +122,7 @@ def test_step_batches_are_a_function_of_the_step():
 def test_unknown_method_and_bad_params_fail_early(tmp_path):
     with pytest.raises(KeyError, match="known"):
         FinetuneConfig(method="trades", output=tmp_path)
-    from service.errors import ConfigError
+    from clipshield.service.errors import ConfigError
 
     with pytest.raises(ConfigError, match="gamma"):
         FinetuneConfig(method="tga-zsr", method_params={"gamma": 1}, output=tmp_path)

@@ -1,15 +1,16 @@
 """The frozen model's remembered clean outputs: same losses as recomputing, fewer frozen forwards."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.models import from_record
-from training.finetune import FinetuneConfig, finetune
-from training.methods import AttackBudget, FrozenBatch, FrozenReference, LossInputs, TextHeads, get_method
-from training.pretrain import miniworld_record
-from training.train_state import STATE_NAME
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.models import from_record
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.methods import AttackBudget, FrozenBatch, FrozenReference, LossInputs, TextHeads, get_method
+from clipshield.training.pretrain import miniworld_record
+from clipshield.training.train_state import STATE_NAME
 
 EPS = 4 / 255
 
@@ -122,8 +123,20 @@ def test_finetune_with_and_without_memory_agree(tmp_path):
     runs = {}
     for mb in (1024.0, 0.0):  # 16 images, batch 8: steps 2-3 are the second epoch
         out = tmp_path / f"mb{mb:g}"
-        finetune(FinetuneConfig(method="tga-zsr", model=str(model_dir), data_limit=16, batch_size=8, steps=4, warmup=1,
-                                eps=EPS, output=out, threads=1, frozen_cache_mb=mb))
+        finetune(
+            FinetuneConfig(
+                method="tga-zsr",
+                model=str(model_dir),
+                data_limit=16,
+                batch_size=8,
+                steps=4,
+                warmup=1,
+                eps=EPS,
+                output=out,
+                threads=1,
+                frozen_cache_mb=mb,
+            )
+        )
         runs[mb] = load_weights(out / "final" / "model.safetensors")
     from safetensors import safe_open
 

@@ -1,9 +1,10 @@
 """Property-based fuzzing of the serving input layer (issue 7): decoding and request parsing.
 
 Contract under test: whatever bytes or form fields arrive, `service/` either returns a valid
-result or raises a `service.errors.BadInput` subclass (400/413/415) - never another exception,
+result or raises a `clipshield.service.errors.BadInput` subclass (400/413/415) - never another exception,
 which a server would turn into a 500. Example counts are bounded so the module runs in seconds.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 
-from service.api import FORM_FIELDS, PredictOptions, check_content_type, parse_request
-from service.config import PreprocessConfig
-from service.errors import BadInput
-from service.preprocess import decode_image, load_pixels
-from service.settings import DecodeLimits, RequestLimits
+from clipshield.service.api import FORM_FIELDS, PredictOptions, check_content_type, parse_request
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import BadInput
+from clipshield.service.preprocess import decode_image, load_pixels
+from clipshield.service.settings import DecodeLimits, RequestLimits
 
 LIMITS = DecodeLimits(max_bytes=64 * 1024, max_pixels=512 * 512)
 REQ = RequestLimits()
@@ -117,8 +118,14 @@ ANY_CHAR = st.one_of(
     st.characters(exclude_categories=()),
 )
 _values = st.one_of(
-    st.none(), st.binary(max_size=64), st.text(max_size=64), st.integers(-(10**30), 10**30), st.booleans(),
-    st.floats(allow_nan=True), st.lists(st.text(max_size=8), max_size=5), st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+    st.none(),
+    st.binary(max_size=64),
+    st.text(max_size=64),
+    st.integers(-(10**30), 10**30),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.lists(st.text(max_size=8), max_size=5),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
 )
 _field_names = st.one_of(st.sampled_from(list(FORM_FIELDS) + ["body", "data"]), st.text(max_size=8))
 
@@ -143,7 +150,11 @@ def test_parse_request_returns_options_or_bad_input(parts, content_type):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.one_of(st.binary(max_size=200), st.text(ANY_CHAR, max_size=200), st.lists(st.one_of(st.text(ANY_CHAR, max_size=30), st.integers()), max_size=8)),
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(ANY_CHAR, max_size=200),
+        st.lists(st.one_of(st.text(ANY_CHAR, max_size=30), st.integers()), max_size=8),
+    ),
     st.one_of(st.binary(max_size=12), st.text(max_size=12)),
     st.one_of(st.binary(max_size=12), st.text(max_size=12)),
 )
@@ -168,8 +179,8 @@ def test_content_type_accepted_or_415(content_type):
 
 @pytest.fixture(scope="module")
 def service_bundle(miniworld_model, tmp_path_factory):
-    from service.inference import ClipshieldService
-    from training.export import export_model
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.training.export import export_model
 
     folder = export_model(miniworld_model, tmp_path_factory.mktemp("fuzz") / "export")
     return ClipshieldService.from_folder(folder)
@@ -178,8 +189,8 @@ def service_bundle(miniworld_model, tmp_path_factory):
 def test_service_answers_fuzzed_labels_without_500(service_bundle):
     """Labels go through the tokenizer and text encoder: no string may crash them (seen: lone
     surrogates and NUL used to give a 500)."""
-    from service.api import PredictResponse
-    from service.inference import RawRequest
+    from clipshield.service.api import PredictResponse
+    from clipshield.service.inference import RawRequest
 
     png = SEEDS[0]
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_acceptance.py in its CPU smoke mode (`--device cpu --tiny`): every phase runs, the
 summary carries every field the GPU run reports, and the exported image encoder matches PyTorch."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ def test_tiny_cpu_run_reports_every_field(tmp_path, capsys):
     assert onnx["provider"] == "CPUExecutionProvider"
     assert onnx["parity_ok"] and onnx["max_abs_diff"] <= 1e-4 and onnx["max_abs_diff_vs_device_model"] <= 1e-4
 
-    for line in ("==== clipshield GPU acceptance summary ====", "s/step", "images/s", "TGA-ZSR / TeCoA",
-                 "PGD-10 eval", "ONNX parity", "peak memory", "RESULT PASS"):
+    for line in (
+        "==== clipshield GPU acceptance summary ====",
+        "s/step",
+        "images/s",
+        "TGA-ZSR / TeCoA",
+        "PGD-10 eval",
+        "ONNX parity",
+        "peak memory",
+        "RESULT PASS",
+    ):
         assert line in printed
 
 

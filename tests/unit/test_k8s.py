@@ -3,6 +3,7 @@
 The rendered overlays are committed in k8s/rendered/ so CI validates them without kubectl; where
 kubectl is available, the test also re-renders each overlay and fails on drift.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -46,8 +47,7 @@ def _container(docs: list[dict], name: str = "torchserve") -> dict:
 
 
 def _properties(docs: list[dict]) -> dict[str, str]:
-    cm_name = next(v["configMap"]["name"] for v in _one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
-                   if v["name"] == "config")
+    cm_name = next(v["configMap"]["name"] for v in _one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name)
     lines = [ln for ln in cm["data"]["config.properties"].splitlines() if ln.strip() and not ln.startswith("#")]
     return dict(ln.split("=", 1) for ln in lines)
@@ -62,16 +62,25 @@ def test_rendered_overlay_is_up_to_date(overlay):
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed: validating the committed render only")
-    out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert out == _rendered_text(overlay), f"k8s/rendered/{overlay}.yaml is stale: re-render it (docs/deploy.md)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_passes_strict_validation(overlay):
     docs = _docs(overlay)
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                         "ConfigMap", "ServiceAccount", "NetworkPolicy", "Namespace"}
+    assert {d["kind"] for d in docs} >= {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "Namespace",
+    }
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -201,7 +210,7 @@ def test_metrics_config_is_mounted_and_matches_serving(overlay):
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.properties" in d.get("data", {}))
     assert cm["data"]["metrics.yaml"] == (K8S / "base" / "metrics.yaml").read_text()
     serving = REPO / "model_store" / "metrics.yaml"  # both generated from service/metrics.py
-    assert serving.read_text() == (K8S / "base" / "metrics.yaml").read_text(), "run python -m training.monitoring.generate"
+    assert serving.read_text() == (K8S / "base" / "metrics.yaml").read_text(), "run python -m clipshield.training.monitoring.generate"
 
 
 def test_gpu_config_differs_from_base_only_in_gpu_count():
@@ -271,8 +280,11 @@ def fake_torchserve():
 
 def test_probe_ready_only_with_ready_workers(fake_torchserve, tmp_path, capsys):
     probe = _load_probe()
-    env = {"CLIPSHIELD_PROBE_MANAGEMENT": fake_torchserve, "CLIPSHIELD_PROBE_INFERENCE": fake_torchserve,
-           "CLIPSHIELD_KEY_FILE": str(tmp_path / "absent.json")}
+    env = {
+        "CLIPSHIELD_PROBE_MANAGEMENT": fake_torchserve,
+        "CLIPSHIELD_PROBE_INFERENCE": fake_torchserve,
+        "CLIPSHIELD_KEY_FILE": str(tmp_path / "absent.json"),
+    }
     _FakeTorchServe.workers = []  # frontend up, model registered, no worker yet: /ping would say Healthy
     assert probe.main(["ready"], env) == 1
     _FakeTorchServe.workers = [{"id": "9000", "status": "UNLOADING"}]
@@ -290,12 +302,19 @@ def test_probe_sends_key_and_fails_when_server_is_down(fake_torchserve, tmp_path
     probe = _load_probe()
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps({"management": {"key": "m-key"}, "inference": {"key": "i-key"}}))
-    env = {"CLIPSHIELD_PROBE_MANAGEMENT": fake_torchserve, "CLIPSHIELD_PROBE_INFERENCE": fake_torchserve,
-           "CLIPSHIELD_KEY_FILE": str(key_file)}
+    env = {
+        "CLIPSHIELD_PROBE_MANAGEMENT": fake_torchserve,
+        "CLIPSHIELD_PROBE_INFERENCE": fake_torchserve,
+        "CLIPSHIELD_KEY_FILE": str(key_file),
+    }
     _FakeTorchServe.workers = [{"id": "9000", "status": "READY"}]
     _FakeTorchServe.seen_auth = []
     assert probe.main(["ready"], env) == 0 and probe.main(["live"], env) == 0
     assert _FakeTorchServe.seen_auth == ["Bearer m-key", "Bearer i-key"]
-    down = {**env, "CLIPSHIELD_PROBE_MANAGEMENT": "http://127.0.0.1:9", "CLIPSHIELD_PROBE_INFERENCE": "http://127.0.0.1:9",
-            "CLIPSHIELD_PROBE_TIMEOUT": "1"}
+    down = {
+        **env,
+        "CLIPSHIELD_PROBE_MANAGEMENT": "http://127.0.0.1:9",
+        "CLIPSHIELD_PROBE_INFERENCE": "http://127.0.0.1:9",
+        "CLIPSHIELD_PROBE_TIMEOUT": "1",
+    }
     assert probe.main(["ready"], down) == 1 and probe.main(["live"], down) == 1

@@ -1,9 +1,10 @@
 """The KServe adapter's request/response mapping without a server (tests/integration/test_kserve.py runs one).
 
-Every option reaches `service.api.parse_request` unchanged (parameters and one-element named inputs
+Every option reaches `clipshield.service.api.parse_request` unchanged (parameters and one-element named inputs
 alike), base64 images are decoded and anything else is left for the service to refuse, and a batch's
 outputs carry one row per item with failed items padded and marked by their own status.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,9 +16,9 @@ import pytest
 pytest.importorskip("kserve")
 from kserve import InferInput, InferRequest
 
-from handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
-from service.api import ModelInfo, Prediction, PredictResponse
-from service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
+from clipshield.handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
+from clipshield.service.api import ModelInfo, Prediction, PredictResponse
+from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
 
 
 def _bytes(name: str, values: list) -> InferInput:
@@ -34,8 +35,10 @@ def test_images_and_options_reach_the_service_as_form_fields():
     png = b"\x89PNG\r\n\x1a\nfake"
     top_k = InferInput("top_k", [1], "INT32")
     top_k.set_data_from_numpy(np.array([3], dtype=np.int32), binary_data=False)
-    req = _request([_bytes("image", [base64.b64encode(png).decode(), "not base64!"]), _bytes("labels", ['["cat", "dog"]']), top_k],
-                   parameters={"purify": False, "content_type": "image/png", "binary_data_output": True})
+    req = _request(
+        [_bytes("image", [base64.b64encode(png).decode(), "not base64!"]), _bytes("labels", ['["cat", "dog"]']), top_k],
+        parameters={"purify": False, "content_type": "image/png", "binary_data_output": True},
+    )
     first, second = raw_requests(req)
     assert first.parts == {"image": png, "labels": '["cat", "dog"]', "top_k": 3, "purify": False}
     assert second.parts["image"] == "not base64!"  # text: parse_request refuses it with 415
@@ -47,20 +50,30 @@ def test_unknown_parameters_are_left_for_the_service_to_refuse():
     assert only.parts == {"colour": "red", "shape": "star"} and "image" not in only.parts
 
 
-@pytest.mark.parametrize("inputs,error,words", [
-    (lambda: [_bytes("image", ["a"]), _bytes("image", ["b"])], BadInput, "one 'image' input"),
-    (lambda: [_bytes("image", [])], BadInput, "no image"),
-    (lambda: [_bytes("image", ["a"] * (MAX_IMAGES_PER_REQUEST + 1))], PayloadTooLarge, "limit"),
-    (lambda: [_bytes("image", ["a"]), _bytes("labels", ["x", "y"])], BadInput, "exactly one element"),
-])
+@pytest.mark.parametrize(
+    "inputs,error,words",
+    [
+        (lambda: [_bytes("image", ["a"]), _bytes("image", ["b"])], BadInput, "one 'image' input"),
+        (lambda: [_bytes("image", [])], BadInput, "no image"),
+        (lambda: [_bytes("image", ["a"] * (MAX_IMAGES_PER_REQUEST + 1))], PayloadTooLarge, "limit"),
+        (lambda: [_bytes("image", ["a"]), _bytes("labels", ["x", "y"])], BadInput, "exactly one element"),
+    ],
+)
 def test_malformed_requests(inputs, error, words):
     with pytest.raises(error, match=words):
         raw_requests(_request(inputs()))
 
 
 def test_outputs_one_row_per_item_failed_items_padded():
-    ok = PredictResponse(predictions=[Prediction(label="cat", score=0.9), Prediction(label="dog", score=0.1)], purified=True,
-                         anchor_score=0.3, prediction_shift=0.1, flipped=False, flagged=True, model=ModelInfo(name="m", version="1"))
+    ok = PredictResponse(
+        predictions=[Prediction(label="cat", score=0.9), Prediction(label="dog", score=0.1)],
+        purified=True,
+        anchor_score=0.3,
+        prediction_shift=0.1,
+        flipped=False,
+        flagged=True,
+        model=ModelInfo(name="m", version="1"),
+    )
     outputs = {o.name: o for o in to_outputs([ok, UnsupportedMediaType("image format not accepted")])}
     assert outputs["labels"].shape == [2, 2] and outputs["labels"].data == ["cat", "dog", "", ""]
     assert outputs["scores"].data == pytest.approx([0.9, 0.1, 0.0, 0.0])

@@ -1,5 +1,6 @@
 """The serving path needs no torch: a process that cannot import torch, torchvision or open_clip loads a
 real bundle through the KServe adapter and answers like the full install (`pip install .[serve-kserve]`)."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,9 @@ LEAN_CLIENT = textwrap.dedent(
     import numpy as np
     from kserve import InferInput, InferRequest
 
-    from handlers.kserve_model import ClipshieldKServeModel, raw_requests
-    from service.metrics import NullSink
-    from service.settings import ServingConfig
+    from clipshield.handlers.kserve_model import ClipshieldKServeModel, raw_requests
+    from clipshield.service.metrics import NullSink
+    from clipshield.service.settings import ServingConfig
 
     bundle, png_path, labels = sys.argv[1], sys.argv[2], sys.argv[3]
     model = ClipshieldKServeModel("clipshield", bundle, ServingConfig(), NullSink())
@@ -52,7 +53,7 @@ LEAN_CLIENT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("lean-bundle"))
 
@@ -60,8 +61,8 @@ def bundle(miniworld_model, tmp_path_factory):
 def test_served_answer_without_torch_equals_the_full_install(bundle, tmp_path):
     import numpy as np
 
-    from service.inference import ClipshieldService, RawRequest
-    from service.preprocess import encode_png
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png
 
     rng = np.random.default_rng(0)
     png = encode_png(rng.random((3, 40, 56)).astype(np.float32))  # not square, not 32x32: resize + crop run
@@ -69,7 +70,9 @@ def test_served_answer_without_torch_equals_the_full_install(bundle, tmp_path):
     labels = json.dumps(["red star", "blue circle", "green square"])
     out = subprocess.run(
         [sys.executable, "-c", LEAN_CLIENT, str(bundle), str(tmp_path / "x.png"), labels],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lean = json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ Read from `make -n` (prints the recipe, runs nothing): the default installs the 
 configured indexes, the knob adds `--index-url` to that one command only, and a venv built from another
 index gets another install stamp, so switching the knob rebuilds instead of reusing the old venv.
 """
+
 from __future__ import annotations
 
 import re

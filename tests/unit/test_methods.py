@@ -1,13 +1,14 @@
 """Contract tests for every registered fine-tuning method on a tiny random mini-world CLIP."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from service.models import from_record
-from training.methods import AttackBudget, FrozenBatch, LossInputs, TextHeads, get_method, list_methods
-from training.methods.attention import complementary_map, map_distance, text_guided_map
-from training.pretrain import miniworld_record
+from clipshield.service.models import from_record
+from clipshield.training.methods import AttackBudget, FrozenBatch, LossInputs, TextHeads, get_method, list_methods
+from clipshield.training.methods.attention import complementary_map, map_distance, text_guided_map
+from clipshield.training.pretrain import miniworld_record
 
 EPS = 4 / 255
 
@@ -99,6 +100,8 @@ def test_per_token_map_norm_is_a_different_option(tiny):
     method = get_method("tga-zsr")
     batch = LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen))
     ref = method.loss(batch, method.params())
-    alt = method.loss(LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen)), method.params(map_norm="per_token"))
+    alt = method.loss(
+        LossInputs(target, images, labels, heads, adv=images, frozen=FrozenBatch(frozen)), method.params(map_norm="per_token")
+    )
     torch.testing.assert_close(alt.terms["ce"], ref.terms["ce"])
     assert not torch.allclose(alt.outputs["map_clean_frozen"], ref.outputs["map_clean_frozen"])

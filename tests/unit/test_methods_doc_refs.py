@@ -1,5 +1,6 @@
 """Every `methods.md §N` cited in code or docs names a section that docs/methods.md has, and nothing
 cites the method specification outside the repository (a reader could not open it)."""
+
 from __future__ import annotations
 
 import re

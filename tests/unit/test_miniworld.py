@@ -1,19 +1,20 @@
 """The mini world: deterministic rendering, disjoint seeds, Latin-square hold-outs, captions that respect them."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.miniworld.captions import COLOR, SHAPE, caption_for, match_matrix
-from training.miniworld.dataset import (
+from clipshield.training.miniworld.captions import COLOR, SHAPE, caption_for, match_matrix
+from clipshield.training.miniworld.dataset import (
     MiniWorldClassification,
     MiniWorldFinetune,
     MiniWorldTask,
     image_seed,
     pretraining_specs,
 )
-from training.miniworld.render import ImageSpec, render
-from training.miniworld.world import COLORS, DOMAINS, SHAPES, Split, combos, holdout_kind
+from clipshield.training.miniworld.render import ImageSpec, render
+from clipshield.training.miniworld.world import COLORS, DOMAINS, SHAPES, Split, combos, holdout_kind
 
 
 def test_render_is_deterministic_and_seed_sensitive():

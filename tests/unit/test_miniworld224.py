@@ -3,6 +3,7 @@
 Small on purpose (the suite's time budget): a few images, one 2-step fine-tune on four images.
 The shipped model's measured accuracies are in docs/datasets.md ("The 224-pixel mini world").
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from service.errors import ConfigError
-from service.models import load_model
-from service.preprocess import to_pixels
-from training.data import DatasetRequest, build_dataset, reference_eps
-from training.methods.attention import text_guided_map
-from training.miniworld.render import ImageSpec, render
-from training.miniworld.worlds import get_world, world_of_dataset
+from clipshield.service.errors import ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.preprocess import to_pixels
+from clipshield.training.data import DatasetRequest, build_dataset, reference_eps
+from clipshield.training.methods.attention import text_guided_map
+from clipshield.training.miniworld.render import ImageSpec, render
+from clipshield.training.miniworld.worlds import get_world, world_of_dataset
 
 SEEN = "miniworld224/plain/color_shape/seen"
 
@@ -68,11 +69,22 @@ def test_shipped_model_has_the_vit_b32_grid_and_maps_upsample_to_224(model224):
 
 
 def test_two_step_tga_zsr_finetune_on_the_224_world(tmp_path):
-    from training.finetune import FinetuneConfig, finetune
+    from clipshield.training.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(method="tga-zsr", model="miniworld224", data="miniworld224-train", output=tmp_path / "ft", steps=2,
-                         batch_size=4, data_limit=4, lr=0.005, eps=reference_eps("miniworld224-train"), warmup=None,
-                         eval_datasets=[], threads=1)
+    cfg = FinetuneConfig(
+        method="tga-zsr",
+        model="miniworld224",
+        data="miniworld224-train",
+        output=tmp_path / "ft",
+        steps=2,
+        batch_size=4,
+        data_limit=4,
+        lr=0.005,
+        eps=reference_eps("miniworld224-train"),
+        warmup=None,
+        eval_datasets=[],
+        threads=1,
+    )
     base = load_model("miniworld224").clip.visual.state_dict()
     model, _ = finetune(cfg)
     tuned = model.clip.visual.state_dict()
@@ -80,9 +92,9 @@ def test_two_step_tga_zsr_finetune_on_the_224_world(tmp_path):
 
 
 def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary():
-    from training.pretrain import MODEL_CONFIGS, miniworld_record
-    from training.pretrain_teacher import lock_text_tower
-    from service.models import from_record
+    from clipshield.service.models import from_record
+    from clipshield.training.pretrain import MODEL_CONFIGS, miniworld_record
+    from clipshield.training.pretrain_teacher import lock_text_tower
 
     teacher = load_model("miniworld")
     student = from_record(miniworld_record("s", MODEL_CONFIGS / "miniworld-vit-b32-tiny.json"))
@@ -100,7 +112,7 @@ def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary(
 def test_demo_sends_real_photos_as_jpeg_of_their_own_size():
     import io
 
-    from training.export.demo_serving import send_photos
+    from clipshield.training.export.demo_serving import send_photos
 
     class Client:
         def __init__(self) -> None:

@@ -1,5 +1,6 @@
 """The first hour with real models: no network, missing weights files and unknown architectures give
 one clear line each (issue 17 items 5-7), fast, without the hub client's retry noise."""
+
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,10 @@ import warnings
 
 import pytest
 
-from service import models
-from service.errors import ModelLoadError
-from service.models import load_model
-from training.cli import main
+from clipshield.service import models
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.models import load_model
+from clipshield.training.cli import main
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def _export_error(args, capsys, tmp_path) -> tuple[int, list[str], float]:
     """Exit status, non-empty output lines and seconds of one `clipshield export` (imports done first)."""
     import open_clip.pretrained  # noqa: F401 - import time (10+ s on a busy machine) is not what is timed
 
-    from training.cli import build_parser
+    from clipshield.training.cli import build_parser
 
     build_parser()
     start = time.monotonic()

@@ -1,4 +1,5 @@
 """Model loading: clear errors for every bad source, checkpoints round-trip, no unpickling of arbitrary objects."""
+
 from __future__ import annotations
 
 import pickle
@@ -6,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from service.checkpoint import load_weights, save_checkpoint
-from service.errors import ModelLoadError
-from service.models import load_checkpoint_dir, load_model
+from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.models import load_checkpoint_dir, load_model
 
 
 def test_unknown_name_lists_the_sources():

@@ -2,6 +2,7 @@
 
 promtool is required (a missing binary fails with install instructions: `make tools`).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import metrics as service_metrics
+from clipshield.service import metrics as service_metrics
+from clipshield.training.monitoring import dashboard, generate, rule_tests, rules
 from tests.integration.prometheus_helpers import promtool
-from training.monitoring import dashboard, generate, rule_tests, rules
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -57,7 +58,7 @@ def _known_labels() -> set[str]:
 
 
 def test_generated_files_are_current():
-    assert generate.stale() == [], "run `make monitoring` (python -m training.monitoring.generate, then make k8s-render)"
+    assert generate.stale() == [], "run `make monitoring` (python -m clipshield.training.monitoring.generate, then make k8s-render)"
 
 
 def test_rendered_kustomization_matches_generated_files():
@@ -68,8 +69,7 @@ def test_rendered_kustomization_matches_generated_files():
     assert cm["data"] == {"clipshield-serving.json": (K8S / "monitoring" / generate.DASHBOARD).read_text()}
     kubectl = shutil.which("kubectl")  # CI may lack kubectl: the structural checks above still catch staleness
     if kubectl is not None:
-        out = subprocess.run([kubectl, "kustomize", str(K8S / "monitoring")], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+        out = subprocess.run([kubectl, "kustomize", str(K8S / "monitoring")], capture_output=True, text=True, timeout=60, check=True).stdout
         assert out == RENDERED.read_text(), "k8s/rendered/monitoring.yaml is stale: make k8s-render"
 
 

@@ -1,10 +1,11 @@
 """`clipshield experiment paper`: the dry-run plan of a published table and a tiny real run on the mini world."""
+
 from __future__ import annotations
 
 import json
 
-from training.cli import main
-from training.experiments.paper import EVAL_SIZES, eval_passes_per_image, load_tables, table_spec
+from clipshield.training.cli import main
+from clipshield.training.experiments.paper import EVAL_SIZES, eval_passes_per_image, load_tables, table_spec
 
 
 def test_dry_run_plans_the_full_16_dataset_table(capsys):
@@ -20,8 +21,23 @@ def test_dry_run_plans_the_full_16_dataset_table(capsys):
 
 
 def test_dry_run_measures_the_cost_per_pass_when_asked(capsys):
-    args = ["experiment", "paper", "--model", "miniworld", "--datasets", "miniworld/plain/color_shape/seen",
-            "--methods", "base", "tecoa", "--train-data", "miniworld-train", "--dry-run", "--measure", "--device", "cpu"]
+    args = [
+        "experiment",
+        "paper",
+        "--model",
+        "miniworld",
+        "--datasets",
+        "miniworld/plain/color_shape/seen",
+        "--methods",
+        "base",
+        "tecoa",
+        "--train-data",
+        "miniworld-train",
+        "--dry-run",
+        "--measure",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "measured here on cpu" in out
@@ -34,9 +50,35 @@ def test_autoattack_costs_more_passes_than_pgd():
 
 def test_tiny_real_run_on_the_mini_world_writes_the_comparison_table(tmp_path, capsys):
     out = tmp_path / "paper"
-    args = ["experiment", "paper", "--table", "tga-zsr-1", "--model", "miniworld", "--methods", "base", "tecoa",
-            "--datasets", "miniworld/plain/color_shape/seen", "--train-data", "miniworld-train", "--steps", "2",
-            "--train-limit", "32", "--limit", "16", "--attack-steps", "2", "--eps", "4", "--device", "cpu", "--output", str(out)]
+    args = [
+        "experiment",
+        "paper",
+        "--table",
+        "tga-zsr-1",
+        "--model",
+        "miniworld",
+        "--methods",
+        "base",
+        "tecoa",
+        "--datasets",
+        "miniworld/plain/color_shape/seen",
+        "--train-data",
+        "miniworld-train",
+        "--steps",
+        "2",
+        "--train-limit",
+        "32",
+        "--limit",
+        "16",
+        "--attack-steps",
+        "2",
+        "--eps",
+        "4",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     table = json.loads((out / "table.json").read_text())
     assert set(table["ours"]) == {"base", "tecoa"}

@@ -1,6 +1,7 @@
 """Early-stopping PGD/CW: the same per-sample trajectories as the final-iterate protocol until a
 sample is fooled, each fooled sample keeps its first fooling iterate, and robust accuracy is the
 worst case over iterates (never above the final-iterate number)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -8,10 +9,10 @@ from typing import Literal
 import pytest
 import torch
 
-from service.models import load_model
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
-from training.data import DatasetRequest, build_dataset
+from clipshield.service.models import load_model
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
+from clipshield.training.data import DatasetRequest, build_dataset
 
 from .test_attacks import toy_batch, toy_classifier
 

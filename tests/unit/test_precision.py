@@ -1,13 +1,14 @@
 """bf16 autocast on CPU: the evaluation and fine-tuning code paths run it; attacks stay float32."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from service.errors import ConfigError
-from training.finetune import FinetuneConfig, finetune
-from training.precision import AutocastClassifier, autocast, with_precision
+from clipshield.service.errors import ConfigError
+from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.precision import AutocastClassifier, autocast, with_precision
 
 
 class DtypeProbe(nn.Module):
@@ -40,8 +41,18 @@ def test_fp16_on_cpu_and_unknown_precisions_are_refused_with_the_allowed_values(
 
 
 def test_bf16_finetuning_on_cpu_trains_close_to_float32(tmp_path):
-    common = dict(method="tecoa", model="miniworld", steps=2, batch_size=8, data_limit=16, lr=0.005, eps=4 / 255,
-                  warmup=None, eval_datasets=[], threads=1)
+    common = dict(
+        method="tecoa",
+        model="miniworld",
+        steps=2,
+        batch_size=8,
+        data_limit=16,
+        lr=0.005,
+        eps=4 / 255,
+        warmup=None,
+        eval_datasets=[],
+        threads=1,
+    )
     fp32, _ = finetune(FinetuneConfig(output=tmp_path / "fp32", **common))
     bf16, _ = finetune(FinetuneConfig(output=tmp_path / "bf16", precision="bf16", **common))
     w32 = fp32.visual.state_dict()["conv1.weight"]
@@ -52,11 +63,10 @@ def test_bf16_finetuning_on_cpu_trains_close_to_float32(tmp_path):
 
 
 def test_bf16_evaluation_runs_on_cpu_and_is_recorded_in_the_cell(tmp_path):
-    from service.models import load_model
-    from training.eval.runner import EvalConfig, Evaluator
+    from clipshield.service.models import load_model
+    from clipshield.training.eval.runner import EvalConfig, Evaluator
 
-    common = dict(model_id="mw", datasets=["miniworld/plain/shape/seen"], attacks=["pgd"], eps=4 / 255, steps=2, limit=16,
-                  batch_size=16)
+    common = dict(model_id="mw", datasets=["miniworld/plain/shape/seen"], attacks=["pgd"], eps=4 / 255, steps=2, limit=16, batch_size=16)
     model = load_model("miniworld")
     (fp32,) = Evaluator(model, EvalConfig(out_dir=tmp_path / "fp32", **common)).run()
     (bf16,) = Evaluator(model, EvalConfig(out_dir=tmp_path / "bf16", precision="bf16", **common)).run()

@@ -2,18 +2,19 @@
 
 The evaluation path reads a `folder/<dir>` data set from disk through the registry (as
 `clipshield evaluate` does); the served path decodes the same encoded bytes with
-`service.preprocess.load_pixels` (as `ClipshieldService` does). Both decode with Pillow and call
+`clipshield.service.preprocess.load_pixels` (as `ClipshieldService` does). Both decode with Pillow and call
 `to_pixels`, so the pixels must be bit-identical: the 1/255 allowance of the issue is not needed.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.config import PAPER_RESIZE_RATIO, PreprocessConfig
-from service.preprocess import load_pixels
-from service.settings import DecodeLimits
-from training.data import DatasetRequest, build_dataset
+from clipshield.service.config import PAPER_RESIZE_RATIO, PreprocessConfig
+from clipshield.service.preprocess import load_pixels
+from clipshield.service.settings import DecodeLimits
+from clipshield.training.data import DatasetRequest, build_dataset
 
 from .photo_helpers import write_photo_folder
 

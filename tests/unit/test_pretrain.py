@@ -1,9 +1,10 @@
 """Pre-training is deterministic for a seed and thread count, and resume equals an uninterrupted run."""
+
 from __future__ import annotations
 
 import torch
 
-from training.pretrain import PretrainConfig, multi_positive_loss, pretrain
+from clipshield.training.pretrain import PretrainConfig, multi_positive_loss, pretrain
 
 SMALL = dict(batch_size=16, pool_size=256, warmup=2, lr=1e-3, threads=2)
 
@@ -29,7 +30,9 @@ def test_same_seed_same_weights_and_resume(tmp_path):
 def test_multi_positive_loss_reduces_to_clip_loss_without_shared_positives():
     logits = torch.randn(5, 5)
     eye = torch.eye(5, dtype=torch.bool)
-    expected = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(5)) + torch.nn.functional.cross_entropy(logits.t(), torch.arange(5)))
+    expected = 0.5 * (
+        torch.nn.functional.cross_entropy(logits, torch.arange(5)) + torch.nn.functional.cross_entropy(logits.t(), torch.arange(5))
+    )
     torch.testing.assert_close(multi_positive_loss(logits, eye), expected)
 
 

@@ -1,4 +1,5 @@
 """Real data-set registry: fake folder layouts in tmp_path, class-name rules, prompts, missing folders."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from service.config import PreprocessConfig
-from service.errors import ConfigError, DatasetNotFound
-from training.data import DatasetRequest, build_dataset, list_datasets
-from training.data.real import (
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import ConfigError, DatasetNotFound
+from clipshield.training.data import DatasetRequest, build_dataset, list_datasets
+from clipshield.training.data.real import (
     PCAM_PROMPTS,
     REAL_DATASETS,
     caltech256_name,
@@ -21,7 +22,7 @@ from training.data.real import (
     image_transform,
     stanford_cars_name,
 )
-from training.data.wnid import read_wnid_table
+from clipshield.training.data.wnid import read_wnid_table
 
 
 def _jpg(path: Path, size: tuple[int, int] = (40, 30), value: int = 128, mode: str = "RGB") -> None:
@@ -115,8 +116,7 @@ def _tiny_imagenet(root: Path, arranged_val: bool) -> list[str]:
     base.mkdir(parents=True)
     (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
     (base / "words.txt").write_text(
-        "n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\nn03902125\tpay-phone, pay-station\n"
-        "n00001740\tentity\n"
+        "n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\nn03902125\tpay-phone, pay-station\nn00001740\tentity\n"
     )
     for w in wnids:
         _jpg(base / "train" / w / "images" / f"{w}_0.JPEG", (64, 64))
@@ -193,8 +193,18 @@ def test_caltech101_drops_background(tmp_path):
 
 
 def test_eurosat_descriptive_names(tmp_path):
-    folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-               "PermanentCrop", "Residential", "River", "SeaLake"]
+    folders = [
+        "AnnualCrop",
+        "Forest",
+        "HerbaceousVegetation",
+        "Highway",
+        "Industrial",
+        "Pasture",
+        "PermanentCrop",
+        "Residential",
+        "River",
+        "SeaLake",
+    ]
     for f in folders:
         _jpg(tmp_path / "eurosat" / "2750" / f / f"{f}_1.jpg", (64, 64))
     ds = build_dataset("eurosat", DatasetRequest(root=tmp_path, limit=3))
@@ -358,21 +368,36 @@ def test_folder_errors_are_one_line(tmp_path):
 
 
 def test_finetune_on_a_folder(tmp_path):
-    from service.checkpoint import save_checkpoint
-    from service.models import from_record
-    from training.finetune import FinetuneConfig, finetune
-    from training.pretrain import miniworld_record
+    from clipshield.service.checkpoint import save_checkpoint
+    from clipshield.service.models import from_record
+    from clipshield.training.finetune import FinetuneConfig, finetune
+    from clipshield.training.pretrain import miniworld_record
 
     _class_tree(tmp_path / "data" / "shapes" / "train", {"red_circle": 3, "blue_square": 3})
     record = miniworld_record()
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "model", record, from_record(record).clip.state_dict())
-    _, card = finetune(FinetuneConfig(method="tecoa", model=str(tmp_path / "model"), data="folder/shapes",
-                                      data_root=tmp_path / "data", image_size=record.preprocess.image_size, batch_size=4,
-                                      steps=2, warmup=1, output=tmp_path / "run", threads=1))
+    _, card = finetune(
+        FinetuneConfig(
+            method="tecoa",
+            model=str(tmp_path / "model"),
+            data="folder/shapes",
+            data_root=tmp_path / "data",
+            image_size=record.preprocess.image_size,
+            batch_size=4,
+            steps=2,
+            warmup=1,
+            output=tmp_path / "run",
+            threads=1,
+        )
+    )
     data = card["training"]["data"]
     assert {k: data[k] for k in ("name", "images", "classes", "template")} == {
-        "name": "folder/shapes", "images": 6, "classes": 2, "template": "This is a photo of a {}"}
+        "name": "folder/shapes",
+        "images": 6,
+        "classes": 2,
+        "template": "This is a photo of a {}",
+    }
     # the folder's JPEGs went through the model's own record preprocessing (the `model` preset), recorded in the card
     assert data["preprocess_preset"] == "model"
     assert data["preprocess"] == record.preprocess.model_dump(mode="json")

@@ -1,4 +1,5 @@
 """`clipshield release`: accept, refuse on a drop or a protocol difference, and a recorded --force."""
+
 from __future__ import annotations
 
 import shutil
@@ -6,22 +7,23 @@ import zipfile
 
 import pytest
 
-from service import bundle as B
-from service.card import AccuracyEntry
-from training.cli import main
+from clipshield.service import bundle as B
+from clipshield.service.card import AccuracyEntry
+from clipshield.training.cli import main
 
 PRE = "[0,1] pixels: resize shortest side to 32 + centre crop 32x32"
 
 
 def entry(attack: str, value: float, preprocessing: str = PRE) -> AccuracyEntry:
-    return AccuracyEntry(dataset="miniworld/plain/color_shape/seen", attack=attack, purified=False, value=value, n=256,
-                         preprocessing=preprocessing)
+    return AccuracyEntry(
+        dataset="miniworld/plain/color_shape/seen", attack=attack, purified=False, value=value, n=256, preprocessing=preprocessing
+    )
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from service.models import load_model
-    from training.export.exporter import export_model
+    from clipshield.service.models import load_model
+    from clipshield.training.export.exporter import export_model
 
     return export_model(load_model("miniworld"), tmp_path_factory.mktemp("gate") / "bundle")
 

@@ -1,15 +1,16 @@
 """Request errors speak clipshield's words, never pydantic's (issue 17 item 8).
 
-Every request-validation path of `service.api` is driven to its error, and each message must be one
+Every request-validation path of `clipshield.service.api` is driven to its error, and each message must be one
 of ours: no "Value error, ...", "Input should be ...", "1 validation error for ...".
 """
+
 from __future__ import annotations
 
 import pytest
 
-from service.api import options_from, parse_request
-from service.errors import BadInput
-from service.settings import RequestLimits
+from clipshield.service.api import options_from, parse_request
+from clipshield.service.errors import BadInput
+from clipshield.service.settings import RequestLimits
 
 PNG = b"\x89PNG\r\n\x1a\n rest"
 PYDANTIC_PHRASES = ("Value error", "Input should be", "validation error", "pydantic", "errors.pydantic.dev", "type=")

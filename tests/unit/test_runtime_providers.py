@@ -3,6 +3,7 @@
 This machine's onnxruntime has no CUDAExecutionProvider, which is exactly the case under test:
 CUDA requested where none exists. The tests check that premise instead of assuming it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,8 @@ import logging
 import numpy as np
 import pytest
 
-from service.errors import ConfigError, ModelLoadError
-from service.settings import RuntimeConfig, ServingConfig, load_serving_config, parse_providers
+from clipshield.service.errors import ConfigError, ModelLoadError
+from clipshield.service.settings import RuntimeConfig, ServingConfig, load_serving_config, parse_providers
 
 ort = pytest.importorskip("onnxruntime")
 NO_CUDA = "CUDAExecutionProvider" not in ort.get_available_providers()
@@ -52,7 +53,7 @@ def test_environment_overrides_archive_providers(tmp_path):
 
 
 def test_select_providers_policies():
-    from service.runtime import select_providers
+    from clipshield.service.runtime import select_providers
 
     cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
     assert select_providers(RuntimeConfig(providers=("cpu",)), cpu_only) == ["CPUExecutionProvider"]
@@ -72,21 +73,21 @@ def test_select_providers_policies():
 def test_onnxruntime_package_names_the_installed_distribution():
     from importlib import metadata
 
-    from service.runtime import onnxruntime_package
+    from clipshield.service.runtime import onnxruntime_package
 
     assert f"onnxruntime {metadata.version('onnxruntime')}" in onnxruntime_package()
 
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("providers") / "export")
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks CUDA requested where none exists; this onnxruntime has CUDA")
 def test_cuda_requested_without_cuda_fail_policy(bundle):
-    from service.inference import ClipshieldService
+    from clipshield.service.inference import ClipshieldService
 
     cfg = ServingConfig(runtime=RuntimeConfig(providers=("cuda", "cpu"), provider_policy="fail"))
     with pytest.raises(ModelLoadError, match=r"'cuda' \(CUDAExecutionProvider\) is not available.*installed: onnxruntime \d"):
@@ -95,12 +96,12 @@ def test_cuda_requested_without_cuda_fail_policy(bundle):
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks CUDA requested where none exists; this onnxruntime has CUDA")
 def test_cuda_requested_without_cuda_fallback_policy(bundle, caplog):
-    from service.inference import ClipshieldService
-    from service.metrics import RecordingSink
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.service.metrics import RecordingSink
 
     cfg = ServingConfig(runtime=RuntimeConfig(providers=("cuda", "cpu"), provider_policy="fallback"))
     sink = RecordingSink()
-    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+    with caplog.at_level(logging.WARNING, logger="clipshield.service.runtime"):
         service = ClipshieldService.from_folder(bundle, cfg, sink)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("CUDAExecutionProvider" in w and "falling back" in w for w in warnings), warnings
@@ -121,7 +122,7 @@ def test_gpu_overlay_and_image_select_cuda():
 
     import yaml
 
-    from service.settings import parse_policy
+    from clipshield.service.settings import parse_policy
 
     repo = Path(__file__).resolve().parents[2]
 
@@ -145,14 +146,14 @@ def test_gpu_overlay_and_image_select_cuda():
 def test_silent_fallback_of_onnxruntime_is_caught(bundle, monkeypatch, caplog):
     """ONNX Runtime drops a provider it cannot initialise and runs on CPU without an error (as when the
     CUDA libraries are missing): pretend CUDA is listed, and check the provider actually running is checked."""
-    from service.bundle import IMAGE_ONNX
-    from service.runtime import image_encoder
+    from clipshield.service.bundle import IMAGE_ONNX
+    from clipshield.service.runtime import image_encoder
 
     listed = ["CUDAExecutionProvider", *ort.get_available_providers()]
     monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
     with pytest.raises(ModelLoadError, match=r"could not be initialised for image_encoder\.onnx, ONNX Runtime chose CPUExecutionProvider"):
         image_encoder(bundle / IMAGE_ONNX, RuntimeConfig(providers=("cuda", "cpu")))
-    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+    with caplog.at_level(logging.WARNING, logger="clipshield.service.runtime"):
         encoder = image_encoder(bundle / IMAGE_ONNX, RuntimeConfig(providers=("cuda", "cpu"), provider_policy="fallback"))
     assert encoder.provider == "CPUExecutionProvider"
     assert any("could not be initialised" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -1,25 +1,26 @@
 """The served ONNX logits equal the PyTorch evaluation logits on real photos, at ViT-B/32 geometry (224 px).
 
 Model: the goldens' tiny CLIP (patch 32, image 224: ViT-B/32's image-tower geometry, narrower and
-shallower), exported with `training.export.export_model`. Served path: encoded bytes ->
+shallower), exported with `clipshield.training.export.export_model`. Served path: encoded bytes ->
 `ClipshieldService` (`load_pixels` -> ONNX Runtime image encoder -> bundle head x logit scale).
 Evaluation path: the same files read as a `folder/<dir>` data set through the registry with the
 model's record preprocessing -> `ZeroShotClassifier` (what `clipshield evaluate` attacks).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from service import bundle as B, purify_np
-from service.inference import ClipshieldService, RawRequest
-from service.models import load_model
-from service.preprocess import load_pixels
-from service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.service import bundle as B, purify_np
+from clipshield.service.inference import ClipshieldService, RawRequest
+from clipshield.service.models import load_model
+from clipshield.service.preprocess import load_pixels
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.export import export_model
 from tests.conftest import golden_weights
-from training.data import DatasetRequest, build_dataset
-from training.export import export_model
 
 from .photo_helpers import write_photo_folder
 
@@ -37,7 +38,9 @@ def served_and_evaluated(goldens, tmp_path_factory):
     with torch.no_grad():
         head = build_text_head(model, ds.classnames, ds.templates)
         evaluated = ZeroShotClassifier(model, head).eval()(images).numpy()
-    bundle = export_model(model, tmp_path_factory.mktemp("bundle"), labels=B.LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates)))
+    bundle = export_model(
+        model, tmp_path_factory.mktemp("bundle"), labels=B.LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))
+    )
     service = ClipshieldService.from_folder(bundle)
     payloads = [sent[ds.base.classes[label]] for _, label in ds.base.samples]
     pixels = np.stack([load_pixels(p, service.record.preprocess, service.config.decode) for p in payloads])

@@ -1,11 +1,12 @@
 """Request parsing of the HTTP contract (raw body and multipart fields)."""
+
 from __future__ import annotations
 
 import pytest
 
-from service.api import PredictOptions, PredictResponse, parse_request
-from service.errors import BadInput, UnsupportedMediaType
-from service.settings import RequestLimits
+from clipshield.service.api import PredictOptions, PredictResponse, parse_request
+from clipshield.service.errors import BadInput, UnsupportedMediaType
+from clipshield.service.settings import RequestLimits
 
 LIMITS = RequestLimits()
 PNG = b"\x89PNG\r\n\x1a\n rest"
@@ -70,7 +71,7 @@ def test_deployment_thread_override(tmp_path):
     """k8s sets CLIPSHIELD_ORT_THREADS from the CPU limit; it replaces the archive's intra-op threads."""
     import pytest
 
-    from service.settings import ServingConfig, load_serving_config
+    from clipshield.service.settings import ServingConfig, load_serving_config
 
     path = tmp_path / "serving.json"
     path.write_text(ServingConfig().model_dump_json())

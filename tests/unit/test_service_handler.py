@@ -1,4 +1,5 @@
 """The TorchServe adapter with a fake context: per-item status codes, JSON bodies, metrics forwarding."""
+
 from __future__ import annotations
 
 import json
@@ -47,15 +48,15 @@ class FakeContext:
 
 @pytest.fixture(scope="module")
 def archive_dir(miniworld_model, tmp_path_factory):
-    from training.export import build_archive, export_model
+    from clipshield.training.export import build_archive, export_model
 
     root = tmp_path_factory.mktemp("handler")
     return build_archive(export_model(miniworld_model, root / "export"), root / "store", archive_format="no-archive")
 
 
 def test_handler_per_item_status_and_metrics(archive_dir):
-    from handlers.clipshield_handler import ClipshieldHandler
-    from service.preprocess import encode_png
+    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.service.preprocess import encode_png
 
     png = encode_png(np.random.default_rng(0).random((3, 32, 32)))
     headers = [
@@ -70,7 +71,11 @@ def test_handler_per_item_status_and_metrics(archive_dir):
     out = handler.handle(data, ctx)
     assert len(out) == 3
     assert ctx.status == {1: (415, "Unsupported Media Type")}
-    assert json.loads(out[1]) == {"code": 415, "type": "UnsupportedMediaType", "message": "image format not accepted; send one of PNG, JPEG"}
+    assert json.loads(out[1]) == {
+        "code": 415,
+        "type": "UnsupportedMediaType",
+        "message": "image format not accepted; send one of PNG, JPEG",
+    }
     first, third = json.loads(out[0]), json.loads(out[2])
     assert len(first["predictions"]) == 5 and first["purified"] is False  # unmeasured card: purification off by default
     assert len(third["predictions"]) == 2 and third["purified"] is False
@@ -83,8 +88,8 @@ def test_handler_per_item_status_and_metrics(archive_dir):
 def test_handler_refuses_tampered_archive(archive_dir, tmp_path, caplog):
     import shutil
 
-    from handlers.clipshield_handler import ClipshieldHandler
-    from service.errors import ModelLoadError
+    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.service.errors import ModelLoadError
 
     copy = tmp_path / "copy"
     shutil.copytree(archive_dir, copy)
@@ -98,7 +103,7 @@ def test_handler_refuses_tampered_archive(archive_dir, tmp_path, caplog):
 def test_reason_phrase_is_ascii_whatever_the_message(archive_dir):
     """TorchServe 0.12 frames the reason phrase by character count but sends UTF-8 bytes: a
     non-ASCII phrase corrupted the worker protocol and killed the worker (found by the HTTP fuzz)."""
-    from handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.clipshield_handler import ClipshieldHandler
 
     ctx = FakeContext(archive_dir, [{"Content-Type": "multipart/form-data; boundary=x"}])
     handler = ClipshieldHandler()

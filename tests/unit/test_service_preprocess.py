@@ -1,4 +1,5 @@
 """Image decoding with limits and the resize/crop path to [0, 1] pixels."""
+
 from __future__ import annotations
 
 import io
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.config import PreprocessConfig
-from service.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from service.preprocess import decode_image, encode_png, load_pixels, sniff_format, to_pixels
-from service.settings import DecodeLimits
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from clipshield.service.preprocess import decode_image, encode_png, load_pixels, sniff_format, to_pixels
+from clipshield.service.settings import DecodeLimits
 
 LIMITS = DecodeLimits()
 
@@ -104,9 +105,9 @@ def test_corrupt_message_has_no_object_repr():
 
 def test_old_records_load_with_todays_serving_defaults():
     """Records written before resize_ratio/antialias existed keep their behaviour (the shipped one is such a record)."""
-    from service.checkpoint import load_record
-    from service.config import ModelRecord
-    from service.models import SHIPPED_MODELS
+    from clipshield.service.checkpoint import load_record
+    from clipshield.service.config import ModelRecord
+    from clipshield.service.models import SHIPPED_MODELS
 
     old = {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear", "resize_mode": "squash"}
     cfg = PreprocessConfig.model_validate(old)
@@ -121,7 +122,7 @@ def test_paper_preset_reproduces_the_papers_torchvision_transform():
     """`paper` = torchvision Resize(256) + CenterCrop(224) (+ ToTensor) as TGA-ZSR / PMG-AFT load images."""
     from torchvision import transforms as T
 
-    from service.preprocess import preset_config
+    from clipshield.service.preprocess import preset_config
 
     rng = np.random.default_rng(2)
     img = Image.fromarray((rng.random((300, 451, 3)) * 255).astype(np.uint8), "RGB")
@@ -153,7 +154,7 @@ def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
     import torch
     import torch.nn.functional as F
 
-    from service.models import load_model
+    from clipshield.service.models import load_model
 
     model = load_model("miniworld")
     rng = np.random.default_rng(4)
@@ -170,23 +171,24 @@ def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
 @pytest.mark.parametrize("shape", [(37, 53), (53, 37), (224, 301), (10, 10)])
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 def test_torch_free_resize_is_torchvisions(shape, interpolation):
-    """`to_pixels` (Pillow + `service.resize`, no torch) == torchvision's transforms, the definition it replaced:
+    """`to_pixels` (Pillow + `clipshield.service.resize`, no torch) == torchvision's transforms, the definition it replaced:
     bit for bit on PIL images; to float rounding for the no-antialias tensor resize (up- and downscaling)."""
     import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
+    from torchvision.transforms import InterpolationMode, functional as TF
 
     rng = np.random.default_rng(sum(shape))
     img = Image.fromarray((rng.random((*shape, 3)) * 255).astype(np.uint8), "RGB")
     mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    for cfg in (PreprocessConfig(image_size=24, interpolation=interpolation),
-                PreprocessConfig(image_size=24, interpolation=interpolation, resize_ratio=256 / 224),
-                PreprocessConfig(image_size=24, interpolation=interpolation, resize_mode="squash")):
+    for cfg in (
+        PreprocessConfig(image_size=24, interpolation=interpolation),
+        PreprocessConfig(image_size=24, interpolation=interpolation, resize_ratio=256 / 224),
+        PreprocessConfig(image_size=24, interpolation=interpolation, resize_mode="squash"),
+    ):
         target = [24, 24] if cfg.resize_mode == "squash" else cfg.resize_to
         ref = TF.center_crop(TF.resize(img, target, interpolation=mode), [24, 24])
         np.testing.assert_array_equal(to_pixels(img, cfg), np.asarray(ref, dtype=np.float32).transpose(2, 0, 1) / 255.0)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
         tensor_ref = TF.center_crop(TF.resize(x, target, interpolation=mode, antialias=False), [24, 24]).clamp(0, 1)
         ours = to_pixels(img, cfg.model_copy(update={"antialias": False}))
-        # torch interpolates in float32, `service.resize` in float64: differences are float32 rounding (< 1/400 of a level)
+        # torch interpolates in float32, `clipshield.service.resize` in float64: differences are float32 rounding (< 1/400 of a level)
         np.testing.assert_allclose(ours, tensor_ref.numpy(), atol=1e-5, rtol=0)

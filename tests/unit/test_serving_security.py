@@ -1,4 +1,5 @@
 """Safe defaults of the serving path (issue 7): rendered TorchServe config, no unpickling of files."""
+
 from __future__ import annotations
 
 import ast
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.export.torchserve import REPO_STORE, ServeConfig, render_properties
+from clipshield.training.export.torchserve import REPO_STORE, ServeConfig, render_properties
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,8 +49,11 @@ def _calls(tree: ast.AST, dotted: str):
     mod, name = dotted.rsplit(".", 1)
     for node in ast.walk(tree):
         if (
-            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == mod
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == name
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == mod
         ):
             yield node
 
@@ -82,14 +86,14 @@ def test_served_npy_files_refuse_pickles(miniworld_model, tmp_path):
     """A bundle whose .npy holds a pickled object (correct sha256 in a rewritten manifest) is refused."""
     import numpy as np
 
-    from service import bundle as B
-    from service.inference import ClipshieldService
-    from training.export import export_model
+    from clipshield.service import bundle as B
+    from clipshield.service.inference import ClipshieldService
+    from clipshield.training.export import export_model
 
     folder = export_model(miniworld_model, tmp_path / "export")
     np.save(folder / B.ANCHOR, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     B.write_manifest(folder)
-    from service.errors import ModelLoadError
+    from clipshield.service.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="pickled objects are refused"):
         ClipshieldService.from_folder(folder)

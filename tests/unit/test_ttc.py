@@ -1,4 +1,5 @@
 """TTC counterattack contract on the mini-world model: branches, eps-ball, box, determinism, errors."""
+
 from __future__ import annotations
 
 import math
@@ -6,10 +7,10 @@ import math
 import pytest
 import torch
 
-from service.errors import BadInput
-from service.ttc import TTCClassifier, TTCConfig, counterattack, random_init, relative_shift, step_weights
-from service.zero_shot import build_text_head
-from training.data import DatasetRequest, build_dataset
+from clipshield.service.errors import BadInput
+from clipshield.service.ttc import TTCClassifier, TTCConfig, counterattack, random_init, relative_shift, step_weights
+from clipshield.service.zero_shot import build_text_head
+from clipshield.training.data import DatasetRequest, build_dataset
 
 DATASET = "miniworld/plain/shape/seen"
 N = 8

@@ -1,12 +1,13 @@
 """The non-adaptive TTC evaluation entry point on a few mini-world images."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from service.ttc import TTCConfig
-from training.eval.ttc_eval import TTCEvalConfig, evaluate_ttc, main
+from clipshield.service.ttc import TTCConfig
+from clipshield.training.eval.ttc_eval import TTCEvalConfig, evaluate_ttc, main
 
 FRACTIONS = ("clean", "clean_ttc", "robust", "robust_ttc", "countered_clean", "countered_adv")
 

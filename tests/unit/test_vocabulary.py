@@ -4,6 +4,7 @@ The mini-world model's compact vocabulary maps every other word to one unknown i
 give confident answers such as 'a woman' at 0.4999 for a picture of a red circle. Real CLIP
 vocabularies (open_clip's byte-level BPE) read any text and are unaffected.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api import PredictResponse
-from service.errors import BadInput
-from service.inference import ClipshieldService, RawRequest
-from service.tokenizer import ClipBpeTokenizer, CompactTokenizer, build_compact_vocab, check_known_words
+from clipshield.service.api import PredictResponse
+from clipshield.service.errors import BadInput
+from clipshield.service.inference import ClipshieldService, RawRequest
+from clipshield.service.tokenizer import ClipBpeTokenizer, CompactTokenizer, build_compact_vocab, check_known_words
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_USER_LABELS = ["a red circle", "a woman", "a car"]
@@ -38,7 +39,7 @@ def test_compact_tokenizer_names_the_words_it_cannot_read(compact):
 
 def test_unknown_words_are_exactly_those_that_become_unk(compact):
     """The check agrees with the tokenizer itself: a label is refused iff its tokens hold UNK."""
-    from service.tokenizer import UNK_ID
+    from clipshield.service.tokenizer import UNK_ID
 
     for label in ["red circle", "a woman", "striped star", "car", "cyan", "cyanide", "3 hearts", "line"]:
         has_unk = UNK_ID in compact([label])[0].tolist()
@@ -70,7 +71,7 @@ def test_open_clip_vocabulary_reads_anything():
 
 
 def test_text_head_on_the_miniworld_model_refuses_unknown_class_names(miniworld_model):
-    from service.zero_shot import build_text_head
+    from clipshield.service.zero_shot import build_text_head
 
     with pytest.raises(BadInput, match="'woman'"):
         build_text_head(miniworld_model, NEW_USER_LABELS, ["a photo of a {}"])
@@ -79,13 +80,13 @@ def test_text_head_on_the_miniworld_model_refuses_unknown_class_names(miniworld_
 
 @pytest.fixture(scope="module")
 def miniworld_service(miniworld_model, tmp_path_factory) -> ClipshieldService:
-    from training.export import export_model
+    from clipshield.training.export import export_model
 
     return ClipshieldService.from_folder(export_model(miniworld_model, tmp_path_factory.mktemp("vocab")))
 
 
 def _png(seed: int = 0) -> bytes:
-    from service.preprocess import encode_png
+    from clipshield.service.preprocess import encode_png
 
     return encode_png(np.random.default_rng(seed).random((3, 32, 32)).astype(np.float32))
 
@@ -105,11 +106,14 @@ def test_service_over_an_open_clip_vocabulary_answers_any_words(tmp_path):
     """A (tiny, random) model with open_clip's full vocabulary: everyday labels are answered."""
     import torch
 
-    from service.models import from_record, record_from_arch
-    from training.export import export_model
+    from clipshield.service.models import from_record, record_from_arch
+    from clipshield.training.export import export_model
 
-    arch = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    arch = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     torch.manual_seed(0)
     model = from_record(record_from_arch("tiny-bpe", arch))
     service = ClipshieldService.from_folder(export_model(model, tmp_path / "bundle"))
@@ -120,13 +124,26 @@ def test_service_over_an_open_clip_vocabulary_answers_any_words(tmp_path):
 
 
 def test_cli_evaluate_on_folder_class_names_fails_naming_the_words(tmp_path, capsys):
-    from training.cli import main
+    from clipshield.training.cli import main
 
     for i, cls in enumerate(["woman", "red_circle", "car"]):
         (tmp_path / "mine" / cls).mkdir(parents=True)
         Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / "mine" / cls / "0.png")
-    rc = main(["evaluate", "--model", "miniworld", "--datasets", "folder/mine", "--data-root", str(tmp_path),
-               "--attacks", "none", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            "miniworld",
+            "--datasets",
+            "folder/mine",
+            "--data-root",
+            str(tmp_path),
+            "--attacks",
+            "none",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 2 and len(err) == 1, err
     words, labels = re.search(r"no word\(s\) (.*?) \(in label\(s\) (.*?)\);", err[0]).groups()
@@ -143,7 +160,7 @@ def _documented_words() -> list[str]:
 
 def test_docs_list_exactly_the_words_the_miniworld_model_reads(compact):
     """docs/serving.md's list: every word readable, every vocabulary piece used, same as the corpus."""
-    from training.miniworld.captions import vocabulary_corpus
+    from clipshield.training.miniworld.captions import vocabulary_corpus
 
     words = _documented_words()
     assert words == sorted(set(words)) and compact.unknown_words(words) == []

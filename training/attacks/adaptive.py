@@ -10,6 +10,7 @@ classifier, all evaluated on the real (purified) forward:
 * `transfer`: adversarial examples crafted on the un-purified zero-shot classifier.
 A sample counts as robust in the worst case only if it survives all three.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,10 +23,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from service.config import StrictModel
-from service.purify import PurifiedClassifier, purify_embeddings
-from service.zero_shot import ZeroShotClassifier
-from training.sharding import SINGLE, Shard, gather_values, own_batches, sum_counts
+from clipshield.service.config import StrictModel
+from clipshield.service.purify import PurifiedClassifier, purify_embeddings
+from clipshield.service.zero_shot import ZeroShotClassifier
+from clipshield.training.sharding import SINGLE, Shard, gather_values, own_batches, sum_counts
 
 from .base import Attack
 
@@ -95,9 +96,7 @@ class AdaptiveReport(StrictModel):
     verdict: str
 
 
-def masking_verdict(
-    grad_ratio: float, robust: dict[str, float], ratio_threshold: float = 1e-3, gap: float = 0.1
-) -> str:
+def masking_verdict(grad_ratio: float, robust: dict[str, float], ratio_threshold: float = 1e-3, gap: float = 0.1) -> str:
     """'gradient masked' when gradients through the defence vanish and a gradient-free-of-it attack does better.
 
     `full` robust accuracy exceeding the best of `bpda` / `transfer` by more than `gap`, together
@@ -146,15 +145,32 @@ def evaluate_adaptive(
     ratio = full_med / plain_med if plain_med > 0 else float("inf")
     rob = {m: counts[m] / n for m in modes}
     verdict = masking_verdict(ratio, rob)
-    log.info("adaptive attack: clean %.3f, robust %s, worst %.3f, grad ratio %.2e: %s", counts["clean"] / n, rob, counts["worst"] / n, ratio, verdict)
+    log.info(
+        "adaptive attack: clean %.3f, robust %s, worst %.3f, grad ratio %.2e: %s",
+        counts["clean"] / n,
+        rob,
+        counts["worst"] / n,
+        ratio,
+        verdict,
+    )
     return AdaptiveReport(
-        n=n, clean=counts["clean"] / n, robust=rob, worst_case=counts["worst"] / n, grad_norm_full=full_med,
-        grad_norm_unpurified=plain_med, grad_ratio=ratio, verdict=verdict,
+        n=n,
+        clean=counts["clean"] / n,
+        robust=rob,
+        worst_case=counts["worst"] / n,
+        grad_norm_full=full_med,
+        grad_norm_unpurified=plain_med,
+        grad_ratio=ratio,
+        verdict=verdict,
     )
 
 
 def _attack_batch(
-    purified: PurifiedClassifier, attacks: dict, images: torch.Tensor, labels: torch.Tensor, counts: dict[str, int],
+    purified: PurifiedClassifier,
+    attacks: dict,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    counts: dict[str, int],
     new_generator: Optional[Callable[[], torch.Generator]],
 ) -> None:
     """Add one batch's clean, per-mode and worst-case survivors to `counts` (each mode's attack

@@ -9,6 +9,7 @@
   steps whose derivative is zero almost everywhere. `eot` averages the logits over fresh TTC starts.
 Neither is in the attack registry: both need a defence object, not only a classifier.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -16,9 +17,9 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from service.attack_score import AttackScorer
-from service.ttc import TTCClassifier, counterattack, random_init
-from service.zero_shot import cosine_logits
+from clipshield.service.attack_score import AttackScorer
+from clipshield.service.ttc import TTCClassifier, counterattack, random_init
+from clipshield.service.zero_shot import cosine_logits
 
 from .base import Attack, Classifier
 from .pgd import LossName, attack_loss, random_start
@@ -37,9 +38,20 @@ class ScoreAwarePGD(Attack):
     image's score against one image's loss. Tensor contract as `Attack`.
     """
 
-    def __init__(self, model: Classifier, scorer: AttackScorer, eps: float, lam: float = 1.0, alpha: Optional[float] = None,
-                 steps: int = 10, eot: int = 1, loss: LossName = "ce", margin: float = 50.0,
-                 penalty: PenaltyName = "linear", generator: Optional[torch.Generator] = None) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        scorer: AttackScorer,
+        eps: float,
+        lam: float = 1.0,
+        alpha: Optional[float] = None,
+        steps: int = 10,
+        eot: int = 1,
+        loss: LossName = "ce",
+        margin: float = 50.0,
+        penalty: PenaltyName = "linear",
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
         super().__init__(model, eps, generator)
         if steps < 0 or eot < 1 or lam < 0:
             raise ValueError("steps must be >= 0, eot >= 1 and lam >= 0")

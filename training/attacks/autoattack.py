@@ -18,6 +18,7 @@ frozen during the call and never collect `.grad`. We compose the components ours
 `torchattacks.MultiAttack` so that seeds come from our `torch.Generator` and per-component success
 counts go to the log instead of stdout.
 """
+
 from __future__ import annotations
 
 import logging

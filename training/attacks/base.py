@@ -6,6 +6,7 @@ classifier, docs/methods.md §0.2) and `attack(images, labels)` returns adversar
 within the L-inf epsilon-ball. Randomness comes from an explicit `torch.Generator`; the model's
 train/eval mode is restored in `finally`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from service.errors import UnknownName
+from clipshield.service.errors import UnknownName
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 

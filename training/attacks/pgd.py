@@ -15,6 +15,7 @@ Two stopping protocols (`stop`):
   the samples still running follow exactly the trajectory they follow under `final`; only the
   work on fooled samples is skipped.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -88,8 +89,15 @@ def _step(delta: torch.Tensor, grad: torch.Tensor, images: torch.Tensor, eps: fl
 
 
 def _pgd_early(
-    model: Classifier, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float, steps: int,
-    delta: torch.Tensor, loss: LossName, margin: float,
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    delta: torch.Tensor,
+    loss: LossName,
+    margin: float,
 ) -> torch.Tensor:
     """PGD that stops each sample at its first fooling iterate (`stop='early'`).
 
@@ -144,9 +152,7 @@ class PGD(Attack):
         pending = torch.ones(len(labels), dtype=torch.bool, device=images.device)
         for r in range(self.restarts):
             start = init if (init is not None and r == 0) else random_start(images, self.eps, self.generator)
-            delta = pgd_delta(
-                self.model, images, labels, self.eps, self.alpha, self.steps, start, self.loss, self.margin, self.stop
-            )
+            delta = pgd_delta(self.model, images, labels, self.eps, self.alpha, self.steps, start, self.loss, self.margin, self.stop)
             adv = images + delta
             if self.restarts == 1:
                 return adv

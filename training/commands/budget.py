@@ -5,12 +5,13 @@ Every L-inf radius or attack step size a user types (`--eps`, `--alpha`, `--atta
 ("eps = 1/255" is `--eps 1`). Configs and attacks keep pixel units (a fraction of [0, 1]);
 `to_pixels` is the CLI boundary between the two and refuses values outside a sane range.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Optional
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 UNIT = "units of 1/255"
 MAX_BUDGET = 64.0  # 64/255 = 0.25 of the pixel range: beyond it the "imperceptible" budget is meaningless

@@ -1,4 +1,5 @@
 """Options and helpers shared by several subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,15 +8,15 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from service.errors import ConfigError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
+from clipshield.service.errors import ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "miniworld") -> None:
-    """--model / --pretrained / --weights / --offline, resolved by `service.models.load_model`."""
+    """--model / --pretrained / --weights / --offline, resolved by `clipshield.service.models.load_model`."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -24,9 +25,15 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
         "or an open_clip architecture such as ViT-B-32 (then give --pretrained). Default: %(default)s",
     )
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
-    g.add_argument("--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only; default: none)")
+    g.add_argument(
+        "--weights", default=None, help="state dict for a config-JSON model (.safetensors, or .pt loaded with weights_only; default: none)"
+    )
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights (default: open_clip's own)")
-    g.add_argument("--offline", action="store_true", help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="never touch the network; fail clearly if weights are not cached (also CLIPSHIELD_OFFLINE=1 or HF_HUB_OFFLINE=1)",
+    )
 
 
 def flag_config(cls: type[ConfigT], flags: Optional[dict[str, str]] = None, **values: Any) -> ConfigT:

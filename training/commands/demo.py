@@ -4,6 +4,7 @@ shipped mini-world CLIP -> zero-shot classification -> brief robust fine-tuning 
 clean/robust accuracy before and after -> ONNX export -> TorchServe archive -> TorchServe ->
 classify clean and attacked images with and without purification over HTTP -> metrics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 BASE_VERSION = "1.0"  # the version export_model gives the shipped model
-WORLD_NAMES = ("miniworld", "miniworld224")  # training.miniworld.worlds.WORLDS
+WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.training.miniworld.worlds.WORLDS
 
 
 def demo_eval(world: str = "miniworld") -> tuple[str, str]:
@@ -42,11 +43,13 @@ SERVING_NOTE = (
 
 def attacked_note(eps: float) -> str:
     """One sentence saying what "attacked" means in the demo's tables."""
-    from service.card import attack_label
+    from clipshield.service.card import attack_label
 
-    return (f"  attacked = {attack_label('pgd', eps, DEMO_STEPS)}: white-box PGD, {DEMO_STEPS} steps of size eps/4, "
-            f"L-inf eps = {eps * 255:g}/255 in [0,1] pixels,\n  crafted against the model in that column (base against "
-            "the base model, fine-tuned against the fine-tuned one).")
+    return (
+        f"  attacked = {attack_label('pgd', eps, DEMO_STEPS)}: white-box PGD, {DEMO_STEPS} steps of size eps/4, "
+        f"L-inf eps = {eps * 255:g}/255 in [0,1] pixels,\n  crafted against the model in that column (base against "
+        "the base model, fine-tuned against the fine-tuned one)."
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,9 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "without CLIPure purification over HTTP and print the clipshield_ metrics. Without --once the server keeps "
         "running afterwards (stop it with `clipshield serve --stop`).",
     )
-    p.add_argument("--world", choices=WORLD_NAMES, default="miniworld",
-                   help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
-                   "ViT-B/32-geometry model, eps 2/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)")
+    p.add_argument(
+        "--world",
+        choices=WORLD_NAMES,
+        default="miniworld",
+        help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
+        "ViT-B/32-geometry model, eps 2/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)",
+    )
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--method", default="tga-zsr", choices=_method_names(), help="fine-tuning method (default: %(default)s)")
@@ -74,14 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _method_names() -> list[str]:
-    from training.methods import list_methods
+    from clipshield.training.methods import list_methods
 
     return list_methods()
 
 
 def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, float]]:
     """Clean and PGD top-1 (DEMO_STEPS steps) per data set, measured by the evaluation runner."""
-    from training.eval.runner import AttackRecipe, measure, zero_shot_task
+    from clipshield.training.eval.runner import AttackRecipe, measure, zero_shot_task
 
     out = {}
     for name in names:
@@ -92,7 +99,7 @@ def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, floa
 
 
 def _show_predictions(model, world: str) -> None:
-    from training.eval.runner import zero_shot_task
+    from clipshield.training.eval.runner import zero_shot_task
 
     ds, clf, labels = zero_shot_task(model, f"{world}/plain/color_shape/seen", 6)
     with torch.no_grad():
@@ -104,8 +111,8 @@ def _show_predictions(model, world: str) -> None:
 
 
 def _clean_suite(model, n: int, world: str) -> None:
-    from training.data.miniworld import standard_eval_names
-    from training.eval.runner import measure, zero_shot_task
+    from clipshield.training.data.miniworld import standard_eval_names
+    from clipshield.training.eval.runner import measure, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names(world=world):
@@ -117,8 +124,8 @@ def _clean_suite(model, n: int, world: str) -> None:
 
 def demo_accuracy(after: dict[str, tuple[float, float]], n: int, eps: float, pre) -> tuple:
     """The demo's measured (clean, attacked) accuracies as card entries, labelled like every other card."""
-    from service.card import CLEAN, AccuracyEntry, attack_label
-    from training.model_card import preprocessing
+    from clipshield.service.card import CLEAN, AccuracyEntry, attack_label
+    from clipshield.training.model_card import preprocessing
 
     return tuple(
         AccuracyEntry(dataset=name, attack=kind, purified=False, value=value, n=n, preprocessing=preprocessing(pre))
@@ -128,14 +135,13 @@ def demo_accuracy(after: dict[str, tuple[float, float]], n: int, eps: float, pre
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.card import ModelCard
-    from service.models import load_model
-
-    from training.data import reference_eps
+    from clipshield.service.card import ModelCard
+    from clipshield.service.models import load_model
+    from clipshield.training.data import reference_eps
 
     torch.set_num_threads(args.threads)
     world, sets = args.world, demo_eval(args.world)
-    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 2/255 at 224 px (training.miniworld.worlds)
+    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 2/255 at 224 px (clipshield.training.miniworld.worlds)
     base = load_model(world)
     print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
     _show_predictions(base, world)
@@ -144,15 +150,23 @@ def run(args: argparse.Namespace) -> int:
     model, card = base, None
     before = _accuracies(base, sets, args.n, eps)
     if args.finetune_steps > 0:
-        from training.finetune import finetune
-        from training.finetune_config import recipe_config
+        from clipshield.training.finetune import finetune
+        from clipshield.training.finetune_config import recipe_config
 
         # the world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own
-        cfg = recipe_config(f"{world}-train", method=args.method, output=args.work_dir / "finetune", steps=args.finetune_steps,
-                            eval_datasets=[], threads=args.threads).resolved(1)
-        print(f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
-              f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '')} lr {cfg.optim.lr:g}, "
-              f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ...")
+        cfg = recipe_config(
+            f"{world}-train",
+            method=args.method,
+            output=args.work_dir / "finetune",
+            steps=args.finetune_steps,
+            eval_datasets=[],
+            threads=args.threads,
+        ).resolved(1)
+        print(
+            f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
+            f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '') } lr {cfg.optim.lr:g}, "
+            f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ..."
+        )
         model, card = finetune(cfg)
     after = _accuracies(model, sets, args.n, eps)
     print(f"\nclean / attacked top-1 ({args.n} images each):")
@@ -166,16 +180,27 @@ def run(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
 
-    from training.export.demo_serving import serving_demo
+    from clipshield.training.export.demo_serving import serving_demo
 
     accuracy = demo_accuracy(after, args.n, eps, model.record.preprocess)
     version = _name_served(model, base, args.method, args.finetune_steps)
     print(f"\nserving the fine-tuned model as {model.record.name} {version} (its card carries the numbers above; attacked")
     print("images are crafted against the un-purified fine-tuned classifier and sent as 8-bit PNGs):")
     print(SERVING_NOTE)
-    serving_demo(model, args.work_dir, args.model_store, out=print, n_images=4, eps=eps, once=args.once, accuracy=accuracy,
-                 version=version, finetune_card=ModelCard.model_validate(card) if card else None,
-                 dataset=sets[0], real_photos=world == "miniworld224")
+    serving_demo(
+        model,
+        args.work_dir,
+        args.model_store,
+        out=print,
+        n_images=4,
+        eps=eps,
+        once=args.once,
+        accuracy=accuracy,
+        version=version,
+        finetune_card=ModelCard.model_validate(card) if card else None,
+        dataset=sets[0],
+        real_photos=world == "miniworld224",
+    )
     return 0
 
 
@@ -185,7 +210,7 @@ def _name_served(model, base, method: str, steps: int) -> str:
     The fine-tuned model becomes `<base name>+<method>` (as its checkpoint is named) at version
     `ft<steps>-<weights digest>`, so two demo runs with different weights never share a version.
     """
-    from service.provenance import weights_digest
+    from clipshield.service.provenance import weights_digest
 
     if model is base:
         return BASE_VERSION

@@ -4,6 +4,7 @@ Writes one JSON per cell under --out (keyed by weights digest, preprocessing, pu
 and seed; re-runs skip finished cells), then
 summary.json, results.md (paper-style tables) and robust_vs_clean.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,10 +13,10 @@ from typing import Optional
 
 import torch
 
-from service.preprocess import PRESETS
-from service.purify import PurifyConfig
-from training.attacks.pgd import STOP_RULES
-from training.precision import PRECISIONS
+from clipshield.service.preprocess import PRESETS
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.attacks.pgd import STOP_RULES
+from clipshield.training.precision import PRECISIONS
 
 from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, flag_config, model_from_args, progress
@@ -24,13 +25,27 @@ MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-sh
 MINIWORLD224_SUITE = "miniworld224"  # the same suite on the 224-pixel world
 PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
 PAPER_DATASETS = (
-    "tinyimagenet", "cifar10", "cifar100", "stl10", "food101", "oxford_pets", "flowers102", "dtd", "eurosat",
-    "fgvc_aircraft", "caltech101", "caltech256", "stanford_cars", "pcam", "imagenet", "sun397",
+    "tinyimagenet",
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "food101",
+    "oxford_pets",
+    "flowers102",
+    "dtd",
+    "eurosat",
+    "fgvc_aircraft",
+    "caltech101",
+    "caltech256",
+    "stanford_cars",
+    "pcam",
+    "imagenet",
+    "sun397",
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.attacks import list_attacks
+    from clipshield.training.attacks import list_attacks
 
     p = sub.add_parser(
         "evaluate",
@@ -43,53 +58,97 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
     p.add_argument(
-        "--datasets", nargs="+", default=[MINIWORLD_SUITE],
+        "--datasets",
+        nargs="+",
+        default=[MINIWORLD_SUITE],
         help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite ('{MINIWORLD224_SUITE}': on the 224-px world), '{PAPER_SUITE}' = the papers' 16 real sets, "
         "folder/<dir> = any class-folder tree under --data-root (default: %(default)s)",
     )
-    p.add_argument("--attacks", nargs="*", default=["pgd"], choices=["none", *list_attacks()],
-                   help="attacks, one cell each per data set (none = clean only; default: %(default)s)")
-    p.add_argument("--eps", type=float, default=None,
-                   help=budget_help("L-inf attack budget", "each data set's registered reference: 4 (4/255) for the mini world, "
-                                    "1 (1/255) for real data sets, recorded in every cell"))
+    p.add_argument(
+        "--attacks",
+        nargs="*",
+        default=["pgd"],
+        choices=["none", *list_attacks()],
+        help="attacks, one cell each per data set (none = clean only; default: %(default)s)",
+    )
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help=budget_help(
+            "L-inf attack budget",
+            "each data set's registered reference: 4 (4/255) for the mini world, 1 (1/255) for real data sets, recorded in every cell",
+        ),
+    )
     p.add_argument("--alpha", type=float, default=None, help=budget_help("attack step size", "the attack's own (PGD: eps/4)"))
     p.add_argument("--steps", type=int, default=100, help="attack iterations (default: %(default)s)")
     p.add_argument("--restarts", type=int, default=1, help="random restarts (PGD/CW; APGD restarts for AutoAttack) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="attack randomness (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each data set (default: all; mini world: 512)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="evaluate only the first N images of each data set (default: all; mini world: 512)"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes for real data sets (default: %(default)s)")
     p.add_argument("--data-root", type=Path, default=None, help="parent folder of the real data sets' folders (default: none)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="evaluate the data sets that exist, warn about missing ones (still an error when none exists)")
-    p.add_argument("--preprocess", choices=list(PRESETS), default="model",
-                   help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
-                   "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)")
-    p.add_argument("--lowres", choices=["tga224", "native"], default=None,
-                   help="CIFAR/STL resolution (docs/methods.md §0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)")
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="evaluate the data sets that exist, warn about missing ones (still an error when none exists)",
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=list(PRESETS),
+        default="model",
+        help="image preprocessing: model = the model record's own, what serving does; paper = Resize(S*256/224)+"
+        "CenterCrop(S) bilinear (TGA-ZSR/PMG-AFT; CIFAR/STL squashed); squash = resize to SxS (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lowres",
+        choices=["tga224", "native"],
+        default=None,
+        help="CIFAR/STL resolution (docs/methods.md §0.7): tga224 = squash to S, native = no loader resize (default: follow --preprocess)",
+    )
     p.add_argument("--purify", action="store_true", help="CLIPure-Cos purification; attacks run full-autograd, BPDA and transfer")
     p.add_argument("--purify-steps", type=int, default=10, help="CLIPure-Cos purification steps (default: %(default)s)")
-    p.add_argument("--purify-step-size", type=float, default=30.0,
-                   help="CLIPure-Cos step size in embedding space, not pixels (default: %(default)s)")
-    p.add_argument("--purify-mode", choices=["per_sample", "batch"], default="per_sample",
-                   help="per_sample: as served; batch: the reference code's batch-coupled variant (default: %(default)s)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--stop", choices=list(STOP_RULES), default="early",
-                   help="PGD/CW: early = each image stops at its first fooling step and keeps it (robust accuracy is the worst "
-                   "case over iterates, as AutoAttack/RobustBench report; the same trajectories, less work); final = every "
-                   "image runs all steps and the last iterate counts (the papers' tables) (default: %(default)s)")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                   help="autocast for the evaluation forward passes: bf16 (CPU or CUDA) or fp16 (CUDA) (default: %(default)s)")
-    p.add_argument("--attack-precision", choices=list(PRECISIONS), default="fp32",
-                   help="autocast inside the attacks; float32 unless asked, since low precision can zero attack gradients (default: %(default)s)")
+    p.add_argument(
+        "--purify-step-size", type=float, default=30.0, help="CLIPure-Cos step size in embedding space, not pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--purify-mode",
+        choices=["per_sample", "batch"],
+        default="per_sample",
+        help="per_sample: as served; batch: the reference code's batch-coupled variant (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)"
+    )
+    p.add_argument(
+        "--stop",
+        choices=list(STOP_RULES),
+        default="early",
+        help="PGD/CW: early = each image stops at its first fooling step and keeps it (robust accuracy is the worst "
+        "case over iterates, as AutoAttack/RobustBench report; the same trajectories, less work); final = every "
+        "image runs all steps and the last iterate counts (the papers' tables) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="autocast for the evaluation forward passes: bf16 (CPU or CUDA) or fp16 (CUDA) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--attack-precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="autocast inside the attacks; float32 unless asked, since low precision can zero attack gradients (default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default: %(default)s)")
     p.set_defaults(run=run)
 
 
 def expand_datasets(names: list[str]) -> list[str]:
     """Replace the suite shorthands by their data set names, keeping order and dropping repeats."""
-    from training.data.miniworld import standard_eval_names
+    from clipshield.training.data.miniworld import standard_eval_names
 
     out: list[str] = []
     for name in names:
@@ -104,7 +163,7 @@ def expand_datasets(names: list[str]) -> list[str]:
 def eps_groups(eps: Optional[float], datasets: list[str]) -> dict[float, list[str]]:
     """Pixel-unit eps -> the data sets evaluated at it: `eps` (units of 1/255) for all of them when
     given, else each data set's registered reference (mini world 4/255, real data sets 1/255)."""
-    from training.data import reference_eps
+    from clipshield.training.data import reference_eps
 
     if eps is not None:
         return {to_pixels(eps, "--eps"): list(datasets)}
@@ -132,28 +191,50 @@ def config_from_args(
     args: argparse.Namespace, image_size: Optional[int] = None, datasets: Optional[list[str]] = None, eps: Optional[float] = None
 ):
     """EvalConfig for `datasets` (default: all requested) at `eps` (pixel units; default: --eps)."""
-    from training.eval.runner import EvalConfig
+    from clipshield.training.eval.runner import EvalConfig
 
     model_id = args.model_id or (args.model if args.pretrained is None else f"{args.model}:{args.pretrained}")
     datasets = datasets if datasets is not None else expand_datasets(args.datasets)
     if eps is None:  # --eps, else the (first) registered reference of these data sets
         eps = next(iter(eps_groups(args.eps, datasets)))
     purify_flags = {"steps": "purify-steps", "step_size": "purify-step-size", "mode": "purify-mode"}
-    purify = flag_config(PurifyConfig, purify_flags, steps=args.purify_steps, step_size=args.purify_step_size,
-                         mode=args.purify_mode) if args.purify else None
+    purify = (
+        flag_config(PurifyConfig, purify_flags, steps=args.purify_steps, step_size=args.purify_step_size, mode=args.purify_mode)
+        if args.purify
+        else None
+    )
     return flag_config(
-        EvalConfig, {"out_dir": "out", "purification": "purify"}, model_id=model_id, datasets=datasets, attacks=args.attacks, eps=eps, steps=args.steps, restarts=args.restarts,
-        alpha=to_pixels(args.alpha, "--alpha", allow_zero=False), seed=args.seed, limit=args.limit,
-        batch_size=args.batch_size, workers=args.workers, purification=purify, data_root=args.data_root, skip_missing=args.skip_missing,
-        data_options={"lowres": args.lowres} if args.lowres else {}, preprocess=args.preprocess, image_size=image_size,
-        stop=args.stop, precision=args.precision, attack_precision=args.attack_precision, device=args.device, out_dir=args.out,
+        EvalConfig,
+        {"out_dir": "out", "purification": "purify"},
+        model_id=model_id,
+        datasets=datasets,
+        attacks=args.attacks,
+        eps=eps,
+        steps=args.steps,
+        restarts=args.restarts,
+        alpha=to_pixels(args.alpha, "--alpha", allow_zero=False),
+        seed=args.seed,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        purification=purify,
+        data_root=args.data_root,
+        skip_missing=args.skip_missing,
+        data_options={"lowres": args.lowres} if args.lowres else {},
+        preprocess=args.preprocess,
+        image_size=image_size,
+        stop=args.stop,
+        precision=args.precision,
+        attack_precision=args.attack_precision,
+        device=args.device,
+        out_dir=args.out,
     )
 
 
 def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
     """Build every group's data sets before any attack runs; missing ones are judged over all groups
     (one error listing what was looked for, and where). Returns the groups with data and the missing."""
-    from training.eval.runner import check_missing
+    from clipshield.training.eval.runner import check_missing
 
     found = sum(len(ev.prepare(strict=False)) for ev in evaluators)
     missing = [m for ev in evaluators for m in ev.missing]
@@ -162,10 +243,10 @@ def prepared(evaluators: list, skip_missing: bool) -> tuple[list, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.distributed import init_distributed
-    from training.eval.report import write_reports
-    from training.eval.runner import Evaluator, check_attacks
-    from training.eval.schema import load_all
+    from clipshield.training.distributed import init_distributed
+    from clipshield.training.eval.report import write_reports
+    from clipshield.training.eval.runner import Evaluator, check_attacks
+    from clipshield.training.eval.schema import load_all
 
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))

@@ -8,6 +8,7 @@ defaults of `clipshield finetune` (no per-method tuning); the comparison table (
 domains, mean +- std over seeds) is written as Markdown, JSON and a PNG plot. Finished runs are
 skipped, so an interrupted experiment continues where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,68 +18,92 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from training.data.miniworld import MINIWORLD_RECIPE
+from clipshield.training.data.miniworld import MINIWORLD_RECIPE
 
 from .budget import as_255, budget_help, to_pixels
 from .common import flag_config
 
 log = logging.getLogger(__name__)
 
-WORLD_NAMES = ("miniworld", "miniworld224")  # training.miniworld.worlds.WORLDS (not imported here: the CLI starts fast)
+WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.training.miniworld.worlds.WORLDS (not imported here: the CLI starts fast)
 
 
 def eval_groups(world: str = "miniworld") -> dict[str, tuple[str, ...]]:
     """The experiment's data sets of one world: seen, held-out combinations, held-out domains."""
-    return {"seen": (f"{world}/plain/color_shape/seen",),
-            "heldout_combos": tuple(f"{world}/plain/color_shape/{sp}" for sp in ("heldout_image", "heldout_caption")),
-            "heldout_domains": tuple(f"{world}/{d}/color_shape/seen" for d in ("noisy", "textured", "outlined"))}
+    return {
+        "seen": (f"{world}/plain/color_shape/seen",),
+        "heldout_combos": tuple(f"{world}/plain/color_shape/{sp}" for sp in ("heldout_image", "heldout_caption")),
+        "heldout_domains": tuple(f"{world}/{d}/color_shape/seen" for d in ("noisy", "textured", "outlined")),
+    }
 
 
 def eval_sets(world: str = "miniworld") -> tuple[str, ...]:
     return tuple(name for names in eval_groups(world).values() for name in names)
 
 
-SEEN, = eval_groups()["seen"]
+(SEEN,) = eval_groups()["seen"]
 HELDOUT_COMBOS, HELDOUT_DOMAINS = eval_groups()["heldout_combos"], eval_groups()["heldout_domains"]
 EVAL_SETS = eval_sets()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.experiments import paper_run
+    from clipshield.training.experiments import paper_run
 
     top = sub.add_parser(
-        "experiment", help="compare methods: the mini-world comparison, or a published paper table",
+        "experiment",
+        help="compare methods: the mini-world comparison, or a published paper table",
         description="Experiments: `experiment miniworld` compares every method on the mini world; `experiment paper` "
         "reproduces a published TGA-ZSR table (fine-tune, evaluate 16 data sets, compare; --dry-run for the plan).",
     )
     suites = top.add_subparsers(dest="suite", required=True, metavar="{miniworld,paper}")
     p = suites.add_parser(
-        "miniworld", help="compare the base model and every fine-tuning method on the mini world",
+        "miniworld",
+        help="compare the base model and every fine-tuning method on the mini world",
         description="Fine-tune the shipped mini-world CLIP with every method under one shared budget and several "
         "seeds, evaluate clean and PGD accuracy (eps 4/255) on seen, held-out-combination and held-out-domain sets, "
         "and write OUTPUT/results.{md,json,png}. CPU only; well under a minute per run on 2 cores with the defaults.",
     )
     paper = suites.add_parser(
-        "paper", help="reproduce a published TGA-ZSR table (--dry-run: the plan and its cost)",
+        "paper",
+        help="reproduce a published TGA-ZSR table (--dry-run: the plan and its cost)",
         description=paper_run.__doc__,
     )
     paper_run.add_arguments(paper)
     paper.set_defaults(run=paper_run.run)
-    p.add_argument("--world", choices=WORLD_NAMES, default="miniworld",
-                   help="miniworld: 32-px world, shipped `miniworld` model, eps 4/255; miniworld224: 224-px world (ViT-B/32 "
-                   "geometry), shipped `miniworld224` model, eps 2/255 (default: %(default)s)")
+    p.add_argument(
+        "--world",
+        choices=WORLD_NAMES,
+        default="miniworld",
+        help="miniworld: 32-px world, shipped `miniworld` model, eps 4/255; miniworld224: 224-px world (ViT-B/32 "
+        "geometry), shipped `miniworld224` model, eps 2/255 (default: %(default)s)",
+    )
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=MINIWORLD_RECIPE.steps, help="optimisation steps per run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=MINIWORLD_RECIPE.batch_size, help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=MINIWORLD_RECIPE.lr["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)")
-    p.add_argument("--adamw-lr", type=float, default=MINIWORLD_RECIPE.lr["adamw"],
-                   help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)")
-    p.add_argument("--eps", type=float, default=None,
-                   help=budget_help("training and evaluation L-inf radius", "the world's reference: 4 (4/255) at 32 px, 2 (2/255) at 224 px; the papers' 1 with --eps 1"))
+    p.add_argument(
+        "--lr", type=float, default=MINIWORLD_RECIPE.lr["sgd"], help="SGD learning rate of every SGD method (default: %(default)s)"
+    )
+    p.add_argument(
+        "--adamw-lr",
+        type=float,
+        default=MINIWORLD_RECIPE.lr["adamw"],
+        help="learning rate of the methods whose recipe optimiser is AdamW (FARE) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help=budget_help(
+            "training and evaluation L-inf radius",
+            "the world's reference: 4 (4/255) at 32 px, 2 (2/255) at 224 px; the papers' 1 with --eps 1",
+        ),
+    )
     p.add_argument("--eval-limit", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
-    p.add_argument("--output", type=Path, default=None, help="output folder; finished runs in it are reused (default: runs/experiment-<world>)")
+    p.add_argument(
+        "--output", type=Path, default=None, help="output folder; finished runs in it are reused (default: runs/experiment-<world>)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
     p.set_defaults(run=run)
 
@@ -86,23 +111,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 def experiment_config(args: argparse.Namespace, method: str, seed: int):
     """The FinetuneConfig of one run: the mini world's recipe with the shared budget given on the command line,
     the method's recipe optimiser at its family's lr."""
-    from training.finetune_config import recipe_config
-    from training.methods import get_method
+    from clipshield.training.finetune_config import recipe_config
+    from clipshield.training.methods import get_method
 
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
     return recipe_config(
-        f"{args.world}-train", method=method, output=output_dir(args) / method / f"seed{seed}", steps=args.steps, batch_size=args.batch_size, lr=lr,
-        eps=to_pixels(args.eps, "--eps"), seed=seed, checkpoint_every=max(1, args.steps // 4), resume=True, threads=args.threads,
-        eval_datasets=list(eval_sets(args.world)), eval_limit=args.eval_limit, eval_steps=args.eval_steps,
+        f"{args.world}-train",
+        method=method,
+        output=output_dir(args) / method / f"seed{seed}",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=lr,
+        eps=to_pixels(args.eps, "--eps"),
+        seed=seed,
+        checkpoint_every=max(1, args.steps // 4),
+        resume=True,
+        threads=args.threads,
+        eval_datasets=list(eval_sets(args.world)),
+        eval_limit=args.eval_limit,
+        eval_steps=args.eval_steps,
         data_limit=max(args.steps * args.batch_size // 2, 512),
     )
 
 
 def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
     """Results {data set: {clean, robust, n}} of one fine-tuning run (read back when already finished)."""
-    from service.card import ModelCard
-    from training.finetune import finetune
-    from training.model_card import read_finetune_card, results_by_dataset
+    from clipshield.service.card import ModelCard
+    from clipshield.training.finetune import finetune
+    from clipshield.training.model_card import read_finetune_card, results_by_dataset
 
     cfg = experiment_config(args, method, seed)
     card = read_finetune_card(cfg.output / "final")
@@ -111,13 +147,22 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
 
 def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Results of the un-fine-tuned model, through the same evaluation harness."""
-    from service.models import load_model
-    from training.eval.runner import EvalConfig, Evaluator
+    from clipshield.service.models import load_model
+    from clipshield.training.eval.runner import EvalConfig, Evaluator
 
     model = load_model(args.world)
-    ecfg = flag_config(EvalConfig, model_id=f"{args.world}-base", datasets=list(eval_sets(args.world)), attacks=["pgd"], eps=experiment_eps(args),
-                      steps=args.eval_steps, seed=seed, limit=args.eval_limit, image_size=model.record.preprocess.image_size,
-                      out_dir=output_dir(args) / "base" / "eval")
+    ecfg = flag_config(
+        EvalConfig,
+        model_id=f"{args.world}-base",
+        datasets=list(eval_sets(args.world)),
+        attacks=["pgd"],
+        eps=experiment_eps(args),
+        steps=args.eval_steps,
+        seed=seed,
+        limit=args.eval_limit,
+        image_size=model.record.preprocess.image_size,
+        out_dir=output_dir(args) / "base" / "eval",
+    )
     return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(model, ecfg).run()}
 
 
@@ -125,7 +170,7 @@ def experiment_eps(args: argparse.Namespace) -> float:
     """--eps in pixel units, or the world's reference budget (the registry entry's) when unset."""
     if args.eps is not None:
         return to_pixels(args.eps, "--eps")
-    from training.data import reference_eps
+    from clipshield.training.data import reference_eps
 
     return reference_eps(f"{args.world}-train")
 
@@ -160,8 +205,10 @@ def markdown(table: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Mini-world comparison ({args.world}): {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (FARE: AdamW lr {args.adamw_lr}), "
         f"eps {as_255(experiment_eps(args))}, "
-        f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).", "",
-        "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
+        f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
     ]
     for method, row in table.items():
         lines.append(f"| {method} | " + " | ".join(f"{row[c]['mean']:.1f} ± {row[c]['std']:.1f}" for c in cols) + " |")
@@ -190,16 +237,19 @@ def plot(table: dict, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from training.methods import list_methods
+    from clipshield.training.methods import list_methods
 
     eps = experiment_eps(args)  # refuse a bad budget before any work
     out = output_dir(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods or list_methods()
-    print(f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
-          f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(eval_sets(args.world))} {args.world} sets; "
-          f"finished runs in {out} are reused", flush=True)
+    print(
+        f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
+        f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(eval_sets(args.world))} {args.world} sets; "
+        f"finished runs in {out} are reused",
+        flush=True,
+    )
     per_seed: dict[str, list[dict]] = {"base": [run_base(args, s) for s in args.seeds]}
     for method in methods:
         per_seed[method] = []
@@ -208,9 +258,26 @@ def run(args: argparse.Namespace) -> int:
             per_seed[method].append(run_method(args, method, seed))
     table = summarise(per_seed, args.world)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"table": table, "runs": per_seed, "settings": {
-        "world": args.world, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "adamw_lr": args.adamw_lr, "eps": eps, "seeds": args.seeds,
-        "eval_limit": args.eval_limit, "eval_steps": args.eval_steps}}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "table": table,
+                "runs": per_seed,
+                "settings": {
+                    "world": args.world,
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "lr": args.lr,
+                    "adamw_lr": args.adamw_lr,
+                    "eps": eps,
+                    "seeds": args.seeds,
+                    "eval_limit": args.eval_limit,
+                    "eval_steps": args.eval_steps,
+                },
+            },
+            indent=2,
+        )
+    )
     text = markdown(table, args)
     (out / "results.md").write_text(text)
     plot(table, out / "results.png")

@@ -1,4 +1,5 @@
 """`clipshield export`: image and text encoders to ONNX, with parity check and model card."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from service.bundle import read_card
-from service.errors import ConfigError
+from clipshield.service.bundle import read_card
+from clipshield.service.errors import ConfigError
 
 from .common import add_model_args, flag_config, model_from_args
 
@@ -25,24 +26,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/export/miniworld"), help="output folder (default: %(default)s)")
-    p.add_argument("--labels", default="miniworld/plain/color_shape/seen",
-                   help="default label set: a data set name, or a JSON file {\"classnames\": [...], \"templates\": [...]} "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--labels",
+        default="miniworld/plain/color_shape/seen",
+        help='default label set: a data set name, or a JSON file {"classnames": [...], "templates": [...]} (default: %(default)s)',
+    )
     p.add_argument("--version", default="1.0", help="model version reported in responses (default: %(default)s)")
-    p.add_argument("--measure-purify", type=int, default=0, metavar="N",
-                   help="choose the purification default by measurement on N mini-world images: on only if it "
-                   "beats no purification under a straight-through attack (0: not measured, off by default)")
+    p.add_argument(
+        "--measure-purify",
+        type=int,
+        default=0,
+        metavar="N",
+        help="choose the purification default by measurement on N mini-world images: on only if it "
+        "beats no purification under a straight-through attack (0: not measured, off by default)",
+    )
     p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
-    p.add_argument("--calibrate-flag", type=int, default=0, metavar="N",
-                   help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
-                   "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)")
+    p.add_argument(
+        "--calibrate-flag",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
+        "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)",
+    )
     p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
-    p.add_argument("--calibrate-score", type=int, default=0, metavar="N",
-                   help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
-                   "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
-                   "0: no attack score in the bundle (default: %(default)s)")
-    p.add_argument("--score-data", default="miniworld/plain/color_shape/seen", metavar="DATASET",
-                   help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)")
+    p.add_argument(
+        "--calibrate-score",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
+        "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
+        "0: no attack score in the bundle (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-data",
+        default="miniworld/plain/color_shape/seen",
+        metavar="DATASET",
+        help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)",
+    )
     p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
@@ -50,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_labels(spec: str):
     """LabelSet from a JSON file path or a registered data set name."""
-    from service.bundle import LabelSet
-    from training.export import labels_from_dataset
+    from clipshield.service.bundle import LabelSet
+    from clipshield.training.export import labels_from_dataset
 
     path = Path(spec)
     if path.suffix == ".json":
@@ -60,14 +82,16 @@ def load_labels(spec: str):
         try:
             return LabelSet.model_validate(json.loads(path.read_text()))
         except (json.JSONDecodeError, ValidationError) as exc:
-            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            problem = (
+                exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            )
             raise ConfigError(f"label file {path} is not a label set: {problem}") from None
     return labels_from_dataset(spec)
 
 
 def _measure_purify(model, n: int):
     """Purification sweep on n mini-world images, printed; returns its SweepResult."""
-    from training.export.purify_calibration import SweepConfig, sweep_purification
+    from clipshield.training.export.purify_calibration import SweepConfig, sweep_purification
 
     result = sweep_purification(model, flag_config(SweepConfig, n=n))
     sweep = result.sweep
@@ -82,7 +106,7 @@ def _measure_purify(model, n: int):
 
 def _calibrate_flag(model, n: int, fpr: float):
     """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
-    from training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
+    from clipshield.training.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
 
     flag = calibrate_flag(model, flag_config(FlagCalibrationConfig, n_calibration=n, n_eval=n, target_fpr=fpr))
     print(f"flag: anchor_score < {flag.anchor_below:.4f}")
@@ -95,7 +119,7 @@ def _calibrate_flag(model, n: int, fpr: float):
 
 def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
     """Attack-score calibration on n + n images of `dataset`, printed; returns the AttackScoreCalibration."""
-    from training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
+    from clipshield.training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
 
     cal = calibrate_attack_score(model, labels, ScoreCalibrationConfig(dataset=dataset, n_calibration=n, n_eval=n, target_fpr=fpr))
     print(f"attack score: > {cal.params.threshold:.4f} (weights {[round(w, 3) for w in cal.params.weights]} on {list(cal.params.signals)})")
@@ -106,9 +130,9 @@ def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export import export_model
-    from training.export.exporter import ExportMeasurements
-    from training.model_card import read_finetune_card
+    from clipshield.training.export import export_model
+    from clipshield.training.export.exporter import ExportMeasurements
+    from clipshield.training.model_card import read_finetune_card
 
     torch.set_num_threads(args.threads)
     model = model_from_args(args)
@@ -118,22 +142,28 @@ def run(args: argparse.Namespace) -> int:
         result = _measure_purify(model, args.measure_purify)
         measured = ExportMeasurements(purify=result.chosen, purify_sweep=result.sweep, accuracy=result.accuracy, notes=result.notes)
     if args.no_purify:
-        measured = measured.model_copy(update={"purify": measured.purify.model_copy(
-            update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"})})
+        measured = measured.model_copy(
+            update={
+                "purify": measured.purify.model_copy(
+                    update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"}
+                )
+            }
+        )
     if args.calibrate_flag:
         measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
     labels = load_labels(args.labels)
     if args.calibrate_score:
         score = _calibrate_score(model, labels, args.calibrate_score, args.score_data, args.score_fpr)
         measured = measured.model_copy(update={"attack_score": score})
-    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured,
-                       finetune_card=finetune_card)
+    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured, finetune_card=finetune_card)
     card = read_card(out)
     print(f"exported {card.name} {card.version} to {out}")
     if card.training is not None:
         t = card.training
-        print(f"fine-tuned: {t.method}, {t.steps} steps ({t.epochs:g} epochs) at {t.image_size} px; "
-              f"{len(card.accuracy)} accuracies carried from its card")
+        print(
+            f"fine-tuned: {t.method}, {t.steps} steps ({t.epochs:g} epochs) at {t.image_size} px; "
+            f"{len(card.accuracy)} accuracies carried from its card"
+        )
     print(f"ONNX parity (max abs diff): {card.parity.model_dump_json() if card.parity else None}")
     print(f"purification default: {card.purify.model_dump_json()}")
     return 0

@@ -1,4 +1,5 @@
 """`clipshield pretrain`: train the mini-world CLIP from scratch on CPU."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "state every --checkpoint-every steps and the final checkpoint to OUTPUT/final. The defaults reproduce "
         "the shipped model (~5 min on 2 CPU cores).",
     )
-    p.add_argument("--world", choices=["miniworld", "miniworld224"], default="miniworld",
-                   help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
-                   "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 1500 --batch-size 64 "
-                   "--lr 3e-3 --warmup 100 --pool-size 20000 --teacher miniworld --distill-weight 5 --threads 1, see docs/datasets.md) (default: %(default)s)")
-    p.add_argument("--teacher", default=None, help="shipped model whose text tower is copied and locked and whose image "
-                   "embeddings are distilled (the shipped miniworld224 model used --teacher miniworld) (default: none, from scratch)")
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the cosine distillation term with --teacher (default: %(default)s)")
+    p.add_argument(
+        "--world",
+        choices=["miniworld", "miniworld224"],
+        default="miniworld",
+        help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
+        "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 1500 --batch-size 64 "
+        "--lr 3e-3 --warmup 100 --pool-size 20000 --teacher miniworld --distill-weight 5 --threads 1, see docs/datasets.md) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="shipped model whose text tower is copied and locked and whose image "
+        "embeddings are distilled (the shipped miniworld224 model used --teacher miniworld) (default: none, from scratch)",
+    )
+    p.add_argument(
+        "--distill-weight", type=float, default=1.0, help="weight of the cosine distillation term with --teacher (default: %(default)s)"
+    )
     p.add_argument("--output", type=Path, default=Path("runs/pretrain"), help="run folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="image+caption pairs per step (default: %(default)s)")
@@ -31,8 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay (default: %(default)s)")
     p.add_argument("--pool-size", type=int, default=40_000, help="number of distinct training images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--loss", choices=["multi_positive", "clip"], default="multi_positive",
-                   help="multi_positive (default): a caption is positive for every image it describes; clip: open_clip ClipLoss")
+    p.add_argument(
+        "--loss",
+        choices=["multi_positive", "clip"],
+        default="multi_positive",
+        help="multi_positive (default): a caption is positive for every image it describes; clip: open_clip ClipLoss",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="write resumable state every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/state if present")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads; pin for bit-identical runs (default: torch's own)")
@@ -41,14 +56,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.models import SHIPPED_MODELS
-    from training.pretrain import PretrainConfig, pretrain
+    from clipshield.service.models import SHIPPED_MODELS
+    from clipshield.training.pretrain import PretrainConfig, pretrain
 
     cfg = flag_config(
-        PretrainConfig, output=args.output, world=args.world, teacher=args.teacher, distill_weight=args.distill_weight,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        pool_size=args.pool_size, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, threads=args.threads,
+        PretrainConfig,
+        output=args.output,
+        world=args.world,
+        teacher=args.teacher,
+        distill_weight=args.distill_weight,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        pool_size=args.pool_size,
+        seed=args.seed,
+        loss=args.loss,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        threads=args.threads,
     )
     bar = progress(cfg.steps, "pretrain", "step")
 
@@ -64,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.install:
         import torch
 
-        from service.checkpoint import load_record, load_weights, save_checkpoint
+        from clipshield.service.checkpoint import load_record, load_weights, save_checkpoint
 
         target = SHIPPED_MODELS[args.world]
         save_checkpoint(target, load_record(final), load_weights(final / "model.safetensors"), dtype=torch.float16)

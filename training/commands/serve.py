@@ -1,10 +1,11 @@
 """`clipshield serve`: start / stop / probe TorchServe on the model store."""
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 from .archive import add_provider_args
 from .common import flag_config
@@ -25,17 +26,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default="http://127.0.0.1:8080", help="inference address (default: %(default)s)")
     p.add_argument("--management-address", default="http://127.0.0.1:8081", help="management API address (default: %(default)s)")
     p.add_argument("--metrics-address", default="http://127.0.0.1:8082", help="metrics API address (default: %(default)s)")
-    p.add_argument("--grpc-ports", type=int, nargs=2, default=(7070, 7071), metavar=("INFERENCE", "MANAGEMENT"),
-                   help="TorchServe's gRPC listeners (always on, loopback only; default: 7070 7071)")
+    p.add_argument(
+        "--grpc-ports",
+        type=int,
+        nargs=2,
+        default=(7070, 7071),
+        metavar=("INFERENCE", "MANAGEMENT"),
+        help="TorchServe's gRPC listeners (always on, loopback only; default: 7070 7071)",
+    )
     p.add_argument("--workers", type=int, default=2, help="workers per model (default: %(default)s)")
     p.add_argument("--no-token-auth", action="store_true", help="turn TorchServe's token authorisation off (trusted networks only)")
-    p.add_argument("--if-running", choices=("restart", "fail"), default="restart",
-                   help="a TorchServe already running on this model store: restart it on the archive, or refuse (default: %(default)s)")
+    p.add_argument(
+        "--if-running",
+        choices=("restart", "fail"),
+        default="restart",
+        help="a TorchServe already running on this model store: restart it on the archive, or refuse (default: %(default)s)",
+    )
     add_provider_args(p, None, None)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--stop", action="store_true", help="stop the server started on this model store")
     g.add_argument("--ping", action="store_true", help="health probe: exit 0 when the server reports Healthy")
     from .serve_kserve import add_runtime_args  # --runtime {torchserve,kserve}; the KServe runtime lives there
+
     add_runtime_args(p)
     p.set_defaults(run=run)
 
@@ -51,12 +63,14 @@ def _model_arg(store: Path, name: str) -> str:
 def _served_line(described: dict) -> str:
     model, bundle, runtime = described["model"], described["bundle"], described["runtime"]
     built = bundle["exported_by"]
-    return (f"{model['name']} {model['version']} (bundle format {bundle['format_version']}, exported by clipshield "
-            f"{built['clipshield_version']} at {built['git_commit'][:12]}) on {runtime['image_encoder_provider']}")
+    return (
+        f"{model['name']} {model['version']} (bundle format {bundle['format_version']}, exported by clipshield "
+        f"{built['clipshield_version']} at {built['git_commit'][:12]}) on {runtime['image_encoder_provider']}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export.torchserve import (
+    from clipshield.training.export.torchserve import (
         STATE_DIR,
         ServeConfig,
         describe_model,
@@ -69,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     store = args.model_store.resolve()
     if args.runtime == "kserve":  # the KServe runtime lives in serve_kserve.py
         from .serve_kserve import run_kserve
+
         return run_kserve(args)
     if args.stop:
         print("TorchServe stopped." if stop_server(store) else "no TorchServe running on this model store.")
@@ -77,10 +92,19 @@ def run(args: argparse.Namespace) -> int:
         return 0 if ping(args.address, store / STATE_DIR) else 1
     flags = {"inference_address": "address", "grpc_inference_port": "grpc-ports", "grpc_management_port": "grpc-ports"}
     cfg = flag_config(
-        ServeConfig, flags, inference_address=args.address, management_address=args.management_address, metrics_address=args.metrics_address,
-        grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
-        models=_model_arg(store, args.name), token_auth=not args.no_token_auth, workers=args.workers,
-        providers=args.providers, provider_policy=args.provider_policy, if_running=args.if_running,
+        ServeConfig,
+        flags,
+        inference_address=args.address,
+        management_address=args.management_address,
+        metrics_address=args.metrics_address,
+        grpc_inference_port=args.grpc_ports[0],
+        grpc_management_port=args.grpc_ports[1],
+        models=_model_arg(store, args.name),
+        token_auth=not args.no_token_auth,
+        workers=args.workers,
+        providers=args.providers,
+        provider_policy=args.provider_policy,
+        if_running=args.if_running,
     )
     handle = start_server(store, cfg)
     if handle.replaced_pid is not None:

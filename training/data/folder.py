@@ -1,10 +1,11 @@
 """`folder/<dir>`: any torchvision-style class-folder tree, the user's own data (fine-tuning or evaluation)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.errors import DatasetNotFound
+from clipshield.service.errors import DatasetNotFound
 
 from .real import PHOTO, RealDataset, clean_name, image_folder, wrap_dataset
 from .registry import DatasetRequest, register_dataset_family, require_folder
@@ -31,8 +32,9 @@ def folder_classnames(root: Path, folders: Sequence[str]) -> list[str]:
             raise DatasetNotFound(f"{path}: no name for class folder {missing[0]!r} ({len(missing)} missing)")
         return [table[f].strip() for f in folders]
     if len(lines) != len(folders):
-        raise DatasetNotFound(f"{path}: {len(lines)} names for {len(folders)} class folders (one per line, sorted folder order, "
-                              "or 'folder<TAB>name' lines)")
+        raise DatasetNotFound(
+            f"{path}: {len(lines)} names for {len(folders)} class folders (one per line, sorted folder order, or 'folder<TAB>name' lines)"
+        )
     return [line.strip() for line in lines]
 
 
@@ -43,7 +45,7 @@ def build_folder(name: str, req: DatasetRequest) -> RealDataset:
     Images are read from `<root>/<dir>/<split>/<class>/*` (split folders: train; test, else val) or,
     when there are no split folders, from `<root>/<dir>/<class>/*` for every split. Class names as
     `folder_classnames`; prompt `options["templates"]` or "This is a photo of a {}"; the
-    request's preprocessing (`training.data.transforms`, default: the model's own, as served). The name
+    request's preprocessing (`clipshield.training.data.transforms`, default: the model's own, as served). The name
     keys evaluation cells, so each tree gets its own.
     """
     sub = name.split("/", 1)[1]
@@ -57,8 +59,9 @@ def build_folder(name: str, req: DatasetRequest) -> RealDataset:
         wanted = SPLIT_FOLDERS.get(req.split, (req.split,))
         found = [d for d in wanted if d in splits]
         if not found:
-            raise DatasetNotFound(f"{name}: no {' or '.join(wanted)} folder in {root} (found {', '.join(splits)}); "
-                                  f"expected layout: {layout}")
+            raise DatasetNotFound(
+                f"{name}: no {' or '.join(wanted)} folder in {root} (found {', '.join(splits)}); expected layout: {layout}"
+            )
         folder = root / found[0]
     transform, protocol = image_transform(req)
     base = image_folder(name, folder, transform, layout)

@@ -1,11 +1,12 @@
 """Mini-world data sets in the registry: `<world>/<domain>/<label set>/<split>` and `<world>-train`.
 
-Worlds (`training.miniworld.worlds`): `miniworld` renders 8-bit 32x32 images, `miniworld224` the same
+Worlds (`clipshield.training.miniworld.worlds`): `miniworld` renders 8-bit 32x32 images, `miniworld224` the same
 scenes at 56x56 for a 224-pixel model. Like every data set's, the images reach the model through
-`service.preprocess.to_pixels` with the request's resolved preprocessing (an identity for the
+`clipshield.service.preprocess.to_pixels` with the request's resolved preprocessing (an identity for the
 shipped 32-pixel model under the `model` preset; a 224-pixel model gets them resized exactly as
 serving would resize the same images sent as PNG).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,18 +17,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.config import PreprocessConfig
-from service.errors import UnknownName
-from service.preprocess import to_pixels
-from training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
-from training.miniworld.world import DOMAINS, Split
-from training.miniworld.worlds import WORLDS, MiniWorld, get_world
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import UnknownName
+from clipshield.service.preprocess import to_pixels
+from clipshield.training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
+from clipshield.training.miniworld.world import DOMAINS, Split
+from clipshield.training.miniworld.worlds import WORLDS, MiniWorld, get_world
 
 from .recipe import FinetuneRecipe
 from .registry import DatasetRequest, register_dataset, register_dataset_family
 from .transforms import resolve_preprocess
 
-MINIWORLD_REFERENCE_EPS = WORLDS["miniworld"].reference_eps  # 4/255 at 32x32 (training.miniworld.worlds)
+MINIWORLD_REFERENCE_EPS = WORLDS["miniworld"].reference_eps  # 4/255 at 32x32 (clipshield.training.miniworld.worlds)
 
 
 def world_recipe(world: MiniWorld) -> FinetuneRecipe:
@@ -35,8 +36,15 @@ def world_recipe(world: MiniWorld) -> FinetuneRecipe:
     (docs/finetuning.md), one learning rate per optimiser family (SGD, or AdamW for FARE), the
     world's reference budget for training and evaluation, its own shipped model and card sets."""
     return FinetuneRecipe(
-        name=world.name, model=world.name, eps=world.reference_eps, steps=200, batch_size=32, data_limit=3200, warmup=None,
-        lr={"sgd": 0.005, "adamw": 1e-4}, eval_datasets=world.finetune_eval,
+        name=world.name,
+        model=world.name,
+        eps=world.reference_eps,
+        steps=200,
+        batch_size=32,
+        data_limit=3200,
+        warmup=None,
+        lr={"sgd": 0.005, "adamw": 1e-4},
+        eval_datasets=world.finetune_eval,
     )
 
 
@@ -68,8 +76,12 @@ class PreprocessedMiniWorld(torch.utils.data.Dataset):
         self.classnames = base.classnames
         self.templates = base.templates
         self.labels = base.labels
-        self.protocol = {"dataset": name, "split": getattr(getattr(base, "task", None), "split", "train"),
-                         "preprocess": choice, "transform": cfg.describe()}
+        self.protocol = {
+            "dataset": name,
+            "split": getattr(getattr(base, "task", None), "split", "train"),
+            "preprocess": choice,
+            "transform": cfg.describe(),
+        }
         self._cache: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
@@ -97,16 +109,25 @@ def _build_task(world: MiniWorld, name: str, req: DatasetRequest) -> Preprocesse
             f"label set in {LABEL_SETS}, split in {SPLITS}; got {name!r}"
         )
     _, domain, label_set, split = parts
-    task = MiniWorldTask(domain, label_set, split, n=req.limit or 512, world_seed=req.seed,
-                         seed_split=_SEED_SPLITS.get(req.split, Split.TEST), world=world.name, render_size=world.render_size)
+    task = MiniWorldTask(
+        domain,
+        label_set,
+        split,
+        n=req.limit or 512,
+        world_seed=req.seed,
+        seed_split=_SEED_SPLITS.get(req.split, Split.TEST),
+        world=world.name,
+        render_size=world.render_size,
+    )
     cfg, choice = resolve_preprocess(_at_model_size(req, world))
     return PreprocessedMiniWorld(MiniWorldClassification(task), cfg, choice, name)
 
 
 def _build_train(world: MiniWorld, req: DatasetRequest) -> PreprocessedMiniWorld:
     """Fine-tuning set (ImageNet stand-in): plain domain, 48 seen colour+shape classes."""
-    base = MiniWorldFinetune(n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN),
-                             render_size=world.render_size)
+    base = MiniWorldFinetune(
+        n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN), render_size=world.render_size
+    )
     cfg, choice = resolve_preprocess(_at_model_size(req, world))
     return PreprocessedMiniWorld(base, cfg, choice, world.train_set)
 

@@ -2,11 +2,12 @@
 
 Each builder wraps a torchvision data set (`download=False`) in a `RealDataset` with the reference
 loaders' class names and prompt (docs/methods.md §0.7); the wnid-folder sets (Tiny-ImageNet, ImageNet)
-live in `training.data.wnid` on the same helpers. Items are (float image [3, H, W] in [0, 1], int label).
+live in `clipshield.training.data.wnid` on the same helpers. Items are (float image [3, H, W] in [0, 1], int label).
 `DatasetRequest.root` is the parent folder holding every data set's own folder (the torchvision
 convention), so one `--data-root` serves all of them. A missing folder raises `DatasetNotFound`
 naming it and the expected layout, before torchvision is called (so nothing is created or fetched).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from service.config import PreprocessConfig
-from service.errors import ConfigError, DatasetNotFound
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import ConfigError, DatasetNotFound
 
 from .registry import DatasetRequest, register_dataset, require_folder, subset_indices
 from .transforms import LOWRES_CHOICES, PixelTransform, image_transform, open_image  # noqa: F401  (LOWRES_CHOICES re-exported)
@@ -42,8 +43,15 @@ class RealDataset(Dataset):
     `preprocess` is the resolved `PreprocessConfig` every image went through.
     """
 
-    def __init__(self, base: Any, classnames: list[str], templates: list[str], protocol: dict[str, str], req: DatasetRequest,
-                 preprocess: PreprocessConfig):
+    def __init__(
+        self,
+        base: Any,
+        classnames: list[str],
+        templates: list[str],
+        protocol: dict[str, str],
+        req: DatasetRequest,
+        preprocess: PreprocessConfig,
+    ):
         self.base = base
         self.classnames = classnames
         self.templates = templates
@@ -114,15 +122,33 @@ def _open(name: str, layout: str, make: Callable[[], Any]) -> Any:
         raise DatasetNotFound(f"{name}: {first}; expected layout: {layout}") from None
 
 
-def wrap_dataset(name: str, req: DatasetRequest, base: Any, classnames: list[str], templates: list[str], transform: PixelTransform,
-                 protocol: dict[str, str]) -> RealDataset:
+def wrap_dataset(
+    name: str,
+    req: DatasetRequest,
+    base: Any,
+    classnames: list[str],
+    templates: list[str],
+    transform: PixelTransform,
+    protocol: dict[str, str],
+) -> RealDataset:
     """A `RealDataset` whose protocol names the data set, split and preprocessing (`image_transform`)."""
-    logger.info("data set %s: %d images, %d classes, %s (%s)", name, len(base), len(classnames), protocol["preprocess"], protocol["transform"])
+    logger.info(
+        "data set %s: %d images, %d classes, %s (%s)", name, len(base), len(classnames), protocol["preprocess"], protocol["transform"]
+    )
     return RealDataset(base, classnames, templates, {"dataset": name, "split": req.split, **protocol}, req, transform.cfg)
 
 
-def _torchvision(name: str, req: DatasetRequest, layout: str, markers: Sequence[str], cls: Callable, kwargs: dict,
-                 names: Callable[[Any], list[str]], templates: list[str], lowres: bool = False) -> RealDataset:
+def _torchvision(
+    name: str,
+    req: DatasetRequest,
+    layout: str,
+    markers: Sequence[str],
+    cls: Callable,
+    kwargs: dict,
+    names: Callable[[Any], list[str]],
+    templates: list[str],
+    lowres: bool = False,
+) -> RealDataset:
     """Shared path of every torchvision-class data set: locate, open with download=False, wrap."""
     root = locate_root(name, req, layout, markers)
     transform, protocol = image_transform(req, lowres)
@@ -142,8 +168,9 @@ def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> t
 def _cifar(name: str, req: DatasetRequest, folder: str, files: str, cls: Callable) -> RealDataset:
     """CIFAR-10/100 (test: 10 000 images each); `options["lowres"]` in tga224|native."""
     train = split_choice(name, req, {"train": True, "test": False})
-    return _torchvision(name, req, f"<root>/{folder}/{{{files}}}", [folder], cls, {"train": train},
-                        _refined("classes"), [PHOTO], lowres=True)
+    return _torchvision(
+        name, req, f"<root>/{folder}/{{{files}}}", [folder], cls, {"train": train}, _refined("classes"), [PHOTO], lowres=True
+    )
 
 
 @register_dataset("cifar10")
@@ -161,8 +188,7 @@ def build_stl10(req: DatasetRequest) -> RealDataset:
     """STL-10 (test: 8 000 images at 96x96); `options["lowres"]` in tga224|native."""
     layout = "<root>/stl10_binary/{test_X.bin,test_y.bin,train_X.bin,train_y.bin,class_names.txt}"
     split = split_choice("stl10", req, {"train": "train", "test": "test"})
-    return _torchvision("stl10", req, layout, ["stl10_binary"], tvd.STL10, {"split": split},
-                        _refined("classes"), [PHOTO], lowres=True)
+    return _torchvision("stl10", req, layout, ["stl10_binary"], tvd.STL10, {"split": split}, _refined("classes"), [PHOTO], lowres=True)
 
 
 @register_dataset("sun397")
@@ -178,8 +204,16 @@ def build_food101(req: DatasetRequest) -> RealDataset:
     """Food-101 (test: 25 250 images)."""
     layout = "<root>/food-101/{meta/{train,test}.json,images/<class>/*.jpg}"
     split = split_choice("food101", req, {"train": "train", "test": "test"})
-    return _torchvision("food101", req, layout, ["food-101/meta", "food-101/images"], tvd.Food101, {"split": split},
-                        _refined("classes"), ["A photo of {}, a type of food."])
+    return _torchvision(
+        "food101",
+        req,
+        layout,
+        ["food-101/meta", "food-101/images"],
+        tvd.Food101,
+        {"split": split},
+        _refined("classes"),
+        ["A photo of {}, a type of food."],
+    )
 
 
 @register_dataset("oxford_pets")
@@ -187,8 +221,16 @@ def build_oxford_pets(req: DatasetRequest) -> RealDataset:
     """Oxford-IIIT Pet (test: 3 669 images)."""
     layout = "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}"
     split = split_choice("oxford_pets", req, {"train": "trainval", "test": "test"})
-    return _torchvision("oxford_pets", req, layout, ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations"],
-                        tvd.OxfordIIITPet, {"split": split}, _refined("classes"), ["A photo of a {}, a type of pet."])
+    return _torchvision(
+        "oxford_pets",
+        req,
+        layout,
+        ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations"],
+        tvd.OxfordIIITPet,
+        {"split": split},
+        _refined("classes"),
+        ["A photo of a {}, a type of pet."],
+    )
 
 
 @register_dataset("flowers102")
@@ -197,8 +239,16 @@ def build_flowers102(req: DatasetRequest) -> RealDataset:
     layout = "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}"
     split = split_choice("flowers102", req, {"train": "train", "val": "val", "test": "test"})
     names = [clean_name(c, "_-") for c in load_classnames("flowers102")]
-    return _torchvision("flowers102", req, layout, ["flowers-102/jpg", "flowers-102/setid.mat"], tvd.Flowers102,
-                        {"split": split}, lambda _: names, ["A photo of a {}, a type of flower."])
+    return _torchvision(
+        "flowers102",
+        req,
+        layout,
+        ["flowers-102/jpg", "flowers-102/setid.mat"],
+        tvd.Flowers102,
+        {"split": split},
+        lambda _: names,
+        ["A photo of a {}, a type of flower."],
+    )
 
 
 @register_dataset("dtd")
@@ -206,8 +256,16 @@ def build_dtd(req: DatasetRequest) -> RealDataset:
     """Describable Textures (test split of partition 1: 1 880 images)."""
     layout = "<root>/dtd/dtd/{images/<class>/*.jpg,labels/test1.txt}"
     split = split_choice("dtd", req, {"train": "train", "val": "val", "test": "test"})
-    return _torchvision("dtd", req, layout, ["dtd/dtd/images", "dtd/dtd/labels"], tvd.DTD, {"split": split},
-                        _refined("classes"), ["A surface with a {} texture."])
+    return _torchvision(
+        "dtd",
+        req,
+        layout,
+        ["dtd/dtd/images", "dtd/dtd/labels"],
+        tvd.DTD,
+        {"split": split},
+        _refined("classes"),
+        ["A surface with a {} texture."],
+    )
 
 
 @register_dataset("eurosat")
@@ -216,8 +274,7 @@ def build_eurosat(req: DatasetRequest) -> RealDataset:
     layout = "<root>/eurosat/2750/<AnnualCrop|Forest|...>/*.jpg"
     split_choice("eurosat", req, {"test": None})
     names = load_classnames("eurosat")
-    ds = _torchvision("eurosat", req, layout, ["eurosat/2750"], tvd.EuroSAT, {}, lambda _: names,
-                      ["A centered satellite photo of {}."])
+    ds = _torchvision("eurosat", req, layout, ["eurosat/2750"], tvd.EuroSAT, {}, lambda _: names, ["A centered satellite photo of {}."])
     if len(ds.base.classes) != len(names):
         raise DatasetNotFound(f"eurosat: found {len(ds.base.classes)} class folders, expected {len(names)}; expected layout: {layout}")
     return ds
@@ -228,9 +285,16 @@ def build_fgvc_aircraft(req: DatasetRequest) -> RealDataset:
     """FGVC-Aircraft variants (test: 3 333 images); `Boeing ` prefixed to names starting with 7."""
     layout = "<root>/fgvc-aircraft-2013b/data/{variants.txt,images_variant_test.txt,images/*.jpg}"
     split = split_choice("fgvc_aircraft", req, {"train": "train", "val": "val", "trainval": "trainval", "test": "test"})
-    return _torchvision("fgvc_aircraft", req, layout, ["fgvc-aircraft-2013b/data"], tvd.FGVCAircraft,
-                        {"split": split, "annotation_level": "variant"},
-                        lambda base: [fgvc_name(c) for c in base.classes], ["A photo of a {}, a type of aircraft."])
+    return _torchvision(
+        "fgvc_aircraft",
+        req,
+        layout,
+        ["fgvc-aircraft-2013b/data"],
+        tvd.FGVCAircraft,
+        {"split": split, "annotation_level": "variant"},
+        lambda base: [fgvc_name(c) for c in base.classes],
+        ["A photo of a {}, a type of aircraft."],
+    )
 
 
 @register_dataset("caltech101")
@@ -238,8 +302,7 @@ def build_caltech101(req: DatasetRequest) -> RealDataset:
     """Caltech-101 (all images, BACKGROUND_Google dropped); names: folder names, cleaned."""
     layout = "<root>/caltech101/101_ObjectCategories/<category>/image_0001.jpg"
     split_choice("caltech101", req, {"test": None})
-    return _torchvision("caltech101", req, layout, ["caltech101/101_ObjectCategories"], tvd.Caltech101, {},
-                        _refined("categories"), [PHOTO])
+    return _torchvision("caltech101", req, layout, ["caltech101/101_ObjectCategories"], tvd.Caltech101, {}, _refined("categories"), [PHOTO])
 
 
 @register_dataset("caltech256")
@@ -247,8 +310,16 @@ def build_caltech256(req: DatasetRequest) -> RealDataset:
     """Caltech-256 (all images); names: folder name minus `NNN.` and `-101`."""
     layout = "<root>/caltech256/256_ObjectCategories/<NNN.name>/<NNN>_<MMMM>.jpg"
     split_choice("caltech256", req, {"test": None})
-    return _torchvision("caltech256", req, layout, ["caltech256/256_ObjectCategories"], tvd.Caltech256, {},
-                        lambda base: [caltech256_name(c) for c in base.categories], ["A photo of a {}."])
+    return _torchvision(
+        "caltech256",
+        req,
+        layout,
+        ["caltech256/256_ObjectCategories"],
+        tvd.Caltech256,
+        {},
+        lambda base: [caltech256_name(c) for c in base.categories],
+        ["A photo of a {}."],
+    )
 
 
 @register_dataset("stanford_cars")
@@ -256,8 +327,16 @@ def build_stanford_cars(req: DatasetRequest) -> RealDataset:
     """Stanford Cars (test: 8 041 images); names minus the trailing year."""
     layout = "<root>/stanford_cars/{devkit/{cars_meta.mat,cars_train_annos.mat},cars_train/,cars_test/,cars_test_annos_withlabels.mat}"
     split = split_choice("stanford_cars", req, {"train": "train", "test": "test"})
-    return _torchvision("stanford_cars", req, layout, ["stanford_cars/devkit"], tvd.StanfordCars, {"split": split},
-                        lambda base: [stanford_cars_name(c) for c in base.classes], ["A photo of a {}."])
+    return _torchvision(
+        "stanford_cars",
+        req,
+        layout,
+        ["stanford_cars/devkit"],
+        tvd.StanfordCars,
+        {"split": split},
+        lambda base: [stanford_cars_name(c) for c in base.classes],
+        ["A photo of a {}."],
+    )
 
 
 @register_dataset("pcam")
@@ -276,6 +355,20 @@ def build_pcam(req: DatasetRequest) -> RealDataset:
 
 
 REAL_DATASETS: tuple[str, ...] = (
-    "tinyimagenet", "cifar10", "cifar100", "stl10", "sun397", "food101", "oxford_pets", "flowers102", "dtd",
-    "eurosat", "fgvc_aircraft", "imagenet", "caltech101", "caltech256", "stanford_cars", "pcam",
+    "tinyimagenet",
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "sun397",
+    "food101",
+    "oxford_pets",
+    "flowers102",
+    "dtd",
+    "eurosat",
+    "fgvc_aircraft",
+    "imagenet",
+    "caltech101",
+    "caltech256",
+    "stanford_cars",
+    "pcam",
 )

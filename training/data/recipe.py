@@ -3,16 +3,17 @@
 Each registered data set carries one `FinetuneRecipe` (`register_dataset(..., recipe=...)`); real
 data sets carry `REFERENCE_RECIPE`, the papers' (docs/methods.md §0.4: 10 epochs, warm-up 1000 steps, eps
 1/255, each method's own batch size and learning rate). A world with its own budget registers its
-own recipe; `training.finetune_config.recipe_config` applies it, so the CLI, the demo, the
+own recipe; `clipshield.training.finetune_config.recipe_config` applies it, so the CLI, the demo, the
 experiments and the tests train with the same defaults.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 Optimizer = Literal["sgd", "adamw"]
 

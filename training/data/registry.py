@@ -5,8 +5,9 @@ integer labels, class names and prompt templates. Real data sets are read from t
 folders with `download=False`; a missing folder raises `DatasetNotFound` naming the folder and the
 expected layout. Each entry also carries its reference L-inf budget (`reference_eps`, pixel units):
 the strength `clipshield evaluate` uses when no `--eps` is given; and its fine-tuning recipe
-(`finetune_recipe`, `training.data.recipe`): the defaults `clipshield finetune` trains with on it.
+(`finetune_recipe`, `clipshield.training.data.recipe`): the defaults `clipshield finetune` trains with on it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -16,8 +17,8 @@ from typing import Optional, Protocol
 
 import torch
 
-from service.config import PreprocessConfig
-from service.errors import DatasetNotFound, UnknownName
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import DatasetNotFound, UnknownName
 
 from .recipe import REFERENCE_RECIPE, FinetuneRecipe
 
@@ -44,7 +45,7 @@ class DatasetRequest:
     """How to build a data set: root folder, split, preprocessing, an optional size limit.
 
     `preprocess` is the model record's preprocessing (None: serving's default at `image_size`) and
-    `preset` the named choice applied to it (`service.preprocess.PRESETS`; see `training.data.transforms`).
+    `preset` the named choice applied to it (`clipshield.service.preprocess.PRESETS`; see `clipshield.training.data.transforms`).
     """
 
     root: Optional[Path] = None
@@ -83,9 +84,7 @@ def register_dataset(
     return wrap
 
 
-def register_dataset_family(
-    prefix: str, reference_eps: float = REAL_REFERENCE_EPS, recipe: FinetuneRecipe = REFERENCE_RECIPE
-) -> Callable:
+def register_dataset_family(prefix: str, reference_eps: float = REAL_REFERENCE_EPS, recipe: FinetuneRecipe = REFERENCE_RECIPE) -> Callable:
     """Register a builder for every name starting with `prefix/` (e.g. miniworld/<domain>/...)."""
 
     def wrap(fn: Callable[[str, DatasetRequest], ZeroShotDataset]) -> Callable:

@@ -1,12 +1,13 @@
-"""Data set transforms: every image of every data set goes through `service.preprocess.to_pixels`.
+"""Data set transforms: every image of every data set goes through `clipshield.service.preprocess.to_pixels`.
 
 A data set's preprocessing is resolved from the model's record preprocessing and a named preset
-(`service.preprocess.PRESETS`: `model`, the default, is what serving does; `paper` is the papers'
+(`clipshield.service.preprocess.PRESETS`: `model`, the default, is what serving does; `paper` is the papers'
 Resize(256)+CenterCrop(224) protocol; `squash` resizes to S x S). CIFAR/STL keep their own switch,
 `options["lowres"]`: `tga224` (squash, TGA-ZSR's loader), `native` (no resize in the loader, the
 model resizes inside, PMG-AFT/TeCoA); unset, they follow the preset, except that `paper` means
 TGA-ZSR's squash for them, as in the reference code (docs/methods.md §0.7).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -14,9 +15,9 @@ from typing import Optional
 import torch
 from PIL import Image
 
-from service.config import PreprocessConfig
-from service.errors import ConfigError
-from service.preprocess import preset_config, to_pixels, to_rgb
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import ConfigError
+from clipshield.service.preprocess import preset_config, to_pixels, to_rgb
 
 from .registry import DatasetRequest
 

@@ -1,9 +1,10 @@
 """ImageNet-style data sets (Tiny-ImageNet, ImageNet): wnid class folders, class names from a wnid table.
 
-Kept apart from the torchvision-class data sets of `training.data.real`: these read plain folders
+Kept apart from the torchvision-class data sets of `clipshield.training.data.real`: these read plain folders
 (`ImageFolder`, or Tiny-ImageNet's val split as shipped) and map WordNet ids to names
 (docs/methods.md §0.5, §0.7).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -13,9 +14,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from service.errors import DatasetNotFound
+from clipshield.service.errors import DatasetNotFound
 
-from .real import PHOTO, RealDataset, locate_root, split_choice, clean_name, image_folder, wrap_dataset
+from .real import PHOTO, RealDataset, clean_name, image_folder, locate_root, split_choice, wrap_dataset
 from .registry import DatasetRequest, register_dataset, require_folder
 from .transforms import image_transform, open_image
 
@@ -63,8 +64,10 @@ def build_tinyimagenet(req: DatasetRequest) -> RealDataset:
     shipped (`val/images/*.JPEG` + `val/val_annotations.txt`). Names: `words.txt` first synonym,
     or `options["wnid_table"]` (a `wnid<TAB>index<TAB>name` file), cleaned.
     """
-    layout = ("<root>/tiny-imagenet-200/{wnids.txt,words.txt,train/<wnid>/images/*.JPEG,"
-              "val/<wnid>/*.JPEG or val/{images/*.JPEG,val_annotations.txt}}")
+    layout = (
+        "<root>/tiny-imagenet-200/{wnids.txt,words.txt,train/<wnid>/images/*.JPEG,"
+        "val/<wnid>/*.JPEG or val/{images/*.JPEG,val_annotations.txt}}"
+    )
     split = split_choice("tinyimagenet", req, {"train": "train", "test": "val", "val": "val"})
     root = locate_root("tinyimagenet", req, layout, ["tiny-imagenet-200/wnids.txt", f"tiny-imagenet-200/{split}"])
     base_dir = root / "tiny-imagenet-200"
@@ -111,7 +114,9 @@ def build_imagenet(req: DatasetRequest) -> RealDataset:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         if len(base.classes) != len(IMAGENET_CLASSNAMES):
-            raise DatasetNotFound(f"imagenet: {found[0]} has {len(base.classes)} class folders, expected "
-                                  f"{len(IMAGENET_CLASSNAMES)}; expected layout: {layout}")
+            raise DatasetNotFound(
+                f"imagenet: {found[0]} has {len(base.classes)} class folders, expected "
+                f"{len(IMAGENET_CLASSNAMES)}; expected layout: {layout}"
+            )
         names = [clean_name(c) for c in IMAGENET_CLASSNAMES]
     return wrap_dataset("imagenet", req, base, names, [PHOTO], transform, protocol)

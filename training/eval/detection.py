@@ -8,8 +8,9 @@ attack success (top-1 wrong), AUROC of the score (attacked vs clean), TPR at 1 %
 from that set's clean scores), and the calibrated flag's rate; clean images give the held-out FPR. The
 adaptive rows run `ScoreAwarePGD` (loss - lambda * score, EOT over the score's noise) at the reference eps.
 
-    python -m training.eval.detection --out runs/detection --n-calibration 128 --n-eval 128
+    python -m clipshield.training.eval.detection --out runs/detection --n-calibration 128 --n-eval 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,18 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
-from service.config import StrictModel
-from service.errors import ClipshieldError, ConfigError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.purify import blank_anchor
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
-from training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import batches
-from training.export.flag_calibration import auroc
+from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError, ConfigError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import blank_anchor
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.eval.zeroshot import batches
+from clipshield.training.export.flag_calibration import auroc
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _run(attack, images: torch.Tensor, labels: torch.Tensor, bs: int) -> torch.T
 def _scores(scorer: AttackScorer, images: torch.Tensor, bs: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return torch.cat([scorer(images[i:i + bs], g) for i in range(0, len(images), bs)])
+        return torch.cat([scorer(images[i : i + bs], g) for i in range(0, len(images), bs)])
 
 
 def _wrong(clf: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -91,9 +92,14 @@ def _wrong(clf: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor) 
 
 def _row(scorer: AttackScorer, clean: torch.Tensor, adv_scores: torch.Tensor, wrong: torch.Tensor) -> dict[str, float]:
     flagged = scorer.flag(adv_scores)
-    return {"success": float(wrong.float().mean()), "auroc": auroc(clean, adv_scores),
-            "tpr_fpr1": tpr_at_fpr(clean, adv_scores, 0.01), "tpr_fpr5": tpr_at_fpr(clean, adv_scores, 0.05),
-            "flagged": float(flagged.float().mean()), "success_unflagged": float((wrong & ~flagged).float().mean())}
+    return {
+        "success": float(wrong.float().mean()),
+        "auroc": auroc(clean, adv_scores),
+        "tpr_fpr1": tpr_at_fpr(clean, adv_scores, 0.01),
+        "tpr_fpr5": tpr_at_fpr(clean, adv_scores, 0.05),
+        "flagged": float(flagged.float().mean()),
+        "success_unflagged": float((wrong & ~flagged).float().mean()),
+    }
 
 
 def calibrate(model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelCLIP] = None) -> AttackScorer:
@@ -103,8 +109,9 @@ def calibrate(model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelC
     pgd = get_attack("pgd")(clf, eps=cfg.ref_eps, alpha=cfg.ref_eps / 4, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
     adv = _run(pgd, images, labels, cfg.batch_size)
     extractor = SignalExtractor(clf, blank_anchor(model, templates), cfg.score, reference)
-    return calibrate_scorer(extractor, images, adv, cfg.target_fpr, cfg.calibration_dataset,
-                            torch.Generator().manual_seed(cfg.seed + 1), cfg.batch_size)
+    return calibrate_scorer(
+        extractor, images, adv, cfg.target_fpr, cfg.calibration_dataset, torch.Generator().manual_seed(cfg.seed + 1), cfg.batch_size
+    )
 
 
 def evaluate_set(model: PixelCLIP, scorer: AttackScorer, name: str, cfg: DetectionConfig) -> dict[str, dict[str, float]]:
@@ -120,14 +127,17 @@ def evaluate_set(model: PixelCLIP, scorer: AttackScorer, name: str, cfg: Detecti
             eps = cfg.ref_eps * f
             atk = get_attack(attack)(clf, eps=eps, alpha=eps / 4, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
             adv = _run(atk, images, labels, cfg.batch_size)
-            rows[f"{attack}@{eps * 255:g}"] = _row(local, clean, _scores(local, adv, cfg.batch_size, cfg.seed + 3), _wrong(clf, adv, labels))
+            rows[f"{attack}@{eps * 255:g}"] = _row(
+                local, clean, _scores(local, adv, cfg.batch_size, cfg.seed + 3), _wrong(clf, adv, labels)
+            )
             log.info("%s %s@%g: %s", name, attack, eps * 255, rows[f"{attack}@{eps * 255:g}"])
     rows.update(adaptive_rows(clf, local, images, labels, clean, cfg))
     return rows
 
 
-def adaptive_rows(clf: ZeroShotClassifier, scorer: AttackScorer, images: torch.Tensor, labels: torch.Tensor,
-                  clean: torch.Tensor, cfg: DetectionConfig) -> dict[str, dict[str, float]]:
+def adaptive_rows(
+    clf: ZeroShotClassifier, scorer: AttackScorer, images: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, cfg: DetectionConfig
+) -> dict[str, dict[str, float]]:
     """One row per (lambda, penalty) of `ScoreAwarePGD` at the reference eps (lambda 0: the attacker ignores the
     score), and 'adaptive-best': per image, the attacker wins if any variant gives a misclassified, unflagged
     image (the defender's worst case)."""
@@ -135,8 +145,17 @@ def adaptive_rows(clf: ZeroShotClassifier, scorer: AttackScorer, images: torch.T
     evaded = torch.zeros(len(labels), dtype=torch.bool)
     variants = [(lam, pen) for lam in cfg.adaptive_lams for pen in (cfg.adaptive_penalties if lam > 0 else ("linear",))]
     for lam, pen in variants:
-        atk = ScoreAwarePGD(clf, scorer, eps=cfg.ref_eps, lam=lam, alpha=cfg.ref_eps / 4, steps=cfg.steps, eot=cfg.adaptive_eot,
-                            penalty=pen, generator=torch.Generator().manual_seed(cfg.seed + 4))
+        atk = ScoreAwarePGD(
+            clf,
+            scorer,
+            eps=cfg.ref_eps,
+            lam=lam,
+            alpha=cfg.ref_eps / 4,
+            steps=cfg.steps,
+            eot=cfg.adaptive_eot,
+            penalty=pen,
+            generator=torch.Generator().manual_seed(cfg.seed + 4),
+        )
         adv = _run(atk, images, labels, cfg.batch_size)
         scores, wrong = _scores(scorer, adv, cfg.batch_size, cfg.seed + 3), _wrong(clf, adv, labels)
         name = f"adaptive-pgd@{cfg.ref_eps * 255:g}-l{lam:g}" + (f"-{pen}" if lam > 0 else "")
@@ -149,19 +168,28 @@ def adaptive_rows(clf: ZeroShotClassifier, scorer: AttackScorer, images: torch.T
 def evaluate_detection(model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelCLIP] = None) -> dict:
     """Calibrated score parameters and per-set rows (see `evaluate_set`)."""
     scorer = calibrate(model.eval(), cfg, reference)
-    return {"config": cfg.model_dump(), "score": scorer.params.model_dump(),
-            "sets": {name: evaluate_set(model, scorer, name, cfg) for name in cfg.eval_datasets}}
+    return {
+        "config": cfg.model_dump(),
+        "score": scorer.params.model_dump(),
+        "sets": {name: evaluate_set(model, scorer, name, cfg) for name in cfg.eval_datasets},
+    }
 
 
 def markdown(result: dict) -> str:
     """Markdown table of `evaluate_detection`'s result (rates in %)."""
     p = result["score"]
-    lines = [f"Score: logistic on {', '.join(p['signals'])}; weights {[round(w, 2) for w in p['weights']]}; threshold {p['threshold']:.3f} "
-             f"({p['target_fpr']:.0%} FPR on {p['n_calibration']} clean `{p['dataset']}`).", "",
-             "| set | input | success | AUROC | TPR@1%FPR | TPR@5%FPR | flagged | success & unflagged |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Score: logistic on {', '.join(p['signals'])}; weights {[round(w, 2) for w in p['weights']]}; threshold {p['threshold']:.3f} "
+        f"({p['target_fpr']:.0%} FPR on {p['n_calibration']} clean `{p['dataset']}`).",
+        "",
+        "| set | input | success | AUROC | TPR@1%FPR | TPR@5%FPR | flagged | success & unflagged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, rows in result["sets"].items():
         for kind, r in rows.items():
-            cells = [f"{100 * r[k]:.1f}" if k in r else "-" for k in ("success", "auroc", "tpr_fpr1", "tpr_fpr5", "flagged", "success_unflagged")]
+            cells = [
+                f"{100 * r[k]:.1f}" if k in r else "-" for k in ("success", "auroc", "tpr_fpr1", "tpr_fpr5", "flagged", "success_unflagged")
+            ]
             if "auroc" in r:
                 cells[1] = f"{r['auroc']:.3f}"
             lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
@@ -170,7 +198,7 @@ def markdown(result: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     d = DetectionConfig()
-    p = argparse.ArgumentParser(prog="python -m training.eval.detection", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m clipshield.training.eval.detection", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld")
     p.add_argument("--weights", default=None)
     p.add_argument("--reference", default=None, help="original (non-robust) model for the agreement signal")
@@ -194,11 +222,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     signals = args.signals or (["tau", "anchor", "margin"] + (["agreement"] if args.reference else []))
     try:
-        cfg = DetectionConfig(calibration_dataset=args.calibration_dataset, eval_datasets=tuple(args.eval_datasets),
-                              n_calibration=args.n_calibration, n_eval=args.n_eval, target_fpr=args.target_fpr,
-                              ref_eps=args.ref_eps / 255, adaptive_lams=tuple(args.lams), adaptive_eot=args.eot,
-                              adaptive_penalties=tuple(args.penalties),
-                              score=AttackScoreConfig(signals=tuple(signals)), seed=args.seed)
+        cfg = DetectionConfig(
+            calibration_dataset=args.calibration_dataset,
+            eval_datasets=tuple(args.eval_datasets),
+            n_calibration=args.n_calibration,
+            n_eval=args.n_eval,
+            target_fpr=args.target_fpr,
+            ref_eps=args.ref_eps / 255,
+            adaptive_lams=tuple(args.lams),
+            adaptive_eot=args.eot,
+            adaptive_penalties=tuple(args.penalties),
+            score=AttackScoreConfig(signals=tuple(signals)),
+            seed=args.seed,
+        )
         reference = load_model(args.reference) if args.reference else None
         result = evaluate_detection(load_model(args.model, weights=args.weights), cfg, reference)
     except ClipshieldError as exc:  # e.g. an unknown data set or model name (the message lists the known ones)

@@ -5,6 +5,7 @@ average; one table for clean accuracy and one per attack setting. Purified cells
 adaptive-attack table with the full-autograd, BPDA and transfer numbers, the worst case and the
 gradient-masking verdict.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from training.attacks.adaptive import GRADIENT_MASKED
+from clipshield.training.attacks.adaptive import GRADIENT_MASKED
 
 from .schema import CLEAN, CellResult, Summary
 
@@ -95,7 +96,7 @@ def _adaptive_table(cells: list[CellResult]) -> list[str]:
         verdict = f"**{a.verdict}**" if a.verdict == GRADIENT_MASKED else a.verdict
         lines.append(
             f"| {method_label(c)} | {c.key.dataset} | {attack_label(c)} | {a.n} | {_pct(a.clean)} | "
-            + " | ".join(_pct(a.robust.get(m, float('nan'))) for m in ("full", "bpda", "transfer"))
+            + " | ".join(_pct(a.robust.get(m, float("nan"))) for m in ("full", "bpda", "transfer"))
             + f" | {_pct(a.worst_case)} | {a.grad_ratio:.1e} | {verdict} |"
         )
     return lines + [""]
@@ -130,8 +131,12 @@ def plot(cells: list[CellResult], path: Path) -> Path:
         for name, v in avg.items():
             method, setting = name.split(" | ")
             ax.scatter(
-                100 * v["clean"], 100 * v["robust"], s=60, label=name,
-                color=f"C{methods.index(method) % 10}", marker=markers[settings.index(setting) % len(markers)],
+                100 * v["clean"],
+                100 * v["robust"],
+                s=60,
+                label=name,
+                color=f"C{methods.index(method) % 10}",
+                marker=markers[settings.index(setting) % len(markers)],
             )
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)

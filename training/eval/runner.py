@@ -1,10 +1,11 @@
 """Evaluation runner: model x data sets x attacks -> one resumable JSON cell per combination.
 
-The classifier under attack is the serving one: `service.zero_shot.ZeroShotClassifier` over a text
-head from `TextHeadCache` (prompt ensemble, model logit scale), or `service.purify.PurifiedClassifier`
+The classifier under attack is the serving one: `clipshield.service.zero_shot.ZeroShotClassifier` over a text
+head from `TextHeadCache` (prompt ensemble, model logit scale), or `clipshield.service.purify.PurifiedClassifier`
 when purification is on (then every attack is run in the three adaptive modes of
-`training.attacks.adaptive` and the cell's robust accuracy is the per-sample worst case).
+`clipshield.training.attacks.adaptive` and the cell's robust accuracy is the per-sample worst case).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,26 +17,26 @@ from typing import Optional, Protocol
 import torch
 from pydantic import Field
 
-from service.config import PreprocessConfig, StrictModel
-from service.errors import ConfigError, DatasetNotFound
-from service.pixel_model import PixelCLIP
-from service.preprocess import Preset
-from service.provenance import weights_digest
-from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
-from service.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head
-from training.attacks import get_attack, list_attacks
-from training.attacks.base import Attack
-from training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
-from training.attacks.pgd import StopRule
-from training.data import DatasetRequest, build_dataset
-from training.data.transforms import at_size
-from training.precision import Precision, check_precision, with_precision
-from training.sharding import SINGLE, Shard, batch_generator, current_shard
+from clipshield.service.config import PreprocessConfig, StrictModel
+from clipshield.service.errors import ConfigError, DatasetNotFound
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.preprocess import Preset
+from clipshield.service.provenance import weights_digest
+from clipshield.service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
+from clipshield.service.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack, list_attacks
+from clipshield.training.attacks.adaptive import ADAPTIVE_MODES, evaluate_adaptive
+from clipshield.training.attacks.base import Attack
+from clipshield.training.attacks.pgd import StopRule
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.data.transforms import at_size
+from clipshield.training.precision import Precision, check_precision, with_precision
+from clipshield.training.sharding import SINGLE, Shard, batch_generator, current_shard
 
 from .schema import CLEAN, CellKey, CellResult, load_finished, write_cell
 from .zeroshot import batches, sharded_accuracy
 
-EARLY_STOP_ATTACKS = ("pgd", "cw")  # attacks whose early stop is exact (per-sample sign steps); see training.attacks.pgd
+EARLY_STOP_ATTACKS = ("pgd", "cw")  # attacks whose early stop is exact (per-sample sign steps); see clipshield.training.attacks.pgd
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,12 @@ class EvalConfig(StrictModel):
     skip_missing: bool = False
     data_options: dict[str, str] = Field(default_factory=dict, description="builder options, e.g. lowres=native")
     preprocess: Preset = Field(
-        default="model", description="preprocessing preset (service.preprocess.PRESETS); model = what serving does")
+        default="model", description="preprocessing preset (clipshield.service.preprocess.PRESETS); model = what serving does"
+    )
     image_size: Optional[int] = Field(default=None, gt=0, description="loader resolution; default: the model's own")
-    stop: StopRule = Field(default="early", description="PGD/CW: stop each sample at its first fooling iterate (early) or run all steps (final)")
+    stop: StopRule = Field(
+        default="early", description="PGD/CW: stop each sample at its first fooling iterate (early) or run all steps (final)"
+    )
     precision: Precision = Field(default="fp32", description="autocast precision of evaluation forward passes")
     attack_precision: Precision = Field(default="fp32", description="autocast precision inside attacks (float32 unless asked)")
     device: str = "cpu"
@@ -137,10 +141,20 @@ def cell_keys(cfg: EvalConfig, dataset: str, weights: str, preprocess: Preproces
     attacks = cfg.attacks or [CLEAN]
     return [
         CellKey(
-            weights=weights, dataset=dataset, split=EVAL_SPLIT, preprocess=preprocess, attack=a,
-            eps=0.0 if a == CLEAN else cfg.eps, steps=0 if a == CLEAN else cfg.steps, alpha=None if a == CLEAN else cfg.alpha,
-            restarts=1 if a == CLEAN else cfg.restarts, seed=cfg.seed,
-            purification=cfg.purification, limit=cfg.limit, data_options=cfg.data_options, **_protocol(cfg, a),
+            weights=weights,
+            dataset=dataset,
+            split=EVAL_SPLIT,
+            preprocess=preprocess,
+            attack=a,
+            eps=0.0 if a == CLEAN else cfg.eps,
+            steps=0 if a == CLEAN else cfg.steps,
+            alpha=None if a == CLEAN else cfg.alpha,
+            restarts=1 if a == CLEAN else cfg.restarts,
+            seed=cfg.seed,
+            purification=cfg.purification,
+            limit=cfg.limit,
+            data_options=cfg.data_options,
+            **_protocol(cfg, a),
         )
         for a in attacks
     ]
@@ -163,8 +177,9 @@ def check_missing(missing: list[str], found: int, skip_missing: bool) -> None:
     if not missing:
         return
     if found == 0:
-        raise DatasetNotFound(f"none of the {len(missing)} requested data set(s) was found, nothing to evaluate; "
-                              "looked for: " + " | ".join(missing))
+        raise DatasetNotFound(
+            f"none of the {len(missing)} requested data set(s) was found, nothing to evaluate; looked for: " + " | ".join(missing)
+        )
     if not skip_missing:
         more = f" (and {len(missing) - 1} more missing data set(s); --skip-missing evaluates the others)" if len(missing) > 1 else ""
         raise DatasetNotFound(missing[0] + more)
@@ -207,7 +222,7 @@ class AttackRecipe(StrictModel):
     stop: StopRule = "final"
 
     @classmethod
-    def of_cell(cls, key: CellKey) -> "AttackRecipe":
+    def of_cell(cls, key: CellKey) -> AttackRecipe:
         return cls(name=key.attack, eps=key.eps, steps=key.steps, alpha=key.alpha, restarts=key.restarts, stop=key.stop)
 
     def build(self, classifier: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator) -> Attack:
@@ -250,8 +265,13 @@ def clean_and_attacked(
 
 
 def measure(
-    classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
-    recipe: Optional[AttackRecipe] = None, batch_size: int = 256, seed: int = 0, target: Optional[Callable] = None,
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Optional[AttackRecipe] = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    target: Optional[Callable] = None,
 ) -> tuple[float, Optional[float], int]:
     """`clean_and_attacked` on in-memory images [N, 3, H, W] and labels [N]; the attack's random starts
     come from one generator seeded `seed`, shared by all batches (a quick, single-process measurement)."""
@@ -286,8 +306,13 @@ class Evaluator:
         # the data seed stays 0: `--seed` drives the attacks only (the mini world's seed is its vocabulary)
         pre = at_size(self.model.record.preprocess, self.cfg.image_size)
         req = DatasetRequest(
-            root=self.cfg.data_root, split=EVAL_SPLIT, image_size=pre.image_size, limit=self.cfg.limit,
-            options=dict(self.cfg.data_options), preprocess=pre, preset=self.cfg.preprocess,
+            root=self.cfg.data_root,
+            split=EVAL_SPLIT,
+            image_size=pre.image_size,
+            limit=self.cfg.limit,
+            options=dict(self.cfg.data_options),
+            preprocess=pre,
+            preset=self.cfg.preprocess,
         )
         return build_dataset(name, req)
 
@@ -329,8 +354,11 @@ class Evaluator:
         start = time.perf_counter()
         classifier = self._classifier(dataset)
         purified = isinstance(classifier, PurifiedClassifier)
-        bar = self.progress(-(-len(dataset) // shard.world) * (1 if key.attack == CLEAN else 2), f"{key.dataset} | {key.attack}") \
-            if self.progress and shard.rank == 0 else None
+        bar = (
+            self.progress(-(-len(dataset) // shard.world) * (1 if key.attack == CLEAN else 2), f"{key.dataset} | {key.attack}")
+            if self.progress and shard.rank == 0
+            else None
+        )
         ticker = _StepProgress(bar, key.steps * key.restarts * (len(ADAPTIVE_MODES) if purified else 1)) if bar is not None else None
         step = ticker.batch_done if ticker is not None else None
         attacked = (lambda m: _Ticking(m, ticker.forward)) if ticker is not None else (lambda m: m)
@@ -343,15 +371,27 @@ class Evaluator:
             clean, robust, n = clean_and_attacked(judge, data, recipe, target, seeds, on_batch=step, shard=shard)
             adaptive = None
             if key.attack != CLEAN and purified:
-                adaptive = evaluate_adaptive(classifier, lambda surrogate: self._make_attack(key, attacked(surrogate)), data(),
-                                             on_batch=step, generator_for=seeds, shard=shard)
+                adaptive = evaluate_adaptive(
+                    classifier,
+                    lambda surrogate: self._make_attack(key, attacked(surrogate)),
+                    data(),
+                    on_batch=step,
+                    generator_for=seeds,
+                    shard=shard,
+                )
                 robust = adaptive.worst_case
         finally:
             if bar is not None:
                 bar.close()
         return CellResult(
-            key=key, model_id=self.cfg.model_id, n=n, clean=clean, robust=robust, adaptive=adaptive,
-            protocol={str(k): str(v) for k, v in getattr(dataset, "protocol", {}).items()}, seconds=time.perf_counter() - start,
+            key=key,
+            model_id=self.cfg.model_id,
+            n=n,
+            clean=clean,
+            robust=robust,
+            adaptive=adaptive,
+            protocol={str(k): str(v) for k, v in getattr(dataset, "protocol", {}).items()},
+            seconds=time.perf_counter() - start,
         )
 
     def run(self) -> list[CellResult]:

@@ -6,6 +6,7 @@ the data set, split, limit and options, and the seed. Its file name is derived f
 key, so a re-run finds finished cells and skips them; cells of another schema version are never
 reused (schema 1 keyed by the model's display name and a purification on/off flag).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,10 +18,10 @@ from typing import Optional
 
 from pydantic import Field, ValidationError
 
-from service.config import PreprocessConfig, StrictModel
-from service.errors import ConfigError
-from service.purify import PurifyConfig
-from training.attacks.adaptive import AdaptiveReport
+from clipshield.service.config import PreprocessConfig, StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.purify import PurifyConfig
+from clipshield.training.attacks.adaptive import AdaptiveReport
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ CLEAN = "none"  # attack name of a clean-only cell
 class CellKey(StrictModel):
     """Identity of one evaluation cell; equal keys mean the same numbers (deterministic given the seed).
 
-    `weights` is `service.provenance.weights_digest` of the evaluated model; the model's display
+    `weights` is `clipshield.service.provenance.weights_digest` of the evaluated model; the model's display
     name lives in `CellResult.model_id` and is not part of the identity. `preprocess` is the data
     set's resolved preprocessing (size, resize mode and ratio, interpolation, antialias, mean/std).
     """
@@ -112,8 +113,10 @@ def read_cell(path: Path) -> CellResult:
     """Parse one stored cell; ConfigError naming the file when it is not a current-schema cell."""
     version = _schema_version(path)
     if version != SCHEMA_VERSION:
-        raise ConfigError(f"{path}: evaluation cell of schema {version}, this clipshield reads schema {SCHEMA_VERSION}; "
-                          "re-run the evaluation (old cells are never reused)")
+        raise ConfigError(
+            f"{path}: evaluation cell of schema {version}, this clipshield reads schema {SCHEMA_VERSION}; "
+            "re-run the evaluation (old cells are never reused)"
+        )
     try:
         return CellResult.model_validate_json(Path(path).read_text())
     except ValidationError as exc:
@@ -141,6 +144,7 @@ def load_all(out_dir: Path) -> list[CellResult]:
     paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     stale = [p for p in paths if _schema_version(p) != SCHEMA_VERSION]
     if stale:
-        log.warning("%d cell(s) in %s are from another schema version and are left out of the reports (e.g. %s)",
-                    len(stale), folder, stale[0].name)
+        log.warning(
+            "%d cell(s) in %s are from another schema version and are left out of the reports (e.g. %s)", len(stale), folder, stale[0].name
+        )
     return [read_cell(p) for p in paths if p not in stale]

@@ -6,8 +6,9 @@ classifier, then TTC), plus the adaptive one: PGD on `StraightThroughTTC` (the c
 forward, held constant in the backward, logits averaged over `eot` fresh TTC starts), every adversarial
 image then classified by the real, randomised `TTCClassifier` (defender's own generator).
 
-    python -m training.eval.ttc_adaptive --finetuned runs/ft_tecoa/final --seeds 0 1 2 --out runs/ttc_adaptive
+    python -m clipshield.training.eval.ttc_adaptive --finetuned runs/ft_tecoa/final --seeds 0 1 2 --out runs/ttc_adaptive
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,16 +20,16 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.ttc import TTCClassifier
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
-from training.attacks.adaptive_defences import StraightThroughTTC
-from training.eval.ttc_eval import TTCEvalConfig, _load, evaluate_ttc
-from training.eval.zeroshot import batches
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.ttc import TTCClassifier
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.attacks.adaptive_defences import StraightThroughTTC
+from clipshield.training.eval.ttc_eval import TTCEvalConfig, _load, evaluate_ttc
+from clipshield.training.eval.zeroshot import batches
 
 
 class AdaptiveTTCConfig(StrictModel):
@@ -45,8 +46,9 @@ def adaptive_accuracy(model: PixelCLIP, cfg: AdaptiveTTCConfig, tau_model: Optio
     images, labels, classnames, templates = _load(b.dataset, b.limit)
     head = build_text_head(model, classnames, templates)
     defended = TTCClassifier(model, head, b.ttc, tau_model, generator=torch.Generator().manual_seed(b.seed + 1))
-    surrogate = StraightThroughTTC(TTCClassifier(model, head, b.ttc, tau_model), eot=cfg.eot,
-                                   generator=torch.Generator().manual_seed(b.seed + 100))
+    surrogate = StraightThroughTTC(
+        TTCClassifier(model, head, b.ttc, tau_model), eot=cfg.eot, generator=torch.Generator().manual_seed(b.seed + 100)
+    )
     surrogates = {"adaptive": surrogate, "transfer": ZeroShotClassifier(model, head).eval()}
     survives = {}
     for name, clf in surrogates.items():
@@ -74,9 +76,14 @@ def evaluate(models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]], cfg: Adap
     return out
 
 
-ROWS = (("clean", "clean, no defence"), ("clean_ttc", "clean, TTC"), ("robust", "PGD, no defence"),
-        ("robust_ttc", "PGD on undefended, then TTC (non-adaptive)"), ("robust_ttc_adaptive", "PGD through TTC, BPDA+EOT (adaptive)"),
-        ("robust_ttc_worst", "TTC, per-image worst of transfer and adaptive"))
+ROWS = (
+    ("clean", "clean, no defence"),
+    ("clean_ttc", "clean, TTC"),
+    ("robust", "PGD, no defence"),
+    ("robust_ttc", "PGD on undefended, then TTC (non-adaptive)"),
+    ("robust_ttc_adaptive", "PGD through TTC, BPDA+EOT (adaptive)"),
+    ("robust_ttc_worst", "TTC, per-image worst of transfer and adaptive"),
+)
 
 
 def markdown(result: dict) -> str:
@@ -91,7 +98,7 @@ def markdown(result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.eval.ttc_adaptive", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m clipshield.training.eval.ttc_adaptive", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld", help="base (original) model")
     p.add_argument("--finetuned", default=None, help="fine-tuned checkpoint folder; its tau uses --model")
     p.add_argument("--dataset", default=AdaptiveTTCConfig().base.dataset)
@@ -107,8 +114,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the evaluation, write JSON + Markdown; 2 on a clipshield error."""
     args = _parser().parse_args(argv)
-    cfg = AdaptiveTTCConfig(base=TTCEvalConfig(dataset=args.dataset, limit=args.limit, eps=args.eps / 255,
-                                               alpha=args.eps / 4 / 255, steps=args.steps), eot=args.eot)
+    cfg = AdaptiveTTCConfig(
+        base=TTCEvalConfig(dataset=args.dataset, limit=args.limit, eps=args.eps / 255, alpha=args.eps / 4 / 255, steps=args.steps),
+        eot=args.eot,
+    )
     try:
         base = load_model(args.model)
         models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]] = {args.model: (base, None)}

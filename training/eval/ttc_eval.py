@@ -3,10 +3,11 @@ classifier, then the adversarial images classified with and without TTC countera
 
 The attacker never sees the counterattack, so robust accuracy "with TTC" is an upper bound; the
 adaptive evaluation (BPDA through the sign steps, EOT over the random start; docs/methods.md §11.4) is
-`training.eval.ttc_adaptive`. Clean accuracy with TTC is reported too, since TTC changes clean images.
+`clipshield.training.eval.ttc_adaptive`. Clean accuracy with TTC is reported too, since TTC changes clean images.
 
-    python -m training.eval.ttc_eval --model miniworld --limit 64 --eps 4 --steps 10
+    python -m clipshield.training.eval.ttc_eval --model miniworld --limit 64 --eps 4 --steps 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,15 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
-from service.models import load_model
-from service.pixel_model import PixelCLIP
-from service.ttc import TTCClassifier, TTCConfig
-from service.zero_shot import ZeroShotClassifier, build_text_head
-from training.attacks import get_attack
-from training.data import DatasetRequest, build_dataset
-from training.eval.zeroshot import batches
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
+from clipshield.service.models import load_model
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.ttc import TTCClassifier, TTCConfig
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.training.attacks import get_attack
+from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.training.eval.zeroshot import batches
 
 
 class TTCEvalConfig(StrictModel):
@@ -57,8 +58,7 @@ def evaluate_ttc(model: PixelCLIP, cfg: TTCEvalConfig, tau_model: Optional[Pixel
     head = build_text_head(model, classnames, templates)
     plain = ZeroShotClassifier(model, head).eval()
     defended = TTCClassifier(model, head, cfg.ttc, tau_model, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    attack = get_attack("pgd")(plain, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-                               generator=torch.Generator().manual_seed(cfg.seed))
+    attack = get_attack("pgd")(plain, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
     sums: dict[str, float] = {}
     taus: dict[str, list[torch.Tensor]] = {"clean": [], "adv": []}
     for x, y in batches(images, labels, cfg.batch_size):
@@ -80,7 +80,7 @@ def evaluate_ttc(model: PixelCLIP, cfg: TTCEvalConfig, tau_model: Optional[Pixel
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.eval.ttc_eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m clipshield.training.eval.ttc_eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld", help="model name, checkpoint folder or config JSON (see README)")
     p.add_argument("--weights", default=None, help="state dict for a config-JSON model")
     p.add_argument("--dataset", default=TTCEvalConfig().dataset)
@@ -99,8 +99,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TTCEvalConfig(dataset=args.dataset, limit=args.limit, eps=args.eps / 255, alpha=args.alpha / 255,
-                        steps=args.steps, seed=args.seed, ttc=TTCConfig(tau_thres=args.tau_thres))
+    cfg = TTCEvalConfig(
+        dataset=args.dataset,
+        limit=args.limit,
+        eps=args.eps / 255,
+        alpha=args.alpha / 255,
+        steps=args.steps,
+        seed=args.seed,
+        ttc=TTCConfig(tau_thres=args.tau_thres),
+    )
     try:
         metrics = evaluate_ttc(load_model(args.model, weights=args.weights), cfg)
     except ClipshieldError as exc:

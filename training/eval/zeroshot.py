@@ -1,4 +1,5 @@
 """Zero-shot top-1 accuracy of a classifier on a data set, clean or under an attack."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -6,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from training.sharding import SINGLE, Shard, own_batches, sum_counts
+from clipshield.training.sharding import SINGLE, Shard, own_batches, sum_counts
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

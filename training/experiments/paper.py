@@ -6,6 +6,7 @@ table beside the published numbers with the differences. `--dry-run` prints the 
 cells, images, attack steps, and an estimate of device-hours and disk from a per-image cost that
 is either measured on this device (`--measure`) or taken from the paper's own Table 8.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,28 @@ from typing import Any, Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ConfigError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
 
 TABLES_FILE = Path(__file__).with_name("paper_tables.json")
 # evaluation split sizes of the 16 data sets (docs/datasets.md; Caltech: every image of the folder tree)
 EVAL_SIZES = {
-    "tinyimagenet": 10_000, "cifar10": 10_000, "cifar100": 10_000, "stl10": 8_000, "sun397": 108_754, "food101": 25_250,
-    "oxford_pets": 3_669, "flowers102": 6_149, "dtd": 1_880, "eurosat": 27_000, "fgvc_aircraft": 3_333, "imagenet": 50_000,
-    "caltech101": 8_677, "caltech256": 30_607, "stanford_cars": 8_041, "pcam": 32_768,
+    "tinyimagenet": 10_000,
+    "cifar10": 10_000,
+    "cifar100": 10_000,
+    "stl10": 8_000,
+    "sun397": 108_754,
+    "food101": 25_250,
+    "oxford_pets": 3_669,
+    "flowers102": 6_149,
+    "dtd": 1_880,
+    "eurosat": 27_000,
+    "fgvc_aircraft": 3_333,
+    "imagenet": 50_000,
+    "caltech101": 8_677,
+    "caltech256": 30_607,
+    "stanford_cars": 8_041,
+    "pcam": 32_768,
 }
 TRAIN_IMAGES = {"tinyimagenet": 100_000}
 # forward+backward passes of the image tower per training image and step, from the step-cost ratios
@@ -77,8 +91,17 @@ def eval_passes_per_image(attack: str, steps: int) -> float:
 
 
 def make_plan(
-    table: str, methods: list[str], datasets: list[str], sizes: dict[str, int], eps: float, steps: int,
-    train_data: str, epochs: int, seconds_per_pass: float, cost_source: str, params: int,
+    table: str,
+    methods: list[str],
+    datasets: list[str],
+    sizes: dict[str, int],
+    eps: float,
+    steps: int,
+    train_data: str,
+    epochs: int,
+    seconds_per_pass: float,
+    cost_source: str,
+    params: int,
 ) -> PaperPlan:
     """The plan of a table run; `sizes` gives each data set's evaluation images, `params` the model size."""
     spec = table_spec(table)
@@ -91,24 +114,38 @@ def make_plan(
     # per fine-tuned method: the final checkpoint plus the resumable state (weights + optimiser momentum)
     disk = len(tuned) * params * 4 * 3 / 1e9
     return PaperPlan(
-        table=table, caption=spec["caption"], methods=methods, datasets=datasets, cells=len(methods) * len(datasets),
-        eval_images=eval_images, attack=spec["attack"], steps=steps, eps=eps, train_passes=train, eval_passes=evaluate,
-        seconds_per_pass=seconds_per_pass, cost_source=cost_source, device_hours=seconds / 3600, disk_gb=disk,
+        table=table,
+        caption=spec["caption"],
+        methods=methods,
+        datasets=datasets,
+        cells=len(methods) * len(datasets),
+        eval_images=eval_images,
+        attack=spec["attack"],
+        steps=steps,
+        eps=eps,
+        train_passes=train,
+        eval_passes=evaluate,
+        seconds_per_pass=seconds_per_pass,
+        cost_source=cost_source,
+        device_hours=seconds / 3600,
+        disk_gb=disk,
     )
 
 
 def format_plan(plan: PaperPlan) -> str:
     """Human-readable plan, one fact per line."""
-    return "\n".join([
-        f"plan for {plan.table}: {plan.caption}",
-        f"  methods ({len(plan.methods)}): {', '.join(plan.methods)}",
-        f"  data sets ({len(plan.datasets)}): {', '.join(plan.datasets)}",
-        f"  cells: {plan.cells} (methods x data sets); images per method: {plan.eval_images:,}",
-        f"  attack: {plan.attack}, {plan.steps} steps, eps {plan.eps * 255:g}/255",
-        f"  image-tower passes (forward+backward): fine-tuning {plan.train_passes:.3g}, evaluation {plan.eval_passes:.3g} (no early stopping)",
-        f"  cost per pass: {plan.seconds_per_pass * 1e3:.3g} ms ({plan.cost_source})",
-        f"  estimate: {plan.device_hours:.1f} device-hours, {plan.disk_gb:.1f} GB of checkpoints",
-    ])
+    return "\n".join(
+        [
+            f"plan for {plan.table}: {plan.caption}",
+            f"  methods ({len(plan.methods)}): {', '.join(plan.methods)}",
+            f"  data sets ({len(plan.datasets)}): {', '.join(plan.datasets)}",
+            f"  cells: {plan.cells} (methods x data sets); images per method: {plan.eval_images:,}",
+            f"  attack: {plan.attack}, {plan.steps} steps, eps {plan.eps * 255:g}/255",
+            f"  image-tower passes (forward+backward): fine-tuning {plan.train_passes:.3g}, evaluation {plan.eval_passes:.3g} (no early stopping)",
+            f"  cost per pass: {plan.seconds_per_pass * 1e3:.3g} ms ({plan.cost_source})",
+            f"  estimate: {plan.device_hours:.1f} device-hours, {plan.disk_gb:.1f} GB of checkpoints",
+        ]
+    )
 
 
 def measure_seconds_per_pass(model: Any, device: str, batch: int = 8, repeats: int = 3) -> float:
@@ -133,8 +170,12 @@ def measure_seconds_per_pass(model: Any, device: str, batch: int = 8, repeats: i
 def comparison_markdown(table: str, ours: dict[str, dict[str, float]], datasets: list[str]) -> str:
     """Markdown: one row per method, each cell 'ours (published, difference)' in %."""
     spec = table_spec(table)
-    lines = [f"{spec['caption']}: ours (published, difference), %", "",
-             "| method | " + " | ".join(datasets) + " | average |", "|---" * (len(datasets) + 2) + "|"]
+    lines = [
+        f"{spec['caption']}: ours (published, difference), %",
+        "",
+        "| method | " + " | ".join(datasets) + " | average |",
+        "|---" * (len(datasets) + 2) + "|",
+    ]
     for method, row in ours.items():
         published = spec["rows"].get(method, {})
         cells = [_cell(row.get(d), published.get(d)) for d in datasets]

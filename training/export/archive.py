@@ -7,6 +7,7 @@ and TorchServe's `model-config.yaml` (server-side batching, workers, timeout), p
 Formats: `default` (.mar, deflated), `zip-store` (.mar, stored: fast for big models) or
 `no-archive` (a folder: no packing and no unpacking at start-up).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,10 +21,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from service import bundle as B
-from service.bundle_info import current_build, read_bundle_info, write_bundle_info
-from service.config import StrictModel
-from service.settings import ServingConfig
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import current_build, read_bundle_info, write_bundle_info
+from clipshield.service.config import StrictModel
+from clipshield.service.settings import ServingConfig
 
 from .onnx_export import ExportError
 
@@ -100,9 +101,21 @@ def build_archive(
         if target.is_dir():
             shutil.rmtree(target)
         cmd = _archiver() + [
-            "--model-name", name, "--version", version, "--handler", str(HANDLER),
-            "--extra-files", ",".join(str(p) for p in files), "--config-file", str(config),
-            "--export-path", str(model_store), "--archive-format", archive_format, "--force",
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--handler",
+            str(HANDLER),
+            "--extra-files",
+            ",".join(str(p) for p in files),
+            "--config-file",
+            str(config),
+            "--export-path",
+            str(model_store),
+            "--archive-format",
+            archive_format,
+            "--force",
         ]
         # torch-model-archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps two builds of
         # the same model name (parallel tests, several users) from deleting each other's files.

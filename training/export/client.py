@@ -3,6 +3,7 @@
 Standard library only: the serving extra does not pull in `requests`, and a multipart body with a
 few fields is short enough to build here.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ classifier, then sent as 8-bit PNGs), each with purification off and on, prints 
 `clipshield_` metric lines, then stops the server (`once`) or leaves it running with instructions.
 Output goes through `out` (the CLI passes `print`), so this module itself never prints.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,9 +14,9 @@ from typing import Optional
 
 import torch
 
-from service.bundle import AccuracyEntry, ModelCard, PurifyDefaults
-from service.pixel_model import PixelCLIP
-from service.preprocess import encode_png
+from clipshield.service.bundle import AccuracyEntry, ModelCard, PurifyDefaults
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.preprocess import encode_png
 
 from .archive import build_archive
 from .client import ServingClient
@@ -25,10 +26,12 @@ from .torchserve import ServeConfig, start_server, stop_server
 METRIC_PREFIXES = ("clipshield_requests_total", "clipshield_flipped_total", "clipshield_flagged_total", "clipshield_model_accuracy")
 
 
-def attacked_images(model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, eps: float, seed: int) -> torch.Tensor:
+def attacked_images(
+    model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, eps: float, seed: int
+) -> torch.Tensor:
     """PGD-10 adversarial images [B, 3, H, W] in [0, 1] against the un-purified zero-shot classifier."""
-    from service.zero_shot import ZeroShotClassifier, build_text_head
-    from training.attacks.pgd import PGD
+    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
+    from clipshield.training.attacks.pgd import PGD
 
     clf = ZeroShotClassifier(model, build_text_head(model, classnames, templates))
     return PGD(clf, eps=eps, steps=10, generator=torch.Generator().manual_seed(seed))(images, labels)
@@ -57,7 +60,7 @@ def serving_demo(
     every answer carries). `dataset` names the images sent; `real_photos` also sends scikit-image's sample
     photographs (any size, JPEG) to show the 224-pixel model's serving path on real images.
     """
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     measured = ExportMeasurements(purify=purify or PurifyDefaults(), accuracy=accuracy, notes=notes)
     bundle = export_model(model, Path(work_dir) / "export", version=version, measured=measured, finetune_card=finetune_card)
@@ -77,7 +80,9 @@ def serving_demo(
                 status, body = client.predict(encode_png(batch[i].detach().numpy()), purify=purified)
                 top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
                 answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
-                out(f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}")
+                out(
+                    f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}"
+                )
     if real_photos:
         answers += send_photos(client, out)
     scraped = client.metrics_after("clipshield_requests_total", len(answers))

@@ -1,10 +1,11 @@
 """`export_model`: write a complete, verified serving bundle for a PixelCLIP.
 
-Bundle layout and loading live in `service.bundle`; this module produces it: both ONNX encoders,
+Bundle layout and loading live in `clipshield.service.bundle`; this module produces it: both ONNX encoders,
 the model record, the default label set with its precomputed zero-shot head, the CLIPure anchor
 (blank-template embedding), the tokenizer's BPE vocabulary, the model card (with ONNX parity
 numbers, the fine-tune card's provenance and results, and what export measured) and the sha256 manifest.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,15 +17,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from service import bundle as B
-from service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
-from service.card import ModelCard, accuracy_key, current_provenance
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.provenance import weights_digest
-from service.purify import blank_anchor
-from service.tokenizer import open_clip_vocab
-from service.zero_shot import build_text_head
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
+from clipshield.service.card import ModelCard, accuracy_key, current_provenance
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.provenance import weights_digest
+from clipshield.service.purify import blank_anchor
+from clipshield.service.tokenizer import open_clip_vocab
+from clipshield.service.zero_shot import build_text_head
 
 from .onnx_export import ExportError, check_parity, export_image_encoder, export_text_encoder
 
@@ -35,7 +36,7 @@ DEFAULT_LABEL_DATASET = "miniworld/plain/color_shape/seen"
 
 def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
     """Label set (class names + templates) of a registered data set, e.g. the mini world's 64 classes."""
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset(name, DatasetRequest(limit=1))
     return B.LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))
@@ -61,14 +62,19 @@ def merge_accuracy(
     notes = tuple(
         f"{e.dataset} {e.attack} (purified={str(e.purified).lower()}): {mine[accuracy_key(e)].value:.1%} "
         f"(n={mine[accuracy_key(e)].n}) measured at export replaces {e.value:.1%} (n={e.n}) from fine-tuning"
-        for e in finetuned if accuracy_key(e) in mine
+        for e in finetuned
+        if accuracy_key(e) in mine
     )
     kept = tuple(e for e in finetuned if accuracy_key(e) not in mine)
     return (*kept, *measured), notes
 
 
 def bundle_card(
-    model: PixelCLIP, version: str, embed_dim: int, parity: B.ParityReport, measured: ExportMeasurements,
+    model: PixelCLIP,
+    version: str,
+    embed_dim: int,
+    parity: B.ParityReport,
+    measured: ExportMeasurements,
     finetune_card: Optional[ModelCard] = None,
 ) -> ModelCard:
     """The bundle's card: the fine-tune card's provenance and results (when given) plus export's own.
@@ -80,16 +86,34 @@ def bundle_card(
     accuracy, notes = merge_accuracy(finetune_card.accuracy if finetune_card else (), measured.accuracy)
     if finetune_card is not None:
         if finetune_card.weights_digest != digest:
-            raise ExportError(f"the model card describes image-tower weights {finetune_card.weights_digest}, "
-                              f"but the exported model's are {digest}: refusing to ship a card for other weights")
-        carried = {"base_model": finetune_card.base_model, "training": finetune_card.training,
-                   "finetune_provenance": finetune_card.provenance, "description": finetune_card.description}
+            raise ExportError(
+                f"the model card describes image-tower weights {finetune_card.weights_digest}, "
+                f"but the exported model's are {digest}: refusing to ship a card for other weights"
+            )
+        carried = {
+            "base_model": finetune_card.base_model,
+            "training": finetune_card.training,
+            "finetune_provenance": finetune_card.provenance,
+            "description": finetune_card.description,
+        }
     return ModelCard(
-        source="export", name=model.record.name, version=version, description=carried.pop("description", model.record.description),
-        embed_dim=embed_dim, image_size=model.image_size, logit_scale=model.logit_scale, weights_digest=digest,
-        accuracy=accuracy, purify=measured.purify, purify_sweep=measured.purify_sweep, flag=measured.flag,
-        attack_score=measured.attack_score, parity=parity,
-        provenance=current_provenance(), notes=(*measured.notes, *notes), **carried,
+        source="export",
+        name=model.record.name,
+        version=version,
+        description=carried.pop("description", model.record.description),
+        embed_dim=embed_dim,
+        image_size=model.image_size,
+        logit_scale=model.logit_scale,
+        weights_digest=digest,
+        accuracy=accuracy,
+        purify=measured.purify,
+        purify_sweep=measured.purify_sweep,
+        flag=measured.flag,
+        attack_score=measured.attack_score,
+        parity=parity,
+        provenance=current_provenance(),
+        notes=(*measured.notes, *notes),
+        **carried,
     )
 
 

@@ -14,6 +14,7 @@ Images are rounded to 8 bits before scoring, as a PNG request would be. This is 
 non-adaptive attacks only: an attacker who knows the score can add a term keeping the anchor
 cosine in range (see docs/security.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,12 +23,12 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service import bundle as B
-from service.card import attack_label
-from service.config import StrictModel
-from service.errors import ConfigError
-from service.pixel_model import PixelCLIP
-from service.purify import blank_anchor
+from clipshield.service import bundle as B
+from clipshield.service.card import attack_label
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import blank_anchor
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,9 @@ def flag_rate(scores: torch.Tensor, anchor_below: float) -> float:
 
 def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None) -> B.FlagCalibration:
     """Threshold at `cfg.target_fpr` on clean calibration images; held-out flag rates and AUROC."""
-    from training.data.registry import DatasetRequest, build_dataset
-    from training.eval.runner import AttackRecipe, zero_shot_task
-    from training.eval.zeroshot import batches
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.eval.runner import AttackRecipe, zero_shot_task
+    from clipshield.training.eval.zeroshot import batches
 
     cfg = cfg or FlagCalibrationConfig()
     model = model.eval()
@@ -107,17 +108,30 @@ def calibrate_flag(model: PixelCLIP, cfg: Optional[FlagCalibrationConfig] = None
         scores = anchor_scores(model, anchor, adv, cfg.batch_size)
         name = attack_label("pgd", eps / 255, steps)
         # A lower anchor cosine is more suspicious, so AUROC ranks the negated scores.
-        rates.append(B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held),
-                                dataset=cfg.dataset))
+        rates.append(
+            B.FlagRate(attack=name, flag_rate=flag_rate(scores, threshold), auroc=auroc(-clean, -scores), n=len(held), dataset=cfg.dataset)
+        )
         log.info("flag %s: rate %.3f, AUROC %.3f", name, rates[-1].flag_rate, rates[-1].auroc)
     for name in cfg.extra_clean:
         other = build_dataset(name, DatasetRequest(limit=cfg.n_eval, preprocess=model.record.preprocess)).images()
-        rates.append(B.FlagRate(attack=B.CLEAN, flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold),
-                                n=len(other), dataset=name))
+        rates.append(
+            B.FlagRate(
+                attack=B.CLEAN,
+                flag_rate=flag_rate(anchor_scores(model, anchor, other, cfg.batch_size), threshold),
+                n=len(other),
+                dataset=name,
+            )
+        )
     notes = (
         f"flagged = anchor_score < {threshold:.4f} (the {cfg.target_fpr:.0%} quantile of {cfg.n_calibration} clean "
         f"{cfg.dataset} images), or purification flipped the top-1; rates measured on {cfg.n_eval} held-out images. "
         "A hint against non-adaptive attacks only; clean images of other domains may be flagged more often.",
     )
-    return B.FlagCalibration(anchor_below=threshold, target_fpr=cfg.target_fpr, dataset=cfg.dataset,
-                             n_calibration=cfg.n_calibration, rates=tuple(rates), notes=notes)
+    return B.FlagCalibration(
+        anchor_below=threshold,
+        target_fpr=cfg.target_fpr,
+        dataset=cfg.dataset,
+        n_calibration=cfg.n_calibration,
+        rates=tuple(rates),
+        notes=notes,
+    )

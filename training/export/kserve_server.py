@@ -1,10 +1,11 @@
 """Start and stop the KServe (Open Inference Protocol v2) server on a serving bundle.
 
 `clipshield serve --runtime kserve`, the integration tests and the runtime benchmark use this; it is
-the KServe twin of `training/export/torchserve.py`. The server is `python -m handlers.kserve_app`
+the KServe twin of `training/export/torchserve.py`. The server is `python -m clipshield.handlers.kserve_app`
 in its own session; its pid, config and log live in a state folder (default
 `<model_store>/.kserve/`), so `stop_kserve(state_dir)` stops exactly the server started there.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ from typing import Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
 
 from .torchserve import wait_process_gone  # one "wait until the server process has gone" for both runtimes
 
@@ -62,8 +63,17 @@ class KServeHandle:
 
 def _command(bundle: Path, cfg: KServeConfig) -> list[str]:
     return [
-        sys.executable, "-m", "handlers.kserve_app", "--bundle", str(bundle), "--model-name", cfg.model_name,
-        "--host-port", str(cfg.http_port), "--grpc-port", str(cfg.grpc_port),
+        sys.executable,
+        "-m",
+        "clipshield.handlers.kserve_app",
+        "--bundle",
+        str(bundle),
+        "--model-name",
+        cfg.model_name,
+        "--host-port",
+        str(cfg.http_port),
+        "--grpc-port",
+        str(cfg.grpc_port),
     ]
 
 
@@ -72,7 +82,7 @@ def _env(cfg: KServeConfig) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if cfg.ort_threads is not None:
         env["CLIPSHIELD_ORT_THREADS"] = str(cfg.ort_threads)
-    if cfg.providers:  # read by service.settings.load_serving_config, as in the TorchServe image
+    if cfg.providers:  # read by clipshield.service.settings.load_serving_config, as in the TorchServe image
         env["CLIPSHIELD_ORT_PROVIDERS"] = ",".join(cfg.providers)
     if cfg.provider_policy:
         env["CLIPSHIELD_ORT_PROVIDER_POLICY"] = cfg.provider_policy
@@ -87,7 +97,9 @@ def start_kserve(bundle: Path, state_dir: Path, cfg: Optional[KServeConfig] = No
         raise KServeError(f"no serving bundle at {bundle}; run `clipshield export --out {bundle}` first")
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / "server.log").open("ab") as log_file:  # the child keeps its own descriptor
-        proc = subprocess.Popen(_command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            _command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     (state_dir / "server.json").write_text(json.dumps({"pid": proc.pid, "bundle": str(bundle), **cfg.model_dump()}, indent=2))
     handle = KServeHandle(proc, cfg, state_dir)
     try:
@@ -116,7 +128,9 @@ def wait_ready(handle: KServeHandle) -> None:
         if model_ready(handle.url, handle.config.model_name):
             return
         time.sleep(0.3)
-    raise KServeError(f"the KServe server was not ready within {handle.config.startup_timeout_s:.0f} s; see {handle.state_dir / 'server.log'}")
+    raise KServeError(
+        f"the KServe server was not ready within {handle.config.startup_timeout_s:.0f} s; see {handle.state_dir / 'server.log'}"
+    )
 
 
 def stop_kserve(state_dir: Path, timeout_s: float = 20.0) -> bool:

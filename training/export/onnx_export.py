@@ -8,6 +8,7 @@ at batch 1 and 8. The TorchScript-based exporter (`dynamo=False`) is used: the d
 needs `onnxscript`, which is not a dependency. Weights are embedded in each .onnx file (protobuf's
 2 GB limit holds every CLIP image tower up to ViT-L/14).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from service import bundle as B
-from service.errors import ClipshieldError
-from service.pixel_model import PixelCLIP
-from service.runtime import IMAGE_INPUT, OUTPUT, TEXT_INPUT, image_encoder, text_encoder
-from service.settings import RuntimeConfig
+from clipshield.service import bundle as B
+from clipshield.service.errors import ClipshieldError
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.runtime import IMAGE_INPUT, OUTPUT, TEXT_INPUT, image_encoder, text_encoder
+from clipshield.service.settings import RuntimeConfig
 
 log = logging.getLogger(__name__)
 

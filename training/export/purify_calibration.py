@@ -2,13 +2,14 @@
 
 For each candidate (steps, step_size) of per-sample purification, measure on a labelled data set:
 clean accuracy of the purified classifier, and robust accuracy under PGD through a straight-through
-(BPDA) view of the purification (`training.attacks.adaptive.StraightThroughPurified`), which is
+(BPDA) view of the purification (`clipshield.training.attacks.adaptive.StraightThroughPurified`), which is
 the attack that does not suffer from the vanishing gradients of docs/methods.md §7.3. Baselines without
 purification (clean, PGD) are measured too. Purification is on by default only when the candidate with
 the best BPDA robust accuracy (among those keeping clean accuracy within `max_clean_drop` of the
 baseline and rotating less than 90 degrees) beats the un-purified robust accuracy by `min_gain`;
 otherwise it is off by default, and the card's `purify.chosen_by` and notes say so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,11 +20,11 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service import bundle as B
-from service.card import attack_label
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
+from clipshield.service import bundle as B
+from clipshield.service.card import attack_label
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,18 @@ class SweepResult(StrictModel):
 
 def _accuracy(classifier, attack_model, images: torch.Tensor, labels: torch.Tensor, cfg: SweepConfig) -> tuple[float, float]:
     """Clean and PGD top-1 of `classifier`, the attack differentiating `attack_model` (evaluation runner)."""
-    from training.eval.runner import AttackRecipe, measure
+    from clipshield.training.eval.runner import AttackRecipe, measure
 
-    clean, robust, _ = measure(classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed,
-                               target=attack_model)
+    clean, robust, _ = measure(
+        classifier, images, labels, AttackRecipe(eps=cfg.eps, steps=cfg.steps), cfg.batch_size, cfg.seed, target=attack_model
+    )
     return clean, robust
 
 
 def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> SweepResult:
     """Measure every candidate of `cfg.grid` and choose the serving default (see module docstring)."""
-    from training.attacks.adaptive import StraightThroughPurified
-    from training.eval.runner import zero_shot_task
+    from clipshield.training.attacks.adaptive import StraightThroughPurified
+    from clipshield.training.eval.runner import zero_shot_task
 
     cfg = cfg or SweepConfig()
     ds, plain, labels = zero_shot_task(model, cfg.dataset, cfg.n)
@@ -85,7 +87,7 @@ def sweep_purification(model: PixelCLIP, cfg: Optional[SweepConfig] = None) -> S
         clean, robust = _accuracy(pc, StraightThroughPurified(pc), images, labels, cfg)
         rows.append(SweepRow(steps=steps, step_size=step_size, clean=clean, robust_bpda=robust))
         log.info("purify steps=%d step_size=%g: clean %.3f, BPDA-PGD %.3f", steps, step_size, clean, robust)
-    from training.model_card import preprocessing
+    from clipshield.training.model_card import preprocessing
 
     return _choose(cfg, base_clean, base_pgd, rows, len(labels), preprocessing(model.record.preprocess))
 
@@ -105,27 +107,39 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
     """Default = best BPDA robust accuracy among eligible candidates, only if it beats no purification
     by `min_gain`; otherwise purification is off by default (the cheapest eligible setting is kept for
     requests that ask for it). Overshooting candidates and those losing clean accuracy are ineligible."""
-    rows = [r.model_copy(update={"eligible": not overshoots(r.steps, r.step_size) and r.clean >= base_clean - cfg.max_clean_drop})
-            for r in rows]
+    rows = [
+        r.model_copy(update={"eligible": not overshoots(r.steps, r.step_size) and r.clean >= base_clean - cfg.max_clean_drop}) for r in rows
+    ]
     keep = [r for r in rows if r.eligible]
     attack = attack_label("pgd", cfg.eps, cfg.steps)
-    rule = (f"best straight-through (BPDA) {attack} robust accuracy among candidates that keep clean accuracy within "
-            f"{cfg.max_clean_drop:.0%} of no purification and rotate less than 90 degrees; on only if it beats "
-            f"no purification by at least {cfg.min_gain:.0%}")
+    rule = (
+        f"best straight-through (BPDA) {attack} robust accuracy among candidates that keep clean accuracy within "
+        f"{cfg.max_clean_drop:.0%} of no purification and rotate less than 90 degrees; on only if it beats "
+        f"no purification by at least {cfg.min_gain:.0%}"
+    )
     best = max(keep, key=lambda r: (r.robust_bpda, -rotation_deg(r.steps, r.step_size))) if keep else None
     gain = best is not None and best.robust_bpda >= base_pgd + cfg.min_gain
-    sweep = B.PurifySweep(dataset=cfg.dataset, n=n, attack=attack, baseline_clean=base_clean, baseline_robust=base_pgd,
-                          rule=rule, rows=tuple(rows), gain=gain)
+    sweep = B.PurifySweep(
+        dataset=cfg.dataset, n=n, attack=attack, baseline_clean=base_clean, baseline_robust=base_pgd, rule=rule, rows=tuple(rows), gain=gain
+    )
     notes = []
     if gain:
-        chosen = B.PurifyDefaults(enabled=True, steps=best.steps, step_size=best.step_size,
-                                  chosen_by=f"measured on {cfg.dataset} (n={n}): BPDA robust accuracy {best.robust_bpda:.1%} "
-                                  f"vs {base_pgd:.1%} without purification")
+        chosen = B.PurifyDefaults(
+            enabled=True,
+            steps=best.steps,
+            step_size=best.step_size,
+            chosen_by=f"measured on {cfg.dataset} (n={n}): BPDA robust accuracy {best.robust_bpda:.1%} "
+            f"vs {base_pgd:.1%} without purification",
+        )
     else:
         cheapest = min(keep, key=lambda r: (r.steps, r.step_size)) if keep else None
-        chosen = B.PurifyDefaults(enabled=False, steps=cheapest.steps if cheapest else 0, step_size=cheapest.step_size if cheapest else 0.0,
-                                  chosen_by=f"measured on {cfg.dataset} (n={n}): no robustness gain, so purification is off by "
-                                  "default; steps and step size are the cheapest eligible candidate, used only when a request asks")
+        chosen = B.PurifyDefaults(
+            enabled=False,
+            steps=cheapest.steps if cheapest else 0,
+            step_size=cheapest.step_size if cheapest else 0.0,
+            chosen_by=f"measured on {cfg.dataset} (n={n}): no robustness gain, so purification is off by "
+            "default; steps and step size are the cheapest eligible candidate, used only when a request asks",
+        )
         notes.append(
             f"Purification buys no robustness under adaptive attack on {cfg.dataset} (n={n}): robust accuracy "
             f"{base_pgd:.1%} without it, at most {max((r.robust_bpda for r in keep), default=0.0):.1%} with an eligible "
@@ -138,7 +152,13 @@ def _choose(cfg: SweepConfig, base_clean: float, base_pgd: float, rows: Sequence
     if gain:
         accuracy += [
             B.AccuracyEntry(dataset=cfg.dataset, attack=B.CLEAN, purified=True, value=best.clean, n=n, preprocessing=pre),
-            B.AccuracyEntry(dataset=cfg.dataset, attack=attack_label("pgd", cfg.eps, cfg.steps, via="bpda"), purified=True,
-                            value=best.robust_bpda, n=n, preprocessing=pre),
+            B.AccuracyEntry(
+                dataset=cfg.dataset,
+                attack=attack_label("pgd", cfg.eps, cfg.steps, via="bpda"),
+                purified=True,
+                value=best.robust_bpda,
+                n=n,
+                preprocessing=pre,
+            ),
         ]
     return SweepResult(sweep=sweep, chosen=chosen, accuracy=tuple(accuracy), notes=tuple(notes))

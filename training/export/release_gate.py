@@ -6,6 +6,7 @@ attack) beyond its margin refuses the release, and so does any protocol differen
 baseline that the candidate did not measure the same way, or nothing comparable at all). `--force`
 releases anyway and the decision, forced or not, is written into the candidate bundle's card.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,10 +16,10 @@ from typing import Optional
 
 from pydantic import Field
 
-from service import bundle as B
-from service.card import CLEAN, AccuracyEntry, ModelCard, ReleaseDecision, read_card_file
-from service.config import StrictModel
-from service.errors import ConfigError
+from clipshield.service import bundle as B
+from clipshield.service.card import CLEAN, AccuracyEntry, ModelCard, ReleaseDecision, read_card_file
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
 
 EntryKey = tuple[str, str, bool]
 
@@ -103,13 +104,19 @@ def compare(baseline: ModelCard, candidate: ModelCard, margins: Margins) -> Gate
 
 def format_report(report: GateReport, baseline: ModelCard, candidate: ModelCard) -> str:
     """Markdown table of the comparison and the verdict, for people and CI logs."""
-    lines = [f"candidate {_ident(candidate)} vs baseline {_ident(baseline)}", "",
-             "| data set | attack | purified | baseline % | candidate % | change | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"candidate {_ident(candidate)} vs baseline {_ident(baseline)}",
+        "",
+        "| data set | attack | purified | baseline % | candidate % | change | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report.rows:
         pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
         change = "—" if r.delta is None else f"{r.delta:+.1f}"
-        lines.append(f"| {r.dataset} | {r.attack} | {str(r.purified).lower()} | {pct(r.baseline)} | {pct(r.candidate)} | {change} | "
-                     f"{r.problem or 'ok'} |")
+        lines.append(
+            f"| {r.dataset} | {r.attack} | {str(r.purified).lower()} | {pct(r.baseline)} | {pct(r.candidate)} | {change} | "
+            f"{r.problem or 'ok'} |"
+        )
     if report.compared == 0:
         lines.append("\nnothing comparable: the cards share no accuracy measured under the same protocol")
     lines.append(f"\n{'ACCEPTED' if report.accepted else 'REFUSED'} ({report.compared} entries compared)")
@@ -123,8 +130,13 @@ def record_decision(bundle: Path, baseline: ModelCard, report: GateReport, margi
     B.verify_manifest(bundle)
     card = B.read_card(bundle)
     decision = ReleaseDecision(
-        baseline=_ident(baseline), accepted=report.accepted or forced, forced=forced and not report.accepted, reason=reason,
-        max_clean_drop=margins.clean, max_robust_drop=margins.robust, compared=report.compared,
+        baseline=_ident(baseline),
+        accepted=report.accepted or forced,
+        forced=forced and not report.accepted,
+        reason=reason,
+        max_clean_drop=margins.clean,
+        max_robust_drop=margins.robust,
+        compared=report.compared,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     B.write_card(bundle, card.model_copy(update={"release": decision}))

@@ -2,12 +2,13 @@
 
 Follows `flag_calibration`: the first `n_calibration` images of `dataset` (any registered data set; clean,
 and PGD-10 at the reference eps against that set's own zero-shot classifier) fit the logistic combination
-of `service.attack_score`, and the threshold sits at `target_fpr` on those clean images; the next `n_eval`
+of `clipshield.service.attack_score`, and the threshold sits at `target_fpr` on those clean images; the next `n_eval`
 images give the held-out false-positive rate, and the detection rate and AUROC of PGD at the reference eps.
 The score's margin and anchor signals use the bundle's default head and anchor (`labels`), exactly what
 the server computes, whatever data set calibrates it. Images are rounded to 8 bits first, as a PNG request
 would be. A monitoring hint against non-adaptive attacks only (docs/security.md section 5.1).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,13 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service import bundle as B
-from service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer
-from service.card import AttackScoreCalibration, attack_label
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.purify import blank_anchor
-from service.zero_shot import ZeroShotClassifier, build_text_head
+from clipshield.service import bundle as B
+from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer
+from clipshield.service.card import AttackScoreCalibration, attack_label
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.purify import blank_anchor
+from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 
 from .flag_calibration import auroc, quantize
 
@@ -44,22 +45,24 @@ class ScoreCalibrationConfig(StrictModel):
 
 
 def _pgd(classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor, cfg: ScoreCalibrationConfig) -> torch.Tensor:
-    from training.attacks import get_attack
+    from clipshield.training.attacks import get_attack
 
-    attack = get_attack("pgd")(classifier, eps=cfg.eps, alpha=cfg.eps / 4, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
+    attack = get_attack("pgd")(
+        classifier, eps=cfg.eps, alpha=cfg.eps / 4, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed)
+    )
     bs = cfg.batch_size
-    return torch.cat([attack(images[i:i + bs], labels[i:i + bs]) for i in range(0, len(images), bs)])
+    return torch.cat([attack(images[i : i + bs], labels[i : i + bs]) for i in range(0, len(images), bs)])
 
 
 def _scores(scorer: AttackScorer, images: torch.Tensor, cfg: ScoreCalibrationConfig, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return torch.cat([scorer(images[i:i + cfg.batch_size], g) for i in range(0, len(images), cfg.batch_size)])
+        return torch.cat([scorer(images[i : i + cfg.batch_size], g) for i in range(0, len(images), cfg.batch_size)])
 
 
 def calibrate_attack_score(model: PixelCLIP, labels: B.LabelSet, cfg: Optional[ScoreCalibrationConfig] = None) -> AttackScoreCalibration:
     """Fit and calibrate the score for a bundle whose default label set is `labels` (see module docstring)."""
-    from training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     cfg = cfg or ScoreCalibrationConfig()
     model = model.eval()
@@ -73,18 +76,34 @@ def calibrate_attack_score(model: PixelCLIP, labels: B.LabelSet, cfg: Optional[S
     served = ZeroShotClassifier(model, build_text_head(model, list(labels.classnames), list(labels.templates))).eval()
     extractor = SignalExtractor(served, blank_anchor(model, list(labels.templates)), cfg.score)
     n = cfg.n_calibration
-    scorer = calibrate_scorer(extractor, images[:n], adv[:n], cfg.target_fpr, cfg.dataset,
-                              torch.Generator().manual_seed(cfg.seed + 1), cfg.batch_size)
+    scorer = calibrate_scorer(
+        extractor, images[:n], adv[:n], cfg.target_fpr, cfg.dataset, torch.Generator().manual_seed(cfg.seed + 1), cfg.batch_size
+    )
     clean, attacked = _scores(scorer, images[n:], cfg, cfg.seed + 2), _scores(scorer, adv[n:], cfg, cfg.seed + 3)
     name = attack_label("pgd", cfg.eps, cfg.steps)
     fpr = float(scorer.flag(clean).float().mean())
-    rates = (B.FlagRate(attack=B.CLEAN, flag_rate=fpr, n=len(clean), dataset=cfg.dataset),
-             B.FlagRate(attack=name, flag_rate=float(scorer.flag(attacked).float().mean()), auroc=auroc(clean, attacked),
-                        n=len(attacked), dataset=cfg.dataset))
-    log.info("attack score: threshold %.4f, held-out clean FPR %.3f, %s detected %.3f (AUROC %.3f)",
-             scorer.params.threshold, fpr, name, rates[1].flag_rate, rates[1].auroc)
+    rates = (
+        B.FlagRate(attack=B.CLEAN, flag_rate=fpr, n=len(clean), dataset=cfg.dataset),
+        B.FlagRate(
+            attack=name,
+            flag_rate=float(scorer.flag(attacked).float().mean()),
+            auroc=auroc(clean, attacked),
+            n=len(attacked),
+            dataset=cfg.dataset,
+        ),
+    )
+    log.info(
+        "attack score: threshold %.4f, held-out clean FPR %.3f, %s detected %.3f (AUROC %.3f)",
+        scorer.params.threshold,
+        fpr,
+        name,
+        rates[1].flag_rate,
+        rates[1].auroc,
+    )
     p = scorer.params
-    notes = (f"attack score > {p.threshold:.4f} flags {p.target_fpr:.0%} of {n} clean {cfg.dataset} images; fitted on those "
-             f"and {n} {name} images (step eps/4); rates on the next {cfg.n_eval}. Margin and anchor use the bundle's default "
-             "labels. A monitoring hint against non-adaptive attacks only: an attacker who knows it evades it.",)
+    notes = (
+        f"attack score > {p.threshold:.4f} flags {p.target_fpr:.0%} of {n} clean {cfg.dataset} images; fitted on those "
+        f"and {n} {name} images (step eps/4); rates on the next {cfg.n_eval}. Margin and anchor use the bundle's default "
+        "labels. A monitoring hint against non-adaptive attacks only: an attacker who knows it evades it.",
+    )
     return AttackScoreCalibration(config=cfg.score, params=p, attack=name, seed=cfg.seed, rates=rates, notes=notes)

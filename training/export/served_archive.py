@@ -4,6 +4,7 @@
 cannot read before launching anything, and checks after start that the server answers with the
 archive's model name and version. Works on `.mar` files (zip) and `no-archive` folders alike.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -11,9 +12,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from service import bundle as B
-from service.bundle_info import BUNDLE_INFO, BundleInfo, read_bundle_info
-from service.errors import ModelLoadError
+from clipshield.service import bundle as B
+from clipshield.service.bundle_info import BUNDLE_INFO, BundleInfo, read_bundle_info
+from clipshield.service.errors import ModelLoadError
 
 
 def _extract(archive: Path, names: tuple[str, ...], into: Path) -> None:

@@ -12,6 +12,7 @@ API stays off. A listener port taken by another process is refused before launch
 readiness check can never be answered by someone else's server, and once ready the served model's
 describe answer must name the archive's model and version.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,9 +34,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from service.config import StrictModel
-from service.errors import ClipshieldError
-from service.settings import POLICY_ENV, PROVIDERS_ENV, Provider, ProviderPolicy
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ClipshieldError
+from clipshield.service.settings import POLICY_ENV, PROVIDERS_ENV, Provider, ProviderPolicy
 
 from .served_archive import archive_card, check_archives
 
@@ -180,15 +181,19 @@ def _prepare_start(model_store: Path, cfg: ServeConfig) -> Optional[int]:
     """Refuse or stop a server already on this store, then refuse ports taken by anyone else; the stopped pid."""
     pid = running_launcher(model_store)
     if pid is not None and cfg.if_running == "fail":
-        raise ServeError(f"TorchServe is already running on {model_store} (launcher pid {pid}) and would keep serving its "
-                         f"old archive; stop it first (clipshield serve --stop --model-store {model_store}) or restart it")
+        raise ServeError(
+            f"TorchServe is already running on {model_store} (launcher pid {pid}) and would keep serving its "
+            f"old archive; stop it first (clipshield serve --stop --model-store {model_store}) or restart it"
+        )
     if pid is not None:
         log.warning("TorchServe already running on %s (launcher pid %d): stopping it to serve the new archive", model_store, pid)
         stop_server(model_store)
     busy = _ports_in_use(cfg)
     if busy:
-        raise ServeError(f"already in use by another process: {', '.join(busy)}; another TorchServe (other model store?) "
-                         "would answer instead of this one: stop it or choose other addresses/ports")
+        raise ServeError(
+            f"already in use by another process: {', '.join(busy)}; another TorchServe (other model store?) "
+            "would answer instead of this one: stop it or choose other addresses/ports"
+        )
     return pid
 
 
@@ -292,7 +297,14 @@ def stop_server(model_store: Path, timeout_s: float = 30.0) -> bool:
     if not info_file.is_file():
         return False
     pid = int(json.loads(info_file.read_text())["launcher_pid"])
-    subprocess.run([_launcher(), "--stop", "--foreground"], cwd=state_dir, env=_env(state_dir), capture_output=True, check=False, timeout=timeout_s + 10)
+    subprocess.run(
+        [_launcher(), "--stop", "--foreground"],
+        cwd=state_dir,
+        env=_env(state_dir),
+        capture_output=True,
+        check=False,
+        timeout=timeout_s + 10,
+    )
     stopped = wait_process_gone(pid, timeout_s)
     if not stopped:
         log.warning("TorchServe launcher %d still running; sending SIGTERM to its process group", pid)

@@ -1,11 +1,12 @@
 """Training adversaries: each method carries one (`Method.adversary`); the loop only calls `perturb`.
 
 `NO_ADVERSARY` (FT-Clean), `ClassifierPGD` (the PGD of docs/methods.md §0.6 through
-`training.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
-PGD (`training.methods.fare.FARE_ADVERSARY`). Randomness comes only from the `generator` argument
+`clipshield.training.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
+PGD (`clipshield.training.methods.fare.FARE_ADVERSARY`). Randomness comes only from the `generator` argument
 (the fine-tuning loop derives it from (seed, step)), so a resumed run draws the same random starts
 as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,10 +15,10 @@ from typing import Any, Optional, Protocol
 
 import torch
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from service.zero_shot import ZeroShotClassifier
-from training.attacks.pgd import pgd_delta, random_start
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.zero_shot import ZeroShotClassifier
+from clipshield.training.attacks.pgd import pgd_delta, random_start
 
 from .inputs import AttackBudget, LossInputs
 
@@ -35,9 +36,7 @@ class Adversary(Protocol):
     kind: str
     alpha_per_eps: float
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """Adversarial images [B,3,H,W] in [0,1] for `batch.images`, or None (no attack)."""
         ...
 
@@ -49,9 +48,7 @@ class NoAdversary:
     kind: str = "none"
     alpha_per_eps: float = 1.0
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """None: the loss trains on the clean images."""
         return None
 
@@ -68,9 +65,7 @@ class ClassifierPGD:
     kind: str = "pgd"
     alpha_per_eps: float = 1.0
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """images + delta, |delta| <= eps, from a uniform random start drawn from `generator`."""
         images, target = batch.images, batch.target
         init = random_start(images, budget.eps, generator)

@@ -4,6 +4,7 @@ Tensor contract: tokens float [B, 1+P, E] (class token first, all tokens after l
 `PixelCLIP.encode_image_with_tokens`), text float [B, E] (one query per image); P must be a square
 grid. Maps are [B, out_size*out_size], values in [0, 1], differentiable w.r.t. the tokens.
 """
+
 from __future__ import annotations
 
 import math

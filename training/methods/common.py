@@ -1,13 +1,14 @@
 """Pieces shared by the method losses: scaled cosine logits and the batched clean+adversarial forward."""
+
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 
-from service.config import IMAGENET_MEAN, IMAGENET_STD
-from service.pixel_model import PixelCLIP
-from service.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
+from clipshield.service.config import IMAGENET_MEAN, IMAGENET_STD
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.service.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
 
 
 def paired_forward(

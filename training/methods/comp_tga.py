@@ -4,6 +4,7 @@ A_neg is queried with the negative prompt "This is not a photo of a <class>"; bo
 normalised and upsampled separately and fused after upsampling. Unlike the reference we do not reseed
 the global RNG at every map call (docs/methods.md §4): the maps are deterministic anyway.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,14 @@ COMP_MAP = AttentionMap(
 
 
 @register_method(
-    "comp-tga", params=CompTGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, batch_size=128,
-    needs_negatives=True, description="Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps",
+    "comp-tga",
+    params=CompTGAParams,
+    adversary=PGD_ADVERSARY,
+    needs_frozen=True,
+    lr=1e-4,
+    batch_size=128,
+    needs_negatives=True,
+    description="Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps",
 )
 def comp_tga_loss(batch: LossInputs, params: CompTGAParams) -> LossOutput:
     """Comp-TGA loss terms (docs/methods.md §4). Contract as TGA-ZSR; `batch.heads.negatives` required."""

@@ -3,6 +3,7 @@
 L = (1/B) sum_b ||f_theta(x_adv,b) - f_phi(x_b)||_2^2 on unnormalised embeddings; x_adv maximises the
 same loss with FARE's own momentum PGD (`fare_pgd`, RobustVLM train/pgd_train.py). No text, no labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,9 +12,9 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
-from training.attacks.pgd import random_start
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
+from clipshield.training.attacks.pgd import random_start
 
 from .frozen_reference import FrozenBatch
 from .inputs import AttackBudget, LossInputs, LossOutput
@@ -71,9 +72,7 @@ class FareAdversary:
     kind: str = "fare_pgd"
     alpha_per_eps: float = 0.25
 
-    def perturb(
-        self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator
-    ) -> Optional[torch.Tensor]:
+    def perturb(self, batch: LossInputs, params: StrictModel, budget: AttackBudget, generator: torch.Generator) -> Optional[torch.Tensor]:
         """Adversarial images [B,3,H,W] in [0,1]; needs `batch.frozen`."""
         init = random_start(batch.images, budget.eps, generator)
         reference = clean_embedding(batch.require_frozen("FARE's attack"), batch.images)
@@ -85,8 +84,15 @@ FARE_ADVERSARY = FareAdversary()
 
 
 @register_method(
-    "fare", params=FAREParams, adversary=FARE_ADVERSARY, needs_frozen=True, lr=1e-5, batch_size=128, attack_steps=10,
-    optimizer="adamw", weight_decay=1e-4,
+    "fare",
+    params=FAREParams,
+    adversary=FARE_ADVERSARY,
+    needs_frozen=True,
+    lr=1e-5,
+    batch_size=128,
+    attack_steps=10,
+    optimizer="adamw",
+    weight_decay=1e-4,
     description="FARE: keep adversarial embeddings close to the original model's clean embeddings",
 )
 def fare_loss(batch: LossInputs, params: FAREParams) -> LossOutput:

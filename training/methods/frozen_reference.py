@@ -15,6 +15,7 @@ What is kept is small (TGA-ZSR: the g x g grid, 49 floats per image on ViT-B/32;
 embedding), allocated per data set up to a memory budget; past the budget the outputs are computed
 every step as before. Within a step, a second request for the same output is served from the first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from service.pixel_model import PixelCLIP
+from clipshield.service.pixel_model import PixelCLIP
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class FrozenReference:
         self._filled: dict[str, torch.Tensor] = {}
         self._over_budget: set[str] = set()
 
-    def for_batch(self, indices: Optional[torch.Tensor]) -> "FrozenBatch":
+    def for_batch(self, indices: Optional[torch.Tensor]) -> FrozenBatch:
         """The frozen model of a step over data set items `indices` (int [B], no repeats), or None."""
         return FrozenBatch(self.model, self, None if indices is None else torch.as_tensor(indices, dtype=torch.long).cpu())
 
@@ -104,8 +105,13 @@ class FrozenReference:
         need = row_bytes * self.dataset_size
         if need > self.budget_bytes:
             self._over_budget.add(name)
-            log.info("frozen-model %s outputs need %.0f MB for %d images, over the %.0f MB budget: computed every step",
-                     name, need / 2**20, self.dataset_size, self.budget_bytes / 2**20)
+            log.info(
+                "frozen-model %s outputs need %.0f MB for %d images, over the %.0f MB budget: computed every step",
+                name,
+                need / 2**20,
+                self.dataset_size,
+                self.budget_bytes / 2**20,
+            )
             return False
         self._values[name] = torch.empty((self.dataset_size, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
         self._filled[name] = torch.zeros(self.dataset_size, dtype=torch.bool, device=sample.device)

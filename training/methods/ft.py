@@ -4,13 +4,14 @@ M_ij = s * cos(f_theta(x_i), t_{y_j}) over the batch's own class prompts; L = (C
 Repeated labels give identical columns (PITFALL 5): kept as in the reference. FT-Clean uses clean
 images, FT-Adv the PGD images of docs/methods.md §0.6.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
 
 from .adversary import NO_ADVERSARY, PGD_ADVERSARY
 from .common import cosine_logits
@@ -22,9 +23,7 @@ class FTParams(StrictModel):
     """FT-* have no loss hyper-parameters."""
 
 
-def batch_contrastive_loss(
-    target: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, heads: TextHeads
-) -> LossOutput:
+def batch_contrastive_loss(target: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, heads: TextHeads) -> LossOutput:
     """Symmetric CE over the B x B matrix of image i vs the prompt of sample j's class."""
     logits_all = cosine_logits(target.encode_image(images), heads.classes, target.logit_scale)
     matrix = logits_all[:, labels]
@@ -34,7 +33,12 @@ def batch_contrastive_loss(
 
 
 @register_method(
-    "ft-clean", params=FTParams, adversary=NO_ADVERSARY, needs_frozen=False, lr=1e-4, batch_size=128,
+    "ft-clean",
+    params=FTParams,
+    adversary=NO_ADVERSARY,
+    needs_frozen=False,
+    lr=1e-4,
+    batch_size=128,
     description="FT-Clean: batch-contrastive fine-tuning on clean images",
 )
 def ft_clean_loss(batch: LossInputs, params: FTParams) -> LossOutput:
@@ -43,7 +47,12 @@ def ft_clean_loss(batch: LossInputs, params: FTParams) -> LossOutput:
 
 
 @register_method(
-    "ft-adv", params=FTParams, adversary=PGD_ADVERSARY, needs_frozen=False, lr=1e-4, batch_size=128,
+    "ft-adv",
+    params=FTParams,
+    adversary=PGD_ADVERSARY,
+    needs_frozen=False,
+    lr=1e-4,
+    batch_size=128,
     description="FT-Adv (FT-Standard): batch-contrastive fine-tuning on PGD images",
 )
 def ft_adv_loss(batch: LossInputs, params: FTParams) -> LossOutput:

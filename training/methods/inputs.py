@@ -5,6 +5,7 @@ A method's loss is `loss(batch: LossInputs, params) -> LossOutput`; its adversar
 step knows (models, images, labels, text heads, the frozen model's memory for this batch) travels
 in one `LossInputs`, so no loss depends on state set up elsewhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -12,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from service.pixel_model import PixelCLIP
+from clipshield.service.pixel_model import PixelCLIP
 
 from .frozen_reference import FrozenBatch
 
@@ -46,7 +47,7 @@ class LossInputs:
     adv: Optional[torch.Tensor] = None
     frozen: Optional[FrozenBatch] = None
 
-    def with_adv(self, adv: Optional[torch.Tensor]) -> "LossInputs":
+    def with_adv(self, adv: Optional[torch.Tensor]) -> LossInputs:
         """The same step with its adversarial images."""
         return replace(self, adv=adv)
 

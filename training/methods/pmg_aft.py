@@ -5,6 +5,7 @@ c = raw cosine logits (no temperature) and, by default, ImageNet normalisation, 
 code does (PITFALL 4); KL terms are summed over batch and classes (reference) unless
 `kl_reduction='batchmean'`. Gradients flow through both target distributions (no detach).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.config import StrictModel
-from service.pixel_model import PixelCLIP
+from clipshield.service.config import StrictModel
+from clipshield.service.pixel_model import PixelCLIP
 
 from .adversary import ClassifierPGD
 from .common import cosine_logits, imagenet_view, paired_forward
@@ -48,7 +49,12 @@ def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str
 
 
 @register_method(
-    "pmg-aft", params=PMGParams, adversary=PMG_ADVERSARY, needs_frozen=True, lr=5e-5, batch_size=256,
+    "pmg-aft",
+    params=PMGParams,
+    adversary=PMG_ADVERSARY,
+    needs_frozen=True,
+    lr=5e-5,
+    batch_size=256,
     description="PMG-AFT: adversarial CE + KL to the frozen model's and the clean predictions",
 )
 def pmg_aft_loss(batch: LossInputs, params: PMGParams) -> LossOutput:
@@ -68,7 +74,9 @@ def pmg_aft_loss(batch: LossInputs, params: PMGParams) -> LossOutput:
     clean = kl_divergence(logits_cln, logits_adv, params.kl_reduction)
     total = ce + params.general_weight * general + params.clean_weight * clean
     outputs = {
-        "logits_adv_target": logits_adv, "logits_clean_target": logits_cln, "logits_adv_frozen": logits_frozen,
+        "logits_adv_target": logits_adv,
+        "logits_clean_target": logits_cln,
+        "logits_adv_frozen": logits_frozen,
         "image_embed_adv_target": F.normalize(emb_adv, dim=-1),
     }
     return LossOutput(total, {"ce": ce, "kl_general": general, "kl_clean": clean}, {k: v.detach() for k, v in outputs.items()})

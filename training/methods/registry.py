@@ -5,14 +5,15 @@ its training adversary, whether it needs a frozen copy of the original model, it
 hyper-parameter model and the recipe defaults of docs/methods.md §0.4. Modules register by explicit
 import in `training/methods/__init__.py`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from service.config import StrictModel
-from service.errors import UnknownName
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import UnknownName
 
 from .adversary import Adversary
 from .inputs import LossInputs, LossOutput

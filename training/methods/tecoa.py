@@ -3,11 +3,12 @@
 L = (1/B) sum_i CE(s * cos(f_theta(x_adv,i), T), y_i) over all training-class prompts T. The
 reference runs it as TGA-ZSR with Alpha = Beta = 0, still computing unused maps; we skip them.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 from .adversary import PGD_ADVERSARY
 from .common import cosine_logits
@@ -20,7 +21,12 @@ class TeCoAParams(StrictModel):
 
 
 @register_method(
-    "tecoa", params=TeCoAParams, adversary=PGD_ADVERSARY, needs_frozen=False, lr=1e-5, batch_size=128,
+    "tecoa",
+    params=TeCoAParams,
+    adversary=PGD_ADVERSARY,
+    needs_frozen=False,
+    lr=1e-5,
+    batch_size=128,
     description="TeCoA: cross-entropy over class prompts on adversarial images",
 )
 def tecoa_loss(batch: LossInputs, params: TeCoAParams) -> LossOutput:

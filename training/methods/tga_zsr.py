@@ -7,6 +7,7 @@ default. Unlike the reference, the target model runs once over [clean; adversari
 adversarial forward is shared between the CE and the map, and the frozen model's clean map is
 computed once per training image rather than every epoch (docs/methods.md §3.2).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.config import StrictModel
+from clipshield.service.config import StrictModel
 
 from .adversary import PGD_ADVERSARY
 from .attention import Distance, TokenNorm, grid_scores, map_distance, upsample
@@ -72,13 +73,17 @@ def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: Atten
     size = target.image_size
     _, emb_adv, tok_cln, tok_adv = paired_forward(target, images, adv, tokens=True)
     grids_ori = frozen.clean(
-        attention.name, images,
+        attention.name,
+        images,
         lambda model, rows: attention.grids(model.encode_image_with_tokens(images[rows])[1], labels[rows], heads, params),
     )
     logits = cosine_logits(emb_adv, heads.classes, target.logit_scale)
     ce = F.cross_entropy(logits, labels)
-    grids = {"adv_target": attention.grids(tok_adv, labels, heads, params),
-             "clean_target": attention.grids(tok_cln, labels, heads, params), "clean_frozen": grids_ori}
+    grids = {
+        "adv_target": attention.grids(tok_adv, labels, heads, params),
+        "clean_target": attention.grids(tok_cln, labels, heads, params),
+        "clean_frozen": grids_ori,
+    }
     map_adv, map_cln, map_ori = (attention.compose(grids[k], size) for k in ("adv_target", "clean_target", "clean_frozen"))
     ar = map_distance(map_adv, map_ori, params.distance)
     amc = map_distance(map_cln, map_ori, params.distance)
@@ -92,7 +97,12 @@ def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: Atten
 
 
 @register_method(
-    "tga-zsr", params=TGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, batch_size=128,
+    "tga-zsr",
+    params=TGAParams,
+    adversary=PGD_ADVERSARY,
+    needs_frozen=True,
+    lr=1e-4,
+    batch_size=128,
     description="TGA-ZSR: adversarial CE + text-guided attention refinement and model constraint",
 )
 def tga_zsr_loss(batch: LossInputs, params: TGAParams) -> LossOutput:

@@ -4,6 +4,7 @@ A caption mentions a subset of (shape, colour, size, domain); the multi-positive
 treats a caption as positive for every image in the batch that matches everything it mentions.
 Captions of caption-held-out combinations never mention colour and shape together.
 """
+
 from __future__ import annotations
 
 import numpy as np

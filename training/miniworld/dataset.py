@@ -3,6 +3,7 @@
 Images are generated on demand from per-image seeds: `seed = hash(world seed, split, index)`, so
 evaluation sets (VAL/TEST splits) never share a seed with pre-training (TRAIN split).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.errors import UnknownName
+from clipshield.service.errors import UnknownName
 
 from .captions import EVAL_TEMPLATES, FINETUNE_TEMPLATE
 from .render import ImageSpec, render
@@ -143,8 +144,9 @@ class MiniWorldFinetune(Dataset):
     Labels index `classnames` (seen combinations only); the prompt is `FINETUNE_TEMPLATE`.
     """
 
-    def __init__(self, n: int = 4096, world_seed: int = 0, split: Split = Split.TRAIN, domain: str = "plain",
-                 render_size: int = IMAGE_SIZE) -> None:
+    def __init__(
+        self, n: int = 4096, world_seed: int = 0, split: Split = Split.TRAIN, domain: str = "plain", render_size: int = IMAGE_SIZE
+    ) -> None:
         self.pairs = combos("seen")
         self.classnames = [combo_name(s, c) for s, c in self.pairs]
         self.templates = [FINETUNE_TEMPLATE]
@@ -173,4 +175,3 @@ class MiniWorldFinetune(Dataset):
 def all_tasks(n: int = 512, world_seed: int = 0) -> list[MiniWorldTask]:
     """Every (domain, label set, split) zero-shot task of the mini world."""
     return [MiniWorldTask(d, ls, sp, n, world_seed) for d in DOMAINS for ls in LABEL_SETS for sp in SPLITS]
-

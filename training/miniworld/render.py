@@ -4,8 +4,9 @@ Every image is a pure function of its attributes, a per-image seed and the rende
 are reproducible without storing pixels. Shapes are drawn at 4x resolution with Pillow and box-filtered
 down, which gives anti-aliased edges at ~1 ms per image on one core (32 px). Every length (radius,
 jitter, outline, texture period) is given at 32 px and scaled with the render size, so a 56-px image
-is the same scene with finer edges (the 224-px world renders at 56 px, `training.miniworld.worlds`).
+is the same scene with finer edges (the 224-px world renders at 56 px, `clipshield.training.miniworld.worlds`).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,9 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]]:
         return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
     if shape == "heart":
         ts = np.linspace(0, 2 * math.pi, 48, endpoint=False)
-        return [(math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 16 - 0.15) for t in ts]
+        return [
+            (math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 16 - 0.15) for t in ts
+        ]
     if shape == "crescent":
         # Outer arc on the left, inner arc (circle offset to the right) back up.
         outer = [(math.cos(t), math.sin(t)) for t in np.linspace(0.35 * math.pi, 1.65 * math.pi, 28)]
@@ -98,7 +101,10 @@ def render(spec: ImageSpec, size: int = IMAGE_SIZE) -> np.ndarray:
     bg = BACKGROUNDS[spec.background]
 
     radius = _RADIUS[SIZES[spec.size]] * scale * _SUPERSAMPLE
-    centre = (big / 2 + rng.uniform(-_JITTER, _JITTER) * scale * _SUPERSAMPLE, big / 2 + rng.uniform(-_JITTER, _JITTER) * scale * _SUPERSAMPLE)
+    centre = (
+        big / 2 + rng.uniform(-_JITTER, _JITTER) * scale * _SUPERSAMPLE,
+        big / 2 + rng.uniform(-_JITTER, _JITTER) * scale * _SUPERSAMPLE,
+    )
     angle = math.radians(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     pts = _UNIT_POLYGONS[shape] @ rot.T * radius + np.asarray(centre)

@@ -4,6 +4,7 @@ The mini world stands in for web-scale image-text data in an environment that ca
 weights or data sets. Everything here is plain data so that rendering, captioning and the
 zero-shot data sets agree on one definition.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum

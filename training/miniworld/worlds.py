@@ -1,17 +1,18 @@
 """The mini worlds: one scene definition delivered at two geometries (registry prefix = model name).
 
 `miniworld` renders 32x32 images for a 32-px ViT with patch 8 (4x4 attention grid); `miniworld224`
-renders the same scenes at 56x56 and reaches its model at 224x224 through `service.preprocess.to_pixels`
+renders the same scenes at 56x56 and reaches its model at 224x224 through `clipshield.service.preprocess.to_pixels`
 (like the papers' CIFAR/STL protocol: small images resized to the model's input), for a CLIP with
 ViT-B/32 geometry (patch 32, 7x7 grid). 56 = 224 / 4: every 32-px patch of the model sees an 8x8 block
 of rendered pixels, as the 32-px world's patch 8 does, and the resize factor is an integer. Keeping pools
 at 56 px in uint8 costs 9.4 KB per image (40 000 images: 376 MB) instead of 602 KB at 224 float.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.errors import ConfigError
+from clipshield.service.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,11 @@ class MiniWorld:
     @property
     def finetune_eval(self) -> tuple[str, ...]:
         """Model-card sets of `clipshield finetune`: plain seen, plain image-held-out, outlined seen."""
-        return (self.task_name("plain", "color_shape", "seen"), self.task_name("plain", "color_shape", "heldout_image"),
-                self.task_name("outlined", "color_shape", "seen"))
+        return (
+            self.task_name("plain", "color_shape", "seen"),
+            self.task_name("plain", "color_shape", "heldout_image"),
+            self.task_name("outlined", "color_shape", "seen"),
+        )
 
 
 WORLDS: dict[str, MiniWorld] = {

@@ -1,4 +1,4 @@
-"""The clipshield Grafana dashboard, built with grafana-foundation-sdk from `service.metrics.METRICS`.
+"""The clipshield Grafana dashboard, built with grafana-foundation-sdk from `clipshield.service.metrics.METRICS`.
 
 Rows: overview (recorded SLO and error ratios), latency percentiles per stage and pod (one panel
 per `*_seconds` histogram, plus TorchServe's own mean latencies), request outcomes, robustness
@@ -6,6 +6,7 @@ signals (every other counter as a share of successful requests, every other hist
 quantiles) and the model (every gauge, e.g. model-card accuracy). All panel queries filter on the
 `namespace` and `pod` variables.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from grafana_foundation_sdk.builders import dashboard as db, prometheus as prom,
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
-from service.metrics import METRICS
+from clipshield.service.metrics import METRICS
 
 from .rules import ERROR_OUTCOME, JOB, OK_OUTCOME, REQUESTS, SLO, loaded_gauge, signal_counters, stage_histograms
 
@@ -58,14 +59,25 @@ def overview_panels() -> list[Any]:
     ns = 'namespace=~"$namespace"'
     return [
         _stat("Requests / s", "reqps", f"sum by (namespace) (clipshield:requests:rate5m{{{ns}}})", "All outcomes, last 5 minutes."),
-        _stat("Server-error ratio (5m)", "percentunit", f"max by (namespace) (clipshield:request_errors:ratio_rate5m{{{ns}}})",
-              "Share of requests with outcome=error (ClipshieldHighErrorRatio)."),
-        _stat(f"Over {SLO.threshold_s} s (1h)", "percentunit",
-              f"max by (namespace) (clipshield:latency_slo_violations:ratio_rate1h{{{ns}}})",
-              f"Share of {SLO.metric} observations over the SLO threshold; budget {1 - SLO.objective:.0%}."),
+        _stat(
+            "Server-error ratio (5m)",
+            "percentunit",
+            f"max by (namespace) (clipshield:request_errors:ratio_rate5m{{{ns}}})",
+            "Share of requests with outcome=error (ClipshieldHighErrorRatio).",
+        ),
+        _stat(
+            f"Over {SLO.threshold_s} s (1h)",
+            "percentunit",
+            f"max by (namespace) (clipshield:latency_slo_violations:ratio_rate1h{{{ns}}})",
+            f"Share of {SLO.metric} observations over the SLO threshold; budget {1 - SLO.objective:.0%}.",
+        ),
         _stat("Pods scraped", "none", f"sum by (namespace) (up{{{SEL}}})", "Serving pods whose metrics endpoint answers."),
-        _stat("Pods with a model", "none", f"count by (namespace) (count by (namespace, pod) ({loaded_gauge()}{{{SEL}}}))",
-              f"Pods that reported {loaded_gauge()} (ClipshieldNoModelLoaded)."),
+        _stat(
+            "Pods with a model",
+            "none",
+            f"count by (namespace) (count by (namespace, pod) ({loaded_gauge()}{{{SEL}}}))",
+            f"Pods that reported {loaded_gauge()} (ClipshieldNoModelLoaded).",
+        ),
     ]
 
 
@@ -73,13 +85,23 @@ def latency_panels() -> list[Any]:
     """p50/p90/p99 per pod for every stage histogram, and TorchServe's mean queue/inference latency."""
     panels = []
     for name in stage_histograms():
-        queries = [_q(f"histogram_quantile({q}, {_sum_rate(name + '_bucket', 'pod, le')})", f"p{round(q * 100)} {{{{pod}}}}",
-                      chr(ord("A") + i)) for i, q in enumerate(QUANTILES)]
+        queries = [
+            _q(f"histogram_quantile({q}, {_sum_rate(name + '_bucket', 'pod, le')})", f"p{round(q * 100)} {{{{pod}}}}", chr(ord("A") + i))
+            for i, q in enumerate(QUANTILES)
+        ]
         panels.append(_ts(f"Latency: {_short(name)}", "s", queries, METRICS[name][1]))
-    ts_queries = [_q(f"{_sum_rate(m, 'pod')} / {_sum_rate(TS_REQUESTS, 'pod')} / 1e6", f"{legend} {{{{pod}}}}", chr(ord("A") + i))
-                  for i, (m, legend) in enumerate(TS_LATENCY.items())]
-    panels.append(_ts("TorchServe mean latency per request", "s", ts_queries,
-                      "Mean of TorchServe's frontend counters (inference includes queueing); not percentiles."))
+    ts_queries = [
+        _q(f"{_sum_rate(m, 'pod')} / {_sum_rate(TS_REQUESTS, 'pod')} / 1e6", f"{legend} {{{{pod}}}}", chr(ord("A") + i))
+        for i, (m, legend) in enumerate(TS_LATENCY.items())
+    ]
+    panels.append(
+        _ts(
+            "TorchServe mean latency per request",
+            "s",
+            ts_queries,
+            "Mean of TorchServe's frontend counters (inference includes queueing); not percentiles.",
+        )
+    )
     return panels
 
 
@@ -102,12 +124,24 @@ def signal_panels() -> list[Any]:
     ok = _sum_rate(REQUESTS, "pod", f', outcome="{OK_OUTCOME}"')
     for name in signal_counters():
         expr = f"({_sum_rate(name, 'pod')} or {ok} * 0) / {ok}"
-        panels.append(_ts(f"{_short(name).capitalize()} ratio", "percentunit", [_q(expr, "{{pod}}", "A")],
-                          f"{METRICS[name][1]}, per successful request."))
+        panels.append(
+            _ts(
+                f"{_short(name).capitalize()} ratio",
+                "percentunit",
+                [_q(expr, "{{pod}}", "A")],
+                f"{METRICS[name][1]}, per successful request.",
+            )
+        )
     for name, (kind, help_text, _) in METRICS.items():
         if kind == "histogram" and name not in stage_histograms():
-            queries = [_q(f"histogram_quantile({q}, {_sum_rate(name + '_bucket', 'pod, le')})", f"p{round(q * 100)} {{{{pod}}}}",
-                          chr(ord("A") + i)) for i, q in enumerate(QUANTILES)]
+            queries = [
+                _q(
+                    f"histogram_quantile({q}, {_sum_rate(name + '_bucket', 'pod, le')})",
+                    f"p{round(q * 100)} {{{{pod}}}}",
+                    chr(ord("A") + i),
+                )
+                for i, q in enumerate(QUANTILES)
+            ]
             panels.append(_ts(f"Distribution: {_short(name)}", "none", queries, help_text))
     return panels
 
@@ -120,8 +154,9 @@ def model_panels() -> list[Any]:
             continue
         by = ", ".join(("pod",) + labels)
         query = prom.Dataquery().expr(f"max by ({by}) ({name}{{{SEL}}})").instant().format("table").ref_id("A")
-        panels.append(table.Panel().title(_short(name).capitalize()).description(help_text).datasource(DS)
-                      .span(24).height(8).with_target(query))
+        panels.append(
+            table.Panel().title(_short(name).capitalize()).description(help_text).datasource(DS).span(24).height(8).with_target(query)
+        )
     return panels
 
 
@@ -131,21 +166,43 @@ def variables() -> list[Any]:
     pod_query = f'label_values(up{{job="{JOB}", namespace=~"$namespace"}}, pod)'
     return [
         db.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        db.QueryVariable("namespace").label("Namespace").datasource(DS).query(ns_query)
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True),
-        db.QueryVariable("pod").label("Pod").datasource(DS).query(pod_query)
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True),
+        db.QueryVariable("namespace")
+        .label("Namespace")
+        .datasource(DS)
+        .query(ns_query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True),
+        db.QueryVariable("pod")
+        .label("Pod")
+        .datasource(DS)
+        .query(pod_query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True),
     ]
 
 
 def build_dashboard() -> dict[str, Any]:
     """The dashboard as a JSON-able dict (panel ids numbered in order)."""
-    builder = (db.Dashboard("clipshield serving").uid(UID).tags(["clipshield"]).refresh("30s").time("now-6h", "now")
-               .timezone("utc").description("Generated by training/monitoring (python -m training.monitoring.generate)."))
+    builder = (
+        db.Dashboard("clipshield serving")
+        .uid(UID)
+        .tags(["clipshield"])
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("utc")
+        .description("Generated by training/monitoring (python -m clipshield.training.monitoring.generate).")
+    )
     for var in variables():
         builder = builder.with_variable(var)
-    rows = (("Overview", overview_panels()), ("Latency per stage", latency_panels()), ("Requests", request_panels()),
-            ("Robustness signals", signal_panels()), ("Model", model_panels()))
+    rows = (
+        ("Overview", overview_panels()),
+        ("Latency per stage", latency_panels()),
+        ("Requests", request_panels()),
+        ("Robustness signals", signal_panels()),
+        ("Model", model_panels()),
+    )
     next_id = 1
     for title, panels in rows:
         builder = builder.with_row(db.Row(title).id(next_id))

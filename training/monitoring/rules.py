@@ -1,17 +1,18 @@
-"""Prometheus recording rules and alerts for clipshield, built from `service.metrics.METRICS`.
+"""Prometheus recording rules and alerts for clipshield, built from `clipshield.service.metrics.METRICS`.
 
 Recorded series are named `clipshield:<what>:<operation>` and aggregated `by (namespace, job)`.
 The latency SLO uses the multi-window, multi-burn-rate alerts of the Google SRE workbook
 (ch. 5): page when the 1 h and 5 m burn rates both exceed 14.4, open a ticket when the 6 h and
 30 m burn rates both exceed 6.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.metrics import METRICS
+from clipshield.service.metrics import METRICS
 
 JOB = "clipshield"  # the job label Prometheus gives the serving pods: the Service's name (ServiceMonitor)
 BY = "namespace, job"
@@ -21,13 +22,13 @@ OK_OUTCOME = "ok"
 # Bucket bounds of TorchServe's Prometheus histograms (the Java client's defaults): an SLO threshold
 # must be one of them, since the ratio is read from the `le` bucket.
 TORCHSERVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-# A gauge that exists once a pod has loaded its model; the first one service.metrics declares is used.
+# A gauge that exists once a pod has loaded its model; the first one clipshield.service.metrics declares is used.
 LOADED_GAUGES = ("clipshield_runtime_info", "clipshield_model_accuracy")
 WINDOWS = ("5m", "30m", "1h", "6h")
 
 
 class MonitoringConfigError(ValueError):
-    """The monitoring definitions do not fit the metrics `service.metrics` declares."""
+    """The monitoring definitions do not fit the metrics `clipshield.service.metrics` declares."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ RUNBOOK = "docs/deploy.md"  # one section per alert, anchored by the lower-cased
 def _metric(name: str, kind: str) -> tuple[str, str, tuple[str, ...]]:
     if name not in METRICS or METRICS[name][0] != kind:
         known = sorted(n for n, spec in METRICS.items() if spec[0] == kind)
-        raise MonitoringConfigError(f"{name} is not a {kind} in service.metrics.METRICS; {kind}s: {known}")
+        raise MonitoringConfigError(f"{name} is not a {kind} in clipshield.service.metrics.METRICS; {kind}s: {known}")
     return METRICS[name]
 
 
@@ -84,7 +85,7 @@ def loaded_gauge() -> str:
     for name in LOADED_GAUGES:
         if name in METRICS and METRICS[name][0] == "gauge":
             return name
-    raise MonitoringConfigError(f"none of {LOADED_GAUGES} is a gauge in service.metrics.METRICS")
+    raise MonitoringConfigError(f"none of {LOADED_GAUGES} is a gauge in clipshield.service.metrics.METRICS")
 
 
 def check_definitions(slo: LatencySLO = SLO) -> None:
@@ -121,9 +122,10 @@ def request_rules() -> list[dict[str, str]]:
     all_requests = _sel(REQUESTS)
     rules = [
         _record("clipshield:requests:rate5m", _sum_rate(all_requests, "5m", f"{BY}, outcome")),
-        _record("clipshield:requests:ratio_rate5m",
-                f"{_sum_rate(all_requests, '5m', f'{BY}, outcome')} / ignoring (outcome) group_left "
-                f"{_sum_rate(all_requests, '5m')}"),
+        _record(
+            "clipshield:requests:ratio_rate5m",
+            f"{_sum_rate(all_requests, '5m', f'{BY}, outcome')} / ignoring (outcome) group_left {_sum_rate(all_requests, '5m')}",
+        ),
     ]
     for w in WINDOWS:
         errors = _sum_rate(_sel(REQUESTS, outcome=ERROR_OUTCOME), w)
@@ -170,7 +172,10 @@ def signal_counters() -> list[str]:
 
 def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
     return {
-        "alert": name, "expr": expr, "for": for_, "labels": {"severity": severity},
+        "alert": name,
+        "expr": expr,
+        "for": for_,
+        "labels": {"severity": severity},
         "annotations": {"summary": summary, "description": description, "runbook": f"{RUNBOOK}#{name.lower()}"},
     }
 
@@ -181,15 +186,22 @@ def burn_alerts(slo: LatencySLO = SLO) -> list[dict[str, Any]]:
     out = []
     for b in BURN_ALERTS:
         limit = round(b.factor * budget, 6)
-        expr = (f"clipshield:latency_slo_violations:ratio_rate{b.long} > {limit}\n"
-                f"and clipshield:latency_slo_violations:ratio_rate{b.short} > {limit}")
-        out.append(_alert(
-            b.name, expr, b.for_, b.severity,
-            f"Latency SLO budget burning {b.factor}x too fast",
-            f"More than {limit:.2%} of {slo.metric} observations took over {slo.threshold_s} s in the last {b.long} "
-            f"and {b.short} (objective {slo.objective:.0%}): at this rate the 30-day budget lasts "
-            f"{30 / b.factor:.1f} days.",
-        ))
+        expr = (
+            f"clipshield:latency_slo_violations:ratio_rate{b.long} > {limit}\n"
+            f"and clipshield:latency_slo_violations:ratio_rate{b.short} > {limit}"
+        )
+        out.append(
+            _alert(
+                b.name,
+                expr,
+                b.for_,
+                b.severity,
+                f"Latency SLO budget burning {b.factor}x too fast",
+                f"More than {limit:.2%} of {slo.metric} observations took over {slo.threshold_s} s in the last {b.long} "
+                f"and {b.short} (objective {slo.objective:.0%}): at this rate the 30-day budget lasts "
+                f"{30 / b.factor:.1f} days.",
+            )
+        )
     return out
 
 
@@ -197,19 +209,36 @@ def health_alerts(t: Thresholds = THRESHOLDS) -> list[dict[str, Any]]:
     """Server errors, scrape failures and pods without a loaded model."""
     gauge = loaded_gauge()
     up = _sel("up")
-    no_model = (f"max by (job) ({up}) == 0\nor absent({up})\n"
-                f"or (max by (namespace, pod) ({up}) == 1\n    unless on (namespace, pod) count by (namespace, pod) ({_sel(gauge)}))")
+    no_model = (
+        f"max by (job) ({up}) == 0\nor absent({up})\n"
+        f"or (max by (namespace, pod) ({up}) == 1\n    unless on (namespace, pod) count by (namespace, pod) ({_sel(gauge)}))"
+    )
     return [
-        _alert("ClipshieldHighErrorRatio", f"clipshield:request_errors:ratio_rate5m > {t.error_ratio}", "10m", "warning",
-               "clipshield answers many requests with server errors",
-               f"More than {t.error_ratio:.0%} of requests ended with outcome={ERROR_OUTCOME} (HTTP 5xx) over 5 minutes."),
-        _alert("ClipshieldTargetDown", f'{_sel("up")} == 0', t.down_for, "warning",
-               "Prometheus cannot scrape a clipshield pod",
-               "The TorchServe metrics endpoint (port 8082, /metrics) of this pod does not answer."),
-        _alert("ClipshieldNoModelLoaded", no_model, t.no_model_for, "critical",
-               "No clipshield model is being served",
-               f"Either no clipshield pod is scraped successfully, or a pod answers but never reported {gauge}, "
-               "i.e. its model worker never finished loading."),
+        _alert(
+            "ClipshieldHighErrorRatio",
+            f"clipshield:request_errors:ratio_rate5m > {t.error_ratio}",
+            "10m",
+            "warning",
+            "clipshield answers many requests with server errors",
+            f"More than {t.error_ratio:.0%} of requests ended with outcome={ERROR_OUTCOME} (HTTP 5xx) over 5 minutes.",
+        ),
+        _alert(
+            "ClipshieldTargetDown",
+            f"{_sel('up')} == 0",
+            t.down_for,
+            "warning",
+            "Prometheus cannot scrape a clipshield pod",
+            "The TorchServe metrics endpoint (port 8082, /metrics) of this pod does not answer.",
+        ),
+        _alert(
+            "ClipshieldNoModelLoaded",
+            no_model,
+            t.no_model_for,
+            "critical",
+            "No clipshield model is being served",
+            f"Either no clipshield pod is scraped successfully, or a pod answers but never reported {gauge}, "
+            "i.e. its model worker never finished loading.",
+        ),
     ]
 
 
@@ -217,11 +246,16 @@ def attack_alert(t: Thresholds = THRESHOLDS) -> dict[str, Any]:
     """A sudden rise of the flagged ratio: possibly an adversarial attack."""
     now, base = "clipshield:flagged:ratio_rate5m", "clipshield:flagged:ratio_rate6h"
     traffic = f'sum by ({BY}) (clipshield:requests:rate5m{{outcome="{OK_OUTCOME}"}}) > {t.flagged_min_rps}'
-    expr = (f"{now} > {t.flagged_floor}\nand {now} > {t.flagged_rise} * {base}\nand on ({BY}) {traffic}")
-    return _alert("ClipshieldPossibleAttack", expr, "2m", "warning",
-                  "Sudden rise of requests flagged as possibly adversarial",
-                  f"Over {t.flagged_floor:.0%} of successful requests in 5 minutes were flagged, {t.flagged_rise}x the "
-                  "6-hour ratio: inspect the sources of recent traffic.")
+    expr = f"{now} > {t.flagged_floor}\nand {now} > {t.flagged_rise} * {base}\nand on ({BY}) {traffic}"
+    return _alert(
+        "ClipshieldPossibleAttack",
+        expr,
+        "2m",
+        "warning",
+        "Sudden rise of requests flagged as possibly adversarial",
+        f"Over {t.flagged_floor:.0%} of successful requests in 5 minutes were flagged, {t.flagged_rise}x the "
+        "6-hour ratio: inspect the sources of recent traffic.",
+    )
 
 
 def rule_groups() -> list[dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 Every key is listed once with its value in each place TorchServe runs: `local` (the checked-in
 `model_store/config.properties` that `clipshield serve` copies per run with its own addresses and
-paths, see `training.export.torchserve.render_properties`) and `cluster` (`k8s/base/config.properties`,
+paths, see `clipshield.training.export.torchserve.render_properties`) and `cluster` (`k8s/base/config.properties`,
 mounted from a ConfigMap). An overlay patches only what differs (`OVERLAYS`: the GPU overlay sets
-`number_of_gpu`). `python -m training.monitoring.generate` writes the files; a test checks they are current.
+`number_of_gpu`). `python -m clipshield.training.monitoring.generate` writes the files; a test checks they are current.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -23,34 +24,63 @@ class Setting(NamedTuple):
 
 STORE = "/home/model-server/model-store"  # the Deployment's model-store volume
 SETTINGS: tuple[Setting, ...] = (
-    Setting("inference_address", "http://127.0.0.1:8080", "http://0.0.0.0:8080",
-            "Inference is the only listener meant to be reachable from outside (`clipshield serve --address` sets it)."),
+    Setting(
+        "inference_address",
+        "http://127.0.0.1:8080",
+        "http://0.0.0.0:8080",
+        "Inference is the only listener meant to be reachable from outside (`clipshield serve --address` sets it).",
+    ),
     Setting("management_address", "http://127.0.0.1:8081", "http://127.0.0.1:8081", "Management stays on loopback."),
-    Setting("metrics_address", "http://127.0.0.1:8082", "http://0.0.0.0:8082", "Metrics: loopback locally, the pod's port for Prometheus in the cluster."),
-    Setting("grpc_inference_address", "127.0.0.1", None,
-            "TorchServe 0.12 always starts its gRPC APIs too: keep them on loopback (clipshield uses HTTP only)."),
+    Setting(
+        "metrics_address",
+        "http://127.0.0.1:8082",
+        "http://0.0.0.0:8082",
+        "Metrics: loopback locally, the pod's port for Prometheus in the cluster.",
+    ),
+    Setting(
+        "grpc_inference_address",
+        "127.0.0.1",
+        None,
+        "TorchServe 0.12 always starts its gRPC APIs too: keep them on loopback (clipshield uses HTTP only).",
+    ),
     Setting("grpc_management_address", "127.0.0.1", None),
     Setting("grpc_inference_port", "7070", None),
     Setting("grpc_management_port", "7071", None),
     Setting("model_store", None, STORE, "The model store volume and its archive (locally `clipshield serve` sets both)."),
     Setting("load_models", None, "clipshield=clipshield.mar"),
-    Setting("disable_token_authorization", "false", "true",
-            "Token authorisation: on locally (inference and management calls need the keys TorchServe writes to "
-            "key_file.json; GET /ping and metrics do not). Off in the cluster: TorchServe draws a random key per "
-            "replica behind one Service, so authenticate at the ingress or mesh; the management port is not in the "
-            "Service and the NetworkPolicy admits nobody to it."),
-    Setting("enable_model_api", "false", "false",
-            "Models load at start only (`clipshield serve` on a running server restarts it to load a new archive)."),
+    Setting(
+        "disable_token_authorization",
+        "false",
+        "true",
+        "Token authorisation: on locally (inference and management calls need the keys TorchServe writes to "
+        "key_file.json; GET /ping and metrics do not). Off in the cluster: TorchServe draws a random key per "
+        "replica behind one Service, so authenticate at the ingress or mesh; the management port is not in the "
+        "Service and the NetworkPolicy admits nobody to it.",
+    ),
+    Setting(
+        "enable_model_api",
+        "false",
+        "false",
+        "Models load at start only (`clipshield serve` on a running server restarts it to load a new archive).",
+    ),
     Setting("allowed_urls", "^file://.*$", f"file://{STORE}/.*", "Models come from the local model store, never from a URL."),
     Setting("job_queue_size", "100", "100", "Bounded queue: requests beyond it get 503 instead of piling up."),
     Setting("default_workers_per_model", "2", "2"),
     Setting("number_of_gpu", None, "0"),
-    Setting("metrics_mode", "prometheus", "prometheus",
-            "Prometheus text format; metrics.yaml (generated from service/metrics.py) declares every clipshield_* metric."),
+    Setting(
+        "metrics_mode",
+        "prometheus",
+        "prometheus",
+        "Prometheus text format; metrics.yaml (generated from service/metrics.py) declares every clipshield_* metric.",
+    ),
     Setting("metrics_config", "metrics.yaml", "/etc/clipshield/metrics.yaml"),
     Setting("enable_metrics_api", "true", "true"),
-    Setting("max_request_size", "16777216", "16777216",
-            "Request limits (the handler enforces its own, smaller, per-image limits from serving.json)."),
+    Setting(
+        "max_request_size",
+        "16777216",
+        "16777216",
+        "Request limits (the handler enforces its own, smaller, per-image limits from serving.json).",
+    ),
     Setting("max_response_size", "6553500", "6553500"),
     Setting("default_response_timeout", "60", "60"),
     Setting("enable_envvars_config", None, "false"),
@@ -59,10 +89,10 @@ SETTINGS: tuple[Setting, ...] = (
 )
 OVERLAYS: dict[str, dict[str, str]] = {"gpu": {"number_of_gpu": "1"}}
 
-_HEADER = "# Generated by `python -m training.monitoring.generate` from training/monitoring/torchserve_config.py: do not edit.\n"
+_HEADER = "# Generated by `python -m clipshield.training.monitoring.generate` from training/monitoring/torchserve_config.py: do not edit.\n"
 _TITLES = {
     "local": "# TorchServe settings for `clipshield serve`, which writes a per-run copy with its addresses, model store\n"
-             "# and metrics config (keys: TorchServe's configuration guide).\n",
+    "# and metrics config (keys: TorchServe's configuration guide).\n",
     "cluster": "# TorchServe settings in the cluster (CPU), mounted read-only at /etc/clipshield/config.properties.\n",
     "gpu": "# TorchServe settings of the GPU overlay (one GPU per pod): the cluster's, with number_of_gpu=1.\n",
 }
@@ -82,5 +112,8 @@ def properties(place: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATED = {"model_store/config.properties": "local", "k8s/base/config.properties": "cluster",
-             "k8s/overlays/gpu/config.properties": "gpu"}  # repository path -> place
+GENERATED = {
+    "model_store/config.properties": "local",
+    "k8s/base/config.properties": "cluster",
+    "k8s/overlays/gpu/config.properties": "gpu",
+}  # repository path -> place

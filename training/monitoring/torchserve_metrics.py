@@ -1,4 +1,4 @@
-"""TorchServe's `metrics.yaml`, generated from `service.metrics.METRICS`.
+"""TorchServe's `metrics.yaml`, generated from `clipshield.service.metrics.METRICS`.
 
 In Prometheus mode TorchServe drops backend (handler) metrics it has not been told about, so every
 `clipshield_*` metric is declared under `model_metrics` with the dimensions the handler emits
@@ -6,11 +6,12 @@ In Prometheus mode TorchServe drops backend (handler) metrics it has not been to
 counters under `ts_metrics` are TorchServe's own; the dashboard reads two of them. The same text
 goes to `model_store/` (local TorchServe) and `k8s/base/` (the ConfigMap).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
+from clipshield.service.metrics import HANDLER_DIMENSIONS, METRICS, unit_of
 
 TS_DIMENSIONS = ["model_name", "model_version", "hostname"]
 # TorchServe frontend counters kept on the Prometheus endpoint: name -> unit

@@ -7,6 +7,7 @@ gate traffic. `probe.py live`: the inference frontend answers `/ping` at all (an
 If TorchServe's token authorisation is on, the key is read from CLIPSHIELD_KEY_FILE (key_file.json).
 Exit 0 = pass, 1 = fail; one line of output, which Kubernetes shows in the pod's events.
 """
+
 from __future__ import annotations
 
 import json
