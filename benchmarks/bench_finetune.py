@@ -8,6 +8,7 @@ the frozen model's clean outputs are computed, and in later epochs ("epoch 2+"),
 back (`clipshield.training.methods.FrozenReference`). Examples:
 
     python benchmarks/bench_finetune.py                                  # mini world, CPU
+    python benchmarks/bench_finetune.py --world miniworld224 --threads 2 --methods tecoa tga-zsr   # ViT-B/32 geometry, eps 2/255
     python benchmarks/bench_finetune.py --model ViT-B-32 --random-init --device cuda --batch-size 128 --precision bf16
 """
 
@@ -37,7 +38,13 @@ REMEMBERS = ("fare", "tga-zsr", "comp-tga")  # methods whose frozen-model output
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="miniworld", help="miniworld, a checkpoint folder, or an open_clip name")
+    p.add_argument("--model", default="miniworld", help="miniworld, miniworld224, a checkpoint folder, or an open_clip name")
+    p.add_argument(
+        "--world",
+        choices=["miniworld", "miniworld224"],
+        default=None,
+        help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 2/255)",
+    )
     p.add_argument("--pretrained", default=None)
     p.add_argument("--random-init", action="store_true", help="open_clip architecture with random weights (timing only)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -51,7 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="*", default=list(METHODS))
     p.add_argument("--epochs", type=int, default=10, help="run length for the whole-run ratio (recipe: 10 epochs)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.world is not None:
+        from clipshield.training.data import reference_eps
+
+        args.model, args.eps = args.world, reference_eps(f"{args.world}-train") * 255
+    return args
 
 
 def base_model(args: argparse.Namespace):
@@ -65,6 +77,17 @@ def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (Linux: KiB)
+
+
+def class_names(model, n: int) -> list[str]:
+    """`n` prompt class names the model's tokenizer knows: mini-world colour+shape names for the compact
+    mini-world vocabulary (which has no digits), else 'class i'."""
+    if model.record.tokenizer.kind == "compact":
+        from clipshield.training.miniworld.world import COLORS, SHAPES, combo_name
+
+        names = [combo_name(s, c) for s in range(len(SHAPES)) for c in range(len(COLORS))]
+        return [names[i % len(names)] for i in range(n)]
+    return [f"class {i}" for i in range(n)]
 
 
 class MethodRun:
@@ -88,7 +111,7 @@ class MethodRun:
         self.indices = torch.arange(args.batch_size) if later_epoch else None
         for p in self.target.visual.parameters():
             p.requires_grad_(True)
-        classnames = [f"class {i}" for i in range(args.classes)]
+        classnames = class_names(base, args.classes)
         self.heads = build_heads(self.target, classnames, "This is a photo of a {}", method, self.cfg.dataset.negative_template)
         self.params = method.params()
         self.opt = make_optimizer(method, list(self.target.visual.parameters()), self.cfg)

@@ -34,7 +34,7 @@ from .pixel_model import PixelCLIP
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
-SHIPPED_MODELS = {"miniworld": SHIPPED_DIR / "miniworld"}
+SHIPPED_MODELS = {"miniworld": SHIPPED_DIR / "miniworld", "miniworld224": SHIPPED_DIR / "miniworld224"}
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HUB_PROBE_TIMEOUT_S = 2.0
 # Loggers of the download clients: their retry chatter is replaced by one clear error of ours.
@@ -275,7 +275,7 @@ def load_model(
 ) -> PixelCLIP:
     """Load a model for evaluation, fine-tuning, export or serving.
 
-    `name` is one of: a shipped model ('miniworld'); a clipshield checkpoint folder; an open_clip
+    `name` is one of: a shipped model ('miniworld', 'miniworld224'); a clipshield checkpoint folder; an open_clip
     model-config JSON file (with `weights` = its state dict, e.g. the goldens' tiny CLIP); or an
     open_clip architecture name with `pretrained` = a tag ('openai') or a local weights file.
     """

@@ -277,6 +277,8 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
         "warmup": recipe.warmup,
         "eval_datasets": list(recipe.eval_datasets),
     }
+    if recipe.model is not None:
+        defaults["model"] = recipe.model
     try:
         return FinetuneConfig.model_validate({"data": data, **defaults, **given})
     except ValidationError as exc:

@@ -26,18 +26,22 @@ from clipshield.service.tokenizer import build_compact_vocab
 
 from .miniworld.captions import caption_for, match_matrix, vocabulary_corpus
 from .miniworld.dataset import pretraining_specs, render_specs, spec_attributes
+from .miniworld.worlds import WORLDS, get_world
+from .pretrain_teacher import distill_loss
 from .schedule import warmup_cosine_lr
 from .train_state import has_train_state, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
-ARCH_FILE = Path(__file__).resolve().parents[1] / "service" / "model_configs" / "miniworld-vit-tiny.json"
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "service" / "model_configs"
+ARCH_FILE = MODEL_CONFIGS / "miniworld-vit-tiny.json"
 
 
 class PretrainConfig(StrictModel):
     """Settings of `clipshield pretrain` (defaults reproduce the shipped model)."""
 
     output: Path = Path("runs/pretrain")
+    world: Literal[tuple(WORLDS)] = "miniworld"  # type: ignore[valid-type]
     steps: int = Field(default=3000, gt=0)
     batch_size: int = Field(default=128, gt=1)
     lr: float = Field(default=1e-3, gt=0)
@@ -50,11 +54,13 @@ class PretrainConfig(StrictModel):
     checkpoint_every: int = 200
     resume: bool = False
     threads: Optional[int] = None
+    teacher: Optional[str] = None  # shipped model whose text tower is locked in and whose image embeddings are distilled
+    distill_weight: float = Field(default=1.0, ge=0.0)
 
 
-def miniworld_record(name: str = "miniworld-vit-tiny") -> ModelRecord:
-    """Record of the mini-world architecture with its compact vocabulary."""
-    arch = json.loads(ARCH_FILE.read_text())
+def miniworld_record(name: str = "miniworld-vit-tiny", arch_file: Path = ARCH_FILE) -> ModelRecord:
+    """Record of a mini-world architecture (default: the 32-px world's) with its compact vocabulary."""
+    arch = json.loads(arch_file.read_text())
     bpe_ids = build_compact_vocab(vocabulary_corpus())
     tok = TokenizerConfig(kind="compact", context_length=arch["text_cfg"]["context_length"], bpe_ids=bpe_ids)
     arch["text_cfg"]["vocab_size"] = tok.vocab_size
@@ -76,6 +82,15 @@ def multi_positive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tens
     i2t = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
     t2i = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
     return 0.5 * (i2t + t2i)
+
+
+def to_model_pixels(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """float [B, 3, S, S] in [0, 1] from a uint8 batch [B, 3, R, R]: resized through `to_pixels` when R != S."""
+    if images.shape[-1] == cfg.image_size:
+        return images.float() / 255.0
+    from .data.miniworld import preprocess_uint8
+
+    return preprocess_uint8(images, cfg)
 
 
 class CaptionBatcher:
@@ -101,22 +116,43 @@ class CaptionBatcher:
         return torch.from_numpy(idx), self._tokens(list(caps)), match
 
 
+def _warm_start(cfg: PretrainConfig, model: PixelCLIP, specs: list) -> Optional[torch.Tensor]:
+    """With `cfg.teacher`: lock the teacher's text tower into `model`, return its image embeddings [N, E] of `specs`."""
+    if cfg.teacher is None:
+        return None
+    from clipshield.service.models import load_model
+
+    from .pretrain_teacher import lock_text_tower, teacher_targets
+
+    teacher = load_model(cfg.teacher)
+    lock_text_tower(model, teacher)
+    log.info("text tower locked from %s; computing its image embeddings of %d scenes", cfg.teacher, len(specs))
+    return teacher_targets(teacher, specs)
+
+
+def _adamw(model: PixelCLIP, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, weight decay on matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
 def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]] = None) -> PixelCLIP:
     """Train the mini-world CLIP; writes resumable state and the final checkpoint to `cfg.output`."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    record = miniworld_record()
+    world = get_world(cfg.world)
+    record = miniworld_record(Path(world.arch_file).stem, MODEL_CONFIGS / world.arch_file)
     model = from_record(record)
     model.train()
     specs = pretraining_specs(cfg.pool_size, cfg.world_seed)
-    log.info("rendering %d pre-training images", len(specs))
-    images = render_specs(specs)
+    log.info("rendering %d pre-training images at %d px", len(specs), world.render_size)
+    images = render_specs(specs, world.render_size)
+    targets = _warm_start(cfg, model, specs)
     batcher = CaptionBatcher(model, spec_attributes(specs), cfg.batch_size, cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = _adamw(model, cfg)
     clip_loss = None
     if cfg.loss == "clip":
         from open_clip.loss import ClipLoss
@@ -131,7 +167,7 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
         idx, tokens, match = batcher.batch(step)
-        x = images[idx].float() / 255.0
+        x = to_model_pixels(images[idx], record.preprocess)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
         scale = model.logit_scale_param.exp()
@@ -139,6 +175,8 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
             loss = clip_loss(img, txt, scale)
         else:
             loss = multi_positive_loss(scale * img @ txt.t(), match)
+        distill = distill_loss(img, targets[idx]) if targets is not None else torch.zeros(())
+        loss = loss + cfg.distill_weight * distill
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -147,6 +185,8 @@ def pretrain(cfg: PretrainConfig, progress: Optional[Callable[[int, dict], None]
         if progress is not None:
             progress(step, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "scale": float(scale.detach())})
         done = step + 1
+        if done % 25 == 0:
+            log.info("step %d/%d loss %.3f (distillation %.3f)", done, cfg.steps, float(loss.detach()), float(distill.detach()))
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             save_train_state(state_dir, model, opt, done, cfg.model_dump(mode="json"))
     model.eval()

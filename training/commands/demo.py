@@ -8,12 +8,22 @@ classify clean and attacked images with and without purification over HTTP -> me
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 BASE_VERSION = "1.0"  # the version export_model gives the shipped model
-DEMO_EVAL = ("miniworld/plain/color_shape/seen", "miniworld/outlined/color_shape/seen")
+WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.training.miniworld.worlds.WORLDS
+
+
+def demo_eval(world: str = "miniworld") -> tuple[str, str]:
+    """The before/after sets of the demo: plain and outlined colour+shape, seen combinations."""
+    return (f"{world}/plain/color_shape/seen", f"{world}/outlined/color_shape/seen")
+
+
+DEMO_EVAL = demo_eval()
 DEMO_STEPS = 10  # PGD steps of every "attacked" number and image in the demo
 
 HELDOUT_NOTE = (
@@ -54,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "without CLIPure purification over HTTP and print the clipshield_ metrics. Without --once the server keeps "
         "running afterwards (stop it with `clipshield serve --stop`).",
     )
+    p.add_argument(
+        "--world",
+        choices=WORLD_NAMES,
+        default="miniworld",
+        help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
+        "ViT-B/32-geometry model, eps 2/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)",
+    )
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--method", default="tga-zsr", choices=_method_names(), help="fine-tuning method (default: %(default)s)")
@@ -83,10 +100,10 @@ def _accuracies(model, names, n: int, eps: float) -> dict[str, tuple[float, floa
     return out
 
 
-def _show_predictions(model) -> None:
+def _show_predictions(model, world: str) -> None:
     from clipshield.training.eval.measure import zero_shot_task
 
-    ds, clf, labels = zero_shot_task(model, "miniworld/plain/color_shape/seen", 6)
+    ds, clf, labels = zero_shot_task(model, f"{world}/plain/color_shape/seen", 6)
     with torch.no_grad():
         probs = clf(ds.images()).softmax(-1)
     print("\nzero-shot predictions (plain domain, 64 colour+shape labels):")
@@ -95,12 +112,12 @@ def _show_predictions(model) -> None:
         print(f"  true: {ds.classnames[label]:18s} predicted: {ds.classnames[top]:18s} p={float(probs[i, top]):.2f}")
 
 
-def _clean_suite(model, n: int) -> None:
+def _clean_suite(model, n: int, world: str) -> None:
     from clipshield.training.data.miniworld import standard_eval_names
     from clipshield.training.eval.measure import measure, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
-    for name in standard_eval_names():
+    for name in standard_eval_names(world=world):
         ds, clf, labels = zero_shot_task(model, name, n)
         acc, _, count = measure(clf, ds.images(), labels)
         print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
@@ -120,49 +137,64 @@ def demo_accuracy(after: dict[str, tuple[float, float]], n: int, eps: float, pre
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipshield.service.card import ModelCard
     from clipshield.service.models import load_model
+    from clipshield.training.data import reference_eps
 
     torch.set_num_threads(args.threads)
-    eps = 4 / 255
-    base = load_model("miniworld")
+    world, sets = args.world, demo_eval(args.world)
+    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 2/255 at 224 px (clipshield.training.miniworld.worlds)
+    base = load_model(world)
     print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
-    _show_predictions(base)
-    _clean_suite(base, args.n)
+    _show_predictions(base, world)
+    _clean_suite(base, args.n, world)
 
     model, card = base, None
-    before = _accuracies(base, DEMO_EVAL, args.n, eps)
+    before = _accuracies(base, sets, args.n, eps)
     if args.finetune_steps > 0:
-        from clipshield.training.finetune import finetune
-        from clipshield.training.finetune_config import recipe_config
+        model, card = _finetune_briefly(args, world)
+    after = _accuracies(model, sets, args.n, eps)
+    _print_comparison(before, after, sets, args.n, eps, finetuned=args.finetune_steps > 0)
+    if not args.no_serve:
+        _serve(args, base, model, card, after, eps, sets)
+    return 0
 
-        # the mini world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own
-        cfg = recipe_config(
-            "miniworld-train",
-            method=args.method,
-            output=args.work_dir / "finetune",
-            steps=args.finetune_steps,
-            eval_datasets=[],
-            threads=args.threads,
-        ).resolved(1)
-        print(
-            f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
-            f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '') } lr {cfg.optim.lr:g}, "
-            f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ..."
-        )
-        model, card = finetune(cfg)
-    after = _accuracies(model, DEMO_EVAL, args.n, eps)
-    print(f"\nclean / attacked top-1 ({args.n} images each):")
+
+def _finetune_briefly(args: argparse.Namespace, world: str) -> tuple[Any, Any]:
+    """The world's registry recipe (docs/finetuning.md), shortened; the demo evaluates on its own."""
+    from clipshield.training.finetune import finetune
+    from clipshield.training.finetune_config import recipe_config
+
+    cfg = recipe_config(
+        f"{world}-train",
+        method=args.method,
+        output=args.work_dir / "finetune",
+        steps=args.finetune_steps,
+        eval_datasets=[],
+        threads=args.threads,
+    ).resolved(1)
+    print(
+        f"\nfine-tuning with {args.method} for {cfg.optim.steps} steps (batch {cfg.optim.batch_size}, "
+        f"{ {'sgd': 'SGD', 'adamw': 'AdamW'}.get(cfg.optim.optimizer or '', '') } lr {cfg.optim.lr:g}, "
+        f"PGD-{cfg.attack.steps} at eps={cfg.attack.eps * 255:g}/255) ..."
+    )
+    return finetune(cfg)
+
+
+def _print_comparison(before: dict, after: dict, sets: Sequence[str], n: int, eps: float, finetuned: bool) -> None:
+    """The before/after table of clean and attacked top-1 per data set."""
+    print(f"\nclean / attacked top-1 ({n} images each):")
     print(attacked_note(eps))
     print(f"  {'data set':42s} {'base':>15s} {'fine-tuned':>15s}")
-    for name in DEMO_EVAL:
+    for name in sets:
         (c0, r0), (c1, r1) = before[name], after[name]
         print(f"  {name:42s} {100 * c0:5.1f} / {100 * r0:5.1f}   {100 * c1:5.1f} / {100 * r1:5.1f}")
-    if args.finetune_steps > 0:
+    if finetuned:
         print(OUTLINED_NOTE)
-    if args.no_serve:
-        return 0
 
+
+def _serve(args: argparse.Namespace, base: Any, model: Any, card: Any, after: dict, eps: float, sets: Sequence[str]) -> None:
+    """Export, archive and serve the (fine-tuned) model, then send it clean, attacked and real images."""
+    from clipshield.service.card import ModelCard
     from clipshield.training.export.demo_serving import serving_demo
 
     accuracy = demo_accuracy(after, args.n, eps, model.record.preprocess)
@@ -181,8 +213,9 @@ def run(args: argparse.Namespace) -> int:
         accuracy=accuracy,
         version=version,
         finetune_card=ModelCard.model_validate(card) if card else None,
+        dataset=sets[0],
+        real_photos=args.world == "miniworld224",
     )
-    return 0
 
 
 def _name_served(model, base, method: str, steps: int) -> str:

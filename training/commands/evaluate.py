@@ -8,6 +8,7 @@ summary.json, results.md (paper-style tables) and robust_vs_clean.png.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +23,7 @@ from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, flag_config, model_from_args, progress
 
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
+MINIWORLD224_SUITE = "miniworld224"  # the same suite on the 224-pixel world
 PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
 PAPER_DATASETS = (
     "tinyimagenet",
@@ -70,7 +72,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "--datasets",
         nargs="+",
         default=[MINIWORLD_SUITE],
-        help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite, '{PAPER_SUITE}' = the papers' 16 real sets, "
+        help=f"registered data set names; '{MINIWORLD_SUITE}' = the mini-world suite ('{MINIWORLD224_SUITE}': on the 224-px world), "
+        f"'{PAPER_SUITE}' = the papers' 16 real sets, "
         "folder/<dir> = any class-folder tree under --data-root (default: %(default)s)",
     )
     g.add_argument(
@@ -166,7 +169,11 @@ def expand_datasets(names: list[str]) -> list[str]:
 
     out: list[str] = []
     for name in names:
-        group = standard_eval_names() if name == MINIWORLD_SUITE else PAPER_DATASETS if name == PAPER_SUITE else [name]
+        group: Sequence[str]
+        if name in (MINIWORLD_SUITE, MINIWORLD224_SUITE):
+            group = standard_eval_names(world=name)
+        else:
+            group = PAPER_DATASETS if name == PAPER_SUITE else [name]
         out += [n for n in group if n not in out]
     return out
 

@@ -1,5 +1,7 @@
 """`clipshield experiment miniworld`: the base model and every fine-tuning method, same budget, several seeds.
 
+`--world miniworld224` runs it on the 224-pixel world (ViT-B/32 geometry, eps 2/255) instead of the 32-pixel one.
+
 Every method gets the same steps, batch size, training epsilon and data, and its recipe's optimiser
 (SGD momentum 0.9; AdamW for FARE) at one learning rate per optimiser family, the mini-world
 defaults of `clipshield finetune` (no per-method tuning); the comparison table (clean and PGD accuracy on seen, held-out combinations and held-out
@@ -23,10 +25,25 @@ from .common import flag_config
 
 log = logging.getLogger(__name__)
 
-SEEN = "miniworld/plain/color_shape/seen"
-HELDOUT_COMBOS = ("miniworld/plain/color_shape/heldout_image", "miniworld/plain/color_shape/heldout_caption")
-HELDOUT_DOMAINS = ("miniworld/noisy/color_shape/seen", "miniworld/textured/color_shape/seen", "miniworld/outlined/color_shape/seen")
-EVAL_SETS = (SEEN, *HELDOUT_COMBOS, *HELDOUT_DOMAINS)
+WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.training.miniworld.worlds.WORLDS (not imported here: the CLI starts fast)
+
+
+def eval_groups(world: str = "miniworld") -> dict[str, tuple[str, ...]]:
+    """The experiment's data sets of one world: seen, held-out combinations, held-out domains."""
+    return {
+        "seen": (f"{world}/plain/color_shape/seen",),
+        "heldout_combos": tuple(f"{world}/plain/color_shape/{sp}" for sp in ("heldout_image", "heldout_caption")),
+        "heldout_domains": tuple(f"{world}/{d}/color_shape/seen" for d in ("noisy", "textured", "outlined")),
+    }
+
+
+def eval_sets(world: str = "miniworld") -> tuple[str, ...]:
+    return tuple(name for names in eval_groups(world).values() for name in names)
+
+
+(SEEN,) = eval_groups()["seen"]
+HELDOUT_COMBOS, HELDOUT_DOMAINS = eval_groups()["heldout_combos"], eval_groups()["heldout_domains"]
+EVAL_SETS = eval_sets()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     paper_run.add_arguments(paper)
     paper.set_defaults(run=paper_run.run)
+    p.add_argument(
+        "--world",
+        choices=WORLD_NAMES,
+        default="miniworld",
+        help="miniworld: 32-px world, shipped `miniworld` model, eps 4/255; miniworld224: 224-px world (ViT-B/32 "
+        "geometry), shipped `miniworld224` model, eps 2/255 (default: %(default)s)",
+    )
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=MINIWORLD_RECIPE.steps, help="optimisation steps per run (default: %(default)s)")
@@ -69,16 +93,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eps",
         type=float,
-        default=4.0,
-        help=budget_help("training and evaluation L-inf radius", "%(default)s (the mini world's reference, 4/255)"),
+        default=None,
+        help=budget_help(
+            "training and evaluation L-inf radius",
+            "the world's reference: 4 (4/255) at 32 px, 2 (2/255) at 224 px; the papers' 1 with --eps 1",
+        ),
     )
     p.add_argument("--eval-limit", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
     p.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
     p.add_argument(
-        "--output",
-        type=Path,
-        default=Path("runs/experiment-miniworld"),
-        help="output folder; finished runs in it are reused (default: %(default)s)",
+        "--output", type=Path, default=None, help="output folder; finished runs in it are reused (default: runs/experiment-<world>)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
     p.set_defaults(run=run)
@@ -92,9 +116,9 @@ def experiment_config(args: argparse.Namespace, method: str, seed: int):
 
     lr = args.lr if get_method(method).optimizer == "sgd" else args.adamw_lr
     return recipe_config(
-        "miniworld-train",
+        f"{args.world}-train",
         method=method,
-        output=args.output / method / f"seed{seed}",
+        output=output_dir(args) / method / f"seed{seed}",
         steps=args.steps,
         batch_size=args.batch_size,
         lr=lr,
@@ -103,7 +127,7 @@ def experiment_config(args: argparse.Namespace, method: str, seed: int):
         checkpoint_every=max(1, args.steps // 4),
         resume=True,
         threads=args.threads,
-        eval_datasets=list(EVAL_SETS),
+        eval_datasets=list(eval_sets(args.world)),
         eval_limit=args.eval_limit,
         eval_steps=args.eval_steps,
         data_limit=max(args.steps * args.batch_size // 2, 512),
@@ -126,34 +150,48 @@ def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from clipshield.service.models import load_model
     from clipshield.training.eval.runner import EvalConfig, Evaluator
 
+    model = load_model(args.world)
     ecfg = flag_config(
         EvalConfig,
-        model_id="miniworld-base",
-        datasets=list(EVAL_SETS),
+        model_id=f"{args.world}-base",
+        datasets=list(eval_sets(args.world)),
         attacks=["pgd"],
-        eps=to_pixels(args.eps, "--eps"),
+        eps=experiment_eps(args),
         steps=args.eval_steps,
         seed=seed,
         limit=args.eval_limit,
-        image_size=32,
-        out_dir=args.output / "base" / "eval",
+        image_size=model.record.preprocess.image_size,
+        out_dir=output_dir(args) / "base" / "eval",
     )
-    return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(load_model("miniworld"), ecfg).run()}
+    return {r.key.dataset: {"clean": r.clean, "robust": r.robust, "n": r.n} for r in Evaluator(model, ecfg).run()}
+
+
+def experiment_eps(args: argparse.Namespace) -> float:
+    """--eps in pixel units, or the world's reference budget (the registry entry's) when unset."""
+    if args.eps is not None:
+        return to_pixels(args.eps, "--eps")
+    from clipshield.training.data import reference_eps
+
+    return reference_eps(f"{args.world}-train")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    return args.output if args.output is not None else Path(f"runs/experiment-{args.world}")
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(per_seed: dict[str, list[dict]], world: str = "miniworld") -> dict[str, dict[str, dict[str, float]]]:
     """method -> column -> {mean, std} (accuracies in %), columns per data set and group averages."""
-    groups = {"seen": (SEEN,), "heldout_combos": HELDOUT_COMBOS, "heldout_domains": HELDOUT_DOMAINS}
+    groups = eval_groups(world)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for method, runs in per_seed.items():
         cols: dict[str, list[float]] = {}
         for res in runs:
             for metric in ("clean", "robust"):
-                for name in EVAL_SETS:
+                for name in eval_sets(world):
                     cols.setdefault(f"{name.split('/', 1)[1]} {metric}", []).append(100 * (res[name][metric] or 0.0))
                 for group, names in groups.items():
                     cols.setdefault(f"{group} {metric}", []).append(100 * statistics.fmean(res[n][metric] or 0.0 for n in names))
@@ -163,10 +201,10 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, 
 
 def markdown(table: dict, args: argparse.Namespace) -> str:
     cols = [f"{g} {m}" for g in ("seen", "heldout_combos", "heldout_domains") for m in ("clean", "robust")]
-    cols += [f"{n.split('/', 1)[1]} {m}" for n in HELDOUT_DOMAINS for m in ("clean", "robust")]
+    cols += [f"{n.split('/', 1)[1]} {m}" for n in eval_groups(args.world)["heldout_domains"] for m in ("clean", "robust")]
     lines = [
-        f"Mini-world comparison: {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} "
-        f"(FARE: AdamW lr {args.adamw_lr}), eps {as_255(to_pixels(args.eps, '--eps'))}, "
+        f"Mini-world comparison ({args.world}): {args.steps} steps, batch {args.batch_size}, SGD lr {args.lr} (FARE: AdamW lr {args.adamw_lr}), "
+        f"eps {as_255(experiment_eps(args))}, "
         f"PGD-{args.eval_steps} evaluation, {len(args.seeds)} seeds (mean ± std, %).",
         "",
         "| method | " + " | ".join(cols) + " |",
@@ -201,14 +239,15 @@ def run(args: argparse.Namespace) -> int:
 
     from clipshield.training.methods import list_methods
 
-    eps = to_pixels(args.eps, "--eps")  # refuse a bad budget before any work
+    eps = experiment_eps(args)  # refuse a bad budget before any work
+    out = output_dir(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods or list_methods()
     print(
         f"experiment: base + {len(methods)} method(s) x {len(args.seeds)} seed(s), {args.steps} steps of batch {args.batch_size}, "
-        f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(EVAL_SETS)} sets; finished runs in "
-        f"{args.output} are reused",
+        f"eps {as_255(eps)}, PGD-{args.eval_steps} on {args.eval_limit} images of {len(eval_sets(args.world))} {args.world} sets; "
+        f"finished runs in {out} are reused",
         flush=True,
     )
     per_seed: dict[str, list[dict]] = {"base": [run_base(args, s) for s in args.seeds]}
@@ -217,14 +256,15 @@ def run(args: argparse.Namespace) -> int:
         for seed in args.seeds:
             print(f"experiment: {method} seed {seed}", flush=True)
             per_seed[method].append(run_method(args, method, seed))
-    table = summarise(per_seed)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(
+    table = summarise(per_seed, args.world)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
         json.dumps(
             {
                 "table": table,
                 "runs": per_seed,
                 "settings": {
+                    "world": args.world,
                     "steps": args.steps,
                     "batch_size": args.batch_size,
                     "lr": args.lr,
@@ -239,8 +279,8 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     text = markdown(table, args)
-    (args.output / "results.md").write_text(text)
-    plot(table, args.output / "results.png")
+    (out / "results.md").write_text(text)
+    plot(table, out / "results.png")
     print(text)
-    print(f"written: {args.output}/results.{{md,json,png}}")
+    print(f"written: {out}/results.{{md,json,png}}")
     return 0

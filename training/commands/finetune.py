@@ -44,8 +44,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        default="miniworld",
-        help="'miniworld', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) (default: %(default)s)",
+        default=None,
+        help="'miniworld', 'miniworld224', a checkpoint folder, a config JSON, or an open_clip name (with --pretrained) "
+        "(default: the shipped model of the --data world, e.g. miniworld224 for miniworld224-train; else miniworld)",
     )
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local weights file (default: none)")
     g.add_argument("--weights", default=None, help="state dict for a config-JSON model (default: none)")
@@ -59,7 +60,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--data",
         default="miniworld-train",
-        help="training set: miniworld-train, tinyimagenet, imagenet, folder/<dir> (any class-folder tree under "
+        help="training set: miniworld-train, miniworld224-train (224-px world, eps 2/255), tinyimagenet, imagenet, "
+        "folder/<dir> (any class-folder tree under "
         "--data-root), ... (default: %(default)s)",
     )
     d.add_argument("--data-root", type=Path, default=None, help="folder holding real data sets (never downloaded; default: none)")

@@ -18,6 +18,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "state every --checkpoint-every steps and the final checkpoint to OUTPUT/final. The defaults reproduce "
         "the shipped model (~5 min on 2 CPU cores).",
     )
+    p.add_argument(
+        "--world",
+        choices=["miniworld", "miniworld224"],
+        default="miniworld",
+        help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
+        "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 1500 --batch-size 64 "
+        "--lr 3e-3 --warmup 100 --pool-size 20000 --teacher miniworld --distill-weight 5 --threads 1, see docs/datasets.md) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="shipped model whose text tower is copied and locked and whose image "
+        "embeddings are distilled (the shipped miniworld224 model used --teacher miniworld) (default: none, from scratch)",
+    )
+    p.add_argument(
+        "--distill-weight", type=float, default=1.0, help="weight of the cosine distillation term with --teacher (default: %(default)s)"
+    )
     p.add_argument("--output", type=Path, default=Path("runs/pretrain"), help="run folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="image+caption pairs per step (default: %(default)s)")
@@ -34,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200, help="write resumable state every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/state if present")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads; pin for bit-identical runs (default: torch's own)")
-    p.add_argument("--install", action="store_true", help="copy the result over the shipped model (service/pretrained/miniworld)")
+    p.add_argument("--install", action="store_true", help="copy the result over the shipped model of --world (service/pretrained/<world>)")
     p.set_defaults(run=run)
 
 
@@ -45,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = flag_config(
         PretrainConfig,
         output=args.output,
+        world=args.world,
+        teacher=args.teacher,
+        distill_weight=args.distill_weight,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -72,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
         from clipshield.service.checkpoint import load_record, load_weights, save_checkpoint
 
-        target = SHIPPED_MODELS["miniworld"]
+        target = SHIPPED_MODELS[args.world]
         save_checkpoint(target, load_record(final), load_weights(final / "model.safetensors"), dtype=torch.float16)
         shutil.copy(final / "pretrain_config.json", target / "pretrain_config.json")
         print(f"installed as the shipped model: {target}")

@@ -1,6 +1,7 @@
-"""Mini-world data sets in the registry: `miniworld/<domain>/<label set>/<split>` and `miniworld-train`.
+"""Mini-world data sets in the registry: `<world>/<domain>/<label set>/<split>` and `<world>-train`.
 
-The world renders 8-bit 32x32 images; like every data set's, they reach the model through
+Worlds (`clipshield.training.miniworld.worlds`): `miniworld` renders 8-bit 32x32 images, `miniworld224` the same
+scenes at 56x56 for a 224-pixel model. Like every data set's, the images reach the model through
 `clipshield.service.preprocess.to_pixels` with the request's resolved preprocessing (an identity for the
 shipped 32-pixel model under the `model` preset; a 224-pixel model gets them resized exactly as
 serving would resize the same images sent as PNG).
@@ -9,6 +10,7 @@ serving would resize the same images sent as PNG).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -20,32 +22,45 @@ from clipshield.service.errors import UnknownName
 from clipshield.service.preprocess import to_pixels
 from clipshield.training.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
 from clipshield.training.miniworld.world import DOMAINS, Split
+from clipshield.training.miniworld.worlds import WORLDS, MiniWorld, get_world
 
 from .recipe import FinetuneRecipe
 from .registry import DatasetRequest, register_dataset, register_dataset_family
 from .transforms import resolve_preprocess
 
-# at 32x32 an L-inf budget of 4/255 plays the role 1/255 plays on 224x224 ImageNet (README, docs/evaluation.md)
-MINIWORLD_REFERENCE_EPS = 4 / 255
-# fine-tuning on the mini world: one budget for every method, short enough for a laptop CPU
-# (docs/finetuning.md); one learning rate per optimiser family (SGD, or AdamW for FARE)
-MINIWORLD_RECIPE = FinetuneRecipe(
-    name="miniworld",
-    eps=MINIWORLD_REFERENCE_EPS,
-    steps=200,
-    batch_size=32,
-    data_limit=3200,
-    warmup=None,
-    lr={"sgd": 0.005, "adamw": 1e-4},
-    eval_datasets=("miniworld/plain/color_shape/seen", "miniworld/plain/color_shape/heldout_image", "miniworld/outlined/color_shape/seen"),
-)
+MINIWORLD_REFERENCE_EPS = WORLDS["miniworld"].reference_eps  # 4/255 at 32x32 (clipshield.training.miniworld.worlds)
+
+
+def world_recipe(world: MiniWorld) -> FinetuneRecipe:
+    """A world's fine-tuning recipe: one budget for every method, short enough for a laptop CPU
+    (docs/finetuning.md), one learning rate per optimiser family (SGD, or AdamW for FARE), the
+    world's reference budget for training and evaluation, its own shipped model and card sets."""
+    return FinetuneRecipe(
+        name=world.name,
+        model=world.name,
+        eps=world.reference_eps,
+        steps=200,
+        batch_size=32,
+        data_limit=3200,
+        warmup=None,
+        lr={"sgd": 0.005, "adamw": 1e-4},
+        eval_datasets=world.finetune_eval,
+    )
+
+
+MINIWORLD_RECIPE = world_recipe(WORLDS["miniworld"])
 _SEED_SPLITS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
 
 
 def preprocess_pixels(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     """float [N, 3, S, S] in [0, 1] from float [N, 3, H, W] 8-bit-valued pixels, image by image through `to_pixels`."""
-    arr = np.clip(np.rint(images.numpy() * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    return torch.from_numpy(np.stack([to_pixels(Image.fromarray(a, "RGB"), cfg) for a in arr]))
+    return preprocess_uint8(torch.from_numpy(np.clip(np.rint(images.numpy() * 255.0), 0, 255).astype(np.uint8)), cfg)
+
+
+def preprocess_uint8(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """float [N, 3, S, S] in [0, 1] from uint8 [N, 3, H, W], image by image through `to_pixels` (pools stay uint8)."""
+    arr = images.permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(np.stack([to_pixels(Image.fromarray(np.ascontiguousarray(a), "RGB"), cfg) for a in arr]))
 
 
 class PreprocessedMiniWorld(torch.utils.data.Dataset):
@@ -85,40 +100,59 @@ class PreprocessedMiniWorld(torch.utils.data.Dataset):
         return preprocess_pixels(image[None], self.preprocess)[0], label
 
 
-@register_dataset_family("miniworld", reference_eps=MINIWORLD_REFERENCE_EPS, recipe=MINIWORLD_RECIPE)
-def build_miniworld(name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
-    """Zero-shot task `miniworld/<domain>/<label set>/<split>`; `req.limit` images (default 512)."""
+def _build_task(world: MiniWorld, name: str, req: DatasetRequest) -> PreprocessedMiniWorld:
+    """Zero-shot task `<world>/<domain>/<label set>/<split>`; `req.limit` images (default 512)."""
     parts = name.split("/")
     if len(parts) != 4:
         raise UnknownName(
-            f"mini-world data sets are named miniworld/<domain>/<label set>/<split> with domain in {DOMAINS}, "
+            f"mini-world data sets are named {world.name}/<domain>/<label set>/<split> with domain in {DOMAINS}, "
             f"label set in {LABEL_SETS}, split in {SPLITS}; got {name!r}"
         )
     _, domain, label_set, split = parts
     task = MiniWorldTask(
-        domain, label_set, split, n=req.limit or 512, world_seed=req.seed, seed_split=_SEED_SPLITS.get(req.split, Split.TEST)
+        domain,
+        label_set,
+        split,
+        n=req.limit or 512,
+        world_seed=req.seed,
+        seed_split=_SEED_SPLITS.get(req.split, Split.TEST),
+        world=world.name,
+        render_size=world.render_size,
     )
-    cfg, choice = resolve_preprocess(_at_32(req))
+    cfg, choice = resolve_preprocess(_at_model_size(req, world))
     return PreprocessedMiniWorld(MiniWorldClassification(task), cfg, choice, name)
 
 
-@register_dataset("miniworld-train", reference_eps=MINIWORLD_REFERENCE_EPS, recipe=MINIWORLD_RECIPE)
-def build_miniworld_train(req: DatasetRequest) -> PreprocessedMiniWorld:
+def _build_train(world: MiniWorld, req: DatasetRequest) -> PreprocessedMiniWorld:
     """Fine-tuning set (ImageNet stand-in): plain domain, 48 seen colour+shape classes."""
-    base = MiniWorldFinetune(n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN))
-    cfg, choice = resolve_preprocess(_at_32(req))
-    return PreprocessedMiniWorld(base, cfg, choice, "miniworld-train")
+    base = MiniWorldFinetune(
+        n=req.limit or 4096, world_seed=req.seed, split=_SEED_SPLITS.get(req.split, Split.TRAIN), render_size=world.render_size
+    )
+    cfg, choice = resolve_preprocess(_at_model_size(req, world))
+    return PreprocessedMiniWorld(base, cfg, choice, world.train_set)
 
 
-def _at_32(req: DatasetRequest) -> DatasetRequest:
-    """Without a model record the mini world is served at its own 32 pixels (not the real sets' 224 default)."""
+def _at_model_size(req: DatasetRequest, world: MiniWorld) -> DatasetRequest:
+    """Without a model record a world is served at its model's size (32 or 224), not the real sets' 224 default."""
     if req.preprocess is not None:
         return req
-    return replace(req, preprocess=PreprocessConfig(image_size=32))
+    return replace(req, preprocess=PreprocessConfig(image_size=world.model_size))
 
 
-def standard_eval_names(label_sets: tuple[str, ...] = LABEL_SETS) -> list[str]:
-    """The mini world's zero-shot suite: every domain x label set on seen combinations, plus held-out ones."""
-    names = [f"miniworld/{d}/{ls}/seen" for d in DOMAINS for ls in label_sets]
-    names += [f"miniworld/{d}/color_shape/{sp}" for d in ("plain",) for sp in SPLITS[1:]]
+def _register(world: MiniWorld) -> None:
+    """`<world>/<domain>/<label set>/<split>` and `<world>-train`, with the world's reference budget."""
+    recipe = world_recipe(world)
+    register_dataset_family(world.name, reference_eps=world.reference_eps, recipe=recipe)(partial(_build_task, world))
+    register_dataset(world.train_set, reference_eps=world.reference_eps, recipe=recipe)(partial(_build_train, world))
+
+
+for _world in WORLDS.values():
+    _register(_world)
+
+
+def standard_eval_names(label_sets: tuple[str, ...] = LABEL_SETS, world: str = "miniworld") -> list[str]:
+    """A mini world's zero-shot suite: every domain x label set on seen combinations, plus held-out ones."""
+    w = get_world(world)
+    names = [w.task_name(d, ls, "seen") for d in DOMAINS for ls in label_sets]
+    names += [w.task_name(d, "color_shape", sp) for d in ("plain",) for sp in SPLITS[1:]]
     return names

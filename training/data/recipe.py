@@ -37,6 +37,7 @@ class FinetuneRecipe(StrictModel):
     warmup: Optional[int] = Field(default=1000, ge=0)
     data_limit: Optional[int] = Field(default=None, gt=0)
     eval_datasets: tuple[str, ...] = ()
+    model: Optional[str] = None  # model a run starts from unless --model is given (a world's shipped model)
 
 
 # the papers' recipe on 224 px real images (TGA-ZSR, PMG-AFT: eps = 1/255)

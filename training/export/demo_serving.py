@@ -51,11 +51,14 @@ def serving_demo(
     notes: tuple[str, ...] = (),
     version: str = "1.0",
     finetune_card: Optional[ModelCard] = None,
+    dataset: str = DEFAULT_LABEL_DATASET,
+    real_photos: bool = False,
 ) -> dict:
     """Run the whole serving path; returns {"answers": [...], "metrics": [...]} for callers and tests.
 
     The model is exported as `model.record.name` at `version` (the model card's name and version, which
-    every answer carries).
+    every answer carries). `dataset` names the images sent; `real_photos` also sends scikit-image's sample
+    photographs (any size, JPEG) to show the 224-pixel model's serving path on real images.
     """
     from clipshield.training.data.registry import DatasetRequest, build_in_memory_dataset
 
@@ -64,22 +67,13 @@ def serving_demo(
     archive = build_archive(bundle, model_store)
     out(f"exported {bundle} and archived {archive}; starting TorchServe ...")
     handle = start_server(model_store, serve or ServeConfig())
-    ds = build_in_memory_dataset(DEFAULT_LABEL_DATASET, DatasetRequest(limit=n_images, preprocess=model.record.preprocess))
+    ds = build_in_memory_dataset(dataset, DatasetRequest(limit=n_images, preprocess=model.record.preprocess))
     images, labels = ds.images(), torch.tensor(ds.labels)
     adv = attacked_images(model, images, labels, ds.classnames, ds.templates, eps, seed=0)
     client = ServingClient(handle)
-    answers = []
-    out(f"\n{'image':8s} {'true label':18s} {'input':8s} {'purify':6s} {'top-1':18s} {'score':>5s} flipped")
-    for i in range(len(labels)):
-        truth = ds.classnames[int(labels[i])]
-        for kind, batch in (("clean", images), ("attacked", adv)):
-            for purified in (False, True):
-                status, body = client.predict(encode_png(batch[i].detach().numpy()), purify=purified)
-                top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
-                answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
-                out(
-                    f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}"
-                )
+    answers = send_dataset_images(client, out, images, adv, labels, ds.classnames)
+    if real_photos:
+        answers += send_photos(client, out)
     scraped = client.metrics_after("clipshield_requests_total", len(answers))
     metrics = [line for line in scraped if line.startswith(METRIC_PREFIXES) or "_count{" in line]
     out("\nmetrics (clipshield_*):")
@@ -93,3 +87,56 @@ def serving_demo(
         out(f"\nTorchServe keeps running on {cfg.inference_address} (token in {handle.state_dir / 'key_file.json'}).")
         out(f"Stop it with: clipshield serve --stop --model-store {model_store}")
     return {"answers": answers, "metrics": metrics}
+
+
+def send_dataset_images(
+    client: ServingClient,
+    out: Callable[[str], None],
+    images: torch.Tensor,
+    adv: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: list[str],
+) -> list[dict]:
+    """Send each image clean and attacked, with and without purification, as 8-bit PNGs; one table row per answer."""
+    answers = []
+    out(f"\n{'image':8s} {'true label':18s} {'input':8s} {'purify':6s} {'top-1':18s} {'score':>5s} flipped")
+    for i in range(len(labels)):
+        truth = classnames[int(labels[i])]
+        for kind, batch in (("clean", images), ("attacked", adv)):
+            for purified in (False, True):
+                status, body = client.predict(encode_png(batch[i].detach().numpy()), purify=purified)
+                top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
+                answers.append({"index": i, "truth": truth, "input": kind, "purify": purified, **top, "flipped": body.get("flipped")})
+                out(
+                    f"{i:<8d} {truth:18s} {kind:8s} {str(purified).lower():6s} {top['label']:18s} {top['score']:5.2f} {body.get('flipped')}"
+                )
+    return answers
+
+
+def send_photos(client: ServingClient, out: Callable[[str], None]) -> list[dict]:
+    """Send scikit-image's sample photos as JPEGs (clean, no purification); the server resizes them to the model's input.
+
+    They show no colour-shape scene, so the answer is whichever label is nearest: the point is the path
+    (JPEG of any size -> `to_pixels` -> 224 px -> model), not the label. Needs scikit-image (the dev extra).
+    """
+    import io
+
+    from PIL import Image
+
+    try:
+        from skimage import data
+    except ImportError:
+        out("\nreal photos: not sent, scikit-image is not installed (pip install 'clipshield[dev]')")
+        return []
+    answers = []
+    out(f"\n{'real photo':24s} {'size':10s} {'top-1':18s} {'score':>5s}")
+    for name in ("chelsea", "astronaut", "coffee"):
+        photo = getattr(data, name)()
+        buf = io.BytesIO()
+        Image.fromarray(photo).save(buf, format="JPEG", quality=90)
+        status, body = client.predict(buf.getvalue(), purify=False)
+        top = body["predictions"][0] if status == 200 else {"label": f"HTTP {status}", "score": float("nan")}
+        size = f"{photo.shape[1]}x{photo.shape[0]}"
+        answers.append({"index": name, "truth": None, "input": "photo", "purify": False, **top, "flipped": body.get("flipped")})
+        out(f"{name:24s} {size:10s} {top['label']:18s} {top['score']:5.2f}")
+    return answers

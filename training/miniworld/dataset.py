@@ -17,7 +17,7 @@ from clipshield.service.errors import UnknownName
 
 from .captions import EVAL_TEMPLATES, FINETUNE_TEMPLATE
 from .render import ImageSpec, render
-from .world import BACKGROUNDS, COLORS, DOMAINS, SHAPES, SIZES, Split, combo_name, combos
+from .world import BACKGROUNDS, COLORS, DOMAINS, IMAGE_SIZE, SHAPES, SIZES, Split, combo_name, combos
 
 LABEL_SETS = ("shape", "color", "color_shape")
 SPLITS = ("seen", "heldout_image", "heldout_caption")
@@ -51,9 +51,9 @@ def pretraining_specs(n: int, world_seed: int = 0) -> list[ImageSpec]:
     return specs
 
 
-def render_specs(specs: list[ImageSpec]) -> torch.Tensor:
-    """uint8 [N, 3, 32, 32] images for `specs`."""
-    return torch.from_numpy(np.stack([render(s) for s in specs])).permute(0, 3, 1, 2).contiguous()
+def render_specs(specs: list[ImageSpec], size: int = IMAGE_SIZE) -> torch.Tensor:
+    """uint8 [N, 3, size, size] images for `specs`."""
+    return torch.from_numpy(np.stack([render(s, size) for s in specs])).permute(0, 3, 1, 2).contiguous()
 
 
 def spec_attributes(specs: list[ImageSpec]) -> np.ndarray:
@@ -71,10 +71,12 @@ class MiniWorldTask:
     n: int = 512
     world_seed: int = 0
     seed_split: Split = Split.TEST
+    world: str = "miniworld"  # registry prefix; the scenes are the same in every world
+    render_size: int = IMAGE_SIZE
 
     @property
     def name(self) -> str:
-        return f"miniworld/{self.domain}/{self.label_set}/{self.split}"
+        return f"{self.world}/{self.domain}/{self.label_set}/{self.split}"
 
     def classnames(self) -> list[str]:
         if self.label_set == "shape":
@@ -95,7 +97,7 @@ class MiniWorldTask:
 
 
 class MiniWorldClassification(Dataset):
-    """Images (float [3, 32, 32] in [0, 1]) and integer labels of a `MiniWorldTask`.
+    """Images (float [3, R, R] in [0, 1], R = the task's render size) and integer labels of a `MiniWorldTask`.
 
     Combinations are drawn uniformly from the task's split; images of a task depend only on
     (world seed, seed split, domain, index), so a task is identical across runs and processes.
@@ -127,9 +129,9 @@ class MiniWorldClassification(Dataset):
         return len(self.specs)
 
     def images(self) -> torch.Tensor:
-        """All images as float [N, 3, 32, 32] in [0, 1] (rendered once, then cached)."""
+        """All images as float [N, 3, R, R] in [0, 1] (rendered once, then cached)."""
         if self._cache is None:
-            self._cache = render_specs(self.specs).float() / 255.0
+            self._cache = render_specs(self.specs, self.task.render_size).float() / 255.0
         return self._cache
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
@@ -142,7 +144,9 @@ class MiniWorldFinetune(Dataset):
     Labels index `classnames` (seen combinations only); the prompt is `FINETUNE_TEMPLATE`.
     """
 
-    def __init__(self, n: int = 4096, world_seed: int = 0, split: Split = Split.TRAIN, domain: str = "plain") -> None:
+    def __init__(
+        self, n: int = 4096, world_seed: int = 0, split: Split = Split.TRAIN, domain: str = "plain", render_size: int = IMAGE_SIZE
+    ) -> None:
         self.pairs = combos("seen")
         self.classnames = [combo_name(s, c) for s, c in self.pairs]
         self.templates = [FINETUNE_TEMPLATE]
@@ -155,13 +159,13 @@ class MiniWorldFinetune(Dataset):
             self.specs.append(_spec(rng, shape, color, d, seed))
         index = {p: i for i, p in enumerate(self.pairs)}
         self.labels = torch.tensor([index[(s.shape, s.color)] for s in self.specs], dtype=torch.long)
-        self._images = render_specs(self.specs)
+        self._images = render_specs(self.specs, render_size)
 
     def __len__(self) -> int:
         return len(self.specs)
 
     def images(self) -> torch.Tensor:
-        """All images as float [N, 3, 32, 32] in [0, 1]."""
+        """All images as float [N, 3, R, R] in [0, 1] (R = the render size)."""
         return self._images.float() / 255.0
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:

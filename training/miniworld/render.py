@@ -1,8 +1,10 @@
-"""Deterministic renderer of mini-world images (32x32 RGB, one centred shape).
+"""Deterministic renderer of mini-world images (square RGB, one centred shape; 32x32 by default).
 
-Every image is a pure function of its attributes and a per-image seed, so data sets are
-reproducible without storing pixels. Shapes are drawn at 4x resolution with Pillow and box-filtered
-down, which gives anti-aliased edges at ~1 ms per image on one core.
+Every image is a pure function of its attributes, a per-image seed and the render size, so data sets
+are reproducible without storing pixels. Shapes are drawn at 4x resolution with Pillow and box-filtered
+down, which gives anti-aliased edges at ~1 ms per image on one core (32 px). Every length (radius,
+jitter, outline, texture period) is given at 32 px and scaled with the render size, so a 56-px image
+is the same scene with finer edges (the 224-px world renders at 56 px, `clipshield.training.miniworld.worlds`).
 """
 
 from __future__ import annotations
@@ -73,31 +75,36 @@ _UNIT_POLYGONS = {name: np.asarray(_unit_polygon(name), dtype=np.float64) for na
 
 
 def _textured_background(rng: np.random.Generator, base: tuple[int, int, int], size: int) -> np.ndarray:
-    """Stripes or a checkerboard in two shades of the background grey."""
+    """Stripes or a checkerboard in two shades of the background grey (period 2-4 px at 32 px, scaled)."""
     light = np.clip(np.asarray(base, dtype=np.float32) + 45.0, 0, 255)
     dark = np.clip(np.asarray(base, dtype=np.float32) - 45.0, 0, 255)
-    period = int(rng.integers(2, 5))
+    period = int(rng.integers(2, 5)) * size / IMAGE_SIZE
     yy, xx = np.mgrid[0:size, 0:size]
+    yy, xx = np.floor(yy / period).astype(np.int64), np.floor(xx / period).astype(np.int64)
     kind = int(rng.integers(0, 3))
     if kind == 0:
-        mask = (xx // period) % 2 == 0
+        mask = xx % 2 == 0
     elif kind == 1:
-        mask = (yy // period) % 2 == 0
+        mask = yy % 2 == 0
     else:
-        mask = ((xx // period) + (yy // period)) % 2 == 0
+        mask = (xx + yy) % 2 == 0
     return np.where(mask[..., None], light, dark).astype(np.float32)
 
 
-def render(spec: ImageSpec) -> np.ndarray:
-    """Render one image as uint8 [32, 32, 3]; identical output for an identical spec."""
+def render(spec: ImageSpec, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Render one image as uint8 [size, size, 3]; identical output for an identical (spec, size)."""
     rng = np.random.default_rng(spec.seed)
     shape, color = SHAPES[spec.shape], COLORS[spec.color]
     domain = DOMAINS[spec.domain]
-    big = IMAGE_SIZE * _SUPERSAMPLE
+    scale = size / IMAGE_SIZE
+    big = size * _SUPERSAMPLE
     bg = BACKGROUNDS[spec.background]
 
-    radius = _RADIUS[SIZES[spec.size]] * _SUPERSAMPLE
-    centre = (big / 2 + rng.uniform(-_JITTER, _JITTER) * _SUPERSAMPLE, big / 2 + rng.uniform(-_JITTER, _JITTER) * _SUPERSAMPLE)
+    radius = _RADIUS[SIZES[spec.size]] * scale * _SUPERSAMPLE
+    centre = (
+        big / 2 + rng.uniform(-_JITTER, _JITTER) * scale * _SUPERSAMPLE,
+        big / 2 + rng.uniform(-_JITTER, _JITTER) * scale * _SUPERSAMPLE,
+    )
     angle = math.radians(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     pts = _UNIT_POLYGONS[shape] @ rot.T * radius + np.asarray(centre)
@@ -106,18 +113,18 @@ def render(spec: ImageSpec) -> np.ndarray:
     mask_img = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask_img)
     if domain == "outlined":
-        draw.line(polygon + [polygon[0]], fill=255, width=int(_OUTLINE_WIDTH * _SUPERSAMPLE), joint="curve")
+        draw.line(polygon + [polygon[0]], fill=255, width=int(_OUTLINE_WIDTH * scale * _SUPERSAMPLE), joint="curve")
     else:
         draw.polygon(polygon, fill=255)
-    mask = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+    mask = np.asarray(mask_img.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
 
-    fg = np.broadcast_to(np.asarray(COLOR_RGB[color], dtype=np.float32), (IMAGE_SIZE, IMAGE_SIZE, 3))
+    fg = np.broadcast_to(np.asarray(COLOR_RGB[color], dtype=np.float32), (size, size, 3))
     if domain == "textured":
-        background = _textured_background(rng, bg, IMAGE_SIZE)
-        stripes = (np.arange(IMAGE_SIZE)[None, :] + np.arange(IMAGE_SIZE)[:, None]) // 2 % 2 == 0
-        fg = np.where(stripes[..., None], fg, fg * 0.65)
+        background = _textured_background(rng, bg, size)
+        diagonal = np.floor((np.arange(size)[None, :] + np.arange(size)[:, None]) / (2 * scale)).astype(np.int64)
+        fg = np.where((diagonal % 2 == 0)[..., None], fg, fg * 0.65)
     else:
-        background = np.broadcast_to(np.asarray(bg, dtype=np.float32), (IMAGE_SIZE, IMAGE_SIZE, 3))
+        background = np.broadcast_to(np.asarray(bg, dtype=np.float32), (size, size, 3))
     out = mask * fg + (1.0 - mask) * background
     if domain == "noisy":
         out = out + rng.normal(0.0, _NOISE_STD * 255.0, size=out.shape)
