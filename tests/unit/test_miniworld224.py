@@ -99,7 +99,7 @@ def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary(
     teacher = load_model("miniworld")
     student = from_record(miniworld_record("s", MODEL_CONFIGS / "miniworld-vit-b32-tiny.json"))
     assert lock_text_tower(student, teacher) > 0
-    tokens = teacher.tokenizer(["a photo of a red star ."])
+    tokens = teacher.tokenize(["a photo of a red star ."])
     torch.testing.assert_close(student.encode_text(tokens), teacher.encode_text(tokens))
     assert not any(p.requires_grad for n, p in student.clip.named_parameters() if not n.startswith("visual."))
     assert all(p.requires_grad for p in student.clip.visual.parameters())

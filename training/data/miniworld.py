@@ -48,7 +48,8 @@ def world_recipe(world: MiniWorld) -> FinetuneRecipe:
     )
 
 
-MINIWORLD_RECIPE = world_recipe(WORLDS["miniworld"])
+RECIPES: dict[str, FinetuneRecipe] = {name: world_recipe(world) for name, world in WORLDS.items()}  # one object per world
+MINIWORLD_RECIPE = RECIPES["miniworld"]
 _SEED_SPLITS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
 
 
@@ -141,7 +142,7 @@ def _at_model_size(req: DatasetRequest, world: MiniWorld) -> DatasetRequest:
 
 def _register(world: MiniWorld) -> None:
     """`<world>/<domain>/<label set>/<split>` and `<world>-train`, with the world's reference budget."""
-    recipe = world_recipe(world)
+    recipe = RECIPES[world.name]
     register_dataset_family(world.name, reference_eps=world.reference_eps, recipe=recipe)(partial(_build_task, world))
     register_dataset(world.train_set, reference_eps=world.reference_eps, recipe=recipe)(partial(_build_train, world))
 

@@ -24,9 +24,13 @@ _KINDS = ("counter", "gauge", "histogram")  # TorchServe's metric types, in the 
 
 
 def metrics_config() -> dict[str, Any]:
-    """The `metrics.yaml` document: TorchServe's counters and every `clipshield_*` metric by kind."""
+    """The `metrics.yaml` document: TorchServe's counters and every `clipshield_*` metric by kind.
+
+    Metrics are listed by name, not in `METRICS`' insertion order, so the file does not change when the
+    same metrics are declared in another order.
+    """
     model_metrics: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _KINDS}
-    for name, (kind, _help, labels) in METRICS.items():
+    for name, (kind, _help, labels) in sorted(METRICS.items()):
         model_metrics[kind].append({"name": name, "unit": unit_of(name), "dimensions": [*HANDLER_DIMENSIONS, *labels]})
     return {
         "dimensions": list(HANDLER_DIMENSIONS),
