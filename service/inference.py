@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -279,35 +279,50 @@ class ClipshieldService:
         return final
 
     def _encode(self, items: list[_Item], results: list[Optional[Result]]) -> None:
-        start = time.perf_counter()
-        try:
-            emb = self.image_encoder(np.stack([it.pixels for it in items]).astype(np.float32))
-        except Exception as exc:
-            log.exception("image encoder failed on a batch of %d", len(items))
-            for it in items:
-                results[it.index] = ClipshieldError(f"internal error in the image encoder ({type(exc).__name__})")
-            return
-        self.metrics.observe("clipshield_encode_seconds", time.perf_counter() - start)
-        for it, row in zip(items, emb):
-            it.embedding = row
+        """Image embeddings of the decoded items, one encoder call for the batch."""
+        emb = self._timed_batch(
+            items,
+            results,
+            "image encoder",
+            "clipshield_encode_seconds",
+            lambda: self.image_encoder(np.stack([it.pixels for it in items]).astype(np.float32)),
+        )
+        if emb is not None:
+            for it, row in zip(items, emb):
+                it.embedding = row
 
     def _score(self, items: list[_Item], results: list[Optional[Result]]) -> None:
         """Attack scores of the encoded items that want one, in one pass over their noisy copies."""
         wanted = [it for it in items if results[it.index] is None and self.wants_score(it.options)]
-        if not wanted or self.scorer is None:
+        scorer = self.scorer
+        if not wanted or scorer is None:
             return
+        seed = self.config.attack_score.seed
+        scores = self._timed_batch(
+            wanted,
+            results,
+            "attack score",
+            "clipshield_attack_score_seconds",
+            lambda: scorer.score(
+                np.stack([it.pixels for it in wanted]).astype(np.float32), np.stack([it.encoded() for it in wanted]), seed
+            ),
+        )
+        if scores is not None:
+            for it, value in zip(wanted, scores):
+                it.attack_score = float(value)
+
+    def _timed_batch(
+        self, items: list[_Item], results: list[Optional[Result]], stage: str, metric: str, run: Callable[[], np.ndarray]
+    ) -> Optional[np.ndarray]:
+        """`run()` timed into `metric`; on failure every item of the batch gets an internal error naming `stage`
+        (logged with its traceback) and None comes back, so one bad batch never takes the worker down."""
         start = time.perf_counter()
         try:
-            scores = self.scorer.score(
-                np.stack([it.pixels for it in wanted]).astype(np.float32),
-                np.stack([it.encoded() for it in wanted]),
-                self.config.attack_score.seed,
-            )
+            out = run()
         except Exception as exc:
-            log.exception("attack score failed on a batch of %d", len(wanted))
-            for it in wanted:
-                results[it.index] = ClipshieldError(f"internal error in the attack score ({type(exc).__name__})")
-            return
-        self.metrics.observe("clipshield_attack_score_seconds", time.perf_counter() - start)
-        for it, value in zip(wanted, scores):
-            it.attack_score = float(value)
+            log.exception("%s failed on a batch of %d", stage, len(items))
+            for it in items:
+                results[it.index] = ClipshieldError(f"internal error in the {stage} ({type(exc).__name__})")
+            return None
+        self.metrics.observe(metric, time.perf_counter() - start)
+        return out

@@ -111,3 +111,21 @@ def test_default_head_and_zero_shot_match_torch(service, miniworld_model, pngs):
     top = int(probs.argmax())
     assert res.predictions[0].label == service.labels.classnames[top]
     assert res.predictions[0].score == pytest.approx(float(probs[top]), abs=1e-4)
+
+
+def test_a_failing_encoder_fails_its_batch_only_and_is_counted(service, pngs, monkeypatch):
+    """An exception inside the image encoder answers every item of that batch with an internal error
+    (no traceback to the caller, outcome counted), and the next batch is served normally."""
+
+    def broken(_pixels: np.ndarray) -> np.ndarray:
+        raise RuntimeError("device lost")
+
+    errors_before = sum(v for (name, labels), v in service.metrics.counters.items() if name == "clipshield_requests_total")
+    monkeypatch.setattr(service, "image_encoder", broken)
+    failed = service.predict([RawRequest({"body": p}, "image/png") for p in pngs[:3]])
+    assert [str(r) for r in failed] == ["internal error in the image encoder (RuntimeError)"] * 3
+    counted = sum(v for (name, labels), v in service.metrics.counters.items() if name == "clipshield_requests_total")
+    assert counted - errors_before == 3
+    monkeypatch.undo()
+    ok = service.predict([RawRequest({"body": pngs[0]}, "image/png")])[0]
+    assert not isinstance(ok, Exception) and ok.predictions
