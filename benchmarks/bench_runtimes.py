@@ -67,8 +67,9 @@ def drive(send: Callable[[object], tuple[int, str]], seconds: float, clients: in
 
 def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
     from clipshield.service.settings import RuntimeConfig, ServingConfig
-    from clipshield.training.export import ServeConfig, build_archive, start_server, stop_server
+    from clipshield.training.export import build_archive, start_server, stop_server
     from clipshield.training.export.archive import BatchingConfig
+    from tests.load.run_loadtest import loopback_serve_config
 
     store = work / "store"
     build_archive(
@@ -78,17 +79,7 @@ def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -
         serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=args.threads)),
         batching=BatchingConfig(batch_size=8, max_batch_delay_ms=5, min_workers=1, max_workers=1),
     )
-    ports = [free_port() for _ in range(5)]
-    cfg = ServeConfig(
-        inference_address=f"http://127.0.0.1:{ports[0]}",
-        management_address=f"http://127.0.0.1:{ports[1]}",
-        metrics_address=f"http://127.0.0.1:{ports[2]}",
-        grpc_inference_port=ports[3],
-        grpc_management_port=ports[4],
-        models="clipshield=clipshield",
-        workers=1,
-        startup_timeout_s=300,
-    )
+    cfg = loopback_serve_config(1, 300, models="clipshield=clipshield")
     handle = start_server(store, cfg)
     try:
         url, headers = (

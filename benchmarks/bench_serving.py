@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -85,18 +84,13 @@ def eager_vs_ort(model, bundle: Path, threads: int, iters: int) -> dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_requests: int, iters: int) -> dict:
     import requests
 
     from clipshield.service.preprocess import encode_png
-    from clipshield.training.export import ServeConfig, build_archive, start_server, stop_server
+    from clipshield.training.export import build_archive, start_server, stop_server
     from clipshield.training.export.archive import BatchingConfig
+    from tests.load.run_loadtest import loopback_serve_config
 
     size = model.image_size
     enc = image_encoder(bundle / B.IMAGE_ONNX, RuntimeConfig(intra_op_threads=threads))
@@ -111,17 +105,7 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
         serving=ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)),
         batching=BatchingConfig(batch_size=batch, max_batch_delay_ms=5, min_workers=1, max_workers=1),
     )
-    ports = [_free_port() for _ in range(5)]
-    cfg = ServeConfig(
-        inference_address=f"http://127.0.0.1:{ports[0]}",
-        management_address=f"http://127.0.0.1:{ports[1]}",
-        metrics_address=f"http://127.0.0.1:{ports[2]}",
-        grpc_inference_port=ports[3],
-        grpc_management_port=ports[4],
-        models="clipshield=clipshield",
-        workers=1,
-        startup_timeout_s=300,
-    )
+    cfg = loopback_serve_config(1, 300, models="clipshield=clipshield")
     handle = start_server(store, cfg)
     try:
         url = cfg.inference_address + "/predictions/clipshield"

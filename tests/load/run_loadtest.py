@@ -19,7 +19,7 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
@@ -72,8 +72,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def loopback_serve_config(workers: int, startup_timeout_s: float):
-    """A ServeConfig with all five TorchServe listeners on free 127.0.0.1 ports (never a public address)."""
+def loopback_serve_config(workers: int, startup_timeout_s: float, **settings: Any):
+    """A ServeConfig with all five TorchServe listeners on free 127.0.0.1 ports (never a public address);
+    `settings` are further ServeConfig fields (e.g. `models` for an unpacked archive)."""
     from clipshield.training.export import ServeConfig
 
     p = [_free_port() for _ in range(5)]
@@ -85,6 +86,7 @@ def loopback_serve_config(workers: int, startup_timeout_s: float):
         grpc_management_port=p[4],
         workers=workers,
         startup_timeout_s=startup_timeout_s,
+        **settings,
     )
 
 
