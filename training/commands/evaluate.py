@@ -25,24 +25,6 @@ from .common import add_model_args, flag_config, model_from_args, progress
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
 MINIWORLD224_SUITE = "miniworld224"  # the same suite on the 224-pixel world
 PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
-PAPER_DATASETS = (
-    "tinyimagenet",
-    "cifar10",
-    "cifar100",
-    "stl10",
-    "food101",
-    "oxford_pets",
-    "flowers102",
-    "dtd",
-    "eurosat",
-    "fgvc_aircraft",
-    "caltech101",
-    "caltech256",
-    "stanford_cars",
-    "pcam",
-    "imagenet",
-    "sun397",
-)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -166,6 +148,7 @@ def _purify_args(p: argparse.ArgumentParser) -> None:
 def expand_datasets(names: list[str]) -> list[str]:
     """Replace the suite shorthands by their data set names, keeping order and dropping repeats."""
     from clipshield.training.data.miniworld import standard_eval_names
+    from clipshield.training.data.real import REAL_DATASETS
 
     out: list[str] = []
     for name in names:
@@ -173,7 +156,7 @@ def expand_datasets(names: list[str]) -> list[str]:
         if name in (MINIWORLD_SUITE, MINIWORLD224_SUITE):
             group = standard_eval_names(world=name)
         else:
-            group = PAPER_DATASETS if name == PAPER_SUITE else [name]
+            group = REAL_DATASETS if name == PAPER_SUITE else [name]
         out += [n for n in group if n not in out]
     return out
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -138,26 +139,53 @@ def wrap_dataset(
     return RealDataset(base, classnames, templates, {"dataset": name, "split": req.split, **protocol}, req, transform.cfg)
 
 
-def _torchvision(
-    name: str,
-    req: DatasetRequest,
-    layout: str,
-    markers: Sequence[str],
-    cls: Callable,
-    kwargs: dict,
-    names: Callable[[Any], list[str]],
-    templates: list[str],
-    lowres: bool = False,
-) -> RealDataset:
-    """Shared path of every torchvision-class data set: locate, open with download=False, wrap."""
-    root = locate_root(name, req, layout, markers)
-    transform, protocol = image_transform(req, lowres)
-    base = _open(name, layout, lambda: cls(str(root), transform=transform, download=False, **kwargs))
-    return wrap_dataset(name, req, base, names(base), templates, transform, protocol)
+@dataclass(frozen=True)
+class TorchvisionSet:
+    """One torchvision-class data set: its files, how torchvision opens it, the reference's names and prompt.
+
+    `splits` maps each split the set offers to torchvision's value for keyword `split_kw`; a set with one
+    split maps `"test"` to None and passes no keyword. `lowres` sets accept `options["lowres"]`.
+    """
+
+    cls: Callable
+    layout: str
+    markers: tuple[str, ...]
+    splits: dict[str, Any]
+    names: Callable[[Any], list[str]]
+    template: str = PHOTO
+    split_kw: str = "split"
+    extra: dict[str, Any] = field(default_factory=dict)
+    lowres: bool = False
+    check: Optional[Callable[[RealDataset, str], None]] = None  # (opened set, layout): raises DatasetNotFound
+
+
+def open_torchvision_set(name: str, entry: TorchvisionSet, req: DatasetRequest) -> RealDataset:
+    """The shared path of every torchvision-class data set: check the split and the folders, open with
+    download=False, name the classes, wrap."""
+    split = split_choice(name, req, entry.splits)
+    kwargs = dict(entry.extra) if split is None else {entry.split_kw: split, **entry.extra}
+    root = locate_root(name, req, entry.layout, entry.markers)
+    transform, protocol = image_transform(req, entry.lowres)
+    base = _open(name, entry.layout, lambda: entry.cls(str(root), transform=transform, download=False, **kwargs))
+    ds = wrap_dataset(name, req, base, entry.names(base), [entry.template], transform, protocol)
+    if entry.check is not None:
+        entry.check(ds, entry.layout)
+    return ds
+
+
+def _one_folder_per_name(ds: RealDataset, layout: str) -> None:
+    """EuroSAT's names come from the shipped list: the class folders must match it in number."""
+    found, expected = len(ds.base.classes), len(ds.classnames)
+    if found != expected:
+        raise DatasetNotFound(f"{ds.protocol['dataset']}: found {found} class folders, expected {expected}; expected layout: {layout}")
 
 
 def _refined(attr: str) -> Callable[[Any], list[str]]:
     return lambda base: [clean_name(c) for c in getattr(base, attr)]
+
+
+def _shipped(name: str, chars: str = "_-/") -> Callable[[Any], list[str]]:
+    return lambda _base: [clean_name(c, chars) for c in load_classnames(name)]
 
 
 def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> tvd.ImageFolder:
@@ -165,178 +193,135 @@ def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> t
     return _open(name, layout, lambda: tvd.ImageFolder(str(folder), transform=transform, loader=open_image))
 
 
-def _cifar(name: str, req: DatasetRequest, folder: str, files: str, cls: Callable) -> RealDataset:
-    """CIFAR-10/100 (test: 10 000 images each); `options["lowres"]` in tga224|native."""
-    train = split_choice(name, req, {"train": True, "test": False})
-    return _torchvision(
-        name, req, f"<root>/{folder}/{{{files}}}", [folder], cls, {"train": train}, _refined("classes"), [PHOTO], lowres=True
-    )
+TRAIN_TEST = {"train": "train", "test": "test"}
+TRAIN_VAL_TEST = {"train": "train", "val": "val", "test": "test"}
+ONE_SPLIT = {"test": None}
 
-
-@register_dataset("cifar10")
-def build_cifar10(req: DatasetRequest) -> RealDataset:
-    return _cifar("cifar10", req, "cifar-10-batches-py", "data_batch_1..5,test_batch,batches.meta", tvd.CIFAR10)
-
-
-@register_dataset("cifar100")
-def build_cifar100(req: DatasetRequest) -> RealDataset:
-    return _cifar("cifar100", req, "cifar-100-python", "train,test,meta", tvd.CIFAR100)
-
-
-@register_dataset("stl10")
-def build_stl10(req: DatasetRequest) -> RealDataset:
-    """STL-10 (test: 8 000 images at 96x96); `options["lowres"]` in tga224|native."""
-    layout = "<root>/stl10_binary/{test_X.bin,test_y.bin,train_X.bin,train_y.bin,class_names.txt}"
-    split = split_choice("stl10", req, {"train": "train", "test": "test"})
-    return _torchvision("stl10", req, layout, ["stl10_binary"], tvd.STL10, {"split": split}, _refined("classes"), [PHOTO], lowres=True)
-
-
-@register_dataset("sun397")
-def build_sun397(req: DatasetRequest) -> RealDataset:
-    """SUN397 (all images, as the reference); names from ClassName.txt minus `/x/`, `/` -> space."""
-    layout = "<root>/SUN397/{ClassName.txt,a/abbey/sun_*.jpg,...}"
-    split_choice("sun397", req, {"test": None})
-    return _torchvision("sun397", req, layout, ["SUN397/ClassName.txt"], tvd.SUN397, {}, _refined("classes"), [PHOTO])
-
-
-@register_dataset("food101")
-def build_food101(req: DatasetRequest) -> RealDataset:
-    """Food-101 (test: 25 250 images)."""
-    layout = "<root>/food-101/{meta/{train,test}.json,images/<class>/*.jpg}"
-    split = split_choice("food101", req, {"train": "train", "test": "test"})
-    return _torchvision(
-        "food101",
-        req,
-        layout,
-        ["food-101/meta", "food-101/images"],
+# The reference loaders' sets (docs/methods.md §0.7); test-split sizes in each comment.
+TORCHVISION_SETS: dict[str, TorchvisionSet] = {
+    # CIFAR-10/100: 10 000 test images each; options["lowres"] in tga224|native
+    "cifar10": TorchvisionSet(
+        tvd.CIFAR10,
+        "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+        ("cifar-10-batches-py",),
+        {"train": True, "test": False},
+        _refined("classes"),
+        split_kw="train",
+        lowres=True,
+    ),
+    "cifar100": TorchvisionSet(
+        tvd.CIFAR100,
+        "<root>/cifar-100-python/{train,test,meta}",
+        ("cifar-100-python",),
+        {"train": True, "test": False},
+        _refined("classes"),
+        split_kw="train",
+        lowres=True,
+    ),
+    # STL-10: 8 000 test images at 96x96
+    "stl10": TorchvisionSet(
+        tvd.STL10,
+        "<root>/stl10_binary/{test_X.bin,test_y.bin,train_X.bin,train_y.bin,class_names.txt}",
+        ("stl10_binary",),
+        TRAIN_TEST,
+        _refined("classes"),
+        lowres=True,
+    ),
+    # SUN397: all images, as the reference; names from ClassName.txt minus `/x/`, `/` -> space
+    "sun397": TorchvisionSet(
+        tvd.SUN397, "<root>/SUN397/{ClassName.txt,a/abbey/sun_*.jpg,...}", ("SUN397/ClassName.txt",), ONE_SPLIT, _refined("classes")
+    ),
+    # Food-101: 25 250 test images
+    "food101": TorchvisionSet(
         tvd.Food101,
-        {"split": split},
+        "<root>/food-101/{meta/{train,test}.json,images/<class>/*.jpg}",
+        ("food-101/meta", "food-101/images"),
+        TRAIN_TEST,
         _refined("classes"),
-        ["A photo of {}, a type of food."],
-    )
-
-
-@register_dataset("oxford_pets")
-def build_oxford_pets(req: DatasetRequest) -> RealDataset:
-    """Oxford-IIIT Pet (test: 3 669 images)."""
-    layout = "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}"
-    split = split_choice("oxford_pets", req, {"train": "trainval", "test": "test"})
-    return _torchvision(
-        "oxford_pets",
-        req,
-        layout,
-        ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations"],
+        "A photo of {}, a type of food.",
+    ),
+    # Oxford-IIIT Pet: 3 669 test images
+    "oxford_pets": TorchvisionSet(
         tvd.OxfordIIITPet,
-        {"split": split},
+        "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}",
+        ("oxford-iiit-pet/images", "oxford-iiit-pet/annotations"),
+        {"train": "trainval", "test": "test"},
         _refined("classes"),
-        ["A photo of a {}, a type of pet."],
-    )
-
-
-@register_dataset("flowers102")
-def build_flowers102(req: DatasetRequest) -> RealDataset:
-    """Flowers-102 (test: 6 149 images); names: the reference loader's list (classnames/flowers102.json)."""
-    layout = "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}"
-    split = split_choice("flowers102", req, {"train": "train", "val": "val", "test": "test"})
-    names = [clean_name(c, "_-") for c in load_classnames("flowers102")]
-    return _torchvision(
-        "flowers102",
-        req,
-        layout,
-        ["flowers-102/jpg", "flowers-102/setid.mat"],
+        "A photo of a {}, a type of pet.",
+    ),
+    # Flowers-102: 6 149 test images; names: the reference loader's list (classnames/flowers102.json)
+    "flowers102": TorchvisionSet(
         tvd.Flowers102,
-        {"split": split},
-        lambda _: names,
-        ["A photo of a {}, a type of flower."],
-    )
-
-
-@register_dataset("dtd")
-def build_dtd(req: DatasetRequest) -> RealDataset:
-    """Describable Textures (test split of partition 1: 1 880 images)."""
-    layout = "<root>/dtd/dtd/{images/<class>/*.jpg,labels/test1.txt}"
-    split = split_choice("dtd", req, {"train": "train", "val": "val", "test": "test"})
-    return _torchvision(
-        "dtd",
-        req,
-        layout,
-        ["dtd/dtd/images", "dtd/dtd/labels"],
+        "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}",
+        ("flowers-102/jpg", "flowers-102/setid.mat"),
+        TRAIN_VAL_TEST,
+        _shipped("flowers102", "_-"),
+        "A photo of a {}, a type of flower.",
+    ),
+    # Describable Textures: test split of partition 1, 1 880 images
+    "dtd": TorchvisionSet(
         tvd.DTD,
-        {"split": split},
+        "<root>/dtd/dtd/{images/<class>/*.jpg,labels/test1.txt}",
+        ("dtd/dtd/images", "dtd/dtd/labels"),
+        TRAIN_VAL_TEST,
         _refined("classes"),
-        ["A surface with a {} texture."],
-    )
-
-
-@register_dataset("eurosat")
-def build_eurosat(req: DatasetRequest) -> RealDataset:
-    """EuroSAT RGB (all 27 000 images); names: the reference loader's descriptive ones (classnames/eurosat.json)."""
-    layout = "<root>/eurosat/2750/<AnnualCrop|Forest|...>/*.jpg"
-    split_choice("eurosat", req, {"test": None})
-    names = load_classnames("eurosat")
-    ds = _torchvision("eurosat", req, layout, ["eurosat/2750"], tvd.EuroSAT, {}, lambda _: names, ["A centered satellite photo of {}."])
-    if len(ds.base.classes) != len(names):
-        raise DatasetNotFound(f"eurosat: found {len(ds.base.classes)} class folders, expected {len(names)}; expected layout: {layout}")
-    return ds
-
-
-@register_dataset("fgvc_aircraft")
-def build_fgvc_aircraft(req: DatasetRequest) -> RealDataset:
-    """FGVC-Aircraft variants (test: 3 333 images); `Boeing ` prefixed to names starting with 7."""
-    layout = "<root>/fgvc-aircraft-2013b/data/{variants.txt,images_variant_test.txt,images/*.jpg}"
-    split = split_choice("fgvc_aircraft", req, {"train": "train", "val": "val", "trainval": "trainval", "test": "test"})
-    return _torchvision(
-        "fgvc_aircraft",
-        req,
-        layout,
-        ["fgvc-aircraft-2013b/data"],
+        "A surface with a {} texture.",
+    ),
+    # EuroSAT RGB: all 27 000 images; names: the reference loader's descriptive ones (classnames/eurosat.json)
+    "eurosat": TorchvisionSet(
+        tvd.EuroSAT,
+        "<root>/eurosat/2750/<AnnualCrop|Forest|...>/*.jpg",
+        ("eurosat/2750",),
+        ONE_SPLIT,
+        lambda _base: load_classnames("eurosat"),
+        "A centered satellite photo of {}.",
+        check=_one_folder_per_name,
+    ),
+    # FGVC-Aircraft variants: 3 333 test images; `Boeing ` prefixed to names starting with 7
+    "fgvc_aircraft": TorchvisionSet(
         tvd.FGVCAircraft,
-        {"split": split, "annotation_level": "variant"},
+        "<root>/fgvc-aircraft-2013b/data/{variants.txt,images_variant_test.txt,images/*.jpg}",
+        ("fgvc-aircraft-2013b/data",),
+        {**TRAIN_VAL_TEST, "trainval": "trainval"},
         lambda base: [fgvc_name(c) for c in base.classes],
-        ["A photo of a {}, a type of aircraft."],
-    )
-
-
-@register_dataset("caltech101")
-def build_caltech101(req: DatasetRequest) -> RealDataset:
-    """Caltech-101 (all images, BACKGROUND_Google dropped); names: folder names, cleaned."""
-    layout = "<root>/caltech101/101_ObjectCategories/<category>/image_0001.jpg"
-    split_choice("caltech101", req, {"test": None})
-    return _torchvision("caltech101", req, layout, ["caltech101/101_ObjectCategories"], tvd.Caltech101, {}, _refined("categories"), [PHOTO])
-
-
-@register_dataset("caltech256")
-def build_caltech256(req: DatasetRequest) -> RealDataset:
-    """Caltech-256 (all images); names: folder name minus `NNN.` and `-101`."""
-    layout = "<root>/caltech256/256_ObjectCategories/<NNN.name>/<NNN>_<MMMM>.jpg"
-    split_choice("caltech256", req, {"test": None})
-    return _torchvision(
-        "caltech256",
-        req,
-        layout,
-        ["caltech256/256_ObjectCategories"],
+        "A photo of a {}, a type of aircraft.",
+        extra={"annotation_level": "variant"},
+    ),
+    # Caltech-101: all images, BACKGROUND_Google dropped; names: folder names, cleaned
+    "caltech101": TorchvisionSet(
+        tvd.Caltech101,
+        "<root>/caltech101/101_ObjectCategories/<category>/image_0001.jpg",
+        ("caltech101/101_ObjectCategories",),
+        ONE_SPLIT,
+        _refined("categories"),
+    ),
+    # Caltech-256: all images; names: folder name minus `NNN.` and `-101`
+    "caltech256": TorchvisionSet(
         tvd.Caltech256,
-        {},
+        "<root>/caltech256/256_ObjectCategories/<NNN.name>/<NNN>_<MMMM>.jpg",
+        ("caltech256/256_ObjectCategories",),
+        ONE_SPLIT,
         lambda base: [caltech256_name(c) for c in base.categories],
-        ["A photo of a {}."],
-    )
-
-
-@register_dataset("stanford_cars")
-def build_stanford_cars(req: DatasetRequest) -> RealDataset:
-    """Stanford Cars (test: 8 041 images); names minus the trailing year."""
-    layout = "<root>/stanford_cars/{devkit/{cars_meta.mat,cars_train_annos.mat},cars_train/,cars_test/,cars_test_annos_withlabels.mat}"
-    split = split_choice("stanford_cars", req, {"train": "train", "test": "test"})
-    return _torchvision(
-        "stanford_cars",
-        req,
-        layout,
-        ["stanford_cars/devkit"],
+        "A photo of a {}.",
+    ),
+    # Stanford Cars: 8 041 test images; names minus the trailing year
+    "stanford_cars": TorchvisionSet(
         tvd.StanfordCars,
-        {"split": split},
+        "<root>/stanford_cars/{devkit/{cars_meta.mat,cars_train_annos.mat},cars_train/,cars_test/,cars_test_annos_withlabels.mat}",
+        ("stanford_cars/devkit",),
+        TRAIN_TEST,
         lambda base: [stanford_cars_name(c) for c in base.classes],
-        ["A photo of a {}."],
-    )
+        "A photo of a {}.",
+    ),
+}
+
+
+def _register_torchvision_set(name: str, entry: TorchvisionSet) -> None:
+    register_dataset(name)(lambda req: open_torchvision_set(name, entry, req))
+
+
+for _name, _entry in TORCHVISION_SETS.items():
+    _register_torchvision_set(_name, _entry)
 
 
 @register_dataset("pcam")
@@ -351,24 +336,27 @@ def build_pcam(req: DatasetRequest) -> RealDataset:
     except ImportError:
         raise ConfigError("pcam: the h5py package is needed to read PCAM's .h5 files (pip install 'clipshield[data]')") from None
     tv_split = {"valid": "val"}.get(split, split)
-    return _torchvision("pcam", req, layout, markers, tvd.PCAM, {"split": tv_split}, lambda _: list(PCAM_PROMPTS), ["{}"])
+    entry = TorchvisionSet(tvd.PCAM, layout, tuple(markers), {req.split: tv_split}, lambda _: list(PCAM_PROMPTS), "{}")
+    return open_torchvision_set("pcam", entry, req)
 
 
+# The 16 zero-shot sets of TGA-ZSR and PMG-AFT (docs/methods.md §0.7), in the order of their result tables
+# (`clipshield evaluate --datasets paper16` runs them in this order).
 REAL_DATASETS: tuple[str, ...] = (
     "tinyimagenet",
     "cifar10",
     "cifar100",
     "stl10",
-    "sun397",
     "food101",
     "oxford_pets",
     "flowers102",
     "dtd",
     "eurosat",
     "fgvc_aircraft",
-    "imagenet",
     "caltech101",
     "caltech256",
     "stanford_cars",
     "pcam",
+    "imagenet",
+    "sun397",
 )
