@@ -34,7 +34,7 @@ from clipshield.service.zero_shot import build_text_head
 from .data import DatasetRequest, build_dataset
 from .data.transforms import at_size
 from .distributed import average_gradients, init_distributed
-from .finetune_config import FinetuneConfig  # also re-exported: the loop's settings
+from .finetune_config import RESUME_MAY_CHANGE, FinetuneConfig  # FinetuneConfig also re-exported: the loop's settings
 from .methods import AttackBudget, FrozenReference, LossInputs, LossOutput, Method, TextHeads, get_method
 from .model_card import MODEL_CARD, evaluate_model, model_card
 from .precision import autocast, check_precision
@@ -271,32 +271,10 @@ def _write_final(folder: Path, target: PixelCLIP, record: Any, meta: dict[str, A
     write_card_file(folder / MODEL_CARD, card)
 
 
-RESUME_KEYS = (
-    "method",
-    "model",
-    "pretrained",
-    "weights",
-    "data",
-    "data_limit",
-    "image_size",
-    "preprocess",
-    "batch_size",
-    "steps",
-    "lr",
-    "optimizer",
-    "warmup",
-    "eps",
-    "attack_alpha",
-    "attack_steps",
-    "method_params",
-    "seed",
-)
-
-
 def _check_resumable(saved: dict, cfg: FinetuneConfig) -> None:
     """Refuse to resume a run whose state was written with different training settings (flat names, any version)."""
     now = cfg.flat()
-    diff = [k for k in RESUME_KEYS if k in saved and saved[k] != now[k]]
+    diff = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
     if diff:
         raise ConfigError(f"cannot resume {cfg.run.output}: settings differ from the saved run ({', '.join(diff)}); use another --output")
 

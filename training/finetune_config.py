@@ -124,10 +124,11 @@ GROUPS: dict[str, type[StrictModel]] = {
     "run": RunSettings,
     "evaluation": EvalSettings,
 }
-# flat name (CLI flag, run_config.json key) -> (group, field), in the order run_config.json has always used
+# flat name (CLI flag, run_config.json key) -> (group, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     getattr(cls, "FLAT", {}).get(field, field): (group, field) for group, cls in GROUPS.items() for field in cls.model_fields
 }
+# flat names in the order run_config.json has always listed them (the saved-run format)
 _FLAT_ORDER = (
     "model",
     "pretrained",
@@ -167,6 +168,24 @@ _FLAT_ORDER = (
     "eval_eps",
     "eval_steps",
     "eval_batch_size",
+)
+# settings a resumed run may change: where files are and how fast and on what it runs, not what it computes
+# (`epochs` only resolves `steps`, which is checked); every other flat name must match the saved state
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "cache_dir",
+        "offline",
+        "data_root",
+        "output",
+        "epochs",
+        "checkpoint_every",
+        "frozen_cache_mb",
+        "resume",
+        "device",
+        "workers",
+        "threads",
+    }
+    | {flat for flat, (group, _field) in FLAT_NAMES.items() if group == "evaluation"}
 )
 
 

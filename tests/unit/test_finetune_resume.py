@@ -77,6 +77,13 @@ def test_resume_with_other_settings_is_refused(random_model_dir, tmp_path):
     finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0))
     with pytest.raises(ConfigError, match="lr"):
         finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0, lr=0.5, resume=True))
+    # every setting that changes what is computed is checked, not only a hand-kept list (weight decay and the
+    # training prompt were missing from it); where and how fast it runs may change
+    with pytest.raises(ConfigError, match="weight_decay"):
+        finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0, weight_decay=0.3, resume=True))
+    with pytest.raises(ConfigError, match="template"):
+        finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0, template="a {}", resume=True))
+    finetune(small_config(random_model_dir, tmp_path, steps=2, checkpoint_every=0, threads=2, eval_limit=8, resume=True))
 
 
 def test_model_card_and_run_config(random_model_dir, tmp_path):
