@@ -6,14 +6,14 @@ import pytest
 
 from clipshield.service.models import load_checkpoint_dir, load_model
 from clipshield.training.cli import main
-from clipshield.training.eval.measure import measure, zero_shot_task
+from clipshield.training.eval.measure import clean_top1, zero_shot_task
 
 NAMES = ["miniworld/plain/color_shape/seen", "miniworld/outlined/shape/seen", "miniworld/noisy/color/seen"]
 
 
 def _acc(model, name):
     ds, clf, labels = zero_shot_task(model, name, 256)
-    return measure(clf, ds.images(), labels)[0]
+    return clean_top1(clf, ds.images(), labels)[0]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 
 from clipshield.service.config import PreprocessConfig
 from clipshield.training.attacks.pgd import PGD
-from clipshield.training.eval.measure import AttackRecipe, clean_and_attacked, measure, zero_shot_task
+from clipshield.training.eval.measure import AttackRecipe, clean_and_attacked, clean_top1, measure, zero_shot_task
 from clipshield.training.eval.schema import CellKey
 from clipshield.training.eval.zeroshot import accuracy, batches
 
@@ -29,7 +29,7 @@ def test_measure_matches_the_hand_written_clean_and_pgd_loop(miniworld_model):
     clean, robust, n = measure(clf, images, labels, AttackRecipe(eps=EPS, steps=2), batch_size=8, seed=5)
     assert (clean, robust, n) == (clean_old, robust_old, n_old) and n == 16
     assert robust < clean  # the attack ran: the base model is not robust
-    assert measure(clf, images, labels, batch_size=8) == (clean_old, None, 16)
+    assert clean_top1(clf, images, labels, batch_size=8) == (clean_old, 16)
 
 
 def test_attack_differentiates_the_target_and_is_judged_on_the_classifier(miniworld_model):

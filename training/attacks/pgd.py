@@ -18,6 +18,7 @@ Two stopping protocols (`stop`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Optional
 
 import torch
@@ -72,13 +73,19 @@ def pgd_delta(
     [0, 1]; labels int64 [B]; init like images; the result like images.
     """
     delta = torch.clamp(init, -images, 1 - images).detach()
+
+    def objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return attack_loss(logits, y, loss, margin)
+
+    def update(d: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _step(d, grad, x, eps, alpha)
+
     if stop == "early":
-        return _pgd_early(model, images, labels, eps, alpha, steps, delta, loss, margin)
+        return _pgd_early(model, images, labels, delta, steps, objective, update)
     for _ in range(steps):
         delta.requires_grad_(True)
-        value = attack_loss(model(images + delta), labels, loss, margin)
-        (grad,) = torch.autograd.grad(value, delta)
-        delta = _step(delta.detach(), grad, images, eps, alpha)
+        (grad,) = torch.autograd.grad(objective(model(images + delta), labels), delta)
+        delta = update(delta.detach(), grad, images)
     return delta.detach()
 
 
@@ -92,12 +99,10 @@ def _pgd_early(
     model: Classifier,
     images: torch.Tensor,
     labels: torch.Tensor,
-    eps: float,
-    alpha: float,
-    steps: int,
     delta: torch.Tensor,
-    loss: LossName,
-    margin: float,
+    steps: int,
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """PGD that stops each sample at its first fooling iterate (`stop='early'`).
 
@@ -111,10 +116,9 @@ def _pgd_early(
         still = logits.detach().argmax(-1) == y
         if not bool(still.any()):
             return delta
-        value = attack_loss(logits, y, loss, margin)
-        (grad,) = torch.autograd.grad(value, d)
+        (grad,) = torch.autograd.grad(objective(logits, y), d)
         keep = active[still]
-        delta[keep] = _step(d.detach()[still], grad[still], x[still], eps, alpha)
+        delta[keep] = update(d.detach()[still], grad[still], x[still])
         active = keep
     return delta
 

@@ -114,12 +114,12 @@ def _show_predictions(model, world: str) -> None:
 
 def _clean_suite(model, n: int, world: str) -> None:
     from clipshield.training.data.miniworld import standard_eval_names
-    from clipshield.training.eval.measure import measure, zero_shot_task
+    from clipshield.training.eval.measure import clean_top1, zero_shot_task
 
     print(f"\nclean zero-shot top-1 of the base model, {n} images per data set:")
     for name in standard_eval_names(world=world):
         ds, clf, labels = zero_shot_task(model, name, n)
-        acc, _, count = measure(clf, ds.images(), labels)
+        acc, count = clean_top1(clf, ds.images(), labels)
         print(f"  {name:48s} {100 * acc:5.1f} %  (n={count}, chance {100 / len(ds.classnames):.1f} %)")
     print(HELDOUT_NOTE)
 

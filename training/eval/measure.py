@@ -2,14 +2,14 @@
 quick measurement (demo, purification sweep, flag calibration, tests).
 
 `AttackRecipe` is the one place attack settings become an attack; `clean_and_attacked` measures over
-batches (sharded under torchrun); `measure` and `zero_shot_task` are the in-memory, single-process
+batches (sharded under torchrun); `measure`, `clean_top1` and `zero_shot_task` are the in-memory, single-process
 shortcuts the quick measurements use. The resumable, cached cells are `clipshield.training.eval.runner`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Optional, overload
+from typing import Any, Optional
 
 import torch
 from pydantic import Field
@@ -87,7 +87,6 @@ def clean_and_attacked(
     return clean, robust, n
 
 
-@overload  # robust accuracy is measured exactly when a recipe is given
 def measure(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -96,42 +95,22 @@ def measure(
     batch_size: int = 256,
     seed: int = 0,
     target: Optional[Callable] = None,
-) -> tuple[float, float, int]: ...
-@overload
-def measure(
-    classifier: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    recipe: None = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    target: Optional[Callable] = None,
-) -> tuple[float, None, int]: ...
-@overload
-def measure(
-    classifier: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    recipe: Optional[AttackRecipe] = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    target: Optional[Callable] = None,
-) -> tuple[float, Optional[float], int]: ...
-
-
-def measure(
-    classifier: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    recipe: Optional[AttackRecipe] = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    target: Optional[Callable] = None,
-) -> tuple[float, Optional[float], int]:
-    """`clean_and_attacked` on in-memory images [N, 3, H, W] and labels [N]; the attack's random starts
-    come from one generator seeded `seed`, shared by all batches (a quick, single-process measurement)."""
+) -> tuple[float, float, int]:
+    """(clean top-1, attacked top-1, n): `clean_and_attacked` on in-memory images [N, 3, H, W] and labels [N];
+    the attack's random starts come from one generator seeded `seed`, shared by all batches (a quick,
+    single-process measurement)."""
     shared = torch.Generator().manual_seed(seed)
-    return clean_and_attacked(classifier, lambda: batches(images, labels, batch_size), recipe, target, lambda _b: shared)
+    clean, robust, n = clean_and_attacked(classifier, lambda: batches(images, labels, batch_size), recipe, target, lambda _b: shared)
+    assert robust is not None  # clean_and_attacked measures the attack whenever a recipe is given
+    return clean, robust, n
+
+
+def clean_top1(
+    classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> tuple[float, int]:
+    """(clean top-1, n) on in-memory images [N, 3, H, W] and labels [N]: `measure` without an attack."""
+    clean, _, n = clean_and_attacked(classifier, lambda: batches(images, labels, batch_size))
+    return clean, n
 
 
 def zero_shot_task(model: PixelCLIP, name: str, limit: int) -> tuple[InMemoryDataset, ZeroShotClassifier, torch.Tensor]:
