@@ -166,46 +166,23 @@ def parse_params(items: list[str]) -> dict:
 
 
 def config_from_args(args: argparse.Namespace):
-    """FinetuneConfig from parsed arguments; unset flags take the training data set's registry recipe."""
-    from clipshield.training.finetune_config import recipe_config
+    """FinetuneConfig from parsed arguments; unset flags take the training data set's registry recipe.
 
-    return recipe_config(
-        args.data,
-        method=args.method,
-        model=args.model,
-        pretrained=args.pretrained,
-        weights=args.weights,
-        cache_dir=args.cache_dir,
-        offline=args.offline or None,
-        data_root=args.data_root,
-        data_limit=args.data_limit,
-        image_size=args.image_size,
-        preprocess=args.preprocess,
-        template=args.template,
-        output=args.output or Path("runs/finetune") / args.method,
-        epochs=args.epochs,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        warmup=args.warmup,
-        eps=to_pixels(args.eps, "--eps"),
-        attack_steps=args.attack_steps,
-        attack_alpha=to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False),
-        method_params=parse_params(args.param),
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        precision=args.precision,
-        device=args.device,
-        workers=args.workers,
-        threads=args.threads,
-        frozen_cache_mb=args.frozen_cache_mb,
-        eval_limit=args.eval_limit,
-        eval_steps=args.eval_steps,
-        eval_eps=to_pixels(args.eval_eps, "--eval-eps"),
-        eval_datasets=None if args.eval_datasets is None else list(args.eval_datasets),
-    )
+    Every flag named as a setting (`--batch-size` -> `batch_size`) passes through as given; the rest are converted here.
+    """
+    from clipshield.training.finetune_config import FLAT_NAMES, recipe_config
+
+    as_given = {name: getattr(args, name) for name in FLAT_NAMES if hasattr(args, name) and name != "data"}
+    converted = {
+        "offline": args.offline or None,
+        "output": args.output or Path("runs/finetune") / args.method,
+        "eps": to_pixels(args.eps, "--eps"),
+        "attack_alpha": to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False),
+        "eval_eps": to_pixels(args.eval_eps, "--eval-eps"),
+        "eval_datasets": None if args.eval_datasets is None else list(args.eval_datasets),
+        "method_params": parse_params(args.param),
+    }
+    return recipe_config(args.data, method=args.method, **(as_given | converted))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,17 +42,11 @@ COMP_MAP = AttentionMap(
 )
 
 
-@register_method(
-    "comp-tga",
-    params=CompTGAParams,
-    adversary=PGD_ADVERSARY,
-    needs_frozen=True,
-    lr=1e-4,
-    batch_size=128,
-    needs_negatives=True,
-    description="Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps",
-)
+@register_method("comp-tga", params=CompTGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, needs_negatives=True)
 def comp_tga_loss(batch: LossInputs, params: CompTGAParams) -> LossOutput:
-    """Comp-TGA loss terms (docs/methods.md §4). Contract as TGA-ZSR; `batch.heads.negatives` required."""
+    """Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps.
+
+    Comp-TGA loss terms (docs/methods.md §4). Contract as TGA-ZSR; `batch.heads.negatives` required.
+    """
     batch.require_negatives("Comp-TGA")
     return attention_guided_loss(batch, params, COMP_MAP, "Comp-TGA")

@@ -84,19 +84,13 @@ FARE_ADVERSARY = FareAdversary()
 
 
 @register_method(
-    "fare",
-    params=FAREParams,
-    adversary=FARE_ADVERSARY,
-    needs_frozen=True,
-    lr=1e-5,
-    batch_size=128,
-    attack_steps=10,
-    optimizer="adamw",
-    weight_decay=1e-4,
-    description="FARE: keep adversarial embeddings close to the original model's clean embeddings",
+    "fare", params=FAREParams, adversary=FARE_ADVERSARY, needs_frozen=True, lr=1e-5, attack_steps=10, optimizer="adamw", weight_decay=1e-4
 )
 def fare_loss(batch: LossInputs, params: FAREParams) -> LossOutput:
-    """FARE loss (labels and heads unused); `batch.frozen` and `batch.adv` required."""
+    """FARE: keep adversarial embeddings close to the original model's clean embeddings.
+
+    FARE loss (labels and heads unused); `batch.frozen` and `batch.adv` required.
+    """
     reference = clean_embedding(batch.require_frozen("FARE"), batch.images)
     emb_adv = batch.target.encode_image(batch.require_adv("FARE"))
     loss = embedding_loss(emb_adv, reference)

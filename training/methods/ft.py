@@ -32,29 +32,19 @@ def batch_contrastive_loss(target: PixelCLIP, images: torch.Tensor, labels: torc
     return LossOutput(loss, {"contrastive": loss}, {"logits_per_image": logits_all.detach()})
 
 
-@register_method(
-    "ft-clean",
-    params=FTParams,
-    adversary=NO_ADVERSARY,
-    needs_frozen=False,
-    lr=1e-4,
-    batch_size=128,
-    description="FT-Clean: batch-contrastive fine-tuning on clean images",
-)
+@register_method("ft-clean", params=FTParams, adversary=NO_ADVERSARY, lr=1e-4)
 def ft_clean_loss(batch: LossInputs, params: FTParams) -> LossOutput:
-    """FT-Clean loss on the clean images (`batch.adv` ignored)."""
+    """FT-Clean: batch-contrastive fine-tuning on clean images.
+
+    FT-Clean loss on the clean images (`batch.adv` ignored).
+    """
     return batch_contrastive_loss(batch.target, batch.images, batch.labels, batch.heads)
 
 
-@register_method(
-    "ft-adv",
-    params=FTParams,
-    adversary=PGD_ADVERSARY,
-    needs_frozen=False,
-    lr=1e-4,
-    batch_size=128,
-    description="FT-Adv (FT-Standard): batch-contrastive fine-tuning on PGD images",
-)
+@register_method("ft-adv", params=FTParams, adversary=PGD_ADVERSARY, lr=1e-4)
 def ft_adv_loss(batch: LossInputs, params: FTParams) -> LossOutput:
-    """FT-Adv loss on the adversarial images."""
+    """FT-Adv (FT-Standard): batch-contrastive fine-tuning on PGD images.
+
+    FT-Adv loss on the adversarial images.
+    """
     return batch_contrastive_loss(batch.target, batch.require_adv("FT-Adv"), batch.labels, batch.heads)

@@ -48,17 +48,12 @@ def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str
     return kl if reduction == "sum" else kl / logits.shape[0]
 
 
-@register_method(
-    "pmg-aft",
-    params=PMGParams,
-    adversary=PMG_ADVERSARY,
-    needs_frozen=True,
-    lr=5e-5,
-    batch_size=256,
-    description="PMG-AFT: adversarial CE + KL to the frozen model's and the clean predictions",
-)
+@register_method("pmg-aft", params=PMGParams, adversary=PMG_ADVERSARY, needs_frozen=True, lr=5e-5, batch_size=256)
 def pmg_aft_loss(batch: LossInputs, params: PMGParams) -> LossOutput:
-    """PMG-AFT loss terms (docs/methods.md §5.2); `batch.frozen` and `batch.adv` required, tensor contract in `LossInputs`."""
+    """PMG-AFT: adversarial CE + KL to the frozen model's and the clean predictions.
+
+    PMG-AFT loss terms (docs/methods.md §5.2); `batch.frozen` and `batch.adv` required, tensor contract in `LossInputs`.
+    """
     frozen = batch.require_frozen("PMG-AFT")
     adv = batch.require_adv("PMG-AFT")
     heads, labels = batch.heads, batch.labels

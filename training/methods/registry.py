@@ -31,9 +31,9 @@ class Method:
     loss: LossFn
     params: type[StrictModel]
     adversary: Adversary
-    needs_frozen: bool
     lr: float
-    batch_size: int
+    needs_frozen: bool = False
+    batch_size: int = 128
     attack_steps: int = 2
     optimizer: Literal["sgd", "adamw"] = "sgd"
     weight_decay: float = 0.0
@@ -45,12 +45,16 @@ _METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, **spec: Any) -> Callable[[LossT], LossT]:
-    """Function decorator registering a loss function as method `name` (spec fields as keywords)."""
+    """Function decorator registering a loss function as method `name` (spec fields as keywords).
+
+    The method's description (model cards, `--help`) is the first line of the loss function's docstring, less its full stop.
+    """
 
     def wrap(fn: LossT) -> LossT:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name=name, loss=fn, **spec)
+        description = (fn.__doc__ or "").strip().split("\n", 1)[0].rstrip(".")
+        _METHODS[name] = Method(name=name, loss=fn, description=description, **spec)
         return fn
 
     return wrap

@@ -20,17 +20,12 @@ class TeCoAParams(StrictModel):
     """TeCoA has no loss hyper-parameters (lr 1e-5 is a recipe default)."""
 
 
-@register_method(
-    "tecoa",
-    params=TeCoAParams,
-    adversary=PGD_ADVERSARY,
-    needs_frozen=False,
-    lr=1e-5,
-    batch_size=128,
-    description="TeCoA: cross-entropy over class prompts on adversarial images",
-)
+@register_method("tecoa", params=TeCoAParams, adversary=PGD_ADVERSARY, lr=1e-5)
 def tecoa_loss(batch: LossInputs, params: TeCoAParams) -> LossOutput:
-    """TeCoA loss on `batch.adv` (required); tensor contract in `LossInputs`."""
+    """TeCoA: cross-entropy over class prompts on adversarial images.
+
+    TeCoA loss on `batch.adv` (required); tensor contract in `LossInputs`.
+    """
     target = batch.target
     logits = cosine_logits(target.encode_image(batch.require_adv("TeCoA")), batch.heads.classes, target.logit_scale)
     ce = F.cross_entropy(logits, batch.labels)

@@ -96,15 +96,10 @@ def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: Atten
     return LossOutput(total, terms, {k: v.detach() for k, v in outputs.items()})
 
 
-@register_method(
-    "tga-zsr",
-    params=TGAParams,
-    adversary=PGD_ADVERSARY,
-    needs_frozen=True,
-    lr=1e-4,
-    batch_size=128,
-    description="TGA-ZSR: adversarial CE + text-guided attention refinement and model constraint",
-)
+@register_method("tga-zsr", params=TGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4)
 def tga_zsr_loss(batch: LossInputs, params: TGAParams) -> LossOutput:
-    """TGA-ZSR loss terms (docs/methods.md §3.2); `batch.frozen` and `batch.adv` required, tensor contract in `LossInputs`."""
+    """TGA-ZSR: adversarial CE + text-guided attention refinement and model constraint.
+
+    TGA-ZSR loss terms (docs/methods.md §3.2); `batch.frozen` and `batch.adv` required, tensor contract in `LossInputs`.
+    """
     return attention_guided_loss(batch, params, TGA_MAP, "TGA-ZSR")
