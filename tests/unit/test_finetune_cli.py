@@ -82,3 +82,16 @@ def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_pat
     }
     assert runs["fare"].optim.weight_decay == 1e-4 and runs["tecoa"].optim.weight_decay == 0.0
     assert runs["fare"].run.output == tmp_path / "fare" / "seed1"
+
+
+def test_experiment_jobs_run_in_processes_and_give_the_same_results(tmp_path):
+    from clipshield.service.errors import ConfigError
+    from clipshield.training.commands.experiment import run, run_all
+
+    common = ["experiment", "miniworld", "--steps", "2", "--batch-size", "8", "--eval-limit", "8", "--eval-steps", "1", "--threads", "1"]
+    runs = [("tecoa", 0), ("tecoa", 1)]
+    serial = run_all(build_parser().parse_args([*common, "--output", str(tmp_path / "serial")]), runs)
+    parallel = run_all(build_parser().parse_args([*common, "--output", str(tmp_path / "parallel"), "--jobs", "2"]), runs)
+    assert serial == parallel and serial[("tecoa", 0)] != serial[("tecoa", 1)]  # seeds differ, jobs do not matter
+    with pytest.raises(ConfigError, match="--jobs must be at least 1"):
+        run(build_parser().parse_args(["experiment", "miniworld", "--jobs", "0", "--output", str(tmp_path / "none")]))

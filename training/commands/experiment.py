@@ -16,8 +16,9 @@ import json
 import logging
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from clipshield.service.errors import ConfigError
 from clipshield.training.data.miniworld import MINIWORLD_RECIPE
 
 from .budget import as_255, budget_help, to_pixels
@@ -26,6 +27,9 @@ from .common import flag_config
 log = logging.getLogger(__name__)
 
 WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.training.miniworld.worlds.WORLDS (not imported here: the CLI starts fast)
+
+if TYPE_CHECKING:
+    from clipshield.training.finetune_config import FinetuneConfig
 
 
 def eval_groups(world: str = "miniworld") -> dict[str, tuple[str, ...]]:
@@ -105,10 +109,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--output", type=Path, default=None, help="output folder; finished runs in it are reused (default: runs/experiment-<world>)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="fine-tuning runs at once, each in its own process (with --jobs > 1, --threads defaults to the cores "
+        "divided by the jobs; results do not depend on it) (default: %(default)s)",
+    )
     p.set_defaults(run=run)
 
 
-def experiment_config(args: argparse.Namespace, method: str, seed: int):
+def experiment_config(args: argparse.Namespace, method: str, seed: int) -> FinetuneConfig:
     """The FinetuneConfig of one run: the mini world's recipe with the shared budget given on the command line,
     the method's recipe optimiser at its family's lr."""
     from clipshield.training.finetune_config import recipe_config
@@ -141,8 +152,34 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
     from clipshield.training.model_card import read_finetune_card, results_by_dataset
 
     cfg = experiment_config(args, method, seed)
-    card = read_finetune_card(cfg.output / "final")
+    card = read_finetune_card(cfg.run.output / "final")
     return results_by_dataset(card or ModelCard.model_validate(finetune(cfg)[1]))
+
+
+def run_all(args: argparse.Namespace, runs: list[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """`run_method` for every (method, seed): in this process, or in `args.jobs` spawned processes of
+    `args.threads` torch threads each (default: the cores shared out). Each run writes only its own folder and is
+    a function of its settings alone, so the results do not depend on the number of jobs."""
+    if args.jobs <= 1:
+        out = {}
+        for method, seed in runs:
+            print(f"experiment: {method} seed {seed}", flush=True)
+            out[(method, seed)] = run_method(args, method, seed)
+        return out
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    print(f"experiment: {len(runs)} runs in {args.jobs} processes of {args.threads} thread(s)", flush=True)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_method, args, method, seed): (method, seed) for method, seed in runs}
+        done = {}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            print(f"experiment: {' seed '.join(map(str, futures[future]))} done ({len(done)}/{len(runs)})", flush=True)
+    return done
 
 
 def run_base(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -240,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
     from clipshield.training.methods import list_methods
 
     eps = experiment_eps(args)  # refuse a bad budget before any work
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     out = output_dir(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -251,11 +290,8 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     per_seed: dict[str, list[dict]] = {"base": [run_base(args, s) for s in args.seeds]}
-    for method in methods:
-        per_seed[method] = []
-        for seed in args.seeds:
-            print(f"experiment: {method} seed {seed}", flush=True)
-            per_seed[method].append(run_method(args, method, seed))
+    results = run_all(args, [(m, seed) for m in methods for seed in args.seeds])
+    per_seed |= {m: [results[(m, seed)] for seed in args.seeds] for m in methods}
     table = summarise(per_seed, args.world)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(

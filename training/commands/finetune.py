@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipshield.service.errors import ConfigError
 from clipshield.service.preprocess import PRESETS
 
 from .budget import as_255, budget_help, to_pixels
 from .common import progress
+
+if TYPE_CHECKING:
+    from clipshield.training.finetune_config import FinetuneConfig
 
 
 def _method_names() -> list[str]:
@@ -165,7 +169,7 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """FinetuneConfig from parsed arguments; unset flags take the training data set's registry recipe.
 
     Every flag named as a setting (`--batch-size` -> `batch_size`) passes through as given; the rest are converted here.
