@@ -8,7 +8,7 @@ the frozen model's clean outputs are computed, and in later epochs ("epoch 2+"),
 back (`clipshield.training.methods.FrozenReference`). Examples:
 
     python benchmarks/bench_finetune.py                                  # mini world, CPU
-    python benchmarks/bench_finetune.py --world miniworld224 --threads 2 --methods tecoa tga-zsr   # ViT-B/32 geometry, eps 2/255
+    python benchmarks/bench_finetune.py --world miniworld224 --threads 2 --methods tecoa tga-zsr   # ViT-B/32 geometry, eps 4/255
     python benchmarks/bench_finetune.py --model ViT-B-32 --random-init --device cuda --batch-size 128 --precision bf16
 """
 
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--world",
         choices=["miniworld", "miniworld224"],
         default=None,
-        help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 2/255)",
+        help="shorthand: --model <world> --eps <the world's reference budget> (miniworld224: 224 px, patch 32, 4/255)",
     )
     p.add_argument("--pretrained", default=None)
     p.add_argument("--random-init", action="store_true", help="open_clip architecture with random weights (timing only)")

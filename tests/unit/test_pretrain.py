@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from clipshield.training.pretrain import PretrainConfig, multi_positive_loss, pretrain
@@ -44,3 +45,11 @@ def test_multi_positive_loss_does_not_push_down_true_matches():
     (g_clip,) = torch.autograd.grad(multi_positive_loss(logits, torch.eye(2, dtype=torch.bool)), logits)
     assert g_clip[1, 0] > 1e-2  # plain CLIP loss lowers the true-but-off-diagonal pair
     assert abs(float(g_multi[1, 0])) < 1e-3  # the multi-positive target leaves it alone
+
+
+def test_init_from_teacher_needs_a_teacher_before_any_work():
+    from clipshield.service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs --teacher"):
+        PretrainConfig(world="miniworld224", init_from_teacher=True)
+    assert PretrainConfig(world="miniworld224", teacher="miniworld", init_from_teacher=True).init_from_teacher

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=WORLD_NAMES,
         default="miniworld",
         help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
-        "ViT-B/32-geometry model, eps 2/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)",
+        "ViT-B/32-geometry model, eps 4/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)",
     )
     p.add_argument("--once", action="store_true", help="stop TorchServe and exit when done (scripts, CI)")
     p.add_argument("--n", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     world, sets = args.world, demo_eval(args.world)
-    eps = reference_eps(f"{world}-train")  # 4/255 at 32 px, 2/255 at 224 px (clipshield.training.miniworld.worlds)
+    eps = reference_eps(f"{world}-train")  # 4/255 in both worlds (clipshield.training.miniworld.worlds says why)
     base = load_model(world)
     print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
     _show_predictions(base, world)

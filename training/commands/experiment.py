@@ -1,6 +1,6 @@
 """`clipshield experiment miniworld`: the base model and every fine-tuning method, same budget, several seeds.
 
-`--world miniworld224` runs it on the 224-pixel world (ViT-B/32 geometry, eps 2/255) instead of the 32-pixel one.
+`--world miniworld224` runs it on the 224-pixel world (ViT-B/32 geometry, eps 4/255) instead of the 32-pixel one.
 
 Every method gets the same steps, batch size, training epsilon and data, and its recipe's optimiser
 (SGD momentum 0.9; AdamW for FARE) at one learning rate per optimiser family, the mini-world
@@ -74,12 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     paper_run.add_arguments(paper)
     paper.set_defaults(run=paper_run.run)
+    add_miniworld_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_miniworld_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `experiment miniworld`: world, methods, seeds, the shared budget, evaluation, processes."""
     p.add_argument(
         "--world",
         choices=WORLD_NAMES,
         default="miniworld",
         help="miniworld: 32-px world, shipped `miniworld` model, eps 4/255; miniworld224: 224-px world (ViT-B/32 "
-        "geometry), shipped `miniworld224` model, eps 2/255 (default: %(default)s)",
+        "geometry), shipped `miniworld224` model, eps 4/255 (default: %(default)s)",
     )
     p.add_argument("--methods", nargs="*", default=None, help="methods to compare (default: every registered method)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
@@ -100,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=budget_help(
             "training and evaluation L-inf radius",
-            "the world's reference: 4 (4/255) at 32 px, 2 (2/255) at 224 px; the papers' 1 with --eps 1",
+            "the world's reference: 4 (4/255) in both worlds; the papers' 1 with --eps 1",
         ),
     )
     p.add_argument("--eval-limit", type=int, default=256, help="images per evaluation data set (default: %(default)s)")
@@ -116,7 +122,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tuning runs at once, each in its own process (with --jobs > 1, --threads defaults to the cores "
         "divided by the jobs; results do not depend on it) (default: %(default)s)",
     )
-    p.set_defaults(run=run)
 
 
 def experiment_config(args: argparse.Namespace, method: str, seed: int) -> FinetuneConfig:

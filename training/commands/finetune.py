@@ -64,7 +64,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--data",
         default="miniworld-train",
-        help="training set: miniworld-train, miniworld224-train (224-px world, eps 2/255), tinyimagenet, imagenet, "
+        help="training set: miniworld-train, miniworld224-train (224-px world, eps 4/255), tinyimagenet, imagenet, "
         "folder/<dir> (any class-folder tree under "
         "--data-root), ... (default: %(default)s)",
     )

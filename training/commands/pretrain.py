@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
         help="train the mini-world CLIP from scratch",
-        description="Train the tiny mini-world CLIP (ViT 32px/patch 8, 4 layers) on procedurally generated "
+        description="Train a tiny mini-world CLIP (--world miniworld: ViT 32px/patch 8, 4 layers; miniworld224: ViT-B/32 "
+        "geometry) on procedurally generated "
         "image+caption data with a multi-positive contrastive loss, AdamW and warm-up + cosine. Writes resumable "
         "state every --checkpoint-every steps and the final checkpoint to OUTPUT/final. The defaults reproduce "
         "the shipped model (~5 min on 2 CPU cores).",
@@ -23,14 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["miniworld", "miniworld224"],
         default="miniworld",
         help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
-        "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 1500 --batch-size 64 "
-        "--lr 3e-3 --warmup 100 --pool-size 20000 --teacher miniworld --distill-weight 5 --threads 1, see docs/datasets.md) (default: %(default)s)",
+        "(service/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 4000 --batch-size 64 "
+        "--lr 1e-3 --warmup 100 --pool-size 20000 --teacher miniworld --init-from-teacher --distill-weight 5 --threads 2, "
+        "see docs/datasets.md) (default: %(default)s)",
     )
     p.add_argument(
         "--teacher",
         default=None,
         help="shipped model whose text tower is copied and locked and whose image "
         "embeddings are distilled (the shipped miniworld224 model used --teacher miniworld) (default: none, from scratch)",
+    )
+    p.add_argument(
+        "--init-from-teacher",
+        action="store_true",
+        help="with --teacher: start the image tower from the teacher's (patch kernel and position grid resized to this "
+        "geometry; the shipped miniworld224 model used it)",
     )
     p.add_argument(
         "--distill-weight", type=float, default=1.0, help="weight of the cosine distillation term with --teacher (default: %(default)s)"
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         world=args.world,
         teacher=args.teacher,
         distill_weight=args.distill_weight,
+        init_from_teacher=args.init_from_teacher,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
