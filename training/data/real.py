@@ -1,7 +1,9 @@
 """Real zero-shot data sets (docs/methods.md §0.5, §0.7) read from torchvision-style folders, never downloaded.
 
-Each builder wraps a torchvision data set (`download=False`) in a `RealDataset` with the reference
-loaders' class names and prompt (docs/methods.md §0.7); the wnid-folder sets (Tiny-ImageNet, ImageNet)
+Each torchvision-class set is one row of `torchvision_sets.json` (its files, splits, class-name rule and
+prompt; `NAMERS` holds the rules), opened by `open_torchvision_set` with `download=False` and wrapped in a
+`RealDataset` with the reference loaders' class names and prompt (docs/methods.md §0.7); PCAM, whose files
+depend on the split, has its own builder; the wnid-folder sets (Tiny-ImageNet, ImageNet)
 live in `clipshield.training.data.wnid` on the same helpers. Items are (float image [3, H, W] in [0, 1], int label).
 `DatasetRequest.root` is the parent folder holding every data set's own folder (the torchvision
 convention), so one `--data-root` serves all of them. A missing folder raises `DatasetNotFound`
@@ -193,127 +195,40 @@ def image_folder(name: str, folder: Path, transform: Callable, layout: str) -> t
     return _open(name, layout, lambda: tvd.ImageFolder(str(folder), transform=transform, loader=open_image))
 
 
-TRAIN_TEST = {"train": "train", "test": "test"}
-TRAIN_VAL_TEST = {"train": "train", "val": "val", "test": "test"}
-ONE_SPLIT = {"test": None}
-
-# The reference loaders' sets (docs/methods.md §0.7); test-split sizes in each comment.
-TORCHVISION_SETS: dict[str, TorchvisionSet] = {
-    # CIFAR-10/100: 10 000 test images each; options["lowres"] in tga224|native
-    "cifar10": TorchvisionSet(
-        tvd.CIFAR10,
-        "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-        ("cifar-10-batches-py",),
-        {"train": True, "test": False},
-        _refined("classes"),
-        split_kw="train",
-        lowres=True,
-    ),
-    "cifar100": TorchvisionSet(
-        tvd.CIFAR100,
-        "<root>/cifar-100-python/{train,test,meta}",
-        ("cifar-100-python",),
-        {"train": True, "test": False},
-        _refined("classes"),
-        split_kw="train",
-        lowres=True,
-    ),
-    # STL-10: 8 000 test images at 96x96
-    "stl10": TorchvisionSet(
-        tvd.STL10,
-        "<root>/stl10_binary/{test_X.bin,test_y.bin,train_X.bin,train_y.bin,class_names.txt}",
-        ("stl10_binary",),
-        TRAIN_TEST,
-        _refined("classes"),
-        lowres=True,
-    ),
-    # SUN397: all images, as the reference; names from ClassName.txt minus `/x/`, `/` -> space
-    "sun397": TorchvisionSet(
-        tvd.SUN397, "<root>/SUN397/{ClassName.txt,a/abbey/sun_*.jpg,...}", ("SUN397/ClassName.txt",), ONE_SPLIT, _refined("classes")
-    ),
-    # Food-101: 25 250 test images
-    "food101": TorchvisionSet(
-        tvd.Food101,
-        "<root>/food-101/{meta/{train,test}.json,images/<class>/*.jpg}",
-        ("food-101/meta", "food-101/images"),
-        TRAIN_TEST,
-        _refined("classes"),
-        "A photo of {}, a type of food.",
-    ),
-    # Oxford-IIIT Pet: 3 669 test images
-    "oxford_pets": TorchvisionSet(
-        tvd.OxfordIIITPet,
-        "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}",
-        ("oxford-iiit-pet/images", "oxford-iiit-pet/annotations"),
-        {"train": "trainval", "test": "test"},
-        _refined("classes"),
-        "A photo of a {}, a type of pet.",
-    ),
-    # Flowers-102: 6 149 test images; names: the reference loader's list (classnames/flowers102.json)
-    "flowers102": TorchvisionSet(
-        tvd.Flowers102,
-        "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}",
-        ("flowers-102/jpg", "flowers-102/setid.mat"),
-        TRAIN_VAL_TEST,
-        _shipped("flowers102", "_-"),
-        "A photo of a {}, a type of flower.",
-    ),
-    # Describable Textures: test split of partition 1, 1 880 images
-    "dtd": TorchvisionSet(
-        tvd.DTD,
-        "<root>/dtd/dtd/{images/<class>/*.jpg,labels/test1.txt}",
-        ("dtd/dtd/images", "dtd/dtd/labels"),
-        TRAIN_VAL_TEST,
-        _refined("classes"),
-        "A surface with a {} texture.",
-    ),
-    # EuroSAT RGB: all 27 000 images; names: the reference loader's descriptive ones (classnames/eurosat.json)
-    "eurosat": TorchvisionSet(
-        tvd.EuroSAT,
-        "<root>/eurosat/2750/<AnnualCrop|Forest|...>/*.jpg",
-        ("eurosat/2750",),
-        ONE_SPLIT,
-        lambda _base: load_classnames("eurosat"),
-        "A centered satellite photo of {}.",
-        check=_one_folder_per_name,
-    ),
-    # FGVC-Aircraft variants: 3 333 test images; `Boeing ` prefixed to names starting with 7
-    "fgvc_aircraft": TorchvisionSet(
-        tvd.FGVCAircraft,
-        "<root>/fgvc-aircraft-2013b/data/{variants.txt,images_variant_test.txt,images/*.jpg}",
-        ("fgvc-aircraft-2013b/data",),
-        {**TRAIN_VAL_TEST, "trainval": "trainval"},
-        lambda base: [fgvc_name(c) for c in base.classes],
-        "A photo of a {}, a type of aircraft.",
-        extra={"annotation_level": "variant"},
-    ),
-    # Caltech-101: all images, BACKGROUND_Google dropped; names: folder names, cleaned
-    "caltech101": TorchvisionSet(
-        tvd.Caltech101,
-        "<root>/caltech101/101_ObjectCategories/<category>/image_0001.jpg",
-        ("caltech101/101_ObjectCategories",),
-        ONE_SPLIT,
-        _refined("categories"),
-    ),
-    # Caltech-256: all images; names: folder name minus `NNN.` and `-101`
-    "caltech256": TorchvisionSet(
-        tvd.Caltech256,
-        "<root>/caltech256/256_ObjectCategories/<NNN.name>/<NNN>_<MMMM>.jpg",
-        ("caltech256/256_ObjectCategories",),
-        ONE_SPLIT,
-        lambda base: [caltech256_name(c) for c in base.categories],
-        "A photo of a {}.",
-    ),
-    # Stanford Cars: 8 041 test images; names minus the trailing year
-    "stanford_cars": TorchvisionSet(
-        tvd.StanfordCars,
-        "<root>/stanford_cars/{devkit/{cars_meta.mat,cars_train_annos.mat},cars_train/,cars_test/,cars_test_annos_withlabels.mat}",
-        ("stanford_cars/devkit",),
-        TRAIN_TEST,
-        lambda base: [stanford_cars_name(c) for c in base.classes],
-        "A photo of a {}.",
-    ),
+# How each set's class names are made (the reference loaders', docs/methods.md §0.7), by the table's "names" value.
+NAMERS: dict[str, Callable[[Any], list[str]]] = {
+    "classes": _refined("classes"),
+    "categories": _refined("categories"),
+    "flowers102": _shipped("flowers102", "_-"),
+    "eurosat": lambda _base: load_classnames("eurosat"),
+    "fgvc_aircraft": lambda base: [fgvc_name(c) for c in base.classes],
+    "caltech256": lambda base: [caltech256_name(c) for c in base.categories],
+    "stanford_cars": lambda base: [stanford_cars_name(c) for c in base.classes],
 }
+CHECKS: dict[str, Callable[[RealDataset, str], None]] = {"one_folder_per_name": _one_folder_per_name}
+TABLE_FILE = Path(__file__).with_name("torchvision_sets.json")  # one row per set: files, splits, names, prompt
+
+
+def load_torchvision_sets(path: Path = TABLE_FILE) -> dict[str, TorchvisionSet]:
+    """The table's sets, in file order (`about` is for readers: test-split size and naming notes)."""
+    sets = {}
+    for name, row in json.loads(path.read_text()).items():
+        sets[name] = TorchvisionSet(
+            cls=getattr(tvd, row["torchvision"]),
+            layout=row["layout"],
+            markers=tuple(row["markers"]),
+            splits=row["splits"],
+            names=NAMERS[row["names"]],
+            template=row.get("template", PHOTO),
+            split_kw=row.get("split_kw", "split"),
+            extra=row.get("extra", {}),
+            lowres=row.get("lowres", False),
+            check=CHECKS[row["check"]] if "check" in row else None,
+        )
+    return sets
+
+
+TORCHVISION_SETS = load_torchvision_sets()
 
 
 def _register_torchvision_set(name: str, entry: TorchvisionSet) -> None:
