@@ -175,8 +175,8 @@ def run_all(args: argparse.Namespace, runs: list[tuple[str, int]]) -> dict[tuple
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    if args.threads is None:
-        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.threads is None:  # a copy: the caller's arguments stay as given
+        args = argparse.Namespace(**{**vars(args), "threads": max(1, (os.cpu_count() or 1) // args.jobs)})
     print(f"experiment: {len(runs)} runs in {args.jobs} processes of {args.threads} thread(s)", flush=True)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_method, args, method, seed): (method, seed) for method, seed in runs}
