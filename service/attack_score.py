@@ -8,7 +8,12 @@ Signals, per image x (all from forward passes the served path could afford; no i
 * `anchor`:    cosine of the embedding with the CLIPure blank anchor (the serving flag's score);
 * `margin`:    top-1 minus top-2 zero-shot logit;
 * `agreement`: cosine between the embeddings of the defended and the original (non-robust) encoder,
-               only when the original is given.
+               only when the original is given;
+* `median`:    shift ||f^(median_k(x)) - f^(x)|| of the unit-norm embedding under a k x k median filter and
+* `bits`:      the same under bit-depth reduction to `bit_depth` bits per channel: the two squeezers of feature
+               squeezing (Xu, Evans & Qi, NDSS 2018), measured on the embedding so the signal does not depend on
+               the label set a caller sends. Adversarial perturbations are fine-grained and a squeezer removes
+               them, so attacked embeddings move more than clean ones.
 Combination: a logistic regression on the signals standardised by their clean-calibration mean and
 spread, fitted on clean (0) vs PGD (1) calibration images; the score is its logit (higher = more
 suspicious). The threshold is set on clean calibration images so that at most `target_fpr` of them
@@ -25,11 +30,42 @@ from torch import nn
 
 # The score's configuration types live in `attack_score_config` (numpy serving imports them without torch);
 # re-exported here for callers of the torch scorer (`X as X`: an explicit re-export, which strict mypy requires).
-from .attack_score_config import SIGNALS as SIGNALS, AttackScoreConfig as AttackScoreConfig, ScoreParams as ScoreParams, check_signals
+from .attack_score_config import (
+    SIGNALS as SIGNALS,
+    SQUEEZE_SIGNALS,
+    AttackScoreConfig as AttackScoreConfig,
+    ScoreParams as ScoreParams,
+    check_signals,
+)
 from .errors import BadInput, ConfigError
 from .pixel_model import PixelCLIP
 from .ttc import random_init
 from .zero_shot import ZeroShotClassifier
+
+
+def median_squeeze(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Median over each `size` x `size` window (odd size, reflect padding) of images [B, C, H, W]; same shape.
+
+    Differentiable (the gradient flows to each window's median pixel), so adaptive attackers can use it."""
+    half = size // 2
+    padded = F.pad(images, (half, half, half, half), mode="reflect")
+    windows = padded.unfold(2, size, 1).unfold(3, size, 1)  # [B, C, H, W, size, size]
+    return windows.reshape(*images.shape, size * size).median(dim=-1).values
+
+
+def bit_squeeze(images: torch.Tensor, bits: int) -> torch.Tensor:
+    """Images [B, C, H, W] in [0, 1] rounded to 2**bits - 1 levels (half to even, as NumPy rounds).
+
+    The backward pass is the identity (straight-through, BPDA): rounding has zero gradient almost everywhere,
+    and an adaptive attacker must not be handed a masked gradient."""
+    levels = float(2**bits - 1)
+    rounded = torch.round(images * levels) / levels
+    return images + (rounded - images).detach()
+
+
+def squeeze(images: torch.Tensor, name: str, cfg: AttackScoreConfig) -> torch.Tensor:
+    """The squeezed images of signal `name` ('median' or 'bits')."""
+    return median_squeeze(images, cfg.median_size) if name == "median" else bit_squeeze(images, cfg.bit_depth)
 
 
 class SignalExtractor(nn.Module):
@@ -74,6 +110,9 @@ class SignalExtractor(nn.Module):
             elif name == "margin":
                 top2 = self.classifier.logits_from_embeddings(base).topk(2, dim=-1).values
                 columns.append(top2[:, 0] - top2[:, 1])
+            elif name in SQUEEZE_SIGNALS:
+                squeezed = self.classifier.model.encode_image(squeeze(images, name, self.cfg))
+                columns.append((F.normalize(squeezed, dim=-1) - F.normalize(base, dim=-1)).norm(dim=-1))
             else:  # agreement (checked in __init__)
                 ref = self.reference.encode_image(images)  # type: ignore[union-attr]
                 columns.append(F.cosine_similarity(base, ref, dim=-1))

@@ -7,22 +7,32 @@ model card (`clipshield.service.card.AttackScoreCalibration`).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .config import StrictModel
 from .errors import ConfigError
 
-SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement")
+SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement", "median", "bits")
+SQUEEZE_SIGNALS: tuple[str, ...] = ("median", "bits")  # feature squeezing (Xu et al., NDSS 2018): one extra encoder pass each
 
 
 class AttackScoreConfig(StrictModel):
     """Which signals, their noise, and the logistic fit's settings."""
 
-    signals: tuple[str, ...] = ("tau", "anchor", "margin")
-    n_noise: int = Field(default=4, ge=1, le=64)
+    signals: tuple[str, ...] = ("anchor", "margin", "median", "bits")
+    n_noise: int = Field(default=4, ge=1, le=64, description="noise draws of `tau` (one encoder pass each)")
     noise_eps: float = Field(default=4 / 255, gt=0.0, le=1.0)
+    median_size: int = Field(default=3, ge=3, le=9, description="side of the `median` squeezer's window (odd)")
+    bit_depth: int = Field(default=5, ge=1, le=8, description="bits per channel kept by the `bits` squeezer")
     l2: float = Field(default=1e-2, ge=0.0, description="ridge penalty of the logistic fit (standardised signals)")
     fit_iters: int = Field(default=100, ge=1)
+
+    @field_validator("median_size")
+    @classmethod
+    def _odd_window(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError(f"median_size must be odd (3, 5, 7 or 9), got {size}")
+        return size
 
 
 class ScoreParams(StrictModel):

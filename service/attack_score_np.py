@@ -4,8 +4,9 @@ Same signals and combination as `clipshield.service.attack_score` (the PyTorch d
 calibrate the score and by adaptive attackers); `tests/unit/test_attack_score_np.py` holds the two to the
 same numbers on the same images and noise. Signals per image x, from forward passes only:
 `tau` (mean shift of the unit-norm embedding under `n_noise` uniform noise draws), `anchor` (cosine with
-the blank anchor), `margin` (top-1 minus top-2 logit of the default head) and `agreement` (cosine with an
-original encoder's embedding, when one is given). Score: ((signals - mean) / std) . weights + bias, a
+the blank anchor), `margin` (top-1 minus top-2 logit of the default head), `agreement` (cosine with an
+original encoder's embedding, when one is given), `median` and `bits` (shift of the unit-norm embedding
+under a median filter / bit-depth reduction: feature squeezing). Score: ((signals - mean) / std) . weights + bias, a
 logit; the image counts as flagged when the score is above the calibrated threshold.
 
 The noise of an image is drawn from a generator seeded by a digest of its pixels (and an operator seed),
@@ -50,6 +51,28 @@ def tau(encode: Encode, pixels: np.ndarray, unit_base: np.ndarray, noise: np.nda
     moved = purify_np.normalize(encode(noisy).astype(np.float32)).reshape(len(noise), len(pixels), -1)
     shifts: np.ndarray = np.mean(np.sqrt(np.sum((moved - unit_base[None]) ** 2, axis=-1)), axis=0)
     return shifts
+
+
+def median_squeeze(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Median over each `size` x `size` window (odd size, reflect padding) of pixels [B, C, H, W]; same shape."""
+    half = size // 2
+    padded = np.pad(pixels, ((0, 0), (0, 0), (half, half), (half, half)), mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(2, 3))  # [B, C, H, W, size, size]
+    squeezed: np.ndarray = np.median(windows.reshape(*pixels.shape, size * size), axis=-1).astype(np.float32)
+    return squeezed
+
+
+def bit_squeeze(pixels: np.ndarray, bits: int) -> np.ndarray:
+    """Pixels [B, C, H, W] in [0, 1] rounded to 2**bits - 1 levels (half to even, as torch rounds)."""
+    levels = np.float32(2**bits - 1)
+    return np.asarray(np.round(pixels * levels) / levels, dtype=np.float32)
+
+
+def squeeze_shift(encode: Encode, squeezed: np.ndarray, unit_base: np.ndarray) -> np.ndarray:
+    """Shift [B] of the unit-norm embedding from `unit_base` [B, E] to the squeezed pixels' embedding."""
+    moved = purify_np.normalize(encode(squeezed).astype(np.float32))
+    shift: np.ndarray = np.sqrt(np.sum((moved - unit_base) ** 2, axis=-1))
+    return shift
 
 
 def margin(unit_base: np.ndarray, head: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -103,6 +126,10 @@ class NumpyAttackScorer:
                 columns.append(purify_np.cosine(unit, self.anchor))
             elif name == "margin":
                 columns.append(margin(unit, self.head, self.logit_scale))
+            elif name == "median":
+                columns.append(squeeze_shift(self.encode, median_squeeze(pixels, self.cfg.median_size), unit))
+            elif name == "bits":
+                columns.append(squeeze_shift(self.encode, bit_squeeze(pixels, self.cfg.bit_depth), unit))
             else:  # agreement (checked in __init__)
                 ref = purify_np.normalize(self.reference(pixels).astype(np.float32))  # type: ignore[misc]
                 columns.append(np.sum(unit * ref, axis=-1))

@@ -47,17 +47,17 @@ def unfitted_score():
     from clipshield.service.card import AttackScoreCalibration
 
     params = ScoreParams(
-        signals=("tau", "anchor", "margin"),
-        mean=(0.02, 0.5, 5.0),
-        std=(0.01, 0.1, 3.0),
-        weights=(0.2, -0.1, -0.4),
+        signals=("anchor", "margin", "median", "bits"),
+        mean=(0.5, 5.0, 0.05, 0.02),
+        std=(0.1, 3.0, 0.02, 0.01),
+        weights=(-0.1, -0.4, 0.5, 0.2),
         bias=0.0,
         threshold=0.9,
         target_fpr=0.05,
         dataset="test: not fitted",
         n_calibration=1,
     )
-    return AttackScoreCalibration(config=AttackScoreConfig(n_noise=2), params=params, attack="none")
+    return AttackScoreCalibration(config=AttackScoreConfig(), params=params, attack="none")
 
 
 @pytest.fixture(scope="module")

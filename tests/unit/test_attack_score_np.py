@@ -49,13 +49,13 @@ def torch_encode(model):
     return encode
 
 
-def params_for(signals, std=(0.01, 0.05, 2.0, 0.05)) -> ScoreParams:
+def params_for(signals, std=(0.01, 0.05, 2.0, 0.05, 0.02, 0.01)) -> ScoreParams:
     n = len(signals)
     return ScoreParams(
         signals=signals,
-        mean=(0.02, 0.4, 3.0, 0.9)[:n],
+        mean=(0.02, 0.4, 3.0, 0.9, 0.05, 0.02)[:n],
         std=std[:n],
-        weights=(0.5, -0.3, -0.8, 0.6)[:n],
+        weights=(0.5, -0.3, -0.8, 0.6, 0.7, 0.4)[:n],
         bias=0.1,
         threshold=0.5,
         target_fpr=0.05,
@@ -64,7 +64,9 @@ def params_for(signals, std=(0.01, 0.05, 2.0, 0.05)) -> ScoreParams:
     )
 
 
-@pytest.mark.parametrize("signals", [("tau", "anchor", "margin"), ("tau", "anchor", "margin", "agreement")])
+@pytest.mark.parametrize(
+    "signals", [("tau", "anchor", "margin"), ("tau", "anchor", "margin", "agreement"), ("median", "anchor", "margin", "bits")]
+)
 def test_numpy_signals_and_score_match_torch_on_the_same_noise(world, miniworld_model, signals):
     clf, anchor, images = world
     cfg = CFG.model_copy(update={"signals": signals})
@@ -88,12 +90,13 @@ def test_numpy_signals_and_score_match_torch_on_the_same_noise(world, miniworld_
     got = ours.signals(images.numpy(), base, noise)
     # Two float32 computations of the same embeddings (normalised inside the model vs after it): cosines
     # agree to ~1e-7 (float32 rounding; measured 1.2e-7), tau (about 0.027 here) to ~4e-9, and the margin,
-    # a logit (scale 100 x a cosine difference), to ~7e-6. Bounds: 1e-5 on cosines and tau, 1e-4 on margin.
+    # a logit (scale 100 x a cosine difference), to ~7e-6. Bounds: 1e-5 on cosines, tau and the squeeze
+    # shifts (the same squeezed pixels in both: medians are exact, rounding is half-to-even in both), 1e-4 on margin.
     for column, name in enumerate(signals):
         np.testing.assert_allclose(
             got[:, column], expected_signals[:, column], rtol=0, atol=1e-4 if name == "margin" else 1e-5, err_msg=name
         )
-    assert got[:, 0].min() > 0  # the noise moved every embedding: tau was measured, not zero
+    assert got[:, 0].min() > 0  # the noise (tau) or the median filter moved every embedding: measured, not zero
     # The score divides by std (0.01 for tau): 1e-5 / 0.01 x weight 0.5 -> about 1e-3 at worst.
     np.testing.assert_allclose(
         ours.combine(got), theirs.score_signals(torch.from_numpy(expected_signals).float()).numpy(), rtol=0, atol=2e-3
@@ -160,8 +163,8 @@ def test_export_records_the_calibration_in_the_card(scored_bundle, capsys):
     card = json.loads((scored_bundle / "model_card.json").read_text())["attack_score"]
     p = card["params"]
     assert p["dataset"] == "miniworld/plain/color_shape/heldout_caption" and p["n_calibration"] == 24 and p["target_fpr"] == 0.1
-    assert p["signals"] == ["tau", "anchor", "margin"] and len(p["weights"]) == 3 and all(s > 0 for s in p["std"])
-    assert card["attack"] == "pgd10-linf-4/255" and card["config"]["n_noise"] == 4
+    assert p["signals"] == ["anchor", "margin", "median", "bits"] and len(p["weights"]) == 4 and all(s > 0 for s in p["std"])
+    assert card["attack"] == "pgd10-linf-4/255" and card["config"]["median_size"] == 3 and card["config"]["bit_depth"] == 5
     clean, attacked = card["rates"]
     assert clean["attack"] == "none" and clean["n"] == 24 and 0.0 <= clean["flag_rate"] <= 0.5
     assert attacked["attack"] == "pgd10-linf-4/255" and 0.0 <= attacked["auroc"] <= 1.0

@@ -1,0 +1,71 @@
+"""Feature-squeezing signals of the attack score (`median`, `bits`; issue 15): the squeezers themselves, their
+NumPy twins on the served path, the gradient an adaptive attacker gets through them, and their settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from clipshield.service import attack_score_np
+from clipshield.service.attack_score import AttackScoreConfig, SignalExtractor, bit_squeeze, median_squeeze
+
+from .test_attack_score import SIDE, attacked, toy_setup
+
+
+def test_median_keeps_flat_regions_and_removes_an_isolated_spike():
+    images = torch.full((1, 3, 9, 9), 0.25)
+    images[0, 1, 4:7, 2:8] = 0.75  # a 3-pixel-high bar: a 3x3 median keeps its inside
+    spiked = images.clone()
+    spiked[0, 0, 1, 1] = 1.0  # one pixel of 'perturbation' in a flat region
+    out = median_squeeze(spiked, 3)
+    assert out.shape == images.shape
+    assert out[0, 0, 1, 1] == pytest.approx(0.25)  # the spike is gone
+    assert torch.equal(out[0, 1, 5, 3:7], images[0, 1, 5, 3:7])  # the bar's inside is kept
+    assert torch.equal(median_squeeze(images[:, :, :3, :3].clone().fill_(0.5), 3), torch.full((1, 3, 3, 3), 0.5))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_numpy_median_is_the_torch_median(size):
+    images = torch.rand(2, 3, 11, 13, generator=torch.Generator().manual_seed(size))
+    np.testing.assert_array_equal(attack_score_np.median_squeeze(images.numpy(), size), median_squeeze(images, size).numpy())
+
+
+def test_bit_squeeze_levels_numpy_twin_and_straight_through_gradient():
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    out = bit_squeeze(images, 2)
+    assert set((out.detach() * 3).round().unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}  # 2 bits: 4 levels
+    assert (out.detach() - images.detach()).abs().max() <= 1 / 6 + 1e-6  # half a level at most
+    np.testing.assert_array_equal(attack_score_np.bit_squeeze(images.detach().numpy(), 2), out.detach().numpy())
+    out.sum().backward()
+    assert torch.equal(images.grad, torch.ones_like(images))  # BPDA: identity backward, not round()'s zero
+
+
+def test_median_signal_gives_an_adaptive_attacker_a_gradient():
+    clf, images, _ = toy_setup(4)
+    extractor = SignalExtractor(clf, torch.ones(8), AttackScoreConfig(signals=("median", "bits")))
+    x = images.clone().requires_grad_(True)
+    extractor(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_squeeze_shifts_are_larger_on_attacked_images_of_a_smooth_toy_world():
+    """Clean toy images are smooth (constant 2x2 blocks upsampled), PGD adds pixel-level noise: the median
+    shift separates them (the mechanism the signal relies on, not a calibration claim)."""
+    clf, _, _ = toy_setup(4)
+    coarse = torch.rand(48, 3, SIDE // 2, SIDE // 2, generator=torch.Generator().manual_seed(3)) * 0.6 + 0.2
+    smooth = torch.nn.functional.interpolate(coarse, scale_factor=2, mode="nearest")
+    labels = clf(smooth).argmax(-1)
+    adv = attacked(clf, smooth, labels, eps=0.05)
+    extractor = SignalExtractor(clf, torch.ones(8), AttackScoreConfig(signals=("median",)))
+    with torch.no_grad():
+        clean_shift, adv_shift = extractor(smooth)[:, 0], extractor(adv)[:, 0]
+    assert adv_shift.mean() > 2 * clean_shift.mean()
+
+
+def test_even_median_window_and_out_of_range_bits_are_refused_naming_the_allowed_values():
+    with pytest.raises(ValidationError, match="odd"):
+        AttackScoreConfig(median_size=4)
+    with pytest.raises(ValidationError, match="less than or equal to 8"):
+        AttackScoreConfig(bit_depth=9)
