@@ -7,8 +7,9 @@ ViT-B/32 architecture with random weights, since real weights cannot be download
 2. raw ORT session throughput vs end-to-end TorchServe throughput (same model, batch, threads;
    one worker, `batch` concurrent clients), as a ratio;
 3. request p50 through TorchServe with purification on vs off, and the overhead in percent;
-4. request p50 with the attack score on vs off (issue 15: `n_noise` extra encoder passes per image),
-   in process (`ClipshieldService.predict`, one request at a time) and through TorchServe, same run.
+4. request p50 with the attack score on vs off (issue 15: one extra encoder pass per squeezer, `n_noise`
+   for tau), in process (`ClipshieldService.predict`, one request at a time, each `--score-signals` set side
+   by side) and through TorchServe (the default set), same run.
    The bench bundle carries a latency-only score calibration (unfitted parameters: the cost of the score
    does not depend on them; `clipshield export --calibrate-score N` fits real ones).
 
@@ -156,11 +157,11 @@ def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_request
     }
 
 
-def latency_only_score():
+def latency_only_score(signals=None):
     """An attack-score calibration with unfitted parameters (zero weights), for timing the score only."""
     from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
 
-    cfg = AttackScoreConfig()
+    cfg = AttackScoreConfig() if signals is None else AttackScoreConfig(signals=tuple(signals))
     n = len(cfg.signals)
     params = ScoreParams(
         signals=cfg.signals,
@@ -176,30 +177,40 @@ def latency_only_score():
     return B.AttackScoreCalibration(config=cfg, params=params, attack="none", notes=("latency benchmark only",))
 
 
-def in_process_score(bundle: Path, threads: int, n_requests: int) -> dict:
-    """Request p50 through `ClipshieldService.predict` (decode included, no HTTP), attack score off vs on."""
+def in_process_score(bundle: Path, threads: int, n_requests: int, signal_sets: list[tuple[str, ...]]) -> dict:
+    """Request p50 through `ClipshieldService.predict` (decode included, no HTTP): attack score off, and on
+    with each signal set (the service's scorer swapped between requests; rounds interleaved)."""
+    from clipshield.service.attack_score_np import NumpyAttackScorer
     from clipshield.service.inference import ClipshieldService, RawRequest
     from clipshield.service.preprocess import encode_png
 
     service = ClipshieldService.from_folder(bundle, ServingConfig(runtime=RuntimeConfig(intra_op_threads=threads)))
     size = service.record.preprocess.image_size
     png = encode_png(np.random.default_rng(0).random((3, size, size), dtype=np.float32))
-    requests = {mode: [RawRequest({"image": png, "attack_score": mode}, None)] for mode in ("false", "true")}
-    times: dict[str, list[float]] = {"false": [], "true": []}
+    scorers = {}
+    for signals in signal_sets:
+        cal = latency_only_score(signals)
+        scorers[",".join(signals)] = NumpyAttackScorer(
+            cal.config, cal.params, service.image_encoder, service.head, service.anchor, service.card.logit_scale
+        )
+    times: dict[str, list[float]] = {"off": [], **{name: [] for name in scorers}}
     for _ in range(3):
-        service.predict(requests["true"])
-    for _ in range(n_requests):  # interleaved, so load drift hits both modes alike
+        service.predict([RawRequest({"image": png, "attack_score": "true"}, None)])
+    for _ in range(n_requests):  # interleaved, so load drift hits every mode alike
         for mode in times:
+            if mode != "off":
+                service.scorer = scorers[mode]
+            request = [RawRequest({"image": png, "attack_score": "false" if mode == "off" else "true"}, None)]
             t = time.perf_counter()
-            service.predict(requests[mode])
+            service.predict(request)
             times[mode].append(time.perf_counter() - t)
-    off, on = statistics.median(times["false"]), statistics.median(times["true"])
-    return {
-        "p50_ms_score_off": 1e3 * off,
-        "p50_ms_score_on": 1e3 * on,
-        "score_overhead_pct": 100 * (on / off - 1),
-        "n_noise": service.card.attack_score.config.n_noise,
-    }
+    off = statistics.median(times["off"])
+    out = {"p50_ms_score_off": 1e3 * off}
+    for name in scorers:
+        on = statistics.median(times[name])
+        out[f"p50_ms_score_on[{name}]"] = 1e3 * on
+        out[f"ratio_on_off[{name}]"] = on / off
+    return out
 
 
 def main(argv=None) -> int:
@@ -212,6 +223,12 @@ def main(argv=None) -> int:
     p.add_argument("--skip-torchserve", action="store_true")
     p.add_argument("--skip-eager", action="store_true", help="only the serving part (split runs on small hosts)")
     p.add_argument("--score-only", action="store_true", help="only the attack-score p50 in process (and through TorchServe unless skipped)")
+    p.add_argument(
+        "--score-signals",
+        nargs="+",
+        default=["anchor,margin,median,bits", "tau,anchor,margin"],
+        help="comma-separated signal sets timed side by side in process (default: today's default and the previous one)",
+    )
     args = p.parse_args(argv)
     from clipshield.training.export import export_model
     from clipshield.training.export.exporter import ExportMeasurements
@@ -223,7 +240,8 @@ def main(argv=None) -> int:
             work = Path(tmp)
             score = ExportMeasurements(attack_score=latency_only_score())
             bundle = export_model(model, work / "export", labels=labels, measured=score)
-            res = {"score_in_process": in_process_score(bundle, args.threads, args.requests)}
+            sets = [tuple(spec.split(",")) for spec in args.score_signals]
+            res = {"score_in_process": in_process_score(bundle, args.threads, args.requests, sets)}
             if not (args.skip_eager or args.score_only):
                 res["eager_vs_ort"] = eager_vs_ort(model, bundle, args.threads, args.iters)
             if not args.skip_torchserve:

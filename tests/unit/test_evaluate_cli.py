@@ -153,3 +153,21 @@ def test_evaluator_with_skip_missing_and_nothing_present_raises(miniworld_model,
     with pytest.raises(DatasetNotFound, match=r"none of the 1 requested data set\(s\) was found.*cifar10: folder"):
         Evaluator(miniworld_model, cfg).run()
     assert not (tmp_path / "o").exists()
+
+
+def test_attack_score_mode_maps_flags_and_refuses_attacks_it_cannot_judge(tmp_path, capsys):
+    """`--attack-score`: --limit is the held-out count, --eps the reference budget, 10 steps unless --steps;
+    an attack other than pgd/cw is refused in one line naming the allowed ones, before any model loads."""
+    from clipshield.training.cli import build_parser
+    from clipshield.training.commands.evaluate_score import detection_config
+
+    argv = ["evaluate", "--attack-score", "--datasets", SHAPE, "--attacks", "pgd", "cw", "--limit", "16", "--eps", "2"]
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path)])
+    cfg = detection_config(args, [SHAPE], 2 / 255)
+    assert (cfg.n_eval, cfg.steps, cfg.calibration_dataset, cfg.attacks) == (16, 10, SHAPE, ("pgd", "cw"))
+    assert cfg.ref_eps == pytest.approx(2 / 255) and cfg.score.signals == ("anchor", "margin", "median", "bits")
+    assert main(["evaluate", "--attack-score", "--attacks", "autoattack", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "pgd and cw; not autoattack" in err and "Traceback" not in err
+    assert main(["evaluate", "--attack-score", "--score-fpr", "1.5", "--out", str(tmp_path)]) == 2
+    assert "score-fpr" in capsys.readouterr().err

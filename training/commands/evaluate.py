@@ -21,7 +21,9 @@ from clipshield.training.precision import PRECISIONS
 
 from .budget import as_255, budget_help, to_pixels
 from .common import add_model_args, flag_config, model_from_args, progress
+from .evaluate_score import DEFAULT_SCORE_STEPS, add_score_args, run_score
 
+DEFAULT_STEPS = 100  # accuracy evaluation; the attack-score evaluation has its own (DEFAULT_SCORE_STEPS)
 MINIWORLD_SUITE = "miniworld"  # shorthand for the mini world's standard zero-shot suite
 MINIWORLD224_SUITE = "miniworld224"  # the same suite on the 224-pixel world
 PAPER_SUITE = "paper16"  # the 16 data sets of TGA-ZSR / PMG-AFT (docs/methods.md §0.7)
@@ -34,13 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate zero-shot clean and robust top-1 of a model on data sets under attacks. "
         "Results go to --out: one JSON per (data set, attack) cell (re-runs skip finished cells), "
         "summary.json, results.md and robust_vs_clean.png. --eps and --alpha are in units of 1/255 (--eps 4 means 4/255); "
-        "without --eps each data set is attacked at its registered reference (mini world 4/255, real data sets 1/255).",
+        "without --eps each data set is attacked at its registered reference (mini world 4/255, real data sets 1/255). "
+        "With --attack-score it evaluates the served attack score instead (detection.json, detection.md).",
     )
     add_model_args(p)
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
     _data_args(p)
     _attack_args(p)
     _purify_args(p)
+    add_score_args(p)
     p.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)"
     )
@@ -105,7 +109,9 @@ def _attack_args(p: argparse.ArgumentParser) -> None:
         ),
     )
     g.add_argument("--alpha", type=float, default=None, help=budget_help("attack step size", "the attack's own (PGD: eps/4)"))
-    g.add_argument("--steps", type=int, default=100, help="attack iterations (default: %(default)s)")
+    g.add_argument(
+        "--steps", type=int, default=None, help=f"attack iterations (default: {DEFAULT_STEPS}; {DEFAULT_SCORE_STEPS} with --attack-score)"
+    )
     g.add_argument("--restarts", type=int, default=1, help="random restarts (PGD/CW; APGD restarts for AutoAttack) (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="attack randomness (default: %(default)s)")
     g.add_argument(
@@ -184,8 +190,13 @@ def describe(args: argparse.Namespace, groups: dict[float, list[str]], alpha: Op
         step = as_255(alpha) if alpha is not None else "the attack's own (PGD: eps/4)"
         source = "from --eps" if args.eps is not None else "the data sets' registered reference; --eps to choose"
         budgets = ", ".join(as_255(eps) + (f" for {len(names)} set(s)" if len(groups) > 1 else "") for eps, names in groups.items())
-        line += f"; {args.steps} step(s) of size {step}, {args.restarts} restart(s); eps {budgets} ({source})"
+        line += f"; {accuracy_steps(args)} step(s) of size {step}, {args.restarts} restart(s); eps {budgets} ({source})"
     return line + f"; device {args.device}; results in {args.out}"
+
+
+def accuracy_steps(args: argparse.Namespace) -> int:
+    """--steps, or the accuracy evaluation's default."""
+    return DEFAULT_STEPS if args.steps is None else int(args.steps)
 
 
 def config_from_args(
@@ -211,7 +222,7 @@ def config_from_args(
         datasets=datasets,
         attacks=args.attacks,
         eps=eps,
-        steps=args.steps,
+        steps=accuracy_steps(args),
         restarts=args.restarts,
         alpha=to_pixels(args.alpha, "--alpha", allow_zero=False),
         seed=args.seed,
@@ -251,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))
+    if args.attack_score:  # one reference budget for the score: --eps, else the first data set's registered one
+        return run_score(args, expand_datasets(args.datasets), next(iter(groups)))
     alpha = to_pixels(args.alpha, "--alpha", allow_zero=False)
     rank, world, args.device = init_distributed(args.device)  # under torchrun: batches shared out, cells merged exactly
     say = print if rank == 0 else (lambda *a, **k: None)

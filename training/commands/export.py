@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
+from clipshield.service.attack_score_config import SIGNALS, AttackScoreConfig
 from clipshield.service.bundle import read_card
 from clipshield.service.errors import ConfigError
 
+from .budget import budget_help, to_pixels
 from .common import add_model_args, flag_config, model_from_args
 
 
@@ -66,6 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)",
     )
     p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
+    p.add_argument(
+        "--score-signals",
+        nargs="+",
+        choices=list(SIGNALS),
+        default=None,
+        help=f"signals the attack score combines (default: {' '.join(AttackScoreConfig().signals)}); docs/security.md section 5.1",
+    )
+    p.add_argument(
+        "--score-eps",
+        type=float,
+        default=None,
+        help=budget_help("PGD budget of the score's calibration attack", "the --score-data set's registered reference (mini world 4/255)"),
+    )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
 
@@ -117,11 +132,27 @@ def _calibrate_flag(model, n: int, fpr: float):
     return flag
 
 
-def _calibrate_score(model, labels, n: int, dataset: str, fpr: float):
-    """Attack-score calibration on n + n images of `dataset`, printed; returns the AttackScoreCalibration."""
+def _calibrate_score(model, labels, args: argparse.Namespace):
+    """Attack-score calibration on n + n images of --score-data, printed; returns the AttackScoreCalibration."""
+    from clipshield.training.data import reference_eps
     from clipshield.training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
 
-    cal = calibrate_attack_score(model, labels, ScoreCalibrationConfig(dataset=dataset, n_calibration=n, n_eval=n, target_fpr=fpr))
+    n, dataset = args.calibrate_score, args.score_data
+    eps = reference_eps(dataset) if args.score_eps is None else to_pixels(args.score_eps, "--score-eps", allow_zero=False)
+    score = flag_config(
+        AttackScoreConfig, {"signals": "score-signals"}, **({"signals": tuple(args.score_signals)} if args.score_signals else {})
+    )
+    cfg = flag_config(
+        ScoreCalibrationConfig,
+        {"target_fpr": "score-fpr", "n_calibration": "calibrate-score", "n_eval": "calibrate-score"},
+        dataset=dataset,
+        n_calibration=n,
+        n_eval=n,
+        target_fpr=args.score_fpr,
+        eps=eps,
+        score=score,
+    )
+    cal = calibrate_attack_score(model, labels, cfg)
     print(f"attack score: > {cal.params.threshold:.4f} (weights {[round(w, 3) for w in cal.params.weights]} on {list(cal.params.signals)})")
     for rate in cal.rates:
         auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
@@ -153,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
     labels = load_labels(args.labels)
     if args.calibrate_score:
-        score = _calibrate_score(model, labels, args.calibrate_score, args.score_data, args.score_fpr)
+        score = _calibrate_score(model, labels, args)
         measured = measured.model_copy(update={"attack_score": score})
     out = export_model(model, args.out, labels=labels, version=args.version, measured=measured, finetune_card=finetune_card)
     card = read_card(out)

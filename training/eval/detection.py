@@ -8,16 +8,17 @@ attack success (top-1 wrong), AUROC of the score (attacked vs clean), TPR at 1 %
 from that set's clean scores), and the calibrated flag's rate; clean images give the held-out FPR. The
 adaptive rows run `ScoreAwarePGD` (loss - lambda * score, EOT over the score's noise) at the reference eps.
 
-    python -m clipshield.training.eval.detection --out runs/detection --n-calibration 128 --n-eval 128
+    clipshield evaluate --attack-score --datasets miniworld/plain/color_shape/seen --attacks pgd cw --out runs/detection
+
+(`python -m clipshield.training.eval.detection` is the older spelling; it forwards to that command.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -25,8 +26,7 @@ from pydantic import Field
 
 from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
 from clipshield.service.config import StrictModel
-from clipshield.service.errors import ClipshieldError, ConfigError
-from clipshield.service.models import load_model
+from clipshield.service.errors import ConfigError
 from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.purify import blank_anchor
 from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
@@ -57,6 +57,20 @@ class DetectionConfig(StrictModel):
     score: AttackScoreConfig = AttackScoreConfig()
     seed: int = 0
     batch_size: int = Field(default=128, gt=0)
+
+
+OnRow = Callable[[str], object]
+
+
+def _variants(cfg: DetectionConfig) -> list[tuple[float, PenaltyName]]:
+    """(lambda, penalty) of each adaptive attack: lambda 0 (the attacker ignores the score) once."""
+    zero: tuple[PenaltyName, ...] = ("linear",)
+    return [(lam, pen) for lam in cfg.adaptive_lams for pen in (cfg.adaptive_penalties if lam > 0 else zero)]
+
+
+def n_rows(cfg: DetectionConfig) -> int:
+    """Progress units of `evaluate_detection`: the calibration, then each set's attacks and adaptive variants."""
+    return 1 + len(cfg.eval_datasets) * (len(cfg.attacks) * len(cfg.eps_factors) + len(_variants(cfg)))
 
 
 def tpr_at_fpr(negatives: torch.Tensor, positives: torch.Tensor, fpr: float) -> float:
@@ -114,7 +128,9 @@ def calibrate(model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelC
     )
 
 
-def evaluate_set(model: PixelCLIP, scorer: AttackScorer, name: str, cfg: DetectionConfig) -> dict[str, dict[str, float]]:
+def evaluate_set(
+    model: PixelCLIP, scorer: AttackScorer, name: str, cfg: DetectionConfig, on_row: OnRow = lambda _: None
+) -> dict[str, dict[str, float]]:
     """Rows for one evaluation set: 'clean' (held-out FPR), '<attack>@<eps*255>' and 'adaptive-l<lambda>'."""
     skip = cfg.n_calibration if name == cfg.calibration_dataset else 0
     images, labels, classnames, templates = _data(name, cfg.n_eval, skip)
@@ -131,20 +147,26 @@ def evaluate_set(model: PixelCLIP, scorer: AttackScorer, name: str, cfg: Detecti
                 local, clean, _scores(local, adv, cfg.batch_size, cfg.seed + 3), _wrong(clf, adv, labels)
             )
             log.info("%s %s@%g: %s", name, attack, eps * 255, rows[f"{attack}@{eps * 255:g}"])
-    rows.update(adaptive_rows(clf, local, images, labels, clean, cfg))
+            on_row(f"{name} {attack}@{eps * 255:g}")
+    rows.update(adaptive_rows(clf, local, images, labels, clean, cfg, on_row))
     return rows
 
 
 def adaptive_rows(
-    clf: ZeroShotClassifier, scorer: AttackScorer, images: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, cfg: DetectionConfig
+    clf: ZeroShotClassifier,
+    scorer: AttackScorer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    clean: torch.Tensor,
+    cfg: DetectionConfig,
+    on_row: OnRow = lambda _: None,
 ) -> dict[str, dict[str, float]]:
     """One row per (lambda, penalty) of `ScoreAwarePGD` at the reference eps (lambda 0: the attacker ignores the
     score), and 'adaptive-best': per image, the attacker wins if any variant gives a misclassified, unflagged
     image (the defender's worst case)."""
     rows: dict[str, dict[str, float]] = {}
     evaded = torch.zeros(len(labels), dtype=torch.bool)
-    variants = [(lam, pen) for lam in cfg.adaptive_lams for pen in (cfg.adaptive_penalties if lam > 0 else ("linear",))]
-    for lam, pen in variants:
+    for lam, pen in _variants(cfg):
         atk = ScoreAwarePGD(
             clf,
             scorer,
@@ -161,17 +183,21 @@ def adaptive_rows(
         name = f"adaptive-pgd@{cfg.ref_eps * 255:g}-l{lam:g}" + (f"-{pen}" if lam > 0 else "")
         rows[name] = _row(scorer, clean, scores, wrong)
         evaded |= wrong & ~scorer.flag(scores)
+        on_row(name)
     rows["adaptive-best"] = {"success_unflagged": float(evaded.float().mean())}
     return rows
 
 
-def evaluate_detection(model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelCLIP] = None) -> dict:
-    """Calibrated score parameters and per-set rows (see `evaluate_set`)."""
+def evaluate_detection(
+    model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelCLIP] = None, on_row: OnRow = lambda _: None
+) -> dict:
+    """Calibrated score parameters and per-set rows (see `evaluate_set`); `on_row(name)` after each row."""
     scorer = calibrate(model.eval(), cfg, reference)
+    on_row("calibration")
     return {
         "config": cfg.model_dump(),
         "score": scorer.params.model_dump(),
-        "sets": {name: evaluate_set(model, scorer, name, cfg) for name in cfg.eval_datasets},
+        "sets": {name: evaluate_set(model, scorer, name, cfg, on_row) for name in cfg.eval_datasets},
     }
 
 
@@ -196,55 +222,39 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parser() -> argparse.ArgumentParser:
+def forwarded_argv(argv: Optional[list[str]] = None) -> list[str]:
+    """The `clipshield evaluate --attack-score` arguments for this module's older flags."""
     d = DetectionConfig()
     p = argparse.ArgumentParser(prog="python -m clipshield.training.eval.detection", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld")
     p.add_argument("--weights", default=None)
-    p.add_argument("--reference", default=None, help="original (non-robust) model for the agreement signal")
-    p.add_argument("--calibration-dataset", default=d.calibration_dataset, help="any registered data set name")
+    p.add_argument("--reference", default=None)
+    p.add_argument("--calibration-dataset", default=d.calibration_dataset)
     p.add_argument("--eval-datasets", nargs="+", default=list(d.eval_datasets))
     p.add_argument("--n-calibration", type=int, default=d.n_calibration)
     p.add_argument("--n-eval", type=int, default=d.n_eval)
     p.add_argument("--target-fpr", type=float, default=d.target_fpr)
     p.add_argument("--ref-eps", type=float, default=4.0, help="reference eps in units of 1/255")
-    p.add_argument("--lams", type=float, nargs="+", default=list(d.adaptive_lams))
+    p.add_argument("--lams", nargs="+", default=[f"{v:g}" for v in d.adaptive_lams])
     p.add_argument("--eot", type=int, default=d.adaptive_eot)
-    p.add_argument("--penalties", nargs="+", default=list(d.adaptive_penalties), choices=["linear", "hinge"])
-    p.add_argument("--signals", nargs="+", default=None, help="default: tau anchor margin (+ agreement with --reference)")
+    p.add_argument("--penalties", nargs="+", default=list(d.adaptive_penalties))
+    p.add_argument("--signals", nargs="+", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="folder for detection.json and detection.md")
-    return p
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    out = ["evaluate", "--attack-score", "--model", a.model, "--datasets", *a.eval_datasets, "--attacks", *d.attacks]
+    out += ["--score-calibration", a.calibration_dataset, "--score-n-calibration", str(a.n_calibration), "--limit", str(a.n_eval)]
+    out += ["--score-fpr", str(a.target_fpr), "--eps", str(a.ref_eps), "--score-lams", *map(str, a.lams), "--score-eot", str(a.eot)]
+    out += ["--score-penalties", *a.penalties, "--seed", str(a.seed), "--out", a.out]
+    out += (["--weights", a.weights] if a.weights else []) + (["--reference", a.reference] if a.reference else [])
+    return out + (["--score-signals", *a.signals] if a.signals else [])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Calibrate, evaluate, write JSON + Markdown; 2 on a clipshield error."""
-    args = _parser().parse_args(argv)
-    signals = args.signals or (["tau", "anchor", "margin"] + (["agreement"] if args.reference else []))
-    try:
-        cfg = DetectionConfig(
-            calibration_dataset=args.calibration_dataset,
-            eval_datasets=tuple(args.eval_datasets),
-            n_calibration=args.n_calibration,
-            n_eval=args.n_eval,
-            target_fpr=args.target_fpr,
-            ref_eps=args.ref_eps / 255,
-            adaptive_lams=tuple(args.lams),
-            adaptive_eot=args.eot,
-            adaptive_penalties=tuple(args.penalties),
-            score=AttackScoreConfig(signals=tuple(signals)),
-            seed=args.seed,
-        )
-        reference = load_model(args.reference) if args.reference else None
-        result = evaluate_detection(load_model(args.model, weights=args.weights), cfg, reference)
-    except ClipshieldError as exc:  # e.g. an unknown data set or model name (the message lists the known ones)
-        print(f"detection: error: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "detection.json").write_text(json.dumps(result, indent=2))
-    (args.out / "detection.md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    """Forward to `clipshield evaluate --attack-score` (one code path)."""
+    from clipshield.training.cli import main as cli_main
+
+    return cli_main(forwarded_argv(argv))
 
 
 if __name__ == "__main__":
