@@ -171,10 +171,13 @@ def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
     x, y = images[20:], labels[20:]
     with torch.no_grad():
         clean = scorer(x)
-    cfg = DetectionConfig(ref_eps=0.02, steps=5, adaptive_lams=(0.0, 3.0), adaptive_eot=1)
+    cfg = DetectionConfig(
+        ref_eps=0.02, steps=5, adaptive_lams=(0.0, 3.0), adaptive_eot=1, adaptive_blocks=(1, 3), adaptive_upsample=("nearest",)
+    )
     rows = adaptive_rows(clf, scorer, x, y, clean, cfg)
     per_lambda = [rows[k]["success_unflagged"] for k in rows if k != "adaptive-best"]
-    assert set(rows) == {"adaptive-pgd@5.1-l0", "adaptive-pgd@5.1-l3-linear", "adaptive-pgd@5.1-l3-hinge", "adaptive-best"}
+    variants = {"adaptive-pgd@5.1-l0", "adaptive-pgd@5.1-l3-linear", "adaptive-pgd@5.1-l3-hinge"}
+    assert set(rows) == variants | {f"{v}-b3-nearest" for v in variants} | {"adaptive-best"}
     assert max(per_lambda) <= rows["adaptive-best"]["success_unflagged"] <= sum(per_lambda) + 1e-9
     for k in rows:
         if k != "adaptive-best":

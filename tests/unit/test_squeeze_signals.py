@@ -69,3 +69,32 @@ def test_even_median_window_and_out_of_range_bits_are_refused_naming_the_allowed
         AttackScoreConfig(median_size=4)
     with pytest.raises(ValidationError, match="less than or equal to 8"):
         AttackScoreConfig(bit_depth=9)
+
+
+def test_tiled_adaptive_attack_perturbs_whole_tiles_within_the_budget():
+    """`block` = 3 on 6x6 toy images: every 3x3 tile moves by one value per channel, |delta| <= eps; a tile
+    grid that does not divide the image is cut at the border; block 0 is refused."""
+    from clipshield.training.attacks.adaptive_defences import ScoreAwarePGD
+
+    from .test_attack_score import scorer_for
+
+    clf, images, labels = toy_setup(24)
+    scorer = scorer_for(clf, images[:16], labels[:16], signals=("median", "margin"))
+    x, y = images[16:], labels[16:]
+    for block in (3, 4):
+        adv = ScoreAwarePGD(
+            clf, scorer, eps=0.03, lam=1.0, steps=5, penalty="hinge", block=block, generator=torch.Generator().manual_seed(0)
+        )(x, y)
+        delta = adv - x  # toy pixels lie in [0.2, 0.8]: no box clamp
+        assert delta.abs().max() <= 0.03 + 1e-6 and delta.abs().max() > 0.01
+        tiles = delta[..., :block, :block].flatten(2)
+        assert torch.allclose(tiles, tiles[..., :1].expand_as(tiles), atol=1e-7)
+    smooth = ScoreAwarePGD(clf, scorer, eps=0.03, steps=5, block=3, upsample="bilinear", generator=torch.Generator().manual_seed(0))(x, y)
+    delta = smooth - x
+    assert delta.abs().max() <= 0.03 + 1e-6  # interpolation is a convex combination: the budget holds
+    tiles = delta[..., :3, :3].flatten(2)
+    assert not torch.allclose(tiles, tiles[..., :1].expand_as(tiles), atol=1e-4)  # not constant tiles
+    with pytest.raises(ValueError, match="block >= 1"):
+        ScoreAwarePGD(clf, scorer, eps=0.03, block=0)
+    with pytest.raises(ValueError, match="known: nearest, bilinear"):
+        ScoreAwarePGD(clf, scorer, eps=0.03, block=2, upsample="bicubic")  # type: ignore[arg-type]

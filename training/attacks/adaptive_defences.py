@@ -3,6 +3,9 @@
 * `ScoreAwarePGD`: L-inf PGD on  misclassification - lambda * score(x)  (Carlini & Wagner, AISec 2017,
   "Adversarial examples are not easily detected"), with EOT (Athalye et al., ICML 2018) over the score's
   random noise: each step averages the score over `eot` fresh noise draws from the attacker's generator.
+  `block` > 1 makes the perturbation piecewise constant on block x block tiles (optimised on the coarse
+  grid, upsampled nearest): the attacker who knows the score squeezes with a median filter sends a
+  perturbation the filter cannot remove, where sign steps on single pixels are what the filter removes best.
 * `StraightThroughTTC`: BPDA view of a `TTCClassifier`: the forward classifies x + delta_TTC(x) exactly as
   TTC does; the backward treats the counterattack delta as a constant (identity Jacobian of x -> x + delta).
   Full differentiation gives the same gradient here, up to the image-box clamp: delta is built from sign()
@@ -15,6 +18,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipshield.service.attack_score import AttackScorer
@@ -26,6 +30,8 @@ from .pgd import LossName, attack_loss, random_start
 
 PenaltyName = Literal["linear", "hinge"]
 PENALTIES: tuple[str, ...] = ("linear", "hinge")
+UpsampleName = Literal["nearest", "bilinear"]
+UPSAMPLES: tuple[str, ...] = ("nearest", "bilinear")
 
 
 class ScoreAwarePGD(Attack):
@@ -51,10 +57,15 @@ class ScoreAwarePGD(Attack):
         margin: float = 50.0,
         penalty: PenaltyName = "linear",
         generator: Optional[torch.Generator] = None,
+        block: int = 1,
+        upsample: UpsampleName = "nearest",
     ) -> None:
         super().__init__(model, eps, generator)
-        if steps < 0 or eot < 1 or lam < 0:
-            raise ValueError("steps must be >= 0, eot >= 1 and lam >= 0")
+        if steps < 0 or eot < 1 or lam < 0 or block < 1:
+            raise ValueError("steps must be >= 0, eot >= 1, lam >= 0 and block >= 1")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"unknown upsampling {upsample!r}; known: {', '.join(UPSAMPLES)}")
+        self.block, self.upsample = int(block), upsample
         self.scorer = scorer
         self.lam = float(lam)
         self.alpha = eps / 4 if alpha is None else float(alpha)
@@ -67,20 +78,31 @@ class ScoreAwarePGD(Attack):
         value = attack_loss(self.model(adv), labels, self.loss, self.margin)
         if self.lam == 0:
             return value  # plain PGD: the attacker who ignores the score
-        score = torch.stack([self.scorer(adv, self.generator) for _ in range(self.eot)]).mean(dim=0)
+        draws = self.eot if "tau" in self.scorer.params.signals else 1  # only tau is random: EOT over nothing is waste
+        score = torch.stack([self.scorer(adv, self.generator) for _ in range(draws)]).mean(dim=0)
         if self.penalty == "hinge":
             score = torch.relu(score - self.scorer.params.threshold)
         penalty = score.mean() if self.loss == "ce" else score.sum()
         return value - self.lam * penalty
 
+    def expand(self, coarse: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The full-resolution perturbation [B, C, H, W] of `like`: each coarse value fills a block x block tile
+        ('nearest'), or the grid is interpolated ('bilinear': locally linear, which a median filter keeps as it
+        is; a convex combination, so still within eps)."""
+        if self.block == 1:
+            return coarse
+        full = F.interpolate(coarse, scale_factor=self.block, mode=self.upsample)
+        return full[..., : like.shape[-2], : like.shape[-1]]
+
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        delta = torch.clamp(random_start(images, self.eps, self.generator), -images, 1 - images)
+        grid = (-(-images.shape[-2] // self.block), -(-images.shape[-1] // self.block))  # ceil: tiles cover the image
+        coarse = random_start(images.new_empty(*images.shape[:2], *grid), self.eps, self.generator)
         for _ in range(self.steps):
-            delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.objective(images + delta, labels), delta)
-            delta = torch.clamp(delta.detach() + self.alpha * grad.sign(), -self.eps, self.eps)
-            delta = torch.clamp(delta, -images, 1 - images)
-        return images + delta.detach()
+            coarse.requires_grad_(True)
+            adv = torch.clamp(images + self.expand(coarse, images), 0.0, 1.0)
+            (grad,) = torch.autograd.grad(self.objective(adv, labels), coarse)
+            coarse = torch.clamp(coarse.detach() + self.alpha * grad.sign(), -self.eps, self.eps)
+        return torch.clamp(images + self.expand(coarse, images), 0.0, 1.0).detach()
 
 
 class StraightThroughTTC(nn.Module):

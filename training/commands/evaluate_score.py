@@ -15,7 +15,7 @@ from pathlib import Path
 
 from clipshield.service.attack_score_config import SIGNALS, AttackScoreConfig
 from clipshield.service.errors import ConfigError
-from clipshield.training.attacks.adaptive_defences import PENALTIES
+from clipshield.training.attacks.adaptive_defences import PENALTIES, UPSAMPLES
 
 from .budget import as_255
 from .common import flag_config, model_from_args, progress
@@ -62,6 +62,22 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--score-eot", type=int, default=2, help="adaptive attacker's draws of the score's noise per step (default: %(default)s)"
     )
+    g.add_argument(
+        "--score-blocks",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="adaptive attacker's perturbation tiles: 1 = per pixel, B = constant on BxB tiles, which a median filter "
+        "cannot remove (default: %(default)s)",
+    )
+    g.add_argument(
+        "--score-upsample",
+        nargs="+",
+        choices=list(UPSAMPLES),
+        default=list(UPSAMPLES),
+        help="how tiles > 1 fill the image: nearest = constant tiles, bilinear = a smooth (locally linear) perturbation, "
+        "which a median filter keeps (default: %(default)s)",
+    )
 
 
 def detection_config(args: argparse.Namespace, datasets: list[str], eps: float):
@@ -74,6 +90,7 @@ def detection_config(args: argparse.Namespace, datasets: list[str], eps: float):
     signals = args.score_signals or (list(AttackScoreConfig().signals) + (["agreement"] if args.reference else []))
     flags = {"calibration_dataset": "score-calibration", "n_calibration": "score-n-calibration", "n_eval": "limit"}
     flags |= {"target_fpr": "score-fpr", "ref_eps": "eps", "adaptive_lams": "score-lams", "adaptive_eot": "score-eot"}
+    flags |= {"adaptive_blocks": "score-blocks"}
     return flag_config(
         DetectionConfig,
         flags,
@@ -88,6 +105,8 @@ def detection_config(args: argparse.Namespace, datasets: list[str], eps: float):
         adaptive_lams=tuple(args.score_lams),
         adaptive_penalties=tuple(args.score_penalties),
         adaptive_eot=args.score_eot,
+        adaptive_blocks=tuple(args.score_blocks),
+        adaptive_upsample=tuple(args.score_upsample),
         score=flag_config(AttackScoreConfig, {"signals": "score-signals"}, signals=tuple(signals)),
         seed=args.seed,
         batch_size=args.batch_size,

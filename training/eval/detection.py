@@ -31,7 +31,7 @@ from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.purify import blank_anchor
 from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.training.attacks import get_attack
-from clipshield.training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD
+from clipshield.training.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD, UpsampleName
 from clipshield.training.data import DatasetRequest, build_dataset
 from clipshield.training.eval.zeroshot import batches
 from clipshield.training.export.flag_calibration import auroc
@@ -54,6 +54,8 @@ class DetectionConfig(StrictModel):
     adaptive_lams: tuple[float, ...] = (0.0, 0.1, 1.0, 10.0)
     adaptive_penalties: tuple[PenaltyName, ...] = ("linear", "hinge")
     adaptive_eot: int = Field(default=2, ge=1)
+    adaptive_blocks: tuple[int, ...] = Field(default=(1, 8), description="perturbation tile sides of the adaptive attacks (1: per pixel)")
+    adaptive_upsample: tuple[UpsampleName, ...] = ("nearest", "bilinear")
     score: AttackScoreConfig = AttackScoreConfig()
     seed: int = 0
     batch_size: int = Field(default=128, gt=0)
@@ -62,10 +64,28 @@ class DetectionConfig(StrictModel):
 OnRow = Callable[[str], object]
 
 
-def _variants(cfg: DetectionConfig) -> list[tuple[float, PenaltyName]]:
-    """(lambda, penalty) of each adaptive attack: lambda 0 (the attacker ignores the score) once."""
+def _check_blocks(cfg: DetectionConfig) -> None:
+    if not cfg.adaptive_blocks or min(cfg.adaptive_blocks) < 1:
+        raise ConfigError(f"adaptive perturbation tiles must be whole numbers >= 1 (1: per pixel), got {list(cfg.adaptive_blocks)}")
+
+
+Variant = tuple[float, PenaltyName, int, UpsampleName]
+
+
+def _variants(cfg: DetectionConfig) -> list[Variant]:
+    """(lambda, penalty, block, upsampling) of each adaptive attack: lambda 0 (the attacker ignores the score) once
+    per tiling; block 1 (per pixel) once, tiles > 1 with each upsampling."""
     zero: tuple[PenaltyName, ...] = ("linear",)
-    return [(lam, pen) for lam in cfg.adaptive_lams for pen in (cfg.adaptive_penalties if lam > 0 else zero)]
+    pairs = [(lam, pen) for lam in cfg.adaptive_lams for pen in (cfg.adaptive_penalties if lam > 0 else zero)]
+    tilings = [(b, up) for b in cfg.adaptive_blocks for up in (cfg.adaptive_upsample if b > 1 else ("nearest",))]
+    return [(lam, pen, block, up) for block, up in tilings for lam, pen in pairs]
+
+
+def variant_name(cfg: DetectionConfig, variant: Variant) -> str:
+    """Row name of an adaptive attack, e.g. 'adaptive-pgd@4-l1-hinge-b8-bilinear'."""
+    lam, pen, block, up = variant
+    tiles = f"-b{block}-{up}" if block > 1 else ""
+    return f"adaptive-pgd@{cfg.ref_eps * 255:g}-l{lam:g}" + (f"-{pen}" if lam > 0 else "") + tiles
 
 
 def n_rows(cfg: DetectionConfig) -> int:
@@ -161,12 +181,14 @@ def adaptive_rows(
     cfg: DetectionConfig,
     on_row: OnRow = lambda _: None,
 ) -> dict[str, dict[str, float]]:
-    """One row per (lambda, penalty) of `ScoreAwarePGD` at the reference eps (lambda 0: the attacker ignores the
-    score), and 'adaptive-best': per image, the attacker wins if any variant gives a misclassified, unflagged
-    image (the defender's worst case)."""
+    """One row per (lambda, penalty, block) of `ScoreAwarePGD` at the reference eps (lambda 0: the attacker ignores
+    the score; block > 1: perturbations constant on block x block tiles, which a median filter cannot remove), and
+    'adaptive-best': per image, the attacker wins if any variant gives a misclassified, unflagged image (the
+    defender's worst case)."""
     rows: dict[str, dict[str, float]] = {}
     evaded = torch.zeros(len(labels), dtype=torch.bool)
-    for lam, pen in _variants(cfg):
+    for variant in _variants(cfg):
+        lam, pen, block, up = variant
         atk = ScoreAwarePGD(
             clf,
             scorer,
@@ -177,10 +199,12 @@ def adaptive_rows(
             eot=cfg.adaptive_eot,
             penalty=pen,
             generator=torch.Generator().manual_seed(cfg.seed + 4),
+            block=block,
+            upsample=up,
         )
         adv = _run(atk, images, labels, cfg.batch_size)
         scores, wrong = _scores(scorer, adv, cfg.batch_size, cfg.seed + 3), _wrong(clf, adv, labels)
-        name = f"adaptive-pgd@{cfg.ref_eps * 255:g}-l{lam:g}" + (f"-{pen}" if lam > 0 else "")
+        name = variant_name(cfg, variant)
         rows[name] = _row(scorer, clean, scores, wrong)
         evaded |= wrong & ~scorer.flag(scores)
         on_row(name)
@@ -192,6 +216,7 @@ def evaluate_detection(
     model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelCLIP] = None, on_row: OnRow = lambda _: None
 ) -> dict:
     """Calibrated score parameters and per-set rows (see `evaluate_set`); `on_row(name)` after each row."""
+    _check_blocks(cfg)
     scorer = calibrate(model.eval(), cfg, reference)
     on_row("calibration")
     return {
