@@ -164,6 +164,7 @@ def test_export_records_the_calibration_in_the_card(scored_bundle, capsys):
     p = card["params"]
     assert p["dataset"] == "miniworld/plain/color_shape/heldout_caption" and p["n_calibration"] == 24 and p["target_fpr"] == 0.1
     assert p["signals"] == ["anchor", "margin", "median", "bits"] and len(p["weights"]) == 4 and all(s > 0 for s in p["std"])
+    assert "of 120 clean" in card["notes"][0]  # threshold on the 24 fit images + 4 x 24 extra clean ones (the CLI default)
     assert card["attack"] == "pgd10-linf-4/255" and card["config"]["median_size"] == 3 and card["config"]["bit_depth"] == 5
     clean, attacked = card["rates"]
     assert clean["attack"] == "none" and clean["n"] == 24 and 0.0 <= clean["flag_rate"] <= 0.5
@@ -277,3 +278,19 @@ def test_served_score_modules_import_no_torch():
 
     repo = Path(__file__).resolve().parents[2]  # `python -c` puts the working directory first on sys.path
     assert subprocess.run([sys.executable, "-c", code], cwd=repo, check=False).returncode == 0
+
+
+def test_extra_threshold_images_move_only_the_threshold(miniworld_model):
+    """`n_threshold` adds clean images to the threshold's quantile; the fit (weights) and the held-out split stay."""
+    from clipshield.service.bundle import LabelSet
+    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
+
+    ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=1))
+    labels = LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))
+    base = ScoreCalibrationConfig(n_calibration=16, n_eval=16, target_fpr=0.1, steps=2)
+    plain = calibrate_attack_score(miniworld_model, labels, base)
+    pooled = calibrate_attack_score(miniworld_model, labels, base.model_copy(update={"n_threshold": 64}))
+    assert pooled.params.weights == plain.params.weights and pooled.params.n_calibration == 16
+    assert [r.n for r in pooled.rates] == [16, 16]
+    assert "of 80 clean" in pooled.notes[0] and "of 16 clean" in plain.notes[0]

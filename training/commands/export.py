@@ -76,6 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"signals the attack score combines (default: {' '.join(AttackScoreConfig().signals)}); docs/security.md section 5.1",
     )
     p.add_argument(
+        "--score-threshold-images",
+        type=int,
+        default=None,
+        metavar="M",
+        help="clean images (beyond the N fit and N held-out ones) the threshold is also set on: the false-positive "
+        "rate is a tail quantile, steadier from more images, and clean images need no attack (default: 4 x N)",
+    )
+    p.add_argument(
         "--score-eps",
         type=float,
         default=None,
@@ -144,10 +152,16 @@ def _calibrate_score(model, labels, args: argparse.Namespace):
     )
     cfg = flag_config(
         ScoreCalibrationConfig,
-        {"target_fpr": "score-fpr", "n_calibration": "calibrate-score", "n_eval": "calibrate-score"},
+        {
+            "target_fpr": "score-fpr",
+            "n_calibration": "calibrate-score",
+            "n_eval": "calibrate-score",
+            "n_threshold": "score-threshold-images",
+        },
         dataset=dataset,
         n_calibration=n,
         n_eval=n,
+        n_threshold=4 * n if args.score_threshold_images is None else args.score_threshold_images,
         target_fpr=args.score_fpr,
         eps=eps,
         score=score,
