@@ -29,7 +29,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_flipped_total": ("counter", "Requests whose top-1 purification changed", ()),
     "clipshield_flagged_total": ("counter", "Requests flagged as possibly adversarial", ()),
     "clipshield_attack_score": ("histogram", "Calibrated attack score (logit; higher = more suspicious) of requests that asked for it", ()),
-    "clipshield_attack_score_seconds": ("histogram", "Attack-score latency per batch (noisy encoder passes included)", ()),
+    "clipshield_attack_score_seconds": ("histogram", "Attack-score latency per batch (its extra encoder passes included)", ()),
     "clipshield_attack_flagged_total": ("counter", "Requests whose attack score is above the model card's threshold", ()),
     "clipshield_model_accuracy": (
         "gauge",
