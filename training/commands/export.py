@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)",
     )
     p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
+    _score_args(p)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    """The attack-score calibration flags (docs/security.md section 5.1)."""
     p.add_argument(
         "--calibrate-score",
         type=int,
@@ -89,8 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=budget_help("PGD budget of the score's calibration attack", "the --score-data set's registered reference (mini world 4/255)"),
     )
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
-    p.set_defaults(run=run)
 
 
 def load_labels(spec: str):
