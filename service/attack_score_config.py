@@ -14,6 +14,7 @@ from .errors import ConfigError
 
 SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement", "median", "bits")
 SQUEEZE_SIGNALS: tuple[str, ...] = ("median", "bits")  # feature squeezing (Xu et al., NDSS 2018): one extra encoder pass each
+RANDOM_SIGNALS: tuple[str, ...] = ("tau",)  # drawn from noise; every other signal is a deterministic function of the image
 
 
 class AttackScoreConfig(StrictModel):
@@ -26,6 +27,11 @@ class AttackScoreConfig(StrictModel):
     bit_depth: int = Field(default=5, ge=1, le=8, description="bits per channel kept by the `bits` squeezer")
     l2: float = Field(default=1e-2, ge=0.0, description="ridge penalty of the logistic fit (standardised signals)")
     fit_iters: int = Field(default=100, ge=1)
+
+    @property
+    def is_random(self) -> bool:
+        """Whether the score draws noise (an attacker needs EOT over it; the served path seeds it per image)."""
+        return any(name in RANDOM_SIGNALS for name in self.signals)
 
     @field_validator("median_size")
     @classmethod

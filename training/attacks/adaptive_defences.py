@@ -78,7 +78,7 @@ class ScoreAwarePGD(Attack):
         value = attack_loss(self.model(adv), labels, self.loss, self.margin)
         if self.lam == 0:
             return value  # plain PGD: the attacker who ignores the score
-        draws = self.eot if "tau" in self.scorer.params.signals else 1  # only tau is random: EOT over nothing is waste
+        draws = self.eot if self.scorer.extractor.cfg.is_random else 1  # EOT over a deterministic score is waste
         score = torch.stack([self.scorer(adv, self.generator) for _ in range(draws)]).mean(dim=0)
         if self.penalty == "hinge":
             score = torch.relu(score - self.scorer.params.threshold)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -56,3 +57,25 @@ def progress(total: Optional[int], desc: str, unit: str = "it", disable: Optiona
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable, file=sys.stderr)
+
+
+def add_score_signals_arg(group: Any, default_note: str = "") -> None:
+    """--score-signals of the commands that fit the attack score (export, evaluate --attack-score)."""
+    from clipshield.service.attack_score_config import SIGNALS, AttackScoreConfig
+
+    group.add_argument(
+        "--score-signals",
+        nargs="+",
+        choices=list(SIGNALS),
+        default=None,
+        help=f"signals the attack score combines (default: {' '.join(AttackScoreConfig().signals)}{default_note}); "
+        "docs/security.md section 5.1",
+    )
+
+
+def score_config(signals: Optional[Sequence[str]], with_reference: bool = False):
+    """AttackScoreConfig for --score-signals (None: the default signals, plus `agreement` when an original model is given)."""
+    from clipshield.service.attack_score_config import AttackScoreConfig
+
+    chosen = tuple(signals) if signals else AttackScoreConfig().signals + (("agreement",) if with_reference else ())
+    return flag_config(AttackScoreConfig, {"signals": "score-signals"}, signals=chosen)

@@ -13,12 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from clipshield.service.attack_score_config import SIGNALS, AttackScoreConfig
 from clipshield.service.errors import ConfigError
 from clipshield.training.attacks.adaptive_defences import PENALTIES, UPSAMPLES
 
 from .budget import as_255
-from .common import flag_config, model_from_args, progress
+from .common import add_score_signals_arg, flag_config, model_from_args, progress, score_config
 
 SCORE_ATTACKS = ("pgd", "cw")
 DEFAULT_SCORE_STEPS = 10  # the served score's calibration attack (PGD-10), also the detection table's
@@ -43,13 +42,7 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--score-fpr", type=float, default=0.05, help="target false-positive rate of the flag on clean images (default: %(default)s)"
     )
-    g.add_argument(
-        "--score-signals",
-        nargs="+",
-        choices=list(SIGNALS),
-        default=None,
-        help=f"signals combined by the score (default: {' '.join(AttackScoreConfig().signals)}, + agreement with --reference)",
-    )
+    add_score_signals_arg(g, ", + agreement with --reference")
     g.add_argument("--reference", default=None, help="original (non-robust) model for the agreement signal (default: none)")
     g.add_argument(
         "--score-lams",
@@ -87,7 +80,6 @@ def detection_config(args: argparse.Namespace, datasets: list[str], eps: float):
     wrong = [a for a in args.attacks if a not in SCORE_ATTACKS]
     if wrong:
         raise ConfigError(f"--attack-score evaluates against {' and '.join(SCORE_ATTACKS)}; not {', '.join(wrong)}")
-    signals = args.score_signals or (list(AttackScoreConfig().signals) + (["agreement"] if args.reference else []))
     flags = {"calibration_dataset": "score-calibration", "n_calibration": "score-n-calibration", "n_eval": "limit"}
     flags |= {"target_fpr": "score-fpr", "ref_eps": "eps", "adaptive_lams": "score-lams", "adaptive_eot": "score-eot"}
     flags |= {"adaptive_blocks": "score-blocks"}
@@ -107,7 +99,7 @@ def detection_config(args: argparse.Namespace, datasets: list[str], eps: float):
         adaptive_eot=args.score_eot,
         adaptive_blocks=tuple(args.score_blocks),
         adaptive_upsample=tuple(args.score_upsample),
-        score=flag_config(AttackScoreConfig, {"signals": "score-signals"}, signals=tuple(signals)),
+        score=score_config(args.score_signals, with_reference=bool(args.reference)),
         seed=args.seed,
         batch_size=args.batch_size,
     )

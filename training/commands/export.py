@@ -9,12 +9,11 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from clipshield.service.attack_score_config import SIGNALS, AttackScoreConfig
 from clipshield.service.bundle import read_card
 from clipshield.service.errors import ConfigError
 
 from .budget import budget_help, to_pixels
-from .common import add_model_args, flag_config, model_from_args
+from .common import add_model_args, add_score_signals_arg, flag_config, model_from_args, score_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,13 +74,7 @@ def _score_args(p: argparse.ArgumentParser) -> None:
         help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)",
     )
     p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
-    p.add_argument(
-        "--score-signals",
-        nargs="+",
-        choices=list(SIGNALS),
-        default=None,
-        help=f"signals the attack score combines (default: {' '.join(AttackScoreConfig().signals)}); docs/security.md section 5.1",
-    )
+    add_score_signals_arg(p)
     p.add_argument(
         "--score-threshold-images",
         type=int,
@@ -152,9 +145,7 @@ def _calibrate_score(model, labels, args: argparse.Namespace):
 
     n, dataset = args.calibrate_score, args.score_data
     eps = reference_eps(dataset) if args.score_eps is None else to_pixels(args.score_eps, "--score-eps", allow_zero=False)
-    score = flag_config(
-        AttackScoreConfig, {"signals": "score-signals"}, **({"signals": tuple(args.score_signals)} if args.score_signals else {})
-    )
+    score = score_config(args.score_signals)
     cfg = flag_config(
         ScoreCalibrationConfig,
         {

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
 from clipshield.service.config import StrictModel
@@ -60,13 +60,15 @@ class DetectionConfig(StrictModel):
     seed: int = 0
     batch_size: int = Field(default=128, gt=0)
 
+    @field_validator("adaptive_blocks")
+    @classmethod
+    def _whole_tiles(cls, blocks: tuple[int, ...]) -> tuple[int, ...]:
+        if not blocks or min(blocks) < 1:
+            raise ValueError(f"adaptive perturbation tiles must be whole numbers >= 1 (1: per pixel), got {list(blocks)}")
+        return blocks
+
 
 OnRow = Callable[[str], object]
-
-
-def _check_blocks(cfg: DetectionConfig) -> None:
-    if not cfg.adaptive_blocks or min(cfg.adaptive_blocks) < 1:
-        raise ConfigError(f"adaptive perturbation tiles must be whole numbers >= 1 (1: per pixel), got {list(cfg.adaptive_blocks)}")
 
 
 Variant = tuple[float, PenaltyName, int, UpsampleName]
@@ -216,7 +218,6 @@ def evaluate_detection(
     model: PixelCLIP, cfg: DetectionConfig, reference: Optional[PixelCLIP] = None, on_row: OnRow = lambda _: None
 ) -> dict:
     """Calibrated score parameters and per-set rows (see `evaluate_set`); `on_row(name)` after each row."""
-    _check_blocks(cfg)
     scorer = calibrate(model.eval(), cfg, reference)
     on_row("calibration")
     return {
