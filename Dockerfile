@@ -65,7 +65,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/model-server
 USER 1000:1000
 EXPOSE 8080
-ENTRYPOINT ["python", "-m", "clipshield.handlers.kserve_app"]
+ENTRYPOINT ["python", "-m", "clipshield.handlers.kserve.app"]
 CMD ["--bundle", "/mnt/models", "--model-name", "clipshield", "--host-port", "8080"]
 
 # ---- serve: TorchServe runtime image, the default target (no compilers, no pip cache, no source tree) ----

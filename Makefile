@@ -62,7 +62,7 @@ k8s-render:
 # Regenerate the Prometheus rules, their promtool tests and the Grafana dashboard from service/metrics.py,
 # and TorchServe's metrics.yaml + config.properties (model_store/, k8s/), then re-render k8s/rendered/.
 monitoring: venv
-	$(BIN)/python -m clipshield.training.monitoring.generate
+	$(BIN)/python -m monitoring.generate
 	$(MAKE) k8s-render
 
 clean-venv:

@@ -3,7 +3,7 @@
 Compares Python environments (a full `make venv` one, a lean `pip install .[serve-kserve]` one) on
 the same bundle, alternating them run by run so that a busy shared machine slows both alike. Only the
 standard library and Pillow: the script itself runs in any of them. `--runtime kserve` (default)
-starts `python -m clipshield.handlers.kserve_app --bundle B` and POSTs a v2 infer request; `--runtime torchserve`
+starts `python -m clipshield.handlers.kserve.app --bundle B` and POSTs a v2 infer request; `--runtime torchserve`
 starts `<venv>/bin/torchserve` on `--bundle`, a model store holding clipshield.mar (`clipshield
 archive --workers 1`) and metrics.yaml, and POSTs the PNG to /predictions/clipshield.
 
@@ -48,7 +48,7 @@ def _kserve(python: str, target: Path, cwd: Path) -> tuple[list[str], str, bytes
     port = _free_port()
     image = base64.b64encode(_png()).decode()
     body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}).encode()
-    cmd = [python, "-m", "clipshield.handlers.kserve_app", "--bundle", str(target), "--model-name", "clipshield", "--host-port", str(port)]
+    cmd = [python, "-m", "clipshield.handlers.kserve.app", "--bundle", str(target), "--model-name", "clipshield", "--host-port", str(port)]
     return cmd, f"http://127.0.0.1:{port}/v2/models/clipshield/infer", body, "application/json"
 
 

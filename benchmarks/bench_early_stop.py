@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipshield.service.models import load_model
-from clipshield.training.eval.measure import AttackRecipe, zero_shot_task
-from clipshield.training.eval.zeroshot import accuracy, batches
+from clipshield.evaluation.measure import AttackRecipe, zero_shot_task
+from clipshield.evaluation.zeroshot import accuracy, batches
+from clipshield.models.factory import load_model
 
 DATASET = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255

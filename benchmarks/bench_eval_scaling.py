@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stop",
         "final",
     ]  # every image runs every step: the compute scales, not the early exits
-    one = [sys.executable, "-m", "clipshield.training.cli", *common, "--out", str(out / "one")]
+    one = [sys.executable, "-m", "clipshield.cli.main", *common, "--out", str(out / "one")]
     torchrun = Path(sys.executable).with_name("torchrun")
     two = [
         str(torchrun),
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "--master_port",
         str(free_port()),
         "-m",
-        "clipshield.training.cli",
+        "clipshield.cli.main",
         *common,
         "--out",
         str(out / "two"),

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipshield.models.factory import from_record, load_model
 from clipshield.service.config import ModelRecord, PreprocessConfig
-from clipshield.service.models import from_record, load_model
 from clipshield.training.finetune import FinetuneConfig, build_heads, make_optimizer, train_step
 from clipshield.training.finetune_config import AttackSettings, OptimSettings, RunSettings
 from clipshield.training.methods import FrozenReference, LossInputs, get_method
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.world is not None:
-        from clipshield.training.data import reference_eps
+        from clipshield.datasets import reference_eps
 
         args.model, args.eps = args.world, reference_eps(f"{args.world}-train") * 255
     return args
@@ -83,7 +83,7 @@ def class_names(model, n: int) -> list[str]:
     """`n` prompt class names the model's tokenizer knows: mini-world colour+shape names for the compact
     mini-world vocabulary (which has no digits), else 'class i'."""
     if model.record.tokenizer.kind == "compact":
-        from clipshield.training.miniworld.world import COLORS, SHAPES, combo_name
+        from clipshield.datasets.miniworld.world import COLORS, SHAPES, combo_name
 
         names = [combo_name(s, c) for s in range(len(SHAPES)) for c in range(len(COLORS))]
         return [names[i % len(names)] for i in range(n)]

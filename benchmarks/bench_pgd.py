@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipshield.service.models import load_model
-from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-from clipshield.training.attacks import get_attack
-from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.attacks import get_attack
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.models.factory import load_model
+from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 
 
 def _once(fn) -> float:

@@ -66,9 +66,9 @@ def drive(send: Callable[[object], tuple[int, str]], seconds: float, clients: in
 
 
 def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
+    from clipshield.handlers.torchserve.launcher import start_server, stop_server
     from clipshield.service.settings import RuntimeConfig, ServingConfig
-    from clipshield.training.export import build_archive, start_server, stop_server
-    from clipshield.training.export.archive import BatchingConfig
     from tests.load.run_loadtest import loopback_serve_config
 
     store = work / "store"
@@ -97,7 +97,7 @@ def torchserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -
 
 
 def kserve(bundle: Path, work: Path, png: bytes, args: argparse.Namespace) -> dict:
-    from clipshield.training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
+    from clipshield.handlers.kserve.launcher import KServeConfig, start_kserve, stop_kserve
 
     handle = start_kserve(bundle, work / "kserve", KServeConfig(http_port=free_port(), ort_threads=args.threads, startup_timeout_s=300))
     try:
@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default %(default)s)")
     args = p.parse_args(argv)
-    from clipshield.service.models import load_model
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
+    from clipshield.models.factory import load_model
 
     with tempfile.TemporaryDirectory(prefix="bench_runtimes_") as tmp:
         work = Path(tmp)

@@ -40,8 +40,8 @@ from clipshield.service.settings import RuntimeConfig, ServingConfig
 
 
 def build(name: str):
+    from clipshield.models.factory import from_record, load_model
     from clipshield.service.config import ModelRecord, PreprocessConfig
-    from clipshield.service.models import from_record, load_model
 
     if name == "miniworld":
         return load_model("miniworld"), None
@@ -88,9 +88,9 @@ def eager_vs_ort(model, bundle: Path, threads: int, iters: int) -> dict:
 def serving(model, bundle: Path, work: Path, threads: int, batch: int, n_requests: int, iters: int) -> dict:
     import requests
 
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
+    from clipshield.handlers.torchserve.launcher import start_server, stop_server
     from clipshield.service.preprocess import encode_png
-    from clipshield.training.export import build_archive, start_server, stop_server
-    from clipshield.training.export.archive import BatchingConfig
     from tests.load.run_loadtest import loopback_serve_config
 
     size = model.image_size
@@ -230,8 +230,8 @@ def main(argv=None) -> int:
         help="comma-separated signal sets timed side by side in process (default: today's default and the previous one)",
     )
     args = p.parse_args(argv)
-    from clipshield.training.export import export_model
-    from clipshield.training.export.exporter import ExportMeasurements
+    from clipshield.export import export_model
+    from clipshield.export.exporter import ExportMeasurements
 
     results = {}
     for name in args.models.split(","):

@@ -15,12 +15,12 @@ geometry, batch 4, one step; well under a minute):
 
     python benchmarks/gpu_acceptance.py --device cpu --tiny
 
-Phases: (a) random-weight model through `clipshield.service.models.from_record` (no download); (b) fine-tuning
+Phases: (a) random-weight model through `clipshield.models.factory.from_record` (no download); (b) fine-tuning
 steps through `clipshield.training.finetune.train_step` (via `bench_finetune.MethodRun`: warm-up, then timed steps
 on random 224 px images; TGA-ZSR timed in its first epoch, when the frozen model's clean outputs are
 computed, and in later epochs, when they are read back); (c) one PGD-10 cell of the evaluation runner
 on mini-world images at the model's size (final iterate, so every image takes all 10 steps; accuracies
-of random weights mean nothing); (d) `clipshield.training.export.onnx_export.export_image_encoder` of the
+of random weights mean nothing); (d) `clipshield.export.onnx_export.export_image_encoder` of the
 fine-tuned TGA-ZSR image tower, parity with PyTorch (CPU) through CPU ONNX Runtime at batch 1 and 8.
 The ONNX Runtime CUDA provider is not exercised here (onnxruntime-gpu is too big to carry); the
 provider configuration tests cover it.
@@ -64,9 +64,9 @@ def _source_tree_importable() -> None:
 _source_tree_importable()
 
 from benchmarks.bench_finetune import MethodRun  # noqa: E402
+from clipshield.models.factory import from_record, record_from_arch  # noqa: E402
+from clipshield.models.pixel_model import PixelCLIP  # noqa: E402
 from clipshield.service.config import ModelRecord, PreprocessConfig  # noqa: E402
-from clipshield.service.models import from_record, record_from_arch  # noqa: E402
-from clipshield.service.pixel_model import PixelCLIP  # noqa: E402
 
 TINY_ARCH = REPO / "tests" / "data" / "goldens" / "tiny_clip.json"
 EVAL_DATASET = "miniworld/plain/color_shape/seen"
@@ -165,7 +165,7 @@ def finetune_phase(base: PixelCLIP, args: argparse.Namespace, out: Callable[[str
 
 def pgd_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     """One PGD cell of the evaluation runner (mini world at the model's size, final iterate); on CUDA run twice, the second timed."""
-    from clipshield.training.eval.runner import EvalConfig, Evaluator, cell_keys
+    from clipshield.evaluation.runner import EvalConfig, Evaluator, cell_keys
 
     cfg = EvalConfig(
         model_id=model.record.name,
@@ -210,9 +210,9 @@ def pgd_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
 
 def onnx_phase(model: PixelCLIP, args: argparse.Namespace, work: Path) -> dict:
     """Export the image encoder with our exporter; max abs diff of CPU ONNX Runtime vs PyTorch (CPU; and the device model)."""
+    from clipshield.export.onnx_export import export_image_encoder
     from clipshield.service.runtime import image_encoder
     from clipshield.service.settings import RuntimeConfig
-    from clipshield.training.export.onnx_export import export_image_encoder
 
     cpu_model = copy.deepcopy(model).cpu().float().eval()
     for p in cpu_model.parameters():

@@ -52,14 +52,14 @@ def photo_crops(size: int, crops_per_photo: int, seed: int, preprocess) -> torch
 
 
 def main(argv=None) -> int:
-    from clipshield.service.attack_score import AttackScoreConfig, SignalExtractor, calibrate_scorer
-    from clipshield.service.models import load_model
-    from clipshield.service.purify import blank_anchor
-    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-    from clipshield.training.attacks import get_attack
-    from clipshield.training.data import DatasetRequest, build_dataset
-    from clipshield.training.eval import detection
-    from clipshield.training.export.flag_calibration import auroc
+    from clipshield.attacks import get_attack
+    from clipshield.datasets import DatasetRequest, build_dataset
+    from clipshield.evaluation import detection
+    from clipshield.export.flag_calibration import auroc
+    from clipshield.models.attack_score import AttackScoreConfig, SignalExtractor, calibrate_scorer
+    from clipshield.models.factory import load_model
+    from clipshield.models.purify import blank_anchor
+    from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld224")

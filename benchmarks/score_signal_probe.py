@@ -36,7 +36,7 @@ def down_up(x: torch.Tensor) -> torch.Tensor:
 
 
 def candidates():
-    from clipshield.service.attack_score import bit_squeeze, median_squeeze
+    from clipshield.models.attack_score import bit_squeeze, median_squeeze
 
     return {
         "median 2x2": _median_even,
@@ -72,11 +72,11 @@ def signals(clf, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def main(argv=None) -> int:
-    from clipshield.service.models import load_model
-    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-    from clipshield.training.attacks import get_attack
-    from clipshield.training.data import DatasetRequest, build_dataset
-    from clipshield.training.export.flag_calibration import auroc
+    from clipshield.attacks import get_attack
+    from clipshield.datasets import DatasetRequest, build_dataset
+    from clipshield.export.flag_calibration import auroc
+    from clipshield.models.factory import load_model
+    from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld224")

@@ -32,12 +32,12 @@ def served(service, images: torch.Tensor) -> np.ndarray:
 
 
 def main(argv=None) -> int:
+    from clipshield.attacks import get_attack
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
+    from clipshield.export.flag_calibration import auroc
+    from clipshield.models.factory import load_model
+    from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
     from clipshield.service.inference import ClipshieldService
-    from clipshield.service.models import load_model
-    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-    from clipshield.training.attacks import get_attack
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
-    from clipshield.training.export.flag_calibration import auroc
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)

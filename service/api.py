@@ -17,10 +17,10 @@ from typing import Any, Optional
 
 from pydantic import Field, ValidationError, field_validator
 
-from .config import StrictModel
-from .errors import BadInput, UnsupportedMediaType
-from .preprocess import ACCEPTED_CONTENT_TYPES
-from .settings import RequestLimits
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import BadInput, UnsupportedMediaType
+from clipshield.service.preprocess import ACCEPTED_CONTENT_TYPES
+from clipshield.service.settings import RequestLimits
 
 RAW_KEYS = ("body", "data")
 FORM_FIELDS = ("image", "labels", "purify", "top_k", "attack_score")

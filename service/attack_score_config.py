@@ -1,6 +1,6 @@
 """Settings and fitted parameters of the attack score (issue 15), torch-free.
 
-One definition shared by the PyTorch score (`clipshield.service.attack_score`, differentiable, for calibration and
+One definition shared by the PyTorch score (`clipshield.models.attack_score`, differentiable, for calibration and
 adaptive attacks), the NumPy score of the served path (`clipshield.service.attack_score_np`, no torch) and the
 model card (`clipshield.service.card.AttackScoreCalibration`).
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from .config import StrictModel
-from .errors import ConfigError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
 
 SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement", "median", "bits")
 SQUEEZE_SIGNALS: tuple[str, ...] = ("median", "bits")  # feature squeezing (Xu et al., NDSS 2018): one extra encoder pass each

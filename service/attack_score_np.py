@@ -1,6 +1,6 @@
 """The attack score on the served path: NumPy over any `encode(pixels) -> embeddings` callable (no torch).
 
-Same signals and combination as `clipshield.service.attack_score` (the PyTorch definition, differentiable, used to
+Same signals and combination as `clipshield.models.attack_score` (the PyTorch definition, differentiable, used to
 calibrate the score and by adaptive attackers); `tests/unit/test_attack_score_np.py` holds the two to the
 same numbers on the same images and noise. Signals per image x, from forward passes only:
 `tau` (mean shift of the unit-norm embedding under `n_noise` uniform noise draws), `anchor` (cosine with
@@ -21,9 +21,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import purify_np
-from .attack_score_config import AttackScoreConfig, ScoreParams, check_signals
-from .errors import BadInput, ConfigError
+from clipshield.service import purify_np
+from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams, check_signals
+from clipshield.service.errors import BadInput, ConfigError
 
 Encode = Callable[[np.ndarray], np.ndarray]
 

@@ -2,7 +2,7 @@
 
 An export folder (and the TorchServe archive built from it) holds:
 `image_encoder.onnx`, `text_encoder.onnx` (weights embedded in each file, no external-data files:
-see `clipshield.training.export.onnx_export`), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
+see `clipshield.export.onnx_export`), `record.json` (ModelRecord, tokenizer config inside), `labels.json` (default label set
 and templates), `text_head.npy` [C, E] and `anchor.npy` [E] (precomputed, float32),
 `model_card.json`, the tokenizer's BPE vocabulary, and `clipshield_manifest.json` (sha256 of every
 other file). Loading verifies every checksum and refuses a bundle with a missing or modified file,
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
+from clipshield.service.bpe import CLIP_VOCAB_SHA256, VOCAB_FILE
 
 # The model card lives in `clipshield.service.card` (one type from fine-tuning to serving); re-exported here
 # (`X as X`: an explicit re-export, which mypy's strict mode requires).
-from .card import (
+from clipshield.service.card import (
     CLEAN as CLEAN,
     AccuracyEntry as AccuracyEntry,
     AttackScoreCalibration as AttackScoreCalibration,
@@ -37,8 +37,8 @@ from .card import (
     read_card_file as read_card_file,
     write_card_file as write_card_file,
 )
-from .config import StrictModel
-from .errors import ModelLoadError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from .config import StrictModel
-from .errors import ModelLoadError
-from .provenance import git_commit, package_version
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.provenance import git_commit, package_version
 
 log = logging.getLogger(__name__)
 

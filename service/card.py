@@ -1,7 +1,7 @@
 """The one model card, from fine-tuning through export into the bundle, the archive and the server.
 
 `clipshield.training.model_card` fills the training half (method, the hyper-parameters that actually ran,
-base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `clipshield.training.export`
+base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `clipshield.export`
 copies that card into the bundle and adds ONNX parity, the purification default and, only when
 measured, the purification sweep and the flag calibration; `clipshield.service.inference` serves it (the
 describe answer and the `clipshield_model_accuracy` gauges). Every accuracy names its attack with
@@ -15,8 +15,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .attack_score_config import AttackScoreConfig, ScoreParams
-from .config import StrictModel
+from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
+from clipshield.service.config import StrictModel
 
 SCHEMA_VERSION = 2
 CLEAN = "none"  # the attack label of clean (un-attacked) inputs
@@ -120,7 +120,7 @@ class FlagCalibration(StrictModel):
 
 
 class AttackScoreCalibration(StrictModel):
-    """Calibrated attack score (`clipshield.service.attack_score`; served by `clipshield.service.attack_score_np`).
+    """Calibrated attack score (`clipshield.models.attack_score`; served by `clipshield.service.attack_score_np`).
 
     `config` (signals, noise) and `params` (standardisation, logistic weights, threshold at `params.target_fpr`
     on `params.n_calibration` clean images of `params.dataset`) are what serving computes; the fit used those
@@ -271,7 +271,7 @@ def current_provenance() -> Provenance:
     """Provenance of a card written now: installed clipshield version, source git commit, UTC date."""
     import datetime as dt
 
-    from .provenance import git_commit, package_version
+    from clipshield.service.provenance import git_commit, package_version
 
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return Provenance(clipshield_version=package_version(), git_commit=git_commit(), date=date)

@@ -2,9 +2,9 @@
 
 One implementation of each for every runtime: the server builds heads for caller-supplied labels
 from ONNX text embeddings (`clipshield.service.inference`), training and evaluation from the torch text tower
-(`clipshield.service.zero_shot.build_text_head`, which hands its embeddings to `ensemble`), and both cache
+(`clipshield.models.zero_shot.build_text_head`, which hands its embeddings to `ensemble`), and both cache
 them in a `HeadCache` under `head_key`. The scaled-cosine logits are written once per runtime:
-`clipshield.service.purify_np.logits` (numpy, serving) and `clipshield.service.zero_shot.cosine_logits` (torch, with
+`clipshield.service.purify_np.logits` (numpy, serving) and `clipshield.models.zero_shot.cosine_logits` (torch, with
 gradients for attacks and fine-tuning); `tests/unit/test_zero_shot.py` checks they agree.
 """
 
@@ -19,7 +19,7 @@ from typing import Generic, Optional, TypeVar
 
 import numpy as np
 
-from .purify_np import normalize
+from clipshield.service.purify_np import normalize
 
 Head = TypeVar("Head")
 

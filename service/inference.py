@@ -21,20 +21,20 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import bundle as B, purify_np
-from .api import AttackScoreResult, ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
-from .attack_score_np import NumpyAttackScorer
-from .bundle_info import read_bundle_info
-from .card import gauge_samples
-from .config import ModelRecord
-from .errors import BadInput, ClipshieldError, ConfigError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
-from .heads import HeadCache, ensemble, ensemble_prompts, head_key
-from .metrics import MetricsSink, NullSink
-from .preprocess import load_pixels
-from .provenance import package_version
-from .runtime import OnnxEncoder, image_encoder, onnxruntime_package, text_encoder
-from .settings import ServingConfig
-from .tokenizer import check_known_words, create_tokenizer
+from clipshield.service import bundle as B, purify_np
+from clipshield.service.api import AttackScoreResult, ModelInfo, Prediction, PredictOptions, PredictResponse, parse_request
+from clipshield.service.attack_score_np import NumpyAttackScorer
+from clipshield.service.bundle_info import read_bundle_info
+from clipshield.service.card import gauge_samples
+from clipshield.service.config import ModelRecord
+from clipshield.service.errors import BadInput, ClipshieldError, ConfigError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
+from clipshield.service.heads import HeadCache, ensemble, ensemble_prompts, head_key
+from clipshield.service.metrics import MetricsSink, NullSink
+from clipshield.service.preprocess import load_pixels
+from clipshield.service.provenance import package_version
+from clipshield.service.runtime import OnnxEncoder, image_encoder, onnxruntime_package, text_encoder
+from clipshield.service.settings import ServingConfig
+from clipshield.service.tokenizer import check_known_words, create_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ClipshieldService:
         self.tokenizer = create_tokenizer(self.record.tokenizer, B.vocab_file(folder))  # the bundle's own vocabulary
         self.heads: HeadCache[np.ndarray] = HeadCache(config.label_cache_size)
         self.info = ModelInfo(name=self.card.name, version=self.card.version)
-        # Calibrated adversarial-input flag (model card, training/export/flag_calibration.py); -inf: off.
+        # Calibrated adversarial-input flag (model card, export/flag_calibration.py); -inf: off.
         self.anchor_below = self.card.flag.anchor_below if self.card.flag else float("-inf")
         self.scorer = self._attack_scorer()
         for value, labels in gauge_samples(self.card):

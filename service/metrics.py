@@ -2,7 +2,7 @@
 
 The inference core calls a `MetricsSink`; the TorchServe adapter forwards to TorchServe's metrics
 cache (exposed on its Prometheus endpoint, declared in `model_store/metrics.yaml`, which
-`python -m clipshield.training.monitoring.generate` writes from `METRICS`), another server
+`python -m monitoring.generate` writes from `METRICS`), another server
 can use `PrometheusClientSink` (prometheus_client) directly, and tests use `RecordingSink`.
 All names start with `clipshield_`; latencies are in seconds.
 """

@@ -3,7 +3,7 @@
 Pipeline (open_clip's eval transform minus `Normalize`, which `PixelCLIP` and the exported ONNX
 encoder do inside): decode -> RGB -> `to_pixels` (resize per `PreprocessConfig`, centre crop) ->
 float32 CHW in [0, 1]. Serving, evaluation, fine-tuning, calibration and the demo all call
-`to_pixels`; data sets reach it through `clipshield.training.data.transforms`, with a named preset
+`to_pixels`; data sets reach it through `clipshield.datasets.transforms`, with a named preset
 (`PRESETS`: model, paper, squash). For the mini world's 32x32 images under `model` it is an identity.
 """
 
@@ -19,10 +19,10 @@ from typing import Literal, Optional, get_args
 import numpy as np
 from PIL import Image
 
-from .config import PAPER_RESIZE_RATIO, PreprocessConfig
-from .errors import BadInput, ConfigError, PayloadTooLarge, UnsupportedMediaType
-from .resize import crop_box, interpolate, shorter_side_size
-from .settings import DecodeLimits
+from clipshield.service.config import PAPER_RESIZE_RATIO, PreprocessConfig
+from clipshield.service.errors import BadInput, ConfigError, PayloadTooLarge, UnsupportedMediaType
+from clipshield.service.resize import crop_box, interpolate, shorter_side_size
+from clipshield.service.settings import DecodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def to_pixels(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """float32 [3, S, S] in [0, 1] from a decoded RGB image (S = cfg.image_size): THE preprocessing.
 
-    Serving (`load_pixels`), evaluation and fine-tuning data sets (`clipshield.training.data.transforms`, which
+    Serving (`load_pixels`), evaluation and fine-tuning data sets (`clipshield.datasets.transforms`, which
     wrap the result with `torch.from_numpy`), calibration and the demo all call this function.
     `resize_mode='none'` returns the image at its own size [3, H, W] (the `native` CIFAR/STL protocol).
     Pillow resampling, the path open_clip's and torchvision's PIL transforms take (bit for bit, see
@@ -141,7 +141,7 @@ Preset = Literal["model", "paper", "squash"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Named preprocessing choices: `model` = the model record's own (what serving does, the default);
 `paper` = Resize(round(S*256/224), bilinear) + CenterCrop(S), the TGA-ZSR / PMG-AFT / TeCoA protocol
-(docs/methods.md §0.7; their CIFAR/STL loaders squash instead, see `clipshield.training.data.transforms`); `squash` = resize
+(docs/methods.md §0.7; their CIFAR/STL loaders squash instead, see `clipshield.datasets.transforms`); `squash` = resize
 to S x S bilinear ignoring the aspect ratio (TGA-ZSR's CIFAR/STL loader)."""
 
 

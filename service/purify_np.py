@@ -1,6 +1,6 @@
 """NumPy zero-shot head and per-sample CLIPure-Cos purification for the ONNX Runtime serving path.
 
-Same algebra as `clipshield.service.purify.purify_embeddings(mode="per_sample")` (docs/methods.md §7.2 with the
+Same algebra as `clipshield.models.purify.purify_embeddings(mode="per_sample")` (docs/methods.md §7.2 with the
 step normalised per sample, not over the batch), written with the analytic gradient of the cosine
 so serving needs no autograd. Every operation is row-wise, so a request's result never depends on
 which other requests share its batch: sample b moves by `step_size` times its own unit tangent

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ModelLoadError
-from .settings import POLICY_ENV, RuntimeConfig
+from clipshield.service.errors import ModelLoadError
+from clipshield.service.settings import POLICY_ENV, RuntimeConfig
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .config import StrictModel
-from .errors import ConfigError
+from clipshield.service.config import StrictModel
+from clipshield.service.errors import ConfigError
 
 Provider = Literal["cuda", "cpu"]
 ProviderPolicy = Literal["fail", "fallback"]

@@ -15,9 +15,9 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from .bpe import ClipBpe, load_bpe
-from .config import TokenizerConfig
-from .errors import BadInput
+from clipshield.service.bpe import ClipBpe, load_bpe
+from clipshield.service.config import TokenizerConfig
+from clipshield.service.errors import BadInput
 
 PAD_ID = 0
 UNK_ID = 1

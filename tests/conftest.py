@@ -66,6 +66,6 @@ def goldens() -> Path:
 
 @pytest.fixture(scope="session")
 def miniworld_model():
-    from clipshield.service.models import load_model
+    from clipshield.models.factory import load_model
 
     return load_model("miniworld")

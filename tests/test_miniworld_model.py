@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from clipshield.training.eval.measure import AttackRecipe, clean_top1, measure, zero_shot_task
-from clipshield.training.miniworld.world import DOMAINS
+from clipshield.datasets.miniworld.world import DOMAINS
+from clipshield.evaluation.measure import AttackRecipe, clean_top1, measure, zero_shot_task
 
 N = 256
 

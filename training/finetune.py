@@ -22,24 +22,23 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.datasets.transforms import at_size
+from clipshield.models.checkpoint import save_checkpoint
+from clipshield.models.distributed import average_gradients, init_distributed
+from clipshield.models.factory import load_model
+from clipshield.models.pixel_model import PixelCLIP
+from clipshield.models.precision import autocast, check_precision
+from clipshield.models.zero_shot import build_text_head
 from clipshield.service.card import write_card_file
-from clipshield.service.checkpoint import save_checkpoint
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ConfigError
-from clipshield.service.models import load_model
-from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.provenance import weights_digest
-from clipshield.service.zero_shot import build_text_head
-
-from .data import DatasetRequest, build_dataset
-from .data.transforms import at_size
-from .distributed import average_gradients, init_distributed
-from .finetune_config import RESUME_MAY_CHANGE, FinetuneConfig  # FinetuneConfig also re-exported: the loop's settings
-from .methods import AttackBudget, FrozenReference, LossInputs, LossOutput, Method, TextHeads, get_method
-from .model_card import MODEL_CARD, evaluate_model, model_card
-from .precision import autocast, check_precision
-from .schedule import warmup_cosine_lr
-from .train_state import has_train_state, load_train_state, save_train_state
+from clipshield.training.finetune_config import RESUME_MAY_CHANGE, FinetuneConfig  # FinetuneConfig also re-exported: the loop's settings
+from clipshield.training.methods import AttackBudget, FrozenReference, LossInputs, LossOutput, Method, TextHeads, get_method
+from clipshield.training.model_card import MODEL_CARD, evaluate_model, model_card
+from clipshield.training.schedule import warmup_cosine_lr
+from clipshield.training.train_state import has_train_state, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,15 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from clipshield.datasets import finetune_recipe
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ConfigError
 from clipshield.service.preprocess import Preset
-
-from .data import finetune_recipe
-from .methods import get_method
+from clipshield.training.methods import get_method
 
 
 class ModelSource(StrictModel):
-    """The model to fine-tune, as `clipshield.service.models.load_model` takes it."""
+    """The model to fine-tune, as `clipshield.models.factory.load_model` takes it."""
 
     model: str = "miniworld"
     pretrained: Optional[str] = None
@@ -275,7 +274,7 @@ def flat_name(loc: tuple[Any, ...]) -> str:
 def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneConfig:
     """FinetuneConfig for training on `data`: `settings` (flat names; None = unset) over the data set's recipe.
 
-    The recipe comes from the data set's registry entry (`clipshield.training.data.finetune_recipe`); what it
+    The recipe comes from the data set's registry entry (`clipshield.datasets.finetune_recipe`); what it
     leaves unset falls back to the method's defaults at `resolved()`. Recipe steps apply unless
     `steps` or `epochs` is given; the learning rate is the recipe's for the run's optimiser family.
     Settings come from users (flags), so a value out of range is a one-line `ConfigError` naming it.

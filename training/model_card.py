@@ -1,7 +1,7 @@
 """The fine-tuned model's card (`clipshield.service.card.ModelCard`, source "finetune") and its evaluation.
 
 Written next to the final checkpoint by `clipshield.training.finetune`. `clipshield export --model <final>` reads
-it (`read_finetune_card`) and builds the bundle's own card from it (`clipshield.training.export.exporter.bundle_card`):
+it (`read_finetune_card`) and builds the bundle's own card from it (`clipshield.export.exporter.bundle_card`):
 its accuracies, base model, training settings and provenance, with export's measurements replacing
 equal entries; so what was measured here is what the server reports.
 """
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import ValidationError
 
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.card import (
     CLEAN,
     SCHEMA_VERSION,
@@ -28,13 +29,11 @@ from clipshield.service.card import (
 )
 from clipshield.service.config import ModelRecord, PreprocessConfig
 from clipshield.service.errors import ConfigError
-from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.provenance import weights_digest
-
-from .methods import get_method
+from clipshield.training.methods import get_method
 
 if TYPE_CHECKING:
-    from .finetune import FinetuneConfig
+    from clipshield.training.finetune import FinetuneConfig
 
 MODEL_CARD = "model_card.json"
 # Flat keys of the resolved FinetuneConfig that are not hyper-parameters, or are recorded as measured values.
@@ -47,18 +46,18 @@ def preprocessing(pre: PreprocessConfig) -> str:
 
 
 def eval_attack(cfg: FinetuneConfig) -> AttackSpec:
-    """The evaluation attack of the card: PGD through `clipshield.training.eval.runner` (alpha eps/4, one restart)."""
+    """The evaluation attack of the card: PGD through `clipshield.evaluation.runner` (alpha eps/4, one restart)."""
     ev = cfg.evaluation
     eps = ev.eps or 0.0
     return AttackSpec(kind="pgd", eps=eps, alpha=eps / 4, steps=ev.steps, label=attack_label("pgd", eps, ev.steps))
 
 
 def evaluate_model(cfg: FinetuneConfig, model: PixelCLIP) -> list[AccuracyEntry]:
-    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`clipshield.training.eval.runner`)."""
+    """Clean and PGD accuracy on `cfg.evaluation.datasets` through the evaluation harness (`clipshield.evaluation.runner`)."""
     ev = cfg.evaluation
     if not ev.datasets:
         return []
-    from .eval.runner import EvalConfig, Evaluator
+    from clipshield.evaluation.runner import EvalConfig, Evaluator
 
     ecfg = EvalConfig(
         model_id=f"{cfg.method}:{weights_digest(model.visual)}",

@@ -18,23 +18,22 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from clipshield.service.checkpoint import save_checkpoint
+from clipshield.datasets.miniworld.captions import caption_for, match_matrix, vocabulary_corpus
+from clipshield.datasets.miniworld.dataset import pretraining_specs, render_specs, spec_attributes
+from clipshield.datasets.miniworld.worlds import WORLDS, get_world
+from clipshield.models.checkpoint import save_checkpoint
+from clipshield.models.factory import from_record
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
 from clipshield.service.errors import ConfigError
-from clipshield.service.models import from_record
-from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.tokenizer import build_compact_vocab
-
-from .miniworld.captions import caption_for, match_matrix, vocabulary_corpus
-from .miniworld.dataset import pretraining_specs, render_specs, spec_attributes
-from .miniworld.worlds import WORLDS, get_world
-from .pretrain_teacher import distill_loss
-from .schedule import warmup_cosine_lr
-from .train_state import has_train_state, load_train_state, save_train_state
+from clipshield.training.pretrain_teacher import distill_loss
+from clipshield.training.schedule import warmup_cosine_lr
+from clipshield.training.train_state import has_train_state, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "service" / "model_configs"
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "models" / "model_configs"
 ARCH_FILE = MODEL_CONFIGS / "miniworld-vit-tiny.json"
 
 
@@ -97,7 +96,7 @@ def to_model_pixels(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor
     """float [B, 3, S, S] in [0, 1] from a uint8 batch [B, 3, R, R]: resized through `to_pixels` when R != S."""
     if images.shape[-1] == cfg.image_size:
         return images.float() / 255.0
-    from .data.miniworld import preprocess_uint8
+    from clipshield.datasets.miniworld_sets import preprocess_uint8
 
     return preprocess_uint8(images, cfg)
 
@@ -151,15 +150,14 @@ def _warm_start(cfg: PretrainConfig, model: PixelCLIP, specs: list) -> Optional[
     """With `cfg.teacher`: lock the teacher's text tower into `model`, return its image embeddings [N, E] of `specs`."""
     if cfg.teacher is None:
         return None
-    from clipshield.service.models import load_model
-
-    from .pretrain_teacher import lock_text_tower, teacher_targets
+    from clipshield.models.factory import load_model
+    from clipshield.training.pretrain_teacher import lock_text_tower, teacher_targets
 
     teacher = load_model(cfg.teacher)
     lock_text_tower(model, teacher)
     log.info("text tower locked from %s", cfg.teacher)
     if cfg.init_from_teacher:
-        from .pretrain_teacher import transfer_vision_tower
+        from clipshield.training.pretrain_teacher import transfer_vision_tower
 
         log.info("image tower started from %s (%d tensors)", cfg.teacher, transfer_vision_tower(model, teacher))
     log.info("computing the teacher's image embeddings of %d scenes", len(specs))

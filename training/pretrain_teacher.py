@@ -20,11 +20,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from clipshield.datasets.miniworld.dataset import render_specs
+from clipshield.datasets.miniworld.render import ImageSpec
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.errors import ConfigError
-from clipshield.service.pixel_model import PixelCLIP
-
-from .miniworld.dataset import render_specs
-from .miniworld.render import ImageSpec
 
 
 def lock_text_tower(student: PixelCLIP, teacher: PixelCLIP) -> int:

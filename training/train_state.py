@@ -13,7 +13,7 @@ from typing import Any, Optional, Protocol
 import torch
 from safetensors.torch import load_file
 
-from clipshield.service.checkpoint import write_safetensors
+from clipshield.models.checkpoint import write_safetensors
 
 STATE_NAME = "train_state.safetensors"
 CACHE_PREFIX = "cache."

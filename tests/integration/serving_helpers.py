@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def serve_config(**kw: Any):
     """ServeConfig on free loopback ports for all five TorchServe listeners."""
-    from clipshield.training.export import ServeConfig
+    from clipshield.handlers.torchserve.launcher import ServeConfig
 
     p = [free_port() for _ in range(5)]
     return ServeConfig(
@@ -43,8 +43,9 @@ def serve_config(**kw: Any):
 
 def start(model, root: Path, workers: int = 1, batch_delay_ms: int = 100, **serve_kw: Any):
     """Export the model, build a no-archive store and start TorchServe; returns (handle, store)."""
-    from clipshield.training.export import build_archive, export_model, start_server
-    from clipshield.training.export.archive import BatchingConfig
+    from clipshield.export import export_model
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
+    from clipshield.handlers.torchserve.launcher import start_server
 
     bundle = export_model(model, root / "export")
     store = root / "model_store"

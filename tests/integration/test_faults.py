@@ -41,8 +41,8 @@ CLIENT_TIMEOUT_S = 15
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import ServeConfig, stop_server
-    from clipshield.training.export.archive import BatchingConfig
+    from clipshield.handlers.torchserve.archive import BatchingConfig
+    from clipshield.handlers.torchserve.launcher import ServeConfig, stop_server
 
     workers = ServeConfig().workers
     assert workers == 2 and BatchingConfig().min_workers == 2  # deployment default: a dead worker is not an outage

@@ -92,7 +92,7 @@ def fuzz_request(rng: np.random.Generator) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import stop_server
+    from clipshield.handlers.torchserve.launcher import stop_server
 
     handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("fuzz"), workers=1, batch_delay_ms=10)
     yield handle

@@ -115,7 +115,7 @@ def same(got: dict, want: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("kserve") / "export")
 
@@ -133,7 +133,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(bundle):
     """Started and stopped through the CLI: `clipshield serve --runtime kserve [--stop | --ping]`."""
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     store, port = bundle.parent / "model_store", H.free_port()
     common = ["serve", "--runtime", "kserve", "--model-store", str(store), "--address", f"http://127.0.0.1:{port}"]
@@ -173,7 +173,7 @@ def reference(client, local):
 
 
 def test_cli_ping(server):
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     assert main(["serve", "--runtime", "kserve", "--ping", "--address", server.url]) == 0
     assert main(["serve", "--runtime", "kserve", "--ping", "--address", f"http://127.0.0.1:{H.free_port()}"]) == 1
@@ -403,7 +403,7 @@ def test_a_changed_bundle_is_refused_with_one_log_line(bundle, tmp_path):
     """The manifest check of `service/` refuses a modified bundle: the server exits, the start fails."""
     import shutil
 
-    from clipshield.training.export.kserve_server import KServeConfig, KServeError, start_kserve
+    from clipshield.handlers.kserve.launcher import KServeConfig, KServeError, start_kserve
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

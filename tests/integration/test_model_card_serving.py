@@ -23,8 +23,8 @@ EVAL_SET = "miniworld/plain/color_shape/seen"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from clipshield.training.cli import main
-    from clipshield.training.export import start_server, stop_server
+    from clipshield.cli.main import main
+    from clipshield.handlers.torchserve.launcher import start_server, stop_server
 
     root = tmp_path_factory.mktemp("card")
     run, export, store = root / "run", root / "export", root / "store"

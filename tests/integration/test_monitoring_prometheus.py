@@ -65,7 +65,7 @@ def _check_recordings(prom: Prometheus) -> None:
 
 
 def _check_alerts(prom: Prometheus) -> None:
-    from clipshield.training.monitoring.rules import loaded_gauge
+    from monitoring.rules import loaded_gauge
 
     rules = prom.rules()
     assert rules and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
@@ -85,9 +85,9 @@ def _check_alerts(prom: Prometheus) -> None:
 
 
 def test_prometheus_scrapes_counters_and_evaluates_rules(miniworld_model, tmp_path):
-    from clipshield.training.export import stop_server
-    from clipshield.training.monitoring.generate import MONITORING, REPO, RULE_RESOURCE, rule_file_from_resource
-    from clipshield.training.monitoring.rules import JOB
+    from clipshield.handlers.torchserve.launcher import stop_server
+    from monitoring.generate import MONITORING, REPO, RULE_RESOURCE, rule_file_from_resource
+    from monitoring.rules import JOB
 
     require_tool("prometheus")  # before the slow TorchServe start
     rule_file = tmp_path / "clipshield.rules.yaml"

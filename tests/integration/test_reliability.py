@@ -81,7 +81,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import stop_server
+    from clipshield.handlers.torchserve.launcher import stop_server
 
     handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("rel"), workers=1, batch_delay_ms=100)
     yield handle

@@ -25,15 +25,14 @@ requests = pytest.importorskip("requests")
 @pytest.fixture(scope="module")
 def bundles(miniworld_model, tmp_path_factory):
     """Export bundles of the mini-world model as versions A and B (exported once, archived per test)."""
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     root = tmp_path_factory.mktemp("reload")
     return {v: export_model(miniworld_model, root / f"export-{v}", version=v) for v in ("A", "B")}
 
 
 def _archive(bundle, store):
-    from clipshield.training.export import build_archive
-    from clipshield.training.export.archive import BatchingConfig
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
 
     return build_archive(bundle, store, batching=BatchingConfig(min_workers=1, max_workers=1, max_batch_delay_ms=5))
 
@@ -59,7 +58,7 @@ def _serve_args(store, ports, *extra):
 
 
 def _answer(store, port):
-    from clipshield.training.export.torchserve import STATE_DIR, read_keys
+    from clipshield.handlers.torchserve.launcher import STATE_DIR, read_keys
 
     key = read_keys(store / STATE_DIR)["inference"]
     r = requests.post(
@@ -76,7 +75,7 @@ def _check_runtime_reported(store, ports):
     """The workers got serve's provider settings: describe and the runtime-info gauge name the provider running."""
     import time
 
-    from clipshield.training.export.torchserve import STATE_DIR, ServeConfig, ServerHandle, describe_model
+    from clipshield.handlers.torchserve.launcher import STATE_DIR, ServeConfig, ServerHandle, describe_model
 
     cfg = ServeConfig(management_address=f"http://127.0.0.1:{ports[1]}")
     runtime = describe_model(ServerHandle(None, cfg, store / STATE_DIR), "clipshield")["runtime"]
@@ -93,8 +92,8 @@ def _check_runtime_reported(store, ports):
 
 
 def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
-    from clipshield.training.cli import main
-    from clipshield.training.export.torchserve import running_launcher, stop_server
+    from clipshield.cli.main import main
+    from clipshield.handlers.torchserve.launcher import running_launcher, stop_server
 
     store = tmp_path / "model_store"
     ports = [free_port() for _ in range(5)]
@@ -131,9 +130,9 @@ def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
 def test_serve_refuses_unreadable_bundle_before_starting(bundles, tmp_path, capsys):
     import zipfile
 
+    from clipshield.cli.main import main
+    from clipshield.handlers.torchserve.launcher import running_launcher
     from clipshield.service.bundle_info import BUNDLE_INFO
-    from clipshield.training.cli import main
-    from clipshield.training.export.torchserve import running_launcher
 
     store = tmp_path / "model_store"
     mar = _archive(bundles["A"], store)

@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _serve_config(**kw):
     """Free ports for all five TorchServe listeners (HTTP inference/management/metrics, gRPC x2)."""
-    from clipshield.training.export import ServeConfig
+    from clipshield.handlers.torchserve.launcher import ServeConfig
 
     p = [_free_port() for _ in range(5)]
     return ServeConfig(
@@ -62,15 +62,16 @@ def unfitted_score():
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import build_archive, export_model, start_server, stop_server
-    from clipshield.training.export.archive import BatchingConfig
+    from clipshield.export import export_model
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
+    from clipshield.handlers.torchserve.launcher import start_server, stop_server
 
     root = tmp_path_factory.mktemp("ts")
     from clipshield.service.bundle import AccuracyEntry
 
     card_acc = [AccuracyEntry(dataset="miniworld/plain/color_shape/seen", attack="none", purified=False, value=0.75, n=8)]
+    from clipshield.export.exporter import ExportMeasurements
     from clipshield.service.card import PurifyDefaults
-    from clipshield.training.export.exporter import ExportMeasurements
 
     measured = ExportMeasurements(
         accuracy=tuple(card_acc), purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"), attack_score=unfitted_score()
@@ -85,8 +86,8 @@ def server(miniworld_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pngs():
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
     from clipshield.service.preprocess import encode_png
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=4))
     return [encode_png(img.numpy()) for img in ds.images()], [ds.classnames[i] for i in ds.labels]
@@ -139,7 +140,7 @@ def test_bad_item_gets_own_status_in_batch(server, pngs):
 
 
 def test_token_required_and_ping(server):
-    from clipshield.training.export.torchserve import ping
+    from clipshield.handlers.torchserve.launcher import ping
 
     r = requests.post(_url(server), data=b"x", headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code in (400, 401)
@@ -186,7 +187,7 @@ def test_metrics_endpoint_has_clipshield_metrics(server, pngs):
 
 
 def test_serving_client(server, pngs):
-    from clipshield.training.export import ServingClient
+    from clipshield.handlers.client import ServingClient
 
     images, truth = pngs
     client = ServingClient(server)
@@ -198,7 +199,7 @@ def test_serving_client(server, pngs):
 
 
 def test_serving_demo_end_to_end(miniworld_model, tmp_path):
-    from clipshield.training.export.demo_serving import serving_demo
+    from clipshield.export.demo_serving import serving_demo
 
     cfg = _serve_config()
     lines: list[str] = []

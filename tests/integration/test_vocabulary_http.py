@@ -23,7 +23,7 @@ pytest.importorskip("requests")
 
 @pytest.fixture(scope="module")
 def server(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import stop_server
+    from clipshield.handlers.torchserve.launcher import stop_server
 
     handle, store = H.start(miniworld_model, tmp_path_factory.mktemp("vocab"), workers=1, batch_delay_ms=200)
     yield handle

@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from pydantic import Field
 
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.config import StrictModel
-from clipshield.service.pixel_model import PixelCLIP
 from clipshield.service.preprocess import encode_png
 
 from .contract import MANIFEST
@@ -49,8 +49,8 @@ def _split(total: int, parts: int) -> list[int]:
 
 def _attack(model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classnames, templates, cfg: PayloadConfig, seed: int):
     """PGD adversarial images [B, 3, H, W] in [0, 1] and the number whose top-1 the attack changed from right to wrong."""
-    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-    from clipshield.training.attacks.pgd import PGD
+    from clipshield.attacks.pgd import PGD
+    from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 
     clf = ZeroShotClassifier(model, build_text_head(model, classnames, templates))
     adv = PGD(clf, eps=cfg.eps, steps=cfg.pgd_steps, generator=torch.Generator().manual_seed(seed))(images, labels)
@@ -61,7 +61,7 @@ def _attack(model: PixelCLIP, images: torch.Tensor, labels: torch.Tensor, classn
 
 def _label_sets(cfg: PayloadConfig, color_shape: list[str]) -> dict[str, list[str]]:
     """Named custom label sets: all shapes, all colours, and random colour+shape subsets."""
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
 
     sets = {
         "shapes": list(build_dataset("miniworld/plain/shape/seen", DatasetRequest(limit=1)).classnames),
@@ -77,7 +77,7 @@ def _label_sets(cfg: PayloadConfig, color_shape: list[str]) -> dict[str, list[st
 
 def build_payloads(model: PixelCLIP, out_dir: Path, cfg: Optional[PayloadConfig] = None) -> Path:
     """Write the PNGs and `payloads.json` into `out_dir` (default `PayloadConfig()`); returns the manifest path."""
-    from clipshield.training.data.registry import DatasetRequest, build_in_memory_dataset
+    from clipshield.datasets.registry import DatasetRequest, build_in_memory_dataset
 
     cfg = cfg or PayloadConfig()
     out_dir = Path(out_dir)

@@ -75,7 +75,7 @@ def _free_port() -> int:
 def loopback_serve_config(workers: int, startup_timeout_s: float, **settings: Any):
     """A ServeConfig with all five TorchServe listeners on free 127.0.0.1 ports (never a public address);
     `settings` are further ServeConfig fields (e.g. `models` for an unpacked archive)."""
-    from clipshield.training.export import ServeConfig
+    from clipshield.handlers.torchserve.launcher import ServeConfig
 
     p = [_free_port() for _ in range(5)]
     return ServeConfig(
@@ -135,9 +135,9 @@ def locust_command(cfg: LoadTestConfig, host: str, payloads: Path, key_file: Opt
 
 def _prepare(cfg: LoadTestConfig, work: Path) -> tuple[Path, Path]:
     """Export + archive the model and write the payloads; returns (model store, payload folder)."""
-    from clipshield.service.models import load_model
-    from clipshield.training.export import build_archive, export_model
-    from clipshield.training.export.archive import BatchingConfig
+    from clipshield.export import export_model
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
+    from clipshield.models.factory import load_model
 
     model = load_model(cfg.model)
     bundle = export_model(model, work / "export")
@@ -151,7 +151,7 @@ def _prepare(cfg: LoadTestConfig, work: Path) -> tuple[Path, Path]:
 def _start(cfg: LoadTestConfig, work: Path, store: Path) -> tuple[str, Optional[Path], Callable[[], list[str]], Callable[[], object]]:
     """Start the configured runtime: (host, key file or None, clipshield_ metric lines, stop)."""
     if cfg.runtime == "kserve":
-        from clipshield.training.export.kserve_server import KServeConfig, start_kserve, stop_kserve
+        from clipshield.handlers.kserve.launcher import KServeConfig, start_kserve, stop_kserve
 
         handle = start_kserve(
             work / "export", work / "kserve", KServeConfig(http_port=_free_port(), startup_timeout_s=cfg.startup_timeout_s)
@@ -162,7 +162,8 @@ def _start(cfg: LoadTestConfig, work: Path, store: Path) -> tuple[str, Optional[
                 return [line for line in resp.read().decode().splitlines() if line.startswith("clipshield_")]
 
         return handle.url, None, kserve_metrics, lambda: stop_kserve(handle.state_dir)
-    from clipshield.training.export import ServingClient, start_server, stop_server
+    from clipshield.handlers.client import ServingClient
+    from clipshield.handlers.torchserve.launcher import start_server, stop_server
 
     ts = start_server(store, loopback_serve_config(cfg.server_workers, cfg.startup_timeout_s))
     return ts.config.inference_address, ts.state_dir / "key_file.json", ServingClient(ts, timeout_s=10).metrics, lambda: stop_server(store)
@@ -215,7 +216,7 @@ def run_loadtest(cfg: Optional[LoadTestConfig] = None) -> LoadTestResult:
 
 def write_payloads(cfg: LoadTestConfig) -> Path:
     """Only the payload folder (`<results>/work/payloads`), for running the locustfile by hand against any server."""
-    from clipshield.service.models import load_model
+    from clipshield.models.factory import load_model
 
     return build_payloads(load_model(cfg.model), cfg.results_dir.resolve() / "work" / "payloads", cfg.payloads).parent
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipshield.service.checkpoint import load_weights
-from clipshield.service.models import from_record, load_model, record_from_arch
+from clipshield.models.checkpoint import load_weights
+from clipshield.models.factory import from_record, load_model, record_from_arch
 from tests.conftest import GOLDENS_ENV, golden_weights
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-from clipshield.training.attacks import get_attack
+from clipshield.attacks import get_attack
+from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 
 from .conftest import ATTACK_MIN_EQUAL_FRACTION, LONG_ATTACK_MIN_EQUAL_FRACTION, assert_attack_matches, load_golden
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from clipshield.service.purify import PurifyConfig, blank_anchor, purify_embeddings
-from clipshield.service.zero_shot import build_text_head
+from clipshield.models.purify import PurifyConfig, blank_anchor, purify_embeddings
+from clipshield.models.zero_shot import build_text_head
 
 from .conftest import ROUNDING_ATOL, load_golden
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-from clipshield.training.attacks.pgd import pgd_delta
+from clipshield.attacks.pgd import pgd_delta
+from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.training.methods import FrozenBatch, LossInputs, TextHeads, get_method
 from clipshield.training.methods.fare import embedding_loss, fare_pgd
 from clipshield.training.methods.pmg_aft import pmg_view

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clipshield.service.zero_shot import encode_prompts, format_prompts
+from clipshield.models.zero_shot import encode_prompts, format_prompts
 
 from .conftest import ROUNDING_ATOL, load_golden, stepped_copy
 

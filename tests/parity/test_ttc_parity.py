@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipshield.service.ttc import TTCConfig, counterattack
+from clipshield.models.ttc import TTCConfig, counterattack
 
 from .conftest import ROUNDING_ATOL, load_golden
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clipshield.service.models import load_checkpoint_dir, load_model
-from clipshield.training.cli import main
-from clipshield.training.eval.measure import clean_top1, zero_shot_task
+from clipshield.cli.main import main
+from clipshield.evaluation.measure import clean_top1, zero_shot_task
+from clipshield.models.factory import load_checkpoint_dir, load_model
 
 NAMES = ["miniworld/plain/color_shape/seen", "miniworld/outlined/shape/seen", "miniworld/noisy/color/seen"]
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipshield.service.purify import PurifiedClassifier, PurifyConfig, blank_anchor
-from clipshield.service.zero_shot import build_text_head
-from clipshield.training.attacks import get_attack
-from clipshield.training.attacks.adaptive import (
+from clipshield.attacks import get_attack
+from clipshield.attacks.adaptive import (
     GRADIENT_MASKED,
     NOT_MASKED,
     StraightThroughPurified,
@@ -18,8 +16,10 @@ from clipshield.training.attacks.adaptive import (
     surrogate,
     unpurified,
 )
-from clipshield.training.data import DatasetRequest, build_dataset
-from clipshield.training.eval.zeroshot import batches
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.evaluation.zeroshot import batches
+from clipshield.models.purify import PurifiedClassifier, PurifyConfig, blank_anchor
+from clipshield.models.zero_shot import build_text_head
 
 DATASET = "miniworld/plain/shape/seen"
 N = 48

@@ -7,19 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipshield.service.attack_score import (
-    AttackScoreConfig,
-    SignalExtractor,
-    calibrate_scorer,
-    threshold_above_fpr,
-)
+from clipshield.attacks.adaptive_defences import ScoreAwarePGD, StraightThroughTTC
+from clipshield.attacks.pgd import PGD
+from clipshield.evaluation.detection import tpr_at_fpr
+from clipshield.export.flag_calibration import auroc
+from clipshield.models.attack_score import AttackScoreConfig, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from clipshield.models.ttc import TTCClassifier, TTCConfig
+from clipshield.models.zero_shot import ZeroShotClassifier
 from clipshield.service.errors import ConfigError
-from clipshield.service.ttc import TTCClassifier, TTCConfig
-from clipshield.service.zero_shot import ZeroShotClassifier
-from clipshield.training.attacks.adaptive_defences import ScoreAwarePGD, StraightThroughTTC
-from clipshield.training.attacks.pgd import PGD
-from clipshield.training.eval.detection import tpr_at_fpr
-from clipshield.training.export.flag_calibration import auroc
 
 SIDE = 6
 
@@ -164,7 +159,7 @@ def test_straight_through_ttc_forward_is_ttc_and_its_gradient_is_not_masked():
 
 
 def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
-    from clipshield.training.eval.detection import DetectionConfig, adaptive_rows
+    from clipshield.evaluation.detection import DetectionConfig, adaptive_rows
 
     clf, images, labels = toy_setup(40)
     scorer = scorer_for(clf, images[:20], labels[:20])
@@ -187,7 +182,7 @@ def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
 def test_entry_points_write_json_and_markdown(tmp_path):
     import json
 
-    from clipshield.training.eval import detection, ttc_adaptive
+    from clipshield.evaluation import detection, ttc_adaptive
 
     assert (
         detection.main(

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from clipshield.service.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor
+from clipshield.models.attack_score import AttackScoreConfig, AttackScorer, ScoreParams, SignalExtractor
+from clipshield.models.purify import blank_anchor
+from clipshield.models.ttc import random_init
+from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.service.attack_score_np import NumpyAttackScorer, draw_noise, image_seed
 from clipshield.service.errors import BadInput, ConfigError, ModelLoadError
-from clipshield.service.purify import blank_anchor
-from clipshield.service.ttc import random_init
-from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
 
 CFG = AttackScoreConfig(signals=("tau", "anchor", "margin"), n_noise=3, noise_eps=4 / 255)
 
@@ -31,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(miniworld_model):
     """The shipped 32-px model, its default head and anchor, 12 mini-world images and their labels."""
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=12))
     head = build_text_head(miniworld_model, list(ds.classnames), list(ds.templates))
@@ -135,7 +135,7 @@ def test_numpy_scorer_refuses_mismatched_settings(world, miniworld_model):
 @pytest.fixture(scope="module")
 def scored_bundle(tmp_path_factory):
     """A bundle exported by the CLI with the score calibrated on another data set than its labels."""
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     out = tmp_path_factory.mktemp("score") / "export"
     assert (
@@ -225,7 +225,7 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
     B.write_manifest(bare)
     with pytest.raises(ModelLoadError, match="--calibrate-score"):
         ClipshieldService.from_folder(bare, on)
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     store = tmp_path / "store"
     assert main(["archive", "--export", str(bare), "--model-store", str(store), "--format", "no-archive", "--attack-score", "on"]) == 2
@@ -243,7 +243,7 @@ def test_model_default_and_refusals(scored_bundle, tmp_path):
 
 def test_kserve_outputs_carry_the_score_as_named_tensors():
     pytest.importorskip("kserve")
-    from clipshield.handlers.kserve_model import to_outputs
+    from clipshield.handlers.kserve.model import to_outputs
     from clipshield.service.api import AttackScoreResult, ModelInfo, Prediction, PredictResponse
 
     def answer(score):
@@ -282,9 +282,9 @@ def test_served_score_modules_import_no_torch():
 
 def test_extra_threshold_images_move_only_the_threshold(miniworld_model):
     """`n_threshold` adds clean images to the threshold's quantile; the fit (weights) and the held-out split stay."""
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
+    from clipshield.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
     from clipshield.service.bundle import LabelSet
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
-    from clipshield.training.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=1))
     labels = LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from clipshield.training.attacks import get_attack, list_attacks
-from clipshield.training.attacks.autoattack import COMPONENTS
+from clipshield.attacks import get_attack, list_attacks
+from clipshield.attacks.autoattack import COMPONENTS
 
 EPS = 8 / 255
 

@@ -17,7 +17,7 @@ from clipshield.service.provenance import git_commit, package_version
 
 @pytest.fixture(scope="module")
 def exported(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("info") / "export", version="3.1")
 
@@ -42,8 +42,8 @@ def test_export_records_format_and_build(exported):
 
 
 def test_archive_adds_its_build_and_keeps_the_export(exported, tmp_path):
-    from clipshield.training.export import build_archive
-    from clipshield.training.export.served_archive import archive_card, archive_info
+    from clipshield.handlers.torchserve.archive import build_archive
+    from clipshield.handlers.torchserve.served_archive import archive_card, archive_info
 
     folder = build_archive(exported, tmp_path / "store", archive_format="no-archive")
     mar = build_archive(exported, tmp_path / "store2")
@@ -69,8 +69,8 @@ def test_unreadable_format_refused_with_one_log_line(exported, tmp_path, caplog)
 
 
 def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path):
-    from clipshield.training.export import build_archive
-    from clipshield.training.export.served_archive import check_archives
+    from clipshield.handlers.torchserve.archive import build_archive
+    from clipshield.handlers.torchserve.served_archive import check_archives
 
     legacy = tmp_path / "legacy"
     shutil.copytree(exported, legacy)
@@ -90,8 +90,8 @@ def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path)
 
 def test_handler_describe_and_clean_refusal(exported, tmp_path):
     pytest.importorskip("ts")
-    from clipshield.handlers.clipshield_handler import ClipshieldHandler
-    from clipshield.training.export import build_archive
+    from clipshield.handlers.torchserve.archive import build_archive
+    from clipshield.handlers.torchserve.handler import ClipshieldHandler
     from tests.unit.test_service_handler import FakeContext
 
     archive = build_archive(exported, tmp_path / "store", archive_format="no-archive")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipshield.training.cli import build_parser, main
+from clipshield.cli.main import build_parser, main
 
 SUBCOMMANDS = ["pretrain", "finetune", "evaluate", "export", "archive", "serve", "demo", "experiment"]
 
@@ -52,7 +52,7 @@ def test_bad_flag_values_are_one_line_product_errors(argv, flag, tmp_path, capsy
 
 def test_bugs_keep_their_traceback(monkeypatch):
     """Only the product's own errors become one-line exits; a bug's ValueError/KeyError propagates."""
-    import clipshield.training.commands.finetune as command
+    import clipshield.cli.commands.finetune as command
 
     def broken(_args):
         raise KeyError("a bug, not a user error")
@@ -63,10 +63,10 @@ def test_bugs_keep_their_traceback(monkeypatch):
 
 
 def test_unknown_registry_names_are_product_errors_and_key_errors():
+    from clipshield.attacks import get_attack
+    from clipshield.datasets import build_dataset
+    from clipshield.datasets.registry import DatasetRequest
     from clipshield.service.errors import ConfigError, UnknownName
-    from clipshield.training.attacks import get_attack
-    from clipshield.training.data import build_dataset
-    from clipshield.training.data.registry import DatasetRequest
     from clipshield.training.methods import get_method
 
     for lookup in (

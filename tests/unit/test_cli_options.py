@@ -6,10 +6,10 @@ import argparse
 
 import pytest
 
+from clipshield.cli.commands.budget import MAX_BUDGET, to_pixels
+from clipshield.cli.commands.finetune import config_from_args
+from clipshield.cli.main import build_parser, main
 from clipshield.service.errors import ConfigError
-from clipshield.training.cli import build_parser, main
-from clipshield.training.commands.budget import MAX_BUDGET, to_pixels
-from clipshield.training.commands.finetune import config_from_args
 
 BUDGET_FLAGS = {"--eps", "--alpha", "--attack-alpha", "--eval-eps"}
 
@@ -114,7 +114,7 @@ def test_finetune_eps_is_in_units_of_1_255():
 
 
 def test_experiment_eps_is_in_units_of_1_255(tmp_path):
-    from clipshield.training.commands.experiment import experiment_config
+    from clipshield.cli.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--eps", "2", "--output", str(tmp_path)])
     assert experiment_config(args, "tecoa", seed=0).attack.eps == pytest.approx(2 / 255)

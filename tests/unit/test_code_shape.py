@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.layout import PACKAGES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # requires-python is >= 3.10; tomllib is 3.11+
     tomllib = pytest.importorskip("tomli", reason="on Python 3.10 the package-data check reads pyproject.toml with tomli")
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("service", "training", "handlers")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 

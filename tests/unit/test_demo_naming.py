@@ -8,8 +8,8 @@ import torch
 
 
 def test_finetuned_export_named_apart_from_base(miniworld_model):
+    from clipshield.cli.commands.demo import BASE_VERSION, _name_served
     from clipshield.service.provenance import weights_digest
-    from clipshield.training.commands.demo import BASE_VERSION, _name_served
 
     base = miniworld_model
     base_name = base.record.name

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clipshield.training.cli import build_parser, main
+from clipshield.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -83,8 +83,8 @@ def test_docs_document_commands_of_every_kind():
 
 def check_names(args) -> None:
     """Data set names are not argparse choices: resolve them through the registry like the commands do."""
-    from clipshield.training.commands.evaluate import expand_datasets
-    from clipshield.training.data import reference_eps
+    from clipshield.cli.commands.evaluate import expand_datasets
+    from clipshield.datasets import reference_eps
 
     if args.command == "evaluate":
         for name in expand_datasets(args.datasets):

@@ -14,10 +14,10 @@ import logging
 import pytest
 import torch
 
+from clipshield.evaluation.runner import EvalConfig, Evaluator
+from clipshield.evaluation.schema import CellKey, CellResult, cell_path, load_all, load_finished, write_cell
+from clipshield.models.purify import PurifyConfig
 from clipshield.service.config import PreprocessConfig
-from clipshield.service.purify import PurifyConfig
-from clipshield.training.eval.runner import EvalConfig, Evaluator
-from clipshield.training.eval.schema import CellKey, CellResult, cell_path, load_all, load_finished, write_cell
 
 PRE = PreprocessConfig(image_size=32)
 BASE = CellKey(
@@ -131,8 +131,8 @@ def test_renaming_reuses_cells_new_weights_or_preset_recompute(miniworld_model, 
 
 @pytest.mark.parametrize("command", ["evaluate", "finetune"])
 def test_preprocess_option_defaults_to_the_model_and_names_the_presets(command, capsys):
-    from clipshield.training.cli import build_parser
-    from clipshield.training.commands import evaluate, finetune
+    from clipshield.cli.commands import evaluate, finetune
+    from clipshield.cli.main import build_parser
 
     parser = build_parser()
     extra = ["--method", "tecoa"] if command == "finetune" else []

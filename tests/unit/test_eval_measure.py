@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clipshield.attacks.pgd import PGD
+from clipshield.evaluation.measure import AttackRecipe, clean_and_attacked, clean_top1, measure, zero_shot_task
+from clipshield.evaluation.schema import CellKey
+from clipshield.evaluation.zeroshot import accuracy, batches
 from clipshield.service.config import PreprocessConfig
-from clipshield.training.attacks.pgd import PGD
-from clipshield.training.eval.measure import AttackRecipe, clean_and_attacked, clean_top1, measure, zero_shot_task
-from clipshield.training.eval.schema import CellKey
-from clipshield.training.eval.zeroshot import accuracy, batches
 
 NAME = "miniworld/plain/color_shape/seen"
 EPS = 4 / 255

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
+from clipshield.cli.main import main
+from clipshield.evaluation.report import markdown
+from clipshield.evaluation.runner import EvalConfig, Evaluator, cell_generator, cell_keys
+from clipshield.evaluation.schema import SCHEMA_VERSION, CellKey, load_all
+from clipshield.models.purify import PurifyConfig
 from clipshield.service.config import PreprocessConfig
-from clipshield.service.purify import PurifyConfig
-from clipshield.training.cli import main
-from clipshield.training.eval.report import markdown
-from clipshield.training.eval.runner import EvalConfig, Evaluator, cell_generator, cell_keys
-from clipshield.training.eval.schema import SCHEMA_VERSION, CellKey, load_all
 from tests.conftest import golden_weights
 
 SHAPE = "miniworld/plain/shape/seen"

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clipshield.training.cli import main
-from clipshield.training.commands import evaluate as evaluate_command
-from clipshield.training.commands.evaluate import eps_groups
-from clipshield.training.data import reference_eps
-from clipshield.training.eval.runner import EvalConfig, Evaluator, _StepProgress
-from clipshield.training.eval.schema import load_all
+from clipshield.cli.commands import evaluate as evaluate_command
+from clipshield.cli.commands.evaluate import eps_groups
+from clipshield.cli.main import main
+from clipshield.datasets import reference_eps
+from clipshield.evaluation.runner import EvalConfig, Evaluator, _StepProgress
+from clipshield.evaluation.schema import load_all
 
 SHAPE = "miniworld/plain/shape/seen"
 TINY = ["evaluate", "--steps", "2", "--limit", "8", "--batch-size", "8", "--device", "cpu"]
@@ -158,8 +158,8 @@ def test_evaluator_with_skip_missing_and_nothing_present_raises(miniworld_model,
 def test_attack_score_mode_maps_flags_and_refuses_attacks_it_cannot_judge(tmp_path, capsys):
     """`--attack-score`: --limit is the held-out count, --eps the reference budget, 10 steps unless --steps;
     an attack other than pgd/cw is refused in one line naming the allowed ones, before any model loads."""
-    from clipshield.training.cli import build_parser
-    from clipshield.training.commands.evaluate_score import detection_config
+    from clipshield.cli.commands.evaluate_score import detection_config
+    from clipshield.cli.main import build_parser
 
     argv = ["evaluate", "--attack-score", "--datasets", SHAPE, "--attacks", "pgd", "cw", "--limit", "16", "--eps", "2"]
     args = build_parser().parse_args([*argv, "--out", str(tmp_path)])

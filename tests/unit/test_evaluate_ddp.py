@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clipshield.training.cli import main
+from clipshield.cli.main import main
 
 from .test_finetune_ddp import TORCHRUN, free_port
 
@@ -62,7 +62,7 @@ def test_two_gloo_processes_give_the_single_process_cells(tmp_path, extra):
         "--master_port",
         str(free_port()),
         "-m",
-        "clipshield.training.cli",
+        "clipshield.cli.main",
         *args,
         "--out",
         str(tmp_path / "two"),

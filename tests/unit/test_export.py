@@ -16,7 +16,7 @@ from clipshield.service.settings import RuntimeConfig
 
 @pytest.fixture(scope="module")
 def exported(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("export"))
 
@@ -68,7 +68,7 @@ def test_manifest_detects_tampering(exported, tmp_path):
 
 
 def test_archive_no_archive_format(exported, tmp_path):
-    from clipshield.training.export import build_archive
+    from clipshield.handlers.torchserve.archive import build_archive
 
     path = build_archive(exported, tmp_path / "store", name="mw", archive_format="no-archive")
     assert path == tmp_path / "store" / "mw"
@@ -83,7 +83,7 @@ def test_archive_no_archive_format(exported, tmp_path):
 def test_archive_mar_format(exported, tmp_path):
     import zipfile
 
-    from clipshield.training.export import build_archive
+    from clipshield.handlers.torchserve.archive import build_archive
 
     path = build_archive(exported, tmp_path / "store", archive_format="zip-store")
     assert path.name == "clipshield.mar"
@@ -94,7 +94,7 @@ def test_archive_mar_format(exported, tmp_path):
 
 
 def test_cli_export_archive_and_serve_errors(tmp_path, capsys, miniworld_model):
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     out = tmp_path / "export"
     assert main(["export", "--out", str(out), "--version", "2.0", "--no-purify", "--threads", "1"]) == 0
@@ -111,7 +111,7 @@ def test_cli_export_archive_and_serve_errors(tmp_path, capsys, miniworld_model):
 
 
 def test_purify_default_choice_rule():
-    from clipshield.training.export.purify_calibration import SweepConfig, SweepRow, _choose
+    from clipshield.export.purify_calibration import SweepConfig, SweepRow, _choose
 
     cfg = SweepConfig()
     rows = [SweepRow(steps=1, step_size=0.1, clean=0.95, robust_bpda=0.30), SweepRow(steps=2, step_size=0.5, clean=0.80, robust_bpda=0.60)]
@@ -123,7 +123,7 @@ def test_purify_default_choice_rule():
 
 
 def test_purify_no_gain_turns_purification_off_and_never_picks_the_overshoot():
-    from clipshield.training.export.purify_calibration import SweepConfig, SweepRow, _choose, overshoots
+    from clipshield.export.purify_calibration import SweepConfig, SweepRow, _choose, overshoots
 
     cfg = SweepConfig()
     rows = [

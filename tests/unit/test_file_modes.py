@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipshield.service.checkpoint import save_checkpoint, write_safetensors
+from clipshield.models.checkpoint import save_checkpoint, write_safetensors
 from clipshield.training.finetune import FinetuneConfig, finetune
 from clipshield.training.pretrain import miniworld_record
 
@@ -40,7 +40,7 @@ def test_write_safetensors_respects_the_umask(tmp_path, umask, mask):
 
 
 def test_every_file_of_a_tiny_finetune_has_the_same_mode(tmp_path, umask):
-    from clipshield.service.models import from_record
+    from clipshield.models.factory import from_record
 
     umask(0o022)
     torch.manual_seed(0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clipshield.training.cli import build_parser
-from clipshield.training.commands.finetune import config_from_args, parse_params
+from clipshield.cli.commands.finetune import config_from_args, parse_params
+from clipshield.cli.main import build_parser
 
 
 def parse(*argv):
@@ -49,7 +49,7 @@ def test_bad_inputs():
 
 
 def test_experiment_table_mean_and_std(tmp_path):
-    from clipshield.training.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
+    from clipshield.cli.commands.experiment import EVAL_SETS, HELDOUT_DOMAINS, markdown, plot, summarise
 
     def result(clean, robust):
         return {name: {"clean": clean, "robust": robust, "n": 10} for name in EVAL_SETS}
@@ -68,7 +68,7 @@ def test_experiment_table_mean_and_std(tmp_path):
 
 
 def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_path):
-    from clipshield.training.commands.experiment import experiment_config
+    from clipshield.cli.commands.experiment import experiment_config
 
     args = build_parser().parse_args(["experiment", "miniworld", "--output", str(tmp_path), "--lr", "0.01", "--adamw-lr", "3e-4"])
     runs = {m: experiment_config(args, m, seed=1).resolved(batches_per_epoch=50) for m in ("tecoa", "tga-zsr", "pmg-aft", "fare")}
@@ -85,8 +85,8 @@ def test_experiment_runs_share_the_budget_and_keep_each_recipe_optimiser(tmp_pat
 
 
 def test_experiment_jobs_run_in_processes_and_give_the_same_results(tmp_path):
+    from clipshield.cli.commands.experiment import run, run_all
     from clipshield.service.errors import ConfigError
-    from clipshield.training.commands.experiment import run, run_all
 
     common = ["experiment", "miniworld", "--steps", "2", "--batch-size", "8", "--eval-limit", "8", "--eval-steps", "1", "--threads", "1"]
     runs = [("tecoa", 0), ("tecoa", 1)]

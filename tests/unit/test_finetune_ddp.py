@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipshield.service.checkpoint import load_weights, save_checkpoint
-from clipshield.service.models import from_record
+from clipshield.models.checkpoint import load_weights, save_checkpoint
+from clipshield.models.factory import from_record
 from clipshield.training.finetune import FinetuneConfig, finetune
 from clipshield.training.pretrain import miniworld_record
 
@@ -64,7 +64,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, method):
         "--master_port",
         str(free_port()),
         "-m",
-        "clipshield.training.cli",
+        "clipshield.cli.main",
         "finetune",
         *args,
         "--output",

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from clipshield.service.pixel_model import PixelCLIP
-from clipshield.training.eval.measure import AttackRecipe, clean_top1, measure, zero_shot_task
+from clipshield.evaluation.measure import AttackRecipe, clean_top1, measure, zero_shot_task
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.training.finetune import finetune
 from clipshield.training.finetune_config import recipe_config
 
@@ -49,7 +49,7 @@ def tuned(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base():
-    from clipshield.service.models import load_model
+    from clipshield.models.factory import load_model
 
     return load_model(MODEL)
 

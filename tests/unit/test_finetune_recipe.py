@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from clipshield.datasets import DatasetRequest, build_dataset, finetune_recipe, register_dataset, registry
+from clipshield.datasets.miniworld_sets import MINIWORLD_RECIPE
+from clipshield.datasets.recipe import REFERENCE_RECIPE, FinetuneRecipe
 from clipshield.service.errors import ConfigError, UnknownName
-from clipshield.training.data import DatasetRequest, build_dataset, finetune_recipe, register_dataset, registry
-from clipshield.training.data.miniworld import MINIWORLD_RECIPE
-from clipshield.training.data.recipe import REFERENCE_RECIPE, FinetuneRecipe
 from clipshield.training.finetune_config import FinetuneConfig, recipe_config
 
 # the keys of run_config.json / train_state.json as every earlier version wrote them: resumed runs compare these

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from clipshield.service.checkpoint import load_weights, save_checkpoint
-from clipshield.service.models import from_record
+from clipshield.models.checkpoint import load_weights, save_checkpoint
+from clipshield.models.factory import from_record
 from clipshield.training.finetune import FinetuneConfig, StepBatches, finetune
 from clipshield.training.pretrain import miniworld_record
 

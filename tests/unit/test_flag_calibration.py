@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipshield.training.export.flag_calibration import FlagCalibrationConfig, auroc, calibrate_flag, flag_rate, threshold_at_fpr
+from clipshield.export.flag_calibration import FlagCalibrationConfig, auroc, calibrate_flag, flag_rate, threshold_at_fpr
 
 
 @pytest.mark.parametrize("target", [0.01, 0.05, 0.2])
@@ -33,12 +33,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def flagged_service(miniworld_model, tmp_path_factory):
+    from clipshield.export import export_model
     from clipshield.service.inference import ClipshieldService
-    from clipshield.training.export import export_model
 
     cfg = FlagCalibrationConfig(n_calibration=128, n_eval=48, attacks=((16, 10),), extra_clean=())
     flag = calibrate_flag(miniworld_model, cfg)
-    from clipshield.training.export.exporter import ExportMeasurements
+    from clipshield.export.exporter import ExportMeasurements
 
     folder = export_model(miniworld_model, tmp_path_factory.mktemp("flag") / "export", measured=ExportMeasurements(flag=flag))
     return ClipshieldService.from_folder(folder), cfg
@@ -55,11 +55,11 @@ def test_model_card_records_calibration(flagged_service):
 
 def test_strong_attack_flagged_above_calibrated_rate(flagged_service, miniworld_model):
     """PGD-10 at 16/255 against the served classifier, sent as PNGs: flagged far more often than clean."""
+    from clipshield.attacks.pgd import PGD
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
+    from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
     from clipshield.service.inference import RawRequest
     from clipshield.service.preprocess import encode_png
-    from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-    from clipshield.training.attacks.pgd import PGD
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     service, cfg = flagged_service
     ds = build_dataset(cfg.dataset, DatasetRequest(limit=cfg.n_calibration + 48))
@@ -79,7 +79,7 @@ def test_strong_attack_flagged_above_calibrated_rate(flagged_service, miniworld_
 def test_cli_export_calibrates_flag(tmp_path, capsys):
     import json
 
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     out = tmp_path / "export"
     assert main(["export", "--out", str(out), "--calibrate-flag", "32", "--flag-fpr", "0.1", "--threads", "1"]) == 0

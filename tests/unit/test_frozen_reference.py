@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipshield.service.checkpoint import load_weights, save_checkpoint
-from clipshield.service.models import from_record
+from clipshield.models.checkpoint import load_weights, save_checkpoint
+from clipshield.models.factory import from_record
 from clipshield.training.finetune import FinetuneConfig, finetune
 from clipshield.training.methods import AttackBudget, FrozenBatch, FrozenReference, LossInputs, TextHeads, get_method
 from clipshield.training.pretrain import miniworld_record

@@ -179,8 +179,8 @@ def test_content_type_accepted_or_415(content_type):
 
 @pytest.fixture(scope="module")
 def service_bundle(miniworld_model, tmp_path_factory):
+    from clipshield.export import export_model
     from clipshield.service.inference import ClipshieldService
-    from clipshield.training.export import export_model
 
     folder = export_model(miniworld_model, tmp_path_factory.mktemp("fuzz") / "export")
     return ClipshieldService.from_folder(folder)

@@ -210,7 +210,7 @@ def test_metrics_config_is_mounted_and_matches_serving(overlay):
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.properties" in d.get("data", {}))
     assert cm["data"]["metrics.yaml"] == (K8S / "base" / "metrics.yaml").read_text()
     serving = REPO / "model_store" / "metrics.yaml"  # both generated from service/metrics.py
-    assert serving.read_text() == (K8S / "base" / "metrics.yaml").read_text(), "run python -m clipshield.training.monitoring.generate"
+    assert serving.read_text() == (K8S / "base" / "metrics.yaml").read_text(), "run python -m monitoring.generate"
 
 
 def test_gpu_config_differs_from_base_only_in_gpu_count():

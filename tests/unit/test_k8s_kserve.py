@@ -126,11 +126,11 @@ def test_predictor_pod_part_and_service_account_pass_strict_core_validation():
 
 
 def test_container_starts_the_kserve_app_the_probes_ask():
-    from clipshield.handlers.kserve_app import parse_args
+    from clipshield.handlers.kserve.app import parse_args
 
     predictor = _docs()["InferenceService"]["spec"]["predictor"]
     (container,) = predictor["containers"]
-    assert container["name"] == "kserve-container" and container["command"][-2:] == ["-m", "clipshield.handlers.kserve_app"]
+    assert container["name"] == "kserve-container" and container["command"][-2:] == ["-m", "clipshield.handlers.kserve.app"]
     args = parse_args(container["args"])
     assert args.bundle == Path("/mnt/models")  # where KServe's storage initializer puts STORAGE_URI
     assert any(e["name"] == "STORAGE_URI" and e["value"] for e in container["env"])

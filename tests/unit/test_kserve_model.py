@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("kserve")
 from kserve import InferInput, InferRequest
 
-from clipshield.handlers.kserve_model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
+from clipshield.handlers.kserve.model import MAX_IMAGES_PER_REQUEST, error_body, raw_requests, to_outputs
 from clipshield.service.api import ModelInfo, Prediction, PredictResponse
 from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge, UnsupportedMediaType
 

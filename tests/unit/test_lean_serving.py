@@ -34,7 +34,7 @@ LEAN_CLIENT = textwrap.dedent(
     import numpy as np
     from kserve import InferInput, InferRequest
 
-    from clipshield.handlers.kserve_model import ClipshieldKServeModel, raw_requests
+    from clipshield.handlers.kserve.model import ClipshieldKServeModel, raw_requests
     from clipshield.service.metrics import NullSink
     from clipshield.service.settings import ServingConfig
 
@@ -53,7 +53,7 @@ LEAN_CLIENT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("lean-bundle"))
 

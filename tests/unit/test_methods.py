@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipshield.service.models import from_record
+from clipshield.models.factory import from_record
 from clipshield.training.methods import AttackBudget, FrozenBatch, LossInputs, TextHeads, get_method, list_methods
 from clipshield.training.methods.attention import complementary_map, map_distance, text_guided_map
 from clipshield.training.pretrain import miniworld_record

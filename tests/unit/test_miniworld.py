@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipshield.training.miniworld.captions import COLOR, SHAPE, caption_for, match_matrix
-from clipshield.training.miniworld.dataset import (
-    MiniWorldClassification,
-    MiniWorldFinetune,
-    MiniWorldTask,
-    image_seed,
-    pretraining_specs,
-)
-from clipshield.training.miniworld.render import ImageSpec, render
-from clipshield.training.miniworld.world import COLORS, DOMAINS, SHAPES, Split, combos, holdout_kind
+from clipshield.datasets.miniworld.captions import COLOR, SHAPE, caption_for, match_matrix
+from clipshield.datasets.miniworld.dataset import MiniWorldClassification, MiniWorldFinetune, MiniWorldTask, image_seed, pretraining_specs
+from clipshield.datasets.miniworld.render import ImageSpec, render
+from clipshield.datasets.miniworld.world import COLORS, DOMAINS, SHAPES, Split, combos, holdout_kind
 
 
 def test_render_is_deterministic_and_seed_sensitive():

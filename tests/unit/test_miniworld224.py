@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from clipshield.datasets import DatasetRequest, build_dataset, reference_eps
+from clipshield.datasets.miniworld.render import ImageSpec, render
+from clipshield.datasets.miniworld.worlds import get_world, world_of_dataset
+from clipshield.models.factory import load_model
 from clipshield.service.errors import ConfigError
-from clipshield.service.models import load_model
 from clipshield.service.preprocess import to_pixels
-from clipshield.training.data import DatasetRequest, build_dataset, reference_eps
 from clipshield.training.methods.attention import text_guided_map
-from clipshield.training.miniworld.render import ImageSpec, render
-from clipshield.training.miniworld.worlds import get_world, world_of_dataset
 
 SEEN = "miniworld224/plain/color_shape/seen"
 
@@ -71,7 +71,7 @@ def test_shipped_model_has_the_vit_b32_grid_and_maps_upsample_to_224(model224):
 @pytest.mark.parametrize("domain", ["plain", "noisy", "textured", "outlined"])
 def test_shipped_model_meets_the_85_percent_bar_on_seen_colour_shape(model224, domain):
     """Issue 12's bar on the first 256 images of each domain (docs/datasets.md has the 2048-image figures)."""
-    from clipshield.training.eval.measure import clean_top1, zero_shot_task
+    from clipshield.evaluation.measure import clean_top1, zero_shot_task
 
     ds, clf, labels = zero_shot_task(model224, f"miniworld224/{domain}/color_shape/seen", 256)
     assert clean_top1(clf, ds.images(), labels)[0] >= 0.85
@@ -101,7 +101,7 @@ def test_two_step_tga_zsr_finetune_on_the_224_world(tmp_path):
 
 
 def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary():
-    from clipshield.service.models import from_record
+    from clipshield.models.factory import from_record
     from clipshield.training.pretrain import MODEL_CONFIGS, miniworld_record
     from clipshield.training.pretrain_teacher import lock_text_tower
 
@@ -121,8 +121,8 @@ def test_teacher_warm_start_locks_the_text_tower_and_refuses_another_vocabulary(
 def test_image_tower_starts_from_the_teacher_at_the_new_geometry(tmp_path):
     import json
 
-    from clipshield.service.models import from_record
-    from clipshield.training.eval.measure import clean_top1, zero_shot_task
+    from clipshield.evaluation.measure import clean_top1, zero_shot_task
+    from clipshield.models.factory import from_record
     from clipshield.training.pretrain import MODEL_CONFIGS, miniworld_record
     from clipshield.training.pretrain_teacher import lock_text_tower, resized_patch_kernel, transfer_vision_tower
 
@@ -150,7 +150,7 @@ def test_image_tower_starts_from_the_teacher_at_the_new_geometry(tmp_path):
 
 
 def test_resized_pool_gives_the_per_batch_pixels_bit_for_bit():
-    from clipshield.training.miniworld.dataset import pretraining_specs, render_specs
+    from clipshield.datasets.miniworld.dataset import pretraining_specs, render_specs
     from clipshield.training.pretrain import PixelPool
 
     cfg = load_model("miniworld224").record.preprocess
@@ -164,7 +164,7 @@ def test_resized_pool_gives_the_per_batch_pixels_bit_for_bit():
 def test_demo_sends_real_photos_as_jpeg_of_their_own_size():
     import io
 
-    from clipshield.training.export.demo_serving import send_photos
+    from clipshield.export.demo_serving import send_photos
 
     class Client:
         def __init__(self) -> None:

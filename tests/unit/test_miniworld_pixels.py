@@ -1,15 +1,15 @@
 """Mini-world images reach a model exactly as serving would preprocess the same image sent as a PNG
-(the claim of `clipshield.training.data.miniworld`): identical pixels, not merely close ones, at 224 px."""
+(the claim of `clipshield.datasets.miniworld_sets`): identical pixels, not merely close ones, at 224 px."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from clipshield.datasets import DatasetRequest, build_dataset
 from clipshield.service.config import PreprocessConfig
 from clipshield.service.preprocess import encode_png, load_pixels
 from clipshield.service.settings import DecodeLimits
-from clipshield.training.data import DatasetRequest, build_dataset
 
 RECORDS = {
     "open_clip default (bicubic, shortest side)": PreprocessConfig(image_size=224),

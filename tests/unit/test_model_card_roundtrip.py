@@ -19,7 +19,7 @@ STEPS, BATCH, IMAGES = 3, 8, 40
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """A tiny TeCoA run through the CLI: 3 steps of batch 8 over 40 images, evaluated on 16 images."""
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     out = tmp_path_factory.mktemp("ft") / "run"
     argv = [
@@ -49,7 +49,7 @@ def finetuned(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def archived(finetuned, tmp_path_factory):
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     root = tmp_path_factory.mktemp("exp")
     assert main(["export", "--model", str(finetuned), "--out", str(root / "export"), "--version", "3.1", "--threads", "1"]) == 0
@@ -58,7 +58,7 @@ def archived(finetuned, tmp_path_factory):
 
 
 def _describe(folder):
-    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.torchserve.handler import ClipshieldHandler
     from tests.unit.test_service_handler import FakeContext
 
     ctx = FakeContext(folder, [{"describe": "True"}])
@@ -100,8 +100,8 @@ def test_served_card_and_gauges_carry_the_finetune_results(finetuned, archived):
 
 
 def test_export_refuses_a_card_for_other_weights(finetuned, tmp_path, miniworld_model):
+    from clipshield.export import ExportError, export_model
     from clipshield.service.card import read_card_file
-    from clipshield.training.export import ExportError, export_model
 
     with pytest.raises(ExportError, match="other weights"):
         export_model(miniworld_model, tmp_path / "x", finetune_card=read_card_file(finetuned / "model_card.json"))
@@ -110,10 +110,10 @@ def test_export_refuses_a_card_for_other_weights(finetuned, tmp_path, miniworld_
 def test_prediction_shift_varies_across_inputs_unlike_the_embedding_shift(archived):
     """Per-sample purification rotates every embedding by the same angle, so the L2 shift of the embedding is
     one number for all inputs; the served `prediction_shift` (probability mass moved) is not."""
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
     from clipshield.service import purify_np
     from clipshield.service.inference import ClipshieldService, RawRequest
     from clipshield.service.preprocess import encode_png
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
 
     service = ClipshieldService.from_folder(archived[0])
     images = build_dataset("miniworld/noisy/color_shape/seen", DatasetRequest(limit=8)).images()
@@ -126,9 +126,9 @@ def test_prediction_shift_varies_across_inputs_unlike_the_embedding_shift(archiv
 
 
 def test_demo_and_export_label_the_same_metrics_alike():
+    from clipshield.cli.commands.demo import DEMO_STEPS, demo_accuracy
+    from clipshield.export.purify_calibration import SweepConfig, SweepRow, _choose
     from clipshield.service.config import PreprocessConfig
-    from clipshield.training.commands.demo import DEMO_STEPS, demo_accuracy
-    from clipshield.training.export.purify_calibration import SweepConfig, SweepRow, _choose
 
     eps = 4 / 255
     demo = demo_accuracy({EVAL_SET: (0.9, 0.2)}, 16, eps, PreprocessConfig(image_size=32))
@@ -142,7 +142,7 @@ def test_demo_and_export_label_the_same_metrics_alike():
 
 def test_describe_is_decided_per_item_not_per_batch(archived):
     """A prediction batched with a describe request gets its prediction; the describe item gets the card."""
-    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.torchserve.handler import ClipshieldHandler
     from clipshield.service.preprocess import encode_png
     from tests.unit.test_service_handler import FakeContext
 
@@ -168,8 +168,8 @@ def test_old_finetune_card_is_a_clear_error(tmp_path):
 def test_export_measurement_replaces_the_same_finetune_gauge_and_cards_refuse_duplicates():
     from pydantic import ValidationError
 
+    from clipshield.export.exporter import merge_accuracy
     from clipshield.service.card import AccuracyEntry, ModelCard
-    from clipshield.training.export.exporter import merge_accuracy
 
     ft = [
         AccuracyEntry(dataset=EVAL_SET, attack="none", purified=False, value=0.5, n=16),

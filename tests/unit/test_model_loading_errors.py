@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 
-from clipshield.service import models
+from clipshield.cli.main import main
+from clipshield.models import factory as models
+from clipshield.models.factory import load_model
 from clipshield.service.errors import ModelLoadError
-from clipshield.service.models import load_model
-from clipshield.training.cli import main
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def _export_error(args, capsys, tmp_path) -> tuple[int, list[str], float]:
     """Exit status, non-empty output lines and seconds of one `clipshield export` (imports done first)."""
     import open_clip.pretrained  # noqa: F401 - import time (10+ s on a busy machine) is not what is timed
 
-    from clipshield.training.cli import build_parser
+    from clipshield.cli.main import build_parser
 
     build_parser()
     start = time.monotonic()

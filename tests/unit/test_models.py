@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from clipshield.service.checkpoint import load_weights, save_checkpoint
+from clipshield.models.checkpoint import load_weights, save_checkpoint
+from clipshield.models.factory import load_checkpoint_dir, load_model
 from clipshield.service.errors import ModelLoadError
-from clipshield.service.models import load_checkpoint_dir, load_model
 
 
 def test_unknown_name_lists_the_sources():

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from clipshield.service import metrics as service_metrics
-from clipshield.training.monitoring import dashboard, generate, rule_tests, rules
+from monitoring import dashboard, generate, rule_tests, rules
 from tests.integration.prometheus_helpers import promtool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def _known_labels() -> set[str]:
 
 
 def test_generated_files_are_current():
-    assert generate.stale() == [], "run `make monitoring` (python -m clipshield.training.monitoring.generate, then make k8s-render)"
+    assert generate.stale() == [], "run `make monitoring` (python -m monitoring.generate, then make k8s-render)"
 
 
 def test_rendered_kustomization_matches_generated_files():

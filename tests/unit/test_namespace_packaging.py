@@ -1,10 +1,9 @@
 """`pip install .` installs one top-level import package, `clipshield` (issue 16, Packaging).
 
-The folders `service/`, `training/`, `handlers/` ship as `clipshield.service`, `clipshield.training`,
-`clipshield.handlers` (pyproject's `package-dir`). The wheel test builds the real wheel offline
+Every product folder (tests/layout.py) ships as `clipshield.<folder>` (pyproject's `package-dir`). The wheel test builds the real wheel offline
 (`pip wheel --no-deps --no-build-isolation` on a copy of the sources, a few seconds) and reads its file
 list: the only top-level names are `clipshield` and the dist-info, and every source and data file of the
-three folders is in it (a folder missing from pyproject's explicit `packages` list fails here). The
+product folders is in it (a folder missing from pyproject's explicit `packages` list fails here). The
 import test keeps old-style imports (`from service.x import`, `-m training.cli`) from creeping back: with
 the repository root on sys.path they would still import, as a second copy of every module.
 """
@@ -21,14 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.layout import PACKAGES
+
 REPO = Path(__file__).resolve().parents[2]
-ROOTS = ("service", "training", "handlers")
+ROOTS = PACKAGES
 SOURCES = ("pyproject.toml", "README.md", *ROOTS)
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
 def _shipped_files() -> set[str]:
-    """Files of the three folders that the wheel must carry, as wheel paths (`clipshield/service/x.py`)."""
+    """Files of the product folders that the wheel must carry, as wheel paths (`clipshield/service/x.py`)."""
     out = set()
     for root in ROOTS:
         for path in (REPO / root).rglob("*"):
@@ -86,7 +87,7 @@ def test_console_script_points_into_the_namespace(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         (entry_points,) = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
         text = zf.read(entry_points).decode()
-    assert re.search(r"^clipshield = clipshield\.training\.cli:main$", text, re.MULTILINE), text
+    assert re.search(r"^clipshield = clipshield\.cli\.main:main$", text, re.MULTILINE), text
 
 
 def _old_style_imports(path: Path) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from clipshield.training.cli import main
-from clipshield.training.experiments.paper import EVAL_SIZES, eval_passes_per_image, load_tables, table_spec
+from clipshield.cli.main import main
+from clipshield.experiments.paper import EVAL_SIZES, eval_passes_per_image, load_tables, table_spec
 
 
 def test_dry_run_plans_the_full_16_dataset_table(capsys):

@@ -9,10 +9,10 @@ from typing import Literal
 import pytest
 import torch
 
-from clipshield.service.models import load_model
-from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-from clipshield.training.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
-from clipshield.training.data import DatasetRequest, build_dataset
+from clipshield.attacks.pgd import PGD, STOP_RULES, pgd_delta, random_start
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.models.factory import load_model
+from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 
 from .test_attacks import toy_batch, toy_classifier
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from clipshield.models.precision import AutocastClassifier, autocast, with_precision
 from clipshield.service.errors import ConfigError
 from clipshield.training.finetune import FinetuneConfig, finetune
-from clipshield.training.precision import AutocastClassifier, autocast, with_precision
 
 
 class DtypeProbe(nn.Module):
@@ -63,8 +63,8 @@ def test_bf16_finetuning_on_cpu_trains_close_to_float32(tmp_path):
 
 
 def test_bf16_evaluation_runs_on_cpu_and_is_recorded_in_the_cell(tmp_path):
-    from clipshield.service.models import load_model
-    from clipshield.training.eval.runner import EvalConfig, Evaluator
+    from clipshield.evaluation.runner import EvalConfig, Evaluator
+    from clipshield.models.factory import load_model
 
     common = dict(model_id="mw", datasets=["miniworld/plain/shape/seen"], attacks=["pgd"], eps=4 / 255, steps=2, limit=16, batch_size=16)
     model = load_model("miniworld")

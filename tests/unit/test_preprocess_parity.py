@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.datasets.real import RealDataset
 from clipshield.service.config import PAPER_RESIZE_RATIO, PreprocessConfig
 from clipshield.service.preprocess import load_pixels
 from clipshield.service.settings import DecodeLimits
-from clipshield.training.data import DatasetRequest, build_dataset
-from clipshield.training.data.real import RealDataset
 
 from .photo_helpers import write_photo_folder
 

@@ -10,10 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipshield.service.config import PreprocessConfig
-from clipshield.service.errors import ConfigError, DatasetNotFound
-from clipshield.training.data import DatasetRequest, build_dataset, list_datasets
-from clipshield.training.data.real import (
+from clipshield.datasets import DatasetRequest, build_dataset, list_datasets
+from clipshield.datasets.real import (
     PCAM_PROMPTS,
     REAL_DATASETS,
     caltech256_name,
@@ -22,8 +20,10 @@ from clipshield.training.data.real import (
     image_transform,
     stanford_cars_name,
 )
-from clipshield.training.data.registry import build_in_memory_dataset
-from clipshield.training.data.wnid import read_wnid_table
+from clipshield.datasets.registry import build_in_memory_dataset
+from clipshield.datasets.wnid import read_wnid_table
+from clipshield.service.config import PreprocessConfig
+from clipshield.service.errors import ConfigError, DatasetNotFound
 
 
 def _jpg(path: Path, size: tuple[int, int] = (40, 30), value: int = 128, mode: str = "RGB") -> None:
@@ -377,8 +377,8 @@ def test_folder_errors_are_one_line(tmp_path):
 
 
 def test_finetune_on_a_folder(tmp_path):
-    from clipshield.service.checkpoint import save_checkpoint
-    from clipshield.service.models import from_record
+    from clipshield.models.checkpoint import save_checkpoint
+    from clipshield.models.factory import from_record
     from clipshield.training.finetune import FinetuneConfig, finetune
     from clipshield.training.pretrain import miniworld_record
 

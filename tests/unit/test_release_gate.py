@@ -7,9 +7,9 @@ import zipfile
 
 import pytest
 
+from clipshield.cli.main import main
 from clipshield.service import bundle as B
 from clipshield.service.card import AccuracyEntry
-from clipshield.training.cli import main
 
 PRE = "[0,1] pixels: resize shortest side to 32 + centre crop 32x32"
 
@@ -22,8 +22,8 @@ def entry(attack: str, value: float, preprocessing: str = PRE) -> AccuracyEntry:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from clipshield.service.models import load_model
-    from clipshield.training.export.exporter import export_model
+    from clipshield.export.exporter import export_model
+    from clipshield.models.factory import load_model
 
     return export_model(load_model("miniworld"), tmp_path_factory.mktemp("gate") / "bundle")
 

@@ -80,7 +80,7 @@ def test_onnxruntime_package_names_the_installed_distribution():
 
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     return export_model(miniworld_model, tmp_path_factory.mktemp("providers") / "export")
 

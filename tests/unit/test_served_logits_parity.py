@@ -1,7 +1,7 @@
 """The served ONNX logits equal the PyTorch evaluation logits on real photos, at ViT-B/32 geometry (224 px).
 
 Model: the goldens' tiny CLIP (patch 32, image 224: ViT-B/32's image-tower geometry, narrower and
-shallower), exported with `clipshield.training.export.export_model`. Served path: encoded bytes ->
+shallower), exported with `clipshield.export.export_model`. Served path: encoded bytes ->
 `ClipshieldService` (`load_pixels` -> ONNX Runtime image encoder -> bundle head x logit scale).
 Evaluation path: the same files read as a `folder/<dir>` data set through the registry with the
 model's record preprocessing -> `ZeroShotClassifier` (what `clipshield evaluate` attacks).
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.export import export_model
+from clipshield.models.factory import load_model
+from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.service import bundle as B, purify_np
 from clipshield.service.inference import ClipshieldService, RawRequest
-from clipshield.service.models import load_model
 from clipshield.service.preprocess import load_pixels
-from clipshield.service.zero_shot import ZeroShotClassifier, build_text_head
-from clipshield.training.data import DatasetRequest, build_dataset
-from clipshield.training.export import export_model
 from tests.conftest import golden_weights
 
 from .photo_helpers import write_photo_folder

@@ -48,14 +48,15 @@ class FakeContext:
 
 @pytest.fixture(scope="module")
 def archive_dir(miniworld_model, tmp_path_factory):
-    from clipshield.training.export import build_archive, export_model
+    from clipshield.export import export_model
+    from clipshield.handlers.torchserve.archive import build_archive
 
     root = tmp_path_factory.mktemp("handler")
     return build_archive(export_model(miniworld_model, root / "export"), root / "store", archive_format="no-archive")
 
 
 def test_handler_per_item_status_and_metrics(archive_dir):
-    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.torchserve.handler import ClipshieldHandler
     from clipshield.service.preprocess import encode_png
 
     png = encode_png(np.random.default_rng(0).random((3, 32, 32)))
@@ -88,7 +89,7 @@ def test_handler_per_item_status_and_metrics(archive_dir):
 def test_handler_refuses_tampered_archive(archive_dir, tmp_path, caplog):
     import shutil
 
-    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.torchserve.handler import ClipshieldHandler
     from clipshield.service.errors import ModelLoadError
 
     copy = tmp_path / "copy"
@@ -103,7 +104,7 @@ def test_handler_refuses_tampered_archive(archive_dir, tmp_path, caplog):
 def test_reason_phrase_is_ascii_whatever_the_message(archive_dir):
     """TorchServe 0.12 frames the reason phrase by character count but sends UTF-8 bytes: a
     non-ASCII phrase corrupted the worker protocol and killed the worker (found by the HTTP fuzz)."""
-    from clipshield.handlers.clipshield_handler import ClipshieldHandler
+    from clipshield.handlers.torchserve.handler import ClipshieldHandler
 
     ctx = FakeContext(archive_dir, [{"Content-Type": "multipart/form-data; boundary=x"}])
     handler = ClipshieldHandler()

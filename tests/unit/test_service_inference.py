@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from clipshield.models.purify import PurifyConfig, purify_embeddings
 from clipshield.service.errors import BadInput, UnsupportedMediaType
 from clipshield.service.inference import ClipshieldService, RawRequest
 from clipshield.service.metrics import RecordingSink
 from clipshield.service.preprocess import encode_png
-from clipshield.service.purify import PurifyConfig, purify_embeddings
 from clipshield.service.purify_np import logits, purify
 
 
@@ -38,9 +38,9 @@ def test_numpy_purify_and_head_are_batch_independent():
 
 @pytest.fixture(scope="module")
 def service(miniworld_model, tmp_path_factory):
+    from clipshield.export import export_model
+    from clipshield.export.exporter import ExportMeasurements
     from clipshield.service.card import PurifyDefaults
-    from clipshield.training.export import export_model
-    from clipshield.training.export.exporter import ExportMeasurements
 
     on = ExportMeasurements(purify=PurifyDefaults(enabled=True, chosen_by="test: on by default"))
     folder = export_model(miniworld_model, tmp_path_factory.mktemp("bundle"), measured=on)
@@ -49,7 +49,7 @@ def service(miniworld_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pngs():
-    from clipshield.training.data.registry import DatasetRequest, build_dataset
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
 
     ds = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=8))
     return [encode_png(img.numpy()) for img in ds.images()]
@@ -86,7 +86,7 @@ def test_bad_item_does_not_fail_batch_mates(service, pngs):
 
 
 def test_purify_off_and_custom_labels(service, miniworld_model, pngs):
-    from clipshield.service.zero_shot import build_text_head
+    from clipshield.models.zero_shot import build_text_head
 
     labels = ["red circle", "blue square", "green star"]
     res = service.predict([RawRequest({"image": pngs[0], "labels": labels, "purify": b"false", "top_k": b"10"})])[0]
@@ -100,8 +100,8 @@ def test_purify_off_and_custom_labels(service, miniworld_model, pngs):
 
 
 def test_default_head_and_zero_shot_match_torch(service, miniworld_model, pngs):
+    from clipshield.models.zero_shot import ZeroShotClassifier
     from clipshield.service.preprocess import load_pixels
-    from clipshield.service.zero_shot import ZeroShotClassifier
 
     res = service.predict([RawRequest({"image": pngs[5], "purify": b"false", "top_k": b"1"})])[0]
     x = torch.from_numpy(load_pixels(pngs[5], miniworld_model.record.preprocess, service.config.decode))[None]

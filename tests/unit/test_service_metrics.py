@@ -1,6 +1,6 @@
 """Metric names: declared in model_store/metrics.yaml exactly as the service and handler emit them.
 
-Both metrics.yaml files and the three config.properties are generated (`python -m clipshield.training.monitoring.generate`):
+Both metrics.yaml files and the three config.properties are generated (`python -m monitoring.generate`):
 the committed text must be what the generator writes now.
 """
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from clipshield.service.metrics import METRICS, PrometheusClientSink, RecordingSink
-from clipshield.training.monitoring.torchserve_config import GENERATED, OVERLAYS, properties
+from monitoring.torchserve_config import GENERATED, OVERLAYS, properties
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = REPO / "model_store"
@@ -28,16 +28,14 @@ def test_metrics_yaml_declares_every_metric_with_its_dimensions():
 
 @pytest.mark.parametrize("path", ["model_store/metrics.yaml", "k8s/base/metrics.yaml"])
 def test_metrics_yaml_is_generated_from_the_metric_list(path):
-    from clipshield.training.monitoring.torchserve_metrics import metrics_config
+    from monitoring.torchserve_metrics import metrics_config
 
-    assert yaml.safe_load((REPO / path).read_text()) == metrics_config(), (
-        f"{path} is stale: run python -m clipshield.training.monitoring.generate"
-    )
+    assert yaml.safe_load((REPO / path).read_text()) == metrics_config(), f"{path} is stale: run python -m monitoring.generate"
 
 
 @pytest.mark.parametrize("path, place", sorted(GENERATED.items()))
 def test_config_properties_are_generated_from_one_table(path, place):
-    assert (REPO / path).read_text() == properties(place), f"{path} is stale: run python -m clipshield.training.monitoring.generate"
+    assert (REPO / path).read_text() == properties(place), f"{path} is stale: run python -m monitoring.generate"
 
 
 def test_overlays_patch_only_what_differs():

@@ -105,9 +105,9 @@ def test_corrupt_message_has_no_object_repr():
 
 def test_old_records_load_with_todays_serving_defaults():
     """Records written before resize_ratio/antialias existed keep their behaviour (the shipped one is such a record)."""
-    from clipshield.service.checkpoint import load_record
+    from clipshield.models.checkpoint import load_record
+    from clipshield.models.factory import SHIPPED_MODELS
     from clipshield.service.config import ModelRecord
-    from clipshield.service.models import SHIPPED_MODELS
 
     old = {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear", "resize_mode": "squash"}
     cfg = PreprocessConfig.model_validate(old)
@@ -154,7 +154,7 @@ def test_native_mode_keeps_the_size_and_the_model_resizes_inside():
     import torch
     import torch.nn.functional as F
 
-    from clipshield.service.models import load_model
+    from clipshield.models.factory import load_model
 
     model = load_model("miniworld")
     rng = np.random.default_rng(4)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clipshield.training.export.torchserve import REPO_STORE, ServeConfig, render_properties
+from clipshield.handlers.torchserve.launcher import REPO_STORE, ServeConfig, render_properties
+from tests.layout import PACKAGES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +69,7 @@ def _kw(call: ast.Call, key: str):
 def test_no_code_path_unpickles_files():
     """Checkpoints are safetensors; torch.load only with weights_only=True; np.load never allows
     pickles; pickle itself is not used by the library, the serving core or the handler."""
-    files = [p for d in ("service", "handlers", "training") for p in (REPO / d).rglob("*.py")]
+    files = [p for d in PACKAGES for p in (REPO / d).rglob("*.py")]
     assert files
     for path in files:
         tree = ast.parse(path.read_text(), str(path))
@@ -86,9 +87,9 @@ def test_served_npy_files_refuse_pickles(miniworld_model, tmp_path):
     """A bundle whose .npy holds a pickled object (correct sha256 in a rewritten manifest) is refused."""
     import numpy as np
 
+    from clipshield.export import export_model
     from clipshield.service import bundle as B
     from clipshield.service.inference import ClipshieldService
-    from clipshield.training.export import export_model
 
     folder = export_model(miniworld_model, tmp_path / "export")
     np.save(folder / B.ANCHOR, np.array([{"evil": 1}], dtype=object), allow_pickle=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from clipshield.models.attack_score import AttackScoreConfig, SignalExtractor, bit_squeeze, median_squeeze
 from clipshield.service import attack_score_np
-from clipshield.service.attack_score import AttackScoreConfig, SignalExtractor, bit_squeeze, median_squeeze
 
 from .test_attack_score import SIDE, attacked, toy_setup
 
@@ -74,7 +74,7 @@ def test_even_median_window_and_out_of_range_bits_are_refused_naming_the_allowed
 def test_tiled_adaptive_attack_perturbs_whole_tiles_within_the_budget():
     """`block` = 3 on 6x6 toy images: every 3x3 tile moves by one value per channel, |delta| <= eps; a tile
     grid that does not divide the image is cut at the border; block 0 is refused."""
-    from clipshield.training.attacks.adaptive_defences import ScoreAwarePGD
+    from clipshield.attacks.adaptive_defences import ScoreAwarePGD
 
     from .test_attack_score import scorer_for
 

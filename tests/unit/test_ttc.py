@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.models.ttc import TTCClassifier, TTCConfig, counterattack, random_init, relative_shift, step_weights
+from clipshield.models.zero_shot import build_text_head
 from clipshield.service.errors import BadInput
-from clipshield.service.ttc import TTCClassifier, TTCConfig, counterattack, random_init, relative_shift, step_weights
-from clipshield.service.zero_shot import build_text_head
-from clipshield.training.data import DatasetRequest, build_dataset
 
 DATASET = "miniworld/plain/shape/seen"
 N = 8

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from clipshield.service.ttc import TTCConfig
-from clipshield.training.eval.ttc_eval import TTCEvalConfig, evaluate_ttc, main
+from clipshield.evaluation.ttc_eval import TTCEvalConfig, evaluate_ttc, main
+from clipshield.models.ttc import TTCConfig
 
 FRACTIONS = ("clean", "clean_ttc", "robust", "robust_ttc", "countered_clean", "countered_adv")
 

@@ -71,7 +71,7 @@ def test_open_clip_vocabulary_reads_anything():
 
 
 def test_text_head_on_the_miniworld_model_refuses_unknown_class_names(miniworld_model):
-    from clipshield.service.zero_shot import build_text_head
+    from clipshield.models.zero_shot import build_text_head
 
     with pytest.raises(BadInput, match="'woman'"):
         build_text_head(miniworld_model, NEW_USER_LABELS, ["a photo of a {}"])
@@ -80,7 +80,7 @@ def test_text_head_on_the_miniworld_model_refuses_unknown_class_names(miniworld_
 
 @pytest.fixture(scope="module")
 def miniworld_service(miniworld_model, tmp_path_factory) -> ClipshieldService:
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
 
     return ClipshieldService.from_folder(export_model(miniworld_model, tmp_path_factory.mktemp("vocab")))
 
@@ -106,8 +106,8 @@ def test_service_over_an_open_clip_vocabulary_answers_any_words(tmp_path):
     """A (tiny, random) model with open_clip's full vocabulary: everyday labels are answered."""
     import torch
 
-    from clipshield.service.models import from_record, record_from_arch
-    from clipshield.training.export import export_model
+    from clipshield.export import export_model
+    from clipshield.models.factory import from_record, record_from_arch
 
     arch = {
         "embed_dim": 16,
@@ -124,7 +124,7 @@ def test_service_over_an_open_clip_vocabulary_answers_any_words(tmp_path):
 
 
 def test_cli_evaluate_on_folder_class_names_fails_naming_the_words(tmp_path, capsys):
-    from clipshield.training.cli import main
+    from clipshield.cli.main import main
 
     for i, cls in enumerate(["woman", "red_circle", "car"]):
         (tmp_path / "mine" / cls).mkdir(parents=True)
@@ -160,7 +160,7 @@ def _documented_words() -> list[str]:
 
 def test_docs_list_exactly_the_words_the_miniworld_model_reads(compact):
     """docs/serving.md's list: every word readable, every vocabulary piece used, same as the corpus."""
-    from clipshield.training.miniworld.captions import vocabulary_corpus
+    from clipshield.datasets.miniworld.captions import vocabulary_corpus
 
     words = _documented_words()
     assert words == sorted(set(words)) and compact.unknown_words(words) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipshield.service.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head, encode_prompts
+from clipshield.models.zero_shot import TextHeadCache, ZeroShotClassifier, build_text_head, encode_prompts
 
 
 def test_head_is_renormalised_mean_of_unit_prompt_embeddings(miniworld_model):
@@ -40,9 +40,9 @@ def test_numpy_and_torch_scaled_cosine_logits_agree():
     """The two implementations (numpy for serving, torch with gradients for training) on un-normalised embeddings."""
     import numpy as np
 
+    from clipshield.models.zero_shot import cosine_logits
     from clipshield.service.heads import ensemble
     from clipshield.service.purify_np import logits
-    from clipshield.service.zero_shot import cosine_logits
 
     gen = torch.Generator().manual_seed(0)
     emb = torch.randn(5, 48, generator=gen) * 3.0
@@ -58,8 +58,8 @@ def test_numpy_and_torch_scaled_cosine_logits_agree():
 
 def test_served_head_equals_the_training_head(miniworld_model, tmp_path):
     """Custom labels: the server's head (ONNX text encoder + numpy ensemble) == `build_text_head` (torch tower)."""
+    from clipshield.export import export_model
     from clipshield.service.inference import ClipshieldService
-    from clipshield.training.export import export_model
 
     service = ClipshieldService.from_folder(export_model(miniworld_model, tmp_path / "bundle"))
     names = ["red star", "blue circle", "green square"]

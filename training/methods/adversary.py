@@ -1,7 +1,7 @@
 """Training adversaries: each method carries one (`Method.adversary`); the loop only calls `perturb`.
 
 `NO_ADVERSARY` (FT-Clean), `ClassifierPGD` (the PGD of docs/methods.md §0.6 through
-`clipshield.training.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
+`clipshield.attacks.pgd.pgd_delta`, on the method's own view of the classifier) and FARE's embedding
 PGD (`clipshield.training.methods.fare.FARE_ADVERSARY`). Randomness comes only from the `generator` argument
 (the fine-tuning loop derives it from (seed, step)), so a resumed run draws the same random starts
 as an uninterrupted one.
@@ -15,12 +15,11 @@ from typing import Any, Optional, Protocol
 
 import torch
 
+from clipshield.attacks.pgd import pgd_delta, random_start
+from clipshield.models.pixel_model import PixelCLIP
+from clipshield.models.zero_shot import ZeroShotClassifier
 from clipshield.service.config import StrictModel
-from clipshield.service.pixel_model import PixelCLIP
-from clipshield.service.zero_shot import ZeroShotClassifier
-from clipshield.training.attacks.pgd import pgd_delta, random_start
-
-from .inputs import AttackBudget, LossInputs
+from clipshield.training.methods.inputs import AttackBudget, LossInputs
 
 # view(target, params) -> (the model as the method's classifier sees it, logit scale); params: the method's own
 ClassifierView = Callable[[PixelCLIP, Any], tuple[PixelCLIP, float]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from clipshield.models.pixel_model import PixelCLIP
+from clipshield.models.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
 from clipshield.service.config import IMAGENET_MEAN, IMAGENET_STD
-from clipshield.service.pixel_model import PixelCLIP
-from clipshield.service.zero_shot import cosine_logits  # noqa: F401 - the methods' logits (one torch implementation)
 
 
 def paired_embeddings(model: PixelCLIP, images: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

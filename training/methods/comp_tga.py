@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .adversary import PGD_ADVERSARY
-from .attention import fuse_complementary, grid_scores
-from .inputs import LossInputs, LossOutput, TextHeads
-from .registry import register_method
-from .tga_zsr import AttentionMap, TGAParams, attention_guided_loss
+from clipshield.training.methods.adversary import PGD_ADVERSARY
+from clipshield.training.methods.attention import fuse_complementary, grid_scores
+from clipshield.training.methods.inputs import LossInputs, LossOutput, TextHeads
+from clipshield.training.methods.registry import register_method
+from clipshield.training.methods.tga_zsr import AttentionMap, TGAParams, attention_guided_loss
 
 
 class CompTGAParams(TGAParams):

@@ -12,13 +12,12 @@ from typing import Optional
 import torch
 from pydantic import Field
 
+from clipshield.attacks.pgd import random_start
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.config import StrictModel
-from clipshield.service.pixel_model import PixelCLIP
-from clipshield.training.attacks.pgd import random_start
-
-from .frozen_reference import FrozenBatch
-from .inputs import AttackBudget, LossInputs, LossOutput
-from .registry import register_method
+from clipshield.training.methods.frozen_reference import FrozenBatch
+from clipshield.training.methods.inputs import AttackBudget, LossInputs, LossOutput
+from clipshield.training.methods.registry import register_method
 
 
 class FAREParams(StrictModel):

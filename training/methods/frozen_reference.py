@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from clipshield.service.pixel_model import PixelCLIP
+from clipshield.models.pixel_model import PixelCLIP
 
 log = logging.getLogger(__name__)
 

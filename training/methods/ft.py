@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.config import StrictModel
-from clipshield.service.pixel_model import PixelCLIP
-
-from .adversary import NO_ADVERSARY, PGD_ADVERSARY
-from .common import cosine_logits
-from .inputs import LossInputs, LossOutput, TextHeads
-from .registry import register_method
+from clipshield.training.methods.adversary import NO_ADVERSARY, PGD_ADVERSARY
+from clipshield.training.methods.common import cosine_logits
+from clipshield.training.methods.inputs import LossInputs, LossOutput, TextHeads
+from clipshield.training.methods.registry import register_method
 
 
 class FTParams(StrictModel):

@@ -13,9 +13,8 @@ from typing import Optional
 
 import torch
 
-from clipshield.service.pixel_model import PixelCLIP
-
-from .frozen_reference import FrozenBatch
+from clipshield.models.pixel_model import PixelCLIP
+from clipshield.training.methods.frozen_reference import FrozenBatch
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.config import StrictModel
-from clipshield.service.pixel_model import PixelCLIP
-
-from .adversary import ClassifierPGD
-from .common import cosine_logits, imagenet_view, paired_embeddings
-from .inputs import LossInputs, LossOutput
-from .registry import register_method
+from clipshield.training.methods.adversary import ClassifierPGD
+from clipshield.training.methods.common import cosine_logits, imagenet_view, paired_embeddings
+from clipshield.training.methods.inputs import LossInputs, LossOutput
+from clipshield.training.methods.registry import register_method
 
 
 class PMGParams(StrictModel):

@@ -14,9 +14,8 @@ from typing import Any, Literal, TypeVar
 
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import UnknownName
-
-from .adversary import Adversary
-from .inputs import LossInputs, LossOutput
+from clipshield.training.methods.adversary import Adversary
+from clipshield.training.methods.inputs import LossInputs, LossOutput
 
 # loss(batch, params) -> LossOutput; params is an instance of the method's own `Method.params` model
 LossFn = Callable[[LossInputs, Any], LossOutput]

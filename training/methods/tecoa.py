@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from clipshield.service.config import StrictModel
-
-from .adversary import PGD_ADVERSARY
-from .common import cosine_logits
-from .inputs import LossInputs, LossOutput
-from .registry import register_method
+from clipshield.training.methods.adversary import PGD_ADVERSARY
+from clipshield.training.methods.common import cosine_logits
+from clipshield.training.methods.inputs import LossInputs, LossOutput
+from clipshield.training.methods.registry import register_method
 
 
 class TeCoAParams(StrictModel):

@@ -18,12 +18,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from clipshield.service.config import StrictModel
-
-from .adversary import PGD_ADVERSARY
-from .attention import Distance, TokenNorm, grid_scores, map_distance, upsample
-from .common import cosine_logits, paired_tokens
-from .inputs import LossInputs, LossOutput, TextHeads
-from .registry import register_method
+from clipshield.training.methods.adversary import PGD_ADVERSARY
+from clipshield.training.methods.attention import Distance, TokenNorm, grid_scores, map_distance, upsample
+from clipshield.training.methods.common import cosine_logits, paired_tokens
+from clipshield.training.methods.inputs import LossInputs, LossOutput, TextHeads
+from clipshield.training.methods.registry import register_method
 
 
 class TGAParams(StrictModel):

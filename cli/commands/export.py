@@ -1,0 +1,209 @@
+"""`clipshield export`: image and text encoders to ONNX, with parity check and model card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from clipshield.cli.commands.budget import budget_help, to_pixels
+from clipshield.cli.commands.common import add_model_args, add_score_signals_arg, flag_config, model_from_args, score_config
+from clipshield.service.bundle import read_card
+from clipshield.service.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the image and text encoders to ONNX (serving bundle)",
+        description="Export a model's image encoder ([0,1] pixels -> unit-norm embedding) and text encoder "
+        "(token ids -> unit-norm embedding) to ONNX with a dynamic batch axis, check parity against PyTorch "
+        "(max abs diff <= 1e-4 at batch 1 and 8), and write the serving bundle: default labels with their "
+        "precomputed text head, the CLIPure anchor, the model card and a sha256 manifest.",
+    )
+    add_model_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs/export/miniworld"), help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--labels",
+        default="miniworld/plain/color_shape/seen",
+        help='default label set: a data set name, or a JSON file {"classnames": [...], "templates": [...]} (default: %(default)s)',
+    )
+    p.add_argument("--version", default="1.0", help="model version reported in responses (default: %(default)s)")
+    p.add_argument(
+        "--measure-purify",
+        type=int,
+        default=0,
+        metavar="N",
+        help="choose the purification default by measurement on N mini-world images: on only if it "
+        "beats no purification under a straight-through attack (0: not measured, off by default)",
+    )
+    p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
+    p.add_argument(
+        "--calibrate-flag",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
+        "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)",
+    )
+    p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
+    _score_args(p)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    """The attack-score calibration flags (docs/security.md section 5.1)."""
+    p.add_argument(
+        "--calibrate-score",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
+        "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
+        "0: no attack score in the bundle (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-data",
+        default="miniworld/plain/color_shape/seen",
+        metavar="DATASET",
+        help="registered data set of clean traffic to calibrate the attack score on (default: %(default)s)",
+    )
+    p.add_argument("--score-fpr", type=float, default=0.05, help="target false-positive rate of the attack score (default: %(default)s)")
+    add_score_signals_arg(p)
+    p.add_argument(
+        "--score-threshold-images",
+        type=int,
+        default=None,
+        metavar="M",
+        help="clean images (beyond the N fit and N held-out ones) the threshold is also set on: the false-positive "
+        "rate is a tail quantile, steadier from more images, and clean images need no attack (default: 4 x N)",
+    )
+    p.add_argument(
+        "--score-eps",
+        type=float,
+        default=None,
+        help=budget_help("PGD budget of the score's calibration attack", "the --score-data set's registered reference (mini world 4/255)"),
+    )
+
+
+def load_labels(spec: str):
+    """LabelSet from a JSON file path or a registered data set name."""
+    from clipshield.export import labels_from_dataset
+    from clipshield.service.bundle import LabelSet
+
+    path = Path(spec)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ConfigError(f"label file not found: {path}")
+        try:
+            return LabelSet.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            problem = (
+                exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            )
+            raise ConfigError(f"label file {path} is not a label set: {problem}") from None
+    return labels_from_dataset(spec)
+
+
+def _measure_purify(model, n: int):
+    """Purification sweep on n mini-world images, printed; returns its SweepResult."""
+    from clipshield.export.purify_calibration import SweepConfig, sweep_purification
+
+    result = sweep_purification(model, flag_config(SweepConfig, n=n))
+    sweep = result.sweep
+    print(f"no purification: clean {sweep.baseline_clean:.1%}, {sweep.attack} {sweep.baseline_robust:.1%}")
+    for row in sweep.rows:
+        mark = "" if row.eligible else "  (ineligible)"
+        print(f"  steps={row.steps:<3d} step_size={row.step_size:<6g} clean {row.clean:6.1%}  BPDA {row.robust_bpda:6.1%}{mark}")
+    for note in result.notes:
+        print("note:", note)
+    return result
+
+
+def _calibrate_flag(model, n: int, fpr: float):
+    """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
+    from clipshield.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
+
+    flag = calibrate_flag(model, flag_config(FlagCalibrationConfig, n_calibration=n, n_eval=n, target_fpr=fpr))
+    print(f"flag: anchor_score < {flag.anchor_below:.4f}")
+    for rate in flag.rates:
+        auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
+        where = f" ({rate.dataset})" if rate.dataset else ""
+        print(f"  {rate.attack + where:<48s} flagged {rate.flag_rate:6.1%}{auc}")
+    return flag
+
+
+def _calibrate_score(model, labels, args: argparse.Namespace):
+    """Attack-score calibration on n + n images of --score-data, printed; returns the AttackScoreCalibration."""
+    from clipshield.datasets import reference_eps
+    from clipshield.export.score_calibration import ScoreCalibrationConfig, calibrate_attack_score
+
+    n, dataset = args.calibrate_score, args.score_data
+    eps = reference_eps(dataset) if args.score_eps is None else to_pixels(args.score_eps, "--score-eps", allow_zero=False)
+    score = score_config(args.score_signals)
+    cfg = flag_config(
+        ScoreCalibrationConfig,
+        {
+            "target_fpr": "score-fpr",
+            "n_calibration": "calibrate-score",
+            "n_eval": "calibrate-score",
+            "n_threshold": "score-threshold-images",
+        },
+        dataset=dataset,
+        n_calibration=n,
+        n_eval=n,
+        n_threshold=4 * n if args.score_threshold_images is None else args.score_threshold_images,
+        target_fpr=args.score_fpr,
+        eps=eps,
+        score=score,
+    )
+    cal = calibrate_attack_score(model, labels, cfg)
+    print(f"attack score: > {cal.params.threshold:.4f} (weights {[round(w, 3) for w in cal.params.weights]} on {list(cal.params.signals)})")
+    for rate in cal.rates:
+        auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
+        print(f"  {rate.attack + f' ({rate.dataset})':<48s} flagged {rate.flag_rate:6.1%}{auc}")
+    return cal
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipshield.export import export_model
+    from clipshield.export.exporter import ExportMeasurements
+    from clipshield.training.model_card import read_finetune_card
+
+    torch.set_num_threads(args.threads)
+    model = model_from_args(args)
+    finetune_card = read_finetune_card(Path(args.model)) if Path(args.model).is_dir() else None
+    measured = ExportMeasurements()
+    if args.measure_purify:
+        result = _measure_purify(model, args.measure_purify)
+        measured = ExportMeasurements(purify=result.chosen, purify_sweep=result.sweep, accuracy=result.accuracy, notes=result.notes)
+    if args.no_purify:
+        measured = measured.model_copy(
+            update={
+                "purify": measured.purify.model_copy(
+                    update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"}
+                )
+            }
+        )
+    if args.calibrate_flag:
+        measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
+    labels = load_labels(args.labels)
+    if args.calibrate_score:
+        score = _calibrate_score(model, labels, args)
+        measured = measured.model_copy(update={"attack_score": score})
+    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured, finetune_card=finetune_card)
+    card = read_card(out)
+    print(f"exported {card.name} {card.version} to {out}")
+    if card.training is not None:
+        t = card.training
+        print(
+            f"fine-tuned: {t.method}, {t.steps} steps ({t.epochs:g} epochs) at {t.image_size} px; "
+            f"{len(card.accuracy)} accuracies carried from its card"
+        )
+    print(f"ONNX parity (max abs diff): {card.parity.model_dump_json() if card.parity else None}")
+    print(f"purification default: {card.purify.model_dump_json()}")
+    return 0

@@ -1,0 +1,73 @@
+"""`clipshield serve --runtime kserve`: the KServe (Open Inference Protocol v2) runtime of `serve`.
+
+Kept apart from `serve.py` (TorchServe, the default) so each runtime's options and start/stop logic
+live in one place; `serve.py` only adds `--runtime` and hands over here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from urllib.parse import urlparse
+
+from clipshield.cli.commands.common import flag_config
+from clipshield.service.errors import ConfigError
+
+RUNTIMES = ("torchserve", "kserve")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """`--runtime` and the KServe-only options of `clipshield serve`."""
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torchserve",
+        help="model server: TorchServe (default; archived upstream) or KServe's Python model server "
+        "(Open Inference Protocol v2 on the port of --address, all interfaces; /metrics on the same port)",
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="kserve: serving bundle (`clipshield export --out`); default: the no-archive folder <model-store>/<name>",
+    )
+
+
+def _bundle(args: argparse.Namespace) -> Path:
+    bundle = args.bundle or args.model_store / args.name
+    if not (bundle / "clipshield_manifest.json").is_file():
+        raise ConfigError(f"no serving bundle at {bundle}; pass --bundle <clipshield export --out folder>")
+    return bundle
+
+
+def run_kserve(args: argparse.Namespace) -> int:
+    """Start (or --stop / --ping) the KServe model server; prints how to call it."""
+    from clipshield.handlers.kserve.launcher import STATE_DIR, KServeConfig, model_ready, start_kserve, stop_kserve
+
+    state = args.model_store.resolve() / STATE_DIR
+    address = urlparse(args.address)
+    cfg = flag_config(
+        KServeConfig,
+        host=address.hostname or "127.0.0.1",
+        http_port=address.port or 8080,
+        model_name=args.name,
+        providers=getattr(args, "providers", None),
+        provider_policy=getattr(args, "provider_policy", None),
+    )
+    url = f"http://{cfg.host}:{cfg.http_port}"
+    if args.stop:
+        print("KServe model server stopped." if stop_kserve(state) else "no KServe model server running on this model store.")
+        return 0
+    if args.ping:
+        return 0 if model_ready(url, args.name) else 1
+    handle = start_kserve(_bundle(args), state, cfg)
+    infer = f"{url}/v2/models/{args.name}/infer"
+    print(f"KServe is serving {args.name} (Open Inference Protocol v2) on {url} (log: {handle.state_dir / 'server.log'})")
+    print(f"  metadata: curl {url}/v2/models/{args.name}")
+    print(
+        f'  infer:    curl -H \'Content-Type: application/json\' -d \'{{"inputs": [{{"name": "image", "datatype": "BYTES", '
+        f'"shape": [1], "data": ["\'$(base64 -w0 image.png)\'"]}}]}}\' {infer}'
+    )
+    print(f"  metrics:  curl {url}/metrics | grep clipshield_")
+    print(f"  stop:     clipshield serve --runtime kserve --stop --model-store {args.model_store}")
+    return 0

@@ -1,6 +1,0 @@
-"""Attack library: every attack registers itself by explicit import here."""
-
-from . import adaptive, autoattack, pgd  # noqa: F401
-from .base import Attack, get_attack, list_attacks, project, register_attack
-
-__all__ = ["Attack", "get_attack", "list_attacks", "project", "register_attack"]

@@ -1,5 +1,0 @@
-"""CLI subcommands; each module exposes `register(subparsers)` and sets `run` on its parser."""
-
-from . import archive, demo, evaluate, experiment, export, finetune, pretrain, release, serve
-
-COMMANDS = (pretrain, finetune, evaluate, export, release, archive, serve, demo, experiment)
