@@ -10,6 +10,7 @@ from clipshield.datasets.registry import DatasetRequest, register_dataset_family
 from clipshield.datasets.transforms import image_transform
 from clipshield.service.errors import DatasetNotFound
 
+FOLDER_PREFIX = "folder/"
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val"), "val": ("val",)}
 CLASSNAMES_FILE = "classnames.txt"
 
@@ -35,6 +36,18 @@ def folder_classnames(root: Path, folders: Sequence[str]) -> list[str]:
             f"{path}: {len(lines)} names for {len(folders)} class folders (one per line, sorted folder order, or 'folder<TAB>name' lines)"
         )
     return [line.strip() for line in lines]
+
+
+def held_out_split(tree: Path) -> str:
+    """What a `folder/<dir>` tree's test split reads: "test" or "val" (held out), "same" (no split folders:
+    the training images themselves) or "none" (train/ only, or no tree: nothing to evaluate on)."""
+    if not tree.is_dir():
+        return "none"
+    splits = {d for d in ("train", "val", "test") if (tree / d).is_dir()}
+    if not splits:
+        return "same"
+    found = [d for d in SPLIT_FOLDERS["test"] if d in splits]
+    return found[0] if found else "none"
 
 
 @register_dataset_family("folder")

@@ -9,6 +9,8 @@ and `flat()` writes them back, so saved runs, model cards and resumed runs keep 
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -71,6 +73,10 @@ class OptimSettings(StrictModel):
     momentum: float = 0.9
     weight_decay: Optional[float] = Field(default=None, ge=0)
     warmup: Optional[int] = Field(default=1000, ge=0, description="warm-up steps; None: 10% of the steps")
+    warmup_fit: bool = Field(
+        default=False, description="the warm-up is a recipe default: at most 10% of the steps, so a short run reaches its peak lr"
+    )
+    allow_low_lr: bool = Field(default=False, description="allow a schedule whose lr never reaches half its peak (warm-up > 2 x steps)")
 
 
 class AttackSettings(StrictModel):
@@ -167,6 +173,8 @@ _FLAT_ORDER = (
     "eval_eps",
     "eval_steps",
     "eval_batch_size",
+    "warmup_fit",  # added by issue 27: older saved runs lack them and load with the defaults
+    "allow_low_lr",
 )
 # settings a resumed run may change: where files are and how fast and on what it runs, not what it computes
 # (`epochs` only resolves `steps`, which is checked); every other flat name must match the saved state
@@ -183,6 +191,7 @@ RESUME_MAY_CHANGE = frozenset(
         "device",
         "workers",
         "threads",
+        "allow_low_lr",
     }
     | {flat for flat, (group, _field) in FLAT_NAMES.items() if group == "evaluation"}
 )
@@ -256,11 +265,40 @@ class FinetuneConfig(StrictModel):
             "attack_alpha": a.eps * m.adversary.alpha_per_eps if a.alpha is None else a.alpha,
             "attack_steps": m.attack_steps if a.steps is None else a.steps,
             "steps": steps,
-            "warmup": o.warmup if o.warmup is not None else steps // 10,
+            "warmup": fitted_warmup(o.warmup, steps, o.warmup_fit),
+            "warmup_fit": False,  # applied: the resolved warm-up is what runs
             "eval_eps": a.eps if self.evaluation.eps is None else self.evaluation.eps,
             "method_params": m.params(**self.method_params).model_dump(),
         }
+        check_schedule(values["warmup"], steps, o.allow_low_lr)
         return self.updated(**values)
+
+
+def fitted_warmup(warmup: Optional[int], steps: int, fit: bool) -> int:
+    """Warm-up steps that run: None -> 10% of the steps; a recipe default (`fit`) that would fill more than
+    half of a short run -> 10% of its steps (as the mini-world recipe); else as given.
+
+    The papers' 1,000 warm-up steps belong to 10-epoch runs of thousands of steps; a 5-step run on a user's
+    folder would otherwise train at lr <= 5/1000 of its peak (issue 27, point 1).
+    """
+    if warmup is None or (fit and warmup > steps // 2):
+        return steps // 10
+    return warmup
+
+
+def check_schedule(warmup: int, steps: int, allow_low_lr: bool) -> None:
+    """One-line ConfigError when the lr would never reach half its peak (`peak_lr_fraction`), unless allowed."""
+    reached = peak_lr_fraction(warmup, steps)
+    if reached < 0.5 and not allow_low_lr:
+        raise ConfigError(
+            f"warm-up {warmup} steps for a {steps}-step run: the learning rate would never pass {reached:.0%} of its peak; "
+            "use fewer --warmup steps, more --steps, or --allow-low-lr to train at low lr on purpose"
+        )
+
+
+def peak_lr_fraction(warmup: int, steps: int) -> float:
+    """Highest lr of a warm-up + cosine schedule as a fraction of its peak (`clipshield.training.schedule`)."""
+    return 1.0 if warmup <= 0 or steps >= warmup else steps / warmup
 
 
 def flat_name(loc: tuple[Any, ...]) -> str:
@@ -271,18 +309,36 @@ def flat_name(loc: tuple[Any, ...]) -> str:
     return ".".join(map(str, loc))
 
 
-def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneConfig:
+def own_data_eval(data: str, root: Optional[Path]) -> list[str]:
+    """The default evaluation of a user's `folder/<dir>` training set: that folder (its test split), else none.
+
+    A tree with a test/ or val/ folder is evaluated on it; a tree without split folders on the same
+    images (the card notes it); a tree with train/ only is not evaluated (nothing held out).
+    """
+    from clipshield.datasets.folder import FOLDER_PREFIX, held_out_split
+
+    if not data.startswith(FOLDER_PREFIX) or root is None:
+        return []
+    return [data] if held_out_split(Path(root) / data[len(FOLDER_PREFIX) :]) != "none" else []
+
+
+def recipe_config(data: str = "miniworld-train", tuned: bool = True, **settings: Any) -> FinetuneConfig:
     """FinetuneConfig for training on `data`: `settings` (flat names; None = unset) over the data set's recipe.
 
     The recipe comes from the data set's registry entry (`clipshield.datasets.finetune_recipe`); what it
     leaves unset falls back to the method's defaults at `resolved()`. Recipe steps apply unless
-    `steps` or `epochs` is given; the learning rate is the recipe's for the run's optimiser family.
+    `steps` or `epochs` is given; the learning rate is the recipe's for the run's optimiser family, or,
+    unless `tuned` is False, the method's tuned one with its tuned loss weights (`FinetuneRecipe.tuned`;
+    given `method_params` win key by key).
     Settings come from users (flags), so a value out of range is a one-line `ConfigError` naming it.
     """
     recipe = finetune_recipe(data)
     given = {k: v for k, v in settings.items() if v is not None}
     method = get_method(given["method"]) if "method" in given else None
     optimizer = given.get("optimizer") or (method.optimizer if method else "sgd")
+    tuned_setting = recipe.tuned.get(method.name) if method is not None and tuned else None
+    if tuned_setting is not None:  # a study's choice for this method: its lr (own optimiser) and loss weights
+        given["method_params"] = {**tuned_setting.method_params, **given.get("method_params", {})}
     defaults: dict[str, Any] = {
         "eps": recipe.eps,
         "attack_alpha": recipe.attack_alpha,
@@ -291,9 +347,11 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
         "steps": None if "epochs" in given else recipe.steps,
         "batch_size": recipe.batch_size,
         "data_limit": recipe.data_limit,
-        "lr": recipe.lr.get(optimizer),
+        "lr": tuned_setting.lr if tuned_setting is not None and optimizer == method.optimizer else recipe.lr.get(optimizer),
         "warmup": recipe.warmup,
-        "eval_datasets": list(recipe.eval_datasets),
+        # the recipe's warm-up (not one the user set) shrinks to 10% of a short run's steps
+        "warmup_fit": "warmup" not in given and recipe.warmup is not None,
+        "eval_datasets": list(recipe.eval_datasets) or own_data_eval(data, given.get("data_root")),
     }
     if recipe.model is not None:
         defaults["model"] = recipe.model
@@ -301,3 +359,29 @@ def recipe_config(data: str = "miniworld-train", **settings: Any) -> FinetuneCon
         return FinetuneConfig.model_validate({"data": data, **defaults, **given})
     except ValidationError as exc:
         raise ConfigError.from_validation(exc, flat_name) from None
+
+
+RUNS_ROOT = Path("runs/finetune")
+RUN_FILES = ("final", "state", "metrics.csv")  # what makes a folder a fine-tuning run's
+
+
+def default_output(method: str, data: str, root: Path = RUNS_ROOT, now: Optional[datetime] = None) -> Path:
+    """A run folder no earlier run holds: `<root>/<method>-<data>-<UTC time>[-N]` (issue 27: runs never collide)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", data).strip("-")
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    base = root / f"{method}-{slug}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def check_output_free(output: Path, resume: bool, overwrite: bool) -> None:
+    """ConfigError when `output` already holds a run, unless resuming it or overwriting on purpose."""
+    found = [name for name in RUN_FILES if (output / name).exists()]
+    if found and not (resume or overwrite):
+        raise ConfigError(
+            f"{output} already holds a fine-tuning run ({', '.join(found)}): pass --resume to continue it, "
+            "--overwrite to replace it, or leave --output unset for a new folder"
+        )

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipshield.cli.commands.budget import as_255, budget_help, to_pixels
+from clipshield.attacks.budget import as_255, budget_help, to_pixels
 from clipshield.cli.commands.common import progress
 from clipshield.service.errors import ConfigError
 from clipshield.service.preprocess import PRESETS
@@ -94,7 +94,18 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
         "--lr", type=float, default=None, help="peak learning rate (default: the method's recipe; mini world: SGD 0.005, AdamW 1e-4)"
     )
     o.add_argument("--optimizer", choices=["sgd", "adamw"], default=None, help="default: the method's (SGD; FARE: AdamW)")
-    o.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default 1000; mini world: 10%% of steps)")
+    o.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="linear warm-up steps (default: the recipe's, 1000 on real data, 10%% of the steps on the mini world; a recipe "
+        "warm-up longer than half the run becomes 10%% of its steps)",
+    )
+    o.add_argument(
+        "--allow-low-lr",
+        action="store_true",
+        help="allow a --warmup so long the learning rate never reaches half its peak (refused otherwise)",
+    )
     o.add_argument(
         "--eps",
         type=float,
@@ -115,7 +126,14 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     """Output folder, seed, resume, precision, device."""
     r = p.add_argument_group("run")
-    r.add_argument("--output", type=Path, default=None, help="run folder (default runs/finetune/<method>)")
+    r.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="run folder; one holding a run is refused unless --resume or --overwrite "
+        "(default: a new runs/finetune/<method>-<data>-<UTC time>)",
+    )
+    r.add_argument("--overwrite", action="store_true", help="write into an --output that already holds a run, replacing it")
     r.add_argument("--seed", type=int, default=0, help="seed of data order, attack and initialisation (default: %(default)s)")
     r.add_argument(
         "--checkpoint-every", type=int, default=0, help="write resumable state every N steps (default: %(default)s = only at the end)"
@@ -147,7 +165,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--eval-datasets",
         nargs="*",
         default=None,
-        help="default: the training set's recipe (mini world: plain seen / held-out, outlined seen; none on real data)",
+        help="default: the training set's recipe (mini world: plain seen / held-out, outlined seen); folder/<dir>: its test/ "
+        "(or val/) split, or its images when it has no split folders; none on other real data",
     )
     e.add_argument("--eval-limit", type=int, default=512, help="images per evaluation data set (default: %(default)s)")
     e.add_argument("--eval-steps", type=int, default=10, help="PGD iterations of the evaluation attack (default: %(default)s)")
@@ -173,12 +192,12 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
     Every flag named as a setting (`--batch-size` -> `batch_size`) passes through as given; the rest are converted here.
     """
-    from clipshield.training.finetune_config import FLAT_NAMES, recipe_config
+    from clipshield.training.finetune_config import FLAT_NAMES, default_output, recipe_config
 
     as_given = {name: getattr(args, name) for name in FLAT_NAMES if hasattr(args, name) and name != "data"}
     converted = {
         "offline": args.offline or None,
-        "output": args.output or Path("runs/finetune") / args.method,
+        "output": args.output or default_output(args.method, args.data),
         "eps": to_pixels(args.eps, "--eps"),
         "attack_alpha": to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False),
         "eval_eps": to_pixels(args.eval_eps, "--eval-eps"),
@@ -190,8 +209,10 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 def run(args: argparse.Namespace) -> int:
     from clipshield.training.finetune import finetune
+    from clipshield.training.finetune_config import check_output_free
 
     cfg = config_from_args(args)
+    check_output_free(cfg.run.output, cfg.run.resume, args.overwrite)
     steps, eps, eval_eps = cfg.optim.steps, cfg.attack.eps, cfg.evaluation.eps
     length = f"{steps} steps" if steps else f"{cfg.optim.epochs} epochs"
     print(
@@ -218,6 +239,15 @@ def run(args: argparse.Namespace) -> int:
     from clipshield.service.card import ModelCard
     from clipshield.training.model_card import results_by_dataset
 
-    for name, res in results_by_dataset(ModelCard.model_validate(card)).items():
+    typed = ModelCard.model_validate(card)
+    if typed.training is not None:
+        t, hyper = typed.training, typed.training.hyperparameters
+        print(
+            f"  {t.steps} steps of batch {t.batch_size} ({t.images_seen} images seen, {t.epochs:g} epochs); "
+            f"lr peak {hyper.get('lr', 0):g} after {hyper.get('warmup', 0)} warm-up steps"
+        )
+    for name, res in results_by_dataset(typed).items():
         print(f"  {name:48s} clean {100 * res['clean']:5.1f} %  robust {100 * (res['robust'] or 0):5.1f} %  (n={res['n']})")
+    for note in typed.notes:
+        print(f"  note: {note}")
     return 0

@@ -106,7 +106,8 @@ def test_explicit_settings_beat_the_recipe():
 def test_flat_names_round_trip_and_keep_the_saved_run_format():
     cfg = recipe_config("miniworld-train", method="fare", seed=3, eval_eps=2 / 255)
     flat = cfg.flat()
-    assert list(flat) == LEGACY_RUN_KEYS
+    assert list(flat)[: len(LEGACY_RUN_KEYS)] == LEGACY_RUN_KEYS  # new keys only appended (issue 27's schedule rule)
+    assert list(flat)[len(LEGACY_RUN_KEYS) :] == ["warmup_fit", "allow_low_lr"]
     assert FinetuneConfig.model_validate(flat) == cfg
     assert FinetuneConfig(method="fare", lr=0.1, optim={"steps": 4}).optim.lr == 0.1  # flat names merge into groups
 
