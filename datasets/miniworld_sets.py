@@ -9,8 +9,10 @@ serving would resize the same images sent as PNG).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -20,7 +22,7 @@ from PIL import Image
 from clipshield.datasets.miniworld.dataset import LABEL_SETS, SPLITS, MiniWorldClassification, MiniWorldFinetune, MiniWorldTask
 from clipshield.datasets.miniworld.world import DOMAINS, Split
 from clipshield.datasets.miniworld.worlds import WORLDS, MiniWorld, get_world
-from clipshield.datasets.recipe import FinetuneRecipe
+from clipshield.datasets.recipe import FinetuneRecipe, TunedSetting
 from clipshield.datasets.registry import DatasetRequest, register_dataset, register_dataset_family
 from clipshield.datasets.transforms import resolve_preprocess
 from clipshield.service.config import PreprocessConfig
@@ -30,10 +32,22 @@ from clipshield.service.preprocess import to_pixels
 MINIWORLD_REFERENCE_EPS = WORLDS["miniworld"].reference_eps  # 4/255 at 32x32 (clipshield.datasets.miniworld.worlds)
 
 
+TUNED_FILE = Path(__file__).with_name("miniworld_tuned.json")  # world -> method -> tuned lr, loss weights, study
+
+
+def tuned_settings(world: str, path: Path = TUNED_FILE) -> dict[str, TunedSetting]:
+    """The per-method settings tuning studies chose for `world` (`clipshield experiment tune`), as recorded data."""
+    if not path.is_file():
+        return {}
+    table = json.loads(path.read_text()).get(world, {})
+    return {method: TunedSetting.model_validate(entry) for method, entry in table.items()}
+
+
 def world_recipe(world: MiniWorld) -> FinetuneRecipe:
     """A world's fine-tuning recipe: one budget for every method, short enough for a laptop CPU
-    (docs/finetuning.md), one learning rate per optimiser family (SGD, or AdamW for FARE), the
-    world's reference budget for training and evaluation, its own shipped model and card sets."""
+    (docs/finetuning.md), one learning rate per optimiser family (SGD, or AdamW for FARE) unless a
+    study tuned the method (`miniworld_tuned.json`: its lr and loss weights), the world's reference
+    budget for training and evaluation, its own shipped model and card sets."""
     return FinetuneRecipe(
         name=world.name,
         model=world.name,
@@ -44,6 +58,7 @@ def world_recipe(world: MiniWorld) -> FinetuneRecipe:
         warmup=None,
         lr={"sgd": 0.005, "adamw": 1e-4},
         eval_datasets=world.finetune_eval,
+        tuned=tuned_settings(world.name),
     )
 
 

@@ -9,7 +9,7 @@ experiments and the tests train with the same defaults.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
@@ -18,12 +18,34 @@ from clipshield.service.config import StrictModel
 Optimizer = Literal["sgd", "adamw"]
 
 
+class StudyRecord(StrictModel):
+    """The tuning study that chose a setting (`clipshield experiment tune`): where to find it and what it scored."""
+
+    study: str
+    storage: str
+    trial: int = Field(ge=0)
+    value: float
+    date: str
+    objective: str = ""
+    budget: str = ""
+
+
+class TunedSetting(StrictModel):
+    """One method's tuned learning rate and loss weights in a recipe, with the study that chose them."""
+
+    lr: float = Field(gt=0)
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    chosen_by: StudyRecord
+
+
 class FinetuneRecipe(StrictModel):
     """Fine-tuning defaults for one training data set; None means "the method's own default".
 
     Budgets are in pixel units ([0, 1] images). `steps` applies unless the caller sets steps or
     epochs; `lr` has one learning rate per optimiser family (methods keep their recipe optimiser);
-    `warmup` None = 10% of the steps; `eval_datasets` are the model card's evaluation sets.
+    `warmup` None = 10% of the steps; `eval_datasets` are the model card's evaluation sets; `tuned` holds
+    per-method learning rates and loss weights a tuning study chose (they replace `lr` and the method's
+    defaults for that method).
     """
 
     name: str
@@ -38,6 +60,7 @@ class FinetuneRecipe(StrictModel):
     data_limit: Optional[int] = Field(default=None, gt=0)
     eval_datasets: tuple[str, ...] = ()
     model: Optional[str] = None  # model a run starts from unless --model is given (a world's shipped model)
+    tuned: dict[str, TunedSetting] = Field(default_factory=dict)
 
 
 # the papers' recipe on 224 px real images (TGA-ZSR, PMG-AFT: eps = 1/255)

@@ -347,7 +347,8 @@ def recipe_config(data: str = "miniworld-train", tuned: bool = True, **settings:
         "steps": None if "epochs" in given else recipe.steps,
         "batch_size": recipe.batch_size,
         "data_limit": recipe.data_limit,
-        "lr": tuned_setting.lr if tuned_setting is not None and optimizer == method.optimizer else recipe.lr.get(optimizer),
+        # a tuned lr belongs to the method's own optimiser; another optimiser takes the recipe's
+        "lr": tuned_setting.lr if tuned_setting is not None and optimizer == (method.optimizer if method else None) else recipe.lr.get(optimizer),
         "warmup": recipe.warmup,
         # the recipe's warm-up (not one the user set) shrinks to 10% of a short run's steps
         "warmup_fit": "warmup" not in given and recipe.warmup is not None,

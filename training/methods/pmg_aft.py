@@ -20,6 +20,7 @@ from clipshield.training.methods.adversary import ClassifierPGD
 from clipshield.training.methods.common import cosine_logits, imagenet_view, paired_embeddings
 from clipshield.training.methods.inputs import LossInputs, LossOutput
 from clipshield.training.methods.registry import register_method
+from clipshield.training.methods.search_space import Range
 
 
 class PMGParams(StrictModel):
@@ -47,7 +48,15 @@ def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor, reduction: str
     return kl if reduction == "sum" else kl / logits.shape[0]
 
 
-@register_method("pmg-aft", params=PMGParams, adversary=PMG_ADVERSARY, needs_frozen=True, lr=5e-5, batch_size=256)
+@register_method(
+    "pmg-aft",
+    params=PMGParams,
+    adversary=PMG_ADVERSARY,
+    needs_frozen=True,
+    lr=5e-5,
+    batch_size=256,
+    search_space={"general_weight": Range(low=0.1, high=3.0), "clean_weight": Range(low=0.1, high=3.0)},
+)
 def pmg_aft_loss(batch: LossInputs, params: PMGParams) -> LossOutput:
     """PMG-AFT: adversarial CE + KL to the frozen model's and the clean predictions.
 
