@@ -10,14 +10,11 @@ adaptive rows run `ScoreAwarePGD` (loss - lambda * score, EOT over the score's n
 
     clipshield evaluate --attack-score --datasets miniworld/plain/color_shape/seen --attacks pgd cw --out runs/detection
 
-(`python -m clipshield.evaluation.detection` is the older spelling; it forwards to that command.)
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Callable
 from typing import Optional
 
@@ -246,42 +243,3 @@ def markdown(result: dict) -> str:
                 cells[1] = f"{r['auroc']:.3f}"
             lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def forwarded_argv(argv: Optional[list[str]] = None) -> list[str]:
-    """The `clipshield evaluate --attack-score` arguments for this module's older flags."""
-    d = DetectionConfig()
-    p = argparse.ArgumentParser(prog="python -m clipshield.evaluation.detection", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="miniworld")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--reference", default=None)
-    p.add_argument("--calibration-dataset", default=d.calibration_dataset)
-    p.add_argument("--eval-datasets", nargs="+", default=list(d.eval_datasets))
-    p.add_argument("--n-calibration", type=int, default=d.n_calibration)
-    p.add_argument("--n-eval", type=int, default=d.n_eval)
-    p.add_argument("--target-fpr", type=float, default=d.target_fpr)
-    p.add_argument("--ref-eps", type=float, default=4.0, help="reference eps in units of 1/255")
-    p.add_argument("--lams", nargs="+", default=[f"{v:g}" for v in d.adaptive_lams])
-    p.add_argument("--eot", type=int, default=d.adaptive_eot)
-    p.add_argument("--penalties", nargs="+", default=list(d.adaptive_penalties))
-    p.add_argument("--signals", nargs="+", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    out = ["evaluate", "--attack-score", "--model", a.model, "--datasets", *a.eval_datasets, "--attacks", *d.attacks]
-    out += ["--score-calibration", a.calibration_dataset, "--score-n-calibration", str(a.n_calibration), "--limit", str(a.n_eval)]
-    out += ["--score-fpr", str(a.target_fpr), "--eps", str(a.ref_eps), "--score-lams", *map(str, a.lams), "--score-eot", str(a.eot)]
-    out += ["--score-penalties", *a.penalties, "--seed", str(a.seed), "--out", a.out]
-    out += (["--weights", a.weights] if a.weights else []) + (["--reference", a.reference] if a.reference else [])
-    return out + (["--score-signals", *a.signals] if a.signals else [])
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Forward to `clipshield evaluate --attack-score` (one code path)."""
-    from clipshield.cli.main import main as cli_main
-
-    return cli_main(forwarded_argv(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

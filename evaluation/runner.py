@@ -25,6 +25,7 @@ from clipshield.datasets.transforms import at_size
 from clipshield.evaluation.measure import EARLY_STOP_ATTACKS, AttackRecipe, clean_and_attacked
 from clipshield.evaluation.schema import CLEAN, CellKey, CellResult, load_finished, write_cell
 from clipshield.evaluation.zeroshot import batches
+from clipshield.models.checkpoint import weights_digest
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.precision import Precision, check_precision, with_precision
 from clipshield.models.purify import PurifiedClassifier, PurifyConfig, blank_anchor
@@ -33,7 +34,6 @@ from clipshield.models.zero_shot import TextHeadCache, ZeroShotClassifier
 from clipshield.service.config import PreprocessConfig, StrictModel
 from clipshield.service.errors import ConfigError, DatasetNotFound
 from clipshield.service.preprocess import Preset
-from clipshield.service.provenance import weights_digest
 
 log = logging.getLogger(__name__)
 

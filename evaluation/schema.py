@@ -32,7 +32,7 @@ CLEAN = "none"  # attack name of a clean-only cell
 class CellKey(StrictModel):
     """Identity of one evaluation cell; equal keys mean the same numbers (deterministic given the seed).
 
-    `weights` is `clipshield.service.provenance.weights_digest` of the evaluated model; the model's display
+    `weights` is `clipshield.models.checkpoint.weights_digest` of the evaluated model; the model's display
     name lives in `CellResult.model_id` and is not part of the identity. `preprocess` is the data
     set's resolved preprocessing (size, resize mode and ratio, interpolation, antialias, mean/std).
     """

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipshield.cli.commands.budget import budget_help, to_pixels
-from clipshield.cli.commands.common import flag_config
+from clipshield.attacks.budget import budget_help, to_pixels
 from clipshield.experiments.paper import (
     EVAL_SIZES,
     PAPER_SECONDS_PER_PASS,
@@ -24,6 +23,7 @@ from clipshield.experiments.paper import (
     make_plan,
     table_spec,
 )
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 

@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from clipshield.export.onnx_export import ExportError, check_parity, export_image_encoder, export_text_encoder
+from clipshield.export.onnx_export import check_parity, export_image_encoder, export_text_encoder
+from clipshield.models.checkpoint import weights_digest
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.purify import blank_anchor
 from clipshield.models.zero_shot import build_text_head
@@ -25,7 +26,7 @@ from clipshield.service import bundle as B
 from clipshield.service.bundle_info import FORMAT_VERSION, BundleInfo, current_build, write_bundle_info
 from clipshield.service.card import ModelCard, accuracy_key, current_provenance
 from clipshield.service.config import StrictModel
-from clipshield.service.provenance import weights_digest
+from clipshield.service.errors import ExportError
 from clipshield.service.tokenizer import open_clip_vocab
 
 log = logging.getLogger(__name__)

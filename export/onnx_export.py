@@ -21,7 +21,7 @@ from torch import nn
 
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service import bundle as B
-from clipshield.service.errors import ClipshieldError
+from clipshield.service.errors import ExportError
 from clipshield.service.runtime import IMAGE_INPUT, OUTPUT, TEXT_INPUT, image_encoder, text_encoder
 from clipshield.service.settings import RuntimeConfig
 
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 EXAMPLE_BATCH = 2
-
-
-class ExportError(ClipshieldError):
-    """ONNX export failed or its output does not match PyTorch."""
 
 
 class TextTower(nn.Module):

@@ -6,6 +6,7 @@ wrong, not hostile. Extra JSON documents (run config, model card) live beside th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,20 @@ from clipshield.service.errors import ModelLoadError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of a module's state dict: names, dtypes and bytes in name order.
+
+    Two modules with equal digests hold bit-identical weights; retrained or fine-tuned weights
+    always get a new digest, whatever the model is called.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _umask() -> int:

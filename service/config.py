@@ -7,9 +7,11 @@ so the same pixels are preprocessed the same way everywhere.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clipshield.service.errors import ConfigError
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -23,6 +25,20 @@ class StrictModel(BaseModel):
     """Base for configuration: unknown keys are errors, values are immutable after parsing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def flag_config(cls: type[ConfigT], flags: Optional[dict[str, str]] = None, **values: Any) -> ConfigT:
+    """`cls(**values)` for values taken from flags: an out-of-range value is a `ConfigError` naming the
+    flag (one line, exit status 2), not a pydantic traceback. `flags` maps field names to flag names
+    where they differ (intra_op_threads -> threads)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        names = flags or {}
+        raise ConfigError.from_validation(exc, lambda loc: names.get(str(loc[-1]), str(loc[-1])) if loc else "option") from None
 
 
 ResizeMode = Literal["shortest", "squash", "none"]

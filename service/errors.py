@@ -41,6 +41,10 @@ class ConfigError(ClipshieldError):
         return cls(f"--{name.replace('_', '-')}: {err['msg']}{more}")
 
 
+class ExportError(ClipshieldError):
+    """ONNX export failed, its output does not match PyTorch, or an export bundle cannot be archived."""
+
+
 class BadInput(ClipshieldError):
     """A request is malformed (HTTP 400)."""
 

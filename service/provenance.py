@@ -1,36 +1,17 @@
 """Where a model or a number came from: weights digest, clipshield version, git commit.
 
 One implementation shared by evaluation cells, model cards, bundles and archives, so that two
-records naming the same digest or version mean the same thing. Torch appears in type hints only:
-servers import this module (bundle versions) without torch installed.
+records naming the same digest or version mean the same thing. Torch-free: servers import this
+module (bundle versions); the digest of a torch module's weights is `clipshield.models.checkpoint.weights_digest`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of a module's state dict: names, dtypes and bytes in name order.
-
-    Two modules with equal digests hold bit-identical weights; retrained or fine-tuned weights
-    always get a new digest, whatever the model is called.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def package_version() -> str:

@@ -9,6 +9,7 @@ module is on the serving path.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional, Protocol
@@ -17,10 +18,11 @@ import numpy as np
 
 from clipshield.service.bpe import ClipBpe, load_bpe
 from clipshield.service.config import TokenizerConfig
-from clipshield.service.errors import BadInput
+from clipshield.service.errors import BadInput, ModelLoadError
 
 PAD_ID = 0
 UNK_ID = 1
+OPEN_CLIP_VOCAB = "bpe_simple_vocab_16e6.txt.gz"  # the file `open_clip.tokenizer.default_bpe()` names
 
 
 class Tokenizer(Protocol):
@@ -36,10 +38,14 @@ class Tokenizer(Protocol):
 
 
 def open_clip_vocab() -> Path:
-    """The BPE vocabulary file open_clip installs (training and export; a server reads its bundle's copy)."""
-    from open_clip.tokenizer import default_bpe
+    """The BPE vocabulary file open_clip installs (training and export; a server reads its bundle's copy).
 
-    return Path(default_bpe())
+    Located without importing open_clip (which imports torch): servers import this module.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the open_clip BPE vocabulary needs open_clip installed (the train extra); a served bundle carries its own")
+    return Path(next(iter(spec.submodule_search_locations))) / OPEN_CLIP_VOCAB
 
 
 def _bpe(vocab: Optional[Path]) -> ClipBpe:

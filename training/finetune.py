@@ -24,7 +24,7 @@ import torch
 
 from clipshield.datasets import DatasetRequest, build_dataset
 from clipshield.datasets.transforms import at_size
-from clipshield.models.checkpoint import save_checkpoint
+from clipshield.models.checkpoint import save_checkpoint, weights_digest
 from clipshield.models.distributed import average_gradients, init_distributed
 from clipshield.models.factory import load_model
 from clipshield.models.pixel_model import PixelCLIP
@@ -33,7 +33,6 @@ from clipshield.models.zero_shot import build_text_head
 from clipshield.service.card import write_card_file
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ConfigError
-from clipshield.service.provenance import weights_digest
 from clipshield.training.finetune_config import RESUME_MAY_CHANGE, FinetuneConfig  # FinetuneConfig also re-exported: the loop's settings
 from clipshield.training.methods import AttackBudget, FrozenReference, LossInputs, LossOutput, Method, TextHeads, get_method
 from clipshield.training.model_card import MODEL_CARD, evaluate_model, model_card

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import ValidationError
 
+from clipshield.models.checkpoint import weights_digest
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.card import (
     CLEAN,
@@ -29,11 +30,10 @@ from clipshield.service.card import (
 )
 from clipshield.service.config import ModelRecord, PreprocessConfig
 from clipshield.service.errors import ConfigError
-from clipshield.service.provenance import weights_digest
 from clipshield.training.methods import get_method
 
 if TYPE_CHECKING:
-    from clipshield.training.finetune import FinetuneConfig
+    from clipshield.training.finetune_config import FinetuneConfig
 
 MODEL_CARD = "model_card.json"
 # Flat keys of the resolved FinetuneConfig that are not hyper-parameters, or are recorded as measured values.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipshield.cli.commands.common import flag_config
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 from clipshield.service.settings import POLICIES, parse_providers
 

@@ -1,19 +1,16 @@
-"""Options and helpers shared by several subcommands."""
+"""Options and helpers shared by several subcommands; light (no torch at import: `clipshield --help` loads it)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional
 
-from pydantic import BaseModel, ValidationError
+from clipshield.service.config import flag_config
 
-from clipshield.models.factory import load_model
-from clipshield.models.pixel_model import PixelCLIP
-from clipshield.service.errors import ConfigError
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+if TYPE_CHECKING:
+    from clipshield.models.pixel_model import PixelCLIP
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "miniworld") -> None:
@@ -37,18 +34,10 @@ def add_model_args(parser: argparse.ArgumentParser, default: Optional[str] = "mi
     )
 
 
-def flag_config(cls: type[ConfigT], flags: Optional[dict[str, str]] = None, **values: Any) -> ConfigT:
-    """`cls(**values)` for values taken from flags: an out-of-range value is a `ConfigError` naming the
-    flag (one line, exit status 2), not a pydantic traceback. `flags` maps field names to flag names
-    where they differ (intra_op_threads -> threads)."""
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        names = flags or {}
-        raise ConfigError.from_validation(exc, lambda loc: names.get(str(loc[-1]), str(loc[-1])) if loc else "option") from None
-
-
 def model_from_args(args: argparse.Namespace) -> PixelCLIP:
+    """The model the --model flags name (imports torch: called only when a command runs)."""
+    from clipshield.models.factory import load_model
+
     return load_model(args.model, pretrained=args.pretrained, weights=args.weights, cache_dir=args.cache_dir, offline=args.offline or None)
 
 

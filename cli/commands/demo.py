@@ -224,7 +224,7 @@ def _name_served(model, base, method: str, steps: int) -> str:
     The fine-tuned model becomes `<base name>+<method>` (as its checkpoint is named) at version
     `ft<steps>-<weights digest>`, so two demo runs with different weights never share a version.
     """
-    from clipshield.service.provenance import weights_digest
+    from clipshield.models.checkpoint import weights_digest
 
     if model is base:
         return BASE_VERSION

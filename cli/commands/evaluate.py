@@ -14,12 +14,13 @@ from typing import Optional
 
 import torch
 
+from clipshield.attacks.budget import as_255, budget_help, to_pixels
 from clipshield.attacks.pgd import STOP_RULES
-from clipshield.cli.commands.budget import as_255, budget_help, to_pixels
-from clipshield.cli.commands.common import add_model_args, flag_config, model_from_args, progress
+from clipshield.cli.commands.common import add_model_args, model_from_args, progress
 from clipshield.cli.commands.evaluate_score import DEFAULT_SCORE_STEPS, add_score_args, run_score
 from clipshield.models.precision import PRECISIONS
 from clipshield.models.purify import PurifyConfig
+from clipshield.service.config import flag_config
 from clipshield.service.preprocess import PRESETS
 
 DEFAULT_STEPS = 100  # accuracy evaluation; the attack-score evaluation has its own (DEFAULT_SCORE_STEPS)

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from clipshield.attacks.adaptive_defences import PENALTIES, UPSAMPLES
-from clipshield.cli.commands.budget import as_255
-from clipshield.cli.commands.common import add_score_signals_arg, flag_config, model_from_args, progress, score_config
+from clipshield.attacks.budget import as_255
+from clipshield.cli.commands.common import add_score_signals_arg, model_from_args, progress, score_config
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 SCORE_ATTACKS = ("pgd", "cw")

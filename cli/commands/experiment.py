@@ -18,9 +18,9 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipshield.cli.commands.budget import as_255, budget_help, to_pixels
-from clipshield.cli.commands.common import flag_config
+from clipshield.attacks.budget import as_255, budget_help, to_pixels
 from clipshield.datasets.miniworld_sets import MINIWORLD_RECIPE
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from clipshield.cli.commands.budget import budget_help, to_pixels
-from clipshield.cli.commands.common import add_model_args, add_score_signals_arg, flag_config, model_from_args, score_config
+from clipshield.attacks.budget import budget_help, to_pixels
+from clipshield.cli.commands.common import add_model_args, add_score_signals_arg, model_from_args, score_config
 from clipshield.service.bundle import read_card
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 

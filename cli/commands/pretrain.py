@@ -6,7 +6,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from clipshield.cli.commands.common import flag_config, progress
+from clipshield.cli.commands.common import progress
+from clipshield.service.config import flag_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipshield.cli.commands.archive import add_provider_args
-from clipshield.cli.commands.common import flag_config
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlparse
 
-from clipshield.cli.commands.common import flag_config
+from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 RUNTIMES = ("torchserve", "kserve")

@@ -21,10 +21,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from clipshield.export.onnx_export import ExportError
 from clipshield.service import bundle as B
 from clipshield.service.bundle_info import current_build, read_bundle_info, write_bundle_info
 from clipshield.service.config import StrictModel
+from clipshield.service.errors import ExportError
 from clipshield.service.settings import ServingConfig
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from clipshield.cli.commands.budget import MAX_BUDGET, to_pixels
+from clipshield.attacks.budget import MAX_BUDGET, to_pixels
 from clipshield.cli.commands.finetune import config_from_args
 from clipshield.cli.main import build_parser, main
 from clipshield.service.errors import ConfigError

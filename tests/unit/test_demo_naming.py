@@ -9,7 +9,7 @@ import torch
 
 def test_finetuned_export_named_apart_from_base(miniworld_model):
     from clipshield.cli.commands.demo import BASE_VERSION, _name_served
-    from clipshield.service.provenance import weights_digest
+    from clipshield.models.checkpoint import weights_digest
 
     base = miniworld_model
     base_name = base.record.name

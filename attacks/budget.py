@@ -3,7 +3,7 @@
 Every L-inf radius or attack step size a user types (`--eps`, `--alpha`, `--attack-alpha`,
 `--eval-eps`, ...) is in units of 1/255 of the pixel range, as the papers and their tables speak
 ("eps = 1/255" is `--eps 1`). Configs and attacks keep pixel units (a fraction of [0, 1]);
-`to_pixels` is the CLI boundary between the two and refuses values outside a sane range.
+`to_pixels` converts at the boundary (the CLI and the experiment runners) and refuses values outside a sane range.
 """
 
 from __future__ import annotations
