@@ -23,7 +23,14 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         choices=RUNTIMES,
         default="torchserve",
         help="model server: TorchServe (default; archived upstream) or KServe's Python model server "
-        "(Open Inference Protocol v2 on the port of --address, all interfaces; /metrics on the same port)",
+        "(Open Inference Protocol v2 on --address, loopback unless its host is 0.0.0.0; /metrics on the same port)",
+    )
+    p.add_argument(
+        "--kserve-grpc-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="kserve: also serve gRPC v2 on this port, same interface as --address (default: 0 = off)",
     )
     p.add_argument(
         "--bundle",
@@ -42,19 +49,21 @@ def _bundle(args: argparse.Namespace) -> Path:
 
 def run_kserve(args: argparse.Namespace) -> int:
     """Start (or --stop / --ping) the KServe model server; prints how to call it."""
-    from clipshield.handlers.kserve.launcher import STATE_DIR, KServeConfig, model_ready, start_kserve, stop_kserve
+    from clipshield.handlers.kserve.launcher import STATE_DIR, KServeConfig, client_host, model_ready, start_kserve, stop_kserve
 
     state = args.model_store.resolve() / STATE_DIR
     address = urlparse(args.address)
     cfg = flag_config(
         KServeConfig,
+        {"grpc_port": "kserve-grpc-port"},
         host=address.hostname or "127.0.0.1",
         http_port=address.port or 8080,
+        grpc_port=args.kserve_grpc_port,
         model_name=args.name,
         providers=getattr(args, "providers", None),
         provider_policy=getattr(args, "provider_policy", None),
     )
-    url = f"http://{cfg.host}:{cfg.http_port}"
+    url = f"http://{client_host(cfg.host)}:{cfg.http_port}"
     if args.stop:
         print("KServe model server stopped." if stop_kserve(state) else "no KServe model server running on this model store.")
         return 0
@@ -69,5 +78,7 @@ def run_kserve(args: argparse.Namespace) -> int:
         f'"shape": [1], "data": ["\'$(base64 -w0 image.png)\'"]}}]}}\' {infer}'
     )
     print(f"  metrics:  curl {url}/metrics | grep clipshield_")
+    if cfg.grpc_port:
+        print(f"  gRPC v2:  {client_host(cfg.host)}:{cfg.grpc_port}")
     print(f"  stop:     clipshield serve --runtime kserve --stop --model-store {args.model_store}")
     return 0

@@ -10,9 +10,11 @@ the model card in the model-metadata answer. Started and stopped by `handlers/ks
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +30,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-name", default="clipshield", help="name in /v2/models/<name> (default: %(default)s)")
     p.add_argument("--host-port", type=int, default=8080, help="REST v2 + /metrics port (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=0, help="gRPC v2 port; 0 = gRPC off (default)")
+    p.add_argument(
+        "--bind-host",
+        default="0.0.0.0",
+        help="interface REST and gRPC listen on (default: %(default)s, as a container needs; `clipshield serve` passes 127.0.0.1)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     return p.parse_args(argv)
 
@@ -73,27 +80,105 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
 
 
 def decoding_dataplane(registry: Any) -> Any:
-    """kserve's DataPlane whose request decoding failures are the client's 400, not a 500.
-
-    kserve 0.21's REST decoder re-encodes binary-extension BYTES tensors as UTF-8 text and raises its
-    InferenceError (500) on image bytes; the model never raises it, so here it always means a bad request.
-    """
-    from kserve.errors import InferenceError
+    """kserve's DataPlane with three repairs: binary-extension BYTES reach the model as the bytes sent
+    (`handlers/kserve/binary.py`), request decoding failures are the client's 400 (kserve answers 500), and
+    over gRPC a refused item is INVALID_ARGUMENT (kserve maps any exception but its own to INTERNAL)."""
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.errors import InferenceError, InvalidInput
     from kserve.protocol.dataplane import DataPlane
 
-    from clipshield.service.errors import BadInput
+    from clipshield.handlers.kserve.binary import request_from_bytes
+    from clipshield.service.errors import BadInput, ClipshieldError
 
     class DecodingDataPlane(DataPlane):
-        def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
+        def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
+            length = (headers or {}).get(INFERENCE_CONTENT_LENGTH_HEADER)
+            if isinstance(body, bytes) and length is not None:
+                if not str(length).isdigit():
+                    raise BadInput(f"{INFERENCE_CONTENT_LENGTH_HEADER} must be a byte count, not {str(length)[:20]!r}")
+                return request_from_bytes(body, int(length), model_name)
             try:
-                return super().decode(body, headers, *args, **kwargs)
+                return super().decode_inference_request(body, headers, model_name)
             except InferenceError as exc:
                 log.info("request refused by kserve's decoder: %.200s", exc)
-                raise BadInput(
-                    "request could not be decoded: BYTES tensors must hold UTF-8 text over REST (send images base64-encoded)"
-                ) from exc
+                raise BadInput(f"request could not be decoded: {exc}") from exc
+
+        async def infer(self, model_name: str, request: Any, headers: Any = None) -> Any:
+            try:
+                return await super().infer(model_name, request, headers)
+            except ClipshieldError as exc:
+                if getattr(request, "from_grpc", False) and exc.http_status < 500:
+                    raise InvalidInput(f"{type(exc).__name__} ({exc.http_status}): {exc}") from exc
+                raise
 
     return DecodingDataPlane(model_registry=registry)
+
+
+def grpc_server_class(host: str, max_body_bytes: int) -> Any:
+    """kserve's `GRPCServer` listening on `host` (kserve binds [::]), with the REST body limit as its message
+    limit and the model's versions and platform in its metadata answer (kserve's servicer leaves them out)."""
+    from grpc import aio
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class MetadataServicer(InferenceServicer):
+        async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802 (the protocol's RPC name)
+            answer = await super().ModelMetadata(request, context)
+            described = self._data_plane.get_model_from_registry(request.name).metadata()
+            answer.versions.extend(described["versions"])
+            answer.platform = described["platform"]
+            return answer
+
+    class BoundGRPCServer(GRPCServer):
+        async def start(self, max_workers: int) -> None:
+            server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                options=[("grpc.max_receive_message_length", max_body_bytes)],
+            )
+            servicer = MetadataServicer(self._data_plane, self._model_repository_extension)
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+            server.add_insecure_port(f"{host}:{self._port}")
+            self._server = server
+            await server.start()
+            await server.wait_for_termination()
+
+    return BoundGRPCServer
+
+
+def bound_model_server(host: str, http_port: int, grpc_port: int, max_body_bytes: int) -> Any:
+    """kserve's `ModelServer` (one process) listening on `host` only: kserve 0.21 binds REST to 0.0.0.0 and
+    gRPC to [::] with no option, which would put a laptop's unauthenticated server on every network."""
+    from kserve import ModelServer
+    from kserve.protocol.rest.server import RESTServer
+
+    grpc_server = grpc_server_class(host, max_body_bytes)
+
+    class BoundModelServer(ModelServer):
+        def start(self, models: list[Any]) -> None:
+            for model in models:
+                self.register_model(model)
+                model.start()
+            rest = RESTServer(
+                "kserve.model_server:app",
+                self.dataplane,
+                self.model_repository_extension,
+                http_port,
+                grace_period=self.grace_period,
+                timeout_keep_alive=self.timeout_keep_alive,
+            )
+            rest.config.host = host  # read by uvicorn when it binds, after this point
+            self.servers.append(rest.start())
+            if grpc_port:
+                self._grpc_server = grpc_server(grpc_port, self.dataplane, self.model_repository_extension, kwargs={})
+                self.servers.append(self._grpc_server.start(self.max_threads))
+            self.setup_event_loop()
+            self.register_signal_handler()
+            asyncio.run(self._serve())
+
+    return BoundModelServer(http_port=http_port, grpc_port=grpc_port or 8081, enable_grpc=False, workers=1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -103,7 +188,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import sys
 
     sys.argv = sys.argv[:1]
-    from kserve import ModelServer
     from kserve.model_server import app
     from prometheus_client import REGISTRY
 
@@ -120,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("clipshield: model %s not loaded: %s", args.model_name, exc)
         return 1
     install_routes(app, model, args.max_body_bytes)
-    server = ModelServer(http_port=args.host_port, grpc_port=args.grpc_port or 8081, enable_grpc=args.grpc_port > 0, workers=1)
+    server = bound_model_server(args.bind_host, args.host_port, args.grpc_port, args.max_body_bytes)
     server.dataplane = decoding_dataplane(server.registered_models)
     server.start([model])
     return 0

@@ -36,7 +36,7 @@ class KServeError(ClipshieldError):
 class KServeConfig(StrictModel):
     """Where the KServe model server listens and what it calls the model."""
 
-    host: str = "127.0.0.1"  # where clients reach it; uvicorn itself listens on all interfaces
+    host: str = "127.0.0.1"  # the interface REST and gRPC listen on; 0.0.0.0 = all interfaces (asked for explicitly)
     http_port: int = Field(default=8085, gt=0, lt=65536)
     grpc_port: int = Field(default=0, ge=0, lt=65536)  # 0: gRPC off
     model_name: str = "clipshield"
@@ -56,7 +56,12 @@ class KServeHandle:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.http_port}"
+        return f"http://{client_host(self.config.host)}:{self.config.http_port}"
+
+
+def client_host(host: str) -> str:
+    """Where a local client reaches a server listening on `host` (all interfaces -> loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def _command(bundle: Path, cfg: KServeConfig) -> list[str]:
@@ -72,6 +77,8 @@ def _command(bundle: Path, cfg: KServeConfig) -> list[str]:
         str(cfg.http_port),
         "--grpc-port",
         str(cfg.grpc_port),
+        "--bind-host",
+        cfg.host,
     ]
 
 

@@ -4,13 +4,14 @@ The counterpart of `handlers/torchserve/handler.py` for the `kserve` Python mode
 builds one `ClipshieldService` from a serving bundle (manifest verified); `predict` turns an OIP
 request into one `RawRequest` per image and maps the results to named output tensors.
 
-Request: input `image` BYTES `[N]` (or `[N, 1]`), one base64-encoded PNG/JPEG per element (JSON
-strings: kserve 0.21's REST decoder turns binary-extension BYTES into UTF-8 text and fails on image
-bytes; text that is not base64 is refused with 415 like a text form field). Options are the
-TorchServe form fields, as request parameters (`labels`: JSON-list text, as OIP parameters are scalars; `purify`,
-`top_k`, `attack_score`) or one-element named inputs of the same names; `content_type` (request parameter) plays the
-Content-Type header. Every value goes through `clipshield.service.api.parse_request`, so limits and messages
-are the TorchServe path's.
+Request: input `image` BYTES `[N]` (or `[N, 1]`), one PNG/JPEG per element: raw bytes (the binary-data
+extension, tritonclient's default, decoded by `handlers/kserve/binary.py`; gRPC) or base64 text (JSON);
+text that is not base64 is refused with 415 like a text form field. Options are the TorchServe form
+fields, as request parameters (`labels`: JSON-list text, as OIP parameters are scalars; `purify`, `top_k`,
+`attack_score`) or named inputs of the same names: one element each, except `labels`, which is also a
+BYTES tensor `[K]` of one label per element (K >= 2; one element is the JSON-list text, so `["cat"]` is
+one label). `content_type` (request parameter) plays the Content-Type header. Every value goes through
+`clipshield.service.api.parse_request`, so limits and messages are the TorchServe path's.
 
 Response: `labels` BYTES `[N, K]`, `scores` FP32 `[N, K]`, `purified`/`flipped`/`flagged` BOOL `[N]`,
 `anchor_score`/`prediction_shift` FP32 `[N]`, when the attack score was computed (asked for, or the model
@@ -41,6 +42,7 @@ from clipshield.service.settings import ServingConfig
 log = logging.getLogger(__name__)
 
 IMAGE_INPUT = "image"
+LABELS_INPUT = "labels"
 # Images per request: TorchServe never batches more than its batch size (8); without a bound here a
 # 16 MiB body of tiny PNGs would be ~10^5 decodes and one multi-GB encoder batch.
 MAX_IMAGES_PER_REQUEST = 64
@@ -94,10 +96,26 @@ def _option_parts(request: InferRequest) -> tuple[dict[str, Any], Optional[str]]
         if tensor.name == IMAGE_INPUT:
             continue
         values = tensor.as_numpy().reshape(-1)
+        if tensor.name == LABELS_INPUT and values.size > 1:  # [K]: one label per element, as OIP clients send lists
+            parts[tensor.name] = [_label(v) for v in values]
+            continue
         if values.size != 1:
             raise BadInput(f"input {tensor.name!r} must hold exactly one element, not {values.size}")
         parts[tensor.name] = _scalar(values[0])
     return parts, content_type
+
+
+def _label(element: Any) -> str:
+    """One label of a `labels` tensor of shape [K] (UTF-8 bytes or text)."""
+    value = _scalar(element)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput("field 'labels' is not UTF-8 text") from exc
+    if not isinstance(value, str):
+        raise BadInput(f"input {LABELS_INPUT!r} must be BYTES (one label per element)")
+    return value
 
 
 def raw_requests(request: InferRequest) -> list[RawRequest]:
@@ -212,7 +230,7 @@ class ClipshieldKServeModel(Model):
         """Metadata of the inputs (options may also be request parameters)."""
         return [
             {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-            {"name": "labels", "datatype": "BYTES", "shape": [1]},
+            {"name": LABELS_INPUT, "datatype": "BYTES", "shape": [-1]},
             {"name": "purify", "datatype": "BOOL", "shape": [1]},
             {"name": "top_k", "datatype": "INT32", "shape": [1]},
             {"name": "attack_score", "datatype": "BOOL", "shape": [1]},

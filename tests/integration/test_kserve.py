@@ -329,13 +329,11 @@ def test_body_over_the_limit_is_refused_before_parsing(server, client):
     assert list(infer(client, [b64(GOOD[0])]).as_numpy("status")) == [200]
 
 
-def test_binary_image_tensor_is_a_client_error(server, client):
-    """kserve 0.21's REST decoder cannot take non-UTF-8 binary BYTES: a clear 400, never a 500."""
+def test_binary_image_tensor_is_answered(client, reference):
+    """A binary-extension image (tritonclient's default) is the image's bytes, answered as its base64 form."""
     tensor = http.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([GOOD[0]], dtype=object), binary_data=True)
-    with pytest.raises(InferenceServerException) as err:
-        client.infer(MODEL, [tensor])
-    assert err.value.status() == "400" and "base64" in err.value.message()
+    assert same(answer(client.infer(MODEL, [tensor])), reference[0])
 
 
 def test_metrics_on_the_prometheus_endpoint(server, client):

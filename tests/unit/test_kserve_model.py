@@ -56,12 +56,24 @@ def test_unknown_parameters_are_left_for_the_service_to_refuse():
         (lambda: [_bytes("image", ["a"]), _bytes("image", ["b"])], BadInput, "one 'image' input"),
         (lambda: [_bytes("image", [])], BadInput, "no image"),
         (lambda: [_bytes("image", ["a"] * (MAX_IMAGES_PER_REQUEST + 1))], PayloadTooLarge, "limit"),
-        (lambda: [_bytes("image", ["a"]), _bytes("labels", ["x", "y"])], BadInput, "exactly one element"),
+        (lambda: [_bytes("image", ["a"]), _bytes("purify", ["true", "false"])], BadInput, "exactly one element"),
     ],
 )
 def test_malformed_requests(inputs, error, words):
     with pytest.raises(error, match=words):
         raw_requests(_request(inputs()))
+
+
+def test_labels_tensor_of_k_elements_is_one_label_each():
+    """BYTES [K] (K >= 2), text or UTF-8 bytes: a list of K labels; a non-UTF-8 label is refused."""
+    labels = InferInput("labels", [3], "BYTES")
+    labels.set_data_from_numpy(np.array([b"cat", "dog", "a \xe9clair".encode()], dtype=object), binary_data=True)
+    (only,) = raw_requests(_request([_bytes("image", ["a"]), labels]))
+    assert only.parts["labels"] == ["cat", "dog", "a \xe9clair"]
+    bad = InferInput("labels", [2], "BYTES")
+    bad.set_data_from_numpy(np.array([b"cat", b"\xff"], dtype=object), binary_data=True)
+    with pytest.raises(BadInput, match="UTF-8"):
+        raw_requests(_request([_bytes("image", ["a"]), bad]))
 
 
 def test_outputs_one_row_per_item_failed_items_padded():
