@@ -55,11 +55,11 @@ def main(argv=None) -> int:
     from clipshield.attacks import get_attack
     from clipshield.datasets import DatasetRequest, build_dataset
     from clipshield.evaluation import detection
-    from clipshield.export.flag_calibration import auroc
     from clipshield.models.attack_score import AttackScoreConfig, SignalExtractor, calibrate_scorer
     from clipshield.models.factory import load_model
     from clipshield.models.purify import blank_anchor
     from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
+    from clipshield.service.detection_metrics import auroc
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld224")

@@ -74,9 +74,9 @@ def signals(clf, x: torch.Tensor) -> dict[str, torch.Tensor]:
 def main(argv=None) -> int:
     from clipshield.attacks import get_attack
     from clipshield.datasets import DatasetRequest, build_dataset
-    from clipshield.export.flag_calibration import auroc
     from clipshield.models.factory import load_model
     from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
+    from clipshield.service.detection_metrics import auroc
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="miniworld224")

@@ -34,9 +34,9 @@ def served(service, images: torch.Tensor) -> np.ndarray:
 def main(argv=None) -> int:
     from clipshield.attacks import get_attack
     from clipshield.datasets.registry import DatasetRequest, build_dataset
-    from clipshield.export.flag_calibration import auroc
     from clipshield.models.factory import load_model
     from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
+    from clipshield.service.detection_metrics import auroc
     from clipshield.service.inference import ClipshieldService
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

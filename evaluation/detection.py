@@ -25,12 +25,12 @@ from clipshield.attacks import get_attack
 from clipshield.attacks.adaptive_defences import PenaltyName, ScoreAwarePGD, UpsampleName
 from clipshield.datasets import DatasetRequest, build_dataset
 from clipshield.evaluation.zeroshot import batches
-from clipshield.export.flag_calibration import auroc
-from clipshield.models.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from clipshield.models.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.purify import blank_anchor
 from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.service.config import StrictModel
+from clipshield.service.detection_metrics import auroc, tpr_at_fpr
 from clipshield.service.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,6 @@ def variant_name(cfg: DetectionConfig, variant: Variant) -> str:
 def n_rows(cfg: DetectionConfig) -> int:
     """Progress units of `evaluate_detection`: the calibration, then each set's attacks and adaptive variants."""
     return 1 + len(cfg.eval_datasets) * (len(cfg.attacks) * len(cfg.eps_factors) + len(_variants(cfg)))
-
-
-def tpr_at_fpr(negatives: torch.Tensor, positives: torch.Tensor, fpr: float) -> float:
-    """Share of positive scores [P] above the threshold that flags at most `fpr` of the negatives [N]."""
-    t = threshold_above_fpr(negatives, fpr)
-    return int((positives > t).sum()) / max(len(positives), 1)
 
 
 def _data(name: str, n: int, skip: int) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:

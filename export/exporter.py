@@ -43,11 +43,10 @@ def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
 
 
 class ExportMeasurements(StrictModel):
-    """What export measured or was told, for the card: purification default and sweep, flag, attack score, accuracies."""
+    """What export measured or was told, for the card: purification default and sweep, the detector, accuracies."""
 
     purify: B.PurifyDefaults = B.PurifyDefaults()
     purify_sweep: Optional[B.PurifySweep] = None
-    flag: Optional[B.FlagCalibration] = None
     attack_score: Optional[B.AttackScoreCalibration] = None
     accuracy: tuple[B.AccuracyEntry, ...] = ()
     notes: tuple[str, ...] = ()
@@ -108,7 +107,6 @@ def bundle_card(
         accuracy=accuracy,
         purify=measured.purify,
         purify_sweep=measured.purify_sweep,
-        flag=measured.flag,
         attack_score=measured.attack_score,
         parity=parity,
         provenance=current_provenance(),

@@ -1,6 +1,8 @@
-"""Calibrate the served attack score (issue 15) at export, for the model card (`card.attack_score`).
+"""Calibrate the served detector, the attack score (issues 15, 24), at export, for the model card (`card.attack_score`).
 
-Follows `flag_calibration`: the first `n_calibration` images of `dataset` (any registered data set; clean,
+The one calibrator of the `flagged` response field: with `signals=("anchor",)` it is the anchor-only flag (the
+cosine with the blank anchor, computed on every request at no extra cost); with more signals it is the richer
+score. The first `n_calibration` images of `dataset` (any registered data set; clean,
 and PGD-10 at the reference eps against that set's own zero-shot classifier) fit the logistic combination
 of `clipshield.models.attack_score`, and the threshold sits at `target_fpr` on those clean images and `n_threshold`
 more clean ones (taken after the held-out images; no attack needed, and the tail quantile is steadier from more
@@ -19,14 +21,14 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from clipshield.export.flag_calibration import auroc, quantize
-from clipshield.models.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from clipshield.models.attack_score import AttackScoreConfig, AttackScorer, SignalExtractor, calibrate_scorer
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.purify import blank_anchor
 from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.service import bundle as B
 from clipshield.service.card import AttackScoreCalibration, attack_label
 from clipshield.service.config import StrictModel
+from clipshield.service.detection_metrics import auroc, flag_rate, threshold_above_fpr
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ class ScoreCalibrationConfig(StrictModel):
     score: AttackScoreConfig = AttackScoreConfig()
     seed: int = 0
     batch_size: int = Field(default=128, ge=1)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] pixels to 8 bits, as PNG encoding does (float32 [B, 3, H, W] -> same)."""
+    return torch.round(images.clamp(0, 1) * 255) / 255
 
 
 def _pgd(classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor, cfg: ScoreCalibrationConfig) -> torch.Tensor:
@@ -89,12 +96,12 @@ def calibrate_attack_score(model: PixelCLIP, labels: B.LabelSet, cfg: Optional[S
         scorer = AttackScorer(extractor, scorer.params.model_copy(update={"threshold": threshold}))
     clean, attacked = _scores(scorer, images[n:m], cfg, cfg.seed + 2), _scores(scorer, adv[n:m], cfg, cfg.seed + 3)
     name = attack_label("pgd", cfg.eps, cfg.steps)
-    fpr = float(scorer.flag(clean).float().mean())
+    fpr = flag_rate(clean, scorer.params.threshold)
     rates = (
         B.FlagRate(attack=B.CLEAN, flag_rate=fpr, n=len(clean), dataset=cfg.dataset),
         B.FlagRate(
             attack=name,
-            flag_rate=float(scorer.flag(attacked).float().mean()),
+            flag_rate=flag_rate(attacked, scorer.params.threshold),
             auroc=auroc(clean, attacked),
             n=len(attacked),
             dataset=cfg.dataset,

@@ -41,6 +41,7 @@ from clipshield.service.attack_score_config import (
     ScoreParams as ScoreParams,
     check_signals,
 )
+from clipshield.service.detection_metrics import threshold_above_fpr
 from clipshield.service.errors import BadInput, ConfigError
 
 
@@ -143,14 +144,6 @@ def fit_logistic(
     with torch.enable_grad():
         opt.step(closure)  # type: ignore[no-untyped-call]  # torch's LBFGS.step has no annotations
     return mean.float(), std.float(), w.detach().float(), b.detach().float()
-
-
-def threshold_above_fpr(clean_scores: torch.Tensor, target_fpr: float) -> float:
-    """Smallest observed score t with (clean_scores > t) on at most `target_fpr` of the clean scores [N]."""
-    if clean_scores.numel() == 0 or not 0.0 < target_fpr < 1.0:
-        raise ConfigError(f"threshold needs clean scores and 0 < target_fpr < 1, got {clean_scores.numel()} scores, {target_fpr}")
-    ordered = torch.sort(clean_scores.flatten(), descending=True).values
-    return float(ordered[int(target_fpr * len(ordered))])
 
 
 class AttackScorer(nn.Module):

@@ -15,6 +15,8 @@ from clipshield.service.errors import ConfigError
 SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement", "median", "bits")
 SQUEEZE_SIGNALS: tuple[str, ...] = ("median", "bits")  # feature squeezing (Xu et al., NDSS 2018): one extra encoder pass each
 RANDOM_SIGNALS: tuple[str, ...] = ("tau",)  # drawn from noise; every other signal is a deterministic function of the image
+# From the embedding a request already has (no extra encoder pass): a score of these alone runs on every request.
+FREE_SIGNALS: tuple[str, ...] = ("anchor", "margin")
 
 
 class AttackScoreConfig(StrictModel):
@@ -32,6 +34,12 @@ class AttackScoreConfig(StrictModel):
     def is_random(self) -> bool:
         """Whether the score draws noise (an attacker needs EOT over it; the served path seeds it per image)."""
         return any(name in RANDOM_SIGNALS for name in self.signals)
+
+    @property
+    def is_free(self) -> bool:
+        """Whether every signal comes from the request's own embedding (no extra encoder pass): the server then
+        runs the detector on every request; otherwise only on requests that ask for the score."""
+        return all(name in FREE_SIGNALS for name in self.signals)
 
     @field_validator("median_size")
     @classmethod

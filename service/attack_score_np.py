@@ -142,7 +142,10 @@ class NumpyAttackScorer:
     def score(self, pixels: np.ndarray, embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
         """Scores [B], each image's noise drawn from `image_seed(its pixels, seed)`."""
         pixels = np.asarray(pixels, dtype=np.float32)
-        noise = draw_noise(pixels, [image_seed(p, seed) for p in pixels], self.cfg)
+        if self.cfg.is_random:
+            noise = draw_noise(pixels, [image_seed(p, seed) for p in pixels], self.cfg)
+        else:  # no signal reads noise: skip hashing the pixels and drawing it (the served anchor-only flag runs per request)
+            noise = np.zeros((0, *pixels.shape), np.float32)
         return self.combine(self.signals(pixels, embeddings, noise))
 
     def flag(self, scores: np.ndarray) -> np.ndarray:

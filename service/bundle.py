@@ -26,7 +26,6 @@ from clipshield.service.card import (
     CLEAN as CLEAN,
     AccuracyEntry as AccuracyEntry,
     AttackScoreCalibration as AttackScoreCalibration,
-    FlagCalibration as FlagCalibration,
     FlagRate as FlagRate,
     ModelCard as ModelCard,
     ParityReport as ParityReport,

@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 BUNDLE_INFO = "bundle_info.json"
 # Bump when the bundle layout changes in a way an older server cannot read; list what this code reads.
-FORMAT_VERSION = 1
-READABLE_FORMATS: tuple[int, ...] = (1,)
+# 2 (issue 24): one detector. `flagged` is the model card's `attack_score` decision; a format-1 card's `flag`
+# section is converted on reading (`clipshield.service.card.ModelCard._one_detector`), while a format-1 server
+# refuses a format-2 bundle instead of serving `flagged` without its detector.
+FORMAT_VERSION = 2
+READABLE_FORMATS: tuple[int, ...] = (1, 2)
 
 
 class BuildInfo(StrictModel):

@@ -3,7 +3,8 @@
 `clipshield.training.model_card` fills the training half (method, the hyper-parameters that actually ran,
 base model, data, per-data-set accuracy) next to a fine-tuned checkpoint; `clipshield.export`
 copies that card into the bundle and adds ONNX parity, the purification default and, only when
-measured, the purification sweep and the flag calibration; `clipshield.service.inference` serves it (the
+measured, the purification sweep and the detector's calibration (`attack_score`, the one adversarial-input
+detector behind the `flagged` response field); `clipshield.service.inference` serves it (the
 describe answer and the `clipshield_model_accuracy` gauges). Every accuracy names its attack with
 `attack_label`, the one spelling of an attack in cards, metric labels, the demo and the docs.
 """
@@ -18,7 +19,8 @@ from pydantic import Field, model_validator
 from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
 from clipshield.service.config import StrictModel
 
-SCHEMA_VERSION = 2
+# 3: one detector (issue 24): the `flag` section of schema <= 2 cards is gone, converted on reading (`_one_detector`).
+SCHEMA_VERSION = 3
 CLEAN = "none"  # the attack label of clean (un-attacked) inputs
 
 
@@ -103,24 +105,9 @@ class FlagRate(StrictModel):
     dataset: Optional[str] = None
 
 
-class FlagCalibration(StrictModel):
-    """Calibrated adversarial-input flag: `flagged` when `anchor_score < anchor_below` (or top-1 flipped).
-
-    `anchor_below` is the `target_fpr` quantile of the anchor cosine of clean calibration images;
-    `rates` are measured on held-out images (clean first: its flag_rate is the false-positive rate).
-    """
-
-    score: Literal["anchor_score"] = "anchor_score"
-    anchor_below: float = Field(ge=-1.0, le=1.0)
-    target_fpr: float = Field(gt=0.0, lt=1.0)
-    dataset: str
-    n_calibration: int = Field(ge=1)
-    rates: tuple[FlagRate, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
 class AttackScoreCalibration(StrictModel):
-    """Calibrated attack score (`clipshield.models.attack_score`; served by `clipshield.service.attack_score_np`).
+    """The calibrated detector (`clipshield.models.attack_score`; served by `clipshield.service.attack_score_np`):
+    `flagged` in a response is its decision. With the one signal `anchor` it is the anchor-only flag.
 
     `config` (signals, noise) and `params` (standardisation, logistic weights, threshold at `params.target_fpr`
     on `params.n_calibration` clean images of `params.dataset`) are what serving computes; the fit used those
@@ -134,6 +121,46 @@ class AttackScoreCalibration(StrictModel):
     seed: int = 0
     rates: tuple[FlagRate, ...] = ()
     notes: tuple[str, ...] = ()
+
+
+class LegacyFlagCalibration(StrictModel):
+    """The `flag` section of schema <= 2 cards (bundle format 1): flagged when `anchor_score < anchor_below`.
+
+    Read only to convert it into the equivalent one-signal detector (`score_from_legacy_flag`)."""
+
+    score: Literal["anchor_score"] = "anchor_score"
+    anchor_below: float = Field(ge=-1.0, le=1.0)
+    target_fpr: float = Field(gt=0.0, lt=1.0)
+    dataset: str
+    n_calibration: int = Field(ge=1)
+    rates: tuple[FlagRate, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def score_from_legacy_flag(flag: LegacyFlagCalibration) -> AttackScoreCalibration:
+    """The one-signal (anchor) detector deciding exactly as a legacy flag: score = -anchor_score, flagged when
+    score > -anchor_below, i.e. anchor_score < anchor_below (negation is exact in floating point). The flag's
+    AUROCs were measured on the negated anchor cosine, so its rates carry over unchanged."""
+    params = ScoreParams(
+        signals=("anchor",),
+        mean=(0.0,),
+        std=(1.0,),
+        weights=(-1.0,),
+        bias=0.0,
+        threshold=-flag.anchor_below,
+        target_fpr=flag.target_fpr,
+        dataset=flag.dataset,
+        n_calibration=flag.n_calibration,
+    )
+    attacks = [r.attack for r in flag.rates if r.attack != CLEAN]
+    note = f"converted from a schema-2 `flag` section (anchor_score < {flag.anchor_below:.4f}): the same decisions"
+    return AttackScoreCalibration(
+        config=AttackScoreConfig(signals=("anchor",)),
+        params=params,
+        attack=attacks[0] if attacks else CLEAN,
+        rates=flag.rates,
+        notes=(*flag.notes, note),
+    )
 
 
 class BaseModelInfo(StrictModel):
@@ -227,13 +254,32 @@ class ModelCard(StrictModel):
     accuracy: tuple[AccuracyEntry, ...] = ()
     purify: PurifyDefaults = PurifyDefaults()
     purify_sweep: Optional[PurifySweep] = None
-    flag: Optional[FlagCalibration] = None
     attack_score: Optional[AttackScoreCalibration] = None
     parity: Optional[ParityReport] = None
     provenance: Provenance
     finetune_provenance: Optional[Provenance] = None
     release: Optional[ReleaseDecision] = None
     notes: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_detector(cls, data: Any) -> Any:
+        """A schema <= 2 card's `flag` section becomes the equivalent one-signal `attack_score`; when the card also
+        has an attack score, that richer score is kept as the one detector and a note says the flag was dropped."""
+        if not isinstance(data, dict) or "flag" not in data:
+            return data
+        data = dict(data)
+        flag = data.pop("flag")
+        if flag is None:
+            return data
+        legacy = LegacyFlagCalibration.model_validate(flag)
+        if data.get("attack_score") is None:
+            data["attack_score"] = score_from_legacy_flag(legacy)
+        else:
+            note = f"the schema-2 anchor flag (anchor_score < {legacy.anchor_below:.4f}) was dropped: the attack score is the one detector"
+            data["notes"] = (*data.get("notes", ()), note)
+        data["schema_version"] = SCHEMA_VERSION
+        return data
 
     @model_validator(mode="after")
     def _one_accuracy_per_gauge(self) -> ModelCard:

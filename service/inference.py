@@ -4,9 +4,11 @@
 `predict(requests)` answers a server-side batch: each item is parsed and decoded on its own, so a
 bad item gets its own 4xx (as an exception object in its slot) and never fails its batch mates; the
 valid images go through the image encoder together, then each item gets its own zero-shot head,
-optional per-sample CLIPure-Cos purification and top-k softmax; items that ask for the attack score
-(or all, when the serving config's default is on) get it from `clipshield.service.attack_score_np`, which runs
-the same encoder on a few noisy copies of each image. A new server needs only a new
+optional per-sample CLIPure-Cos purification and top-k softmax. The one adversarial-input detector is the
+model card's calibrated attack score (`clipshield.service.attack_score_np`): `flagged` is its decision. A score
+of free signals only (the anchor-only flag: `AttackScoreConfig.is_free`) runs on every request; a richer one
+(extra encoder passes on squeezed or noisy copies) runs on items that ask for the score, or on all when the
+serving config's default is on, and the others answer `flagged: false`. A new server needs only a new
 adapter that builds `RawRequest`s and maps results to HTTP.
 """
 
@@ -103,9 +105,7 @@ class ClipshieldService:
         self.tokenizer = create_tokenizer(self.record.tokenizer, B.vocab_file(folder))  # the bundle's own vocabulary
         self.heads: HeadCache[np.ndarray] = HeadCache(config.label_cache_size)
         self.info = ModelInfo(name=self.card.name, version=self.card.version)
-        # Calibrated adversarial-input flag (model card, export/flag_calibration.py); -inf: off.
-        self.anchor_below = self.card.flag.anchor_below if self.card.flag else float("-inf")
-        self.scorer = self._attack_scorer()
+        self.scorer = self._attack_scorer()  # the one detector; None: nothing is flagged
         for value, labels in gauge_samples(self.card):
             metrics.set_gauge("clipshield_model_accuracy", value, labels)
         metrics.set_gauge("clipshield_runtime_info", 1.0, self.runtime_labels())
@@ -137,8 +137,12 @@ class ClipshieldService:
             raise ModelLoadError(f"the model card's attack score cannot be served from this bundle: {exc}") from exc
 
     def wants_score(self, options: PredictOptions) -> bool:
-        """Whether a request gets the attack score: its `attack_score` field, else the serving default."""
+        """Whether a request's answer carries the attack score: its `attack_score` field, else the serving default."""
         return self.config.attack_score.default if options.attack_score is None else options.attack_score
+
+    def detects(self, options: PredictOptions) -> bool:
+        """Whether the detector runs on a request: always for a score of free signals, else when the score is wanted."""
+        return self.scorer is not None and (self.scorer.cfg.is_free or self.wants_score(options))
 
     def runtime_labels(self) -> dict[str, str]:
         """Labels of the `clipshield_runtime_info` gauge: execution provider, onnxruntime, bundle versions."""
@@ -216,13 +220,10 @@ class ClipshieldService:
             self.metrics.observe("clipshield_prediction_shift", shift)
         probs = purify_np.softmax(final)[0]
         flipped = bool(np.argmax(base[0]) != np.argmax(final[0]))
-        # Only informative signals: a purification flip, or the anchor score below the card's calibrated threshold.
-        flagged = flipped or anchor_score < self.anchor_below
         if flipped:
             self.metrics.increment("clipshield_flipped_total")
-        if flagged:
-            self.metrics.increment("clipshield_flagged_total")
         score = self._score_result(item)
+        flagged = score is not None and score.flagged
         k = min(opts.top_k or self.config.requests.default_top_k, len(classnames))
         order = np.argsort(-probs, kind="stable")[:k]
         return PredictResponse(
@@ -233,18 +234,18 @@ class ClipshieldService:
             flipped=flipped,
             flagged=flagged,
             model=self.info,
-            attack_score=score,
+            attack_score=score if self.wants_score(opts) else None,
         )
 
     def _score_result(self, item: _Item) -> Optional[AttackScoreResult]:
-        """The response's `attack_score` for an item scored in `_score` (None when not asked for), recorded in metrics."""
+        """The detector's result for an item scored in `_score` (None when it did not run), recorded in metrics."""
         if item.attack_score is None or self.scorer is None:
             return None
         threshold = self.scorer.params.threshold
         flagged = item.attack_score > threshold
         self.metrics.observe("clipshield_attack_score", item.attack_score)
         if flagged:
-            self.metrics.increment("clipshield_attack_flagged_total")
+            self.metrics.increment("clipshield_flagged_total")
         return AttackScoreResult(score=item.attack_score, threshold=threshold, flagged=flagged)
 
     def predict(self, requests: Sequence[RawRequest]) -> list[Result]:
@@ -292,8 +293,8 @@ class ClipshieldService:
                 it.embedding = row
 
     def _score(self, items: list[_Item], results: list[Optional[Result]]) -> None:
-        """Attack scores of the encoded items that want one, in one pass over their noisy copies."""
-        wanted = [it for it in items if results[it.index] is None and self.wants_score(it.options)]
+        """Detector scores of the encoded items it runs on (`detects`), in one pass over their squeezed or noisy copies."""
+        wanted = [it for it in items if results[it.index] is None and self.detects(it.options)]
         scorer = self.scorer
         if not wanted or scorer is None:
             return

@@ -27,10 +27,17 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_prediction_shift": ("histogram", "Total-variation distance of class probabilities moved by purification", ()),
     "clipshield_anchor_score": ("histogram", "Cosine of the image embedding with the blank anchor", ()),
     "clipshield_flipped_total": ("counter", "Requests whose top-1 purification changed", ()),
-    "clipshield_flagged_total": ("counter", "Requests flagged as possibly adversarial", ()),
-    "clipshield_attack_score": ("histogram", "Calibrated attack score (logit; higher = more suspicious) of requests that asked for it", ()),
-    "clipshield_attack_score_seconds": ("histogram", "Attack-score latency per batch (its extra encoder passes included)", ()),
-    "clipshield_attack_flagged_total": ("counter", "Requests whose attack score is above the model card's threshold", ()),
+    "clipshield_flagged_total": (
+        "counter",
+        "Requests flagged as possibly adversarial: the detector's score (model card attack_score) above its threshold",
+        (),
+    ),
+    "clipshield_attack_score": (
+        "histogram",
+        "Detector score (logit; higher = more suspicious) of each request the detector ran on; its count is the scored requests",
+        (),
+    ),
+    "clipshield_attack_score_seconds": ("histogram", "Detector latency per batch (its extra encoder passes included)", ()),
     "clipshield_model_accuracy": (
         "gauge",
         "Model-card accuracy per data set and attack (clipshield.service.card.attack_label)",

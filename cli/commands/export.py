@@ -42,15 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "beats no purification under a straight-through attack (0: not measured, off by default)",
     )
     p.add_argument("--no-purify", action="store_true", help="keep purification off by default even if --measure-purify finds a gain")
-    p.add_argument(
-        "--calibrate-flag",
-        type=int,
-        default=0,
-        metavar="N",
-        help="calibrate the adversarial-input flag on N clean mini-world images (plus N held out for "
-        "the rates and AUROC written to the model card); 0: flag only on a purification flip (default: %(default)s)",
-    )
-    p.add_argument("--flag-fpr", type=float, default=0.05, help="target false-positive rate of the flag (default: %(default)s)")
+    # Removed with bundle format 2 (one detector, issue 24): still parsed, so that `run` can say what replaces them.
+    p.add_argument("--calibrate-flag", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--flag-fpr", type=float, default=None, help=argparse.SUPPRESS)
     _score_args(p)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
@@ -63,9 +57,10 @@ def _score_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="calibrate the attack score (served on request, `attack_score` response field) on N clean and N "
-        "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; "
-        "0: no attack score in the bundle (default: %(default)s)",
+        help="calibrate the detector behind the `flagged` response field (the attack score) on N clean and N "
+        "PGD-attacked images of --score-data, plus N held out for the rates written to the model card; with "
+        "--score-signals anchor it is the anchor-only flag, run on every request; 0: no detector, nothing is "
+        "flagged (default: %(default)s)",
     )
     p.add_argument(
         "--score-data",
@@ -125,19 +120,6 @@ def _measure_purify(model, n: int):
     return result
 
 
-def _calibrate_flag(model, n: int, fpr: float):
-    """Flag calibration on n + n mini-world images, printed; returns the FlagCalibration."""
-    from clipshield.export.flag_calibration import FlagCalibrationConfig, calibrate_flag
-
-    flag = calibrate_flag(model, flag_config(FlagCalibrationConfig, n_calibration=n, n_eval=n, target_fpr=fpr))
-    print(f"flag: anchor_score < {flag.anchor_below:.4f}")
-    for rate in flag.rates:
-        auc = f", AUROC {rate.auroc:.3f}" if rate.auroc is not None else ""
-        where = f" ({rate.dataset})" if rate.dataset else ""
-        print(f"  {rate.attack + where:<48s} flagged {rate.flag_rate:6.1%}{auc}")
-    return flag
-
-
 def _calibrate_score(model, labels, args: argparse.Namespace):
     """Attack-score calibration on n + n images of --score-data, printed; returns the AttackScoreCalibration."""
     from clipshield.datasets import reference_eps
@@ -180,18 +162,24 @@ def run(args: argparse.Namespace) -> int:
     finetune_card = read_finetune_card(Path(args.model)) if Path(args.model).is_dir() else None
     measured = ExportMeasurements()
     if args.measure_purify:
+REMOVED_FLAG = (
+    "--calibrate-flag/--flag-fpr were removed (bundle format 2: one detector); use --calibrate-score N --score-signals "
+    "anchor [--score-fpr F] for the anchor-only flag, or --calibrate-score N for the default signals"
+)
+
+
         result = _measure_purify(model, args.measure_purify)
         measured = ExportMeasurements(purify=result.chosen, purify_sweep=result.sweep, accuracy=result.accuracy, notes=result.notes)
     if args.no_purify:
         measured = measured.model_copy(
             update={
+    if args.calibrate_flag is not None or args.flag_fpr is not None:
+        raise ConfigError(REMOVED_FLAG)
                 "purify": measured.purify.model_copy(
                     update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"}
                 )
             }
         )
-    if args.calibrate_flag:
-        measured = measured.model_copy(update={"flag": _calibrate_flag(model, args.calibrate_flag, args.flag_fpr)})
     labels = load_labels(args.labels)
     if args.calibrate_score:
         score = _calibrate_score(model, labels, args)

@@ -9,11 +9,10 @@ from torch import nn
 
 from clipshield.attacks.adaptive_defences import ScoreAwarePGD, StraightThroughTTC
 from clipshield.attacks.pgd import PGD
-from clipshield.evaluation.detection import tpr_at_fpr
-from clipshield.export.flag_calibration import auroc
-from clipshield.models.attack_score import AttackScoreConfig, SignalExtractor, calibrate_scorer, threshold_above_fpr
+from clipshield.models.attack_score import AttackScoreConfig, SignalExtractor, calibrate_scorer
 from clipshield.models.ttc import TTCClassifier, TTCConfig
 from clipshield.models.zero_shot import ZeroShotClassifier
+from clipshield.service.detection_metrics import auroc
 from clipshield.service.errors import ConfigError
 
 SIDE = 6
@@ -81,23 +80,6 @@ def test_calibration_hits_the_target_fpr_on_the_calibration_set(fpr):
         flagged = scorer.flag(scorer(images)).float().mean()
     assert abs(float(flagged) - fpr) <= 1 / 100 + 1e-9
     assert scorer.params.n_calibration == 100 and scorer.params.dataset == "toy"
-
-
-def test_threshold_rule_flags_at_most_the_target_share():
-    scores = torch.arange(20, dtype=torch.float32)  # 0..19
-    assert threshold_above_fpr(scores, 0.1) == 17.0  # 18 and 19 are above: 2 of 20
-    assert threshold_above_fpr(torch.ones(10), 0.3) == 1.0  # ties: nothing strictly above
-    with pytest.raises(ConfigError):
-        threshold_above_fpr(scores, 0.0)
-
-
-def test_auroc_and_tpr_at_fpr_on_hand_checked_cases():
-    assert auroc(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.5, 3.0])) == pytest.approx(5 / 6)
-    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == pytest.approx(0.5)
-    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == pytest.approx(1.0)
-    neg, pos = torch.arange(10, dtype=torch.float32), torch.tensor([5.5, 8.5, 9.5, 20.0])
-    assert tpr_at_fpr(neg, pos, 0.1) == pytest.approx(0.75)  # threshold 8
-    assert tpr_at_fpr(neg, pos, 0.01) == pytest.approx(0.5)  # threshold 9
 
 
 def test_unknown_signal_and_agreement_without_reference_are_config_errors():

@@ -61,11 +61,21 @@ def test_unreadable_format_refused_with_one_log_line(exported, tmp_path, caplog)
     bundle = _with_format(exported, tmp_path / "future", FORMAT_VERSION + 98)
     with (
         caplog.at_level(logging.ERROR, logger="clipshield.service.bundle_info"),
-        pytest.raises(ModelLoadError, match=rf"bundle format {FORMAT_VERSION + 98} .*reads formats \[{FORMAT_VERSION}\]"),
+        pytest.raises(ModelLoadError, match=rf"bundle format {FORMAT_VERSION + 98} .*reads formats \[1, {FORMAT_VERSION}\]"),
     ):
         ClipshieldService.from_folder(bundle)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith(f"refusing to load {bundle}") and package_version() in errors[0]
+
+
+def test_a_format_1_server_refuses_a_format_2_bundle(exported, monkeypatch):
+    """Format 2 (one detector, issue 24): a server that reads format 1 only would serve `flagged` without the card's
+    detector, so it refuses the bundle, naming both formats."""
+    from clipshield.service import bundle_info
+
+    monkeypatch.setattr(bundle_info, "READABLE_FORMATS", (1,))
+    with pytest.raises(ModelLoadError, match=r"bundle format 2 .*reads formats \[1\]"):
+        read_bundle_info(exported)
 
 
 def test_missing_bundle_info_refused_and_archive_refuses_too(exported, tmp_path):

@@ -145,7 +145,7 @@ def test_purify_no_gain_turns_purification_off_and_never_picks_the_overshoot():
 def test_unmeasured_card_claims_no_measurement(exported):
     card = B.read_card(exported)
     assert card.purify.enabled is False and card.purify.chosen_by.startswith("not measured")
-    assert card.purify_sweep is None and card.flag is None and card.training is None and card.accuracy == ()
+    assert card.purify_sweep is None and card.attack_score is None and card.training is None and card.accuracy == ()
     assert card.source == "export" and card.provenance.git_commit and card.weights_digest
 
 

@@ -156,12 +156,13 @@ def test_describe_is_decided_per_item_not_per_batch(archived):
 
 
 def test_old_finetune_card_is_a_clear_error(tmp_path):
+    from clipshield.service.card import SCHEMA_VERSION
     from clipshield.service.errors import ConfigError
     from clipshield.training.model_card import read_finetune_card
 
     assert read_finetune_card(tmp_path) is None
     (tmp_path / "model_card.json").write_text(json.dumps({"schema_version": 1, "method": "tecoa", "results": {}}))
-    with pytest.raises(ConfigError, match="not a schema-2 model card"):
+    with pytest.raises(ConfigError, match=f"not a schema-{SCHEMA_VERSION} model card"):
         read_finetune_card(tmp_path)
 
 
