@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -116,6 +117,8 @@ def prepare_models(cfg: FinetuneConfig, method: Method) -> tuple[PixelCLIP, Opti
 
 
 Progress = Callable[[int, dict[str, float]], None]
+# observer(step, batch, out): opt-in look at each step before its backward (clipshield.training.diagnostics)
+Observer = Callable[[int, LossInputs, LossOutput], None]
 
 
 def training_request(cfg: FinetuneConfig, model: PixelCLIP) -> DatasetRequest:
@@ -144,12 +147,18 @@ def train_step(
     cfg: FinetuneConfig,
     generator: torch.Generator,
     world: int = 1,
+    observe: Optional[Callable[[LossInputs, LossOutput], None]] = None,
 ) -> LossOutput:
-    """One optimisation step: the method's adversary, its loss, backward, optimiser step (cfg resolved)."""
+    """One optimisation step: the method's adversary, its loss, backward, optimiser step (cfg resolved).
+
+    `observe(batch, out)`, when given, sees the step's inputs and loss before the backward (its graph
+    still alive: `clipshield.training.diagnostics` takes per-term gradients there)."""
     # the training attack stays float32 (docs/methods.md §7.3: low precision can zero attack gradients)
     batch = batch.with_adv(method.adversary.perturb(batch, params, attack_budget(cfg), generator))
     with autocast(cfg.run.device, cfg.run.precision):
         out = method.loss(batch, params)
+    if observe is not None:
+        observe(batch, out)
     opt.zero_grad(set_to_none=True)
     scaler.scale(out.total).backward()
     average_gradients([p for g in opt.param_groups for p in g["params"]], world)
@@ -195,7 +204,7 @@ def _start(cfg: FinetuneConfig) -> Run:
     return Run(cfg, method, target, reference, heads, method.params(**cfg.method_params), opt, scaler, data, template, rank, world)
 
 
-def _train(run: Run, start: int, progress: Optional[Progress]) -> None:
+def _train(run: Run, start: int, progress: Optional[Progress], observer: Optional[Observer] = None) -> None:
     """Steps [start, steps): one optimisation step per batch, metrics rows, resumable state every N steps."""
     cfg, rank, device = run.cfg, run.rank, run.cfg.run.device
     steps = cfg.optim.steps or 0
@@ -211,7 +220,8 @@ def _train(run: Run, start: int, progress: Optional[Progress]) -> None:
             frozen = run.reference.for_batch(indices) if run.reference is not None else None
             batch = LossInputs(run.target, images.float().to(device), labels, run.heads, frozen=frozen)
             gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, step, 2, rank))
-            out = train_step(run.method, batch, run.params, run.opt, run.scaler, cfg, gen, run.world)
+            observe = functools.partial(observer, step) if observer is not None else None
+            out = train_step(run.method, batch, run.params, run.opt, run.scaler, cfg, gen, run.world, observe)
             stats = {"loss": float(out.total.detach()), **{k: float(v.detach()) for k, v in out.terms.items()}}
             stats.update(lr=lr, images_per_s=len(labels) / max(time.perf_counter() - t0, 1e-9))
             write_row(step, stats)
@@ -222,9 +232,12 @@ def _train(run: Run, start: int, progress: Optional[Progress]) -> None:
                 save_train_state(cfg.run.output / "state", run.target.visual, run.opt, done, cfg.flat(), run.reference)
 
 
-def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[PixelCLIP, dict[str, Any]]:
+def finetune(
+    cfg: FinetuneConfig, progress: Optional[Progress] = None, observer: Optional[Observer] = None
+) -> tuple[PixelCLIP, dict[str, Any]]:
     """Run a fine-tuning job; returns (fine-tuned model in eval mode, model card).
 
+    `observer(step, batch, out)` (opt-in) is called every step before the backward.
     Writes `output/state` (resumable, every `checkpoint_every` steps and at the end),
     `output/metrics.csv`, and `output/final` (checkpoint + run config + model card).
     """
@@ -235,7 +248,7 @@ def finetune(cfg: FinetuneConfig, progress: Optional[Progress] = None) -> tuple[
     start = _resume(cfg, state_dir, target, run.opt, run.reference)
     cfg.run.output.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    _train(run, start, progress)
+    _train(run, start, progress, observer)
     target.eval()
     if run.rank != 0:  # rank 0 owns every file and the evaluation
         return target, {}

@@ -21,7 +21,7 @@ def test_miniworld_defaults():
     assert resolved.optim.steps == 200 and resolved.optim.warmup == 20 and resolved.optim.optimizer == "sgd"
     assert config_from_args(parse("--method", "fare")).optim.lr == 1e-4  # AdamW
     assert config_from_args(parse("--method", "tecoa", "--lr", "0.1", "--epochs", "2")).optim.steps is None
-    assert resolved.method_params == {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis"}
+    assert resolved.method_params == {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis", "minmax_eps": 0.0}
 
 
 def test_real_data_defaults_and_params():
@@ -44,7 +44,7 @@ def test_bad_inputs():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_params(["alpha"])
 
-    with pytest.raises(ConfigError, match=r"distance.*options: alpha, beta, distance, map_norm"):
+    with pytest.raises(ConfigError, match=r"distance.*options: alpha, beta, distance, map_norm, minmax_eps"):
         config_from_args(parse("--method", "tga-zsr", "--param", "distance=kl"))
 
 

@@ -31,7 +31,7 @@ def tiny():
 
 
 def test_registry_lists_all_methods():
-    assert list_methods() == sorted(["comp-tga", "fare", "ft-adv", "ft-clean", "pmg-aft", "tecoa", "tga-zsr"])
+    assert list_methods() == sorted(["comp-tga", "fare", "ft-adv", "ft-clean", "pmg-aft", "tecoa", "tga-anchor", "tga-zsr"])
     with pytest.raises(KeyError, match="known: comp-tga"):
         get_method("trades")
 
@@ -91,6 +91,7 @@ def test_map_distances():
     assert float(map_distance(a, b, "l2")) == pytest.approx(2.0)
     assert float(map_distance(a, b, "l1")) == pytest.approx(1.0)
     assert float(map_distance(b, b, "cos")) == pytest.approx(0.0, abs=1e-6)
+    assert float(map_distance(a, b, "rms")) == pytest.approx(1.0)  # l2 / sqrt(4 pixels)
     with pytest.raises(ValueError, match="known: l2"):
         map_distance(a, b, "kl")
 

@@ -1,6 +1,6 @@
 """Robust fine-tuning methods; each module registers itself by explicit import here."""
 
-from clipshield.training.methods import comp_tga, fare, ft, pmg_aft, tecoa, tga_zsr  # noqa: F401
+from clipshield.training.methods import comp_tga, fare, ft, pmg_aft, tecoa, tga_anchor, tga_zsr  # noqa: F401
 from clipshield.training.methods.adversary import Adversary
 from clipshield.training.methods.frozen_reference import FrozenBatch, FrozenReference
 from clipshield.training.methods.inputs import AttackBudget, LossInputs, LossOutput, TextHeads

@@ -13,26 +13,35 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Distance = Literal["l2", "cos", "l1"]
+Distance = Literal["l2", "rms", "cos", "l1"]
 TokenNorm = Literal["token_axis", "per_token"]
 
 
-def grid_scores(tokens: torch.Tensor, text: torch.Tensor, norm: TokenNorm = "token_axis") -> torch.Tensor:
-    """Min-max normalised patch scores [B, g, g] (the reference's 7x7 map before upsampling).
+def patch_scores(tokens: torch.Tensor, text: torch.Tensor, norm: TokenNorm = "token_axis") -> torch.Tensor:
+    """Raw patch scores [B, P] (before min-max): the text query dotted with the normalised patch tokens.
 
     Tokens are L2-normalised over the token axis (dim 1, class token included) per channel, as the
-    reference does (docs/methods.md §3.1 step 2); patch scores are dotted with the text query and
-    min-max normalised per image without epsilon. `norm='per_token'` normalises each token instead
+    reference does (docs/methods.md §3.1 step 2); `norm='per_token'` normalises each token instead
     (probably what the authors meant; changes the published numbers, so it is opt-in).
     """
-    side = math.isqrt(tokens.shape[1] - 1)
-    if side * side != tokens.shape[1] - 1:
+    if math.isqrt(tokens.shape[1] - 1) ** 2 != tokens.shape[1] - 1:
         raise ValueError(f"attention maps need a square patch grid, got {tokens.shape[1] - 1} patch tokens")
     feats = tokens / tokens.norm(dim=1 if norm == "token_axis" else -1, keepdim=True)
-    scores = (feats[:, 1:] * text[:, None, :]).sum(-1)
+    return (feats[:, 1:] * text[:, None, :]).sum(-1)
+
+
+def grid_scores(tokens: torch.Tensor, text: torch.Tensor, norm: TokenNorm = "token_axis", eps: float = 0.0) -> torch.Tensor:
+    """Min-max normalised patch scores [B, g, g] (the reference's 7x7 map before upsampling).
+
+    `patch_scores` min-max normalised per image: (s - min) / (max - min + eps). The reference has no
+    epsilon (eps 0), so the map's gradient grows as 1 / (max - min) when an image's scores are nearly
+    flat (docs/methods.md §3.3); eps > 0 bounds it.
+    """
+    scores = patch_scores(tokens, text, norm)
+    side = math.isqrt(scores.shape[1])
     low = scores.min(dim=1, keepdim=True).values
     high = scores.max(dim=1, keepdim=True).values
-    return ((scores - low) / (high - low)).view(-1, side, side)
+    return ((scores - low) / (high - low + eps)).view(-1, side, side)
 
 
 def upsample(grid: torch.Tensor, out_size: int) -> torch.Tensor:
@@ -70,11 +79,15 @@ def complementary_map(
 
 def map_distance(a: torch.Tensor, b: torch.Tensor, distance: Distance = "l2") -> torch.Tensor:
     """Distance between flat maps [B, M]: l2 = mean_b ||a_b - b_b||_2 (not squared, not per pixel),
-    cos = mean_b (1 - cos(a_b, b_b)), l1 = mean over all elements of |a - b| (the reference's options)."""
+    cos = mean_b (1 - cos(a_b, b_b)), l1 = mean over all elements of |a - b| (the reference's options);
+    rms = l2 / sqrt(M), the root-mean-square per-pixel difference (ours: independent of the map's
+    resolution, docs/methods.md §3.3)."""
     if distance == "l2":
         return (a - b).norm(dim=1).mean()
+    if distance == "rms":
+        return (a - b).norm(dim=1).mean() / math.sqrt(a.shape[1])
     if distance == "cos":
         return (1 - F.cosine_similarity(a, b, dim=1)).mean()
     if distance == "l1":
         return (a - b).abs().mean()
-    raise ValueError(f"unknown map distance {distance!r}; known: l2, cos, l1")
+    raise ValueError(f"unknown map distance {distance!r}; known: l2, rms, cos, l1")

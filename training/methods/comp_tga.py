@@ -14,7 +14,7 @@ from clipshield.training.methods.adversary import PGD_ADVERSARY
 from clipshield.training.methods.attention import fuse_complementary, grid_scores
 from clipshield.training.methods.inputs import LossInputs, LossOutput, TextHeads
 from clipshield.training.methods.registry import register_method
-from clipshield.training.methods.tga_zsr import AttentionMap, TGAParams, attention_guided_loss
+from clipshield.training.methods.tga_zsr import TGA_SPACE, AttentionMap, TGAParams, attention_guided_loss
 
 
 class CompTGAParams(TGAParams):
@@ -29,8 +29,8 @@ def comp_grids(tokens: torch.Tensor, labels: torch.Tensor, heads: TextHeads, par
     if heads.negatives is None:
         raise ValueError("Comp-TGA needs negative prompt embeddings (TextHeads.negatives)")
     negatives = heads.negatives
-    pos = grid_scores(tokens, heads.classes[labels], params.map_norm)
-    neg = grid_scores(tokens, negatives[labels], params.map_norm)
+    pos = grid_scores(tokens, heads.classes[labels], params.map_norm, params.minmax_eps)
+    neg = grid_scores(tokens, negatives[labels], params.map_norm, params.minmax_eps)
     return torch.stack([pos, neg], dim=1)
 
 
@@ -42,7 +42,9 @@ COMP_MAP = AttentionMap(
 )
 
 
-@register_method("comp-tga", params=CompTGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, needs_negatives=True)
+@register_method(
+    "comp-tga", params=CompTGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, needs_negatives=True, search_space=TGA_SPACE
+)
 def comp_tga_loss(batch: LossInputs, params: CompTGAParams) -> LossOutput:
     """Comp-TGA: TGA-ZSR with complementary (positive x not-negative) attention maps.
 

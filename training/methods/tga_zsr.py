@@ -23,16 +23,19 @@ from clipshield.training.methods.attention import Distance, TokenNorm, grid_scor
 from clipshield.training.methods.common import cosine_logits, paired_tokens
 from clipshield.training.methods.inputs import LossInputs, LossOutput, TextHeads
 from clipshield.training.methods.registry import register_method
+from clipshield.training.methods.search_space import Choice, Range
 
 
 class TGAParams(StrictModel):
-    """TGA-ZSR loss weights (reference TGA-ZSR.py defaults: Alpha 0.08, Beta 0.05, distance l2) and the
-    token normalisation of the map ('token_axis' = reference, 'per_token' = opt-in fix, docs/methods.md §3.1)."""
+    """TGA-ZSR loss weights (reference TGA-ZSR.py defaults: Alpha 0.08, Beta 0.05, distance l2), the
+    token normalisation of the map ('token_axis' = reference, 'per_token' = opt-in fix, docs/methods.md §3.1)
+    and the min-max epsilon (0 = reference; > 0 bounds the map's gradient on flat score maps, §3.3)."""
 
     alpha: float = Field(default=0.08, ge=0)
     beta: float = Field(default=0.05, ge=0)
     distance: Distance = "l2"
     map_norm: TokenNorm = "token_axis"
+    minmax_eps: float = Field(default=0.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class AttentionMap:
 
 TGA_MAP = AttentionMap(
     name="tga_grids",
-    grids=lambda tokens, labels, heads, params: grid_scores(tokens, heads.classes[labels], params.map_norm)[:, None],
+    grids=lambda tokens, labels, heads, params: grid_scores(tokens, heads.classes[labels], params.map_norm, params.minmax_eps)[:, None],
     compose=lambda grids, out_size: upsample(grids[:, 0], out_size),
     diagnostics=lambda grids: {"": grids[:, 0]},
 )
@@ -66,6 +69,12 @@ def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: Atten
     training); the target runs once over [clean; adversarial], sharing the adversarial forward
     between the CE and the map.
     """
+    return attention_guided_terms(batch, params, attention, method)[0]
+
+
+def attention_guided_terms(batch: LossInputs, params: TGAParams, attention: AttentionMap, method: str) -> tuple[LossOutput, torch.Tensor]:
+    """`attention_guided_loss` plus the target's adversarial embeddings [B, E] (with gradient), for
+    methods that add embedding-level terms to the same forward (tga-anchor)."""
     frozen = batch.require_frozen(method)
     adv = batch.require_adv(method)
     target, images, labels, heads = batch.target, batch.images, batch.labels, batch.heads
@@ -92,10 +101,14 @@ def attention_guided_loss(batch: LossInputs, params: TGAParams, attention: Atten
         for kind, named in attention.diagnostics(grid).items():
             outputs[f"map7_{kind + '_' if kind else ''}{suffix}"] = named
     terms = {"ce": ce, "ar": ar, "amc": amc, "ar_weighted": params.alpha * ar, "amc_weighted": params.beta * amc}
-    return LossOutput(total, terms, {k: v.detach() for k, v in outputs.items()})
+    return LossOutput(total, terms, {k: v.detach() for k, v in outputs.items()}), emb_adv
 
 
-@register_method("tga-zsr", params=TGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4)
+# what tuning varies besides the lr: the two weights, and the map distance (rms = l2 / map side, §3.3)
+TGA_SPACE = {"alpha": Range(low=0.005, high=0.3), "beta": Range(low=0.005, high=0.3), "distance": Choice(values=("l2", "rms"))}
+
+
+@register_method("tga-zsr", params=TGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, search_space=TGA_SPACE)
 def tga_zsr_loss(batch: LossInputs, params: TGAParams) -> LossOutput:
     """TGA-ZSR: adversarial CE + text-guided attention refinement and model constraint.
 
