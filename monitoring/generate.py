@@ -1,6 +1,6 @@
 """Write (or check) every generated deployment file: monitoring under k8s/monitoring/, TorchServe's
 metrics.yaml (from service/metrics.py) and config.properties (from torchserve_config.py)
-in model_store/ and k8s/.
+in model_store/, k8s/ and handlers/torchserve/ (package data: the launcher's base outside a checkout).
 
     python -m monitoring.generate            # rewrite the files
     python -m monitoring.generate --check    # exit 1 when a file is stale
@@ -73,6 +73,7 @@ def generated() -> dict[str, str]:
         f"{MONITORING}/{DASHBOARD}": dashboard_json(),
         "model_store/metrics.yaml": metrics_yaml,
         "k8s/base/metrics.yaml": metrics_yaml,
+        "handlers/torchserve/metrics.yaml": metrics_yaml,  # package data, beside the packaged config.properties
         **{path: torchserve_config.properties(place) for path, place in torchserve_config.GENERATED.items()},
     }
 

@@ -1,8 +1,9 @@
-"""TorchServe `config.properties`: one table (`torchserve_settings.json`), three generated files.
+"""TorchServe `config.properties`: one table (`torchserve_settings.json`), four generated files.
 
 Every key is listed once with its value in each place TorchServe runs: `local` (the checked-in
-`model_store/config.properties` that `clipshield serve` copies per run with its own addresses and
-paths, see `clipshield.handlers.torchserve.launcher.render_properties`) and `cluster` (`k8s/base/config.properties`,
+`model_store/config.properties` and its packaged copy `handlers/torchserve/config.properties`, which
+`clipshield serve` copies per run with its own addresses and paths, see
+`clipshield.handlers.torchserve.launcher.render_properties`) and `cluster` (`k8s/base/config.properties`,
 mounted from a ConfigMap). An overlay patches only what differs (`OVERLAYS`: the GPU overlay sets
 `number_of_gpu`). `python -m monitoring.generate` writes the files; a test checks they are current.
 """
@@ -63,6 +64,7 @@ def properties(place: str) -> str:
 
 GENERATED = {
     "model_store/config.properties": "local",
+    "handlers/torchserve/config.properties": "local",  # package data: the launcher's base for a model store without one
     "k8s/base/config.properties": "cluster",
     "k8s/overlays/gpu/config.properties": "gpu",
 }  # repository path -> place

@@ -1,6 +1,7 @@
 """Start and stop TorchServe on a model store (`clipshield serve`, the demo and the integration test).
 
-The checked-in `model_store/config.properties` is the base; each start writes a per-run copy into
+The model store's `config.properties` is the base (else the packaged copy beside this module, the same
+generated text as the checked-in `model_store/config.properties`); each start writes a per-run copy into
 `<model_store>/.server/` with the given addresses and absolute paths (metrics config, model store).
 TorchServe's launcher keeps its pid file in the temp dir and `key_file.json` in its working
 directory, so each server runs with TMPDIR and cwd inside its own state folder: several servers
@@ -41,7 +42,9 @@ from clipshield.service.settings import POLICY_ENV, PROVIDERS_ENV, Provider, Pro
 
 log = logging.getLogger(__name__)
 
-REPO_STORE = Path(__file__).resolve().parents[2] / "model_store"
+# The base config.properties (and the metrics.yaml it names) for a model store without its own: package data,
+# generated with the checked-in model_store/ copies by monitoring/generate.py (an installed wheel has no checkout).
+PACKAGED_CONFIG = Path(__file__).with_name("config.properties")
 STATE_DIR = ".server"
 
 
@@ -202,7 +205,7 @@ def start_server(model_store: Path, cfg: Optional[ServeConfig] = None, base_conf
     model_store = Path(model_store).resolve()
     base = Path(base_config) if base_config else (model_store / "config.properties")
     if not base.is_file():
-        base = REPO_STORE / "config.properties"
+        base = PACKAGED_CONFIG
     state_dir = model_store / STATE_DIR
     check_archives(model_store, cfg.models)  # an unreadable bundle is refused here, before anything starts
     replaced = _prepare_start(model_store, cfg)

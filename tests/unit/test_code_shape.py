@@ -64,5 +64,7 @@ SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setup
     "package, pattern", [(pkg, pattern) for pkg, patterns in SETUPTOOLS["package-data"].items() for pattern in patterns]
 )
 def test_every_package_data_pattern_matches_a_file(package, pattern):
-    folder = REPO / SETUPTOOLS.get("package-dir", {}).get(package, package.replace(".", "/"))
+    dirs = SETUPTOOLS.get("package-dir", {})
+    top = max((name for name in dirs if package == name or package.startswith(name + ".")), key=len, default=None)
+    folder = REPO / (dirs[top] + package[len(top) :].replace(".", "/") if top else package.replace(".", "/"))
     assert any(p.is_file() for p in folder.glob(pattern)), f"{package}: {pattern} matches nothing"

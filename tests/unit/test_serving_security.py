@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from clipshield.handlers.torchserve.launcher import REPO_STORE, ServeConfig, render_properties
+from clipshield.handlers.torchserve.launcher import PACKAGED_CONFIG, ServeConfig, render_properties
 from tests.layout import PACKAGES
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _props(cfg: ServeConfig, tmp_path: Path) -> dict[str, str]:
-    text = render_properties(REPO_STORE / "config.properties", tmp_path, cfg)
+    text = render_properties(PACKAGED_CONFIG, tmp_path, cfg)
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
     return {k.strip(): v.strip() for k, v in pairs}
 
