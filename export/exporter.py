@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from clipshield.export.labels import DEFAULT_LABEL_DATASET, LabelChoice, labels_from_dataset, run_labels, run_version  # noqa: F401 (re-exported)
 from clipshield.export.onnx_export import check_parity, export_image_encoder, export_text_encoder
 from clipshield.models.checkpoint import weights_digest
 from clipshield.models.pixel_model import PixelCLIP
@@ -30,16 +31,6 @@ from clipshield.service.errors import ExportError
 from clipshield.service.tokenizer import open_clip_vocab
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LABEL_DATASET = "miniworld/plain/color_shape/seen"
-
-
-def labels_from_dataset(name: str = DEFAULT_LABEL_DATASET) -> B.LabelSet:
-    """Label set (class names + templates) of a registered data set, e.g. the mini world's 64 classes."""
-    from clipshield.datasets.registry import DatasetRequest, build_dataset
-
-    ds = build_dataset(name, DatasetRequest(limit=1))
-    return B.LabelSet(classnames=tuple(ds.classnames), templates=tuple(ds.templates))
 
 
 class ExportMeasurements(StrictModel):
@@ -75,6 +66,7 @@ def bundle_card(
     parity: B.ParityReport,
     measured: ExportMeasurements,
     finetune_card: Optional[ModelCard] = None,
+    labels_source: str = "",
 ) -> ModelCard:
     """The bundle's card: the fine-tune card's provenance and results (when given) plus export's own.
 
@@ -111,6 +103,7 @@ def bundle_card(
         parity=parity,
         provenance=current_provenance(),
         notes=(*measured.notes, *notes),
+        labels_source=labels_source,
         **carried,
     )
 
@@ -119,21 +112,27 @@ def bundle_card(
 def export_model(
     model: PixelCLIP,
     out_dir: Path,
-    labels: Optional[B.LabelSet] = None,
-    version: str = "1.0",
+    labels: Optional[B.LabelSet | LabelChoice] = None,
+    version: Optional[str] = None,
     measured: Optional[ExportMeasurements] = None,
     finetune_card: Optional[ModelCard] = None,
 ) -> Path:
     """Export `model` into `out_dir` (created) and return it; raises ExportError on a parity failure.
 
-    `labels` defaults to the mini world's colour+shape label set; `measured` holds what export
-    measured (purification sweep, flag calibration); `finetune_card` (a fine-tuned checkpoint's
+    `labels` defaults to the fine-tuning data's class names and prompt (`finetune_card`), else the mini
+    world's colour+shape set; `version` to the run's (`clipshield.export.labels.run_version`); `measured` holds what export
+    measured (purification sweep, the detector's calibration); `finetune_card` (a fine-tuned checkpoint's
     card) carries training provenance and accuracies into the bundle card.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
-    labels = labels or labels_from_dataset()
+    if isinstance(labels, LabelChoice):
+        choice = labels
+    else:
+        choice = run_labels(finetune_card) if labels is None else LabelChoice(labels=labels, source="given by the caller")
+    labels = choice.labels
+    version = version or run_version(weights_digest(model.visual), finetune_card)
     export_image_encoder(model, out_dir / B.IMAGE_ONNX)
     export_text_encoder(model, out_dir / B.TEXT_ONNX)
     prompts = [t.format(c) for c in labels.classnames[:4] for t in labels.templates[:2]] + [t.format("") for t in labels.templates[:2]]
@@ -146,7 +145,7 @@ def export_model(
     (out_dir / B.RECORD).write_text(model.record.model_dump_json(indent=2) + "\n")
     (out_dir / B.LABELS).write_text(labels.model_dump_json(indent=2) + "\n")
     shutil.copyfile(open_clip_vocab(), out_dir / B.TOKENIZER_VOCAB)
-    card = bundle_card(model, version, int(head.shape[1]), parity, measured or ExportMeasurements(), finetune_card)
+    card = bundle_card(model, version, int(head.shape[1]), parity, measured or ExportMeasurements(), finetune_card, choice.source)
     B.write_card(out_dir, card)
     write_bundle_info(out_dir, BundleInfo(format_version=FORMAT_VERSION, exported_by=current_build()))
     B.write_manifest(out_dir)

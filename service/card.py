@@ -199,8 +199,9 @@ class AttackSpec(StrictModel):
 class TrainingInfo(StrictModel):
     """How the weights were fine-tuned, with the values that actually ran (not the config defaults).
 
-    `image_size` is the model's input resolution, `steps` the optimiser steps taken, `epochs`
-    = steps x batch size / training images (passes over the data, fractional for short runs).
+    `image_size` is the model's input resolution, `steps` the optimiser steps taken, `batch_size` the
+    largest batch that ran (the requested one, or every image when the data set is smaller),
+    `images_seen` the training images the steps used in all, `epochs` = images seen / training images.
     """
 
     method: str
@@ -209,6 +210,8 @@ class TrainingInfo(StrictModel):
     steps: int = Field(ge=0)
     epochs: float = Field(ge=0)
     batch_size: int = Field(gt=0)
+    images_seen: Optional[int] = Field(default=None, ge=0, description="images the steps used (cards before issue 27: absent)")
+    requested_batch_size: Optional[int] = Field(default=None, gt=0, description="the configured batch size, when it differs")
     hyperparameters: dict[str, Any]
     data: TrainingData
     training_attack: AttackSpec
@@ -260,6 +263,7 @@ class ModelCard(StrictModel):
     finetune_provenance: Optional[Provenance] = None
     release: Optional[ReleaseDecision] = None
     notes: tuple[str, ...] = ()
+    labels_source: str = Field(default="", description="where the bundle's default labels came from (export; issue 27)")
 
     @model_validator(mode="before")
     @classmethod

@@ -154,10 +154,14 @@ class ClipshieldService:
         }
 
     def describe(self) -> dict[str, Any]:
-        """What is served: model card, bundle versions, execution providers, server version (JSON-able)."""
+        """What is served: model card, default labels and vocabulary, bundle versions, execution providers,
+        server version (JSON-able)."""
         runtime = self.config.runtime
         return {
             "model": self.card.model_dump(mode="json", exclude_none=True),  # sections never measured are left out
+            # what a request without labels is answered with, and the words labels may use (empty: any text)
+            "labels": {"classnames": list(self.labels.classnames), "templates": list(self.labels.templates)},
+            "vocabulary": self.tokenizer.known_words(),
             "bundle": self.bundle_info.model_dump(mode="json"),
             "runtime": {
                 "image_encoder_provider": self.image_encoder.provider,

@@ -90,13 +90,16 @@ def training_info(cfg: FinetuneConfig, data: Any, template: str, seconds: float)
     hyper = {k: v for k, v in cfg.flat().items() if k not in _NOT_HYPERPARAMETERS and v is not None}
     kind, a, steps, batch_size = method.adversary.kind, cfg.attack, cfg.optim.steps or 0, cfg.optim.batch_size or 0
     attack = AttackSpec(kind=kind, eps=a.eps, alpha=a.alpha, steps=a.steps or 0, label=attack_label(kind, a.eps, a.steps or 0))
+    seen, n = images_seen(len(data), batch_size, steps), max(len(data), 1)
     return TrainingInfo(
         method=cfg.method,
         method_description=method.description,
         image_size=int(image.shape[-1]),
         steps=steps,
-        epochs=round(steps * batch_size / max(len(data), 1), 4),
-        batch_size=batch_size,
+        epochs=round(seen / n, 4),
+        batch_size=min(batch_size, n),
+        images_seen=seen,
+        requested_batch_size=batch_size if batch_size > n else None,
         hyperparameters=hyper,
         data=TrainingData(
             name=cfg.dataset.name,
@@ -110,6 +113,16 @@ def training_info(cfg: FinetuneConfig, data: Any, template: str, seconds: float)
         eval_attack=eval_attack(cfg) if cfg.evaluation.datasets else None,
         train_seconds=round(seconds, 2),
     )
+
+
+def images_seen(n: int, batch_size: int, steps: int) -> int:
+    """Training images `steps` steps use, as `clipshield.training.finetune.StepBatches` deals them: epochs of
+    ceil(n / batch_size) batches, the last one partial, so a batch larger than the data set is the data set."""
+    if n <= 0 or batch_size <= 0:
+        return 0
+    per_epoch = -(-n // batch_size)
+    full, rest = divmod(steps, per_epoch)
+    return full * n + min(rest * batch_size, n)
 
 
 def embed_dim(model: PixelCLIP) -> int:
@@ -149,7 +162,23 @@ def model_card(
         training=training_info(cfg, data, template, seconds),
         accuracy=tuple(results),
         provenance=current_provenance(),
+        notes=evaluation_notes(cfg),
     )
+
+
+def evaluation_notes(cfg: FinetuneConfig) -> tuple[str, ...]:
+    """What the card's own-data accuracies were measured on, when a `folder/<dir>` set has no held-out split."""
+    from clipshield.datasets.folder import FOLDER_PREFIX, held_out_split
+
+    notes = []
+    for name in cfg.evaluation.datasets:
+        if name.startswith(FOLDER_PREFIX) and cfg.dataset.root is not None:
+            split = held_out_split(Path(cfg.dataset.root) / name[len(FOLDER_PREFIX) :])
+            if split == "same" and name == cfg.dataset.name:
+                notes.append(f"{name} has no test/ or val/ folder: its accuracies are on the training images, not held out")
+    if cfg.dataset.name.startswith(FOLDER_PREFIX) and not cfg.evaluation.datasets:
+        notes.append(f"{cfg.dataset.name} was not evaluated (no test/ or val/ folder and no --eval-datasets)")
+    return tuple(notes)
 
 
 def read_finetune_card(folder: Path) -> Optional[ModelCard]:

@@ -70,17 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipshield.export.describe import require_bundle
     from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
     from clipshield.service.settings import AttackScoreServing, RuntimeConfig, ServingConfig
 
-    if args.attack_score == "on":
-        from clipshield.service.bundle import read_card
-
-        if read_card(args.export).attack_score is None:
-            raise ConfigError(
-                f"--attack-score on needs a calibrated attack score in {args.export}'s model card "
-                "(export it with `clipshield export --calibrate-score N`)"
-            )
+    card = require_bundle(args.export)  # a missing or malformed export: one line, before anything is written
+    if args.attack_score == "on" and card.attack_score is None:
+        raise ConfigError(
+            f"--attack-score on needs a calibrated attack score in {args.export}'s model card "
+            "(export it with `clipshield export --calibrate-score N`)"
+        )
     runtime = flag_config(
         RuntimeConfig,
         {"intra_op_threads": "threads"},

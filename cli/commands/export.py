@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from pydantic import ValidationError
@@ -29,10 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/export/miniworld"), help="output folder (default: %(default)s)")
     p.add_argument(
         "--labels",
-        default="miniworld/plain/color_shape/seen",
-        help='default label set: a data set name, or a JSON file {"classnames": [...], "templates": [...]} (default: %(default)s)',
+        default=None,
+        help='default label set: a registered data set, folder/<dir> (with --data-root), or a JSON file {"classnames": [...], '
+        '"templates": [...]} (default: a fine-tuned model\'s training data with its prompt, else miniworld/plain/color_shape/seen)',
     )
-    p.add_argument("--version", default="1.0", help="model version reported in responses (default: %(default)s)")
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="folder holding --labels' data set (default: the fine-tuning run's, else none)"
+    )
+    p.add_argument(
+        "--version",
+        default=None,
+        help="model version reported in responses (default: ft<steps>-<weights digest> for a fine-tuned model, else 1.0)",
+    )
     p.add_argument(
         "--measure-purify",
         type=int,
@@ -86,23 +95,24 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_labels(spec: str):
-    """LabelSet from a JSON file path or a registered data set name."""
-    from clipshield.export import labels_from_dataset
+def load_labels(spec: Optional[str], data_root: Optional[Path] = None, finetune_card=None):
+    """LabelChoice from a JSON file path, a registered or folder data set name, or (None) the run's own."""
+    from clipshield.export.labels import LabelChoice, dataset_labels, run_labels
     from clipshield.service.bundle import LabelSet
 
+    if spec is None:
+        return run_labels(finetune_card, data_root)
     path = Path(spec)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise ConfigError(f"label file not found: {path}")
-        try:
-            return LabelSet.model_validate(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            problem = (
-                exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
-            )
-            raise ConfigError(f"label file {path} is not a label set: {problem}") from None
-    return labels_from_dataset(spec)
+    if path.suffix != ".json":
+        return dataset_labels(spec, data_root)
+    if not path.is_file():
+        raise ConfigError(f"label file not found: {path}")
+    try:
+        labels = LabelSet.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        problem = exc.msg if isinstance(exc, json.JSONDecodeError) else f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+        raise ConfigError(f"label file {path} is not a label set: {problem}") from None
+    return LabelChoice(labels=labels, source=f"label file {path}")
 
 
 def _measure_purify(model, n: int):
@@ -152,41 +162,42 @@ def _calibrate_score(model, labels, args: argparse.Namespace):
     return cal
 
 
-def run(args: argparse.Namespace) -> int:
-    from clipshield.export import export_model
-    from clipshield.export.exporter import ExportMeasurements
-    from clipshield.training.model_card import read_finetune_card
-
-    torch.set_num_threads(args.threads)
-    model = model_from_args(args)
-    finetune_card = read_finetune_card(Path(args.model)) if Path(args.model).is_dir() else None
-    measured = ExportMeasurements()
-    if args.measure_purify:
 REMOVED_FLAG = (
     "--calibrate-flag/--flag-fpr were removed (bundle format 2: one detector); use --calibrate-score N --score-signals "
     "anchor [--score-fpr F] for the anchor-only flag, or --calibrate-score N for the default signals"
 )
 
 
+def run(args: argparse.Namespace) -> int:
+    from clipshield.export import export_model
+    from clipshield.export.exporter import ExportMeasurements
+    from clipshield.training.model_card import read_finetune_card
+
+    if args.calibrate_flag is not None or args.flag_fpr is not None:
+        raise ConfigError(REMOVED_FLAG)
+    torch.set_num_threads(args.threads)
+    model = model_from_args(args)
+    finetune_card = read_finetune_card(Path(args.model)) if Path(args.model).is_dir() else None
+    measured = ExportMeasurements()
+    if args.measure_purify:
         result = _measure_purify(model, args.measure_purify)
         measured = ExportMeasurements(purify=result.chosen, purify_sweep=result.sweep, accuracy=result.accuracy, notes=result.notes)
     if args.no_purify:
         measured = measured.model_copy(
             update={
-    if args.calibrate_flag is not None or args.flag_fpr is not None:
-        raise ConfigError(REMOVED_FLAG)
                 "purify": measured.purify.model_copy(
                     update={"enabled": False, "chosen_by": measured.purify.chosen_by + "; off by operator (--no-purify)"}
                 )
             }
         )
-    labels = load_labels(args.labels)
+    labels = load_labels(args.labels, args.data_root, finetune_card)
     if args.calibrate_score:
-        score = _calibrate_score(model, labels, args)
+        score = _calibrate_score(model, labels.labels, args)
         measured = measured.model_copy(update={"attack_score": score})
     out = export_model(model, args.out, labels=labels, version=args.version, measured=measured, finetune_card=finetune_card)
     card = read_card(out)
     print(f"exported {card.name} {card.version} to {out}")
+    print(f"default labels ({len(labels.labels.classnames)}): {labels.source}")
     if card.training is not None:
         t = card.training
         print(

@@ -41,6 +41,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _card(load_card, path: Path, what: str):
+    """`load_card(path)`, with a malformed card or archive as one ConfigError line naming `what` (exit 2)."""
+    import zipfile
+
+    from pydantic import ValidationError
+
+    from clipshield.service.errors import ConfigError
+
+    if what == "candidate" and not Path(path).is_dir():
+        raise ConfigError(f"candidate {path} is not an export folder: give the folder `clipshield export --out` wrote")
+    try:
+        return load_card(path)
+    except (ValidationError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ConfigError(
+            f"{what} {path}: not a readable model card ({type(exc).__name__}); give a bundle folder, .mar or model_card.json"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from clipshield.export.release_gate import Margins, compare, format_report, load_card, record_decision
     from clipshield.service.errors import ConfigError
@@ -48,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.force and not args.reason.strip():
         raise ConfigError("--force needs --reason: the override is recorded in the candidate's card")
     margins = Margins(clean=args.max_clean_drop, robust=args.max_robust_drop)
-    baseline, candidate = load_card(args.baseline), load_card(args.candidate)
+    baseline, candidate = _card(load_card, args.baseline, "--baseline"), _card(load_card, args.candidate, "candidate")
     report = compare(baseline, candidate, margins)
     print(format_report(report, baseline, candidate))
     record_decision(args.candidate, baseline, report, margins, forced=args.force, reason=args.reason)
