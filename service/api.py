@@ -111,9 +111,10 @@ class PredictResponse(StrictModel):
     `anchor_score`: cosine of the image embedding with the blank anchor (before purification).
     `prediction_shift`: total-variation distance between the class probabilities without and with
     purification (0 when not purified). `flipped`: purification changed the top-1 label. `flagged`:
-    flipped, or anchor score below the model card's calibrated threshold (a hint that the input may
-    be adversarial, docs/security.md). `attack_score`: the calibrated attack score when the request or
-    the model default asked for it, else null (docs/security.md section 5.1).
+    the decision of the model card's one detector, the calibrated attack score (a hint that the input
+    may be adversarial, docs/security.md section 5): decided on every request when its signals are free
+    (the anchor-only flag), else only when the score runs; false without a detector. `attack_score`: the
+    detector's score when the request or the model default asked for it, else null.
     """
 
     predictions: list[Prediction]

@@ -62,8 +62,10 @@ class RequestLimits(StrictModel):
 
 
 class AttackScoreServing(StrictModel):
-    """The attack score on the served path (model card `attack_score`): computed for a request that asks
-    (`attack_score` field), else when `default` is on. It costs `n_noise` extra encoder passes per image.
+    """The attack score on the served path (model card `attack_score`): in the answer of a request that asks
+    (`attack_score` field), else when `default` is on. A score with squeezers or noise runs only then (one extra
+    encoder pass per squeezer, `n_noise` for tau); one of free signals (anchor, margin) runs on every request,
+    since `flagged` is its decision.
     `seed` is mixed into each image's noise seed (a digest of its pixels), so answers are reproducible."""
 
     default: bool = False
@@ -73,8 +75,8 @@ class AttackScoreServing(StrictModel):
 class ServingConfig(StrictModel):
     """Everything a serving adapter configures; defaults suit the mini world and ViT-B/32 alike.
 
-    `flagged` needs no setting here: it uses the threshold calibrated in the model card
-    (`clipshield.service.card.FlagCalibration`) and purification flips.
+    `flagged` needs no setting here: it is the decision of the model card's detector
+    (`clipshield.service.card.AttackScoreCalibration`), on every request when its signals are free.
     """
 
     decode: DecodeLimits = DecodeLimits()

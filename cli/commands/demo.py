@@ -38,8 +38,8 @@ OUTLINED_NOTE = (
 )
 SERVING_NOTE = (
     "  flipped: purification (CLIPure-Cos, purify=true) changed the top-1 label of that answer. flagged: the server's hint "
-    "that\n  an input may be adversarial: a flip, or an anchor score below the threshold calibrated in the model card "
-    "(none is\n  calibrated here, so flagged = flipped). A hint, not a defence: see docs/security.md."
+    "that\n  an input may be adversarial: the model card's detector (the attack score) above its threshold (none is\n"
+    "  calibrated here, so nothing is flagged). A hint, not a defence: see docs/security.md."
 )
 
 

@@ -113,6 +113,25 @@ def same(got: dict, want: dict) -> bool:
 # --- fixtures --------------------------------------------------------------------------------------------------
 
 
+def anchor_detector(anchor_below: float):
+    """The one-signal detector (issue 24) flagging `anchor_score < anchor_below`: score -anchor_score, threshold -anchor_below."""
+    from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
+    from clipshield.service.card import AttackScoreCalibration
+
+    params = ScoreParams(
+        signals=("anchor",),
+        mean=(0.0,),
+        std=(1.0,),
+        weights=(-1.0,),
+        bias=0.0,
+        threshold=-anchor_below,
+        target_fpr=0.05,
+        dataset="test: not fitted",
+        n_calibration=1,
+    )
+    return AttackScoreCalibration(config=AttackScoreConfig(signals=("anchor",)), params=params, attack="none")
+
+
 @pytest.fixture(scope="module")
 def bundle(miniworld_model, tmp_path_factory):
     from clipshield.export import export_model
@@ -204,6 +223,41 @@ def test_batch_without_labels_matches_the_service(client, local):
     for i, png in enumerate(GOOD):
         got, want = answer(result, i), local({"image": png})
         assert len(got["predictions"]) == 5 and same(got, want), (got, want)
+
+
+@pytest.fixture(scope="module")
+def anchor_served(miniworld_model, bundle, tmp_path_factory):
+    """A second server on the exported mini world with an anchor-only detector whose threshold is the median anchor
+    score of GOOD, and the same bundle in-process; yields (client, local service, anchor_below)."""
+    from clipshield.cli.main import main
+    from clipshield.export import export_model
+    from clipshield.export.exporter import ExportMeasurements
+    from clipshield.service.inference import ClipshieldService, RawRequest
+
+    root = tmp_path_factory.mktemp("kserve-anchor")
+    plain = ClipshieldService.from_folder(bundle).predict([RawRequest({"body": png}, "image/png") for png in GOOD])
+    median = float(np.median([r.anchor_score for r in plain]))
+    folder = export_model(miniworld_model, root / "export", measured=ExportMeasurements(attack_score=anchor_detector(median)))
+    port = H.free_port()
+    common = ["serve", "--runtime", "kserve", "--model-store", str(root / "model_store"), "--address", f"http://127.0.0.1:{port}"]
+    assert main([*common, "--bundle", str(folder)]) == 0
+    c = http.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=H.TIMEOUT_S, network_timeout=H.TIMEOUT_S)
+    yield c, ClipshieldService.from_folder(folder), median
+    c.close()
+    assert main([*common, "--stop"]) == 0
+
+
+def test_flagged_is_the_one_detector_on_every_request(anchor_served):
+    """`flagged` (OIP BOOL output) is the card's anchor-only detector, decided without asking for the score."""
+    from clipshield.service.inference import RawRequest
+
+    client, service, anchor_below = anchor_served
+    result = infer(client, [b64(png) for png in GOOD])
+    got = [answer(result, i) for i in range(len(GOOD))]
+    want = service.predict([RawRequest({"body": png}, "image/png") for png in GOOD])
+    assert [g["flagged"] for g in got] == [w.flagged for w in want]
+    assert [g["flagged"] for g in got] == [g["anchor_score"] < anchor_below for g in got] and sum(g["flagged"] for g in got) == 1
+    assert "attack_flagged" not in {o["name"] for o in result.get_response()["outputs"]}  # the score itself: only when asked
 
 
 @pytest.mark.parametrize("how", ["parameters", "named-inputs"])

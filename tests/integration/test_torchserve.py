@@ -108,6 +108,7 @@ def test_raw_png_contract(server, pngs):
     body = r.json()
     assert set(body) == {"predictions", "purified", "anchor_score", "prediction_shift", "flipped", "flagged", "model", "attack_score"}
     assert body["attack_score"] is None  # off by default (serving config), not asked for
+    assert body["flagged"] is False  # the card's detector has squeezers: it runs only when asked (issue 24)
     assert body["model"]["version"] == "0.9" and body["model"]["name"]
     scores = [p["score"] for p in body["predictions"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
@@ -153,7 +154,7 @@ def test_attack_score_on_request(server, pngs):
     body = requests.post(_url(server), files=files, data={"attack_score": "true"}, headers=_auth(server), timeout=30).json()
     score = body["attack_score"]
     assert set(score) == {"score", "threshold", "flagged"} and score["threshold"] == 0.9
-    assert score["flagged"] is (score["score"] > 0.9)
+    assert score["flagged"] is (score["score"] > 0.9) and body["flagged"] is score["flagged"]  # one detector
     again = requests.post(_url(server), files=files, data={"attack_score": "true"}, headers=_auth(server), timeout=30).json()
     assert again["attack_score"] == score  # noise seeded by the image: the same answer every time
     off = requests.post(_url(server), files=files, data={"attack_score": "false"}, headers=_auth(server), timeout=30).json()

@@ -183,11 +183,15 @@ def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld
     asked = service.predict([RawRequest({"image": p, "attack_score": b"true"}, "multipart/form-data") for p in pngs])
     plain = service.predict([RawRequest({"body": pngs[0]}, "image/png"), RawRequest({"image": pngs[1], "attack_score": "false"}, None)])
     assert all(r.attack_score is None for r in plain)  # model default off; explicit false
+    # One detector (issue 24): a score with squeezers runs only when asked; `flagged` is its decision, else false.
+    assert not any(r.flagged for r in plain) and not service.scorer.cfg.is_free
     params = service.card.attack_score.params
     assert all(
-        r.attack_score.threshold == params.threshold and r.attack_score.flagged == (r.attack_score.score > params.threshold) for r in asked
+        r.attack_score.threshold == params.threshold and r.flagged == r.attack_score.flagged == (r.attack_score.score > params.threshold)
+        for r in asked
     )
     assert len(sink.observations[("clipshield_attack_score", ())]) == 4
+    assert sink.count("clipshield_flagged_total") == sum(r.flagged for r in asked)
     assert len(sink.observations[("clipshield_attack_score_seconds", ())]) == 1
     # The served score is the NumPy score of the decoded pixels over the same function in PyTorch.
     cal = service.card.attack_score
