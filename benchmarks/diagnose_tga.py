@@ -92,8 +92,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     )
     probe = TermProbe(every=args.every, norm=method_params(args.param).get("map_norm", "token_axis"))
     t0 = time.perf_counter()
-    _, card = finetune(cfg, observer=probe)
-    probe.write(out)
+    try:
+        _, card = finetune(cfg, observer=probe)
+    finally:  # the measurements survive a failing evaluation
+        probe.write(out)
     return {
         "seed": seed,
         "wall_s": round(time.perf_counter() - t0, 1),
