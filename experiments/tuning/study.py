@@ -1,0 +1,89 @@
+"""Equal-budget studies: one Optuna study per method, `trials` finished trials each, resumable.
+
+Storage: SQLite under the output folder by default (`sqlite:///<output>/study.db`), any Optuna database
+URL otherwise, so several machines can share one study. Trials send a heartbeat; a trial left RUNNING by
+a killed process is failed once its heartbeat is `grace_s` old and re-queued with the same settings
+(`RetryHeartbeatStaleTrialCallback`), so a resumed study finishes the same trials it started.
+Finished = COMPLETE or PRUNED (a pruned trial spent budget); failed trials do not count.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from clipshield.experiments.tuning.config import TuneConfig
+from clipshield.experiments.tuning.objective import Objective, default_point
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+OnTrial = Callable[[str, FrozenTrial], None]
+
+
+def open_storage(cfg: TuneConfig) -> optuna.storages.BaseStorage:
+    """The study database with heartbeats (stale RUNNING trials are failed and retried, at most twice)."""
+    url = cfg.storage_url()
+    if url.startswith("sqlite:///"):
+        cfg.output.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the heartbeat retry callback is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=cfg.heartbeat_s,
+            grace_period=cfg.grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+
+
+def load_study(cfg: TuneConfig, method: str, storage: Optional[optuna.storages.BaseStorage] = None) -> optuna.Study:
+    """The method's study (created on first use; its first trial is the method's untuned setting)."""
+    study = optuna.create_study(
+        study_name=cfg.study_name(method),
+        storage=storage or open_storage(cfg),
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(2, cfg.trials // 3)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        load_if_exists=True,
+    )
+    if not study.trials:
+        study.enqueue_trial(default_point(method))
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None) -> optuna.Study:
+    """Run the method's study until `cfg.trials` trials are finished (resuming what a database already holds)."""
+    study = load_study(cfg, method)
+    with warnings.catch_warnings():  # marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a killed run's RUNNING trial: failed, re-queued
+    callbacks = [lambda _s, t: on_trial(method, t)] if on_trial else []
+    objective: Optional[Objective] = None
+    for _attempt in range(cfg.trials + 3):  # a trial that fails is run again, a bounded number of times
+        missing = cfg.trials - finished(study)
+        if missing <= 0:
+            break
+        objective = objective or Objective(cfg, method)
+        study.optimize(objective, n_trials=missing, n_jobs=cfg.jobs, callbacks=callbacks, catch=(RuntimeError, ValueError))
+    log.info("study %s: %d trials finished", study.study_name, finished(study))
+    return study
+
+
+def run_tuning(cfg: TuneConfig, on_trial: Optional[OnTrial] = None) -> dict[str, optuna.Study]:
+    """Every method's study, one after another, with the same number of trials each."""
+    cfg = cfg.checked()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    return {method: tune_method(cfg, method, on_trial) for method in cfg.methods}
