@@ -29,9 +29,6 @@ from clipshield.service.config import PreprocessConfig
 from clipshield.service.errors import UnknownName
 from clipshield.service.preprocess import to_pixels
 
-MINIWORLD_REFERENCE_EPS = WORLDS["miniworld"].reference_eps  # 4/255 at 32x32 (clipshield.datasets.miniworld.worlds)
-
-
 TUNED_FILE = Path(__file__).with_name("miniworld_tuned.json")  # world -> method -> tuned lr, loss weights, study
 
 

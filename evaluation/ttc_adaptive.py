@@ -6,15 +6,11 @@ classifier, then TTC), plus the adaptive one: PGD on `StraightThroughTTC` (the c
 forward, held constant in the backward, logits averaged over `eot` fresh TTC starts), every adversarial
 image then classified by the real, randomised `TTCClassifier` (defender's own generator).
 
-    python -m clipshield.evaluation.ttc_adaptive --finetuned runs/ft_tecoa/final --seeds 0 1 2 --out runs/ttc_adaptive
+    clipshield evaluate --ttc-adaptive --ttc-finetuned runs/ft_tecoa/final --ttc-seeds 0 1 2 --out runs/ttc_adaptive
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -24,12 +20,10 @@ from clipshield.attacks import get_attack
 from clipshield.attacks.adaptive_defences import StraightThroughTTC
 from clipshield.evaluation.ttc_eval import TTCEvalConfig, _load, evaluate_ttc
 from clipshield.evaluation.zeroshot import batches
-from clipshield.models.factory import load_model
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.ttc import TTCClassifier
 from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.service.config import StrictModel
-from clipshield.service.errors import ClipshieldError
 
 
 class AdaptiveTTCConfig(StrictModel):
@@ -95,44 +89,3 @@ def markdown(result: dict) -> str:
             vals = [100 * per[s][key] for s in seeds]
             lines.append(f"| {name} | {label} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {sum(vals) / len(vals):.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clipshield.evaluation.ttc_adaptive", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="miniworld", help="base (original) model")
-    p.add_argument("--finetuned", default=None, help="fine-tuned checkpoint folder; its tau uses --model")
-    p.add_argument("--dataset", default=AdaptiveTTCConfig().base.dataset)
-    p.add_argument("--limit", type=int, default=64)
-    p.add_argument("--eps", type=float, default=4.0, help="attack eps in units of 1/255")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--eot", type=int, default=2)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", type=Path, required=True, help="folder for ttc_adaptive.json and ttc_adaptive.md")
-    return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Run the evaluation, write JSON + Markdown; 2 on a clipshield error."""
-    args = _parser().parse_args(argv)
-    cfg = AdaptiveTTCConfig(
-        base=TTCEvalConfig(dataset=args.dataset, limit=args.limit, eps=args.eps / 255, alpha=args.eps / 4 / 255, steps=args.steps),
-        eot=args.eot,
-    )
-    try:
-        base = load_model(args.model)
-        models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]] = {args.model: (base, None)}
-        if args.finetuned:
-            models[args.finetuned] = (load_model(args.finetuned), base)
-        result = evaluate(models, cfg, args.seeds)
-    except (ClipshieldError, KeyError) as exc:  # KeyError: unknown data set or model name (lists the known ones)
-        print(f"ttc_adaptive: error: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ttc_adaptive.json").write_text(json.dumps({"config": cfg.model_dump(), "results": result}, indent=2))
-    (args.out / "ttc_adaptive.md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,16 +3,13 @@ classifier, then the adversarial images classified with and without TTC countera
 
 The attacker never sees the counterattack, so robust accuracy "with TTC" is an upper bound; the
 adaptive evaluation (BPDA through the sign steps, EOT over the random start; docs/methods.md §11.4) is
-`clipshield.evaluation.ttc_adaptive`. Clean accuracy with TTC is reported too, since TTC changes clean images.
+`clipshield.evaluation.ttc_adaptive` (`clipshield evaluate --ttc-adaptive`). Clean accuracy with TTC is reported too, since TTC changes clean images.
 
-    python -m clipshield.evaluation.ttc_eval --model miniworld --limit 64 --eps 4 --steps 10
+    clipshield evaluate --ttc --model miniworld --limit 64 --eps 4 --steps 10
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Optional
 
 import torch
@@ -21,12 +18,10 @@ from pydantic import Field
 from clipshield.attacks import get_attack
 from clipshield.datasets import DatasetRequest, build_dataset
 from clipshield.evaluation.zeroshot import batches
-from clipshield.models.factory import load_model
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.ttc import TTCClassifier, TTCConfig
 from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
 from clipshield.service.config import StrictModel
-from clipshield.service.errors import ClipshieldError
 
 
 class TTCEvalConfig(StrictModel):
@@ -77,45 +72,3 @@ def evaluate_ttc(model: PixelCLIP, cfg: TTCEvalConfig, tau_model: Optional[Pixel
     out = {"n": float(n), **{k: v / n for k, v in sums.items()}}
     out.update({f"tau_median_{k}": float(torch.cat(v).median()) for k, v in taus.items()})
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clipshield.evaluation.ttc_eval", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="miniworld", help="model name, checkpoint folder or config JSON (see README)")
-    p.add_argument("--weights", default=None, help="state dict for a config-JSON model")
-    p.add_argument("--dataset", default=TTCEvalConfig().dataset)
-    p.add_argument("--limit", type=int, default=64)
-    p.add_argument("--eps", type=float, default=4.0, help="attack eps in units of 1/255")
-    p.add_argument("--alpha", type=float, default=1.0, help="attack step in units of 1/255")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--tau-thres", type=float, default=TTCConfig().tau_thres)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Run one evaluation and print its metrics as JSON."""
-    args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = TTCEvalConfig(
-        dataset=args.dataset,
-        limit=args.limit,
-        eps=args.eps / 255,
-        alpha=args.alpha / 255,
-        steps=args.steps,
-        seed=args.seed,
-        ttc=TTCConfig(tau_thres=args.tau_thres),
-    )
-    try:
-        metrics = evaluate_ttc(load_model(args.model, weights=args.weights), cfg)
-    except ClipshieldError as exc:
-        print(f"ttc_eval: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"config": cfg.model_dump(), "metrics": metrics}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

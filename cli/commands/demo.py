@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from clipshield.datasets.miniworld.worlds import WORLDS
+
 BASE_VERSION = "1.0"  # the version export_model gives the shipped model
-WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.datasets.miniworld.worlds.WORLDS
 
 
 def demo_eval(world: str = "miniworld") -> tuple[str, str]:
@@ -23,7 +24,6 @@ def demo_eval(world: str = "miniworld") -> tuple[str, str]:
     return (f"{world}/plain/color_shape/seen", f"{world}/outlined/color_shape/seen")
 
 
-DEMO_EVAL = demo_eval()
 DEMO_STEPS = 10  # PGD steps of every "attacked" number and image in the demo
 
 HELDOUT_NOTE = (
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--world",
-        choices=WORLD_NAMES,
+        choices=tuple(WORLDS),
         default="miniworld",
         help="miniworld: 32-px images, shipped 32-px ViT, eps 4/255 (fast); miniworld224: 224-px world, shipped "
         "ViT-B/32-geometry model, eps 4/255, and real 224-px photos over HTTP too (slower) (default: %(default)s)",

@@ -18,6 +18,7 @@ from clipshield.attacks.budget import as_255, budget_help, to_pixels
 from clipshield.attacks.pgd import STOP_RULES
 from clipshield.cli.commands.common import add_model_args, model_from_args, progress
 from clipshield.cli.commands.evaluate_score import DEFAULT_SCORE_STEPS, add_score_args, run_score
+from clipshield.cli.commands.evaluate_ttc import add_ttc_args, run_ttc
 from clipshield.models.precision import PRECISIONS
 from clipshield.models.purify import PurifyConfig
 from clipshield.service.config import flag_config
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Results go to --out: one JSON per (data set, attack) cell (re-runs skip finished cells), "
         "summary.json, results.md and robust_vs_clean.png. --eps and --alpha are in units of 1/255 (--eps 4 means 4/255); "
         "without --eps each data set is attacked at its registered reference (mini world 4/255, real data sets 1/255). "
-        "With --attack-score it evaluates the served attack score instead (detection.json, detection.md).",
+        "With --attack-score it evaluates the served attack score instead (detection.json, detection.md); with --ttc or "
+        "--ttc-adaptive, TTC test-time counterattacks (ttc.json; ttc_adaptive.json, ttc_adaptive.md).",
     )
     add_model_args(p)
     p.add_argument("--model-id", default=None, help="name of the model in reports (default: --model[:--pretrained])")
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _attack_args(p)
     _purify_args(p)
     add_score_args(p)
+    add_ttc_args(p)
     p.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)"
     )
@@ -260,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
     from clipshield.evaluation.schema import load_all
     from clipshield.models.distributed import init_distributed
 
+    if args.ttc or args.ttc_adaptive:
+        return run_ttc(args, [MINIWORLD_SUITE])
     check_attacks(args.attacks)  # fail on a typo or a bad budget before loading any model
     groups = eps_groups(args.eps, expand_datasets(args.datasets))
     if args.attack_score:  # one reference budget for the score: --eps, else the first data set's registered one

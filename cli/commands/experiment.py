@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipshield.attacks.budget import as_255, budget_help, to_pixels
+from clipshield.datasets.miniworld.worlds import WORLDS
 from clipshield.datasets.miniworld_sets import MINIWORLD_RECIPE
 from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-WORLD_NAMES = ("miniworld", "miniworld224")  # clipshield.datasets.miniworld.worlds.WORLDS (not imported here: the CLI starts fast)
 
 if TYPE_CHECKING:
     from clipshield.training.finetune_config import FinetuneConfig
@@ -81,7 +81,7 @@ def add_miniworld_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `experiment miniworld`: world, methods, seeds, the shared budget, evaluation, processes."""
     p.add_argument(
         "--world",
-        choices=WORLD_NAMES,
+        choices=tuple(WORLDS),
         default="miniworld",
         help="miniworld: 32-px world, shipped `miniworld` model, eps 4/255; miniworld224: 224-px world (ViT-B/32 "
         "geometry), shipped `miniworld224` model, eps 4/255 (default: %(default)s)",

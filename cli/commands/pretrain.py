@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from clipshield.cli.commands.common import progress
+from clipshield.datasets.miniworld.worlds import WORLDS
 from clipshield.service.config import flag_config
 
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--world",
-        choices=["miniworld", "miniworld224"],
+        choices=tuple(WORLDS),
         default="miniworld",
         help="miniworld: 32-px images, ViT patch 8; miniworld224: 56-px renders resized to 224, ViT-B/32 geometry "
         "(models/model_configs/miniworld-vit-b32-tiny.json; the shipped model used --steps 4000 --batch-size 64 "

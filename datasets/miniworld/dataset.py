@@ -169,8 +169,3 @@ class MiniWorldFinetune(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._images[idx].float() / 255.0, self.labels[idx]
-
-
-def all_tasks(n: int = 512, world_seed: int = 0) -> list[MiniWorldTask]:
-    """Every (domain, label set, split) zero-shot task of the mini world."""
-    return [MiniWorldTask(d, ls, sp, n, world_seed) for d in DOMAINS for ls in LABEL_SETS for sp in SPLITS]
