@@ -114,22 +114,10 @@ def same(got: dict, want: dict) -> bool:
 
 
 def anchor_detector(anchor_below: float):
-    """The one-signal detector (issue 24) flagging `anchor_score < anchor_below`: score -anchor_score, threshold -anchor_below."""
-    from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
-    from clipshield.service.card import AttackScoreCalibration
+    """The one-signal detector (issue 24) flagging `anchor_score < anchor_below`, as a format-1 flag converts to."""
+    from clipshield.service.card import LegacyFlagCalibration, score_from_legacy_flag
 
-    params = ScoreParams(
-        signals=("anchor",),
-        mean=(0.0,),
-        std=(1.0,),
-        weights=(-1.0,),
-        bias=0.0,
-        threshold=-anchor_below,
-        target_fpr=0.05,
-        dataset="test: not fitted",
-        n_calibration=1,
-    )
-    return AttackScoreCalibration(config=AttackScoreConfig(signals=("anchor",)), params=params, attack="none")
+    return score_from_legacy_flag(LegacyFlagCalibration(anchor_below=anchor_below, target_fpr=0.05, dataset="test", n_calibration=1))
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,6 @@ from clipshield.service.bundle_info import BUNDLE_INFO, FORMAT_VERSION
 from clipshield.service.card import ModelCard, read_card_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """PGD on a shared 2-core host: one intra-op thread is several times faster than two under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def anchor_bundle(tmp_path_factory):
     """The anchor-only detector from the one calibrator: 64 clean + 64 PGD-10 16/255 images, threshold at 10 %."""
