@@ -8,7 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitoring.rules import BURN_ALERTS, ERROR_OUTCOME, JOB, OK_OUTCOME, REQUESTS, SLO, loaded_gauge, rule_groups
+from monitoring.rules import (
+    BURN_ALERTS,
+    ERROR_OUTCOME,
+    HTTP_LATENCY,
+    HTTP_RESPONSES,
+    JOB,
+    OK_OUTCOME,
+    REQUEST_LATENCY,
+    REQUESTS,
+    SLO,
+    TS_LATENCY_US,
+    TS_REQUESTS,
+    loaded_gauge,
+    rule_groups,
+)
+from monitoring.torchserve_metrics import TS_RESPONSE_COUNTERS
 
 RULE_FILE = "clipshield.rules.yaml"
 NS = "clipshield"
@@ -83,6 +98,57 @@ def error_ratio_tests() -> list[dict[str, Any]]:
         },
         {"interval": "1m", "input_series": _requests(199, 1, 30), "alert_rule_test": [_alert_test("ClipshieldHighErrorRatio", "25m", [])]},
     ]
+
+
+def _frontend(kind: str, ok_per_min: int, errors_per_min: int, minutes: int) -> list[dict[str, str]]:
+    """Front-end responses (TorchServe's counters or the KServe app's) beside handler counters that saw no error:
+    the 5xx never reached the handler."""
+    handler = _requests(ok_per_min, 0, minutes)
+    if kind == "torchserve":
+        ts = {"Level": "Host", "Hostname": POD}
+        return handler + [
+            _series(TS_RESPONSE_COUNTERS["2xx"], f"0+{ok_per_min}x{minutes}", **ts),
+            _series(TS_RESPONSE_COUNTERS["5xx"], f"0+{errors_per_min}x{minutes}", **ts),
+        ]
+    return handler + [
+        _series(HTTP_RESPONSES, f"0+{ok_per_min}x{minutes}", code_class="2xx"),
+        _series(HTTP_RESPONSES, f"0+{errors_per_min}x{minutes}", code_class="5xx"),
+    ]
+
+
+def frontend_error_tests() -> list[dict[str, Any]]:
+    """Front-end 5xx only (503s that never reached the handler), per runtime: 10 % fire the alert, 0.5 % do not."""
+    name = "ClipshieldHighErrorRatio"
+    tests = []
+    for kind in ("torchserve", "kserve"):
+        tests.append({"interval": "1m", "input_series": _frontend(kind, 90, 10, 30), "alert_rule_test": [_alert_test(name, "25m", [BASE])]})
+        tests.append({"interval": "1m", "input_series": _frontend(kind, 199, 1, 30), "alert_rule_test": [_alert_test(name, "25m", [])]})
+    return tests
+
+
+def _whole_request(kind: str, mean_s: float, minutes: int) -> list[dict[str, str]]:
+    """100 requests a minute whose mean whole-request latency is `mean_s`, as each runtime's front end records it."""
+    if kind == "torchserve":
+        model = {"model_name": "clipshield", "model_version": "default", "hostname": POD}
+        return [
+            _series(TS_LATENCY_US, f"0+{round(100 * mean_s * 1e6)}x{minutes}", **model),
+            _series(TS_REQUESTS, f"0+100x{minutes}", **model),
+        ]
+    return [_series(f"{HTTP_LATENCY}_sum", f"0+{100 * mean_s}x{minutes}"), _series(f"{HTTP_LATENCY}_count", f"0+100x{minutes}")]
+
+
+def request_latency_tests() -> list[dict[str, Any]]:
+    """Whole requests at twice the objective's mean fire the alert, at a fifth of it do not; both runtimes."""
+    name, limit = "ClipshieldRequestLatencyHigh", REQUEST_LATENCY.threshold_s
+    tests = []
+    for kind in ("torchserve", "kserve"):
+        tests.append(
+            {"interval": "1m", "input_series": _whole_request(kind, 2 * limit, 50), "alert_rule_test": [_alert_test(name, "45m", [BASE])]}
+        )
+        tests.append(
+            {"interval": "1m", "input_series": _whole_request(kind, limit / 5, 50), "alert_rule_test": [_alert_test(name, "45m", [])]}
+        )
+    return tests
 
 
 def availability_tests() -> list[dict[str, Any]]:
@@ -164,5 +230,6 @@ def recording_tests() -> list[dict[str, Any]]:
 
 def unit_tests() -> dict[str, Any]:
     """The whole promtool test file (rule file next to it, named RULE_FILE)."""
-    tests = burn_rate_tests() + error_ratio_tests() + availability_tests() + attack_tests() + recording_tests()
+    tests = burn_rate_tests() + error_ratio_tests() + frontend_error_tests() + request_latency_tests()
+    tests += availability_tests() + attack_tests() + recording_tests()
     return {"rule_files": [RULE_FILE], "evaluation_interval": EVALUATION_INTERVAL, "tests": tests}

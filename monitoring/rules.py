@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clipshield.service.metrics import METRICS
+from clipshield.service.metrics import METRICS, SERVER_METRICS
+from monitoring.torchserve_metrics import TS_RESPONSE_COUNTERS
 
 JOB = "clipshield"  # the job label Prometheus gives the serving pods: the Service's name (ServiceMonitor)
 BY = "namespace, job"
@@ -25,6 +26,10 @@ TORCHSERVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0
 # A gauge that exists once a pod has loaded its model; the first one clipshield.service.metrics declares is used.
 LOADED_GAUGES = ("clipshield_runtime_info", "clipshield_model_accuracy")
 WINDOWS = ("5m", "30m", "1h", "6h")
+# The server front end's own view of every request (SERVER_METRICS: the KServe app; TorchServe: its frontend counters).
+HTTP_RESPONSES = "clipshield_http_responses_total"
+HTTP_LATENCY = "clipshield_http_request_seconds"
+TS_LATENCY_US, TS_REQUESTS = "ts_inference_latency_microseconds", "ts_inference_requests_total"
 
 
 class MonitoringConfigError(ValueError):
@@ -38,6 +43,19 @@ class LatencySLO:
     metric: str = "clipshield_encode_seconds"  # the model forward: TorchServe has no whole-request histogram
     threshold_s: float = 0.5
     objective: float = 0.99
+
+
+@dataclass(frozen=True)
+class RequestLatencyObjective:
+    """Mean whole-request latency, as the server front end measures it (queueing included), at or under
+    `threshold_s`. On the mean because TorchServe's frontend keeps only a total and a count per model
+    (`ts_inference_latency_microseconds`, `ts_inference_requests_total`), no histogram; the alert fires
+    when both windows are over."""
+
+    threshold_s: float = 1.0
+    long: str = "30m"
+    short: str = "5m"
+    for_: str = "5m"
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class Thresholds:
 
 
 SLO = LatencySLO()
+REQUEST_LATENCY = RequestLatencyObjective()
 BURN_ALERTS = (
     BurnAlert("ClipshieldLatencySLOFastBurn", "critical", "1h", "5m", 14.4, "2m"),
     BurnAlert("ClipshieldLatencySLOSlowBurn", "warning", "6h", "30m", 6.0, "15m"),
@@ -97,6 +116,9 @@ def check_definitions(slo: LatencySLO = SLO) -> None:
         raise MonitoringConfigError(f"{REQUESTS} has no 'outcome' label")
     _metric("clipshield_flagged_total", "counter")
     loaded_gauge()
+    for name, kind in ((HTTP_RESPONSES, "counter"), (HTTP_LATENCY, "histogram")):
+        if SERVER_METRICS.get(name, ("",))[0] != kind:
+            raise MonitoringConfigError(f"{name} is not a {kind} in clipshield.service.metrics.SERVER_METRICS: {sorted(SERVER_METRICS)}")
 
 
 def _sel(name: str, **matchers: str) -> str:
@@ -130,6 +152,23 @@ def request_rules() -> list[dict[str, str]]:
     for w in WINDOWS:
         errors = _sum_rate(_sel(REQUESTS, outcome=ERROR_OUTCOME), w)
         rules.append(_record(f"clipshield:request_errors:ratio_rate{w}", _ratio_or_zero(errors, _sum_rate(all_requests, w))))
+    return rules
+
+
+def server_rules() -> list[dict[str, str]]:
+    """The front end's share of 5xx answers per window, and its mean whole-request latency: TorchServe's
+    frontend counters or the KServe app's SERVER_METRICS, whichever the job exposes."""
+    rules = []
+    for w in WINDOWS:
+        errors = f"({_sum_rate(_sel(TS_RESPONSE_COUNTERS['5xx']), w)} or {_sum_rate(_sel(HTTP_RESPONSES, code_class='5xx'), w)})"
+        # TorchServe's three counters differ only by name, which rate() drops: a code_class label keeps them apart.
+        classes = [f'label_replace(rate({_sel(name)}[{w}]), "code_class", "{c}", "", "")' for c, name in TS_RESPONSE_COUNTERS.items()]
+        total = f"sum by ({BY}) (\n  " + "\n  or ".join([*classes, f"rate({_sel(HTTP_RESPONSES)}[{w}])"]) + "\n)"
+        rules.append(_record(f"clipshield:server_errors:ratio_rate{w}", _ratio_or_zero(errors, total)))
+    for w in (REQUEST_LATENCY.short, REQUEST_LATENCY.long):
+        torchserve = f"{_sum_rate(_sel(TS_LATENCY_US), w)} / 1e6 / {_sum_rate(_sel(TS_REQUESTS), w)}"
+        kserve = f"{_sum_rate(_sel(f'{HTTP_LATENCY}_sum'), w)} / {_sum_rate(_sel(f'{HTTP_LATENCY}_count'), w)}"
+        rules.append(_record(f"clipshield:request_latency_mean_seconds:rate{w}", f"({torchserve})\nor ({kserve})"))
     return rules
 
 
@@ -205,6 +244,21 @@ def burn_alerts(slo: LatencySLO = SLO) -> list[dict[str, Any]]:
     return out
 
 
+def request_latency_alert(objective: RequestLatencyObjective = REQUEST_LATENCY) -> dict[str, Any]:
+    """The whole-request latency objective, beside the encoder-stage SLO."""
+    rec = "clipshield:request_latency_mean_seconds:rate"
+    expr = f"{rec}{objective.long} > {objective.threshold_s}\nand {rec}{objective.short} > {objective.threshold_s}"
+    return _alert(
+        "ClipshieldRequestLatencyHigh",
+        expr,
+        objective.for_,
+        "warning",
+        "Whole requests are slow",
+        f"The mean whole-request latency the server front end measured (queueing and decoding included) was over "
+        f"{objective.threshold_s} s in the last {objective.long} and {objective.short}.",
+    )
+
+
 def health_alerts(t: Thresholds = THRESHOLDS) -> list[dict[str, Any]]:
     """Server errors, scrape failures and pods without a loaded model."""
     gauge = loaded_gauge()
@@ -216,11 +270,12 @@ def health_alerts(t: Thresholds = THRESHOLDS) -> list[dict[str, Any]]:
     return [
         _alert(
             "ClipshieldHighErrorRatio",
-            f"clipshield:request_errors:ratio_rate5m > {t.error_ratio}",
+            f"clipshield:request_errors:ratio_rate5m > {t.error_ratio}\nor clipshield:server_errors:ratio_rate5m > {t.error_ratio}",
             "10m",
             "warning",
             "clipshield answers many requests with server errors",
-            f"More than {t.error_ratio:.0%} of requests ended with outcome={ERROR_OUTCOME} (HTTP 5xx) over 5 minutes.",
+            f"More than {t.error_ratio:.0%} of requests ended with outcome={ERROR_OUTCOME} in the handler, or with an HTTP 5xx "
+            "from the server front end (a 503 from a busy or restarting server never reaches the handler), over 5 minutes.",
         ),
         _alert(
             "ClipshieldTargetDown",
@@ -262,8 +317,8 @@ def rule_groups() -> list[dict[str, Any]]:
     """The `groups` of the PrometheusRule (and of a plain Prometheus rule file)."""
     check_definitions()
     return [
-        {"name": "clipshield.rules", "rules": request_rules() + latency_rules() + signal_rules()},
-        {"name": "clipshield.alerts", "rules": burn_alerts() + health_alerts() + [attack_alert()]},
+        {"name": "clipshield.rules", "rules": request_rules() + server_rules() + latency_rules() + signal_rules()},
+        {"name": "clipshield.alerts", "rules": burn_alerts() + [request_latency_alert()] + health_alerts() + [attack_alert()]},
     ]
 
 

@@ -3,7 +3,8 @@
 In Prometheus mode TorchServe drops backend (handler) metrics it has not been told about, so every
 `clipshield_*` metric is declared under `model_metrics` with the dimensions the handler emits
 (`ModelName`, `Level`, then the metric's own labels; TorchServe adds `Hostname`). The frontend
-counters under `ts_metrics` are TorchServe's own; the dashboard reads two of them. The same text
+counters under `ts_metrics` are TorchServe's own: its responses by status class (the alerts' server-error
+ratio) and its request count and latency (the dashboard, the whole-request latency objective). The same text
 goes to `model_store/` (local TorchServe) and `k8s/base/` (the ConfigMap).
 """
 
@@ -20,6 +21,10 @@ TS_COUNTERS = {
     "ts_inference_latency_microseconds": "Microseconds",
     "ts_queue_latency_microseconds": "Microseconds",
 }
+# TorchServe's frontend responses by status class (every request it answered, those that never reached a
+# worker too: a 503 when no worker is free, a 500 from the frontend). Their own dimensions, as TorchServe's defaults.
+TS_RESPONSE_COUNTERS = {"2xx": "Requests2XX", "4xx": "Requests4XX", "5xx": "Requests5XX"}
+TS_RESPONSE_DIMENSIONS = ["Level", "Hostname"]
 _KINDS = ("counter", "gauge", "histogram")  # TorchServe's metric types, in the file's order
 
 
@@ -34,6 +39,9 @@ def metrics_config() -> dict[str, Any]:
         model_metrics[kind].append({"name": name, "unit": unit_of(name), "dimensions": [*HANDLER_DIMENSIONS, *labels]})
     return {
         "dimensions": list(HANDLER_DIMENSIONS),
-        "ts_metrics": {"counter": [{"name": n, "unit": u, "dimensions": TS_DIMENSIONS} for n, u in TS_COUNTERS.items()]},
+        "ts_metrics": {
+            "counter": [{"name": n, "unit": "Count", "dimensions": TS_RESPONSE_DIMENSIONS} for n in TS_RESPONSE_COUNTERS.values()]
+            + [{"name": n, "unit": u, "dimensions": TS_DIMENSIONS} for n, u in TS_COUNTERS.items()]
+        },
         "model_metrics": {kind: items for kind, items in model_metrics.items() if items},
     }

@@ -51,6 +51,15 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+# Whole-request metrics a server front end keeps itself, so failures that never reach the inference core
+# (a 503 from a busy or restarting server, a 500 in the protocol layer) are counted too. The KServe app
+# records these; TorchServe's frontend has its own (`Requests2XX/4XX/5XX`, `ts_inference_latency_microseconds`,
+# `ts_inference_requests_total`, kept by `monitoring/torchserve_metrics.py`), so they are not in METRICS.
+SERVER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "clipshield_http_responses_total": ("counter", "Inference responses the server sent, by status class (2xx, 4xx, 5xx)", ("code_class",)),
+    "clipshield_http_request_seconds": ("histogram", "Whole inference request latency in the server, body read to response", ()),
+}
+
 HANDLER_DIMENSIONS = ("ModelName", "Level")  # TorchServe dimensions emitted before a metric's own labels
 
 
@@ -127,14 +136,14 @@ class RecordingSink:
 
 
 class PrometheusClientSink:
-    """prometheus_client backend for adapters that expose /metrics themselves (not TorchServe)."""
+    """prometheus_client backend for adapters that expose /metrics themselves (not TorchServe): METRICS and SERVER_METRICS."""
 
     def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
         import prometheus_client as pc
 
         kinds = {"histogram": pc.Histogram, "counter": pc.Counter, "gauge": pc.Gauge}
         self._metrics: dict[str, MetricWrapperBase] = {}
-        for name, (kind, help_text, label_names) in METRICS.items():
+        for name, (kind, help_text, label_names) in {**METRICS, **SERVER_METRICS}.items():
             short = name[: -len("_total")] if kind == "counter" else name
             extra = {"buckets": BUCKETS[name]} if name in BUCKETS else {}
             self._metrics[name] = kinds[kind](short, help_text, label_names, registry=registry, **extra)

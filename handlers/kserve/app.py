@@ -1,10 +1,12 @@
 """The KServe model server process for clipshield: `python -m clipshield.handlers.kserve.app --bundle DIR ...`.
 
 Wires `clipshield.handlers.kserve.model.ClipshieldKServeModel` into kserve's `ModelServer` (REST v2 on one port,
-Prometheus `/metrics` on the same port; gRPC v2 optional) and adds three things kserve's app lacks:
+Prometheus `/metrics` on the same port; gRPC v2 optional) and adds what kserve's app lacks:
 `ClipshieldError` -> its own HTTP status in the protocol's error shape (kserve maps unknown exceptions
-to 500), a request body limit (TorchServe's frontend refuses bodies over `max_request_size`), and
-the model card in the model-metadata answer. Started and stopped by `handlers/kserve/launcher.py`.
+to 500), a request body limit (TorchServe's frontend refuses bodies over `max_request_size`), the
+model card in the model-metadata answer, every inference response counted by status class with its
+whole-request latency (`SERVER_METRICS`), binary-extension inputs kept as bytes, and listeners bound
+to one interface. Started and stopped by `handlers/kserve/launcher.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
@@ -59,6 +62,20 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
             request, BadInput(f"not a valid v2 inference request: {first.get('msg', 'invalid')} at {where or 'body'}")
         )
 
+    async def count_response(request: Request, call_next: Any) -> Any:
+        """Every inference response by status class, and its whole-request latency (SERVER_METRICS), kserve's
+        own failures included: an exception that escapes every handler is the 500 the client gets."""
+        if not request.url.path.endswith("/infer"):
+            return await call_next(request)
+        start, status = time.perf_counter(), 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            model.metrics.increment("clipshield_http_responses_total", labels={"code_class": f"{status // 100}xx"})
+            model.metrics.observe("clipshield_http_request_seconds", time.perf_counter() - start)
+
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > max_body_bytes:
@@ -76,6 +93,7 @@ def install_routes(app: Any, model: Any, max_body_bytes: int) -> None:
     app.add_exception_handler(ClipshieldError, clipshield_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.middleware("http")(limit_body)
+    app.middleware("http")(count_response)  # added last: outermost, so it sees the body limit's 413 too
     app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"])
 
 

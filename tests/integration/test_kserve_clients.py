@@ -225,3 +225,19 @@ def test_all_interfaces_only_when_asked():
 
     assert bind(KServeConfig()) == "127.0.0.1" and bind(KServeConfig(host="0.0.0.0")) == "0.0.0.0"
     assert KServeHandle(None, KServeConfig(host="0.0.0.0", http_port=9), Path("/s")).url == "http://127.0.0.1:9"  # type: ignore[arg-type]
+
+
+def test_server_counts_every_inference_response(server, rest):
+    """SERVER_METRICS on /metrics: responses by status class (the 400s above included) and whole-request latency."""
+
+    def value(prefix: str) -> float:
+        text = requests.get(f"{server.url}/metrics", timeout=H.TIMEOUT_S).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    ok, bad = (value(f'clipshield_http_responses_total{{code_class="{c}"}}') for c in ("2xx", "4xx"))
+    rest.infer(MODEL, [tensor(http, "image", [GOOD[0]])])
+    with pytest.raises(InferenceServerException):
+        rest.infer(MODEL, [tensor(http, "image", [b"not an image"])])
+    assert value('clipshield_http_responses_total{code_class="2xx"}') == ok + 1
+    assert value('clipshield_http_responses_total{code_class="4xx"}') == bad + 1
+    assert value("clipshield_http_request_seconds_count") >= ok + bad + 2 and value("clipshield_http_request_seconds_sum") > 0

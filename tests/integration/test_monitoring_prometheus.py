@@ -1,7 +1,7 @@
 """A real Prometheus (1 s scrapes, the generated rule file) scraping a real clipshield TorchServe.
 
-Known requests go in (ok and bad input); the counters, the recording rules and the alert states
-are read back through Prometheus's HTTP API. Needs Java (TorchServe) and the prometheus binary
+Known requests go in (ok and bad input, then 503s from TorchServe's frontend with no worker left); the
+counters, the recording rules and the alert states are read back through Prometheus's HTTP API. Needs Java (TorchServe) and the prometheus binary
 (`make tools`; a missing binary fails with that hint).
 """
 
@@ -84,6 +84,31 @@ def _check_alerts(prom: Prometheus) -> None:
     assert set(quiet.values()) == {"inactive"}, quiet
 
 
+def _alert_state(prom: Prometheus, name: str) -> str:
+    return {r["name"]: r["state"] for r in prom.rules() if r["type"] == "alerting"}[name]
+
+
+def _check_frontend_503s(prom: Prometheus, handle, n: int = 11) -> None:
+    """With no worker left, TorchServe's frontend answers 503 itself: the handler never sees those requests,
+    yet the front end's 5xx ratio counts them and the error-ratio alert goes pending."""
+    import requests
+
+    from monitoring.rules import JOB
+
+    url = f"{handle.config.management_address}/models/clipshield?min_worker=0&max_worker=0&synchronous=true"
+    assert requests.put(url, headers=H.auth(handle, "management"), timeout=60).status_code == 200
+    # TorchServe creates the counter at its first 503, and rate() cannot see a series' first value:
+    # one 503 first, scraped, then the measured ones (so does a pod's first 5xx go unseen in production).
+    for count, first in ((1, 0), (n, 1)):
+        for i in range(first, count):
+            r = H.post_png(handle, H.image(seed=200 + i))
+            assert r.status_code == 503, (r.status_code, r.text)
+        wait_for(lambda c=count: _scalar(prom, f'sum(Requests5XX{{job="{JOB}"}})') == c, 15, f"{count} front-end 5xx counted", prom)
+    wait_for(lambda: (_scalar(prom, "clipshield:server_errors:ratio_rate5m") or 0) > 0.05, 15, "server-error ratio over 5 %", prom)
+    assert _scalar(prom, "clipshield:request_errors:ratio_rate5m") == 0.0  # the handler saw none of them
+    wait_for(lambda: _alert_state(prom, "ClipshieldHighErrorRatio") == "pending", 15, "ClipshieldHighErrorRatio pending", prom)
+
+
 def test_prometheus_scrapes_counters_and_evaluates_rules(miniworld_model, tmp_path):
     from clipshield.handlers.torchserve.launcher import stop_server
     from monitoring.generate import MONITORING, REPO, RULE_RESOURCE, rule_file_from_resource
@@ -106,6 +131,9 @@ def test_prometheus_scrapes_counters_and_evaluates_rules(miniworld_model, tmp_pa
         wait_for(lambda: _by_outcome(prom, counts) == want, 15, f"counters {want}", prom)
         _check_recordings(prom)
         _check_alerts(prom)
+        mean = _scalar(prom, "clipshield:request_latency_mean_seconds:rate5m")  # TorchServe's frontend total / count
+        assert mean is not None and 0 < mean < 1.0, mean
+        _check_frontend_503s(prom, handle)
     finally:
         if prom is not None:
             prom.stop()

@@ -40,7 +40,7 @@ def _rule_dir(tmp_path: Path, groups_text: str | None = None) -> Path:
 
 def _known_metrics() -> set[str]:
     names = {"up"}
-    for name, (kind, _, _) in service_metrics.METRICS.items():
+    for name, (kind, _, _) in {**service_metrics.METRICS, **service_metrics.SERVER_METRICS}.items():
         names |= {name} | ({f"{name}_{s}" for s in ("bucket", "count", "sum")} if kind == "histogram" else set())
     ts = yaml.safe_load((K8S / "base" / "metrics.yaml").read_text())["ts_metrics"]
     names |= {m["name"] for items in ts.values() for m in items}
@@ -54,7 +54,8 @@ def _referenced_metrics(expr: str) -> set[str]:
 
 
 def _known_labels() -> set[str]:
-    return TARGET_LABELS | {label for _, _, labels in service_metrics.METRICS.values() for label in labels}
+    declared = {**service_metrics.METRICS, **service_metrics.SERVER_METRICS}
+    return TARGET_LABELS | {label for _, _, labels in declared.values() for label in labels}
 
 
 def test_generated_files_are_current():
