@@ -1,7 +1,9 @@
 """Reports built from stored cells: summary JSON, Markdown tables (paper Table 1/2 shape), PNG plot.
 
-Rows are methods (model id, with "+ CLIPure-Cos" when purified), columns are data sets plus the
-average; one table for clean accuracy and one per attack setting. Purified cells also get an
+Rows are models, named by their display id and weights digest (`runs/x/final @1a2b3c4d`, with
+"+ CLIPure-Cos" when purified): two weights that once lived at the same path stay two rows. Columns are
+data sets grouped by suite (`suite`), with an average per suite and never across suites, so a user's
+folder is not averaged with the mini world; one table for clean accuracy and one per attack setting. Purified cells also get an
 adaptive-attack table with the full-autograd, BPDA and transfer numbers, the worst case and the
 gradient-masking verdict.
 """
@@ -19,8 +21,21 @@ from clipshield.evaluation.schema import CLEAN, CellResult, Summary
 log = logging.getLogger(__name__)
 
 
+DIGEST_CHARS = 8  # of the weights digest in a row name
+
+
 def method_label(cell: CellResult) -> str:
-    return cell.model_id + (" + CLIPure-Cos" if cell.key.purification is not None else "")
+    """Row name: the display id plus the weights digest (the identity), and the purification when on."""
+    return f"{cell.model_id} @{cell.key.weights[:DIGEST_CHARS]}" + (" + CLIPure-Cos" if cell.key.purification is not None else "")
+
+
+def suite(dataset: str) -> str:
+    """The suite a data set is averaged within: a world (`miniworld/...` -> miniworld), one user folder
+    (`folder/<dir>`), or the zero-shot benchmark of registered real data sets (names without `/`)."""
+    parts = dataset.split("/")
+    if len(parts) == 1:
+        return "benchmark"
+    return "/".join(parts[:2]) if parts[0] == "folder" else parts[0]
 
 
 def attack_label(cell: CellResult) -> str:
@@ -46,12 +61,14 @@ def _grid(cells: list[CellResult], value: Callable, setting: Callable) -> tuple[
 
 
 def averages(cells: list[CellResult]) -> dict[str, dict[str, float]]:
-    """'<method> | <setting>' -> {'clean': mean clean top-1, 'robust': mean robust top-1} over data sets."""
+    """'<method> | <setting>[ | <suite>]' -> {'clean': mean clean top-1, 'robust': mean robust top-1} over the
+    data sets of one suite; the suite is named only when the cells span several (never averaged across)."""
+    several = len({suite(c.key.dataset) for c in cells}) > 1
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
         if c.robust is None:
             continue
-        name = f"{method_label(c)} | {attack_label(c)}"
+        name = f"{method_label(c)} | {attack_label(c)}" + (f" | {suite(c.key.dataset)}" if several else "")
         sums[name]["clean"].append(c.clean)
         sums[name]["robust"].append(c.robust)
     return {k: {m: sum(v) / len(v) for m, v in d.items()} for k, d in sorted(sums.items())}
@@ -65,13 +82,30 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _columns(datasets: list[str]) -> list[tuple[str, list[str]]]:
+    """(header, data sets) per column: data sets grouped by suite, each group followed by its average."""
+    groups: dict[str, list[str]] = {}
+    for d in datasets:
+        groups.setdefault(suite(d), []).append(d)
+    several = len(groups) > 1
+    cols: list[tuple[str, list[str]]] = []
+    for name, members in groups.items():
+        cols += [(d, [d]) for d in members]
+        if len(members) > 1 or not several:
+            cols.append((f"Average ({name})" if several else "Average", members))
+    return cols
+
+
 def _table(title: str, rows: dict[str, dict[str, float]], datasets: list[str]) -> list[str]:
-    head = ["Method", *datasets, "Average"]
+    cols = _columns(datasets)
+    head = ["Method", *(h for h, _ in cols)]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, vals in sorted(rows.items()):
-        cols = [_pct(vals[d]) if d in vals else "-" for d in datasets]
-        avg = _pct(sum(vals.values()) / len(vals)) if vals else "-"
-        lines.append("| " + " | ".join([method, *cols, avg]) + " |")
+        cells = []
+        for _, members in cols:
+            got = [vals[d] for d in members if d in vals]
+            cells.append(_pct(sum(got) / len(got)) if got else "-")
+        lines.append("| " + " | ".join([method, *cells]) + " |")
     return lines + [""]
 
 
@@ -103,7 +137,8 @@ def _adaptive_table(cells: list[CellResult]) -> list[str]:
 
 def markdown(cells: list[CellResult]) -> str:
     """Markdown report: clean table, one robust table per attack setting, adaptive-attack table."""
-    lines = ["# Zero-shot robustness", "", "Top-1 accuracy (%) per data set; rows are methods.", ""]
+    intro = "Top-1 accuracy (%) per data set; rows are models (display id @ weights digest); averages only within a suite."
+    lines = ["# Zero-shot robustness", "", intro, ""]
     clean, datasets = _grid(cells, lambda c: c.clean, lambda c: "clean")
     if clean:
         lines += _table("Clean", clean["clean"], datasets)
@@ -123,12 +158,12 @@ def plot(cells: list[CellResult], path: Path) -> Path:
 
     avg = averages(cells)
     methods = sorted({k.split(" | ")[0] for k in avg})
-    settings = sorted({k.split(" | ")[1] for k in avg})
+    settings = sorted({" | ".join(k.split(" | ")[1:]) for k in avg})  # attack, and the suite when several
     markers = "osD^vP*X"
     fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
     try:
         for name, v in avg.items():
-            method, setting = name.split(" | ")
+            method, setting = name.split(" | ", 1)
             ax.scatter(
                 100 * v["clean"],
                 100 * v["robust"],

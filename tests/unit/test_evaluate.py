@@ -31,7 +31,8 @@ def test_cli_writes_versioned_json_markdown_and_plot(tmp_path, capsys):
     assert cell["model_id"] == "miniworld" and "model_id" not in cell["key"] and cell["key"]["eps"] == pytest.approx(4 / 255)
     assert cell["protocol"]["preprocess"] == "model"
     assert cell["n"] == 16 and 0 <= cell["robust"] <= cell["clean"] + 1e-9
-    assert set(summary["averages"]) == {"miniworld | PGD-2 eps=4/255", "miniworld | CW-2 eps=4/255"}
+    row = f"miniworld @{cell['key']['weights'][:8]}"  # rows named by weights digest (issue 27)
+    assert set(summary["averages"]) == {f"{row} | PGD-2 eps=4/255", f"{row} | CW-2 eps=4/255"}
     table = (out / "results.md").read_text()
     assert "| Method | miniworld/plain/shape/seen | miniworld/plain/color/seen | Average |" in table
     assert "### Robust: PGD-2 eps=4/255" in table and "### Clean" in table
@@ -97,7 +98,7 @@ def test_purified_evaluation_reports_gradient_masking(tmp_path, capsys):
     assert cell.robust == cell.adaptive.worst_case < cell.adaptive.robust["full"]
     table = (out / "results.md").read_text()
     assert "### Adaptive attacks on purification" in table and "**gradient masked**" in table
-    assert "miniworld + CLIPure-Cos" in table
+    assert f"miniworld @{cell.key.weights[:8]} + CLIPure-Cos" in table
 
 
 def test_missing_real_dataset_is_one_line_exit_2(tmp_path, capsys):
@@ -145,4 +146,4 @@ def test_any_open_clip_config_model_is_evaluated_through_the_same_path(goldens, 
     assert main([*BASE, *model, "--datasets", SHAPE, "--attacks", "pgd", "--limit", "8", "--out", str(out)]) == 0
     (cell,) = load_all(out)
     assert cell.model_id == "tiny" and cell.n == 8 and cell.key.preprocess.image_size == 224
-    assert "| tiny |" in (out / "results.md").read_text()
+    assert f"| tiny @{cell.key.weights[:8]} |" in (out / "results.md").read_text()
