@@ -3,7 +3,9 @@ folder's test split by default, records what ran, and never overwrites an earlie
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from datetime import datetime, timezone
 
@@ -12,7 +14,7 @@ import pytest
 from clipshield.cli.main import main
 from clipshield.training.finetune_config import default_output, fitted_warmup, peak_lr_fraction, recipe_config
 from clipshield.training.model_card import images_seen
-from tests.unit.own_data_helpers import write_photo_tree
+from tests.unit.own_data_helpers import class_names, write_photo_tree
 
 FAST = ["finetune", "--method", "tecoa", "--data", "folder/photos", "--threads", "1", "--eval-limit", "6", "--eval-steps", "1"]
 
@@ -29,10 +31,19 @@ def _lrs(run):
         return [float(row["lr"]) for row in csv.DictReader(fh)]
 
 
-def test_short_run_reaches_peak_lr_and_is_evaluated_on_the_test_split(data_root, tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tuned(data_root, tmp_path_factory):
+    """A 5-step fine-tune on the folder, through the CLI: (run folder, what it printed)."""
+    out = tmp_path_factory.mktemp("tuned") / "run"
     argv = [*FAST, "--data-root", str(data_root), "--steps", "5", "--batch-size", "128", "--output", str(out)]
-    assert main(argv) == 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    return out, buf.getvalue()
+
+
+def test_short_run_reaches_peak_lr_and_is_evaluated_on_the_test_split(tuned):
+    out, printed = tuned
     card = json.loads((out / "final" / "model_card.json").read_text())
     peak = card["training"]["hyperparameters"]["lr"]
     assert max(_lrs(out)) == pytest.approx(peak, rel=1e-5)  # before: 1000 warm-up steps kept lr <= 5e-3 x peak
@@ -43,7 +54,6 @@ def test_short_run_reaches_peak_lr_and_is_evaluated_on_the_test_split(data_root,
     # evaluated by default on the folder's test split (before: "accuracy": [])
     evaluated = {(e["dataset"], e["n"]) for e in card["accuracy"]}
     assert evaluated == {("folder/photos", 6)} and len(card["accuracy"]) == 2
-    printed = capsys.readouterr().out
     assert "5 steps of batch 36 (180 images seen, 5 epochs)" in printed and "folder/photos" in printed
 
 
@@ -88,3 +98,27 @@ def test_default_output_is_new_per_run(tmp_path, data_root):
     assert default_output("tga-zsr", "folder/photos", tmp_path, now).name == first.name + "-2"
     assert recipe_config("folder/photos", method="tecoa", data_root=data_root).evaluation.datasets == ["folder/photos"]
     assert recipe_config("folder/absent", method="tecoa", data_root=data_root).evaluation.datasets == []
+
+
+def test_export_serves_the_runs_labels_and_names_the_run(tuned, data_root, tmp_path, capsys):
+    from clipshield.cli.commands.export import load_labels
+    from clipshield.export.describe import describe
+    from clipshield.service.inference import ClipshieldService
+
+    out, _ = tuned
+    bundle = tmp_path / "export"
+    assert main(["export", "--model", str(out / "final"), "--out", str(bundle), "--threads", "1"]) == 0
+    card = json.loads((bundle / "model_card.json").read_text())
+    # before: the 64 mini-world labels and version "1.0"
+    assert json.loads((bundle / "labels.json").read_text())["classnames"] == class_names()
+    assert card["version"] == f"ft5-{card['weights_digest'][:8]}" and "folder/photos" in card["labels_source"]
+    d = describe(str(bundle))
+    assert d["labels"]["classnames"] == class_names() and d["trained_on"]["name"] == "folder/photos"
+    assert "orange" in d["vocabulary"] and "cat" not in d["vocabulary"]
+    served = ClipshieldService.from_folder(bundle).describe()  # the describe API of both servers
+    assert served["labels"] == d["labels"] and served["vocabulary"] == d["vocabulary"]
+    # `--labels folder/<dir> --data-root DIR` (before: "no data folder given", then --data-root refused)
+    choice = load_labels("folder/photos", data_root)
+    assert list(choice.labels.classnames) == class_names() and str(data_root) in choice.source
+    assert main(["describe", str(bundle)]) == 0
+    assert "default labels (3):" in capsys.readouterr().out
