@@ -33,6 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-name", default="clipshield", help="name in /v2/models/<name> (default: %(default)s)")
     p.add_argument("--host-port", type=int, default=8080, help="REST v2 + /metrics port (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=0, help="gRPC v2 port; 0 = gRPC off (default)")
+    p.add_argument("--state-dir", type=Path, default=None, help="folder of refresh.json / refreshed.json: SIGHUP refreshes the model")
     p.add_argument(
         "--bind-host",
         default="0.0.0.0",
@@ -200,7 +201,7 @@ def bound_model_server(host: str, http_port: int, grpc_port: int, max_body_bytes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Load the bundle, then serve until SIGTERM/SIGINT."""
+    """Load the bundle, then serve until SIGTERM/SIGINT (SIGHUP: switch to the bundle named in the state folder)."""
     args = parse_args(argv)
     # kserve parses sys.argv when model_server is imported: hand it none of ours.
     import sys
@@ -222,6 +223,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("clipshield: model %s not loaded: %s", args.model_name, exc)
         return 1
     install_routes(app, model, args.max_body_bytes)
+    if args.state_dir is not None:  # SIGHUP: load the bundle named in refresh.json beside this one, then switch
+        from clipshield.handlers.kserve.refresh import install_refresh_handler
+
+        install_refresh_handler(
+            lambda bundle: model.replace(bundle, load_serving_config(bundle / "serving.json", os.environ)), args.state_dir
+        )
     server = bound_model_server(args.bind_host, args.host_port, args.grpc_port, args.max_body_bytes)
     server.dataplane = decoding_dataplane(server.registered_models)
     server.start([model])

@@ -64,7 +64,12 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _command(bundle: Path, cfg: KServeConfig) -> list[str]:
+def _command(bundle: Path, cfg: KServeConfig, state_dir: Optional[Path] = None) -> list[str]:
+    state = ["--state-dir", str(state_dir)] if state_dir is not None else []
+    return [*_app_command(bundle, cfg), *state]
+
+
+def _app_command(bundle: Path, cfg: KServeConfig) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -102,7 +107,12 @@ def start_kserve(bundle: Path, state_dir: Path, cfg: Optional[KServeConfig] = No
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / "server.log").open("ab") as log_file:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            _command(bundle, cfg), cwd=state_dir, env=_env(cfg), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            _command(bundle, cfg, state_dir),
+            cwd=state_dir,
+            env=_env(cfg),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     (state_dir / "server.json").write_text(json.dumps({"pid": proc.pid, "bundle": str(bundle), **cfg.model_dump()}, indent=2))
     handle = KServeHandle(proc, cfg, state_dir)
@@ -152,3 +162,39 @@ def stop_kserve(state_dir: Path, timeout_s: float = 20.0) -> bool:
             break
     info_file.unlink(missing_ok=True)
     return True
+
+
+def running_pid(state_dir: Path) -> Optional[int]:
+    """The pid of the server started with this state folder when it still runs, else None."""
+    info_file = Path(state_dir).resolve() / "server.json"
+    if not info_file.is_file():
+        return None
+    pid = int(json.loads(info_file.read_text())["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def refresh_kserve(state_dir: Path, bundle: Path, timeout_s: float = 120.0) -> str:
+    """Switch the running server to `bundle` without stopping it (`handlers/kserve/refresh.py`); returns the
+    version it now serves. KServeError when no server runs here or the bundle does not load (the old one
+    keeps serving then)."""
+    from clipshield.handlers.kserve.refresh import request_refresh
+
+    state_dir, bundle = Path(state_dir).resolve(), Path(bundle).resolve()
+    pid = running_pid(state_dir)
+    if pid is None:
+        raise KServeError(f"no KServe server runs with state folder {state_dir}")
+    if not (bundle / "clipshield_manifest.json").is_file():
+        raise KServeError(f"no serving bundle at {bundle}; run `clipshield export --out {bundle}` first")
+    try:
+        answer = request_refresh(pid, state_dir, bundle, timeout_s)
+    except TimeoutError as exc:
+        raise KServeError(f"{exc}; see {state_dir / 'server.log'}") from exc
+    if not answer.get("ok"):
+        raise KServeError(f"the server kept its model: {answer.get('error')}")
+    info_file = state_dir / "server.json"
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "bundle": str(bundle)}, indent=2))
+    return str(answer["version"])

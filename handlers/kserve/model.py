@@ -197,6 +197,15 @@ class ClipshieldKServeModel(Model):
         self.ready = True
         return self.ready
 
+    def replace(self, bundle: Path, config: ServingConfig) -> str:
+        """Load `bundle` beside the served model, then switch to it in one assignment (requests in flight finish
+        on the old service, the next ones get the new); returns the new model version. A bundle that does
+        not load raises, and the old model keeps serving."""
+        service = ClipshieldService.from_folder(bundle, config, self.metrics)
+        self.service, self.bundle, self.config = service, Path(bundle), config
+        log.info("model %s switched to %s (version %s)", self.name, bundle, service.info.version)
+        return service.info.version
+
     @property
     def loaded(self) -> ClipshieldService:
         """The service `load` built; KServe routes requests to a model only once it is ready."""
@@ -211,11 +220,12 @@ class ClipshieldKServeModel(Model):
         except ClipshieldError as exc:  # a malformed v2 request is counted like any refused request
             self.metrics.increment("clipshield_requests_total", labels={"outcome": outcome_of(exc)})
             raise
-        results = await asyncio.get_running_loop().run_in_executor(None, self.loaded.predict, requests)
+        service = self.loaded  # one service for the whole request, even when `replace` switches meanwhile
+        results = await asyncio.get_running_loop().run_in_executor(None, service.predict, requests)
         errors = [r for r in results if isinstance(r, ClipshieldError)]
         if len(errors) == len(results):  # no image answered: the request fails with the first item's error
             raise errors[0]
-        info = self.loaded.info
+        info = service.info
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
