@@ -34,8 +34,8 @@ def options():
     for name, parser in leaf_parsers(build_parser()).items():
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue  # hidden options (removed flags kept only to name their replacement) have no help to check
             text = formatter._expand_help(action) if action.help else ""
             yield name, action, text
 
