@@ -53,11 +53,12 @@ def register_method(name: str, search_space: SearchSpace | None = None, **spec: 
     `search_space` names the loss weights tuning may vary (fields of `params`); `lr_scale` is always in it.
     """
 
+    space = checked_space(name, search_space or {}, spec["params"].model_fields)
+
     def wrap(fn: LossT) -> LossT:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         description = (fn.__doc__ or "").strip().split("\n", 1)[0].rstrip(".")
-        space = checked_space(name, search_space or {}, spec["params"].model_fields)
         _METHODS[name] = Method(name=name, loss=fn, description=description, search_space=space, **spec)
         return fn
 
