@@ -34,6 +34,7 @@ def budget_text(cfg: TuneConfig) -> str:
 def chosen(cfg: TuneConfig, method: str, study: optuna.Study) -> dict[str, Any]:
     """The method's chosen setting as a recipe entry (`clipshield.datasets.recipe.TunedSetting` fields)."""
     best = study.best_trial
+    done = best.datetime_complete or dt.datetime.now(dt.timezone.utc)
     return {
         "lr": best.user_attrs["lr"],
         "method_params": {k: v for k, v in best.params.items() if k != LR_SCALE},
@@ -41,8 +42,8 @@ def chosen(cfg: TuneConfig, method: str, study: optuna.Study) -> dict[str, Any]:
             "study": study.study_name,
             "storage": cfg.storage_url(),
             "trial": best.number,
-            "value": round(float(best.value), 3),
-            "date": dt.datetime.fromtimestamp(best.datetime_complete.timestamp(), dt.timezone.utc).strftime("%Y-%m-%d"),
+            "value": round(float(best.value or 0.0), 3),
+            "date": dt.datetime.fromtimestamp(done.timestamp(), dt.timezone.utc).strftime("%Y-%m-%d"),
             "objective": objective_text(cfg),
             "budget": budget_text(cfg),
         },

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
 from clipshield.datasets import DatasetRequest, build_dataset
+from clipshield.datasets.registry import InMemoryDataset
 from clipshield.evaluation.measure import AttackRecipe, measure
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.zero_shot import ZeroShotClassifier, build_text_head
@@ -44,9 +45,10 @@ def load_validation(name: str, model: PixelCLIP, limit: int, root: Optional[Path
     """`limit` images of data set `name`'s validation split, held in memory (mini world or image folder), and
     its text head from `model`'s (frozen) text tower."""
     ds = build_dataset(name, validation_request(model, limit, root))
-    if hasattr(ds, "images"):
-        images = ds.images()
-        labels = torch.as_tensor(list(ds.labels), dtype=torch.int64)
+    if hasattr(ds, "images"):  # an in-memory set (the mini world): all images and labels at once
+        memory = cast(InMemoryDataset, ds)
+        images = memory.images()
+        labels = torch.as_tensor(list(memory.labels), dtype=torch.int64)
     else:
         items = [ds[i] for i in range(min(len(ds), limit))]  # type: ignore[arg-type]
         images = torch.stack([img for img, _ in items])

@@ -23,7 +23,7 @@ from clipshield.training.methods.attention import Distance, TokenNorm, grid_scor
 from clipshield.training.methods.common import cosine_logits, paired_tokens
 from clipshield.training.methods.inputs import LossInputs, LossOutput, TextHeads
 from clipshield.training.methods.registry import register_method
-from clipshield.training.methods.search_space import Choice, Range
+from clipshield.training.methods.search_space import Choice, Dimension, Range
 
 
 class TGAParams(StrictModel):
@@ -105,7 +105,11 @@ def attention_guided_terms(batch: LossInputs, params: TGAParams, attention: Atte
 
 
 # what tuning varies besides the lr: the two weights, and the map distance (rms = l2 / map side, §3.3)
-TGA_SPACE = {"alpha": Range(low=0.005, high=0.3), "beta": Range(low=0.005, high=0.3), "distance": Choice(values=("l2", "rms"))}
+TGA_SPACE: dict[str, Dimension] = {
+    "alpha": Range(low=0.005, high=0.3),
+    "beta": Range(low=0.005, high=0.3),
+    "distance": Choice(values=("l2", "rms")),
+}
 
 
 @register_method("tga-zsr", params=TGAParams, adversary=PGD_ADVERSARY, needs_frozen=True, lr=1e-4, search_space=TGA_SPACE)
