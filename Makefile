@@ -13,7 +13,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # CPU wheels (venv about 2 GiB, README): make clean-venv venv TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
 
-.PHONY: venv tools demo test test-slow lint loadtest bench k8s-render monitoring clean-venv
+.PHONY: venv tools demo test test-slow test-serving-install lint loadtest bench k8s-render monitoring clean-venv
 
 $(STAMP):
 	rm -f $(VENV)/.installed-*
@@ -39,6 +39,11 @@ test: venv tools lint
 
 test-slow: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The serving installs (.[serve-kserve], .[serve-torchserve]) from the built wheel, in fresh venvs outside the
+# checkout: archive, release, serve, --ping, --stop and one request each (pip installs: minutes; part of test-slow).
+test-serving-install: venv
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow tests/slow/test_serving_install.py $(PYTEST_ARGS)
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml (mypy: strict on service/).
 lint: venv

@@ -34,6 +34,7 @@ from clipshield.service.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+MODEL_CONFIGS_DIR = Path(__file__).resolve().parent / "model_configs"  # architecture JSON files (package data)
 SHIPPED_MODELS = {"miniworld": SHIPPED_DIR / "miniworld", "miniworld224": SHIPPED_DIR / "miniworld224"}
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HUB_PROBE_TIMEOUT_S = 2.0

@@ -11,7 +11,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# git is asked from this module's folder: in a checkout it finds the repository, in an installed wheel none.
+HERE = Path(__file__).resolve().parent
 
 
 def package_version() -> str:
@@ -25,7 +26,7 @@ def package_version() -> str:
 def git_commit() -> str:
     """`git rev-parse HEAD` of the source checkout, or 'unknown' outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -1,6 +1,6 @@
 """The shipped mini-world CLIP has real zero-shot behaviour and is not robust (the phenomenon we defend against).
 
-Thresholds carry margin below the measured numbers (see README, 'The mini world').
+Thresholds carry margin below the measured numbers (see docs/development.md, 'The mini world').
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from clipshield.datasets.miniworld.captions import caption_for, match_matrix, vo
 from clipshield.datasets.miniworld.dataset import pretraining_specs, render_specs, spec_attributes
 from clipshield.datasets.miniworld.worlds import WORLDS, get_world
 from clipshield.models.checkpoint import save_checkpoint
-from clipshield.models.factory import from_record
+from clipshield.models.factory import MODEL_CONFIGS_DIR, from_record
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.service.config import ModelRecord, PreprocessConfig, StrictModel, TokenizerConfig
 from clipshield.service.errors import ConfigError
@@ -33,7 +33,7 @@ from clipshield.training.train_state import has_train_state, load_train_state, s
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "models" / "model_configs"
+MODEL_CONFIGS = MODEL_CONFIGS_DIR  # clipshield.models.factory: the architectures ship with the model code
 ARCH_FILE = MODEL_CONFIGS / "miniworld-vit-tiny.json"
 
 

@@ -1,4 +1,4 @@
-"""`make venv TORCH_INDEX_URL=...` takes the torch pair from that index (README: CPU-only venv).
+"""`make venv TORCH_INDEX_URL=...` takes the torch pair from that index (docs/development.md: CPU-only venv).
 
 Read from `make -n` (prints the recipe, runs nothing): the default installs the pinned pair from pip's
 configured indexes, the knob adds `--index-url` to that one command only, and a venv built from another
