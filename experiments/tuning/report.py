@@ -7,6 +7,7 @@ with positive weights, so that trial is on the method's own Pareto front of seen
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def rows(studies: dict[str, optuna.Study]) -> list[dict[str, Any]]:
     for method, study in studies.items():
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        row: dict[str, Any] = {"method": method, **counts}
+        row: dict[str, Any] = {"method": method, **counts, "seconds": median_seconds(trials)}
         if counts["complete"]:
             best = study.best_trial
             row |= {"trial": best.number, "value": best.value, **best.user_attrs, "params": dict(best.params)}
@@ -64,16 +65,23 @@ def rows(studies: dict[str, optuna.Study]) -> list[dict[str, Any]]:
     return out
 
 
+def median_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """Median wall time of the completed trials (s): the cost of one trial at this fidelity."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+    times = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]  # type: ignore[operator]
+    return statistics.median(times) if times else float("nan")
+
+
 def markdown(table: list[dict[str, Any]], cfg: TuneConfig) -> str:
     head = [
         f"Tuning on {cfg.data}: {budget_text(cfg)}. Objective: {objective_text(cfg)}; chosen = best completed trial.",
         "",
-        "| method | complete / pruned / failed | best trial | objective | seen clean | seen robust | held-out clean "
+        "| method | complete / pruned / failed | s/trial | best trial | objective | seen clean | seen robust | held-out clean "
         "| held-out robust | lr | loss weights |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
-        counts = f"{r['complete']} / {r['pruned']} / {r['fail']}"
+        counts = f"{r['complete']} / {r['pruned']} / {r['fail']} | {r['seconds']:.0f}"
         if "value" not in r:
             head.append(f"| {r['method']} | {counts} | - | - | - | - | - | - | - | - |")
             continue

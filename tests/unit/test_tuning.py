@@ -78,7 +78,7 @@ def test_a_two_trial_study_reads_validation_splits_only_and_reports(tmp_path, sp
     evaluated = {name for name, split in splits_read if split == "val"}
     assert evaluated == {f"miniworld/{d}/color_shape/seen" for d in ("plain", "noisy", "textured", "outlined")}
     text = write_report(cfg, studies)
-    assert "| tecoa | 2 / 0 / 0 |" in text and "validation split" in text
+    assert "| tecoa | 2 / 0 / 0 | " in text and "validation split" in text and "s/trial" in text
     assert (cfg.output / "pareto.png").stat().st_size > 1000
     chosen = json.loads((cfg.output / "chosen.json").read_text())
     setting = TunedSetting.model_validate(chosen["tecoa"])
