@@ -65,7 +65,8 @@ def params_for(signals, std=(0.01, 0.05, 2.0, 0.05, 0.02, 0.01)) -> ScoreParams:
 
 
 @pytest.mark.parametrize(
-    "signals", [("tau", "anchor", "margin"), ("tau", "anchor", "margin", "agreement"), ("median", "anchor", "margin", "bits")]
+    "signals",
+    [("tau", "anchor", "margin"), ("tau", "anchor", "margin", "agreement"), ("median", "anchor", "margin", "bits"), ("anchor",)],
 )
 def test_numpy_signals_and_score_match_torch_on_the_same_noise(world, miniworld_model, signals):
     clf, anchor, images = world

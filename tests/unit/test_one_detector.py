@@ -63,6 +63,29 @@ def test_anchor_only_detector_flags_every_request_without_asking(anchor_bundle):
     assert sink.count("clipshield_flagged_total") == sum(by_rule)
 
 
+def test_served_anchor_only_score_matches_the_torch_scorer(anchor_bundle, miniworld_model):
+    """The served NumPy score (ONNX encoder) and the PyTorch `AttackScorer` the calibrator fitted agree on the
+    same decoded pixels, and so do their decisions."""
+    from clipshield.datasets.registry import DatasetRequest, build_dataset
+    from clipshield.models.attack_score import AttackScorer, SignalExtractor
+    from clipshield.models.zero_shot import ZeroShotClassifier
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png, load_pixels
+
+    service = ClipshieldService.from_folder(anchor_bundle)
+    cal = service.card.attack_score
+    images = build_dataset("miniworld/plain/color_shape/seen", DatasetRequest(limit=144)).images()[128:]  # none set the threshold
+    pngs = [encode_png(img.numpy()) for img in images]
+    served = service.predict([RawRequest({"image": png, "attack_score": "true"}, None) for png in pngs])
+    pixels = torch.from_numpy(np.stack([load_pixels(png, service.record.preprocess, service.config.decode) for png in pngs]))
+    clf = ZeroShotClassifier(miniworld_model, torch.from_numpy(service.head)).eval()
+    scorer = AttackScorer(SignalExtractor(clf, torch.from_numpy(service.anchor), cal.config), cal.params)
+    with torch.no_grad():
+        torch_scores = scorer(pixels)
+    np.testing.assert_allclose([r.attack_score.score for r in served], torch_scores.numpy(), rtol=0, atol=1e-4)
+    assert [r.flagged for r in served] == scorer.flag(torch_scores).tolist()
+
+
 def test_strong_attack_flagged_above_calibrated_rate(anchor_bundle, miniworld_model):
     """PGD-10 at 16/255 against the served classifier, sent as PNGs: flagged far more often than clean."""
     from clipshield.attacks.pgd import PGD
