@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from clipshield.attacks.budget import to_pixels
+
+if TYPE_CHECKING:
+    from clipshield.models.pixel_model import PixelCLIP
 
 TTC_DATASET = "miniworld/plain/shape/seen"  # --ttc without --datasets
 TTC_ADAPTIVE_DATASET = "miniworld/plain/color_shape/seen"  # --ttc-adaptive without --datasets
@@ -91,7 +94,7 @@ def run_ttc(args: argparse.Namespace, default_datasets: list[str]) -> int:
         AdaptiveTTCConfig, {"eot": "ttc-eot"}, base=ttc_config(args, TTC_ADAPTIVE_DATASET, default_datasets), eot=args.ttc_eot
     )
     base = model_from_args(args)
-    models = {args.model: (base, None)}
+    models: dict[str, tuple[PixelCLIP, Optional[PixelCLIP]]] = {args.model: (base, None)}
     if args.ttc_finetuned:
         models[args.ttc_finetuned] = (load_model(args.ttc_finetuned), base)
     result = evaluate(models, cfg, list(args.ttc_seeds))

@@ -20,7 +20,7 @@ def escaping_paths(root: Path, path: Path) -> list[str]:
     depth = len(path.relative_to(root).parts) - 1  # folders between the package root and the module
     out = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if not any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(node)):
+        if not isinstance(node, ast.expr) or not any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(node)):
             continue
         up = None
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "parents":

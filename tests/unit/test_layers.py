@@ -130,7 +130,7 @@ def import_cycles(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[list
             elif nxt in stack:
                 low[node] = min(low[node], index[nxt])
         if low[node] == index[node]:
-            group = []
+            group: list[str] = []
             while not group or group[-1] != node:
                 group.append(stack.pop())
             if len(group) > 1:
