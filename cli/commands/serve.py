@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start TorchServe in the background with model_store/config.properties (inference on "
         "--address; management and metrics on 127.0.0.1), wait until the model is ready, and print how to "
         "call it. --stop stops it; --ping is a health probe (exit 0 when healthy) that reads the token itself. "
-        "A server already running on this model store is restarted on the current archive (--if-running fail "
-        "refuses instead), so what answers is always the archive just built.",
+        "A server already running on this model store switches to the current archive without a restart "
+        "(the new version is registered beside the old, made the default, the old drained and unregistered; "
+        "--if-running restart restarts it, fail refuses), so what answers is always the archive just built.",
     )
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: %(default)s")
     p.add_argument("--name", default="clipshield", help="model to load (default: %(default)s)")
@@ -37,9 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-token-auth", action="store_true", help="turn TorchServe's token authorisation off (trusted networks only)")
     p.add_argument(
         "--if-running",
-        choices=("restart", "fail"),
-        default="restart",
-        help="a TorchServe already running on this model store: restart it on the archive, or refuse (default: %(default)s)",
+        choices=("refresh", "restart", "fail"),
+        default="refresh",
+        help="a TorchServe already running on this model store: switch it to the archive while it keeps answering, "
+        "restart it on the archive, or refuse (default: %(default)s)",
     )
     add_provider_args(p, None, None)
     g = p.add_mutually_exclusive_group()
@@ -69,7 +71,16 @@ def _served_line(described: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipshield.handlers.torchserve.launcher import STATE_DIR, ServeConfig, describe_model, ping, read_keys, start_server, stop_server
+    from clipshield.handlers.torchserve.launcher import (
+        STATE_DIR,
+        ServeConfig,
+        describe_model,
+        ping,
+        read_keys,
+        running_launcher,
+        start_server,
+        stop_server,
+    )
 
     store = args.model_store.resolve()
     if args.runtime == "kserve":  # the KServe runtime lives in serve_kserve.py
@@ -95,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         providers=args.providers,
         provider_policy=args.provider_policy,
-        if_running=args.if_running,
+        if_running="restart" if args.if_running == "refresh" else args.if_running,
     )
+    if args.if_running == "refresh" and running_launcher(store) is not None:
+        return _refresh(store, cfg, args)
     handle = start_server(store, cfg)
     if handle.replaced_pid is not None:
         print(f"stopped the TorchServe already running on this model store (launcher pid {handle.replaced_pid}) and restarted it")
@@ -107,4 +120,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"  curl {auth}-H 'Content-Type: image/png' --data-binary @image.png {args.address}/predictions/{args.name}")
     print(f"  metrics: curl {args.metrics_address}/metrics | grep clipshield_")
     print(f"  stop:    clipshield serve --stop --model-store {args.model_store}")
+    return 0
+
+
+def _refresh(store: Path, cfg, args: argparse.Namespace) -> int:
+    """Switch the running TorchServe to the store's archive without a restart (handlers/torchserve/refresh.py)."""
+    from clipshield.handlers.torchserve.refresh import check_refreshable, refresh_server
+
+    check_refreshable(store, cfg)
+    done = refresh_server(store, cfg)
+    print(
+        f"TorchServe on {args.address} now serves {args.name} version {done.new_version} (was {done.old_version}; "
+        f"registered as {done.registered}, the old version drained and unregistered, no restart)"
+    )
     return 0

@@ -146,7 +146,7 @@ def test_management_api_needs_its_token(server):
 
 
 def test_model_registration_from_url_refused(server):
-    """Registration is off (enable_model_api=false) and allowed_urls admits local files only."""
+    """Registration is on locally for the model refresh, but allowed_urls admits local files only."""
     url = server.config.management_address + "/models"
     r = requests.post(url, params={"url": "https://example.com/evil.mar"}, headers=H.auth(server, "management"), timeout=10)
     assert r.status_code in (400, 403, 405), r.text

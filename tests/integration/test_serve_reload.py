@@ -1,7 +1,8 @@
 """`clipshield serve` on a model store whose TorchServe is already running answers from the new archive.
 
 Issue 11: a second `serve` used to report success while the old archive kept answering. Now it
-restarts the server on the new archive (or refuses with --if-running fail), refuses ports held by
+switches the running server to the new archive (test_torchserve_refresh.py), restarts it with
+--if-running restart (needed when the providers change), refuses with --if-running fail, refuses ports held by
 another server, and refuses an archive of a bundle format it cannot read before starting anything.
 Tiny mini-world model, one worker: a few seconds per start.
 """
@@ -13,6 +14,7 @@ import shutil
 
 import pytest
 
+from clipshield.service.bundle_info import FORMAT_VERSION, READABLE_FORMATS
 from tests.integration.serving_helpers import free_port, image
 
 pytestmark = [
@@ -86,7 +88,7 @@ def _check_runtime_reported(store, ports):
         text = requests.get(f"http://127.0.0.1:{ports[2]}/metrics", timeout=10).text
         lines = [ln for ln in text.splitlines() if ln.startswith("clipshield_runtime_info{")]
         time.sleep(0.2)
-    assert lines and 'provider="CPUExecutionProvider"' in lines[0] and 'bundle_format="1"' in lines[0], lines
+    assert lines and 'provider="CPUExecutionProvider"' in lines[0] and f'bundle_format="{FORMAT_VERSION}"' in lines[0], lines
     log = (store / STATE_DIR / "logs" / "model_log.log").read_text()
     assert "'cuda' (CUDAExecutionProvider) is not available" in log and "falling back" in log
 
@@ -101,12 +103,15 @@ def test_serve_again_serves_the_new_archive(bundles, tmp_path, capsys):
     try:
         assert main(_serve_args(store, ports)) == 0
         out = capsys.readouterr().out
-        assert "model:   miniworld-vit-tiny A (bundle format 1" in out and "on CPUExecutionProvider" in out
+        assert f"model:   miniworld-vit-tiny A (bundle format {FORMAT_VERSION}" in out and "on CPUExecutionProvider" in out
         assert _answer(store, ports[0])["version"] == "A"
         first = running_launcher(store)
 
         _archive(bundles["B"], store)  # B is also served with CUDA requested: this host has none, policy fallback
-        assert main(_serve_args(store, ports, "--providers", "cuda,cpu", "--provider-policy", "fallback")) == 0
+        with_cuda = ("--providers", "cuda,cpu", "--provider-policy", "fallback")
+        assert main(_serve_args(store, ports, *with_cuda)) == 2  # the default refresh keeps the workers' providers
+        assert "providers, provider_policy differ(s)" in capsys.readouterr().err and _answer(store, ports[0])["version"] == "A"
+        assert main(_serve_args(store, ports, *with_cuda, "--if-running", "restart")) == 0
         out = capsys.readouterr().out
         assert f"launcher pid {first}) and restarted it" in out and "model:   miniworld-vit-tiny B" in out
         assert _answer(store, ports[0]) == {"name": "miniworld-vit-tiny", "version": "B"}
@@ -145,5 +150,5 @@ def test_serve_refuses_unreadable_bundle_before_starting(bundles, tmp_path, caps
             dst.writestr(item, data)
     assert main(_serve_args(store, [free_port() for _ in range(5)], "--name", "future")) == 2
     err = capsys.readouterr().err
-    assert "bundle format 999" in err and "reads formats [1]" in err
+    assert "bundle format 999" in err and f"reads formats {list(READABLE_FORMATS)}" in err
     assert running_launcher(store) is None

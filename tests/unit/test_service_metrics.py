@@ -53,7 +53,7 @@ def test_config_properties_security_defaults():
     )
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["metrics_address"].startswith("http://127.0.0.1:")
-    assert props["metrics_mode"] == "prometheus" and props["enable_model_api"] == "false"
+    assert props["metrics_mode"] == "prometheus" and props["enable_model_api"] == "true"  # local refresh
     assert props["default_workers_per_model"] == "2" and int(props["job_queue_size"]) > 0
     assert props["allowed_urls"].startswith("^file://")
 

@@ -32,7 +32,9 @@ def test_rendered_config_keeps_admin_listeners_on_loopback(tmp_path, inference):
 def test_rendered_config_security_and_capacity_settings(tmp_path):
     props = _props(ServeConfig(), tmp_path)
     assert props["disable_token_authorization"] == "false"  # token auth on for management and inference
-    assert props["enable_model_api"] == "false"  # no model registration at run time
+    # Registration on for `clipshield serve`'s refresh (handlers/torchserve/refresh.py): the management API is on
+    # loopback with its own token, and allowed_urls below admits local files only.
+    assert props["enable_model_api"] == "true"
     allowed = re.compile(props["allowed_urls"])
     assert allowed.fullmatch("file:///models/clipshield.mar")
     for url in ("https://example.com/evil.mar", "http://169.254.169.254/latest", "s3://bucket/x.mar"):
