@@ -18,7 +18,7 @@ import requests
 
 from .serving_helpers import TIMEOUT_S, free_port, image
 from .test_kserve_refresh import CLIENTS, PHASE_S, Answer
-from .test_serve_reload import _archive, _serve_args
+from .test_serve_reload import _serve_args
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,6 +36,14 @@ def _client(url: str, key: str, stop: threading.Event, out: list[Answer], seed: 
         except requests.RequestException as exc:
             status, version = 0, str(exc)[:200]
         out.append(Answer(sent, time.monotonic(), status, version))
+
+
+def _archive(bundle, store):
+    """A no-archive folder (no zip step): what the server registers is a copy, so rebuilding it in place is safe."""
+    from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
+
+    batching = BatchingConfig(min_workers=1, max_workers=1, max_batch_delay_ms=5)
+    return build_archive(bundle, store, archive_format="no-archive", batching=batching)
 
 
 def test_refresh_under_load_loses_nothing(miniworld_model, tmp_path, capsys):
