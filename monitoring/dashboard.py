@@ -54,7 +54,7 @@ def _short(name: str) -> str:
 
 
 def overview_panels() -> list[Any]:
-    """Stats: request rate, server-error ratio, SLO violations, pods scraped, pods with a model."""
+    """Stats: request rate, handler and front-end error ratios, whole-request mean, SLO violations, pods scraped, pods with a model."""
     ns = 'namespace=~"$namespace"'
     return [
         _stat("Requests / s", "reqps", f"sum by (namespace) (clipshield:requests:rate5m{{{ns}}})", "All outcomes, last 5 minutes."),
@@ -62,7 +62,20 @@ def overview_panels() -> list[Any]:
             "Server-error ratio (5m)",
             "percentunit",
             f"max by (namespace) (clipshield:request_errors:ratio_rate5m{{{ns}}})",
-            "Share of requests with outcome=error (ClipshieldHighErrorRatio).",
+            "Share of requests with outcome=error in the handler (ClipshieldHighErrorRatio).",
+        ),
+        _stat(
+            "Front-end 5xx ratio (5m)",
+            "percentunit",
+            f"max by (namespace) (clipshield:server_errors:ratio_rate5m{{{ns}}})",
+            "Share of 5xx among all answers the server front end sent, those that never reached the handler included "
+            "(TorchServe's 503 with no free worker or a full queue; ClipshieldHighErrorRatio).",
+        ),
+        _stat(
+            "Whole request, mean (5m)",
+            "s",
+            f"max by (namespace) (clipshield:request_latency_mean_seconds:rate5m{{{ns}}})",
+            "Mean whole-request latency as the front end measured it, queueing included (ClipshieldRequestLatencyHigh).",
         ),
         _stat(
             f"Over {SLO.threshold_s} s (1h)",
