@@ -255,6 +255,8 @@ class FinetuneConfig(StrictModel):
         m = get_method(self.method)
         o, a = self.optim, self.attack
         steps = o.steps or o.epochs * batches_per_epoch
+        warmup = fitted_warmup(o.warmup, steps, o.warmup_fit)
+        check_schedule(warmup, steps, o.allow_low_lr)
         optimizer = o.optimizer or m.optimizer
         values = {
             "batch_size": o.batch_size or m.batch_size,
@@ -265,12 +267,11 @@ class FinetuneConfig(StrictModel):
             "attack_alpha": a.eps * m.adversary.alpha_per_eps if a.alpha is None else a.alpha,
             "attack_steps": m.attack_steps if a.steps is None else a.steps,
             "steps": steps,
-            "warmup": fitted_warmup(o.warmup, steps, o.warmup_fit),
+            "warmup": warmup,
             "warmup_fit": False,  # applied: the resolved warm-up is what runs
             "eval_eps": a.eps if self.evaluation.eps is None else self.evaluation.eps,
             "method_params": m.params(**self.method_params).model_dump(),
         }
-        check_schedule(values["warmup"], steps, o.allow_low_lr)
         return self.updated(**values)
 
 
@@ -348,7 +349,9 @@ def recipe_config(data: str = "miniworld-train", tuned: bool = True, **settings:
         "batch_size": recipe.batch_size,
         "data_limit": recipe.data_limit,
         # a tuned lr belongs to the method's own optimiser; another optimiser takes the recipe's
-        "lr": tuned_setting.lr if tuned_setting is not None and optimizer == (method.optimizer if method else None) else recipe.lr.get(optimizer),
+        "lr": tuned_setting.lr
+        if tuned_setting is not None and optimizer == (method.optimizer if method else None)
+        else recipe.lr.get(optimizer),
         "warmup": recipe.warmup,
         # the recipe's warm-up (not one the user set) shrinks to 10% of a short run's steps
         "warmup_fit": "warmup" not in given and recipe.warmup is not None,

@@ -68,7 +68,8 @@ def _run_curl_block(block: str, ports: dict[str, str]) -> list[tuple[int, str]]:
     script = _pointed(block, ports).replace("curl ", f"curl -sS -w '\\n{STATUS} %{{http_code}}\\n' ")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     out = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=H.TIMEOUT_S, check=True)
-    answers, body = [], []
+    answers: list[tuple[int, str]] = []
+    body: list[str] = []
     for line in out.stdout.splitlines():
         if line.startswith(STATUS):
             answers.append((int(line.split()[1]), "\n".join(body)))
@@ -110,6 +111,7 @@ def _run_python_block(block: str, ports: dict[str, str], scope: dict):
     later block may use an earlier one's imports); the value of its last expression."""
     tree = ast.parse(_pointed(block, ports))
     last = tree.body.pop() if isinstance(tree.body[-1], ast.Expr) else None
+    assert last is None or isinstance(last, ast.Expr)
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
