@@ -136,7 +136,7 @@ def decoding_dataplane(registry: Any) -> Any:
 def grpc_server_class(host: str, max_body_bytes: int) -> Any:
     """kserve's `GRPCServer` listening on `host` (kserve binds [::]), with the REST body limit as its message
     limit and the model's versions and platform in its metadata answer (kserve's servicer leaves them out)."""
-    from grpc import aio
+    from grpc import aio  # type: ignore[import-untyped]  # grpcio ships no stubs
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
     from kserve.protocol.grpc.server import GRPCServer

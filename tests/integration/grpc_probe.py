@@ -8,6 +8,7 @@ kserve, so the client checks run here and print one JSON report on stdout.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -62,7 +63,7 @@ def probe(address: str, pngs: Sequence[bytes]) -> dict[str, Any]:
             "metadata": c.get_model_metadata(MODEL, as_json=True),
             "with_labels": _answers(c.infer(MODEL, [image(pngs), _tensor(grpcclient, "labels", LABELS)])),
             "without_labels": _answers(c.infer(MODEL, [image(pngs)])),
-            "bad": {name: _refused(lambda inputs=inputs: c.infer(MODEL, inputs)) for name, inputs in bad.items()},
+            "bad": {name: _refused(functools.partial(c.infer, MODEL, inputs)) for name, inputs in bad.items()},
             "after_bad": _answers(c.infer(MODEL, [image(pngs[:1])])),
         }
     finally:

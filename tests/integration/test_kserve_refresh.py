@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
@@ -36,7 +37,7 @@ class Answer:
 
 
 def _infer(url: str, png: bytes) -> tuple[int, str]:
-    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(png).decode()]}]}
+    body: dict[str, Any] = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(png).decode()]}]}
     try:
         r = requests.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=H.TIMEOUT_S)
     except requests.RequestException:

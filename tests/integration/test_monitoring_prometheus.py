@@ -7,6 +7,7 @@ counters, the recording rules and the alert states are read back through Prometh
 
 from __future__ import annotations
 
+import functools
 import shutil
 
 import pytest
@@ -103,7 +104,7 @@ def _check_frontend_503s(prom: Prometheus, handle, n: int = 11) -> None:
         for i in range(first, count):
             r = H.post_png(handle, H.image(seed=200 + i))
             assert r.status_code == 503, (r.status_code, r.text)
-        wait_for(lambda c=count: _scalar(prom, f'sum(Requests5XX{{job="{JOB}"}})') == c, 15, f"{count} front-end 5xx counted", prom)
+        wait_for(functools.partial(prom.query, f'sum(Requests5XX{{job="{JOB}"}}) == {count}'), 15, f"{count} front-end 5xx counted", prom)
     wait_for(lambda: (_scalar(prom, "clipshield:server_errors:ratio_rate5m") or 0) > 0.05, 15, "server-error ratio over 5 %", prom)
     assert _scalar(prom, "clipshield:request_errors:ratio_rate5m") == 0.0  # the handler saw none of them
     wait_for(lambda: _alert_state(prom, "ClipshieldHighErrorRatio") == "pending", 15, "ClipshieldHighErrorRatio pending", prom)
