@@ -74,12 +74,6 @@ def run(args: argparse.Namespace) -> int:
     from clipshield.handlers.torchserve.archive import BatchingConfig, build_archive
     from clipshield.service.settings import AttackScoreServing, RuntimeConfig, ServingConfig
 
-    card = require_bundle(args.export)  # a missing or malformed export: one line, before anything is written
-    if args.attack_score == "on" and card.attack_score is None:
-        raise ConfigError(
-            f"--attack-score on needs a calibrated attack score in {args.export}'s model card "
-            "(export it with `clipshield export --calibrate-score N`)"
-        )
     runtime = flag_config(
         RuntimeConfig,
         {"intra_op_threads": "threads"},
@@ -87,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
         providers=args.providers,
         provider_policy=args.provider_policy,
     )
-    serving = ServingConfig(runtime=runtime, attack_score=AttackScoreServing(default=args.attack_score == "on"))
     batching = flag_config(
         BatchingConfig,
         {"min_workers": "workers", "max_workers": "workers"},
@@ -96,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
         min_workers=args.workers,
         max_workers=args.workers,
     )
+    card = require_bundle(args.export)  # a missing or malformed export: one line, before anything is written
+    if args.attack_score == "on" and card.attack_score is None:
+        raise ConfigError(
+            f"--attack-score on needs a calibrated attack score in {args.export}'s model card "
+            "(export it with `clipshield export --calibrate-score N`)"
+        )
+    serving = ServingConfig(runtime=runtime, attack_score=AttackScoreServing(default=args.attack_score == "on"))
     path = build_archive(args.export, args.model_store, name=args.name, archive_format=args.format, serving=serving, batching=batching)
     print(f"archive: {path}")
     return 0

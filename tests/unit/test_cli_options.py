@@ -52,6 +52,7 @@ def test_every_subcommand_is_walked():
         "export",
         "release",
         "archive",
+        "describe",
         "serve",
         "demo",
         "experiment",
