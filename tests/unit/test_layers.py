@@ -34,9 +34,6 @@ IMPORTS_HANDLERS = frozenset({"export", "cli"})
 # Packages a server process must never load: the serving install (`.[serve-kserve]`) has none of them.
 HEAVY = frozenset({"torch", "torchvision", "torchaudio", "open_clip", "torchattacks", "onnx"})
 TORCH_FREE = frozenset({"service", "handlers"})
-# (importer, imported) pairs tolerated while issue 24's detector work (24b) moves the AUROC helpers into
-# one metrics module; each must still exist, so a fixed one is removed from this list by the test failing.
-TEMPORARY: frozenset[tuple[str, str]] = frozenset()
 
 
 def allowed(importer: str, imported: str) -> bool:
@@ -101,7 +98,7 @@ def layer_violations(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[s
         importer, top = imp.module.split(".")[1], imp.target.split(".")[0]
         if top == "clipshield":
             imported = imp.target.split(".")[1]
-            if not allowed(importer, imported) and (imp.module, imp.target) not in TEMPORARY:
+            if not allowed(importer, imported):
                 out.append(f"{imp.path}:{imp.line}: {importer} -> {imported} ({imp.module} imports {imp.target})")
         elif importer in TORCH_FREE and top in HEAVY:
             out.append(f"{imp.path}:{imp.line}: {importer} imports {imp.target} (service/ and handlers/ are torch-free)")
@@ -150,11 +147,6 @@ def test_every_import_goes_down_the_layers():
 def test_no_import_cycles():
     cycles = import_cycles(REPO)
     assert not cycles, "modules importing each other: " + "; ".join(" <-> ".join(c) for c in cycles)
-
-
-def test_temporary_exceptions_still_exist():
-    edges = {(imp.module, imp.target) for imp in imports_of(REPO)}
-    assert TEMPORARY <= edges, f"fixed, remove from TEMPORARY: {sorted(TEMPORARY - edges)}"
 
 
 def test_every_package_has_a_layer():
