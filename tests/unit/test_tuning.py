@@ -208,3 +208,17 @@ def test_the_tune_command_line_becomes_a_checked_config(tmp_path):
     own = ["experiment", "tune", "--data", "folder/mine", "--data-root", str(tmp_path), "--record-recipe"]
     with pytest.raises(ConfigError, match=r"--record-recipe .* needs --world"):
         run_tune(parse(own))
+
+
+def test_a_study_on_your_own_folder_reads_its_val_folder(tmp_path, splits_read):
+    from tests.unit.own_data_helpers import write_photo_tree
+
+    torch.set_num_threads(1)
+    tree = write_photo_tree(tmp_path, per_class=(8, 3))
+    (tree / "test").rename(tree / "val")
+    cfg = TuneConfig(
+        data="folder/photos", data_root=tmp_path, methods=["tecoa"], trials=1, steps=2, batch_size=4, val_limit=6, output=tmp_path / "t"
+    )
+    study = run_tuning(cfg)["tecoa"]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] and study.study_name == "folder-photos-tecoa"
+    assert sorted(set(splits_read)) == [("folder/photos", "train"), ("folder/photos", "val")]
