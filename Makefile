@@ -13,7 +13,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # CPU wheels (venv about 2 GiB, README): make clean-venv venv TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
 
-.PHONY: venv tools demo test test-slow test-serving-install lint loadtest bench k8s-render monitoring clean-venv
+.PHONY: venv tools demo test test-slow test-serving-install lint soak loadtest bench k8s-render monitoring clean-venv
 
 $(STAMP):
 	rm -f $(VENV)/.installed-*
@@ -51,6 +51,11 @@ lint: venv
 	$(BIN)/ruff format --check .
 	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/clipshield
 	$(BIN)/mypy
+
+# The soak: 10 minutes of moderate load per runtime (0 errors, RSS growth <= 10 %, p95 drift <= 20 %), through the
+# shared CPU lock; summaries in results/soak/. The same check as a slow test: tests/slow/test_soak.py.
+soak: venv
+	for r in kserve torchserve; do OMP_NUM_THREADS=1 flock /tmp/clipshield-heavy.lock $(BIN)/python -m tests.load.soak --runtime $$r --minutes 10 --out results/soak/$$r.json || exit 1; done
 
 loadtest: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m tests.load.run_loadtest $(ARGS)
