@@ -34,12 +34,12 @@ def test_evaluate_ttc_prints_and_writes_config_and_metrics(capsys, tmp_path):
     assert doc["config"]["dataset"] == "miniworld/plain/shape/seen" and doc["metrics"]["n"] == 2
 
 
-def test_evaluate_ttc_adaptive_writes_a_table_per_seed(tmp_path):
-    argv = ["evaluate", "--ttc-adaptive", "--limit", "2", "--steps", "1", "--ttc-eot", "1", "--ttc-seeds", "0", "1"]
+def test_evaluate_ttc_adaptive_writes_its_table_for_the_given_seeds(tmp_path):
+    argv = ["evaluate", "--ttc-adaptive", "--limit", "2", "--steps", "1", "--ttc-eot", "1", "--ttc-seeds", "3"]
     assert main([*argv, "--datasets", "miniworld/plain/shape/seen", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "ttc_adaptive.json").read_text())
     assert doc["config"]["base"]["dataset"] == "miniworld/plain/shape/seen" and doc["config"]["eot"] == 1
-    assert set(doc["results"]["miniworld"]) == {"0", "1"}
+    assert set(doc["results"]["miniworld"]) == {"3"}
     assert "PGD through TTC" in (tmp_path / "ttc_adaptive.md").read_text()
 
 
