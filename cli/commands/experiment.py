@@ -167,6 +167,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-root", type=Path, default=None, help="root folder of --data (folder/<dir> is read under it) (default: none)")
     p.add_argument("--model", default=None, help="model to fine-tune (default: the data set's recipe model)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or weights file of --model, e.g. openai (default: none)")
     p.add_argument("--methods", nargs="+", default=list(TUNED_METHODS), help="methods to tune (default: %(default)s)")
     p.add_argument("--trials", type=int, default=8, help="trials per method, pruned ones included (default: %(default)s)")
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per trial (default: %(default)s)")
@@ -209,7 +210,7 @@ def tune_config(args: argparse.Namespace):
 
     data = args.data or f"{args.world or 'miniworld'}-train"
     slug = (args.world or args.data or "miniworld").replace("/", "-")
-    values = {k: getattr(args, k) for k in ("data_root", "model", "methods", "trials", "steps", "batch_size", "attack_steps")}
+    values = {k: getattr(args, k) for k in ("data_root", "model", "pretrained", "methods", "trials", "steps", "batch_size", "attack_steps")}
     values |= {k: getattr(args, k) for k in ("val_limit", "eval_steps", "robust_weight", "seed", "storage", "jobs", "threads")}
     return flag_config(
         TuneConfig,

@@ -26,6 +26,7 @@ class TuneConfig(StrictModel):
     data: str = "miniworld-train"
     data_root: Optional[Path] = None
     model: Optional[str] = None
+    pretrained: Optional[str] = None
     methods: list[str] = Field(min_length=1)
     trials: int = Field(default=8, gt=0, description="trials per method (pruned ones count)")
     steps: int = Field(default=100, gt=1)

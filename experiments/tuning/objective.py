@@ -70,6 +70,7 @@ def trial_config(cfg: TuneConfig, method: str, values: dict[str, Any], number: i
         eps=cfg.eps,
         seed=cfg.seed,
         model=cfg.model,
+        pretrained=cfg.pretrained,
         data_root=cfg.data_root,
         threads=None,
         eval_datasets=[],
@@ -106,9 +107,9 @@ class Objective:
         from clipshield.models.factory import load_model
 
         self.cfg, self.method = cfg, method
-        probe = recipe_config(cfg.data, method=method, model=cfg.model, eps=cfg.eps, tuned=False)
+        probe = recipe_config(cfg.data, method=method, model=cfg.model, pretrained=cfg.pretrained, eps=cfg.eps, tuned=False)
         self.eps = probe.attack.eps
-        base = load_model(probe.source.model)
+        base = load_model(probe.source.model, pretrained=probe.source.pretrained)
         self.seen, self.held = cfg.validation_sets()
         self.sets = {n: load_validation(n, base, cfg.val_limit, cfg.data_root) for n in {*self.seen, *self.held}}
         half = max(1, cfg.val_limit // 2)
