@@ -25,10 +25,8 @@ WORKDIR /src
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install "pip>=24" \
  && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY handlers ./handlers
-COPY training ./training
+# The build context is .dockerignore's allow-list: pyproject.toml, README.md and every package folder (tests/layout.py).
+COPY . ./
 RUN /opt/venv/bin/pip install ".[${ORT_EXTRA},serve]"
 
 # ---- build-kserve: the lean serving environment, no torch (docs/serving.md "Lean serving install") ----
@@ -36,10 +34,8 @@ FROM ${PYTHON_IMAGE} AS build-kserve
 ARG ORT_EXTRA=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY handlers ./handlers
-COPY training ./training
+# The build context is .dockerignore's allow-list: pyproject.toml, README.md and every package folder (tests/layout.py).
+COPY . ./
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install "pip>=24" \
  && /opt/venv/bin/pip install ".[${ORT_EXTRA},kserve]"

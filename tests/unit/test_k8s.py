@@ -235,6 +235,19 @@ def test_dockerfile_is_multistage_pinned_and_non_root():
     assert user and user[-1].split(":")[0] not in ("0", "root")
 
 
+def test_image_build_context_holds_every_package():
+    """The folder move once left the images copying 3 of the 10 package folders (pip install . then fails):
+    every folder of tests/layout.py must pass .dockerignore's allow-list, and the build stages copy the context."""
+    from tests.layout import PACKAGES
+
+    allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert set(PACKAGES) | {"pyproject.toml", "README.md"} <= allowed, sorted(set(PACKAGES) - allowed)
+    text = (REPO / "Dockerfile").read_text()
+    for stage in ("build", "build-kserve"):
+        body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert re.search(r"^COPY \. \./$", body, flags=re.M) and "pip install" in body, stage
+
+
 # --- the probe script's behaviour against a fake TorchServe management API ---
 
 
