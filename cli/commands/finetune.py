@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -187,17 +188,26 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
+def _new_output(method: str, data: str) -> Path:
+    """A new run folder (`default_output`); under torchrun every rank must be told the same one."""
+    from clipshield.training.finetune_config import default_output
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun give --output: each rank would otherwise name its own new run folder")
+    return default_output(method, data)
+
+
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """FinetuneConfig from parsed arguments; unset flags take the training data set's registry recipe.
 
     Every flag named as a setting (`--batch-size` -> `batch_size`) passes through as given; the rest are converted here.
     """
-    from clipshield.training.finetune_config import FLAT_NAMES, default_output, recipe_config
+    from clipshield.training.finetune_config import FLAT_NAMES, recipe_config
 
     as_given = {name: getattr(args, name) for name in FLAT_NAMES if hasattr(args, name) and name != "data"}
     converted = {
         "offline": args.offline or None,
-        "output": args.output or default_output(args.method, args.data),
+        "output": args.output or _new_output(args.method, args.data),
         "eps": to_pixels(args.eps, "--eps"),
         "attack_alpha": to_pixels(args.attack_alpha, "--attack-alpha", allow_zero=False),
         "eval_eps": to_pixels(args.eval_eps, "--eval-eps"),

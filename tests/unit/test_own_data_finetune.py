@@ -122,3 +122,15 @@ def test_export_serves_the_runs_labels_and_names_the_run(tuned, data_root, tmp_p
     assert list(choice.labels.classnames) == class_names() and str(data_root) in choice.source
     assert main(["describe", str(bundle)]) == 0
     assert "default labels (3):" in capsys.readouterr().out
+
+
+def test_torchrun_ranks_need_one_named_output(monkeypatch):
+    from clipshield.cli.commands.finetune import config_from_args
+    from clipshield.cli.main import build_parser
+    from clipshield.service.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="under torchrun give --output"):
+        config_from_args(build_parser().parse_args(["finetune", "--method", "tecoa"]))
+    args = build_parser().parse_args(["finetune", "--method", "tecoa", "--output", "runs/x"])
+    assert str(config_from_args(args).run.output) == "runs/x"
