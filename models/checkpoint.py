@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipshield.service.config import ModelRecord
@@ -95,8 +97,10 @@ def load_record(folder: Path) -> ModelRecord:
         raise ModelLoadError(f"no {CONFIG_NAME} in {folder}: not a clipshield checkpoint folder")
     try:
         return ModelRecord.model_validate_json(path.read_text())
-    except ValueError as exc:
-        raise ModelLoadError(f"invalid {path}: {exc}") from exc
+    except ValidationError as exc:  # one line (the CLI prints it as is): how many problems and the first
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        raise ModelLoadError(f"invalid {path}: {exc.error_count()} problem(s), first at {where}: {first['msg']}") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -108,7 +112,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        sd = load_file(str(path))
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{path} is not a readable safetensors file ({exc}): re-save or re-download it") from None
     elif path.suffix in (".pt", ".pth", ".bin"):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,6 +3,8 @@ one line and exit status 2, never a traceback (issue 27, point 6); malformed exp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from clipshield.cli.commands import COMMANDS
@@ -49,11 +51,23 @@ def test_malformed_exports_and_cards_are_one_line(tmp_path, capsys):
     (bad / "model_card.json").write_text("{not json")
     notabundle = tmp_path / "file.txt"
     notabundle.write_text("x")
+    not_a_zip = tmp_path / "not-a-zip.mar"
+    not_a_zip.write_text("x")
+    shipped = Path(__file__).resolve().parents[2] / "models" / "pretrained" / "miniworld" / "config.json"
+    bad_config, bad_weights = tmp_path / "ck1", tmp_path / "ck2"
+    for folder in (bad_config, bad_weights):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"junk")
+    (bad_config / "config.json").write_text("{bad")
+    (bad_weights / "config.json").write_text(shipped.read_text())
     for argv in (
         ["archive", "--export", str(bad), "--model-store", str(tmp_path / "s")],
         ["archive", "--export", str(notabundle), "--model-store", str(tmp_path / "s")],
+        ["release", str(bad), "--baseline", str(notabundle)],
         ["release", str(bad), "--baseline", str(bad / "model_card.json")],
-        ["describe", str(notabundle.with_suffix(".mar"))],
+        ["describe", str(not_a_zip)],
+        ["export", "--model", str(bad_config), "--out", str(tmp_path / "x")],
+        ["evaluate", "--model", str(bad_weights), "--datasets", SHAPE, "--out", str(tmp_path / "e")],
     ):
         code = main(argv)
         err = capsys.readouterr().err.strip()
