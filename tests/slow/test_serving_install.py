@@ -80,8 +80,11 @@ def archive_and_release(bin_dir: Path, bundle: Path, cwd: Path) -> Path:
     store = cwd / "model_store"
     _run([str(bin_dir / "clipshield"), "archive", "--export", str(bundle), "--model-store", str(store)], cwd)
     assert (store / "clipshield.mar").is_file()
-    release = _run([str(bin_dir / "clipshield"), "release", str(bundle), "--baseline", str(bundle)], cwd)
-    assert "refused" not in release.stdout
+    candidate = Path(shutil.copytree(bundle, cwd / "candidate"))  # a release writes its decision into the candidate's card
+    release = [str(bin_dir / "clipshield"), "release", str(candidate), "--baseline", str(bundle)]
+    refused = _run(release, cwd, check=False)  # the shipped model's card holds no accuracy to compare
+    assert refused.returncode == 3 and "nothing comparable" in refused.stdout, refused.stdout + refused.stderr
+    assert "released with --force" in _run([*release, "--force", "--reason", "serving-install test"], cwd).stdout
     return store
 
 
