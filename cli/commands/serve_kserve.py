@@ -78,12 +78,14 @@ def run_kserve(args: argparse.Namespace) -> int:
         return 0
     if args.ping:
         return 0 if model_ready(url, args.name) else 1
-    if running_pid(state) is not None:  # a server runs here: switch its model while it keeps answering
+    if running_pid(state) is not None:  # a server runs here: by default switch its model while it keeps answering
         if args.if_running == "fail":
             raise ConfigError(f"a KServe server already runs on {args.model_store}; stop it first (--stop) or drop --if-running fail")
-        version = refresh_kserve(state, _bundle(args))
-        print(f"KServe on {url} now serves {args.name} version {version} from {_bundle(args)} (switched without a restart)")
-        return 0
+        if args.if_running == "refresh":
+            version = refresh_kserve(state, _bundle(args))
+            print(f"KServe on {url} now serves {args.name} version {version} from {_bundle(args)} (switched without a restart)")
+            return 0
+        stop_kserve(state)  # --if-running restart: new address, providers or a server that must start afresh
     handle = start_kserve(_bundle(args), state, cfg)
     infer = f"{url}/v2/models/{args.name}/infer"
     print(f"KServe is serving {args.name} (Open Inference Protocol v2) on {url} (log: {handle.state_dir / 'server.log'})")

@@ -118,3 +118,22 @@ def test_a_bundle_that_does_not_load_leaves_the_old_model_serving(bundles, tmp_p
         assert json.loads((state / "server.json").read_text())["bundle"] == str(v1.resolve())
     finally:
         assert stop_kserve(state)
+
+
+def test_if_running_restart_and_fail(bundles, tmp_path, capsys):
+    """`--if-running restart` starts a new server process on the bundle; `--if-running fail` refuses and leaves it."""
+    from clipshield.cli.main import main
+    from clipshield.handlers.kserve.launcher import running_pid
+
+    _, v1, v2 = bundles
+    store, url = tmp_path / "store", f"http://127.0.0.1:{H.free_port()}"
+    common = ["serve", "--runtime", "kserve", "--model-store", str(store), "--address", url]
+    assert main([*common, "--bundle", str(v1)]) == 0
+    try:
+        first = running_pid(store / ".kserve")
+        assert main([*common, "--bundle", str(v2), "--if-running", "restart"]) == 0
+        assert running_pid(store / ".kserve") not in (None, first) and _infer(url, H.image(seed=4)) == (200, "2.0")
+        assert main([*common, "--bundle", str(v1), "--if-running", "fail"]) == 2
+        assert "already runs" in capsys.readouterr().err and _infer(url, H.image(seed=4)) == (200, "2.0")
+    finally:
+        assert main([*common, "--stop"]) == 0
