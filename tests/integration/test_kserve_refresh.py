@@ -53,6 +53,25 @@ def _client(url: str, stop: threading.Event, out: list[Answer], seed: int) -> No
         out.append(Answer(sent, time.monotonic(), status, version))
 
 
+def judge_switch(runtime: str, answers: list[list[Answer]], switch_start: float, switch_end: float) -> None:
+    """0 failures; answers done before the switch began are 1.0, requests sent after it ended 2.0; each
+    client sees 1.0 then 2.0, never back. Prints the figures (docs/serving.md quotes them)."""
+    every = [a for per_client in answers for a in per_client]
+    failed = [a for a in every if a.status != 200]
+    before = [a for a in every if a.done < switch_start]
+    after = [a for a in every if a.sent > switch_end]
+    print(
+        f"{runtime} refresh under load: {len(every)} requests, {len(failed)} failed, {len(before)} answered before the switch, "
+        f"{len(after)} sent after it; switch took {switch_end - switch_start:.2f} s at {switch_start - min(a.sent for a in every):.2f} s"
+    )
+    assert not failed, failed[:5]
+    assert before and all(a.version == "1.0" for a in before)
+    assert after and all(a.version == "2.0" for a in after)
+    for per_client in answers:
+        versions = [a.version for a in per_client]
+        assert versions == sorted(versions) and set(versions) == {"1.0", "2.0"}, versions
+
+
 @pytest.fixture(scope="module")
 def bundles(miniworld_model, tmp_path_factory):
     from clipshield.export import export_model
@@ -84,20 +103,7 @@ def test_refresh_under_load_loses_nothing(bundles, capsys):
             t.join(H.TIMEOUT_S)
         assert main([*common, "--stop"]) == 0
     assert "switched without a restart" in capsys.readouterr().out
-    every = [a for per_client in answers for a in per_client]
-    failed = [a for a in every if a.status != 200]
-    before = [a for a in every if a.done < switch_start]
-    after = [a for a in every if a.sent > switch_end]
-    print(
-        f"refresh under load: {len(every)} requests, {len(failed)} failed, {len(before)} answered before the switch, "
-        f"{len(after)} sent after it; switch took {switch_end - switch_start:.2f} s at {switch_start - min(a.sent for a in every):.2f} s"
-    )
-    assert not failed, failed[:5]
-    assert before and all(a.version == "1.0" for a in before)
-    assert after and all(a.version == "2.0" for a in after)
-    for per_client in answers:  # old, then new, never back
-        versions = [a.version for a in per_client]
-        assert versions == sorted(versions) and set(versions) == {"1.0", "2.0"}, versions
+    judge_switch("kserve", answers, switch_start, switch_end)
 
 
 def test_a_bundle_that_does_not_load_leaves_the_old_model_serving(bundles, tmp_path):

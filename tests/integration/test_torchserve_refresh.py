@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from .serving_helpers import TIMEOUT_S, free_port, image
-from .test_kserve_refresh import CLIENTS, PHASE_S, Answer
+from .test_kserve_refresh import CLIENTS, PHASE_S, Answer, judge_switch
 from .test_serve_reload import _serve_args
 
 pytestmark = [
@@ -75,17 +75,4 @@ def test_refresh_under_load_loses_nothing(miniworld_model, tmp_path, capsys):
         assert running_launcher(store) == launcher  # the same server process throughout
         stop_server(store)
     assert "now serves clipshield version 2.0 (was 1.0" in capsys.readouterr().out
-    every = [a for per_client in answers for a in per_client]
-    failed = [a for a in every if a.status != 200]
-    before = [a for a in every if a.done < switch_start]
-    after = [a for a in every if a.sent > switch_end]
-    print(
-        f"torchserve refresh under load: {len(every)} requests, {len(failed)} failed, {len(before)} answered before the "
-        f"switch, {len(after)} sent after it; switch took {switch_end - switch_start:.2f} s at {switch_start - min(a.sent for a in every):.2f} s"
-    )
-    assert not failed, failed[:5]
-    assert before and all(a.version == "1.0" for a in before)
-    assert after and all(a.version == "2.0" for a in after)
-    for per_client in answers:
-        versions = [a.version for a in per_client]
-        assert versions == sorted(versions) and set(versions) == {"1.0", "2.0"}, versions
+    judge_switch("torchserve", answers, switch_start, switch_end)
