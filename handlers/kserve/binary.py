@@ -67,8 +67,10 @@ def _input(spec: Any, body: bytes, offset: int) -> tuple[InferInput, int]:
     if "data" in spec:
         return InferInput(name=name, shape=shape, datatype=datatype, data=spec["data"], parameters=params or None), offset
     size = params.get("binary_data_size")
-    if not isinstance(size, int) or size < 0 or offset + size > len(body):
-        raise BadInput(f"input {name!r} has no 'data' and no binary_data_size within the body")
+    if not isinstance(size, int) or size < 0:
+        raise BadInput(f"input {name!r} has neither 'data' nor a binary_data_size")
+    if offset + size > len(body):
+        raise BadInput(f"input {name!r}: binary_data_size {size} runs past the end of the body")
     dtype = to_np_dtype(datatype)
     if dtype is None:
         raise BadInput(f"input {name!r} has an unknown datatype {datatype!r}")
