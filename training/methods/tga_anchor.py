@@ -11,8 +11,11 @@ accuracy in the mini-world experiments (docs/finetuning.md). The adversarial emb
 as in FARE, because it bounds the clean one too (x is inside the eps-ball) while a clean anchor
 would add no robustness. The training attack stays TGA-ZSR's PGD on the CE (cheap).
 
-Defaults and ranges for tuning: gamma 1.0 (0.1-10, log scale); alpha 0.08 (0.01-0.3, log) and beta
-0.05 (0.01-0.3, log) as TGA-ZSR; distance 'rms' (the resolution-free map distance, docs/methods.md §3.3).
+Defaults: the map terms per pixel (distance 'rms', docs/methods.md §3.3) with alpha 2.56 and beta 1.6,
+which is exactly TGA-ZSR's reference loss (l2, 0.08, 0.05) at 32 px and keeps that balance between
+the CE and the map terms at every resolution (at 224 px the reference's l2 weighs the maps 7x more
+and is unstable, §3.3); gamma 1.0. Tuning ranges (log-uniform): gamma 0.1-10, alpha 0.25-25,
+beta 0.15-15 (rms scale; the reference l2 weights at 224 px are alpha 17.9, beta 11.2 in it).
 """
 
 from __future__ import annotations
@@ -21,17 +24,30 @@ import torch
 from pydantic import Field
 
 from clipshield.training.methods.adversary import PGD_ADVERSARY
+from clipshield.training.methods.attention import Distance
 from clipshield.training.methods.fare import clean_embedding
 from clipshield.training.methods.inputs import LossInputs, LossOutput
 from clipshield.training.methods.registry import register_method
-from clipshield.training.methods.search_space import Range
-from clipshield.training.methods.tga_zsr import TGA_MAP, TGA_SPACE, TGAParams, attention_guided_terms
+from clipshield.training.methods.search_space import Dimension, Range
+from clipshield.training.methods.tga_zsr import TGA_MAP, TGAParams, attention_guided_terms
 
 
 class TGAAnchorParams(TGAParams):
-    """TGA-Anchor weights: TGA-ZSR's alpha, beta (and map options) plus gamma, the embedding anchor's weight."""
+    """TGA-Anchor weights: TGA-ZSR's alpha, beta on the per-pixel (rms) map distance, its map options, and
+    gamma, the embedding anchor's weight (defaults and tuning ranges: module docstring)."""
 
+    alpha: float = Field(default=2.56, ge=0)
+    beta: float = Field(default=1.6, ge=0)
+    distance: Distance = "rms"
     gamma: float = Field(default=1.0, ge=0)
+
+
+# rms-scale map weights (module docstring): the default point (2.56, 1.6, 1.0) sits inside
+ANCHOR_SPACE: dict[str, Dimension] = {
+    "alpha": Range(low=0.25, high=25.0),
+    "beta": Range(low=0.15, high=15.0),
+    "gamma": Range(low=0.1, high=10.0),
+}
 
 
 def relative_anchor(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -45,7 +61,7 @@ def relative_anchor(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.
     adversary=PGD_ADVERSARY,
     needs_frozen=True,
     lr=1e-4,
-    search_space={**TGA_SPACE, "gamma": Range(low=0.1, high=10.0)},
+    search_space=ANCHOR_SPACE,
 )
 def tga_anchor_loss(batch: LossInputs, params: TGAAnchorParams) -> LossOutput:
     """TGA-Anchor (ours): TGA-ZSR's attention terms plus an anchor of the adversarial embedding to the frozen clean one.
