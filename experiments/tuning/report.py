@@ -32,9 +32,21 @@ def budget_text(cfg: TuneConfig) -> str:
     )
 
 
+def weighted(trial: optuna.trial.FrozenTrial, w: float) -> float:
+    """A completed trial's objective under robust weight `w`, from its recorded validation accuracies."""
+    return w * trial.user_attrs[Y] + (1 - w) * trial.user_attrs[X]
+
+
+def best_trial(study: optuna.Study, w: float) -> optuna.trial.FrozenTrial:
+    """The completed trial with the highest objective at robust weight `w` (the study's own weight: its best trial;
+    another weight re-scores the same trials, so a different trade-off needs no new trials)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(done, key=lambda t: weighted(t, w))
+
+
 def chosen(cfg: TuneConfig, method: str, study: optuna.Study) -> dict[str, Any]:
     """The method's chosen setting as a recipe entry (`clipshield.datasets.recipe.TunedSetting` fields)."""
-    best = study.best_trial
+    best = best_trial(study, cfg.robust_weight)
     done = best.datetime_complete or dt.datetime.now(dt.timezone.utc)
     return {
         "lr": best.user_attrs["lr"],
@@ -43,7 +55,7 @@ def chosen(cfg: TuneConfig, method: str, study: optuna.Study) -> dict[str, Any]:
             "study": study.study_name,
             "storage": cfg.storage_url(),
             "trial": best.number,
-            "value": round(float(best.value or 0.0), 3),
+            "value": round(weighted(best, cfg.robust_weight), 3),
             "date": dt.datetime.fromtimestamp(done.timestamp(), dt.timezone.utc).strftime("%Y-%m-%d"),
             "objective": objective_text(cfg),
             "budget": budget_text(cfg),
@@ -51,7 +63,7 @@ def chosen(cfg: TuneConfig, method: str, study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def rows(studies: dict[str, optuna.Study]) -> list[dict[str, Any]]:
+def rows(studies: dict[str, optuna.Study], w: float) -> list[dict[str, Any]]:
     """Per method: trial counts by state, the best trial's number, value, accuracies and setting."""
     out = []
     for method, study in studies.items():
@@ -59,8 +71,8 @@ def rows(studies: dict[str, optuna.Study]) -> list[dict[str, Any]]:
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         row: dict[str, Any] = {"method": method, **counts, "seconds": median_seconds(trials)}
         if counts["complete"]:
-            best = study.best_trial
-            row |= {"trial": best.number, "value": best.value, **best.user_attrs, "params": dict(best.params)}
+            best = best_trial(study, w)
+            row |= {**best.user_attrs, "trial": best.number, "value": weighted(best, w), "params": dict(best.params)}
         out.append(row)
     return out
 
@@ -97,7 +109,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(set(front))
 
 
-def plot(studies: dict[str, optuna.Study], path: Path) -> None:
+def plot(studies: dict[str, optuna.Study], path: Path, w: float) -> None:
     """Every completed trial (held-out clean vs seen robust, validation), the joint Pareto front, each method's choice."""
     import matplotlib
 
@@ -113,7 +125,7 @@ def plot(studies: dict[str, optuna.Study], path: Path) -> None:
         if not pts:
             continue
         (line,) = ax.plot(*zip(*pts), "o", alpha=0.45, label=method)
-        best = study.best_trial
+        best = best_trial(study, w)
         ax.plot(best.user_attrs[X], best.user_attrs[Y], "*", ms=16, color=line.get_color(), mec="black")
     front = pareto_front(everything)
     if front:
@@ -130,14 +142,14 @@ def write_report(cfg: TuneConfig, studies: dict[str, optuna.Study]) -> str:
     """OUTPUT/results.{md,json}, OUTPUT/pareto.png and OUTPUT/chosen.json (recipe entries); returns the Markdown."""
     import json
 
-    table = rows(studies)
+    table = rows(studies, cfg.robust_weight)
     text = markdown(table, cfg)
     cfg.output.mkdir(parents=True, exist_ok=True)
     (cfg.output / "results.md").write_text(text)
     (cfg.output / "results.json").write_text(json.dumps({"settings": cfg.model_dump(mode="json"), "methods": table}, indent=2, default=str))
     picked = {m: chosen(cfg, m, s) for m, s in studies.items() if any(t.state == TrialState.COMPLETE for t in s.trials)}
     (cfg.output / "chosen.json").write_text(json.dumps(picked, indent=2))
-    plot(studies, cfg.output / "pareto.png")
+    plot(studies, cfg.output / "pareto.png", cfg.robust_weight)
     return text
 
 

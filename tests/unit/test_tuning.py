@@ -18,7 +18,7 @@ from clipshield.datasets import registry
 from clipshield.datasets.recipe import TunedSetting
 from clipshield.experiments.tuning import TuneConfig, run_tuning, tune_method
 from clipshield.experiments.tuning.objective import Objective, default_point, trial_config
-from clipshield.experiments.tuning.report import pareto_front, record_recipe, write_report
+from clipshield.experiments.tuning.report import best_trial, pareto_front, record_recipe, write_report
 from clipshield.experiments.tuning.study import load_study
 from clipshield.service.errors import ConfigError
 from clipshield.training.methods import LossOutput, get_method, list_methods, register_method
@@ -84,6 +84,8 @@ def test_a_two_trial_study_reads_validation_splits_only_and_reports(tmp_path, sp
     setting = TunedSetting.model_validate(chosen["tecoa"])
     assert setting.chosen_by.study == "miniworld-tecoa" and setting.chosen_by.storage.startswith("sqlite:///")
     assert setting.chosen_by.value == pytest.approx(studies["tecoa"].best_value, abs=1e-3)
+    robust_first = best_trial(studies["tecoa"], 1.0)  # another trade-off re-scores the same trials
+    assert robust_first.user_attrs["seen_robust"] == max(t.user_attrs["seen_robust"] for t in trials)
     record_recipe("miniworld", chosen, tmp_path / "tuned.json")
     assert json.loads((tmp_path / "tuned.json").read_text())["miniworld"]["tecoa"]["lr"] == setting.lr
 
