@@ -161,38 +161,26 @@ def test_adaptive_best_counts_an_image_evaded_under_any_lambda():
             assert rows[k]["success_unflagged"] <= rows[k]["success"]
 
 
-def test_entry_points_write_json_and_markdown(tmp_path):
+def test_evaluate_command_writes_detection_and_ttc_reports(tmp_path):
+    """`clipshield evaluate --attack-score` and `--ttc-adaptive` (the former stand-alone entry points) write their
+    JSON and Markdown; an unknown calibration set is one line, exit 2."""
     import json
 
-    from clipshield.evaluation import detection, ttc_adaptive
+    from clipshield.cli.main import main
 
-    assert (
-        detection.main(
-            [
-                "--out",
-                str(tmp_path / "d"),
-                "--n-calibration",
-                "8",
-                "--n-eval",
-                "8",
-                "--lams",
-                "1",
-                "--eot",
-                "1",
-                "--eval-datasets",
-                "miniworld/plain/color_shape/heldout_caption",
-            ]
-        )
-        == 0
-    )
+    heldout = "miniworld/plain/color_shape/heldout_caption"
+    score_flags = ["--score-n-calibration", "8", "--limit", "8", "--score-lams", "1", "--score-eot", "1", "--score-blocks", "1"]
+    score_flags += ["--attacks", "pgd", "cw", "--datasets", heldout]
+    assert main(["evaluate", "--attack-score", "--out", str(tmp_path / "d"), *score_flags]) == 0
     result = json.loads((tmp_path / "d" / "detection.json").read_text())
-    rows = result["sets"]["miniworld/plain/color_shape/heldout_caption"]
+    rows = result["sets"][heldout]
     assert {"clean", "pgd@2", "pgd@4", "pgd@8", "cw@4", "adaptive-pgd@4-l1-linear", "adaptive-pgd@4-l1-hinge", "adaptive-best"} <= set(rows)
     assert "| AUROC |" in (tmp_path / "d" / "detection.md").read_text()
-    assert ttc_adaptive.main(["--out", str(tmp_path / "t"), "--limit", "4", "--seeds", "0", "--steps", "2", "--eot", "1"]) == 0
+    ttc_flags = ["--limit", "4", "--ttc-seeds", "0", "--steps", "2", "--ttc-eot", "1"]
+    assert main(["evaluate", "--ttc-adaptive", "--out", str(tmp_path / "t"), *ttc_flags]) == 0
     metrics = json.loads((tmp_path / "t" / "ttc_adaptive.json").read_text())["results"]["miniworld"]["0"]
     assert 0.0 <= metrics["robust_ttc_adaptive"] <= 1.0 and "robust_ttc" in metrics
-    assert detection.main(["--out", str(tmp_path / "e"), "--calibration-dataset", "no-such-set"]) == 2
+    assert main(["evaluate", "--attack-score", "--out", str(tmp_path / "e"), "--score-calibration", "no-such-set"]) == 2
 
 
 def test_hinge_penalty_acts_only_above_the_threshold():
