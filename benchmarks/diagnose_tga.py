@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipshield.training.diagnostics import TermProbe, range_summary
+from clipshield.training.diagnostics import TermProbe, card_accuracies, range_summary
 from clipshield.training.finetune import finetune
 from clipshield.training.finetune_config import recipe_config
 
@@ -67,15 +67,6 @@ def phase_medians(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return result
 
 
-def accuracies(card: dict[str, Any]) -> dict[str, float]:
-    """'<set> clean' / '<set> robust' -> % from a model card's accuracy entries."""
-    return {
-        f"{e['dataset'].split('/', 1)[1]} {'clean' if e['attack'] == 'none' else 'robust'}": round(100 * e["value"], 1)
-        for e in card["accuracy"]
-        if not e["purified"]
-    }
-
-
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One diagnosed fine-tune; its summary (accuracies, phase medians, range distribution, wall time)."""
     out = args.output / f"seed{seed}"
@@ -99,7 +90,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {
         "seed": seed,
         "wall_s": round(time.perf_counter() - t0, 1),
-        "accuracy": accuracies(card),
+        "accuracy": {k: round(v, 1) for k, v in card_accuracies(card).items()},
         "grad_phases": phase_medians(probe.rows),
         "ranges": {kind: range_summary(probe.ranges, kind=kind) for kind in ("clean_target", "adv_target", "clean_frozen")},
         "first_collapse_step": next((r["step"] for r in probe.rows if r.get("batch_adv_acc", 1) < 0.2 and r["step"] >= 50), None),

@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipshield.training.diagnostics import range_summary
+from clipshield.training.diagnostics import card_accuracies, range_summary
 
 ACC = (
     ("plain/color_shape/seen clean", "seen clean"),
@@ -41,12 +41,7 @@ def seed_accuracy(seed_dir: Path) -> dict[str, float]:
     card_path = seed_dir / "final" / "model_card.json"
     if not card_path.is_file():
         return {}
-    card = json.loads(card_path.read_text())
-    return {
-        f"{e['dataset'].split('/', 1)[1]} {'clean' if e['attack'] == 'none' else 'robust'}": 100 * e["value"]
-        for e in card["accuracy"]
-        if not e["purified"]
-    }
+    return card_accuracies(json.loads(card_path.read_text()))
 
 
 def median_of(rows: list[dict[str, str]], key: str, lo: int, hi: int) -> str:
@@ -56,27 +51,26 @@ def median_of(rows: list[dict[str, str]], key: str, lo: int, hi: int) -> str:
 
 def run_table(folders: list[Path]) -> list[str]:
     """Per seed: accuracies and the median gradient norm of each term per phase; mean ± std per folder."""
+    seeds = {f: [d for d in sorted(f.glob("seed*")) if (d / "diagnostics.csv").is_file()] for f in folders}
+    logged = {k for dirs in seeds.values() for d in dirs for k in read_csv(d / "diagnostics.csv")[0]}
+    terms = [t for t in TERMS if t in logged]
     head = ["run", "seed", *(label for _, label in ACC)]
     head += [
-        f"{t.removeprefix('grad_').removesuffix('_weighted')} grad {lo}-{hi - 1 if hi < 10**9 else ''}"
-        for lo, hi in PHASES
-        for t in TERMS[:3]
+        f"{t.removeprefix('grad_').removesuffix('_weighted')} grad {lo}-{hi - 1 if hi < 10**9 else ''}" for lo, hi in PHASES for t in terms
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for folder in folders:
+    for folder, dirs in seeds.items():
         accs = []
-        for seed_dir in sorted(folder.glob("seed*")):
-            if not (seed_dir / "diagnostics.csv").is_file():
-                continue
+        for seed_dir in dirs:
             rows, acc = read_csv(seed_dir / "diagnostics.csv"), seed_accuracy(seed_dir)
             accs.append(acc)
             cells = [folder.name, seed_dir.name.removeprefix("seed"), *(f"{acc[k]:.1f}" if k in acc else "-" for k, _ in ACC)]
-            cells += [median_of(rows, t, lo, hi) for lo, hi in PHASES for t in TERMS[:3]]
+            cells += [median_of(rows, t, lo, hi) for lo, hi in PHASES for t in terms]
             lines.append("| " + " | ".join(cells) + " |")
         done = [a for a in accs if a]
         if len(done) > 1:
             stats = [f"{statistics.mean(a[k] for a in done):.1f} ± {statistics.stdev(a[k] for a in done):.1f}" for k, _ in ACC]
-            lines.append("| " + " | ".join([f"**{folder.name}**", f"mean ± std ({len(done)})", *stats] + [""] * 9) + " |")
+            lines.append("| " + " | ".join([f"**{folder.name}**", f"mean ± std ({len(done)})", *stats] + [""] * (len(head) - 6)) + " |")
     return lines
 
 

@@ -115,6 +115,15 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def card_accuracies(card: dict[str, Any]) -> dict[str, float]:
+    """'<set without world prefix> clean|robust' -> accuracy in % from a model card's (JSON) unpurified entries."""
+    return {
+        f"{e['dataset'].split('/', 1)[1]} {'clean' if e['attack'] == 'none' else 'robust'}": 100 * e["value"]
+        for e in card["accuracy"]
+        if not e["purified"]
+    }
+
+
 def range_summary(
     ranges: list[tuple[int, str, float]], thresholds: tuple[float, ...] = (1e-3, 1e-2), kind: Optional[str] = None
 ) -> dict[str, float]:
