@@ -10,11 +10,13 @@ Finished = COMPLETE or PRUNED (a pruned trial spent budget); failed trials do no
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from typing import Optional
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from clipshield.experiments.tuning.config import TuneConfig
@@ -31,14 +33,21 @@ def open_storage(cfg: TuneConfig) -> optuna.storages.BaseStorage:
     url = cfg.storage_url()
     if url.startswith("sqlite:///"):
         cfg.output.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the heartbeat retry callback is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=cfg.heartbeat_s,
-            grace_period=cfg.grace_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
+    for attempt in range(3):  # two workers creating one new database race on its schema: the loser retries
+        try:
+            with warnings.catch_warnings():  # the heartbeat retry callback is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=cfg.heartbeat_s,
+                    grace_period=cfg.grace_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def load_study(cfg: TuneConfig, method: str, storage: Optional[optuna.storages.BaseStorage] = None) -> optuna.Study:
@@ -60,20 +69,39 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None) -> optuna.Study:
-    """Run the method's study until `cfg.trials` trials are finished (resuming what a database already holds)."""
-    study = load_study(cfg, method)
+def running(study: optuna.Study) -> int:
+    """Trials in flight (this or another worker's): they fill slots of the budget until they finish or go stale."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """A killed worker's RUNNING trial, silent for `grace_s`: failed, and re-queued with its settings."""
     with warnings.catch_warnings():  # marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a killed run's RUNNING trial: failed, re-queued
+        optuna.storages.fail_stale_trials(study)
+
+
+def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None) -> optuna.Study:
+    """Run the method's study until `cfg.trials` trials are finished (resuming what a database already holds).
+
+    Trials other workers are running count toward the budget; this worker waits for them (or for them to
+    go stale and be re-queued) instead of starting more, so every method ends with exactly `cfg.trials`.
+    """
+    study = load_study(cfg, method)
     callbacks = [lambda _s, t: on_trial(method, t)] if on_trial else []
     objective: Optional[Objective] = None
-    for _attempt in range(cfg.trials + 3):  # a trial that fails is run again, a bounded number of times
-        missing = cfg.trials - finished(study)
-        if missing <= 0:
+    runs = 0
+    while runs < cfg.trials + 3:  # a trial that fails is run again, a bounded number of times
+        fail_stale(study)
+        missing = cfg.trials - finished(study) - running(study)
+        if missing > 0:
+            objective = objective or Objective(cfg, method)
+            study.optimize(objective, n_trials=missing, n_jobs=cfg.jobs, callbacks=callbacks, catch=(RuntimeError, ValueError))
+            runs += 1
+        elif running(study):
+            time.sleep(cfg.heartbeat_s)
+        else:
             break
-        objective = objective or Objective(cfg, method)
-        study.optimize(objective, n_trials=missing, n_jobs=cfg.jobs, callbacks=callbacks, catch=(RuntimeError, ValueError))
     log.info("study %s: %d trials finished", study.study_name, finished(study))
     return study
 
