@@ -13,15 +13,20 @@ def parse(*argv):
 
 
 def test_miniworld_defaults():
+    from clipshield.datasets import finetune_recipe
+
+    tuned = finetune_recipe("miniworld-train").tuned  # a study's lr and loss weights replace the shared ones
     cfg = config_from_args(parse("--method", "tga-zsr"))
     assert cfg.dataset.name == "miniworld-train" and cfg.attack.eps == pytest.approx(4 / 255)
     o = cfg.optim
-    assert o.steps == 200 and o.batch_size == 32 and o.lr == 0.005 and o.warmup is None and cfg.evaluation.datasets
+    lr = tuned["tga-zsr"].lr if "tga-zsr" in tuned else 0.005
+    assert o.steps == 200 and o.batch_size == 32 and o.lr == lr and o.warmup is None and cfg.evaluation.datasets
     resolved = cfg.resolved(batches_per_epoch=100)
     assert resolved.optim.steps == 200 and resolved.optim.warmup == 20 and resolved.optim.optimizer == "sgd"
-    assert config_from_args(parse("--method", "fare")).optim.lr == 1e-4  # AdamW
+    assert config_from_args(parse("--method", "fare")).optim.lr == (tuned["fare"].lr if "fare" in tuned else 1e-4)  # AdamW
     assert config_from_args(parse("--method", "tecoa", "--lr", "0.1", "--epochs", "2")).optim.steps is None
-    assert resolved.method_params == {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis", "minmax_eps": 0.0}
+    paper = {"alpha": 0.08, "beta": 0.05, "distance": "l2", "map_norm": "token_axis", "minmax_eps": 0.0}
+    assert resolved.method_params == paper | (tuned["tga-zsr"].method_params if "tga-zsr" in tuned else {})
 
 
 def test_real_data_defaults_and_params():
