@@ -91,12 +91,14 @@ def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None
     callbacks = [lambda _s, t: on_trial(method, t)] if on_trial else []
     objective: Optional[Objective] = None
     runs = 0
-    while runs < cfg.trials + 3:  # a trial that fails is run again, a bounded number of times
+    while runs < 3 * cfg.trials:  # each call runs one trial (or `jobs`); a failing one is retried a bounded number of times
         fail_stale(study)
         missing = cfg.trials - finished(study) - running(study)
         if missing > 0:
             objective = objective or Objective(cfg, method)
-            study.optimize(objective, n_trials=missing, n_jobs=cfg.jobs, callbacks=callbacks, catch=(RuntimeError, ValueError))
+            # at most `jobs` trials per call, the count re-read in between: another worker may have filled the budget
+            n = min(missing, cfg.jobs)
+            study.optimize(objective, n_trials=n, n_jobs=cfg.jobs, callbacks=callbacks, catch=(RuntimeError, ValueError))
             runs += 1
         elif running(study):
             time.sleep(cfg.heartbeat_s)
