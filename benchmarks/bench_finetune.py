@@ -99,7 +99,7 @@ class MethodRun:
         self.cfg = FinetuneConfig(
             method=name,
             attack=AttackSettings(eps=args.eps / 255),
-            optim=OptimSettings(steps=1, batch_size=args.batch_size),
+            optim=OptimSettings(steps=1, batch_size=args.batch_size, warmup=0),  # timed steps at the peak lr
             run=RunSettings(device=args.device, precision=args.precision, output=Path("unused")),
         ).resolved(1)
         self.target = copy.deepcopy(base).to(args.device)
