@@ -28,7 +28,7 @@ def demo_eval(world: str = "miniworld") -> tuple[str, str]:
 DEMO_STEPS = 10  # PGD steps of every "attacked" number and image in the demo
 # the fine-tuning method per world: TGA-ZSR or its anchored hybrid, whichever did better in the tuned
 # 3-seed comparison of docs/finetuning.md ("Equal-budget tuning")
-DEMO_METHODS = {"miniworld": "tga-zsr", "miniworld224": "tga-zsr"}
+DEMO_METHODS = {"miniworld": "tga-anchor", "miniworld224": "tga-anchor"}
 # what the fine-tuned model must show on the plain domain against the base (issue 23): robust gain and
 # clean drop in points, outlined clean accuracy as a fraction of the base's
 GOALS = {"robust_gain": 25.0, "clean_drop": 8.0, "outlined_kept": 0.60}
