@@ -92,7 +92,10 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="images per step (default: the method's recipe, 128 or 256; mini world: 32)"
     )
     o.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate (default: the method's recipe; mini world: SGD 0.005, AdamW 1e-4)"
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: the recipe's: a study's tuned rate where one was recorded, else SGD 0.005 / AdamW 1e-4)",
     )
     o.add_argument("--optimizer", choices=["sgd", "adamw"], default=None, help="default: the method's (SGD; FARE: AdamW)")
     o.add_argument(
