@@ -13,7 +13,8 @@ import torch
 
 from clipshield.models.checkpoint import load_weights, save_checkpoint
 from clipshield.models.factory import from_record
-from clipshield.training.finetune import FinetuneConfig, finetune
+from clipshield.training.finetune import finetune
+from clipshield.training.finetune_config import recipe_config
 from clipshield.training.pretrain import miniworld_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,8 +73,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path, method):
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the single process builds its config as the CLI does (the recipe's tuned loss weights included)
     finetune(
-        FinetuneConfig(
+        recipe_config(
             method=method,
             model=str(tmp_path / "model"),
             data_limit=16,
