@@ -115,8 +115,8 @@ def _run_python_block(blocks_so_far: list[str], ports: dict[str, str]):
     be imported into one process (kserve/kserve#3099), and the suite's process has kserve loaded."""
     *earlier, block = (_pointed(b, ports) for b in blocks_so_far)
     tree = ast.parse(block)
-    last = tree.body.pop() if isinstance(tree.body[-1], ast.Expr) else None
-    assert last is not None, "a documented client block ends with the expression it shows"
+    last = tree.body.pop()
+    assert isinstance(last, ast.Expr), "a documented client block ends with the expression it shows"
     value = ast.unparse(last.value)
     show = f"\nprint(repr([v.tolist() if hasattr(v, 'tolist') else v for v in ({value})]))\n"
     script = "\n".join([*earlier, ast.unparse(tree), show])
