@@ -70,4 +70,9 @@ def run_version(digest: str, card: Optional[ModelCard]) -> str:
     """`ft<steps>-<first 8 digest digits>` for fine-tuned weights (as the demo names them), else "1.0"."""
     if card is None or card.training is None:
         return BASE_VERSION
-    return f"ft{card.training.steps}-{digest[:8]}"
+    return finetuned_version(card.training.steps, digest)
+
+
+def finetuned_version(steps: int, digest: str) -> str:
+    """THE served version of fine-tuned weights: `ft<steps>-<first 8 digest digits>` (export default and demo)."""
+    return f"ft{steps}-{digest[:8]}"

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from clipshield.datasets.miniworld.worlds import WORLDS
-
-BASE_VERSION = "1.0"  # the version export_model gives the shipped model
+from clipshield.export.labels import BASE_VERSION
 
 
 def demo_eval(world: str = "miniworld") -> tuple[str, str]:
@@ -261,9 +260,10 @@ def _name_served(model, base, method: str, steps: int) -> str:
     The fine-tuned model becomes `<base name>+<method>` (as its checkpoint is named) at version
     `ft<steps>-<weights digest>`, so two demo runs with different weights never share a version.
     """
+    from clipshield.export.labels import finetuned_version
     from clipshield.models.checkpoint import weights_digest
 
     if model is base:
         return BASE_VERSION
     model.record = model.record.model_copy(update={"name": f"{base.record.name}+{method}"})
-    return f"ft{steps}-{weights_digest(model)[:8]}"
+    return finetuned_version(steps, weights_digest(model))
