@@ -113,6 +113,7 @@ def _answer(
         "labels_source": card.labels_source if card is not None else "",
         "vocabulary": vocabulary,
         "image_size": card.image_size if card else None,
+        "precision": card.precision.served if card is not None and card.source == "export" else None,
         "trained_on": training.data.model_dump(mode="json") if training is not None else None,
         "card": card.model_dump(mode="json", exclude_none=True) if card is not None else None,
     }

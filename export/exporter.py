@@ -19,6 +19,7 @@ import torch
 
 from clipshield.export.labels import DEFAULT_LABEL_DATASET, LabelChoice, labels_from_dataset, run_labels, run_version  # noqa: F401 (re-exported)
 from clipshield.export.onnx_export import check_parity, export_image_encoder, export_text_encoder
+from clipshield.export.precision_eval import PrecisionEvalConfig, choose_precision
 from clipshield.models.checkpoint import weights_digest
 from clipshield.models.pixel_model import PixelCLIP
 from clipshield.models.purify import blank_anchor
@@ -28,6 +29,7 @@ from clipshield.service.bundle_info import FORMAT_VERSION, BundleInfo, current_b
 from clipshield.service.card import ModelCard, accuracy_key, current_provenance
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ExportError
+from clipshield.service.precision import PrecisionInfo
 from clipshield.service.tokenizer import open_clip_vocab
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class ExportMeasurements(StrictModel):
     attack_score: Optional[B.AttackScoreCalibration] = None
     accuracy: tuple[B.AccuracyEntry, ...] = ()
     notes: tuple[str, ...] = ()
+    precision: PrecisionInfo = PrecisionInfo()
 
 
 def merge_accuracy(
@@ -101,6 +104,7 @@ def bundle_card(
         purify_sweep=measured.purify_sweep,
         attack_score=measured.attack_score,
         parity=parity,
+        precision=measured.precision,
         provenance=current_provenance(),
         notes=(*measured.notes, *notes),
         labels_source=labels_source,
@@ -116,6 +120,9 @@ def export_model(
     version: Optional[str] = None,
     measured: Optional[ExportMeasurements] = None,
     finetune_card: Optional[ModelCard] = None,
+    precision: str = "fp32",
+    precision_eval: Optional[PrecisionEvalConfig] = None,
+    force_precision: bool = False,
 ) -> Path:
     """Export `model` into `out_dir` (created) and return it; raises ExportError on a parity failure.
 
@@ -137,6 +144,10 @@ def export_model(
     export_text_encoder(model, out_dir / B.TEXT_ONNX)
     prompts = [t.format(c) for c in labels.classnames[:4] for t in labels.templates[:2]] + [t.format("") for t in labels.templates[:2]]
     parity = check_parity(model, out_dir, prompts)
+    measured = measured or ExportMeasurements()
+    if precision != "fp32":
+        info = choose_precision(model, out_dir, precision, precision_eval, force_precision)
+        measured = measured.model_copy(update={"precision": info})
 
     head = build_text_head(model, list(labels.classnames), list(labels.templates)).numpy().astype(np.float32)
     anchor = blank_anchor(model, list(labels.templates)).numpy().astype(np.float32)
@@ -145,7 +156,7 @@ def export_model(
     (out_dir / B.RECORD).write_text(model.record.model_dump_json(indent=2) + "\n")
     (out_dir / B.LABELS).write_text(labels.model_dump_json(indent=2) + "\n")
     shutil.copyfile(open_clip_vocab(), out_dir / B.TOKENIZER_VOCAB)
-    card = bundle_card(model, version, int(head.shape[1]), parity, measured or ExportMeasurements(), finetune_card, choice.source)
+    card = bundle_card(model, version, int(head.shape[1]), parity, measured, finetune_card, choice.source)
     B.write_card(out_dir, card)
     write_bundle_info(out_dir, BundleInfo(format_version=FORMAT_VERSION, exported_by=current_build()))
     B.write_manifest(out_dir)

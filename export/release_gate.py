@@ -4,7 +4,9 @@ Accuracy entries are compared when both cards measured the same data set, attack
 under the same preprocessing; a drop of clean accuracy (attack `none`) or robust accuracy (any
 attack) beyond its margin refuses the release, and so does any protocol difference (an entry of the
 baseline that the candidate did not measure the same way, or nothing comparable at all). `--force`
-releases anyway and the decision, forced or not, is written into the candidate bundle's card.
+releases anyway and the decision, forced or not, is written into the candidate bundle's card. A candidate
+serving a reduced-precision image encoder (int8, fp16) is also held to the rule export applies: at most 1 point
+of clean and of robust accuracy lost against its own fp32 encoder (`clipshield.service.precision`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from clipshield.service import bundle as B
 from clipshield.service.card import CLEAN, AccuracyEntry, ModelCard, ReleaseDecision, read_card_file
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ConfigError
+from clipshield.service.precision import drop_problem, precision_drops, precision_problems
 
 EntryKey = tuple[str, str, bool]
 
@@ -98,8 +101,35 @@ def compare(baseline: ModelCard, candidate: ModelCard, margins: Margins) -> Gate
         delta = row.delta or 0.0
         problem = f"drop {-delta:.1f} > {margin:g} points" if delta < -margin else ""
         rows.append(row.model_copy(update={"problem": problem}))
+    rows += precision_rows(candidate)
     blocking = [r for r in rows if r.problem and not r.problem.startswith("new:")]
     return GateReport(rows=rows, compared=compared, accepted=compared > 0 and not blocking)
+
+
+def precision_rows(candidate: ModelCard) -> list[Row]:
+    """The candidate's served reduced precision against its own fp32 encoder (`clipshield.service.precision`, the
+    rule export applies): a drop beyond 1 point, or no comparison measured, refuses the release."""
+    info = candidate.precision
+    if info.served == "fp32":
+        return []
+    if not info.accuracy:
+        return [Row(dataset="-", attack=f"{info.served} encoder", purified=False, problem=f"precision: {precision_problems(())[0]}")]
+    rows = []
+    for a in info.accuracy:
+        for kind, (ours, fp32) in precision_drops(a).items():
+            label = f"{info.served} vs fp32: {CLEAN if kind == 'clean' else a.attack + ' (worse of transfer, BPDA)'}"
+            problem = drop_problem(ours, fp32)
+            rows.append(
+                Row(
+                    dataset=a.dataset,
+                    attack=label,
+                    purified=False,
+                    baseline=fp32,
+                    candidate=ours,
+                    problem=problem and f"precision: {problem}",
+                )
+            )
+    return rows
 
 
 def format_report(report: GateReport, baseline: ModelCard, candidate: ModelCard) -> str:

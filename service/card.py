@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from clipshield.service.attack_score_config import AttackScoreConfig, ScoreParams
 from clipshield.service.config import StrictModel
+from clipshield.service.precision import PrecisionInfo
 
 # 3: one detector (issue 24): the `flag` section of schema <= 2 cards is gone, converted on reading (`_one_detector`).
 SCHEMA_VERSION = 3
@@ -259,6 +260,7 @@ class ModelCard(StrictModel):
     purify_sweep: Optional[PurifySweep] = None
     attack_score: Optional[AttackScoreCalibration] = None
     parity: Optional[ParityReport] = None
+    precision: PrecisionInfo = PrecisionInfo()  # the served image encoder's number format (issue 26)
     provenance: Provenance
     finetune_provenance: Optional[Provenance] = None
     release: Optional[ReleaseDecision] = None

@@ -32,9 +32,10 @@ from clipshield.service.config import ModelRecord
 from clipshield.service.errors import BadInput, ClipshieldError, ConfigError, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
 from clipshield.service.heads import HeadCache, ensemble, ensemble_prompts, head_key
 from clipshield.service.metrics import MetricsSink, NullSink
+from clipshield.service.precision import served_image_encoder
 from clipshield.service.preprocess import load_pixels
 from clipshield.service.provenance import package_version
-from clipshield.service.runtime import OnnxEncoder, image_encoder, onnxruntime_package, text_encoder
+from clipshield.service.runtime import OnnxEncoder, onnxruntime_package, text_encoder
 from clipshield.service.settings import ServingConfig
 from clipshield.service.tokenizer import check_known_words, create_tokenizer
 
@@ -100,7 +101,7 @@ class ClipshieldService:
         self.labels = B.LabelSet.model_validate_json((folder / B.LABELS).read_text())
         self.head = _load_array(folder / B.TEXT_HEAD)
         self.anchor = _load_array(folder / B.ANCHOR)
-        self.image_encoder: OnnxEncoder = image_encoder(folder / B.IMAGE_ONNX, config.runtime)
+        self.image_encoder: OnnxEncoder = served_image_encoder(folder, self.card.precision, config.runtime)
         self.text_encoder: OnnxEncoder = text_encoder(folder / B.TEXT_ONNX, config.runtime)
         self.tokenizer = create_tokenizer(self.record.tokenizer, B.vocab_file(folder))  # the bundle's own vocabulary
         self.heads: HeadCache[np.ndarray] = HeadCache(config.label_cache_size)
@@ -151,6 +152,7 @@ class ClipshieldService:
             "onnxruntime": onnxruntime_package(),
             "bundle_format": str(self.bundle_info.format_version),
             "built_by": self.bundle_info.exported_by.clipshield_version,
+            "precision": self.card.precision.served,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -165,6 +167,7 @@ class ClipshieldService:
             "bundle": self.bundle_info.model_dump(mode="json"),
             "runtime": {
                 "image_encoder_provider": self.image_encoder.provider,
+                "image_encoder_precision": self.card.precision.served,
                 "text_encoder_provider": self.text_encoder.provider,
                 "requested_providers": list(runtime.providers),
                 "provider_policy": runtime.provider_policy,

@@ -46,8 +46,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clipshield_runtime_info": (
         "gauge",
         "1 per loaded model: ONNX Runtime execution provider actually running, onnxruntime package, "
-        "bundle format and the clipshield version that exported it",
-        ("provider", "onnxruntime", "bundle_format", "built_by"),
+        "bundle format, the clipshield version that exported it and the image encoder's number format (fp32, fp16, int8)",
+        ("provider", "onnxruntime", "bundle_format", "built_by", "precision"),
     ),
 }
 

@@ -58,6 +58,8 @@ def _print(d: dict[str, Any]) -> None:
     if d["image_size"]:
         print(f"input: any PNG/JPEG, resized to {d['image_size']} px")
     card = d["card"] or {}
+    if d.get("precision"):
+        print(f"image encoder: {d['precision']} ({card['precision']['chosen_by']})")
     for entry in card.get("accuracy", []):
         print(f"  accuracy {entry['dataset']} {entry['attack']}: {100 * entry['value']:.1f} % (n={entry['n']})")
 

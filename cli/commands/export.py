@@ -15,6 +15,7 @@ from clipshield.cli.commands.common import add_model_args, add_score_signals_arg
 from clipshield.service.bundle import read_card
 from clipshield.service.config import flag_config
 from clipshield.service.errors import ConfigError
+from clipshield.service.precision import PrecisionInfo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,8 +56,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate-flag", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--flag-fpr", type=float, default=None, help=argparse.SUPPRESS)
     _score_args(p)
+    _precision_args(p)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads for export and checks (default: %(default)s)")
     p.set_defaults(run=run)
+
+
+def _precision_args(p: argparse.ArgumentParser) -> None:
+    """The reduced-precision flags (docs/quantization.md)."""
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="number format of the served image encoder: int8 (ONNX Runtime dynamic quantisation) or fp16 (cuda "
+        "execution provider only) is added beside the fp32 encoder and served by default only when it loses at most 1 "
+        "point of clean and robust accuracy (transfer and straight-through PGD) against fp32 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision-n",
+        type=int,
+        default=512,
+        metavar="N",
+        help="images of --precision-data the reduced encoder is compared with fp32 on (0: not measured, so fp32 serves) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision-data",
+        default=None,
+        metavar="DATASET",
+        help="registered data set of that comparison (default: the model's own mini world, plain colour+shape seen)",
+    )
+    p.add_argument(
+        "--force-precision",
+        action="store_true",
+        help="serve the reduced encoder even when it loses more than 1 point (recorded in the card)",
+    )
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
@@ -175,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibrate_flag is not None or args.flag_fpr is not None:
         raise ConfigError(REMOVED_FLAG)
+    from clipshield.export.precision_eval import PrecisionEvalConfig
+
+    precision_eval = flag_config(PrecisionEvalConfig, {"n": "precision-n"}, dataset=args.precision_data, n=args.precision_n)
     torch.set_num_threads(args.threads)
     model = model_from_args(args)
     finetune_card = read_finetune_card(Path(args.model)) if Path(args.model).is_dir() else None
@@ -194,7 +230,17 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate_score:
         score = _calibrate_score(model, labels.labels, args)
         measured = measured.model_copy(update={"attack_score": score})
-    out = export_model(model, args.out, labels=labels, version=args.version, measured=measured, finetune_card=finetune_card)
+    out = export_model(
+        model,
+        args.out,
+        labels=labels,
+        version=args.version,
+        measured=measured,
+        finetune_card=finetune_card,
+        precision=args.precision,
+        precision_eval=precision_eval,
+        force_precision=args.force_precision,
+    )
     card = read_card(out)
     print(f"exported {card.name} {card.version} to {out}")
     print(f"default labels ({len(labels.labels.classnames)}): {labels.source}")
@@ -206,4 +252,19 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"ONNX parity (max abs diff): {card.parity.model_dump_json() if card.parity else None}")
     print(f"purification default: {card.purify.model_dump_json()}")
+    _print_precision(card.precision)
     return 0
+
+
+def _print_precision(info: PrecisionInfo) -> None:
+    """The served precision, its parity and its comparison with fp32, when a reduced one was exported."""
+    if info.parity is None:
+        return
+    reduced, parity = info.exported[-1], info.parity
+    print(f"{reduced} parity vs fp32 (1 - cos): b1 {parity.batch_1:.2e}, b8 {parity.batch_8:.2e} (tolerance {parity.tolerance:g})")
+    for a in info.accuracy:
+        print(
+            f"  {a.dataset} (n={a.n}, {a.attack}): fp32 clean {a.fp32_clean:.1%}, robust {a.fp32_robust:.1%}; "
+            f"{reduced} clean {a.clean:.1%}, transfer {a.transfer_robust:.1%}, BPDA {a.bpda_robust:.1%}"
+        )
+    print(f"served precision: {info.chosen_by}")
