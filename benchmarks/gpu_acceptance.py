@@ -23,7 +23,9 @@ on mini-world images at the model's size (final iterate, so every image takes al
 of random weights mean nothing); (d) `clipshield.export.onnx_export.export_image_encoder` of the
 fine-tuned TGA-ZSR image tower, parity with PyTorch (CPU) through CPU ONNX Runtime at batch 1 and 8.
 The ONNX Runtime CUDA provider is not exercised here (onnxruntime-gpu is too big to carry); the
-provider configuration tests cover it.
+provider configuration tests cover it. (e) precision (`benchmarks/gpu_precision.py`): that encoder quantised
+to int8 as `clipshield export --precision int8` does, timed against fp32 on CPU ONNX Runtime at batch 1 and 8,
+and, on a CUDA device, the PyTorch image tower in fp16 against fp32 (on CPU: reported as not timed).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def _source_tree_importable() -> None:
 _source_tree_importable()
 
 from benchmarks.bench_finetune import MethodRun  # noqa: E402
+from benchmarks.gpu_precision import format_precision, precision_phase  # noqa: E402
 from clipshield.models.factory import from_record, record_from_arch  # noqa: E402
 from clipshield.models.pixel_model import PixelCLIP  # noqa: E402
 from clipshield.service.config import ModelRecord, PreprocessConfig  # noqa: E402
@@ -72,7 +75,7 @@ TINY_ARCH = REPO / "tests" / "data" / "goldens" / "tiny_clip.json"
 EVAL_DATASET = "miniworld/plain/color_shape/seen"
 PARITY_TOLERANCE = 1e-4
 RATIO_EPOCHS = 10  # recipe length, for the whole-run ratio (as bench_finetune)
-PHASES = ("model", "finetune", "pgd_eval", "onnx")
+PHASES = ("model", "finetune", "pgd_eval", "onnx", "precision")
 
 
 class BudgetExceeded(Exception):
@@ -341,6 +344,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> dict[st
         evaluated = tuned if tuned is not None else model.to(args.device)
         summary["pgd_eval"] = phase("pgd_eval", lambda: pgd_phase(evaluated, args, work))
         summary["onnx"] = phase("onnx", lambda: onnx_phase(evaluated, args, work))
+        summary["precision"] = phase("precision", lambda: precision_phase(evaluated, args, work))
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     summary["passed"] = all(v == "ok" for v in summary["phases"].values()) and bool((summary.get("onnx") or {}).get("parity_ok"))
     return summary
@@ -385,6 +389,8 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{ox['max_abs_diff_batch_8']:.2e}; tolerance {ox['tolerance']:.0e}) on {ox['provider']}; vs the "
             f"{env['device']} model {ox['max_abs_diff_vs_device_model']:.2e} (information only); export {ox['export_seconds']:.1f} s, {ox['onnx_mb']:.0f} MB"
         )
+    if s.get("precision"):
+        lines += format_precision(s["precision"])
     peaks = [
         f"{name} {s[key]['peak_mb']:.0f} MB"
         for name, key in (("fine-tune", "finetune"), ("PGD eval", "pgd_eval"), ("ONNX check", "onnx"))

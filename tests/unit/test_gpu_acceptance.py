@@ -31,6 +31,13 @@ def test_tiny_cpu_run_reports_every_field(tmp_path, capsys):
     assert onnx["provider"] == "CPUExecutionProvider"
     assert onnx["parity_ok"] and onnx["max_abs_diff"] <= 1e-4 and onnx["max_abs_diff_vs_device_model"] <= 1e-4
 
+    precision = summary["precision"]
+    int8 = precision["int8"]
+    assert int8["provider"] == "CPUExecutionProvider" and 0 < int8["parity_1_minus_cos"] <= int8["parity_tolerance"]
+    for batch in ("batch_1", "batch_8"):
+        assert int8[batch]["fp32_ms"] > 0 and int8[batch]["int8_ms"] > 0 and int8[batch]["speedup"] > 0
+    assert precision["fp16"] == {"timed": False, "reason": precision["fp16"]["reason"]} and "CUDA" in precision["fp16"]["reason"]
+
     for line in (
         "==== clipshield GPU acceptance summary ====",
         "s/step",
@@ -38,6 +45,8 @@ def test_tiny_cpu_run_reports_every_field(tmp_path, capsys):
         "TGA-ZSR / TeCoA",
         "PGD-10 eval",
         "ONNX parity",
+        "int8 ONNX",
+        "fp16          not timed",
         "peak memory",
         "RESULT PASS",
     ):
