@@ -8,8 +8,11 @@ ViT-B/32 architecture with random weights, since real weights cannot be download
    one worker, `batch` concurrent clients), as a ratio;
 3. request p50 through TorchServe with purification on vs off, and the overhead in percent;
 4. request p50 with the attack score on vs off (issue 15: one extra encoder pass per squeezer, `n_noise`
-   for tau), in process (`ClipshieldService.predict`, one request at a time, each `--score-signals` set side
-   by side) and through TorchServe (the default set), same run.
+   for tau, none for anchor, margin, pixel_median), in process (`ClipshieldService.predict`, one request at a
+   time, each `--score-signals` set side by side: by default the current and the previous default set and each
+   signal alone, whose p50 minus the plain p50 is that signal's cost) and through TorchServe (the default set),
+   same run; and the image encoder on 3 images as one batch-3 call vs three batch-1 calls (issue 26: would
+   running the squeezed copies in the original's session call pay?).
    The bench bundle carries a latency-only score calibration (unfitted parameters: the cost of the score
    does not depend on them; `clipshield export --calibrate-score N` fits real ones).
 
@@ -198,8 +201,7 @@ def in_process_score(bundle: Path, threads: int, n_requests: int, signal_sets: l
         service.predict([RawRequest({"image": png, "attack_score": "true"}, None)])
     for _ in range(n_requests):  # interleaved, so load drift hits every mode alike
         for mode in times:
-            if mode != "off":
-                service.scorer = scorers[mode]
+            service.scorer = scorers.get(mode)  # off: no detector (a free-signal one would run on every request)
             request = [RawRequest({"image": png, "attack_score": "false" if mode == "off" else "true"}, None)]
             t = time.perf_counter()
             service.predict(request)
@@ -210,7 +212,23 @@ def in_process_score(bundle: Path, threads: int, n_requests: int, signal_sets: l
         on = statistics.median(times[name])
         out[f"p50_ms_score_on[{name}]"] = 1e3 * on
         out[f"ratio_on_off[{name}]"] = on / off
-    return out
+        out[f"extra_ms[{name}]"] = 1e3 * (on - off)
+    return out | batched_vs_separate(service.image_encoder, size, max(3, n_requests // 4))
+
+
+def batched_vs_separate(encode, size: int, reps: int) -> dict:
+    """Median ms of the image encoder on 3 images: three batch-1 calls vs one batch-3 call (interleaved)."""
+    x = np.random.default_rng(1).random((3, 3, size, size), dtype=np.float32)
+    separate, batched = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for i in range(3):
+            encode(x[i : i + 1])
+        separate.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        encode(x)
+        batched.append(time.perf_counter() - t)
+    return {"encoder_3_calls_of_1_ms": 1e3 * statistics.median(separate), "encoder_1_call_of_3_ms": 1e3 * statistics.median(batched)}
 
 
 def main(argv=None) -> int:
@@ -226,8 +244,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--score-signals",
         nargs="+",
-        default=["anchor,margin,median,bits", "tau,anchor,margin"],
-        help="comma-separated signal sets timed side by side in process (default: today's default and the previous one)",
+        default=["anchor,margin,pixel_median", "anchor,margin,median,bits", "anchor", "margin", "pixel_median", "median", "bits", "tau"],
+        help="comma-separated signal sets timed side by side in process (default: today's default, the previous one "
+        "(issue 15) and each signal alone, for its cost)",
     )
     args = p.parse_args(argv)
     from clipshield.export import export_model

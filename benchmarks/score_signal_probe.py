@@ -55,11 +55,16 @@ def _median_even(x: torch.Tensor) -> torch.Tensor:
 
 
 def signals(clf, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    from clipshield.models.attack_score import median_squeeze
+
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         e = F.normalize(clf.model.encode_image(x), dim=-1)
         top2 = clf.logits_from_embeddings(e).topk(2, dim=-1).values
         out = {"margin": top2[:, 0] - top2[:, 1]}
+        residual = x - median_squeeze(x, 3)  # pixel space: no encoder pass (the served `pixel_median` is the mean abs)
+        out["pixel median 3x3 mean|r|"] = residual.abs().mean(dim=(1, 2, 3))
+        out["pixel median 3x3 rms(r)"] = residual.pow(2).mean(dim=(1, 2, 3)).sqrt()
         for name, squeeze in candidates().items():
             out[name] = (F.normalize(clf.model.encode_image(squeeze(x).clamp(0, 1)), dim=-1) - e).norm(dim=-1)
         for s in (4, 8, 16):

@@ -13,7 +13,9 @@ Signals, per image x (all from forward passes the served path could afford; no i
 * `bits`:      the same under bit-depth reduction to `bit_depth` bits per channel: the two squeezers of feature
                squeezing (Xu, Evans & Qi, NDSS 2018), measured on the embedding so the signal does not depend on
                the label set a caller sends. Adversarial perturbations are fine-grained and a squeezer removes
-               them, so attacked embeddings move more than clean ones.
+               them, so attacked embeddings move more than clean ones;
+* `pixel_median`: mean |x - median_k(x)| over pixels: the median squeezer judged in pixel space, no encoder pass
+               (issue 26: the cheap signal; on flat renders as strong as `median`, on textured photos weaker).
 Combination: a logistic regression on the signals standardised by their clean-calibration mean and
 spread, fitted on clean (0) vs PGD (1) calibration images; the score is its logit (higher = more
 suspicious). The threshold is set on clean calibration images so that at most `target_fpr` of them
@@ -112,6 +114,8 @@ class SignalExtractor(nn.Module):
             elif name == "margin":
                 top2 = self.classifier.logits_from_embeddings(base).topk(2, dim=-1).values
                 columns.append(top2[:, 0] - top2[:, 1])
+            elif name == "pixel_median":
+                columns.append((images - median_squeeze(images, self.cfg.median_size)).abs().mean(dim=(1, 2, 3)))
             elif name in SQUEEZE_SIGNALS:
                 squeezed = self.classifier.model.encode_image(squeeze(images, name, self.cfg))
                 columns.append((F.normalize(squeezed, dim=-1) - F.normalize(base, dim=-1)).norm(dim=-1))

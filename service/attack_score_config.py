@@ -12,8 +12,9 @@ from pydantic import Field, field_validator
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ConfigError
 
-SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement", "median", "bits")
+SIGNALS: tuple[str, ...] = ("tau", "anchor", "margin", "agreement", "median", "bits", "pixel_median")
 SQUEEZE_SIGNALS: tuple[str, ...] = ("median", "bits")  # feature squeezing (Xu et al., NDSS 2018): one extra encoder pass each
+# `pixel_median` reads the pixels alone (a median filter, no encoder pass): issue 26's cheap stand-in for `median`.
 RANDOM_SIGNALS: tuple[str, ...] = ("tau",)  # drawn from noise; every other signal is a deterministic function of the image
 # From the embedding a request already has (no extra encoder pass): a score of these alone runs on every request.
 FREE_SIGNALS: tuple[str, ...] = ("anchor", "margin")

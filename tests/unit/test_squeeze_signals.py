@@ -98,3 +98,36 @@ def test_tiled_adaptive_attack_perturbs_whole_tiles_within_the_budget():
         ScoreAwarePGD(clf, scorer, eps=0.03, block=0)
     with pytest.raises(ValueError, match="known: nearest, bilinear"):
         ScoreAwarePGD(clf, scorer, eps=0.03, block=2, upsample="bicubic")  # type: ignore[arg-type]
+
+
+def test_pixel_median_needs_no_encoder_pass_and_separates_attacked_smooth_images():
+    """Issue 26: `pixel_median` reads the pixels only (the served score makes no encoder call for it, nor for
+    anchor and margin), is zero on flat images and larger on PGD images of a smooth toy world; its torch
+    twin gives an adaptive attacker a gradient."""
+    from clipshield.service.attack_score_config import ScoreParams
+
+    clf, _, _ = toy_setup(4)
+    coarse = torch.rand(48, 3, SIDE // 2, SIDE // 2, generator=torch.Generator().manual_seed(3)) * 0.6 + 0.2
+    smooth = torch.nn.functional.interpolate(coarse, scale_factor=2, mode="nearest")
+    adv = attacked(clf, smooth, clf(smooth).argmax(-1), eps=0.05)
+    calls: list[int] = []
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return clf.model.encode_image(torch.from_numpy(pixels)).detach().numpy()
+
+    cfg = AttackScoreConfig(signals=("anchor", "margin", "pixel_median"))
+    params = ScoreParams(
+        signals=cfg.signals, mean=(0.0,) * 3, std=(1.0,) * 3, weights=(0.0, 0.0, 1.0), bias=0.0, threshold=0.0, target_fpr=0.05,
+        dataset="toy", n_calibration=1,
+    )  # fmt: skip
+    scorer = attack_score_np.NumpyAttackScorer(cfg, params, encode, clf.head.numpy(), np.ones(8, np.float32), clf.scale)
+    x_clean, x_adv = smooth.numpy(), adv.detach().numpy()
+    clean, attacked_scores = scorer.score(x_clean, encode(x_clean)), scorer.score(x_adv, encode(x_adv))
+    assert calls == [48, 48]  # only the two calls made above: the score itself encoded nothing
+    assert attacked_scores.mean() > 2 * clean.mean()
+    flat = np.full((2, 3, SIDE, SIDE), 0.4, np.float32)
+    assert np.array_equal(attack_score_np.pixel_median(flat, 3), np.zeros(2))
+    x = smooth[:4].clone().requires_grad_(True)
+    SignalExtractor(clf, torch.ones(8), cfg)(x)[:, 2].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
