@@ -13,7 +13,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # CPU wheels (venv about 2 GiB, README): make clean-venv venv TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
 
-.PHONY: venv tools demo test test-slow test-serving-install lint soak loadtest bench k8s-render monitoring clean-venv
+.PHONY: venv tools demo test test-slow test-serving-install lint images test-images soak loadtest bench k8s-render monitoring clean-venv
 
 $(STAMP):
 	rm -f $(VENV)/.installed-*
@@ -51,6 +51,17 @@ lint: venv
 	$(BIN)/ruff format --check .
 	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/clipshield
 	$(BIN)/mypy
+
+# The serving images with buildah (chroot isolation, vfs storage), through the shared CPU lock; official bases when they
+# can be pulled, else stand-ins bootstrapped from Debian packages (docs/deploy.md). `make images IMAGES="serve"` for TorchServe.
+IMAGES ?= serve-kserve model
+images:
+	flock /tmp/clipshield-heavy.lock deploy/images/build.sh $(IMAGES)
+
+# Build serve-kserve and run it as the cluster does (uid 1000, read-only root and model): tritonclient, the bad-input
+# matrix, a tampered bundle (tests/slow/test_images.py; root, buildah). CLIPSHIELD_IMAGES_REUSE=1 keeps a built image.
+test-images: venv
+	OMP_NUM_THREADS=2 flock /tmp/clipshield-heavy.lock $(BIN)/python -m pytest -q -m slow tests/slow/test_images.py $(PYTEST_ARGS)
 
 # The soak: 10 minutes of moderate load per runtime (0 errors, RSS growth <= 10 %, p95 drift <= 20 %), through the
 # shared CPU lock; summaries in results/soak/. The same check as a slow test: tests/slow/test_soak.py.
