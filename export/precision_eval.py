@@ -52,8 +52,9 @@ def world_dataset(model: PixelCLIP) -> str:
     """The plain colour+shape seen set of the mini world a shipped-geometry model belongs to; ConfigError otherwise."""
     from clipshield.datasets.miniworld.worlds import WORLDS
 
+    arch = model.record.name.split("+")[0]  # a fine-tuned record is named `<base>+<method>` (training.model_card)
     for world in WORLDS.values():
-        if world.arch_file == f"{model.record.name}.json":
+        if world.arch_file == f"{arch}.json":
             return world.task_name("plain", "color_shape", "seen")
     raise ConfigError(f"model {model.record.name!r} is not of a mini-world geometry: name the data set with --precision-data")
 

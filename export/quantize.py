@@ -15,7 +15,9 @@ of fp32's 1e-4 would refuse every int8 model, while the cosine bounds what zero-
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +44,17 @@ def fp16_provider_available() -> bool:
     return ORT_PROVIDERS["cuda"] in ort.get_available_providers()
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_encoder(folder: Path, precision: str) -> tuple[Path, str]:
     """Write `folder`'s fp32 image encoder at `precision` (int8 or fp16) beside it; (path, method).
 
@@ -51,7 +64,8 @@ def quantize_encoder(folder: Path, precision: str) -> tuple[Path, str]:
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        with _quiet_root_logger():  # the quantiser logs one INFO line per tensor on the root logger
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
         return dst, INT8_METHOD
     if precision == "fp16":
         if not fp16_provider_available():
