@@ -108,7 +108,8 @@ def server(built, bundle, tmp_path_factory):
     else:
         _stop(proc)
         pytest.fail(f"image did not become ready (rc {proc.returncode}): {log.read_text()[-3000:]}")
-    pids = [p for p in psutil.Process(proc.pid).children(recursive=True) if "clipshield.handlers.kserve.app" in " ".join(p.cmdline())]
+    entry = ["-m", "clipshield.handlers.kserve.app"]  # the server itself, not the launcher whose script names it
+    pids = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.cmdline()[1:3] == entry]
     client = http.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=H.TIMEOUT_S, network_timeout=H.TIMEOUT_S)
     yield client, pids[0].pid, url
     client.close()
