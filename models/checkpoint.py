@@ -34,7 +34,8 @@ def weights_digest(module: torch.nn.Module) -> str:
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        # raw bytes through a uint8 view: numpy has no bfloat16, and the bytes are the same for every dtype it has
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
