@@ -161,3 +161,18 @@ def test_cli_refuses_bad_precision_flags(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--model", "miniworld", "--precision", "bf16"])
     assert "invalid choice: 'bf16' (choose from 'fp32', 'fp16', 'int8')" in capsys.readouterr().err
+
+
+def test_comparison_world_of_base_and_fine_tuned_models_and_refusal_elsewhere():
+    from types import SimpleNamespace
+
+    from clipshield.export.precision_eval import world_dataset
+    from clipshield.service.errors import ConfigError
+
+    def named(name: str):
+        return SimpleNamespace(record=SimpleNamespace(name=name))
+
+    assert world_dataset(named("miniworld-vit-tiny")) == WORLD  # type: ignore[arg-type]
+    assert world_dataset(named("miniworld-vit-b32-tiny+tga-anchor")) == "miniworld224/plain/color_shape/seen"  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--precision-data"):
+        world_dataset(named("ViT-B-32"))  # type: ignore[arg-type]
