@@ -5,7 +5,8 @@ Every method gets the same steps, batch size, training epsilon and data, and its
 family and the papers' loss weights (no per-method tuning), under `settings="tuned"` at the learning
 rate and loss weights a tuning study chose for it (`clipshield.datasets.miniworld_sets.TUNED_FILE`).
 The comparison table (clean and PGD accuracy on seen, held-out combinations and held-out domains,
-mean +- std over seeds) is written as Markdown, JSON and a PNG plot. Finished runs are skipped, so an
+mean +- std over seeds) is written as Markdown, JSON and a PNG plot. Finished runs are read back (refused when
+trained with other settings than asked, e.g. after a recipe changed), so an
 interrupted experiment continues where it stopped. `args` is the parsed `experiment miniworld` command line.
 """
 
@@ -82,7 +83,32 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
 
     cfg = experiment_config(args, method, seed)
     card = read_finetune_card(cfg.run.output / "final")
+    if card is not None and card.training is not None:
+        check_finished_run(card.training.hyperparameters, cfg)
     return results_by_dataset(card or ModelCard.model_validate(finetune(cfg)[1]))
+
+
+def check_finished_run(saved: dict[str, Any], cfg: FinetuneConfig) -> None:
+    """Refuse to read back a finished run trained with other settings than `cfg` (a recipe changed since).
+
+    `saved` is the run's model-card hyperparameters (resolved: every method option filled in); only the
+    settings `cfg` states are compared, and those a resume may change (device, evaluation, paths) are not.
+    """
+    from clipshield.service.errors import ConfigError
+    from clipshield.training.finetune_config import RESUME_MAY_CHANGE
+
+    diff: list[str] = []
+    for key, value in cfg.flat().items():
+        if key in RESUME_MAY_CHANGE or value is None or key not in saved:
+            continue
+        if key == "method_params":
+            diff += [f"method_params.{k}" for k, v in value.items() if saved[key].get(k) != v]
+        elif saved[key] != value:
+            diff.append(key)
+    if diff:
+        raise ConfigError(
+            f"finished run {cfg.run.output} was trained with other settings ({', '.join(diff)}); delete it or give another --output"
+        )
 
 
 def run_all(

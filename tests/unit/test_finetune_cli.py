@@ -100,3 +100,16 @@ def test_experiment_jobs_run_in_processes_and_give_the_same_results(tmp_path):
     assert serial == parallel and serial[("tecoa", 0)] != serial[("tecoa", 1)]  # seeds differ, jobs do not matter
     with pytest.raises(ConfigError, match="--jobs must be at least 1"):
         run(build_parser().parse_args(["experiment", "miniworld", "--jobs", "0", "--output", str(tmp_path / "none")]))
+
+
+def test_experiment_refuses_to_reuse_a_finished_run_with_other_settings(tmp_path):
+    from clipshield.cli.commands.experiment import run_all
+    from clipshield.service.errors import ConfigError
+
+    common = ["experiment", "miniworld", "--steps", "2", "--batch-size", "8", "--eval-limit", "8", "--eval-steps", "1"]
+    out = ["--output", str(tmp_path), "--threads", "1"]
+    first = run_all(build_parser().parse_args([*common, *out, "--lr", "0.01"]), [("tecoa", 0)])
+    again = run_all(build_parser().parse_args([*common, *out, "--lr", "0.01", "--eval-limit", "4"]), [("tecoa", 0)])
+    assert again == first  # read back: evaluation settings do not make a run stale
+    with pytest.raises(ConfigError, match=r"other settings \(lr\)"):
+        run_all(build_parser().parse_args([*common, *out, "--lr", "0.02"]), [("tecoa", 0)])
