@@ -23,7 +23,9 @@ FREE_SIGNALS: tuple[str, ...] = ("anchor", "margin")
 class AttackScoreConfig(StrictModel):
     """Which signals, their noise, and the logistic fit's settings."""
 
-    signals: tuple[str, ...] = ("anchor", "margin", "median", "bits")
+    # Issue 26: `pixel_median` replaced the embedding squeezers `median`, `bits` (3.0x -> 1.05x the request p50 on
+    # ViT-B/32; card AUROC 0.998 -> 1.000 on both mini worlds; weaker on photo textures: docs/security.md section 5.2).
+    signals: tuple[str, ...] = ("anchor", "margin", "pixel_median")
     n_noise: int = Field(default=4, ge=1, le=64, description="noise draws of `tau` (one encoder pass each)")
     noise_eps: float = Field(default=4 / 255, gt=0.0, le=1.0)
     median_size: int = Field(default=3, ge=3, le=9, description="side of the `median` squeezer's window (odd)")

@@ -57,7 +57,7 @@ def unfitted_score():
         dataset="test: not fitted",
         n_calibration=1,
     )
-    return AttackScoreCalibration(config=AttackScoreConfig(), params=params, attack="none")
+    return AttackScoreCalibration(config=AttackScoreConfig(signals=params.signals), params=params, attack="none")
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def test_export_records_the_calibration_in_the_card(scored_bundle, capsys):
     card = json.loads((scored_bundle / "model_card.json").read_text())["attack_score"]
     p = card["params"]
     assert p["dataset"] == "miniworld/plain/color_shape/heldout_caption" and p["n_calibration"] == 24 and p["target_fpr"] == 0.1
-    assert p["signals"] == ["anchor", "margin", "median", "bits"] and len(p["weights"]) == 4 and all(s > 0 for s in p["std"])
+    assert p["signals"] == ["anchor", "margin", "pixel_median"] and len(p["weights"]) == 3 and all(s > 0 for s in p["std"])
     assert "of 120 clean" in card["notes"][0]  # threshold on the 24 fit images + 4 x 24 extra clean ones (the CLI default)
     assert card["attack"] == "pgd10-linf-4/255" and card["config"]["median_size"] == 3 and card["config"]["bit_depth"] == 5
     clean, attacked = card["rates"]

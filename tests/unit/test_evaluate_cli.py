@@ -165,7 +165,7 @@ def test_attack_score_mode_maps_flags_and_refuses_attacks_it_cannot_judge(tmp_pa
     args = build_parser().parse_args([*argv, "--out", str(tmp_path)])
     cfg = detection_config(args, [SHAPE], 2 / 255)
     assert (cfg.n_eval, cfg.steps, cfg.calibration_dataset, cfg.attacks) == (16, 10, SHAPE, ("pgd", "cw"))
-    assert cfg.ref_eps == pytest.approx(2 / 255) and cfg.score.signals == ("anchor", "margin", "median", "bits")
+    assert cfg.ref_eps == pytest.approx(2 / 255) and cfg.score.signals == ("anchor", "margin", "pixel_median")
     assert main(["evaluate", "--attack-score", "--attacks", "autoattack", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "pgd and cw; not autoattack" in err and "Traceback" not in err
