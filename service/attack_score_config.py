@@ -28,7 +28,7 @@ class AttackScoreConfig(StrictModel):
     signals: tuple[str, ...] = ("anchor", "margin", "pixel_median")
     n_noise: int = Field(default=4, ge=1, le=64, description="noise draws of `tau` (one encoder pass each)")
     noise_eps: float = Field(default=4 / 255, gt=0.0, le=1.0)
-    median_size: int = Field(default=3, ge=3, le=9, description="side of the `median` squeezer's window (odd)")
+    median_size: int = Field(default=3, ge=3, le=9, description="side of the median window of `median` and `pixel_median` (odd)")
     bit_depth: int = Field(default=5, ge=1, le=8, description="bits per channel kept by the `bits` squeezer")
     l2: float = Field(default=1e-2, ge=0.0, description="ridge penalty of the logistic fit (standardised signals)")
     fit_iters: int = Field(default=100, ge=1)
