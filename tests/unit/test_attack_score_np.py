@@ -215,6 +215,26 @@ def test_served_score_opt_in_and_out_and_metrics(scored_bundle, world, miniworld
     assert alone.attack_score.score == pytest.approx(asked[2].attack_score.score, abs=1e-4)  # batch mates do not matter
 
 
+def test_default_score_runs_no_extra_encoder_pass(scored_bundle, world):
+    """Issue 26: a bundle calibrated with the default signals scores a batch of requests with the one encoder
+    call the batch makes anyway (the issue-15 default made three: the images, median- and bit-squeezed copies)."""
+    from clipshield.service.inference import ClipshieldService, RawRequest
+    from clipshield.service.preprocess import encode_png
+
+    service = ClipshieldService.from_folder(scored_bundle)
+    calls: list[int] = []
+    encode = service.image_encoder
+
+    def counting(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return encode(pixels)
+
+    service.image_encoder = service.scorer.encode = counting
+    pngs = [encode_png(img.numpy()) for img in world[2][:3]]
+    answers = service.predict([RawRequest({"image": p, "attack_score": "true"}, None) for p in pngs])
+    assert all(a.attack_score is not None for a in answers) and calls == [3]
+
+
 def test_model_default_and_refusals(scored_bundle, tmp_path):
     import shutil
 
