@@ -54,7 +54,9 @@ EOF
 )
 unshare --mount --pid --fork --kill-child bash -c "$inner" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT
+# `unshare --fork` ignores SIGTERM while it waits: signal the server (its child, PID 1 of the new namespace) itself
+stop() { kill -TERM $(cat "/proc/$child/task/$child/children" 2>/dev/null) "$child" 2>/dev/null || true; }
+trap stop TERM INT
 status=0
 wait "$child" || status=$?
 # a trapped signal interrupts `wait`: wait again for the server's own exit
