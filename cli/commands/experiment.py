@@ -197,6 +197,13 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="trials at once in this process (Optuna threads) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's own)")
     p.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="another study's chosen.json (or its output folder): each method's chosen lr and loss weights become one "
+        "of its --trials here (default: none)",
+    )
+    p.add_argument(
         "--record-recipe",
         action="store_true",
         help="write each method's chosen setting into the mini world's recipe (datasets/miniworld_tuned.json)",
@@ -211,7 +218,9 @@ def tune_config(args: argparse.Namespace):
     data = args.data or f"{args.world or 'miniworld'}-train"
     slug = (args.world or args.data or "miniworld").replace("/", "-")
     values = {k: getattr(args, k) for k in ("data_root", "model", "pretrained", "methods", "trials", "steps", "batch_size", "attack_steps")}
-    values |= {k: getattr(args, k) for k in ("val_limit", "eval_steps", "robust_weight", "seed", "storage", "jobs", "threads")}
+    values |= {
+        k: getattr(args, k) for k in ("val_limit", "eval_steps", "robust_weight", "seed", "storage", "jobs", "threads", "warm_start")
+    }
     return flag_config(
         TuneConfig,
         {"val_limit": "--val-limit", "robust_weight": "--robust-weight"},

@@ -41,6 +41,9 @@ class TuneConfig(StrictModel):
     seed: int = 0
     output: Path = Path("runs/tune")
     storage: Optional[str] = Field(default=None, description="Optuna storage URL; default: sqlite:///<output>/study.db")
+    warm_start: Optional[Path] = Field(
+        default=None, description="another study's chosen.json (or its folder): each method's chosen point is enqueued as one trial"
+    )
     jobs: int = Field(default=1, ge=1)
     threads: Optional[int] = Field(default=None, gt=0)
     heartbeat_s: int = Field(default=10, gt=0)

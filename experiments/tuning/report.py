@@ -26,8 +26,9 @@ def objective_text(cfg: TuneConfig) -> str:
 
 
 def budget_text(cfg: TuneConfig) -> str:
+    warm = f", one trial warm-started from {cfg.warm_start}" if cfg.warm_start else ""
     return (
-        f"{cfg.trials} trials/method, {cfg.steps} steps, batch {cfg.batch_size or 'recipe'}, "
+        f"{cfg.trials} trials/method{warm}, {cfg.steps} steps, batch {cfg.batch_size or 'recipe'}, "
         f"training PGD-{cfg.attack_steps or 'recipe'}, validation {cfg.val_limit} images/set, PGD-{cfg.eval_steps}"
     )
 

@@ -20,7 +20,8 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from clipshield.experiments.tuning.config import TuneConfig
-from clipshield.experiments.tuning.objective import Objective, default_point
+from clipshield.experiments.tuning.objective import Objective, base_lr, default_point
+from clipshield.experiments.tuning.warm_start import read_chosen, warm_point
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def open_storage(cfg: TuneConfig) -> optuna.storages.BaseStorage:
 
 
 def load_study(cfg: TuneConfig, method: str, storage: Optional[optuna.storages.BaseStorage] = None) -> optuna.Study:
-    """The method's study (created on first use; its first trial is the method's untuned setting)."""
+    """The method's study (created on first use; its first trial is the method's untuned setting, then the
+    `--warm-start` point, enqueued once: a resumed or extended study does not queue it again)."""
     study = optuna.create_study(
         study_name=cfg.study_name(method),
         storage=storage or open_storage(cfg),
@@ -62,6 +64,9 @@ def load_study(cfg: TuneConfig, method: str, storage: Optional[optuna.storages.B
     )
     if not study.trials:
         study.enqueue_trial(default_point(method))
+    point = warm_point(read_chosen(cfg.warm_start) if cfg.warm_start else None, method, base_lr(cfg, method))
+    if point is not None:
+        study.enqueue_trial(point, user_attrs={"warm_start": str(cfg.warm_start)}, skip_if_exists=True)
     return study
 
 

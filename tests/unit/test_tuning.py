@@ -154,6 +154,28 @@ def test_tuning_refuses_a_folder_without_a_validation_split(tmp_path):
         TuneConfig(methods=["nope"]).checked()
 
 
+def test_a_warm_start_enqueues_each_methods_transferred_point_once(tmp_path):
+    chosen = {
+        "tga-anchor": {"lr": 0.0005, "method_params": {"alpha": 6.0, "beta": 11.0, "gamma": 1000.0}},
+        "tecoa": {"lr": 0.0025, "method_params": {}},
+    }
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "chosen.json").write_text(json.dumps(chosen))
+    cfg = tiny(tmp_path, methods=["tga-anchor", "fare"], trials=3, warm_start=tmp_path / "other")
+    study = load_study(cfg, "tga-anchor")
+    queued = [t.system_attrs["fixed_params"] for t in study.trials]  # waiting trials hold their enqueued params there
+    gamma_high = get_method("tga-anchor").search_space["gamma"].high
+    assert queued[0] == default_point("tga-anchor")  # the untuned setting stays the first trial
+    # the absolute lr re-expressed against this data set's recipe rate (SGD 0.005), gamma clipped into its range
+    assert queued[1] == {"lr_scale": pytest.approx(0.1), "alpha": 6.0, "beta": 11.0, "gamma": gamma_high}
+    assert study.trials[1].user_attrs["warm_start"] == str(tmp_path / "other")
+    assert len(load_study(cfg, "tga-anchor").trials) == 2  # resuming does not queue it again
+    assert len(load_study(cfg, "fare").trials) == 1  # a method the file does not name: no transferred trial
+    (tmp_path / "bad.json").write_text(json.dumps({"tecoa": {"no_lr": 1}}))
+    with pytest.raises(ConfigError, match=r"not a chosen\.json written by `clipshield experiment tune`"):
+        load_study(tiny(tmp_path, warm_start=tmp_path / "bad.json"), "tecoa")
+
+
 def test_pareto_front_keeps_the_undominated():
     assert pareto_front([(1, 5), (2, 4), (1, 4), (3, 1), (2, 2)]) == [(1, 5), (2, 4), (3, 1)]
 
