@@ -33,6 +33,20 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="kserve: also serve gRPC v2 on this port, same interface as --address (default: 0 = off)",
     )
     p.add_argument(
+        "--kserve-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="kserve: images per cross-request batch, 1 = each request on its own (default: the measured default, docs/serving.md)",
+    )
+    p.add_argument(
+        "--kserve-max-batch-delay-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="kserve: longest wait for a batch to fill, from its first request (default: the measured default)",
+    )
+    p.add_argument(
         "--bundle",
         type=Path,
         default=None,
@@ -49,6 +63,7 @@ def _bundle(args: argparse.Namespace) -> Path:
 
 def run_kserve(args: argparse.Namespace) -> int:
     """Start (or --stop / --ping) the KServe model server; prints how to call it."""
+    from clipshield.handlers.kserve.batcher import KServeBatchingConfig
     from clipshield.handlers.kserve.launcher import (
         STATE_DIR,
         KServeConfig,
@@ -62,6 +77,12 @@ def run_kserve(args: argparse.Namespace) -> int:
 
     state = args.model_store.resolve() / STATE_DIR
     address = urlparse(args.address)
+    given = {"max_batch_size": args.kserve_batch_size, "max_batch_delay_ms": args.kserve_max_batch_delay_ms}
+    batching = flag_config(
+        KServeBatchingConfig,
+        {"max_batch_size": "kserve-batch-size", "max_batch_delay_ms": "kserve-max-batch-delay-ms"},
+        **{k: v for k, v in given.items() if v is not None},
+    )
     cfg = flag_config(
         KServeConfig,
         {"grpc_port": "kserve-grpc-port"},
@@ -71,6 +92,7 @@ def run_kserve(args: argparse.Namespace) -> int:
         model_name=args.name,
         providers=getattr(args, "providers", None),
         provider_policy=getattr(args, "provider_policy", None),
+        batching=batching,
     )
     url = f"http://{client_host(cfg.host)}:{cfg.http_port}"
     if args.stop:

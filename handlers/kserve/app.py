@@ -28,6 +28,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # as TorchServe's max_request_size in model_s
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Options of the server process (distinct from kserve's own `--http_port` style flags)."""
+    from clipshield.handlers.kserve.batcher import DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE
+
     p = argparse.ArgumentParser(prog="python -m clipshield.handlers.kserve.app", description=__doc__)
     p.add_argument("--bundle", type=Path, required=True, help="serving bundle folder (`clipshield export --out`)")
     p.add_argument("--model-name", default="clipshield", help="name in /v2/models/<name> (default: %(default)s)")
@@ -40,6 +42,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="interface REST and gRPC listen on (default: %(default)s, as a container needs; `clipshield serve` passes 127.0.0.1)",
     )
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="images per cross-request batch; 1 = each request on its own (default: %(default)s, docs/serving.md)",
+    )
+    p.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=DEFAULT_MAX_BATCH_DELAY_MS,
+        help="longest wait for a batch to fill, from its first request (default: %(default)s)",
+    )
     return p.parse_args(argv)
 
 
@@ -210,13 +224,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from kserve.model_server import app
     from prometheus_client import REGISTRY
 
+    from clipshield.handlers.kserve.batcher import KServeBatchingConfig
     from clipshield.handlers.kserve.model import ClipshieldKServeModel
+    from clipshield.service.config import flag_config
     from clipshield.service.errors import ClipshieldError
     from clipshield.service.metrics import PrometheusClientSink
     from clipshield.service.settings import load_serving_config
 
     config = load_serving_config(args.bundle / "serving.json", os.environ)
-    model = ClipshieldKServeModel(args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY))  # kserve's /metrics serves REGISTRY
+    try:
+        batching = flag_config(
+            KServeBatchingConfig,
+            {"max_batch_size": "max-batch-size", "max_batch_delay_ms": "max-batch-delay-ms"},
+            max_batch_size=args.max_batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+        )
+    except ClipshieldError as exc:
+        log.error("clipshield: %s", exc)
+        return 2
+    model = ClipshieldKServeModel(
+        args.model_name, args.bundle, config, PrometheusClientSink(REGISTRY), batching
+    )  # kserve's /metrics serves REGISTRY
     try:
         model.load()
     except ClipshieldError as exc:  # one line, no traceback: a refused bundle is an operator's error

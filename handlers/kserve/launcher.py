@@ -22,6 +22,7 @@ from typing import Optional
 
 from pydantic import Field
 
+from clipshield.handlers.kserve.batcher import KServeBatchingConfig
 from clipshield.handlers.torchserve.launcher import wait_process_gone  # one "wait until the server process has gone" for both runtimes
 from clipshield.service.config import StrictModel
 from clipshield.service.errors import ClipshieldError
@@ -44,6 +45,7 @@ class KServeConfig(StrictModel):
     providers: Optional[tuple[str, ...]] = None  # CLIPSHIELD_ORT_PROVIDERS, e.g. ("cuda", "cpu")
     provider_policy: Optional[str] = None  # CLIPSHIELD_ORT_PROVIDER_POLICY: fail | fallback
     startup_timeout_s: float = Field(default=120.0, gt=0)
+    batching: KServeBatchingConfig = Field(default_factory=KServeBatchingConfig)  # cross-request batching (1 = off)
 
 
 @dataclass
@@ -84,6 +86,10 @@ def _app_command(bundle: Path, cfg: KServeConfig) -> list[str]:
         str(cfg.grpc_port),
         "--bind-host",
         cfg.host,
+        "--max-batch-size",
+        str(cfg.batching.max_batch_size),
+        "--max-batch-delay-ms",
+        f"{cfg.batching.max_batch_delay_ms:g}",
     ]
 
 

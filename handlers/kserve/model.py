@@ -33,6 +33,7 @@ from typing import Any, Optional
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
+from clipshield.handlers.kserve.batcher import KServeBatchingConfig, MicroBatcher
 from clipshield.service.api import ErrorResponse, PredictResponse
 from clipshield.service.errors import BadInput, ClipshieldError, PayloadTooLarge
 from clipshield.service.inference import ClipshieldService, RawRequest, Result, outcome_of
@@ -184,12 +185,16 @@ def _score_outputs(answers: list[Optional[PredictResponse]]) -> list[InferOutput
 class ClipshieldKServeModel(Model):
     """Zero-shot CLIP classification with optional CLIPure-Cos purification over the v2 protocol."""
 
-    def __init__(self, name: str, bundle: Path, config: ServingConfig, metrics: MetricsSink) -> None:
+    def __init__(
+        self, name: str, bundle: Path, config: ServingConfig, metrics: MetricsSink, batching: Optional[KServeBatchingConfig] = None
+    ) -> None:
         super().__init__(name)
         self.bundle = Path(bundle)
         self.config = config
         self.metrics = metrics
         self.service: Optional[ClipshieldService] = None
+        batching = batching or KServeBatchingConfig()
+        self.batcher = MicroBatcher(batching) if batching.enabled else None  # None: each request on its own
 
     def load(self) -> bool:
         """Load and verify the bundle (a changed file refuses to load: ModelLoadError)."""
@@ -221,7 +226,10 @@ class ClipshieldKServeModel(Model):
             self.metrics.increment("clipshield_requests_total", labels={"outcome": outcome_of(exc)})
             raise
         service = self.loaded  # one service for the whole request, even when `replace` switches meanwhile
-        results = await asyncio.get_running_loop().run_in_executor(None, service.predict, requests)
+        if self.batcher is not None:  # queued with other requests' images, one predict call per flush
+            results = await self.batcher.submit(service, requests)
+        else:
+            results = await asyncio.get_running_loop().run_in_executor(None, service.predict, requests)
         errors = [r for r in results if isinstance(r, ClipshieldError)]
         if len(errors) == len(results):  # no image answered: the request fails with the first item's error
             raise errors[0]
