@@ -108,6 +108,7 @@ def end_to_end(name: str, args: argparse.Namespace) -> None:
     from benchmarks.bench_runtimes import kserve, torchserve
     from clipshield.export import export_model
     from clipshield.export.precision_eval import PrecisionEvalConfig
+    from clipshield.service.bundle import read_card
     from tests.integration.serving_helpers import image
 
     model, png, results = build(name), image(seed=1), {}
@@ -117,6 +118,9 @@ def end_to_end(name: str, args: argparse.Namespace) -> None:
             bundle = export_model(
                 model, work / "export", precision=precision, precision_eval=PrecisionEvalConfig(n=0), force_precision=True
             )
+            served = read_card(bundle).precision.served  # what both servers load (`served_image_encoder`)
+            if served != precision:
+                raise SystemExit(f"the {precision} bundle serves the {served} image encoder")
             results[("torchserve", precision)] = torchserve(bundle, work, png, args)
             results[("kserve", precision)] = kserve(bundle, work, png, args)
     print(f"== end to end, {name}: {args.seconds:g} s per cell, {args.clients} clients, ORT threads {args.threads}, one PNG per request")
