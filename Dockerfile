@@ -19,12 +19,15 @@ ARG BUSYBOX_IMAGE=busybox:1.36.1
 # ---- build: a virtual environment with the exact torch, clipshield's serving core and TorchServe ----
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The exact torch. deploy/images/build.sh passes a local CPU wheel's version (e.g. 2.13.0+cpu) only where
+# TORCH_INDEX_URL cannot be reached (docs/deploy.md, "Build and run the images without Docker").
+ARG TORCH_VERSION=2.14.1
 ARG ORT_EXTRA=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install "pip>=24" \
- && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1
+ && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # The build context is .dockerignore's allow-list: pyproject.toml, README.md and every package folder (tests/layout.py).
 COPY . ./
 RUN /opt/venv/bin/pip install ".[${ORT_EXTRA},serve]"

@@ -7,11 +7,19 @@
 #
 # Environment:
 #   IMAGE_PREFIX   image names are $IMAGE_PREFIX/<target>:$IMAGE_TAG (default localhost/clipshield, dev)
-#   STANDIN        auto (default: stand-ins only where the official base cannot be pulled), always, never
+#   STANDIN        auto (default: stand-ins only where the official base cannot be pulled, or, for `serve`,
+#                  the official torch index cannot be reached), always, never
 #   PULL_TIMEOUT   seconds one pull of an official base may take before the stand-in is used (default 60)
 #   REPORT         JSON lines, one per target: image, size, build seconds, bases (default build/images/report.jsonl)
 #   BASES_ONLY     1: only pull or bootstrap the base images
-#   BUILD_ARGS     extra `buildah bud` arguments, e.g. "--build-arg TORCH_INDEX_URL=..." for `serve`
+#   TORCH_ONLY     1: only print the --build-arg lines chosen for serve's torch (none: the Dockerfile's pin)
+#   BUILD_ARGS     extra `buildah bud` arguments, e.g. "--build-arg TORCH_INDEX_URL=..." for `serve` (naming
+#                  TORCH_INDEX_URL or TORCH_VERSION there turns the torch stand-in off)
+#
+# torch for `serve`: the Dockerfile's torch==$TORCH_VERSION from its TORCH_INDEX_URL (download.pytorch.org's CPU
+# index) when that index answers; otherwise the newest local CPU wheel (torch-*+cpu-cp311-*.whl) in a find-links
+# folder of the pip configuration, as --build-arg TORCH_VERSION=<its version>: the image then carries that torch
+# (e.g. 2.13.0+cpu), not the pinned one. The log line and the report's "torch" field say which.
 #
 # The build machine's pip configuration (pip.conf files and the local indexes, wheel folders, CA bundle and
 # constraint files they name) is bind-mounted into every RUN step read-only (`buildah bud -v`): pip in
@@ -35,6 +43,8 @@ TARGETS=("$@")
 arg_default() { sed -n "s/^ARG $1=//p" Dockerfile | head -n1; }
 PYTHON_OFFICIAL=$(arg_default PYTHON_IMAGE)
 BUSYBOX_OFFICIAL=$(arg_default BUSYBOX_IMAGE)
+TORCH_INDEX_OFFICIAL=$(arg_default TORCH_INDEX_URL)
+TORCH_VERSION_OFFICIAL=$(arg_default TORCH_VERSION)
 PYTHON_STANDIN=localhost/python:3.11-slim-bookworm
 BUSYBOX_STANDIN=localhost/busybox:bookworm
 mkdir -p "$WORK"
@@ -112,6 +122,42 @@ pip_mounts() {
     done
 }
 
+# The pip configuration's find-links folders (local wheels), one a line.
+find_links() {
+    local f
+    for f in /etc/pip.conf /etc/xdg/pip/pip.conf "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"; do
+        [ -f "$f" ] || continue
+        sed -n 's/^[[:space:]]*find[-_]links[[:space:]]*=[[:space:]]*//p' "$f" | tr ' ' '\n' | sed 's|^file://||'
+    done | grep -v '^$' || true
+}
+
+# `--build-arg` lines choosing torch for `serve` (none: the Dockerfile's pin from its official index).
+torch_args() {
+    local wheel version
+    case " ${BUILD_ARGS:-} " in *TORCH_INDEX_URL=* | *TORCH_VERSION=*) return ;; esac
+    if [ "$STANDIN" != always ] && curl -sSfL -o /dev/null --max-time "$PULL_TIMEOUT" "$TORCH_INDEX_OFFICIAL/torch/"; then
+        log "torch==$TORCH_VERSION_OFFICIAL from $TORCH_INDEX_OFFICIAL (the Dockerfile's pin)"
+        return
+    fi
+    [ "$STANDIN" != never ] || { log "cannot reach $TORCH_INDEX_OFFICIAL and STANDIN=never"; exit 2; }
+    # the bases are Python 3.11; sort -V puts the newest version last
+    wheel=$(find_links | while read -r d; do ls "$d"/torch-*+cpu-cp311-cp311-*.whl 2>/dev/null; done | sort -V | tail -n1)
+    [ -n "$wheel" ] || { log "cannot reach $TORCH_INDEX_OFFICIAL and no torch-*+cpu-cp311 wheel in the pip find-links folders: pass BUILD_ARGS=\"--build-arg TORCH_INDEX_URL=...\""; exit 2; }
+    version=$(basename "$wheel" | cut -d- -f2)
+    log "cannot reach $TORCH_INDEX_OFFICIAL: torch $version from the local wheel $wheel, NOT the Dockerfile's torch==$TORCH_VERSION_OFFICIAL (known difference)"
+    # an exact local version (+cpu) matches that wheel only; the index serves torch's dependencies
+    printf '%s\n' --build-arg "TORCH_VERSION=$version" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple"
+}
+
+TORCH_ARGS=() TORCH=""
+if printf '%s\n' "${TARGETS[@]}" | grep -qx serve; then
+    torch_out=$(torch_args) # a failure here stops the build (set -e); `< <(...)` would not
+    [ -z "$torch_out" ] || mapfile -t TORCH_ARGS <<<"$torch_out"
+    TORCH=$TORCH_VERSION_OFFICIAL
+    [ ${#TORCH_ARGS[@]} -eq 0 ] || TORCH=$(printf '%s\n' "${TORCH_ARGS[@]}" | sed -n 's/^TORCH_VERSION=//p')
+    case " ${BUILD_ARGS:-} " in *TORCH_INDEX_URL=* | *TORCH_VERSION=*) TORCH="as BUILD_ARGS set" ;; esac
+fi
+[ "${TORCH_ONLY:-0}" = 0 ] || { [ ${#TORCH_ARGS[@]} -eq 0 ] || printf '%s\n' "${TORCH_ARGS[@]}"; exit 0; }
 PYTHON_BASE=$(base_for "$PYTHON_OFFICIAL" "$PYTHON_STANDIN" bootstrap_python)
 BUSYBOX_BASE=model-not-built
 if printf '%s\n' "${TARGETS[@]}" | grep -qx model; then
@@ -127,10 +173,10 @@ for target in "${TARGETS[@]}"; do
     start=$(date +%s)
     "${BUILDAH[@]}" bud --isolation chroot --layers=false --target "$target" -t "$image" \
         --build-arg "PYTHON_IMAGE=$PYTHON_BASE" --build-arg "BUSYBOX_IMAGE=$BUSYBOX_BASE" \
-        "${MOUNTS[@]}" "${EXTRA[@]}" -f Dockerfile . >&2
+        "${MOUNTS[@]}" "${EXTRA[@]}" "${TORCH_ARGS[@]}" -f Dockerfile . >&2
     seconds=$(($(date +%s) - start))
     size=$("${BUILDAH[@]}" images --format '{{.Size}}' "$image" | head -n1)
-    printf '{"target": "%s", "image": "%s", "size": "%s", "build_s": %d, "python_base": "%s", "busybox_base": "%s", "date": "%s", "buildah": "%s"}\n' \
-        "$target" "$image" "$size" "$seconds" "$PYTHON_BASE" "$BUSYBOX_BASE" "$(date -u +%FT%TZ)" \
+    printf '{"target": "%s", "image": "%s", "size": "%s", "build_s": %d, "python_base": "%s", "busybox_base": "%s", "torch": "%s", "date": "%s", "buildah": "%s"}\n' \
+        "$target" "$image" "$size" "$seconds" "$PYTHON_BASE" "$BUSYBOX_BASE" "$([ "$target" = serve ] && echo "$TORCH")" "$(date -u +%FT%TZ)" \
         "$(buildah --version | awk '{print $3}')" | tee -a "$REPORT"
 done

@@ -3,18 +3,34 @@
 # its root filesystem read-only, as the image's USER (uid 1000), the model folder mounted read-only,
 # tmpfs on /tmp, fresh mount and PID namespaces. The host's network is shared (pass a loopback bind).
 #
-#   deploy/images/run.sh IMAGE MODEL_DIR MOUNT_POINT [ARG...]
+#   deploy/images/run.sh [--bind SRC:DST[:ro]]... [--tmpfs DIR]... [--env K=V]... IMAGE MODEL_DIR MOUNT_POINT [ARG...]
 #   deploy/images/run.sh localhost/clipshield/serve-kserve:dev /path/bundle /mnt/models \
 #       --bundle /mnt/models --model-name clipshield --host-port 8080 --bind-host 127.0.0.1
+#   deploy/images/run.sh --bind conf:/etc/clipshield:ro --bind work:/home/model-server/work \
+#       --bind logs:/home/model-server/logs --env HOME=/home/model-server/work \
+#       localhost/clipshield/serve:dev /path/model_store /home/model-server/model-store
 #
-# ARGs replace the image's CMD (its ENTRYPOINT and ENV are kept). Runs in the foreground and exits with
-# the server's status; SIGTERM/SIGINT stop the server and remove the working container.
+# ARGs replace the image's CMD (its ENTRYPOINT and ENV are kept; --env adds or overrides). --bind mounts a
+# host path (read-write unless :ro: the pod's ConfigMap and emptyDir volumes), --tmpfs a fresh tmpfs. Runs
+# in the foreground and exits with the server's status; SIGTERM/SIGINT reach every process of the
+# container (TorchServe's Java front end too) and remove the working container.
 # Why not `buildah run`: buildah 1.28 has no read-only root option. The image's rootfs is a buildah
 # working container (vfs: a plain folder), bind-mounted onto itself read-only inside `unshare`, entered
 # with `chroot --userspec`.
 set -euo pipefail
 
-[ $# -ge 3 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+usage() { sed -n '2,19p' "$0" >&2; exit 2; }
+BINDS=() TMPFS=() ENVS=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --bind) [ $# -ge 2 ] || usage; BINDS+=("$2"); shift 2 ;;
+        --tmpfs) [ $# -ge 2 ] || usage; TMPFS+=("$2"); shift 2 ;;
+        --env) [ $# -ge 2 ] || usage; ENVS+=("$2"); shift 2 ;;
+        -*) usage ;;
+        *) break ;;
+    esac
+done
+[ $# -ge 3 ] || usage
 IMAGE=$1 MODEL=$(realpath "$2") MOUNT_POINT=$3
 shift 3
 BUILDAH=(buildah --storage-driver vfs)
@@ -37,7 +53,24 @@ uid=${USER_SPEC%%:*} gid=${USER_SPEC#*:}
 home=$(awk -F: -v u="$uid" '$3 == u {print $6}' "$root/etc/passwd" 2>/dev/null || true)
 mkdir -p "$root$MOUNT_POINT" "$root/tmp" "$root/proc" "$root/dev"
 
-# Inside the new namespaces: mounts, then read-only root, then the server as the image's user.
+# The extra volumes, as mount commands for the inner script (mount points made while the root is writable).
+volumes=""
+for spec in "${BINDS[@]}"; do
+    src=$(realpath "${spec%%:*}") rest=${spec#*:}
+    dst=${rest%:ro} mode=${rest#"${rest%:ro}"}
+    if [ -d "$src" ]; then mkdir -p "$root$dst"; else mkdir -p "$(dirname "$root$dst")" && touch "$root$dst"; fi
+    volumes+="mount --bind $(printf %q "$src") $(printf %q "$root$dst")"$'\n'
+    [ "$mode" != :ro ] || volumes+="mount -o remount,bind,ro $(printf %q "$root$dst")"$'\n'
+done
+for dir in "${TMPFS[@]}"; do
+    mkdir -p "$root$dir"
+    volumes+="mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $(printf %q "$root$dir")"$'\n'
+done
+
+# Inside the new namespaces: mounts, then read-only root, then the server as the image's user. The shell
+# stays PID 1 of the namespace and passes SIGTERM/SIGINT to every process in it: a PID 1 without a handler
+# never gets a signal sent from outside its namespace, and TorchServe's foreground launcher has none (nor
+# does it pass the signal to its Java front end).
 inner=$(cat <<EOF
 set -e
 mount --make-rprivate /
@@ -47,18 +80,24 @@ mount -o remount,bind,ro "$root$MOUNT_POINT"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount --rbind /dev "$root/dev"
+$volumes
 mount -o remount,bind,ro "$root"
-exec chroot --userspec="$uid:$gid" --groups="$gid" "$root" env -i ${WORKDIR:+-C "$WORKDIR"} HOME="${home:-/}" \
-    $(printf '%q ' "${ENV_VARS[@]}") $ENTRYPOINT $CMD
+chroot --userspec="$uid:$gid" --groups="$gid" "$root" env -i ${WORKDIR:+-C "$WORKDIR"} HOME="${home:-/}" \
+    $(printf '%q ' "${ENV_VARS[@]}" "${ENVS[@]}") $ENTRYPOINT $CMD &
+server=\$!
+# a trapped signal interrupts \`wait\` (status 128+n): wait again for the server's own exit status
+trap 'signalled=1; kill -TERM -1 2>/dev/null || true' TERM INT
+while :; do signalled=0; status=0; wait \$server || status=\$?; [ \$signalled = 1 ] || break; done
+# the launcher's orphans (TorchServe's Java front end) are PID 1's now: give them 30 s to finish their own shutdown
+for _ in \$(seq 300); do set -- "$root"/proc/[0-9]*; [ \$# -gt 1 ] || break; sleep 0.1; done
+exit \$status
 EOF
 )
 unshare --mount --pid --fork --kill-child bash -c "$inner" &
 child=$!
-# `unshare --fork` ignores SIGTERM while it waits: signal the server (its child, PID 1 of the new namespace) itself
-stop() { kill -TERM $(cat "/proc/$child/task/$child/children" 2>/dev/null) "$child" 2>/dev/null || true; }
+# `unshare --fork` ignores SIGTERM while it waits: signal its child (PID 1 of the new namespace, which passes it on)
+stop() { signalled=1; kill -TERM $(cat "/proc/$child/task/$child/children" 2>/dev/null) "$child" 2>/dev/null || true; }
 trap stop TERM INT
-status=0
-wait "$child" || status=$?
-# a trapped signal interrupts `wait`: wait again for the server's own exit
-if kill -0 "$child" 2>/dev/null; then wait "$child" || status=$?; fi
+# a trapped signal interrupts `wait`: wait again for the server's own exit status
+while :; do signalled=0; status=0; wait "$child" || status=$?; [ "$signalled" = 1 ] || break; done
 exit "$status"

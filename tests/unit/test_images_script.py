@@ -32,3 +32,39 @@ def test_pip_configuration_is_mounted_never_copied():
     assert '"${MOUNTS[@]}"' in build and '-v "$p:$p:ro"' in build
     ignored = (REPO / ".dockerignore").read_text()
     assert "pip.conf" not in (REPO / "Dockerfile").read_text() and "!pip" not in ignored
+
+
+def _torch_args(tmp_path, wheels: list[str], **env: str) -> subprocess.CompletedProcess:
+    """build.sh's torch choice for `serve` (TORCH_ONLY=1) with a pip.conf whose find-links folder holds `wheels`."""
+    links = tmp_path / "wheels"
+    links.mkdir(parents=True)
+    for name in wheels:
+        (links / name).touch()
+    conf = tmp_path / "home" / ".config" / "pip" / "pip.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f"[global]\nfind-links = {links}\n")
+    run_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "TORCH_ONLY": "1", **env}
+    return subprocess.run(["bash", str(SCRIPTS[0]), "serve"], env=run_env, capture_output=True, text=True, timeout=60)
+
+
+def test_dockerfile_pins_torch_by_an_argument_defaulting_to_the_official_pin():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG TORCH_VERSION=2\.14\.1$", text, re.M) and '"torch==${TORCH_VERSION}"' in text
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu$", text, re.M)
+
+
+def test_torch_stand_in_is_the_newest_local_cpu_wheel_and_says_so(tmp_path):
+    wheels = ["torch-2.9.1+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"]
+    wheels += ["torch-2.14.0-cp311-cp311-manylinux_2_28_x86_64.whl", "torch-2.14.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl"]
+    proc = _torch_args(tmp_path, wheels, STANDIN="always")
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.split()
+    assert args == ["--build-arg", "TORCH_VERSION=2.13.0+cpu", "--build-arg", "TORCH_INDEX_URL=https://pypi.org/simple"]
+    assert "NOT the Dockerfile's torch==2.14.1" in proc.stderr
+
+
+def test_torch_stand_in_refused_without_a_local_wheel_or_when_build_args_choose(tmp_path):
+    proc = _torch_args(tmp_path, [], STANDIN="always")
+    assert proc.returncode == 2 and "no torch-*+cpu-cp311 wheel" in proc.stderr, proc.stderr
+    chosen = _torch_args(tmp_path / "x", [], STANDIN="always", BUILD_ARGS="--build-arg TORCH_INDEX_URL=https://pypi.org/simple")
+    assert chosen.returncode == 0 and chosen.stdout == "", chosen.stderr
