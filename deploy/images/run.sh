@@ -12,14 +12,16 @@
 #
 # ARGs replace the image's CMD (its ENTRYPOINT and ENV are kept; --env adds or overrides). --bind mounts a
 # host path (read-write unless :ro: the pod's ConfigMap and emptyDir volumes), --tmpfs a fresh tmpfs. Runs
-# in the foreground and exits with the server's status; SIGTERM/SIGINT reach every process of the
-# container (TorchServe's Java front end too) and remove the working container.
+# in the foreground and exits with the server's status. SIGTERM/SIGINT stop it as the kubelet stops a pod:
+# SIGTERM to the image's entrypoint (PID 1 of the container), SIGKILL to the whole container if it still runs
+# STOP_GRACE_S seconds later (default 30, Kubernetes' default terminationGracePeriodSeconds; said on stderr);
+# the working container is removed.
 # Why not `buildah run`: buildah 1.28 has no read-only root option. The image's rootfs is a buildah
 # working container (vfs: a plain folder), bind-mounted onto itself read-only inside `unshare`, entered
 # with `chroot --userspec`.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" >&2; exit 2; }
+usage() { sed -n '2,20p' "$0" >&2; exit 2; }
 BINDS=() TMPFS=() ENVS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -67,10 +69,8 @@ for dir in "${TMPFS[@]}"; do
     volumes+="mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $(printf %q "$root$dir")"$'\n'
 done
 
-# Inside the new namespaces: mounts, then read-only root, then the server as the image's user. The shell
-# stays PID 1 of the namespace and passes SIGTERM/SIGINT to every process in it: a PID 1 without a handler
-# never gets a signal sent from outside its namespace, and TorchServe's foreground launcher has none (nor
-# does it pass the signal to its Java front end).
+# Inside the new namespaces: mounts, then read-only root, then the server as the image's user, as PID 1 of
+# the new PID namespace (a container's entrypoint is its PID 1: a signal it has no handler for is dropped).
 inner=$(cat <<EOF
 set -e
 mount --make-rprivate /
@@ -82,22 +82,26 @@ mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount --rbind /dev "$root/dev"
 $volumes
 mount -o remount,bind,ro "$root"
-chroot --userspec="$uid:$gid" --groups="$gid" "$root" env -i ${WORKDIR:+-C "$WORKDIR"} HOME="${home:-/}" \
-    $(printf '%q ' "${ENV_VARS[@]}" "${ENVS[@]}") $ENTRYPOINT $CMD &
-server=\$!
-# a trapped signal interrupts \`wait\` (status 128+n): wait again for the server's own exit status
-trap 'signalled=1; kill -TERM -1 2>/dev/null || true' TERM INT
-while :; do signalled=0; status=0; wait \$server || status=\$?; [ \$signalled = 1 ] || break; done
-# the launcher's orphans (TorchServe's Java front end) are PID 1's now: give them 30 s to finish their own shutdown
-for _ in \$(seq 300); do set -- "$root"/proc/[0-9]*; [ \$# -gt 1 ] || break; sleep 0.1; done
-exit \$status
+exec chroot --userspec="$uid:$gid" --groups="$gid" "$root" env -i ${WORKDIR:+-C "$WORKDIR"} HOME="${home:-/}" \
+    $(printf '%q ' "${ENV_VARS[@]}" "${ENVS[@]}") $ENTRYPOINT $CMD
 EOF
 )
 unshare --mount --pid --fork --kill-child bash -c "$inner" &
 child=$!
-# `unshare --fork` ignores SIGTERM while it waits: signal its child (PID 1 of the new namespace, which passes it on)
-stop() { signalled=1; kill -TERM $(cat "/proc/$child/task/$child/children" 2>/dev/null) "$child" 2>/dev/null || true; }
+STOP_GRACE_S=${STOP_GRACE_S:-30}
+# `unshare --fork` ignores SIGTERM while it waits: signal its child (the server, PID 1 of the new namespace) itself
+pid1() { cat "/proc/$child/task/$child/children" 2>/dev/null || true; }
+stop() { signalled=1; stop_at=${stop_at:-$SECONDS}; kill -TERM $(pid1) "$child" 2>/dev/null || true; }
 trap stop TERM INT
-# a trapped signal interrupts `wait`: wait again for the server's own exit status
-while :; do signalled=0; status=0; wait "$child" || status=$?; [ "$signalled" = 1 ] || break; done
+# a trapped signal interrupts `wait` (status 128+n): give the server its grace period, then wait for its exit status
+while :; do
+    signalled=0 status=0
+    wait "$child" || status=$?
+    [ "$signalled" = 1 ] || break
+    while kill -0 "$child" 2>/dev/null && [ $((SECONDS - stop_at)) -lt "$STOP_GRACE_S" ]; do sleep 0.2; done
+    if kill -0 "$child" 2>/dev/null; then
+        printf 'run.sh: the server ignored SIGTERM for %s s: SIGKILL to the container\n' "$STOP_GRACE_S" >&2
+        kill -KILL $(pid1) 2>/dev/null || true
+    fi
+done
 exit "$status"
