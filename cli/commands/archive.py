@@ -53,9 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="default: deflated .mar; zip-store: stored .mar (fast for big models); no-archive: a folder",
     )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per worker (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="server-side batch size (default: %(default)s)")
+    from clipshield.handlers.torchserve.archive import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY_MS  # the measured defaults
+
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="server-side batch size (default: %(default)s)")
     p.add_argument(
-        "--max-batch-delay-ms", type=int, default=10, help="longest wait in ms to fill a server-side batch (default: %(default)s)"
+        "--max-batch-delay-ms",
+        type=int,
+        default=DEFAULT_MAX_BATCH_DELAY_MS,
+        help="longest wait in ms to fill a server-side batch (default: %(default)s)",
     )
     p.add_argument("--workers", type=int, default=2, help="TorchServe workers, minimum and maximum (default: %(default)s)")
     p.add_argument(

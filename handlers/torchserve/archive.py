@@ -36,11 +36,16 @@ HANDLER = Path(__file__).resolve().parent / "handler.py"
 ARCHIVED_HANDLER = "clipshield_handler.py"
 
 
+# The shipped server-side batching, chosen from the measured curves (docs/serving.md, "Batching by measurement").
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_BATCH_DELAY_MS = 10
+
+
 class BatchingConfig(StrictModel):
     """TorchServe per-model settings written to the archive's model-config.yaml."""
 
-    batch_size: int = Field(default=8, ge=1)
-    max_batch_delay_ms: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)
+    max_batch_delay_ms: int = Field(default=DEFAULT_MAX_BATCH_DELAY_MS, ge=0)
     min_workers: int = Field(default=2, ge=1)
     max_workers: int = Field(default=2, ge=1)
     response_timeout_s: int = Field(default=60, ge=1)

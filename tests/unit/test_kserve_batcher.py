@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,15 @@ def test_serve_refuses_an_out_of_range_batch_size_naming_the_flag(tmp_path, caps
 
     assert main(["serve", "--runtime", "kserve", "--model-store", str(tmp_path), "--kserve-batch-size", "0"]) == 2
     assert "kserve-batch-size" in capsys.readouterr().err
+
+
+def test_the_kserve_manifest_spells_out_the_code_default():
+    import yaml
+
+    from clipshield.handlers.kserve.app import parse_args
+
+    docs = list(yaml.safe_load_all(Path(__file__).resolve().parents[2].joinpath("k8s/kserve/inferenceservice.yaml").read_text()))
+    (container,) = next(d for d in docs if d and d["kind"] == "InferenceService")["spec"]["predictor"]["containers"]
+    assert "--max-batch-size" in container["args"] and "--max-batch-delay-ms" in container["args"]
+    args, default = parse_args(container["args"]), KServeBatchingConfig()
+    assert (args.max_batch_size, args.max_batch_delay_ms) == (default.max_batch_size, default.max_batch_delay_ms)
