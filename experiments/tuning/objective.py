@@ -110,10 +110,17 @@ class Objective:
         probe = recipe_config(cfg.data, method=method, model=cfg.model, pretrained=cfg.pretrained, eps=cfg.eps, tuned=False)
         self.eps = probe.attack.eps
         base = load_model(probe.source.model, pretrained=probe.source.pretrained)
+        self.base = base
         self.seen, self.held = cfg.validation_sets()
         self.sets = {n: load_validation(n, base, cfg.val_limit, cfg.data_root) for n in {*self.seen, *self.held}}
         half = max(1, cfg.val_limit // 2)
         self.check_sets = [v.first(half) for v in self.sets.values()]
+
+    def base_scores(self) -> Scores:
+        """The untrained model on the same validation sets and attack: the floor a trial must clear. A weak
+        validation attack (few PGD steps) makes the base itself look robust, and this row shows by how much."""
+        acc = accuracies(self.base, list(self.sets.values()), self.eps, self.cfg.eval_steps)
+        return score(acc, self.seen, self.held, self.cfg.robust_weight)
 
     def __call__(self, trial: optuna.Trial) -> float:
         from clipshield.training.finetune import finetune

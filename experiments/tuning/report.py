@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -85,7 +85,12 @@ def median_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
     return statistics.median(times) if times else float("nan")
 
 
-def markdown(table: list[dict[str, Any]], cfg: TuneConfig) -> str:
+def base_row(studies: dict[str, optuna.Study]) -> dict[str, float]:
+    """The untrained model's validation scores, as the first study that measured them recorded them ({} if none did)."""
+    return next((dict(s.user_attrs["base"]) for s in studies.values() if "base" in s.user_attrs), {})
+
+
+def markdown(table: list[dict[str, Any]], cfg: TuneConfig, base: Optional[dict[str, float]] = None) -> str:
     head = [
         f"Tuning on {cfg.data}: {budget_text(cfg)}. Objective: {objective_text(cfg)}; chosen = best completed trial.",
         "",
@@ -101,6 +106,13 @@ def markdown(table: list[dict[str, Any]], cfg: TuneConfig) -> str:
         weights = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["params"].items() if k != LR_SCALE)
         accs = " | ".join(f"{r[k]:.1f}" for k in ("seen_clean", "seen_robust", "heldout_clean", "heldout_robust"))
         head.append(f"| {r['method']} | {counts} | {r['trial']} | {r['value']:.1f} | {accs} | {r['lr']:.3g} | {weights or '-'} |")
+    if base:
+        accs = " | ".join(f"{base[k]:.1f}" for k in ("seen_clean", "seen_robust", "heldout_clean", "heldout_robust"))
+        head.append(f"| *base, not fine-tuned* | - | - | - | {base['value']:.1f} | {accs} | - | - |")
+        head += [
+            "",
+            "A trial near the base's objective has barely moved the model; a base that looks robust means the validation attack is weak.",
+        ]
     return "\n".join(head) + "\n"
 
 
@@ -110,7 +122,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(set(front))
 
 
-def plot(studies: dict[str, optuna.Study], path: Path, w: float) -> None:
+def plot(studies: dict[str, optuna.Study], path: Path, w: float, base: Optional[dict[str, float]] = None) -> None:
     """Every completed trial (held-out clean vs seen robust, validation), the joint Pareto front, each method's choice."""
     import matplotlib
 
@@ -128,6 +140,8 @@ def plot(studies: dict[str, optuna.Study], path: Path, w: float) -> None:
         (line,) = ax.plot(*zip(*pts), "o", alpha=0.45, label=method)
         best = best_trial(study, w)
         ax.plot(best.user_attrs[X], best.user_attrs[Y], "*", ms=16, color=line.get_color(), mec="black")
+    if base:
+        ax.plot(base[X], base[Y], "kx", ms=10, mew=2, label="base, not fine-tuned")
     front = pareto_front(everything)
     if front:
         ax.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front (all methods)")
@@ -144,13 +158,15 @@ def write_report(cfg: TuneConfig, studies: dict[str, optuna.Study]) -> str:
     import json
 
     table = rows(studies, cfg.robust_weight)
-    text = markdown(table, cfg)
+    base = base_row(studies)
+    text = markdown(table, cfg, base)
     cfg.output.mkdir(parents=True, exist_ok=True)
     (cfg.output / "results.md").write_text(text)
-    (cfg.output / "results.json").write_text(json.dumps({"settings": cfg.model_dump(mode="json"), "methods": table}, indent=2, default=str))
+    summary = {"settings": cfg.model_dump(mode="json"), "methods": table, "base": base}
+    (cfg.output / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     picked = {m: chosen(cfg, m, s) for m, s in studies.items() if any(t.state == TrialState.COMPLETE for t in s.trials)}
     (cfg.output / "chosen.json").write_text(json.dumps(picked, indent=2))
-    plot(studies, cfg.output / "pareto.png", cfg.robust_weight)
+    plot(studies, cfg.output / "pareto.png", cfg.robust_weight, base)
     return text
 
 

@@ -26,6 +26,7 @@ from clipshield.experiments.tuning.warm_start import read_chosen, warm_point
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+BASE_ATTR = "base"  # study user attribute: the untrained model's validation scores (`Objective.base_scores`)
 OnTrial = Callable[[str, FrozenTrial], None]
 
 
@@ -95,6 +96,9 @@ def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None
     study = load_study(cfg, method)
     callbacks = [lambda _s, t: on_trial(method, t)] if on_trial else []
     objective: Optional[Objective] = None
+    if BASE_ATTR not in study.user_attrs:  # once per study: the untrained model's scores, for the report
+        objective = Objective(cfg, method)
+        study.set_user_attr(BASE_ATTR, vars(objective.base_scores()))
     runs = 0
     while runs < 3 * cfg.trials:  # each call runs one trial (or `jobs`); a failing one is retried a bounded number of times
         fail_stale(study)

@@ -79,6 +79,9 @@ def test_a_two_trial_study_reads_validation_splits_only_and_reports(tmp_path, sp
     assert evaluated == {f"miniworld/{d}/color_shape/seen" for d in ("plain", "noisy", "textured", "outlined")}
     text = write_report(cfg, studies)
     assert "| tecoa | 2 / 0 / 0 | " in text and "validation split" in text and "s/trial" in text
+    base = studies["tecoa"].user_attrs["base"]  # the untrained model, scored once on the same sets and attack
+    assert base["value"] == pytest.approx(0.5 * base["seen_robust"] + 0.5 * base["heldout_clean"])
+    assert f"| *base, not fine-tuned* | - | - | - | {base['value']:.1f} | " in text
     assert (cfg.output / "pareto.png").stat().st_size > 1000
     chosen = json.loads((cfg.output / "chosen.json").read_text())
     setting = TunedSetting.model_validate(chosen["tecoa"])
@@ -99,6 +102,11 @@ from clipshield.experiments.tuning import TuneConfig, tune_method
 class Dies:
     def __init__(self, cfg, method):
         pass
+
+    def base_scores(self):
+        from clipshield.experiments.tuning.objective import Scores
+
+        return Scores(0.0, 0.0, 0.0, 0.0, 0.0)
 
     def __call__(self, trial):
         trial.suggest_float("lr_scale", 0.05, 4.0, log=True)
