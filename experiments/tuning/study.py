@@ -87,18 +87,23 @@ def fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None) -> optuna.Study:
+def tune_method(cfg: TuneConfig, method: str, on_trial: Optional[OnTrial] = None, base: Optional[dict[str, float]] = None) -> optuna.Study:
     """Run the method's study until `cfg.trials` trials are finished (resuming what a database already holds).
 
     Trials other workers are running count toward the budget; this worker waits for them (or for them to
     go stale and be re-queued) instead of starting more, so every method ends with exactly `cfg.trials`.
+    `base` caches the untrained model's scores across the methods of one run (the same sets and attack):
+    measured once, recorded in every study that lacks them.
     """
     study = load_study(cfg, method)
     callbacks = [lambda _s, t: on_trial(method, t)] if on_trial else []
     objective: Optional[Objective] = None
-    if BASE_ATTR not in study.user_attrs:  # once per study: the untrained model's scores, for the report
-        objective = Objective(cfg, method)
-        study.set_user_attr(BASE_ATTR, vars(objective.base_scores()))
+    if BASE_ATTR not in study.user_attrs:  # the untrained model's scores, for the report
+        base = {} if base is None else base
+        if not base:
+            objective = Objective(cfg, method)
+            base.update(vars(objective.base_scores()))
+        study.set_user_attr(BASE_ATTR, dict(base))
     runs = 0
     while runs < 3 * cfg.trials:  # each call runs one trial (or `jobs`); a failing one is retried a bounded number of times
         fail_stale(study)
@@ -125,4 +130,5 @@ def run_tuning(cfg: TuneConfig, on_trial: Optional[OnTrial] = None) -> dict[str,
         import torch
 
         torch.set_num_threads(cfg.threads)
-    return {method: tune_method(cfg, method, on_trial) for method in cfg.methods}
+    base: dict[str, float] = {}
+    return {method: tune_method(cfg, method, on_trial, base) for method in cfg.methods}

@@ -184,6 +184,31 @@ def test_a_warm_start_enqueues_each_methods_transferred_point_once(tmp_path):
         load_study(tiny(tmp_path, warm_start=tmp_path / "bad.json"), "tecoa")
 
 
+def test_the_untrained_base_is_measured_once_per_run(tmp_path, monkeypatch):
+    import clipshield.experiments.tuning.study as study_module
+    from clipshield.experiments.tuning.objective import Scores
+
+    measured = []
+
+    class Instant:  # no training: this test is about the base row's bookkeeping
+        def __init__(self, cfg, method):
+            pass
+
+        def base_scores(self):
+            measured.append(1)
+            return Scores(96.0, 40.0, 90.0, 30.0, 65.0)
+
+        def __call__(self, trial):
+            return 1.0
+
+    monkeypatch.setattr(study_module, "Objective", Instant)
+    studies = run_tuning(tiny(tmp_path, methods=["tecoa", "fare"], trials=1))
+    assert len(measured) == 1  # one pass serves every method of the run: same sets, same attack
+    assert [s.user_attrs["base"]["value"] for s in studies.values()] == [65.0, 65.0]
+    run_tuning(tiny(tmp_path, methods=["tecoa", "fare"], trials=1))
+    assert len(measured) == 1  # a re-run reads it back from the studies
+
+
 def test_pareto_front_keeps_the_undominated():
     assert pareto_front([(1, 5), (2, 4), (1, 4), (3, 1), (2, 2)]) == [(1, 5), (2, 4), (3, 1)]
 
