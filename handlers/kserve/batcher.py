@@ -1,4 +1,4 @@
-"""Cross-request micro-batching for the KServe Python model server (opt-in: `--max-batch-size` > 1).
+"""Cross-request micro-batching for the KServe Python model server (`--max-batch-size`; 1 turns it off).
 
 kserve's own batcher is the Go agent sidecar of an InferenceService (`spec.predictor.batcher`), which runs
 only in a cluster; the Python `kserve` package (0.21) answers each request on its own. So this small
@@ -26,8 +26,8 @@ from clipshield.service.inference import ClipshieldService, RawRequest, Result
 log = logging.getLogger(__name__)
 
 # The shipped defaults, chosen from the measured curves (docs/serving.md, "Batching by measurement").
-DEFAULT_MAX_BATCH_SIZE = 1
-DEFAULT_MAX_BATCH_DELAY_MS = 10.0
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_BATCH_DELAY_MS = 2.0
 
 
 class KServeBatchingConfig(StrictModel):

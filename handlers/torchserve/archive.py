@@ -37,8 +37,8 @@ ARCHIVED_HANDLER = "clipshield_handler.py"
 
 
 # The shipped server-side batching, chosen from the measured curves (docs/serving.md, "Batching by measurement").
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_BATCH_DELAY_MS = 10
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_MAX_BATCH_DELAY_MS = 2
 
 
 class BatchingConfig(StrictModel):

@@ -147,7 +147,10 @@ def test_batched_answers_equal_unbatched_ones_on_the_served_model(miniworld_mode
 
         return asyncio.run(all_at_once())
 
-    batched, alone = answers(KServeBatchingConfig(max_batch_size=4, max_batch_delay_ms=1000)), answers(KServeBatchingConfig())
+    batched, alone = (
+        answers(KServeBatchingConfig(max_batch_size=4, max_batch_delay_ms=1000)),
+        answers(KServeBatchingConfig(max_batch_size=1)),
+    )
     assert flushes == [4]  # all four requests in one predict call
     assert isinstance(batched[3], BadInput) and isinstance(alone[3], BadInput)
     for b, a in zip(batched[:3], alone[:3]):
