@@ -68,7 +68,7 @@ def test_manifest_detects_tampering(exported, tmp_path):
 
 
 def test_archive_no_archive_format(exported, tmp_path):
-    from clipshield.handlers.torchserve.archive import build_archive
+    from clipshield.handlers.torchserve.archive import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY_MS, build_archive
 
     path = build_archive(exported, tmp_path / "store", name="mw", archive_format="no-archive")
     assert path == tmp_path / "store" / "mw"
@@ -77,7 +77,8 @@ def test_archive_no_archive_format(exported, tmp_path):
     assert manifest["model"]["modelName"] == "mw"
     files = B.verify_manifest(path)
     assert {"serving.json", B.IMAGE_ONNX, B.TEXT_ONNX, B.ANCHOR, B.MODEL_CARD} <= set(files)
-    assert "batchSize: 8" in (path / "model-config.yaml").read_text()
+    config = (path / "model-config.yaml").read_text()  # the measured defaults (docs/serving.md, "Batching by measurement")
+    assert f"batchSize: {DEFAULT_BATCH_SIZE}\n" in config and f"maxBatchDelay: {DEFAULT_MAX_BATCH_DELAY_MS}\n" in config
 
 
 def test_archive_mar_format(exported, tmp_path):
