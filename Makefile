@@ -53,15 +53,17 @@ lint: venv
 	$(BIN)/mypy
 
 # The serving images with buildah (chroot isolation, vfs storage), through the shared CPU lock; official bases when they
-# can be pulled, else stand-ins bootstrapped from Debian packages (docs/deploy.md). `make images IMAGES="serve"` for TorchServe.
+# can be pulled, else stand-ins bootstrapped from Debian packages (docs/deploy.md). `make images IMAGES="serve"` for TorchServe
+# (torch from the official CPU index, else the machine's local CPU wheel: the build log says which).
 IMAGES ?= serve-kserve model
 images:
 	flock /tmp/clipshield-heavy.lock deploy/images/build.sh $(IMAGES)
 
-# Build serve-kserve and run it as the cluster does (uid 1000, read-only root and model): tritonclient, the bad-input
-# matrix, a tampered bundle (tests/slow/test_images.py; root, buildah). CLIPSHIELD_IMAGES_REUSE=1 keeps a built image.
+# Build serve-kserve and serve (TorchServe) and run each as the cluster does (uid 1000, read-only root and model): real
+# clients, the bad-input matrix, a tampered bundle/archive (tests/slow/test_images.py, test_image_torchserve.py; root,
+# buildah). CLIPSHIELD_IMAGES_REUSE=1 keeps a built image.
 test-images: venv
-	OMP_NUM_THREADS=2 flock /tmp/clipshield-heavy.lock $(BIN)/python -m pytest -q -m slow tests/slow/test_images.py $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 flock /tmp/clipshield-heavy.lock $(BIN)/python -m pytest -q -m slow tests/slow/test_images.py tests/slow/test_image_torchserve.py $(PYTEST_ARGS)
 
 # The soak: 10 minutes of moderate load per runtime (0 errors, RSS growth <= 10 %, p95 drift <= 20 %), through the
 # shared CPU lock; summaries in results/soak/. The same check as a slow test: tests/slow/test_soak.py.
