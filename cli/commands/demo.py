@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the offline demo on the mini world, from model to HTTP",
         description="The main job, offline and on CPU: load the shipped mini-world CLIP, classify mini-world images "
-        "zero-shot, fine-tune it briefly with TGA-ZSR, compare clean and PGD robust accuracy before and after, "
+        "zero-shot, fine-tune it with the world's TGA-ZSR-based flagship (TGA-Anchor), compare clean and PGD robust accuracy "
+        "before and after, "
         "export to ONNX, build a TorchServe archive, start TorchServe, classify clean and attacked images with and "
         "without CLIPure purification over HTTP and print the clipshield_ metrics. Without --once the server keeps "
         "running afterwards (stop it with `clipshield serve --stop`).",
@@ -85,7 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=_method_names(),
         help=f"fine-tuning method (default: the world's flagship, {', '.join(f'{w}: {m}' for w, m in DEMO_METHODS.items())})",
     )
-    p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default: %(default)s; 0 skips)")
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps (default: the world's recipe, 200 in both mini worlds; 0 skips)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning run (data order, attack starts) (default: %(default)s)")
     p.add_argument("--no-serve", action="store_true", help="stop after fine-tuning and evaluation (no export/serving)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where runs and exports go (default: %(default)s)")
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="TorchServe model store (default: %(default)s)")
@@ -148,13 +155,14 @@ def demo_accuracy(after: dict[str, tuple[float, float]], n: int, eps: float, pre
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipshield.datasets import reference_eps
+    from clipshield.datasets import finetune_recipe, reference_eps
     from clipshield.models.factory import load_model
 
     torch.set_num_threads(args.threads)
     world, sets = args.world, demo_eval(args.world)
-    if args.method is None:  # a copy: the caller's arguments stay as given
-        args = argparse.Namespace(**{**vars(args), "method": DEMO_METHODS[world]})
+    if args.method is None or args.finetune_steps is None:  # a copy: the caller's arguments stay as given
+        steps = args.finetune_steps if args.finetune_steps is not None else finetune_recipe(f"{world}-train").steps
+        args = argparse.Namespace(**{**vars(args), "method": args.method or DEMO_METHODS[world], "finetune_steps": steps})
     eps = reference_eps(f"{world}-train")  # 4/255 in both worlds (clipshield.datasets.miniworld.worlds says why)
     base = load_model(world)
     print(f"model: {base.record.name} ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), shipped")
@@ -163,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
 
     model, card = base, None
     before = _accuracies(base, sets, args.n, eps)
-    if args.finetune_steps > 0:
+    finetuned = args.finetune_steps != 0
+    if finetuned:
         model, card = _finetune_briefly(args, world)
     after = _accuracies(model, sets, args.n, eps)
-    _print_comparison(before, after, sets, args.n, eps, finetuned=args.finetune_steps > 0)
+    _print_comparison(before, after, sets, args.n, eps, finetuned=finetuned)
     if not args.no_serve:
         _serve(args, base, model, card, after, eps, sets)
     return 0
@@ -183,6 +192,7 @@ def _finetune_briefly(args: argparse.Namespace, world: str) -> tuple[Any, Any]:
         method=args.method,
         output=args.work_dir / "finetune",
         steps=args.finetune_steps,
+        seed=args.seed,
         eval_datasets=[],
         threads=args.threads,
     ).resolved(1)
