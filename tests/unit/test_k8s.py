@@ -105,6 +105,8 @@ def test_rollout_is_zero_downtime(overlay):
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
     drain = int(re.search(r"sleep (\d+)", " ".join(pre_stop)).group(1))
     assert drain > 0 and dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
+    # the image's PID 1 (TorchServe's Python launcher) ignores SIGTERM: the hook stops the Java front end itself
+    assert "torchserve --stop" in " ".join(pre_stop)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
