@@ -36,6 +36,7 @@ from tests.integration import serving_helpers as H
 from tests.integration.test_kserve import LABELS, same
 from tests.integration.test_reliability import CASES, GOOD
 from tests.layout import REPO
+from tests.slow.image_build import built_image
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,7 +45,6 @@ pytestmark = [
 ]
 
 IMAGE = "localhost/clipshield/serve:dev"
-BUILD = REPO / "deploy" / "images" / "build.sh"
 RUN = REPO / "deploy" / "images" / "run.sh"
 K8S = REPO / "k8s" / "base"
 STORE = "/home/model-server/model-store"
@@ -52,21 +52,11 @@ WORKER = "model_service_worker"  # TorchServe's Python backend process (its argv
 GRACE_S = 10  # run.sh's STOP_GRACE_S here (the Deployment's terminationGracePeriodSeconds is 60)
 
 
-def _image_exists() -> bool:
-    return subprocess.run(["buildah", "--storage-driver", "vfs", "inspect", "--type", "image", IMAGE], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
     """The build script's report line for serve (or a stub for the existing image, CLIPSHIELD_IMAGES_REUSE=1)."""
-    report = tmp_path_factory.mktemp("images") / "report.jsonl"
-    if os.environ.get("CLIPSHIELD_IMAGES_REUSE") == "1" and _image_exists():
-        return {"target": "serve", "image": IMAGE, "reused": True}
-    proc = subprocess.run([str(BUILD), "serve"], env={**os.environ, "REPORT": str(report)}, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = json.loads(report.read_text().splitlines()[-1])
-    print(line, [ln for ln in proc.stderr.splitlines() if ln.startswith("[images")])
-    assert line["image"] == IMAGE and line["torch"] and _image_exists()
+    line = built_image("serve", IMAGE, tmp_path_factory.mktemp("images"))
+    assert line.get("reused") or line["torch"]  # the report names the torch build the image carries
     return line
 
 

@@ -26,6 +26,7 @@ import requests
 
 from tests.integration import serving_helpers as H
 from tests.layout import REPO
+from tests.slow.image_build import built_image
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,27 +40,13 @@ from tests.integration.test_kserve import GOOD, LABELS, MODEL, answer, b64, infe
 from tests.integration.test_reliability import CASES  # noqa: E402
 
 IMAGE = "localhost/clipshield/serve-kserve:dev"
-BUILD = REPO / "deploy" / "images" / "build.sh"
 RUN = REPO / "deploy" / "images" / "run.sh"
-
-
-def _image_exists() -> bool:
-    return subprocess.run(["buildah", "--storage-driver", "vfs", "inspect", "--type", "image", IMAGE], capture_output=True).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
-    """The build script's report line for serve-kserve (or the existing image's, with CLIPSHIELD_IMAGES_REUSE=1)."""
-    report = tmp_path_factory.mktemp("images") / "report.jsonl"
-    if os.environ.get("CLIPSHIELD_IMAGES_REUSE") == "1" and _image_exists():
-        return {"target": "serve-kserve", "image": IMAGE, "reused": True}
-    proc = subprocess.run(
-        [str(BUILD), "serve-kserve"], env={**os.environ, "REPORT": str(report)}, capture_output=True, text=True, timeout=3600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = json.loads(report.read_text().splitlines()[-1])
-    print(line)
-    assert line["image"] == IMAGE and _image_exists()
+    """The build script's report line for serve-kserve (or a stub for the existing image, CLIPSHIELD_IMAGES_REUSE=1)."""
+    line = built_image("serve-kserve", IMAGE, tmp_path_factory.mktemp("images"))
     return line
 
 
